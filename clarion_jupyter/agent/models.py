@@ -1,0 +1,78 @@
+"""The Agent: an LLM model plus a system prompt and settings, as Clarion users build them."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..workflow.models import SLUG_PATTERN, slugify
+
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class CodebaseContext(BaseModel):
+    """Which workspace files go with the prompt, as a "Codebase Context" section."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include_globs: list[str] = Field(default_factory=list)
+    exclude_globs: list[str] = Field(default_factory=list)
+    content_regex: str | None = None
+    max_files: int = Field(50, ge=0, le=10_000)
+    max_bytes: int = Field(200_000, ge=0)
+
+    @field_validator("content_regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class UserVariable(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    description: str | None = None
+    required: bool = False
+    default: Any = None
+
+
+class Agent(BaseModel):
+    """``api_key_env`` names an environment variable; the key itself is never stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field("", pattern=r"^$|" + SLUG_PATTERN)
+    name: str = Field(min_length=1, max_length=200)
+    description: str | None = None
+    model: str = Field(min_length=1)
+    system_prompt: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    output_schema: dict[str, Any] | None = None
+    context: CodebaseContext | None = None
+    user_variables: list[UserVariable] = Field(default_factory=list)
+    api_base: str | None = None
+    api_key_env: str | None = Field(None, pattern=ENV_NAME_PATTERN)
+    extra: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Fields of imported Clarion v2 documents that this model does not use, kept verbatim.",
+    )
+
+    @model_validator(mode="after")
+    def _derive_id(self) -> Agent:
+        if not self.id:
+            self.id = slugify(self.name)
+        return self
+
+    @field_validator("parameters")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if "api_key" in value:
+            raise ValueError("API keys are never stored: set api_key_env to the name of an environment variable")
+        return value

@@ -1,0 +1,67 @@
+"""The Task protocol: what a step type is, and what it sees while it runs.
+
+A task is a class with a ``name``, a pydantic ``Config`` model for its ``with:`` block and an
+``async def run(config, ctx)`` returning a JSON-able mapping (the step's output). Tasks run
+inside workers, which may be other processes or machines, so everything a task needs comes
+in through :class:`TaskContext`; a task never reaches into the engine or its storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from .workspace import Workspace
+
+
+class TaskConfig(BaseModel):
+    """Base of task configs: unknown keys in ``with:`` are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskFailed(Exception):
+    """A task failed in a way it can explain; ``retryable=False`` skips remaining attempts."""
+
+    def __init__(self, message: str, details: Any = None, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.retryable = retryable
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSettings:
+    """Host policy that applies to every task run by a worker."""
+
+    allow_shell: bool = True
+    max_output_bytes: int = 1_000_000
+
+
+@dataclass(slots=True)
+class TaskContext:
+    run_id: str
+    step_id: str
+    key: str
+    attempt: int
+    workspace: Workspace
+    settings: TaskSettings = field(default_factory=TaskSettings)
+    resources: dict[str, Any] = field(default_factory=dict)
+    emit: Callable[[str, dict[str, Any]], None] = lambda _type, _data: None
+
+
+class Task:
+    """Base class of step types; subclasses set ``name``, ``Config`` and implement ``run``."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[TaskConfig]] = TaskConfig
+    description: ClassVar[str] = ""
+    needs_agent: ClassVar[bool] = False
+    """When true, ``with.agent`` names an agent that the engine resolves at dispatch and
+    hands to the task as ``ctx.resources["agent"]`` (workers have no agent store)."""
+
+    async def run(self, config: Any, ctx: TaskContext) -> dict[str, Any]:
+        raise NotImplementedError

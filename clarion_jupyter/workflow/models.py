@@ -1,0 +1,281 @@
+"""The workflow document and the run records, as pydantic models.
+
+One model validates YAML and JSON alike; :func:`parse_workflow` turns either (or a dict)
+into a :class:`Workflow` and reports every problem with the step and field it concerns.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
+
+from ..errors import Problem, ValidationFailed
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+InputType = Literal["string", "number", "integer", "boolean", "array", "object"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class InputSpec(_Strict):
+    """A declared workflow input; without ``default`` it is required."""
+
+    type: InputType = "string"
+    default: Any = None
+    description: str | None = None
+
+    @property
+    def required(self) -> bool:
+        return "default" not in self.model_fields_set
+
+
+class RetryPolicy(_Strict):
+    """Exponential backoff with jitter: attempt n waits ``backoff_s * 2**(n-1)`` (capped)."""
+
+    max_attempts: int = Field(1, ge=1, le=100)
+    backoff_s: float = Field(1.0, ge=0)
+    max_backoff_s: float = Field(60.0, ge=0)
+    jitter: float = Field(0.1, ge=0, le=1)
+
+    def delay(self, attempt: int, rand: float) -> float:
+        base = min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
+        return base * (1 + self.jitter * (2 * rand - 1))
+
+
+class Step(_Strict):
+    id: str = Field(pattern=STEP_ID_PATTERN)
+    task: str
+    name: str | None = None
+    description: str | None = None
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    needs: list[str] | None = None
+    if_: str | bool | None = Field(None, alias="if")
+    for_each: str | list[Any] | None = None
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    timeout_s: float | None = Field(None, gt=0)
+    continue_on_error: bool = False
+
+
+class ParallelGroup(_Strict):
+    """Members run concurrently; the item after the group waits for all of them."""
+
+    parallel: list[Step] = Field(min_length=1)
+
+
+def _item_kind(value: Any) -> str:
+    if isinstance(value, dict) and "parallel" in value:
+        return "parallel"
+    if isinstance(value, ParallelGroup):
+        return "parallel"
+    return "step"
+
+
+StepItem = Annotated[
+    Union[Annotated[Step, Tag("step")], Annotated[ParallelGroup, Tag("parallel")]],
+    Discriminator(_item_kind),
+]
+
+
+class Workflow(_Strict):
+    id: str = Field("", pattern=r"^$|" + SLUG_PATTERN)
+    name: str = Field(min_length=1, max_length=200)
+    description: str | None = None
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    steps: list[StepItem] = Field(min_length=1)
+    outputs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _derive_id(self) -> Workflow:
+        if not self.id:
+            self.id = slugify(self.name)
+        return self
+
+    def iter_steps(self) -> list[Step]:
+        """Every step, groups flattened, in document order."""
+        out: list[Step] = []
+        for item in self.steps:
+            out.extend(item.parallel if isinstance(item, ParallelGroup) else [item])
+        return out
+
+    def to_document(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_defaults=True) | {"id": self.id}
+
+
+def slugify(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-_")[:64]
+    return slug or "workflow"
+
+
+def load_document(source: str | bytes | dict[str, Any], what: str = "workflow") -> dict[str, Any]:
+    """Parse YAML or JSON text (JSON is YAML) into a mapping, with a located error."""
+    if isinstance(source, dict):
+        return source
+    if isinstance(source, bytes):
+        source = source.decode("utf-8", errors="replace")
+    try:
+        data = yaml.safe_load(source)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "document"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ValidationFailed([Problem(loc=where, message=f"not valid YAML/JSON: {problem}")], what) from None
+    if not isinstance(data, dict):
+        raise ValidationFailed([Problem(loc="document", message="must be a mapping (an object)")], what)
+    return data
+
+
+def parse_workflow(source: str | bytes | dict[str, Any] | Workflow) -> Workflow:
+    """Validate a workflow document's shape; every problem names its step and field."""
+    if isinstance(source, Workflow):
+        return source
+    data = load_document(source)
+    try:
+        return Workflow.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(pydantic_problems(exc, data)) from None
+
+
+def pydantic_problems(exc: ValidationError, data: dict[str, Any]) -> list[Problem]:
+    """Rewrite pydantic's positional locations (``steps.2.parallel.0``) as step ids."""
+    problems = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        step_id, field_path = _locate(loc, data)
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        if step_id is not None:
+            where = f"step '{step_id}'" + (f" field '{field_path}'" if field_path else "")
+            problems.append(Problem(loc=where, message=message, step=step_id, field=field_path or None))
+        else:
+            path = ".".join(str(p) for p in loc) or "document"
+            problems.append(Problem(loc=path, message=message, field=path))
+    return problems
+
+
+def _locate(loc: list[Any], data: dict[str, Any]) -> tuple[str | None, str]:
+    if len(loc) < 2 or loc[0] != "steps" or not isinstance(loc[1], int):
+        return None, ""
+    steps = data.get("steps") or []
+    item = steps[loc[1]] if loc[1] < len(steps) else None
+    rest = loc[2:]
+    if rest and rest[0] in ("step", "parallel"):
+        kind, rest = rest[0], rest[1:]
+        if kind == "parallel" and rest and rest[0] == "parallel":
+            rest = rest[1:]
+            if rest and isinstance(rest[0], int):
+                members = item.get("parallel") if isinstance(item, dict) else None
+                item = members[rest[0]] if isinstance(members, list) and rest[0] < len(members) else None
+                rest = rest[1:]
+                if rest and rest[0] == "step":
+                    rest = rest[1:]
+    step_id = item.get("id") if isinstance(item, dict) else None
+    label = str(step_id) if step_id else f"#{loc[1] + 1}"
+    return label, ".".join(str(p) for p in rest)
+
+
+class RunStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
+
+
+class StepStatus(StrEnum):
+    pending = "pending"
+    running = "running"
+    retrying = "retrying"
+    succeeded = "succeeded"
+    failed = "failed"
+    skipped = "skipped"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (StepStatus.succeeded, StepStatus.failed, StepStatus.skipped, StepStatus.cancelled)
+
+
+TERMINAL_EVENTS = frozenset({"workflow_succeeded", "workflow_failed", "workflow_cancelled"})
+
+
+class Event(BaseModel):
+    """A stored, numbered transition of one run; ``seq`` is gap-free per run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seq: int
+    type: str
+    run_id: str
+    step_id: str | None = None
+    ts: datetime
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_EVENTS
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), separators=(",", ":"))
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+
+
+class StepRun(BaseModel):
+    """One attempt of one step (or of one ``for_each`` item, whose key is ``id[i]``)."""
+
+    key: str
+    step_id: str
+    item_index: int | None = None
+    attempt: int
+    status: StepStatus
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_ms: float | None = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    usage: Usage | None = None
+
+
+class WorkflowRun(BaseModel):
+    """The run document: what the REST API, ``clarion show --json`` and ``Engine.wait`` return."""
+
+    run_id: str
+    workflow_id: str
+    workflow_name: str
+    status: RunStatus
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    outputs: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    usage: Usage = Field(default_factory=Usage)
+    last_seq: int = 0
+    steps: list[StepRun] = Field(default_factory=list)

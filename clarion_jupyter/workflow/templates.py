@@ -1,0 +1,167 @@
+"""Jinja2 templates in step configs, compiled once and evaluated per step.
+
+Templates run in a :class:`~jinja2.sandbox.SandboxedEnvironment` with
+:class:`~jinja2.StrictUndefined`, so a typo is an error rather than an empty string. A string
+that is exactly one expression (``"{{ inputs.files }}"``) yields the expression's native value,
+so lists stay lists; anything else renders to text. Compilation is cached by source text, and
+:func:`compile_value` returns a constant for values with no template in them, so the hot path
+of a step with a static config does no template work at all.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
+from jinja2.sandbox import SandboxedEnvironment
+
+CONTEXT_NAMES = frozenset({"inputs", "steps", "item", "run"})
+_SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.DOTALL)
+
+Renderer = Callable[[dict[str, Any]], Any]
+
+
+def _fromjson(text: str) -> Any:
+    return json.loads(text)
+
+
+_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_env.filters["fromjson"] = _fromjson
+
+
+class TemplateError(Exception):
+    """A template failed to compile or to evaluate; the message is meant for users."""
+
+
+@dataclass(frozen=True, slots=True)
+class References:
+    """What a template reads: used to validate names and to derive data dependencies."""
+
+    names: frozenset[str] = frozenset()
+    steps: frozenset[str] = frozenset()
+    inputs: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
+class CompiledValue:
+    render: Renderer
+    refs: References = field(default_factory=References)
+    constant: bool = True
+
+
+def has_template(text: str) -> bool:
+    return "{{" in text or "{%" in text
+
+
+@lru_cache(maxsize=8192)
+def _compile_string(text: str) -> tuple[Renderer, References]:
+    match = _SINGLE_EXPRESSION.match(text)
+    try:
+        if match:
+            expr = match.group("expr")
+            source = "{{" + expr + "}}"
+            evaluate = _env.compile_expression(expr, undefined_to_none=False)
+
+            def render(ctx: dict[str, Any]) -> Any:
+                value = evaluate(ctx)
+                if isinstance(value, Undefined):
+                    value._fail_with_undefined_error()
+                return value
+
+        else:
+            source = text
+            template = _env.from_string(text)
+            render = template.render
+        refs = _references(_env.parse(source))
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"template syntax error: {exc.message}") from None
+    return _guarded(render), refs
+
+
+def _guarded(render: Callable[[dict[str, Any]], Any]) -> Renderer:
+    def run(ctx: dict[str, Any]) -> Any:
+        try:
+            return render(ctx)
+        except TemplateError:
+            raise
+        except Exception as exc:  # any failure inside user template code is the user's error
+            raise TemplateError(f"{type(exc).__name__}: {exc}") from None
+
+    return run
+
+
+def _references(ast: nodes.Template) -> References:
+    from jinja2 import meta
+
+    names = frozenset(meta.find_undeclared_variables(ast))
+    steps, inputs = set(), set()
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+        target = node.node
+        if not isinstance(target, nodes.Name):
+            continue
+        key = node.attr if isinstance(node, nodes.Getattr) else _const(node.arg)
+        if key is None:
+            continue
+        if target.name == "steps":
+            steps.add(key)
+        elif target.name == "inputs":
+            inputs.add(key)
+    return References(names=names, steps=frozenset(steps), inputs=frozenset(inputs))
+
+
+def _const(node: nodes.Node) -> str | None:
+    return node.value if isinstance(node, nodes.Const) and isinstance(node.value, str) else None
+
+
+def compile_value(value: Any) -> CompiledValue:
+    """Compile every template inside a JSON-like value (strings, lists, dicts, nested)."""
+    if isinstance(value, str):
+        if not has_template(value):
+            return CompiledValue(render=lambda ctx, v=value: v)
+        render, refs = _compile_string(value)
+        return CompiledValue(render=render, refs=refs, constant=False)
+    if isinstance(value, dict):
+        parts = {k: compile_value(v) for k, v in value.items()}
+        if all(p.constant for p in parts.values()):
+            return CompiledValue(render=lambda ctx, v=value: v)
+        pairs = [(k, p.render) for k, p in parts.items()]
+        return CompiledValue(
+            render=lambda ctx: {k: r(ctx) for k, r in pairs},
+            refs=_merge(p.refs for p in parts.values()),
+            constant=False,
+        )
+    if isinstance(value, list):
+        items = [compile_value(v) for v in value]
+        if all(p.constant for p in items):
+            return CompiledValue(render=lambda ctx, v=value: v)
+        renders = [p.render for p in items]
+        return CompiledValue(
+            render=lambda ctx: [r(ctx) for r in renders],
+            refs=_merge(p.refs for p in items),
+            constant=False,
+        )
+    return CompiledValue(render=lambda ctx, v=value: v)
+
+
+def _merge(refs: Iterator[References]) -> References:
+    names, steps, inputs = set(), set(), set()
+    for r in refs:
+        names |= r.names
+        steps |= r.steps
+        inputs |= r.inputs
+    return References(frozenset(names), frozenset(steps), frozenset(inputs))
+
+
+_FALSY_TEXT = frozenset({"", "false", "0", "no", "none", "null", "off"})
+
+
+def truthy(value: Any) -> bool:
+    """Truth of an ``if:`` result; rendered text such as ``"False"`` counts as false."""
+    if isinstance(value, str):
+        return value.strip().lower() not in _FALSY_TEXT
+    return bool(value)
