@@ -45,6 +45,12 @@ class References:
     names: frozenset[str] = frozenset()
     steps: frozenset[str] = frozenset()
     inputs: frozenset[str] = frozenset()
+    status_only: frozenset[str] = frozenset()
+    """Steps read only through ``steps.<id>.status``: ordering, but no data dependency."""
+
+    @property
+    def outputs(self) -> frozenset[str]:
+        return self.steps - self.status_only
 
 
 @dataclass(slots=True)
@@ -99,19 +105,31 @@ def _references(ast: nodes.Template) -> References:
     from jinja2 import meta
 
     names = frozenset(meta.find_undeclared_variables(ast))
-    steps, inputs = set(), set()
+    steps: dict[str, int] = {}
+    status_reads: dict[str, int] = {}
+    inputs = set()
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
-        target = node.node
-        if not isinstance(target, nodes.Name):
-            continue
-        key = node.attr if isinstance(node, nodes.Getattr) else _const(node.arg)
-        if key is None:
-            continue
-        if target.name == "steps":
-            steps.add(key)
-        elif target.name == "inputs":
-            inputs.add(key)
-    return References(names=names, steps=frozenset(steps), inputs=frozenset(inputs))
+        inner = _name_key(node)
+        if inner is not None:
+            name, key = inner
+            if name == "steps":
+                steps[key] = steps.get(key, 0) + 1
+            elif name == "inputs":
+                inputs.add(key)
+        elif isinstance(node, nodes.Getattr) and node.attr == "status":
+            outer = _name_key(node.node)
+            if outer is not None and outer[0] == "steps":
+                status_reads[outer[1]] = status_reads.get(outer[1], 0) + 1
+    status_only = frozenset(k for k, n in status_reads.items() if steps.get(k) == n)
+    return References(names=names, steps=frozenset(steps), inputs=frozenset(inputs), status_only=status_only)
+
+
+def _name_key(node: nodes.Node) -> tuple[str, str] | None:
+    """``(name, key)`` for ``name.key`` or ``name["key"]``, else None."""
+    if not isinstance(node, (nodes.Getattr, nodes.Getitem)) or not isinstance(node.node, nodes.Name):
+        return None
+    key = node.attr if isinstance(node, nodes.Getattr) else _const(node.arg)
+    return None if key is None else (node.node.name, key)
 
 
 def _const(node: nodes.Node) -> str | None:
@@ -149,12 +167,15 @@ def compile_value(value: Any) -> CompiledValue:
 
 
 def _merge(refs: Iterator[References]) -> References:
-    names, steps, inputs = set(), set(), set()
-    for r in refs:
-        names |= r.names
-        steps |= r.steps
-        inputs |= r.inputs
-    return References(frozenset(names), frozenset(steps), frozenset(inputs))
+    refs = list(refs)
+    steps = frozenset().union(*(r.steps for r in refs))
+    outputs = frozenset().union(*(r.outputs for r in refs))
+    return References(
+        names=frozenset().union(*(r.names for r in refs)),
+        steps=steps,
+        inputs=frozenset().union(*(r.inputs for r in refs)),
+        status_only=steps - outputs,
+    )
 
 
 _FALSY_TEXT = frozenset({"", "false", "0", "no", "none", "null", "off"})

@@ -1,0 +1,10 @@
+"""Clarion v3: AI agents and durable workflows, notebook-native."""
+
+from ._version import __version__
+from .agent.models import Agent
+from .errors import ClarionError, ValidationFailed
+from .storage.records import Event
+from .workflow.engine import Engine
+from .workflow.models import Workflow, WorkflowRun, parse_workflow
+
+__all__ = ["Agent", "ClarionError", "Engine", "Event", "ValidationFailed", "Workflow", "WorkflowRun", "__version__", "parse_workflow"]

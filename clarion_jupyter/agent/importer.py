@@ -1,0 +1,492 @@
+"""Import of Clarion v2 agents (YAML blocks and JSON profiles) into v3 :class:`Agent` models.
+
+Users bring agents they built in v2, in two shapes:
+
+* YAML blocks, possibly several ``---`` documents per file: ``type: Agent`` with
+  ``metadata``, ``properties`` {``system_prompt``, ``llm_config``} and ``children`` blocks of
+  type ``FilterSet``, ``OutputSchema`` and ``UserVariableDef``;
+* JSON documents (or lists of them): ``Profile``, ``system_prompt``, ``codebase_filters``,
+  ``output_schema``, ``user_variables``, ``llm_config``.
+
+Both went through several versions and hand edits, so keys are read liberally (case,
+``-``/``_`` and common synonyms do not matter). Nothing is silently lost: whatever the
+Agent model does not use is kept verbatim under ``Agent.extra``. The one exception is
+secrets: an API key in a document is dropped (with a warning that never shows it), because
+v3 stores only the *name* of the environment variable that holds a key.
+
+One bad file or document is reported with its name and reason; the rest still import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import Problem, ValidationFailed
+from ..workflow.models import SLUG_PATTERN, slugify
+from .models import ENV_NAME_PATTERN, Agent
+
+log = logging.getLogger(__name__)
+
+AGENT_FILE_SUFFIXES = frozenset({".yaml", ".yml", ".json"})
+
+PROVIDER_PREFIXES = {
+    "openai": "openai",
+    "openrouter": "openrouter",
+    "anthropic": "anthropic",
+    "gemini": "gemini",
+    "google": "gemini",
+    "googlegemini": "gemini",
+    "googleai": "gemini",
+    "googleaistudio": "gemini",
+    "ollama": "ollama",
+    "azure": "azure",
+    "azureopenai": "azure",
+}
+"""Clarion v2 provider names (normalised: lower case, letters and digits only) → litellm prefixes."""
+
+LOOSE_PARAMETERS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "max_completion_tokens",
+    "reasoning_effort",
+    "frequency_penalty",
+    "presence_penalty",
+    "stop",
+    "seed",
+)
+"""Model parameters that v2 documents sometimes put directly in ``llm_config``."""
+
+SECRET_KEYS = frozenset(
+    {"apikey", "secret", "secretkey", "clientsecret", "token", "accesstoken", "authtoken", "bearertoken", "password"}
+)
+"""Normalised key names whose values are never imported, wherever they appear."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImportProblem:
+    source: str
+    """The file (relative to the imported folder) and, for multi-document files, the document."""
+    message: str
+
+
+@dataclass(slots=True)
+class ImportReport:
+    agents: list[Agent] = field(default_factory=list)
+    errors: list[ImportProblem] = field(default_factory=list)
+    warnings: list[ImportProblem] = field(default_factory=list)
+
+    def extend(self, other: ImportReport) -> None:
+        self.agents += other.agents
+        self.errors += other.errors
+        self.warnings += other.warnings
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape the REST API and ``clarion agents import --json`` return."""
+        return {
+            "agents": [agent.model_dump(mode="json") for agent in self.agents],
+            "errors": [asdict(p) for p in self.errors],
+            "warnings": [asdict(p) for p in self.warnings],
+        }
+
+
+def import_agents(path: str | os.PathLike[str]) -> ImportReport:
+    """Import a file, or every ``*.yaml``/``*.yml``/``*.json`` under a folder (recursively)."""
+    root = Path(path)
+    report = ImportReport()
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AGENT_FILE_SUFFIXES and p.is_file())
+        sources = [(p, p.relative_to(root).as_posix()) for p in files]
+    elif root.is_file():
+        sources = [(root, root.name)]
+    else:
+        report.errors.append(ImportProblem(str(path), "no such file or folder"))
+        return report
+    for file, name in sources:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            report.errors.append(ImportProblem(name, f"cannot read the file: {exc}"))
+            continue
+        report.extend(import_text(text, name))
+    report.warnings += _duplicate_ids(report.agents)
+    return report
+
+
+def import_text(text: str, source_name: str) -> ImportReport:
+    """Every agent in one file's text; each document converts (or fails) on its own."""
+    report = ImportReport()
+    try:
+        documents = _load_documents(text)
+    except ValueError as exc:
+        report.errors.append(ImportProblem(source_name, str(exc)))
+        return report
+    if not documents:
+        report.errors.append(ImportProblem(source_name, "no agent documents found"))
+    for index, document in enumerate(documents, start=1):
+        where = source_name if len(documents) == 1 else f"{source_name} (document {index})"
+        warnings: list[str] = []
+        try:
+            report.agents.append(_convert(document, warnings))
+        except ValueError as exc:
+            report.errors.append(ImportProblem(where, str(exc)))
+        report.warnings += [ImportProblem(where, w) for w in warnings]
+    return report
+
+
+def parse_agent_documents(text: str, source_name: str) -> list[Agent]:
+    """The agents in one document text, or :class:`ValidationFailed` listing every problem.
+
+    Warnings (such as a dropped API key) are logged; use :func:`import_text` to get them.
+    """
+    report = import_text(text, source_name)
+    for warning in report.warnings:
+        log.warning("%s: %s", warning.source, warning.message)
+    if report.errors:
+        raise ValidationFailed([Problem(loc=e.source, message=e.message) for e in report.errors], "agent document")
+    return report.agents
+
+
+def litellm_model(provider: str | None, model: str) -> str:
+    """The litellm model string for a v2 provider + model (never prefixed twice)."""
+    if not provider or not provider.strip():
+        return model
+    prefix = PROVIDER_PREFIXES.get(_norm(provider), provider.strip().lower())
+    if prefix == "gemini":
+        model = model.removeprefix("models/")  # Google's own API spells models "models/gemini-..."
+    return model if model.startswith(f"{prefix}/") else f"{prefix}/{model}"
+
+
+# --- reading documents ---------------------------------------------------------------------
+
+
+def _load_documents(text: str) -> list[Any]:
+    """JSON first (its errors are clearer for JSON files), then multi-document YAML."""
+    json_error: json.JSONDecodeError | None = None
+    if text.lstrip().startswith(("{", "[")):
+        try:
+            return _flatten([json.loads(text)])
+        except json.JSONDecodeError as exc:
+            json_error = exc
+    try:
+        return _flatten(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        if json_error is not None:
+            raise ValueError(f"not valid JSON: {json_error}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+
+
+def _flatten(documents: Iterable[Any]) -> list[Any]:
+    """Documents with top-level lists expanded and empty documents (a stray ``---``) dropped."""
+    out: list[Any] = []
+    for document in documents:
+        if isinstance(document, list):
+            out += [d for d in document if d is not None]
+        elif document is not None:
+            out.append(document)
+    return out
+
+
+def _norm(key: Any) -> str:
+    """``System-Prompt``, ``systemPrompt`` and ``system_prompt`` are the same key."""
+    return re.sub(r"[^a-z0-9]", "", str(key).lower())
+
+
+@dataclass(slots=True)
+class _Section:
+    path: tuple[str, ...]
+    data: dict[str, Any]
+
+
+class _Fields:
+    """A document read by liberal key names, searching several of its sections in order.
+
+    Taking a key removes it, so after reading, :meth:`leftovers` is exactly the document
+    minus what was modelled, in its original nesting: that becomes ``Agent.extra``.
+    """
+
+    def __init__(self, search: list[_Section], registry: list[_Section]) -> None:
+        self._search = search
+        self._registry = registry
+
+    @classmethod
+    def of(cls, document: dict[str, Any]) -> _Fields:
+        top = _Section((), dict(document))
+        return cls([top], [top])
+
+    def take(self, *names: str) -> Any:
+        found = self._pop(names)
+        return found[2] if found else None
+
+    def section(self, *names: str) -> _Fields:
+        """Fields that search the named sub-mapping first, then wherever this searches."""
+        found = self._pop(names)
+        if found is None:
+            return self
+        parent, key, value = found
+        path = (*parent.path, key)
+        if not isinstance(value, dict):
+            raise ValueError(f"{'.'.join(path)} must be a mapping")
+        sub = _Section(path, dict(value))
+        self._registry.append(sub)
+        return _Fields([sub, *self._search], self._registry)
+
+    def leftovers(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for section in self._registry:
+            if section.data:
+                node = out
+                for key in section.path:
+                    node = node.setdefault(key, {})
+                node.update(section.data)
+        return out
+
+    def _pop(self, names: tuple[str, ...]) -> tuple[_Section, str, Any] | None:
+        wanted = {_norm(n) for n in names}
+        for section in self._search:
+            for key in list(section.data):
+                if _norm(key) in wanted:
+                    return section, str(key), section.data.pop(key)
+        return None
+
+
+# --- converting one document ----------------------------------------------------------------
+
+
+def _convert(document: Any, warnings: list[str]) -> Agent:
+    """One v2 document → an Agent; raises ValueError with the reason when it cannot."""
+    if not isinstance(document, dict):
+        raise ValueError(f"expected an agent document (a mapping), got {type(document).__name__}")
+    fields = _Fields.of(document)
+    kind = fields.take("type", "kind")
+    if kind is not None and _norm(kind) != "agent":
+        raise ValueError(f"a block of type {kind!r} is not an agent (expected `type: Agent`)")
+    if kind is None and {_norm(k) for k in document}.isdisjoint({"profile", "llmconfig", "systemprompt"}):
+        raise ValueError("not a Clarion agent: expected `type: Agent` blocks or a JSON `Profile` with `llm_config`")
+    fields = fields.section("metadata", "meta", "profile").section("properties", "props", "spec")
+    data, extra = _agent_data(fields)
+    for child in fields.take("children", "blocks") or []:
+        _apply_child(child, data, extra, warnings)
+    data["parameters"] = _drop_secrets(data["parameters"], "llm_config.parameters", warnings)
+    data["extra"] = _drop_secrets(extra, "", warnings)
+    return _validated(data)
+
+
+def _agent_data(fields: _Fields) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Agent fields both formats share, and the leftovers (``extra``) so far."""
+    variables, variable_extras = _variables(fields.take("user_variables", "variables", "user_variable_defs"))
+    data: dict[str, Any] = {
+        "name": fields.take("name", "title", "display_name"),
+        "description": fields.take("description", "summary"),
+        "id": fields.take("id", "slug", "agent_id"),
+        "system_prompt": fields.take("system_prompt", "system_message", "instructions", "prompt"),
+        "output_schema": _schema(fields.take("output_schema", "response_schema", "json_schema")),
+        "user_variables": variables,
+        **_llm_fields(fields.section("llm_config", "llm", "llm_settings", "model_settings")),
+    }
+    context = _context(fields.section("codebase_filters", "codebase_context", "filters", "filter_set", "context"))
+    if context:
+        data["context"] = context
+    extra = fields.leftovers()
+    if variable_extras:
+        extra["user_variables"] = variable_extras
+    return data, extra
+def _llm_fields(llm: _Fields) -> dict[str, Any]:
+    provider, model = llm.take("provider", "llm_provider", "vendor"), llm.take("model", "model_name", "model_id")
+    parameters = llm.take("parameters", "params", "model_parameters", "options") or {}
+    if not isinstance(parameters, dict):
+        raise ValueError("llm_config.parameters must be a mapping")
+    for name in LOOSE_PARAMETERS:
+        value = llm.take(name)
+        if value is not None:
+            parameters.setdefault(name, value)
+    return {
+        "model": litellm_model(provider, str(model)) if model else None,
+        "parameters": parameters,
+        "api_base": llm.take("api_base", "base_url", "api_url", "endpoint"),
+        "api_key_env": _env_name(llm.take("api_key_env", "api_key_env_var", "api_key_variable", "api_key_env_name")),
+    }
+
+
+def _env_name(value: Any) -> str | None:
+    """``OPENAI_API_KEY``, also written ``$OPENAI_API_KEY`` or ``${OPENAI_API_KEY}``."""
+    if value is None:
+        return None
+    name = str(value).strip().removeprefix("$").strip("{}")
+    if not re.match(ENV_NAME_PATTERN, name):
+        # the value may be a pasted key, so the message never shows it
+        raise ValueError("llm_config.api_key_env must name an environment variable (letters, digits, _)")
+    return name
+
+
+def _context(fields: _Fields) -> dict[str, Any]:
+    context = {
+        "include_globs": _globs(fields.take("include_globs", "include", "includes", "include_patterns", "globs")),
+        "exclude_globs": _globs(fields.take("exclude_globs", "exclude", "excludes", "exclude_patterns", "ignore")),
+        "content_regex": fields.take("content_regex", "regex", "content_pattern", "content_filter"),
+        "max_files": fields.take("max_files", "file_limit", "max_file_count"),
+        "max_bytes": fields.take("max_bytes", "max_total_bytes", "max_size"),
+    }
+    return {key: value for key, value in context.items() if value not in (None, [], "")}
+
+
+def _globs(value: Any) -> list[str] | None:
+    """A list of globs, also from one string with commas or newlines between globs."""
+    if value is None:
+        return None
+    items = re.split(r"[,\n]", value) if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ValueError("globs must be a list of strings")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def _schema(value: Any) -> dict[str, Any] | None:
+    """A JSON schema, also given as JSON text or wrapped as ``{name, schema}``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"output schema is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError("output schema must be a JSON schema object")
+    inner = value.get("schema", value.get("json_schema"))
+    if isinstance(inner, dict) and value.keys().isdisjoint({"type", "properties", "$schema"}):
+        return _schema(inner)
+    return value
+
+
+def _variables(value: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """User variables (from a list of mappings or names, or a mapping of name → spec) and their leftovers."""
+    if isinstance(value, dict):
+        value = [{"name": k, **(v if isinstance(v, dict) else {"description": v})} for k, v in value.items()]
+    variables, extras = [], []
+    for item in value or []:
+        fields = _block_fields(item if isinstance(item, dict) else {"name": item})
+        variable = _variable(fields)
+        variables.append(variable)
+        rest = fields.leftovers()
+        if rest:
+            extras.append({"name": variable.get("name"), **rest})
+    return variables, extras
+
+
+def _variable(fields: _Fields) -> dict[str, Any]:
+    variable = {
+        "name": fields.take("name", "variable", "key"),
+        "description": fields.take("description", "help", "label"),
+        "required": fields.take("required", "is_required", "mandatory"),
+        "default": fields.take("default", "default_value"),
+    }
+    return {k: v for k, v in variable.items() if v is not None}
+
+
+def _block_fields(block: dict[str, Any]) -> _Fields:
+    """A block's fields, searched in ``properties``, then ``metadata``, then the block itself."""
+    return _Fields.of(block).section("metadata", "meta").section("properties", "props", "spec")
+
+
+# --- children blocks of the YAML format -------------------------------------------------------
+
+def _filter_set(fields: _Fields, data: dict[str, Any]) -> bool:
+    if "context" in data:
+        return False
+    context = _context(fields)
+    if context:
+        data["context"] = context
+    return True
+
+
+def _output_schema(fields: _Fields, data: dict[str, Any]) -> bool:
+    if data["output_schema"] is not None:
+        return False
+    data["output_schema"] = _schema(fields.take("schema", "json_schema", "output_schema", "definition"))
+    return True
+
+
+def _user_variable(fields: _Fields, data: dict[str, Any]) -> bool:
+    data["user_variables"].append(_variable(fields))
+    return True
+
+
+_CHILD_BLOCKS: dict[str, Callable[[_Fields, dict[str, Any]], bool]] = {
+    "filterset": _filter_set,
+    "outputschema": _output_schema,
+    "uservariabledef": _user_variable,
+    "uservariable": _user_variable,
+}
+"""Child block types (normalised) → handlers that fold them into the agent data; a handler
+returns False when the agent already has what the block provides (a second FilterSet)."""
+
+
+def _apply_child(block: Any, data: dict[str, Any], extra: dict[str, Any], warnings: list[str]) -> None:
+    """Fold one ``children`` block into the agent; what is not modelled goes to ``extra``."""
+    handler = _CHILD_BLOCKS.get(_norm(block.get("type", ""))) if isinstance(block, dict) else None
+    fields = _block_fields(block) if handler is not None else None
+    if handler is None or fields is None or not handler(fields, data):
+        if handler is not None:
+            warnings.append(f"only the first {block['type']} block is used; the others are kept under extra.children")
+        extra.setdefault("children", []).append(block)
+        return
+    rest = fields.leftovers()
+    if rest.keys() - {"type"}:
+        extra.setdefault("children", []).append(rest)
+
+
+# --- final checks -----------------------------------------------------------------------------
+
+
+def _drop_secrets(value: Any, path: str, warnings: list[str]) -> Any:
+    """``value`` without API keys and other secrets, at any depth (warned about, never shown)."""
+    if isinstance(value, dict):
+        kept: dict[str, Any] = {}
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if _norm(key) in SECRET_KEYS:
+                if item:
+                    warnings.append(
+                        f"dropped {where}: API keys are never imported; set llm_config.api_key_env "
+                        "to the name of the environment variable that holds it"
+                    )
+            else:
+                kept[key] = _drop_secrets(item, where, warnings)
+        return kept
+    if isinstance(value, list):
+        return [_drop_secrets(item, f"{path}[{i}]", warnings) for i, item in enumerate(value)]
+    return value
+
+
+def _validated(data: dict[str, Any]) -> Agent:
+    if data.get("model") is None:
+        raise ValueError("no model: set llm_config.model (and llm_config.provider)")
+    if data.get("id") and not re.match(SLUG_PATTERN, str(data["id"])):
+        data["id"] = slugify(str(data["id"]))
+    try:
+        return Agent.model_validate({k: v for k, v in data.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'agent'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(problems) from None
+
+
+def _duplicate_ids(agents: list[Agent]) -> list[ImportProblem]:
+    counts = Counter(agent.id for agent in agents)
+    return [
+        ImportProblem(agent_id, f"{count} imported agents have the id '{agent_id}'; saving them keeps only the last")
+        for agent_id, count in counts.items()
+        if count > 1
+    ]

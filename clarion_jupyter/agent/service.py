@@ -1,0 +1,74 @@
+"""AgentService: agent CRUD and import, over an :class:`~..storage.protocols.AgentStore`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..errors import NotFound, Problem, ValidationFailed
+from ..storage.protocols import AgentStore
+from .models import Agent
+
+
+def validate_agent(doc: dict[str, Any] | Agent) -> Agent:
+    if isinstance(doc, Agent):
+        return doc
+    try:
+        return Agent.model_validate(doc)
+    except ValidationError as exc:
+        problems = [
+            Problem(loc=".".join(map(str, e["loc"])) or "agent", message=e["msg"], field=".".join(map(str, e["loc"])) or None)
+            for e in exc.errors()
+        ]
+        raise ValidationFailed(problems, what="agent") from None
+
+
+class AgentService:
+    def __init__(self, store: AgentStore) -> None:
+        self._store = store
+        self._cache: dict[str, dict[str, Any]] = {}
+
+    async def list(self) -> list[Agent]:
+        return [Agent.model_validate(d.doc) for d in await self._store.list()]
+
+    async def get(self, agent_id: str) -> Agent:
+        stored = await self._store.get(agent_id)
+        if stored is None:
+            raise NotFound(f"agent '{agent_id}' not found", details={"id": agent_id})
+        return Agent.model_validate(stored.doc)
+
+    async def create(self, doc: dict[str, Any] | Agent) -> Agent:
+        agent = validate_agent(doc)
+        await self._store.create(agent.id, agent.model_dump(mode="json"))
+        self._cache.pop(agent.id, None)
+        return agent
+
+    async def replace(self, agent_id: str, doc: dict[str, Any] | Agent) -> Agent:
+        data = doc.model_dump(mode="json") if isinstance(doc, Agent) else dict(doc)
+        data["id"] = agent_id
+        agent = validate_agent(data)
+        if await self._store.get(agent_id) is None:
+            raise NotFound(f"agent '{agent_id}' not found", details={"id": agent_id})
+        await self._store.replace(agent_id, agent.model_dump(mode="json"))
+        self._cache.pop(agent_id, None)
+        return agent
+
+    async def upsert(self, agent: Agent) -> Agent:
+        await self._store.replace(agent.id, agent.model_dump(mode="json"))
+        self._cache.pop(agent.id, None)
+        return agent
+
+    async def delete(self, agent_id: str) -> None:
+        if not await self._store.delete(agent_id):
+            raise NotFound(f"agent '{agent_id}' not found", details={"id": agent_id})
+        self._cache.pop(agent_id, None)
+
+    async def resolve(self, agent_id: str) -> dict[str, Any] | None:
+        """The agent document a worker needs, cached: many steps use the same agent."""
+        if agent_id not in self._cache:
+            stored = await self._store.get(agent_id)
+            if stored is None:
+                return None
+            self._cache[agent_id] = stored.doc
+        return self._cache[agent_id]

@@ -1,0 +1,179 @@
+"""The LLM provider: one chat completion through litellm, with streaming, usage and cost.
+
+The engine only knows the small :class:`LLMProvider` protocol, so tests and other backends
+can stand in for litellm. :class:`LiteLLMProvider` imports litellm lazily, inside the first
+call: the import takes seconds and, unless the bundled cost map is selected first, goes to
+the network, and neither may happen when the server or the CLI starts.
+
+API keys come from environment variables named by the agent, are read at call time and go
+to litellm only; error messages are scrubbed of the key because some providers quote the
+key they rejected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Protocol
+
+TokenCallback = Callable[[str], None]
+
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
+"""Besides every 5xx: timeouts, conflicts, too early and rate limits are worth another try."""
+
+_LITELLM_PREFIX = re.compile(r"^litellm\.\w+:\s*")
+_REDACTED = "[REDACTED]"
+
+
+@dataclass(slots=True)
+class LLMRequest:
+    """What to ask: ``parameters`` pass through to litellm (temperature, mock_response, ...)."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    parameters: dict[str, Any] = field(default_factory=dict)
+    api_base: str | None = None
+    api_key_env: str | None = None
+    response_format: dict[str, Any] | None = None
+    stream: bool = False
+
+
+@dataclass(slots=True)
+class LLMResult:
+    """The reply; ``cost_usd`` is None when litellm has no price for the model."""
+
+    text: str
+    model: str
+    usage: dict[str, int]
+    cost_usd: float | None
+
+
+class ProviderError(Exception):
+    """A call failed; ``retryable`` says whether the same request may succeed later."""
+
+    def __init__(self, message: str, retryable: bool, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.status_code = status_code
+
+
+class LLMProvider(Protocol):
+    async def complete(self, request: LLMRequest, on_token: TokenCallback | None = None) -> LLMResult:
+        """Run one chat completion; with ``request.stream``, ``on_token`` gets every text delta."""
+        ...
+
+
+class LiteLLMProvider:
+    """The default provider: every model litellm supports, through ``litellm.acompletion``."""
+
+    async def complete(self, request: LLMRequest, on_token: TokenCallback | None = None) -> LLMResult:
+        api_key = read_api_key(request.api_key_env)
+        litellm = _litellm()
+        kwargs = _completion_kwargs(request, api_key)
+        try:
+            if request.stream:
+                return await _stream(litellm, request, kwargs, on_token)
+            response = await litellm.acompletion(**kwargs)
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise provider_error(exc, secret=api_key) from None
+        return LLMResult(
+            text=response.choices[0].message.content or "",
+            model=request.model,
+            usage=_usage(getattr(response, "usage", None)),
+            cost_usd=_guarded_cost(lambda: litellm.completion_cost(completion_response=response)),
+        )
+
+
+def read_api_key(env_name: str | None) -> str | None:
+    """The key from the named environment variable; the error names the variable, never a value."""
+    if env_name is None:
+        return None
+    value = os.environ.get(env_name)
+    if not value:
+        raise ProviderError(
+            f"environment variable {env_name} (the agent's api_key_env) is not set", retryable=False
+        )
+    return value
+
+
+def provider_error(exc: Exception, secret: str | None = None) -> ProviderError:
+    """``type: message`` without litellm's prefixes or the API key; 5xx, 429 and network errors retry."""
+    status = getattr(exc, "status_code", None)
+    status = status if isinstance(status, int) else None
+    message = _LITELLM_PREFIX.sub("", str(getattr(exc, "message", None) or exc)).strip()
+    if not message.startswith(type(exc).__name__):
+        message = f"{type(exc).__name__}: {message}"
+    if secret:
+        message = message.replace(secret, _REDACTED)
+    return ProviderError(message, retryable=_is_retryable(exc, status), status_code=status)
+
+
+def _is_retryable(exc: Exception, status: int | None) -> bool:
+    if status is not None:
+        return status >= 500 or status in RETRYABLE_STATUS
+    return isinstance(exc, (TimeoutError, ConnectionError))
+
+
+def _litellm() -> ModuleType:
+    """Import litellm on first use, offline (bundled cost map) and without its banners."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+def _completion_kwargs(request: LLMRequest, api_key: str | None) -> dict[str, Any]:
+    """litellm kwargs; the SDK's own retries are off because the engine retries with backoff."""
+    kwargs: dict[str, Any] = {"max_retries": 0, **request.parameters}
+    kwargs |= {"model": request.model, "messages": request.messages}
+    optional = {"api_base": request.api_base, "api_key": api_key, "response_format": request.response_format}
+    kwargs |= {name: value for name, value in optional.items() if value is not None}
+    if request.stream:
+        kwargs |= {"stream": True, "stream_options": {"include_usage": True}}
+    return kwargs
+
+
+async def _stream(
+    litellm: ModuleType, request: LLMRequest, kwargs: dict[str, Any], on_token: TokenCallback | None
+) -> LLMResult:
+    """Assemble the streamed text, passing each delta on; usage comes from the last chunk."""
+    parts: list[str] = []
+    usage: Any = None
+    async for chunk in await litellm.acompletion(**kwargs):
+        usage = getattr(chunk, "usage", None) or usage
+        delta = chunk.choices[0].delta.content if chunk.choices else None
+        if delta:
+            parts.append(delta)
+            if on_token is not None:
+                on_token(delta)
+    tokens = _usage(usage)
+    return LLMResult(
+        text="".join(parts),
+        model=request.model,
+        usage=tokens,
+        cost_usd=_guarded_cost(lambda: sum(litellm.cost_per_token(model=request.model, **tokens))),
+    )
+
+
+def _usage(usage: Any) -> dict[str, int]:
+    """Token counts; 0 when the provider reported none."""
+    return {
+        "prompt_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
+        "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
+    }
+
+
+def _guarded_cost(compute: Callable[[], float]) -> float | None:
+    """litellm raises for models missing from its price map: that is an unknown cost, not a failure."""
+    try:
+        cost = compute()
+    except Exception:
+        return None
+    return float(cost) if cost is not None else None

@@ -1,0 +1,167 @@
+"""The DuckDB file: opening it, migrating it, and running statements off the event loop.
+
+DuckDB allows one read-write process per file, and each statement has a fixed cost of
+around a millisecond, so every call goes through a thread: writes through one dedicated
+writer thread (so transactions never interleave), reads through a small pool of reader
+threads, each with its own cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+
+from ..errors import DatabaseLocked
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<prog>.+?) \(PID (?P<pid>\d+)\)")
+
+
+def default_db_path() -> Path:
+    """``$CLARION_DB``, else the file in Jupyter's data dir that the server extension uses."""
+    from jupyter_core.paths import jupyter_data_dir
+
+    env = os.environ.get("CLARION_DB")
+    return Path(env).expanduser() if env else Path(jupyter_data_dir()) / "clarion" / "clarion.duckdb"
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """Numbered SQL migrations shipped with the package, in order."""
+    found = []
+    for entry in resources.files("clarion_jupyter.storage").joinpath("migrations").iterdir():
+        match = MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text()))
+    return sorted(found)
+
+
+def migrate(con: duckdb.DuckDBPyConnection, target: int | None = None) -> list[int]:
+    """Apply pending migrations (up to ``target``) in order, each in its own transaction."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+    )
+    applied = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    done = []
+    for version, name, sql in migrations():
+        if version in applied or (target is not None and version > target):
+            continue
+        con.execute("BEGIN")
+        try:
+            con.execute(sql)
+            con.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, now()::TIMESTAMP)", [version, name]
+            )
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        log.info("applied migration %04d_%s", version, name)
+        done.append(version)
+    return done
+
+
+def connect(path: str | Path) -> duckdb.DuckDBPyConnection:
+    """Open the file read-write, explaining a lock held by another process."""
+    if str(path) != ":memory:":
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return duckdb.connect(str(path))
+    except duckdb.IOException as exc:
+        match = _LOCK_HOLDER.search(str(exc))
+        if not match:
+            raise
+        holder = f"{match.group('prog')} (PID {match.group('pid')})"
+        raise DatabaseLocked(
+            f"the Clarion database {path} is in use by another process: {holder}. "
+            "Only one process may open it at a time (the engine is its only writer). "
+            "Stop that process or wait for it to finish, talk to the running server over "
+            "its API, or choose another file with --db PATH or CLARION_DB.",
+            details={"path": str(path), "pid": int(match.group("pid"))},
+        ) from None
+
+
+class Database:
+    def __init__(self, path: str | Path, readers: int = 2) -> None:
+        self.path = str(path)
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="clarion-db-writer")
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="clarion-db-reader")
+        self._local = threading.local()
+        self._write_cursor: duckdb.DuckDBPyConnection | None = None
+
+    def open(self) -> None:
+        """Connect and migrate; blocking, so hosts call it through :meth:`start`."""
+        self._con = connect(self.path)
+        migrate(self._con)
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._writer, self.open)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._close)
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            raise RuntimeError("database is not open")
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self._local.cursor = self._con.cursor()
+        return cursor
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, lambda: fn(self._cursor(), *args))
+
+    async def write(self, fn: Callable[..., T], *args: Any, attempts: int = 5) -> T:
+        """Run ``fn(cursor, *args)`` in one transaction, retrying DuckDB write conflicts."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self._transaction, fn, args, attempts)
+
+    def _transaction(self, fn: Callable[..., T], args: tuple[Any, ...], attempts: int) -> T:
+        cursor = self._cursor()
+        for attempt in range(1, attempts + 1):
+            cursor.execute("BEGIN")
+            try:
+                result = fn(cursor, *args)
+                cursor.execute("COMMIT")
+                return result
+            except duckdb.TransactionException as exc:
+                _rollback(cursor)
+                if attempt == attempts:
+                    raise
+                log.debug("write conflict (attempt %d): %s", attempt, exc)
+                time.sleep(0.005 * 2**attempt)
+            except BaseException:
+                _rollback(cursor)
+                raise
+        raise AssertionError("unreachable")
+
+
+def _rollback(cursor: duckdb.DuckDBPyConnection) -> None:
+    """Roll back if a transaction is still open (a failed COMMIT has already ended it)."""
+    try:
+        cursor.execute("ROLLBACK")
+    except duckdb.Error:
+        pass

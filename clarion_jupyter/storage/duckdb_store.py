@@ -1,0 +1,274 @@
+"""DuckDB implementations of the storage interfaces.
+
+Batches are written column-wise (``INSERT ... SELECT unnest($1), unnest($2), ...``): DuckDB
+binds one list per column in a few microseconds a row, where a multi-row ``VALUES`` costs
+tens of microseconds a row in the parser.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+
+from ..errors import Conflict
+from .database import Database
+from .protocols import ActiveRun, RunPage
+from .records import Batch, Event, RunRecord, StepRecord, StoredDocument, utcnow
+
+ACTIVE_STATUSES = ("queued", "running")
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _loads(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def _naive(ts: datetime | None) -> datetime | None:
+    return None if ts is None else ts.astimezone(UTC).replace(tzinfo=None)
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    return None if ts is None else ts.replace(tzinfo=UTC)
+
+
+def _insert_columns(cursor: duckdb.DuckDBPyConnection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    if rows:
+        cursor.execute(sql, [list(column) for column in zip(*rows, strict=True)])
+
+
+def _unnest(n: int) -> str:
+    return ", ".join(f"unnest(${i})" for i in range(1, n + 1))
+
+
+_RUN_COLUMNS = (
+    "run_id, workflow_id, workflow_name, workflow, inputs, status, idempotency_key,"
+    " created_at, started_at, finished_at, outputs, error, usage"
+)
+_RUN_UPSERT = (
+    f"INSERT INTO runs ({_RUN_COLUMNS}) SELECT {_unnest(13)} ON CONFLICT (run_id) DO UPDATE SET"
+    " status = excluded.status, started_at = excluded.started_at, finished_at = excluded.finished_at,"
+    " outputs = excluded.outputs, error = excluded.error, usage = excluded.usage"
+)
+_STEP_COLUMNS = "run_id, key, step_id, item_index, attempt, status, started_at, finished_at, output, error, usage"
+_STEP_UPSERT = (
+    f"INSERT INTO step_runs ({_STEP_COLUMNS}) SELECT {_unnest(11)}"
+    " ON CONFLICT (run_id, key, attempt) DO UPDATE SET status = excluded.status,"
+    " started_at = excluded.started_at, finished_at = excluded.finished_at,"
+    " output = excluded.output, error = excluded.error, usage = excluded.usage"
+)
+_EVENT_INSERT = f"INSERT INTO events (run_id, seq, type, step_id, ts, data) SELECT {_unnest(6)}"
+_RUN_SUMMARY = (
+    "run_id, workflow_id, workflow_name, inputs, status, idempotency_key,"
+    " created_at, started_at, finished_at, outputs, error, usage"
+)
+
+
+def _run_row(r: RunRecord) -> tuple[Any, ...]:
+    return (
+        r.run_id, r.workflow_id, r.workflow_name, _dumps(r.workflow), _dumps(r.inputs), r.status,
+        r.idempotency_key, _naive(r.created_at), _naive(r.started_at), _naive(r.finished_at),
+        _dumps(r.outputs), _dumps(r.error), _dumps(r.usage),
+    )  # fmt: skip
+
+
+def _step_row(s: StepRecord) -> tuple[Any, ...]:
+    return (
+        s.run_id, s.key, s.step_id, s.item_index, s.attempt, s.status, _naive(s.started_at),
+        _naive(s.finished_at), _dumps(s.output), _dumps(s.error), _dumps(s.usage),
+    )  # fmt: skip
+
+
+def _run_from_summary(row: tuple[Any, ...], workflow: dict[str, Any] | None = None) -> RunRecord:
+    (run_id, workflow_id, workflow_name, inputs, status, key, created, started, finished, outputs, error, usage) = row
+    return RunRecord(
+        run_id=run_id, workflow_id=workflow_id, workflow_name=workflow_name, workflow=workflow or {},
+        inputs=_loads(inputs) or {}, status=status, idempotency_key=key, created_at=_aware(created),
+        started_at=_aware(started), finished_at=_aware(finished), outputs=_loads(outputs),
+        error=_loads(error), usage=_loads(usage),
+    )  # fmt: skip
+
+
+def _step_from_row(row: tuple[Any, ...]) -> StepRecord:
+    run_id, key, step_id, item, attempt, status, started, finished, output, error, usage = row
+    return StepRecord(
+        run_id=run_id, key=key, step_id=step_id, item_index=item, attempt=attempt, status=status,
+        started_at=_aware(started), finished_at=_aware(finished), output=_loads(output),
+        error=_loads(error), usage=_loads(usage),
+    )  # fmt: skip
+
+
+class DuckDBRunStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def write(self, batch: Batch) -> None:
+        # Rows are built here, on the caller's thread, from records the engine may go on
+        # mutating: the writer thread only ever sees immutable tuples.
+        runs = [_run_row(r) for r in batch.runs.values()]
+        steps = [_step_row(s) for s in batch.steps.values()]
+        events = [(e.run_id, e.seq, e.type, e.step_id, _naive(e.ts), _dumps(e.data)) for e in batch.events]
+        await self._db.write(self._write_rows, runs, steps, events)
+
+    @staticmethod
+    def _write_rows(
+        cursor: duckdb.DuckDBPyConnection,
+        runs: list[tuple[Any, ...]],
+        steps: list[tuple[Any, ...]],
+        events: list[tuple[Any, ...]],
+    ) -> None:
+        _insert_columns(cursor, _RUN_UPSERT, runs)
+        _insert_columns(cursor, _STEP_UPSERT, steps)
+        _insert_columns(cursor, _EVENT_INSERT, events)
+
+    async def get_run(self, run_id: str) -> tuple[RunRecord, list[StepRecord]] | None:
+        return await self._db.read(self._get_run, run_id)
+
+    @staticmethod
+    def _get_run(cursor: duckdb.DuckDBPyConnection, run_id: str) -> tuple[RunRecord, list[StepRecord]] | None:
+        row = cursor.execute(f"SELECT {_RUN_SUMMARY}, workflow FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        if row is None:
+            return None
+        steps = cursor.execute(
+            f"SELECT {_STEP_COLUMNS} FROM step_runs WHERE run_id = ? ORDER BY started_at NULLS LAST, key, attempt",
+            [run_id],
+        ).fetchall()
+        return _run_from_summary(row[:-1], _loads(row[-1])), [_step_from_row(s) for s in steps]
+
+    async def list_runs(
+        self, workflow_id: str | None = None, status: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> RunPage:
+        return await self._db.read(self._list_runs, workflow_id, status, limit, cursor)
+
+    @staticmethod
+    def _list_runs(
+        cur: duckdb.DuckDBPyConnection, workflow_id: str | None, status: str | None, limit: int, cursor: str | None
+    ) -> RunPage:
+        clauses, params = [], []
+        for clause, value in (("workflow_id = ?", workflow_id), ("status = ?", status), ("run_id < ?", cursor)):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = cur.execute(
+            f"SELECT {_RUN_SUMMARY} FROM runs {where} ORDER BY run_id DESC LIMIT ?", [*params, limit + 1]
+        ).fetchall()
+        runs = [_run_from_summary(r) for r in rows[:limit]]
+        return RunPage(runs=runs, next_cursor=runs[-1].run_id if len(rows) > limit else None)
+
+    async def events(self, run_id: str, since: int = 0, limit: int | None = None) -> list[Event]:
+        return await self._db.read(self._events, run_id, since, limit)
+
+    @staticmethod
+    def _events(cursor: duckdb.DuckDBPyConnection, run_id: str, since: int, limit: int | None) -> list[Event]:
+        sql = "SELECT seq, type, step_id, ts, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq"
+        params: list[Any] = [run_id, since]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [
+            Event(seq=seq, type=type_, run_id=run_id, step_id=step_id, ts=_aware(ts), data=_loads(data) or {})
+            for seq, type_, step_id, ts, data in cursor.execute(sql, params).fetchall()
+        ]
+
+    async def find_idempotent(self, workflow_id: str, key: str) -> str | None:
+        return await self._db.read(self._find_idempotent, workflow_id, key)
+
+    @staticmethod
+    def _find_idempotent(cursor: duckdb.DuckDBPyConnection, workflow_id: str, key: str) -> str | None:
+        row = cursor.execute(
+            "SELECT run_id FROM runs WHERE workflow_id = ? AND idempotency_key = ? ORDER BY run_id LIMIT 1",
+            [workflow_id, key],
+        ).fetchone()
+        return row[0] if row else None
+
+    async def active_runs(self) -> list[ActiveRun]:
+        return await self._db.read(self._active_runs)
+
+    @staticmethod
+    def _active_runs(cursor: duckdb.DuckDBPyConnection) -> list[ActiveRun]:
+        rows = cursor.execute(
+            f"SELECT {_RUN_SUMMARY}, workflow FROM runs WHERE status IN {ACTIVE_STATUSES} ORDER BY run_id"
+        ).fetchall()
+        active = []
+        for row in rows:
+            run = _run_from_summary(row[:-1], _loads(row[-1]))
+            steps = cursor.execute(
+                f"SELECT {_STEP_COLUMNS} FROM step_runs WHERE run_id = ? ORDER BY key, attempt", [run.run_id]
+            ).fetchall()
+            (last_seq,) = cursor.execute(
+                "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", [run.run_id]
+            ).fetchone()
+            active.append(ActiveRun(run=run, steps=[_step_from_row(s) for s in steps], last_seq=last_seq))
+        return active
+
+    async def count_active(self, workflow_id: str) -> int:
+        return await self._db.read(self._count_active, workflow_id)
+
+    @staticmethod
+    def _count_active(cursor: duckdb.DuckDBPyConnection, workflow_id: str) -> int:
+        (count,) = cursor.execute(
+            f"SELECT count(*) FROM runs WHERE workflow_id = ? AND status IN {ACTIVE_STATUSES}", [workflow_id]
+        ).fetchone()
+        return count
+
+
+class DuckDBDocumentStore:
+    """Agents or workflows (``table``): JSON documents keyed by id."""
+
+    def __init__(self, db: Database, table: str, with_source: bool = False) -> None:
+        if table not in ("agents", "workflows"):
+            raise ValueError(f"no document table {table!r}")
+        self._db = db
+        self._table = table
+        self._columns = "id, doc, created_at, updated_at" + (", source" if with_source else "")
+
+    def _from_row(self, row: tuple[Any, ...]) -> StoredDocument:
+        return StoredDocument(
+            id=row[0], doc=json.loads(row[1]), created_at=_aware(row[2]), updated_at=_aware(row[3]),
+            source=row[4] if len(row) > 4 else None,
+        )  # fmt: skip
+
+    async def get(self, doc_id: str) -> StoredDocument | None:
+        row = await self._db.read(
+            lambda c: c.execute(f"SELECT {self._columns} FROM {self._table} WHERE id = ?", [doc_id]).fetchone()
+        )
+        return self._from_row(row) if row else None
+
+    async def list(self) -> list[StoredDocument]:
+        rows = await self._db.read(
+            lambda c: c.execute(f"SELECT {self._columns} FROM {self._table} ORDER BY id").fetchall()
+        )
+        return [self._from_row(r) for r in rows]
+
+    async def create(self, doc_id: str, doc: dict[str, Any], source: str | None = None) -> StoredDocument:
+        return await self._db.write(self._upsert, doc_id, doc, source, False)
+
+    async def replace(self, doc_id: str, doc: dict[str, Any], source: str | None = None) -> StoredDocument:
+        return await self._db.write(self._upsert, doc_id, doc, source, True)
+
+    def _upsert(
+        self, cursor: duckdb.DuckDBPyConnection, doc_id: str, doc: dict[str, Any], source: str | None, replace: bool
+    ) -> StoredDocument:
+        now = utcnow()
+        existing = cursor.execute(f"SELECT created_at FROM {self._table} WHERE id = ?", [doc_id]).fetchone()
+        if existing and not replace:
+            raise Conflict(f"{self._table[:-1]} '{doc_id}' already exists", details={"id": doc_id})
+        created = _aware(existing[0]) if existing else now
+        values: list[Any] = [doc_id, json.dumps(doc), _naive(created), _naive(now)]
+        if "source" in self._columns:
+            values.append(source)
+        marks = ", ".join("?" * len(values))
+        cursor.execute(f"INSERT OR REPLACE INTO {self._table} ({self._columns}) VALUES ({marks})", values)
+        return StoredDocument(id=doc_id, doc=doc, created_at=created, updated_at=now, source=source)
+
+    async def delete(self, doc_id: str) -> bool:
+        def _delete(cursor: duckdb.DuckDBPyConnection) -> bool:
+            return cursor.execute(f"DELETE FROM {self._table} WHERE id = ? RETURNING id", [doc_id]).fetchone() is not None
+
+        return await self._db.write(_delete)

@@ -1,0 +1,56 @@
+-- Documents (agents, workflows), runs, one row per step attempt, and the append-only event log.
+-- Status columns are deliberately not indexed: an UPDATE of an indexed column is a delete
+-- plus an insert in DuckDB, and status changes on every transition.
+CREATE TABLE agents (
+    id VARCHAR PRIMARY KEY,
+    doc JSON NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL
+);
+
+CREATE TABLE workflows (
+    id VARCHAR PRIMARY KEY,
+    doc JSON NOT NULL,
+    source VARCHAR,
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL
+);
+
+CREATE TABLE runs (
+    run_id VARCHAR PRIMARY KEY,
+    workflow_id VARCHAR NOT NULL,
+    workflow_name VARCHAR NOT NULL,
+    workflow JSON NOT NULL,
+    inputs JSON NOT NULL,
+    status VARCHAR NOT NULL,
+    idempotency_key VARCHAR,
+    created_at TIMESTAMP NOT NULL,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP,
+    outputs JSON,
+    error JSON
+);
+
+CREATE TABLE step_runs (
+    run_id VARCHAR NOT NULL,
+    key VARCHAR NOT NULL,
+    step_id VARCHAR NOT NULL,
+    item_index INTEGER,
+    attempt INTEGER NOT NULL,
+    status VARCHAR NOT NULL,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP,
+    output JSON,
+    error JSON,
+    PRIMARY KEY (run_id, key, attempt)
+);
+
+CREATE TABLE events (
+    run_id VARCHAR NOT NULL,
+    seq BIGINT NOT NULL,
+    type VARCHAR NOT NULL,
+    step_id VARCHAR,
+    ts TIMESTAMP NOT NULL,
+    data JSON,
+    PRIMARY KEY (run_id, seq)
+);

@@ -1,0 +1,51 @@
+"""Storage interfaces. Domains depend on these; :mod:`.duckdb_store` implements them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from .records import Batch, Event, RunRecord, StepRecord, StoredDocument
+
+
+class DocumentStore(Protocol):
+    """Agents and workflows: small documents keyed by id."""
+
+    async def get(self, doc_id: str) -> StoredDocument | None: ...
+    async def list(self) -> list[StoredDocument]: ...
+    async def create(self, doc_id: str, doc: dict, source: str | None = None) -> StoredDocument: ...
+    async def replace(self, doc_id: str, doc: dict, source: str | None = None) -> StoredDocument: ...
+    async def delete(self, doc_id: str) -> bool: ...
+
+
+AgentStore = DocumentStore
+WorkflowStore = DocumentStore
+
+
+@dataclass(slots=True)
+class RunPage:
+    runs: list[RunRecord]
+    next_cursor: str | None
+
+
+@dataclass(slots=True)
+class ActiveRun:
+    """What resuming a run needs: its record, every attempt so far, and the last event seq."""
+
+    run: RunRecord
+    steps: list[StepRecord]
+    last_seq: int
+
+
+class RunStore(Protocol):
+    async def write(self, batch: Batch) -> None:
+        """Persist a batch atomically (one transaction: one flush for many transitions)."""
+
+    async def get_run(self, run_id: str) -> tuple[RunRecord, list[StepRecord]] | None: ...
+    async def list_runs(
+        self, workflow_id: str | None, status: str | None, limit: int, cursor: str | None
+    ) -> RunPage: ...
+    async def events(self, run_id: str, since: int = 0, limit: int | None = None) -> list[Event]: ...
+    async def find_idempotent(self, workflow_id: str, key: str) -> str | None: ...
+    async def active_runs(self) -> list[ActiveRun]: ...
+    async def count_active(self, workflow_id: str) -> int: ...

@@ -1,0 +1,111 @@
+"""Rows of the run log, as the engine produces them and the stores persist them.
+
+These are plain slotted dataclasses rather than pydantic models because the engine makes
+several of them per step on its hot path; the API's pydantic run document is built from
+them at the edge.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+TERMINAL_EVENT_TYPES = frozenset({"workflow_succeeded", "workflow_failed", "workflow_cancelled"})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def isoformat(ts: datetime | None) -> str | None:
+    if ts is None:
+        return None
+    return ts.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class Event:
+    """A stored, numbered transition of one run; ``seq`` is gap-free per run."""
+
+    seq: int
+    type: str
+    run_id: str
+    step_id: str | None
+    ts: datetime
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_EVENT_TYPES
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "type": self.type,
+            "run_id": self.run_id,
+            "step_id": self.step_id,
+            "ts": isoformat(self.ts),
+            "data": self.data,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), separators=(",", ":"), default=str)
+
+
+@dataclass(slots=True)
+class RunRecord:
+    run_id: str
+    workflow_id: str
+    workflow_name: str
+    workflow: dict[str, Any]
+    inputs: dict[str, Any]
+    status: str
+    created_at: datetime
+    idempotency_key: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    outputs: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """One attempt of one step execution (``key`` is ``id`` or ``id[i]`` for map items)."""
+
+    run_id: str
+    key: str
+    step_id: str
+    item_index: int | None
+    attempt: int
+    status: str
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class StoredDocument:
+    """An agent or workflow as stored: the validated document plus bookkeeping."""
+
+    id: str
+    doc: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    source: str | None = None
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one group commit writes: latest snapshot per run and per attempt, new events."""
+
+    runs: dict[str, RunRecord] = field(default_factory=dict)
+    steps: dict[tuple[str, str, int], StepRecord] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.runs or self.steps or self.events)

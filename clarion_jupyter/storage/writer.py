@@ -1,0 +1,107 @@
+"""Group commit: one writer task turns many transitions into one DuckDB transaction.
+
+A commit flushes to disk and costs milliseconds, so the engine never waits for one per
+transition. It hands records and events to :class:`GroupCommitWriter` and carries on; the
+writer commits whatever has accumulated while the previous commit ran, and only then
+hands the events of that batch to ``on_committed`` (which announces them). Nothing is
+announced before it is durable, and nothing is dropped: a failing commit is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from .protocols import RunStore
+from .records import Batch, Event, RunRecord, StepRecord
+
+log = logging.getLogger(__name__)
+
+
+class GroupCommitWriter:
+    def __init__(self, store: RunStore, on_committed: Callable[[list[Event]], None]) -> None:
+        self._store = store
+        self._on_committed = on_committed
+        self._pending = Batch()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._added = 0
+        self._committed = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.batches = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="clarion-group-commit")
+
+    async def close(self) -> None:
+        """Commit everything still pending, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    def add_run(self, record: RunRecord) -> None:
+        self._pending.runs[record.run_id] = record
+        self._touch()
+
+    def add_step(self, record: StepRecord) -> None:
+        self._pending.steps[(record.run_id, record.key, record.attempt)] = record
+        self._touch()
+
+    def add_event(self, event: Event) -> None:
+        self._pending.events.append(event)
+        self._touch()
+
+    def _touch(self) -> None:
+        self._added += 1
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Wait until everything added so far is committed."""
+        target = self._added
+        if self._committed >= target:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, future))
+        await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._pending:
+                if self._closing:
+                    return
+                continue
+            batch, self._pending = self._pending, Batch()
+            target = self._added
+            await self._commit(batch)
+            self._committed = target
+            self.batches += 1
+            self._on_committed(batch.events)
+            self._release(target)
+            if self._pending or self._closing:
+                self._wake.set()
+
+    async def _commit(self, batch: Batch) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._store.write(batch)
+                return
+            except Exception:
+                log.exception("commit of %d events failed; retrying in %.2f s", len(batch.events), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _release(self, committed: int) -> None:
+        still = []
+        for target, future in self._waiters:
+            if target <= committed:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                still.append((target, future))
+        self._waiters = still

@@ -1,0 +1,85 @@
+"""The Queue protocol that carries step jobs to workers and their results back.
+
+The engine puts :class:`Job` s and reads :class:`JobResult` s; workers consume deliveries,
+report results and ack. The in-process :class:`~.local.LocalQueue` and the broker-backed
+queues implement the same protocol, so the engine never knows where a step runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+
+@dataclass(slots=True)
+class Job:
+    run_id: str
+    key: str
+    step_id: str
+    attempt: int
+    task: str
+    config: dict[str, Any]
+    timeout_s: float | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """Results are de-duplicated by this: (run, step execution, attempt)."""
+        return f"{self.run_id}/{self.key}/{self.attempt}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class JobResult:
+    """``kind`` is ``ok`` (output), ``error`` (error) or ``progress`` (an event to record)."""
+
+    run_id: str
+    key: str
+    attempt: int
+    kind: Literal["ok", "error", "progress"]
+    output: Any = None
+    error: dict[str, Any] | None = None
+    retryable: bool = True
+    event_type: str | None = None
+    data: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A job handed to one worker; ``tag`` is the broker's handle for ack/nack."""
+
+    job: Job
+    tag: Any = None
+
+
+class Queue(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def put(self, job: Job) -> None:
+        """Enqueue a job; waits while the queue is full (backpressure, never drops)."""
+
+    def consume(self) -> AsyncIterator[Delivery]:
+        """Jobs for one worker slot, one at a time."""
+
+    async def ack(self, delivery: Delivery) -> None: ...
+    async def nack(self, delivery: Delivery) -> None:
+        """Give the job back for redelivery (the worker could not finish it)."""
+
+    async def report(self, result: JobResult) -> None:
+        """Worker side: send a result or progress message back to the engine."""
+
+    def results(self) -> AsyncIterator[JobResult]:
+        """Engine side: results and progress from every worker."""
+
+    async def cancel(self, run_id: str) -> None:
+        """Ask every worker to stop the running jobs of a run."""
+
+    def on_cancel(self, callback: Callable[[str], None]) -> None:
+        """Worker side: be told of :meth:`cancel` calls."""

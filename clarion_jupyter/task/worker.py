@@ -1,0 +1,150 @@
+"""Worker: takes jobs from a queue, runs their tasks, reports results.
+
+The same class runs as the engine's in-process pool (``workers`` slots on the engine's
+loop) and as ``clarion worker --queue URL`` in other processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from typing import Any
+
+from pydantic import ValidationError
+
+from .base import TaskContext, TaskFailed, TaskSettings
+from .queue import Delivery, Job, JobResult, Queue
+from .registry import TaskRegistry
+from .workspace import PathOutsideWorkspace, Workspace
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(
+        self,
+        queue: Queue,
+        registry: TaskRegistry,
+        workspace: Workspace,
+        settings: TaskSettings,
+        concurrency: int = 8,
+    ) -> None:
+        self._queue = queue
+        self._registry = registry
+        self._workspace = workspace
+        self._settings = settings
+        self._concurrency = concurrency
+        self._slots: list[asyncio.Task[None]] = []
+        self._running: dict[str, dict[str, asyncio.Task[Any]]] = defaultdict(dict)
+        self._stopping = False
+        self._sends: dict[str, asyncio.Task[None]] = {}
+        queue.on_cancel(self.cancel_run)
+
+    async def start(self) -> None:
+        self._slots = [
+            asyncio.create_task(self._slot(), name=f"clarion-worker-{i}") for i in range(self._concurrency)
+        ]
+
+    async def stop(self) -> None:
+        """Stop at once; unfinished jobs are neither reported nor acked (they run again)."""
+        self._stopping = True
+        for slot in self._slots:
+            slot.cancel()
+        await asyncio.gather(*self._slots, return_exceptions=True)
+        self._slots = []
+
+    def cancel_run(self, run_id: str) -> None:
+        for task in list(self._running.get(run_id, {}).values()):
+            task.cancel()
+
+    @property
+    def busy(self) -> int:
+        return sum(len(jobs) for jobs in self._running.values())
+
+    async def _slot(self) -> None:
+        async for delivery in self._queue.consume():
+            await self._handle(delivery)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        job = delivery.job
+        execution = asyncio.current_task()
+        assert execution is not None
+        running = self._running[job.run_id]
+        running[job.id] = execution
+        try:
+            result = await self._execute(job)
+        except asyncio.CancelledError:
+            if self._stopping:
+                raise
+            # The engine cancelled this run: its state is the engine's to record.
+            execution.uncancel()
+            result = JobResult(job.run_id, job.key, job.attempt, "error", error=_error("cancelled", "cancelled"), retryable=False)
+        finally:
+            running.pop(job.id, None)
+            if not running:
+                self._running.pop(job.run_id, None)
+        progress = self._sends.pop(job.id, None)
+        if progress is not None:
+            await progress
+        await self._queue.report(result)
+        await self._queue.ack(delivery)
+
+    async def _execute(self, job: Job) -> JobResult:
+        task_type = self._registry.get(job.task)
+        if task_type is None:
+            return self._failure(job, "unknown_task", f"no task type '{job.task}' on this worker", False)
+        try:
+            config = task_type.Config.model_validate(job.config)
+        except ValidationError as exc:
+            return self._failure(job, "invalid_config", _validation_message(exc), False)
+        ctx = TaskContext(
+            run_id=job.run_id,
+            step_id=job.step_id,
+            key=job.key,
+            attempt=job.attempt,
+            workspace=self._workspace,
+            settings=self._settings,
+            resources=job.resources,
+            emit=lambda type_, data: self._progress(job, type_, data),
+        )
+        try:
+            async with asyncio.timeout(job.timeout_s):
+                output = await task_type().run(config, ctx)
+        except TimeoutError:
+            return self._failure(job, "timeout", f"step timed out after {job.timeout_s:g} s", True)
+        except TaskFailed as exc:
+            return self._failure(job, "task_failed", exc.message, exc.retryable, exc.details)
+        except PathOutsideWorkspace as exc:
+            return self._failure(job, "path_outside_workspace", str(exc), False)
+        except Exception as exc:
+            log.debug("step %s raised", job.id, exc_info=True)
+            return self._failure(job, "task_error", f"{type(exc).__name__}: {exc}", True)
+        return JobResult(job.run_id, job.key, job.attempt, "ok", output=output)
+
+    @staticmethod
+    def _failure(job: Job, code: str, message: str, retryable: bool, details: Any = None) -> JobResult:
+        return JobResult(job.run_id, job.key, job.attempt, "error", error=_error(code, message, details), retryable=retryable)
+
+    def _progress(self, job: Job, type_: str, data: dict[str, Any]) -> None:
+        """Send a progress message without blocking the task, in order, before the result."""
+        message = JobResult(job.run_id, job.key, job.attempt, "progress", event_type=type_, data=data)
+        previous = self._sends.get(job.id)
+
+        async def send() -> None:
+            if previous is not None:
+                await previous
+            await self._queue.report(message)
+
+        self._sends[job.id] = asyncio.get_running_loop().create_task(send())
+
+
+def _error(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    return error
+
+
+def _validation_message(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'with'}: {e['msg']}" for e in exc.errors())

@@ -1,0 +1,314 @@
+"""Engine: the object that the server extension, the kernel's embedded mode and the CLI host.
+
+It owns the DuckDB file (as its only writer), the queue and the in-process workers, the
+group-commit writer and the event bus, and one :class:`RunExecutor` per active run. On
+start it resumes every run that a crash or a stop left ``queued`` or ``running``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from ..agent.service import AgentService
+from ..errors import Conflict, NotFound, Problem, ValidationFailed
+from ..storage.database import Database, default_db_path
+from ..storage.duckdb_store import DuckDBDocumentStore, DuckDBRunStore
+from ..storage.protocols import ActiveRun
+from ..storage.records import Event, RunRecord, utcnow
+from ..storage.writer import GroupCommitWriter
+from ..task.base import TaskSettings
+from ..task.queue import Queue
+from ..task.queues import make_queue
+from ..task.registry import TaskRegistry
+from ..task.worker import Worker
+from ..task.workspace import Workspace
+from .bus import EventBus
+from .compiler import Plan, compile_workflow
+from .executor import RunExecutor
+from .models import RunStatus, Workflow, WorkflowRun, parse_workflow
+from .runs import run_document
+from .service import WorkflowService
+
+log = logging.getLogger(__name__)
+WorkflowSource = Workflow | dict[str, Any] | str | bytes
+
+
+def new_run_id() -> str:
+    """Time-ordered ids: sorting by id sorts by submission time, which makes paging cheap."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(7)}"
+
+
+class Engine:
+    """Durable asynchronous workflow engine. Use as ``async with Engine(...) as engine``."""
+
+    def __init__(
+        self,
+        db_path: str | os.PathLike[str] | None = None,
+        *,
+        workers: int = 8,
+        workspace_root: str | os.PathLike[str] = ".",
+        queue_url: str = "local",
+        allow_shell: bool = True,
+        max_output_bytes: int = 1_000_000,
+        max_steps: int | None = 1000,
+        registry: TaskRegistry | None = None,
+        run_workers: bool = True,
+    ) -> None:
+        self.db_path = str(db_path or default_db_path())
+        self.workspace = Workspace(workspace_root)
+        self.registry = registry or TaskRegistry.from_entry_points()
+        self.settings = TaskSettings(allow_shell=allow_shell, max_output_bytes=max_output_bytes)
+        self.queue_url = queue_url
+        self.max_steps = max_steps
+        self._workers = workers
+        self._run_workers = run_workers
+        self._db = Database(self.db_path)
+        self.runs = DuckDBRunStore(self._db)
+        self.agents = AgentService(DuckDBDocumentStore(self._db, "agents"))
+        self.workflows = WorkflowService(
+            DuckDBDocumentStore(self._db, "workflows", with_source=True), self.runs, self.registry, max_steps
+        )
+        self.bus = EventBus()
+        self._writer: GroupCommitWriter | None = None
+        self._queue: Queue | None = None
+        self._worker: Worker | None = None
+        self._router: asyncio.Task[None] | None = None
+        self._active: dict[str, RunExecutor] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._idempotency: dict[tuple[str, str], str] = {}
+        self.started = False
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        await self._db.start()
+        self._writer = GroupCommitWriter(self.runs, self.bus.publish)
+        self._writer.start()
+        self._queue = make_queue(self.queue_url, maxsize=max(64, self._workers * 16))
+        await self._queue.start()
+        if self._run_workers:
+            self._worker = Worker(self._queue, self.registry, self.workspace, self.settings, self._workers)
+            await self._worker.start()
+        self._router = asyncio.create_task(self._route_results(), name="clarion-results")
+        self.started = True
+        resumed = await self.resume()
+        if resumed:
+            log.info("resumed %d interrupted run(s)", len(resumed))
+
+    async def stop(self) -> None:
+        """Stop without finishing runs: whatever is in flight resumes at the next start."""
+        if not self.started:
+            return
+        self.started = False
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if self._worker is not None:
+            await self._worker.stop()
+        if self._router is not None:
+            self._router.cancel()
+            await asyncio.gather(self._router, return_exceptions=True)
+        await self._writer.close()
+        await self._queue.close()
+        await self._db.close()
+
+    async def _route_results(self) -> None:
+        async for result in self._queue.results():
+            executor = self._active.get(result.run_id)
+            if executor is not None:
+                executor.post(result)
+
+    # -- runs --------------------------------------------------------------------
+
+    def compile(self, workflow: WorkflowSource) -> Plan:
+        plan = compile_workflow(parse_workflow(workflow), self.registry, self.max_steps)
+        if not self.settings.allow_shell:
+            shell = [Problem(loc=f"step '{n}' field 'task'", message="shell steps are disabled on this server (allow_shell=False)", step=n, field="task")
+                     for n, node in plan.nodes.items() if node.step.task == "shell"]  # fmt: skip
+            if shell:
+                raise ValidationFailed(shell)
+        return plan
+
+    async def submit(
+        self,
+        workflow: WorkflowSource,
+        inputs: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Validate and start a run; returns its id once the run is durably queued."""
+        return await self._start(self.compile(workflow), inputs, idempotency_key)
+
+    async def submit_saved(
+        self, workflow_id: str, inputs: dict[str, Any] | None = None, *, idempotency_key: str | None = None
+    ) -> str:
+        stored = await self.workflows.get(workflow_id)
+        return await self.submit(stored.doc, inputs, idempotency_key=idempotency_key)
+
+    async def _start(self, plan: Plan, inputs: dict[str, Any] | None, key: str | None) -> str:
+        self._require_started()
+        workflow = plan.workflow
+        if key is not None:
+            existing = await self._find_idempotent(workflow.id, key)
+            if existing is not None:
+                return existing
+        resolved = plan.resolve_inputs(inputs)
+        await self._check_agents(plan)
+        run = RunRecord(
+            run_id=new_run_id(), workflow_id=workflow.id, workflow_name=workflow.name,
+            workflow=workflow.to_document(), inputs=resolved, status=RunStatus.queued.value,
+            created_at=utcnow(), idempotency_key=key,
+        )  # fmt: skip
+        if key is not None:
+            self._idempotency[(workflow.id, key)] = run.run_id
+        executor = RunExecutor(plan, run, self._writer, self._queue, self.agents.resolve)
+        executor.queued()
+        self._launch(executor)
+        await self._writer.flush()
+        return run.run_id
+
+    async def _find_idempotent(self, workflow_id: str, key: str) -> str | None:
+        found = self._idempotency.get((workflow_id, key))
+        if found is None:
+            found = await self.runs.find_idempotent(workflow_id, key)
+        # Re-check after the await: a concurrent submit with the same key may have won.
+        return self._idempotency.get((workflow_id, key)) or found
+
+    async def _check_agents(self, plan: Plan) -> None:
+        problems = []
+        for node_id, node in plan.nodes.items():
+            agent_id = node.step.with_.get("agent")
+            if node_id and agent_id in plan.agent_ids and await self.agents.resolve(agent_id) is None:
+                problems.append(Problem(loc=f"step '{node_id}' field 'with.agent'", message=f"unknown agent '{agent_id}'", step=node_id, field="with.agent"))  # fmt: skip
+        if problems:
+            raise ValidationFailed(problems)
+
+    def _launch(self, executor: RunExecutor) -> None:
+        run_id = executor.run.run_id
+        self._active[run_id] = executor
+        self._tasks[run_id] = asyncio.create_task(self._drive(executor), name=f"clarion-run-{run_id}")
+
+    async def _drive(self, executor: RunExecutor) -> None:
+        run_id = executor.run.run_id
+        try:
+            await executor.execute()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("run %s: engine error", run_id)
+            executor.abort({"code": "internal", "message": "internal engine error (see the server log)"})
+        finally:
+            self._active.pop(run_id, None)
+            self._tasks.pop(run_id, None)
+
+    async def resume(self, run_ids: list[str] | None = None) -> list[str]:
+        """Restart interrupted runs; finished steps keep their outputs and do not run again."""
+        resumed = []
+        for active in await self.runs.active_runs():
+            run_id = active.run.run_id
+            if run_id in self._active or (run_ids is not None and run_id not in run_ids):
+                continue
+            executor = self._resumed_executor(active)
+            if executor is not None:
+                self._launch(executor)
+                resumed.append(run_id)
+        return resumed
+
+    def _resumed_executor(self, active: ActiveRun) -> RunExecutor | None:
+        run = active.run
+        try:
+            plan = compile_workflow(parse_workflow(run.workflow), self.registry)
+        except ValidationFailed as exc:
+            log.error("run %s cannot resume: %s", run.run_id, exc.message)
+            run.status, run.finished_at = RunStatus.failed.value, utcnow()
+            run.error = {"code": "cannot_resume", "message": exc.message}
+            self._writer.add_run(run)
+            self._writer.add_event(Event(active.last_seq + 1, "workflow_failed", run.run_id, None, utcnow(), {"error": run.error}))
+            return None
+        return RunExecutor(plan, run, self._writer, self._queue, self.agents.resolve, last_seq=active.last_seq, prior=active.steps)
+
+    async def cancel(self, run_id: str) -> None:
+        """Cancel a queued or running run; running steps are stopped (processes killed)."""
+        executor = self._active.get(run_id)
+        if executor is not None:
+            executor.cancel()
+            return
+        run = await self.get_run(run_id)
+        raise Conflict(f"run '{run_id}' already {run.status.value}", details={"run_id": run_id, "status": run.status.value})
+
+    async def get_run(self, run_id: str) -> WorkflowRun:
+        found = await self.runs.get_run(run_id)
+        if found is None:
+            raise NotFound(f"run '{run_id}' not found", details={"run_id": run_id})
+        return run_document(*found)
+
+    async def list_runs(
+        self, *, workflow_id: str | None = None, status: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[WorkflowRun], str | None]:
+        page = await self.runs.list_runs(workflow_id, status, limit, cursor)
+        return [run_document(r, []) for r in page.runs], page.next_cursor
+
+    async def events(self, run_id: str, since: int = 0, limit: int | None = None) -> list[Event]:
+        events = await self.runs.events(run_id, since, limit)
+        if not events:
+            await self.get_run(run_id)
+        return events
+
+    async def subscribe(self, run_id: str, since: int = 0, *, maxsize: int = 0) -> AsyncIterator[Event]:
+        """Stored events after ``since``, then live ones, in order, ending with the terminal one."""
+        with self.bus.subscribe(run_id, maxsize) as live:
+            run = await self.get_run(run_id)
+            last = since
+            for event in await self.runs.events(run_id, since):
+                yield event
+                last = event.seq
+                if event.terminal:
+                    return
+            if run.status.terminal:
+                return
+            while True:
+                event = await live.get()
+                if event.seq <= last:
+                    continue
+                yield event
+                last = event.seq
+                if event.terminal:
+                    return
+
+    async def wait(self, run_id: str) -> WorkflowRun:
+        """The run document once the run has ended."""
+        with self.bus.subscribe(run_id) as live:
+            run = await self.get_run(run_id)
+            while not run.status.terminal:
+                if (await live.get()).terminal:
+                    run = await self.get_run(run_id)
+            return run
+
+    @property
+    def active_runs(self) -> int:
+        return len(self._active)
+
+    def _require_started(self) -> None:
+        if not self.started:
+            raise RuntimeError("the engine is not started: use `async with Engine(...)` or `await engine.start()`")
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "storage": {"kind": "duckdb", "path": str(Path(self.db_path)), "commits": self._writer.batches if self._writer else 0},
+            "queue": {"url": self.queue_url, "workers": self._workers, "busy": self._worker.busy if self._worker else 0},
+            "active_runs": self.active_runs,
+        }

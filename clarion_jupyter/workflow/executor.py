@@ -1,0 +1,495 @@
+"""RunExecutor: drives one run through its DAG.
+
+Each run is one coroutine that owns the run's state in memory and reacts to messages in
+its inbox (job results, retry timers, cancellation), so no locks are needed and the hot
+path is a dictionary update plus a few records handed to the group-commit writer. It
+never waits for a commit: the writer makes transitions durable before announcing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..storage.records import Event, RunRecord, StepRecord, utcnow
+from ..storage.writer import GroupCommitWriter
+from ..task.queue import Job, JobResult, Queue
+from .compiler import Node, Plan
+from .models import RunStatus, StepStatus
+from .templates import TemplateError, truthy
+
+log = logging.getLogger(__name__)
+
+AgentResolver = Callable[[str], Awaitable[dict[str, Any] | None]]
+_DONE = frozenset({StepStatus.succeeded, StepStatus.failed, StepStatus.skipped, StepStatus.cancelled})
+_BLOCKING = frozenset({StepStatus.failed, StepStatus.skipped, StepStatus.cancelled})
+
+
+@dataclass(slots=True)
+class _Retry:
+    key: str
+
+
+@dataclass(slots=True)
+class _Cancel:
+    reason: str = "cancelled"
+
+
+@dataclass(slots=True)
+class _Map:
+    """A ``for_each`` node in flight: one child execution per item, gathered in order."""
+
+    items: list[Any]
+    results: list[Any]
+    remaining: int
+    failed: bool = False
+    skipped: int = 0
+
+
+@dataclass(slots=True)
+class _Execution:
+    node: Node
+    key: str
+    item_index: int | None
+    item: Any = None
+    next_attempt: int = 1
+    record: StepRecord | None = None
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+class RunExecutor:
+    def __init__(
+        self,
+        plan: Plan,
+        run: RunRecord,
+        writer: GroupCommitWriter,
+        queue: Queue,
+        agents: AgentResolver,
+        last_seq: int = 0,
+        prior: list[StepRecord] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.run = run
+        self._writer = writer
+        self._queue = queue
+        self._agents = agents
+        self._seq = last_seq
+        self._inbox: asyncio.Queue[JobResult | _Retry | _Cancel] = asyncio.Queue()
+        self._status: dict[str, StepStatus] = {node_id: StepStatus.pending for node_id in plan.nodes}
+        self._steps_ctx: dict[str, dict[str, Any]] = {}
+        self._waiting = {node_id: len(node.waits_for) for node_id, node in plan.nodes.items()}
+        self._executions: dict[str, _Execution] = {}
+        self._maps: dict[str, _Map] = {}
+        self._running: set[str] = set()
+        self._prior = _latest_attempts(prior or [])
+        self._context = {
+            "inputs": run.inputs,
+            "steps": self._steps_ctx,
+            "run": {"id": run.run_id, "started_at": run.started_at},
+        }
+        self._usage = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": None}
+        self.finished = asyncio.Event()
+
+    def queued(self) -> None:
+        """Record the new run; the engine calls this once, before :meth:`execute`."""
+        self._writer.add_run(self.run)
+        self._emit("run_queued", None, {"workflow_id": self.run.workflow_id, "inputs": self.run.inputs})
+
+    def abort(self, error: dict[str, Any]) -> None:
+        """End the run as failed after an engine error, so it is not left running forever."""
+        if not self.finished.is_set():
+            self._fail_run(error)
+
+    def post(self, message: JobResult) -> None:
+        self._inbox.put_nowait(message)
+
+    def cancel(self) -> None:
+        self._inbox.put_nowait(_Cancel())
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def execute(self) -> None:
+        resumed = self.run.status == RunStatus.running
+        self.run.status = RunStatus.running
+        self.run.started_at = self.run.started_at or utcnow()
+        self._context["run"]["started_at"] = self.run.started_at
+        self._writer.add_run(self.run)
+        self._emit("run_started", None, {"resumed": True} if resumed else {})
+        ready = self._restore() if resumed else [n for n, count in self._waiting.items() if count == 0]
+        await self._begin_all(ready)
+        while not self.finished.is_set():
+            self._check_complete()
+            if self.finished.is_set():
+                break
+            message = await self._inbox.get()
+            if isinstance(message, JobResult):
+                await self._on_result(message)
+            elif isinstance(message, _Retry):
+                await self._on_retry(message.key)
+            else:
+                await self._on_cancel()
+
+    def _restore(self) -> list[str]:
+        """Take back finished steps of an interrupted run; return the nodes now ready."""
+        for node_id in self.plan.nodes:
+            record = self._prior.get(node_id)
+            if record is not None and record.status in _DONE:
+                self._status[node_id] = StepStatus(record.status)
+                self._steps_ctx[node_id] = {"output": record.output, "status": record.status}
+        for node_id, node in self.plan.nodes.items():
+            self._waiting[node_id] = sum(1 for dep in node.waits_for if self._status[dep] not in _DONE)
+        failed = [n for n, s in self._status.items() if s == StepStatus.failed and not self.plan.nodes[n].step.continue_on_error]
+        if failed:
+            self._fail_run({"code": "step_failed", "message": f"step '{failed[0]}' failed", "step_id": failed[0]})
+            return []
+        return [n for n, s in self._status.items() if s == StepStatus.pending and self._waiting[n] == 0]
+
+    # -- starting steps ----------------------------------------------------------
+
+    async def _begin_all(self, node_ids: list[str]) -> None:
+        queue = list(node_ids)
+        while queue and not self.finished.is_set():
+            node_id = queue.pop(0)
+            node = self.plan.nodes[node_id]
+            if self._status[node_id] != StepStatus.pending:
+                continue
+            skip_reason = self._skip_reason(node)
+            if skip_reason is not None:
+                queue.extend(self._finish_node(node_id, StepStatus.skipped, None, reason=skip_reason))
+            elif node.for_each is not None:
+                queue.extend(await self._begin_map(node))
+            else:
+                queue.extend(await self._dispatch(self._execution(node, node_id, None)))
+
+    def _skip_reason(self, node: Node) -> str | None:
+        if node.condition is not None:
+            if node.for_each is not None and "item" in node.condition.refs.names:
+                return None
+            try:
+                return None if truthy(node.condition.render(self._context)) else "condition is false"
+            except TemplateError as exc:
+                return f"condition could not be evaluated: {exc}"
+        for dep in sorted(node.data_deps):
+            if self._status[dep] in _BLOCKING:
+                return f"dependency '{dep}' {self._status[dep].value}"
+        return None
+
+    def _execution(self, node: Node, key: str, item_index: int | None, item: Any = None) -> _Execution:
+        prior = self._prior.get(key)
+        execution = _Execution(node, key, item_index, item, next_attempt=prior.attempt + 1 if prior else 1)
+        self._executions[key] = execution
+        return execution
+
+    async def _begin_map(self, node: Node) -> list[str]:
+        try:
+            items = node.for_each.render(self._context)
+        except TemplateError as exc:
+            return self._fail_before_start(node, f"for_each could not be evaluated: {exc}")
+        if not isinstance(items, list):
+            return self._fail_before_start(node, f"for_each must give a list, got {type(items).__name__}")
+        self._status[node.id] = StepStatus.running
+        parent = self._record(node.id, node.id, None, attempt=1, status=StepStatus.running)
+        self._emit("step_started", node.id, {"attempt": 1, "items": len(items), "task": node.step.task})
+        self._executions[node.id] = _Execution(node, node.id, None, record=parent)
+        state = self._maps[node.id] = _Map(items=items, results=[None] * len(items), remaining=len(items))
+        if not items:
+            return self._complete_map(node)
+        ready: list[str] = []
+        for index, item in enumerate(items):
+            key = f"{node.id}[{index}]"
+            execution = self._execution(node, key, index, item)
+            prior = self._prior.get(key)
+            if prior is not None and prior.status in _DONE:
+                state.remaining -= 1
+                state.results[index] = prior.output
+                state.failed |= prior.status == StepStatus.failed
+                state.skipped += prior.status == StepStatus.skipped
+                continue
+            if node.condition is not None and "item" in node.condition.refs.names:
+                try:
+                    keep = truthy(node.condition.render(self._item_context(item)))
+                except TemplateError as exc:
+                    ready.extend(self._child_done(execution, StepStatus.failed, None, _error("template", str(exc))))
+                    continue
+                if not keep:
+                    self._record(key, node.id, index, attempt=0, status=StepStatus.skipped)
+                    self._emit("step_skipped", key, {"reason": "condition is false", "item_index": index})
+                    ready.extend(self._child_done(execution, StepStatus.skipped, None, None))
+                    continue
+            ready.extend(await self._dispatch(execution))
+        if state.remaining == 0 and self._status[node.id] == StepStatus.running:
+            ready.extend(self._complete_map(node))
+        return ready
+
+    def _item_context(self, item: Any) -> dict[str, Any]:
+        return {**self._context, "item": item}
+
+    async def _dispatch(self, execution: _Execution) -> list[str]:
+        node = execution.node
+        context = self._context if execution.item_index is None else self._item_context(execution.item)
+        attempt = execution.next_attempt
+        execution.next_attempt += 1
+        if execution.item_index is None:
+            self._status[node.id] = StepStatus.running
+        try:
+            config = node.config.render(context)
+            resources = await self._resources(node, config)
+        except (TemplateError, LookupError) as exc:
+            execution.record = self._record(execution.key, node.id, execution.item_index, attempt, StepStatus.failed)
+            return self._attempt_failed(execution, _error("template", str(exc)), retryable=False)
+        execution.record = self._record(execution.key, node.id, execution.item_index, attempt, StepStatus.running)
+        data: dict[str, Any] = {"attempt": attempt, "task": node.step.task}
+        if execution.item_index is not None:
+            data["item_index"] = execution.item_index
+        self._emit("step_started", execution.key, data)
+        self._running.add(execution.key)
+        job = Job(self.run.run_id, execution.key, node.id, attempt, node.step.task, config, node.step.timeout_s, resources)
+        await self._queue.put(job)
+        return []
+
+    async def _resources(self, node: Node, config: dict[str, Any]) -> dict[str, Any]:
+        if not node.task.needs_agent:
+            return {}
+        agent_id = config.get("agent")
+        agent = await self._agents(agent_id) if isinstance(agent_id, str) else None
+        if agent is None:
+            raise LookupError(f"unknown agent '{agent_id}'")
+        return {"agent": agent}
+
+    # -- results -----------------------------------------------------------------
+
+    async def _on_result(self, result: JobResult) -> None:
+        execution = self._executions.get(result.key)
+        record = execution.record if execution else None
+        if record is None or record.attempt != result.attempt or record.status != StepStatus.running:
+            return  # a duplicate or stale delivery: results are de-duplicated by attempt
+        if result.kind == "progress":
+            self._emit(result.event_type or "progress", result.key, result.data or {})
+            return
+        self._running.discard(result.key)
+        if result.kind == "ok":
+            ready = self._attempt_succeeded(execution, result.output)
+        else:
+            ready = self._attempt_failed(execution, result.error or _error("failed", "failed"), result.retryable)
+        await self._begin_all(ready)
+
+    def _attempt_succeeded(self, execution: _Execution, output: Any) -> list[str]:
+        record = execution.record
+        record.status = StepStatus.succeeded
+        record.finished_at = utcnow()
+        record.output = output
+        record.usage = _usage_of(output)
+        self._add_usage(record.usage)
+        self._writer.add_step(record)
+        data = {"attempt": record.attempt, "duration_ms": _ms(record), "output": output}
+        if record.usage:
+            data["usage"] = record.usage
+        self._emit("step_completed", execution.key, data)
+        if execution.item_index is not None:
+            return self._child_done(execution, StepStatus.succeeded, output, None)
+        return self._finish_node(execution.node.id, StepStatus.succeeded, output)
+
+    def _attempt_failed(self, execution: _Execution, error: dict[str, Any], retryable: bool) -> list[str]:
+        record = execution.record
+        record.finished_at = utcnow()
+        record.error = error
+        policy = execution.node.step.retry
+        if retryable and record.attempt < policy.max_attempts:
+            delay = policy.delay(record.attempt, random.random())
+            record.status = StepStatus.retrying
+            self._writer.add_step(record)
+            self._emit("step_retrying", execution.key, {"attempt": record.attempt, "error": error, "delay_s": round(delay, 3)})
+            loop = asyncio.get_running_loop()
+            execution.timer = loop.call_later(delay, self._inbox.put_nowait, _Retry(execution.key))
+            return []
+        record.status = StepStatus.failed
+        self._writer.add_step(record)
+        self._emit("step_failed", execution.key, {"attempt": record.attempt, "error": error, "duration_ms": _ms(record)})
+        if execution.item_index is not None:
+            return self._child_done(execution, StepStatus.failed, None, error)
+        return self._finish_node(execution.node.id, StepStatus.failed, None, error=error)
+
+    async def _on_retry(self, key: str) -> None:
+        execution = self._executions.get(key)
+        if execution is None or execution.record is None or execution.record.status != StepStatus.retrying:
+            return
+        execution.timer = None
+        await self._begin_all(await self._dispatch(execution))
+
+    def _child_done(self, execution: _Execution, status: StepStatus, output: Any, error: dict[str, Any] | None) -> list[str]:
+        node = execution.node
+        state = self._maps[node.id]
+        state.results[execution.item_index] = output
+        state.remaining -= 1
+        state.failed |= status == StepStatus.failed
+        state.skipped += status == StepStatus.skipped
+        if state.remaining or self._status[node.id] != StepStatus.running:
+            return []
+        return self._complete_map(node)
+
+    def _complete_map(self, node: Node) -> list[str]:
+        state = self._maps[node.id]
+        parent = self._executions[node.id].record
+        parent.finished_at = utcnow()
+        if state.failed:
+            error = _error("items_failed", "one or more for_each items failed")
+            parent.status, parent.error = StepStatus.failed, error
+            self._writer.add_step(parent)
+            self._emit("step_failed", node.id, {"attempt": 1, "error": error, "duration_ms": _ms(parent)})
+            return self._finish_node(node.id, StepStatus.failed, state.results, error=error)
+        if state.items and state.skipped == len(state.items):
+            parent.status = StepStatus.skipped
+            self._writer.add_step(parent)
+            self._emit("step_skipped", node.id, {"reason": "every item was skipped"})
+            return self._finish_node(node.id, StepStatus.skipped, None, recorded=True)
+        parent.status, parent.output = StepStatus.succeeded, state.results
+        self._writer.add_step(parent)
+        self._emit("step_completed", node.id, {"attempt": 1, "duration_ms": _ms(parent), "output": state.results})
+        return self._finish_node(node.id, StepStatus.succeeded, state.results)
+
+    def _fail_before_start(self, node: Node, message: str) -> list[str]:
+        error = _error("template", message)
+        record = self._record(node.id, node.id, None, attempt=1, status=StepStatus.failed)
+        record.error = error
+        record.finished_at = record.started_at
+        self._writer.add_step(record)
+        self._emit("step_failed", node.id, {"attempt": 1, "error": error})
+        return self._finish_node(node.id, StepStatus.failed, None, error=error)
+
+    def _finish_node(
+        self,
+        node_id: str,
+        status: StepStatus,
+        output: Any,
+        error: dict[str, Any] | None = None,
+        reason: str | None = None,
+        recorded: bool = False,
+    ) -> list[str]:
+        """Mark a node done and return the dependants that became ready."""
+        self._status[node_id] = status
+        self._steps_ctx[node_id] = {"output": output, "status": status.value}
+        if status == StepStatus.skipped and not recorded:
+            self._record(node_id, node_id, None, attempt=0, status=StepStatus.skipped)
+            self._emit("step_skipped", node_id, {"reason": reason})
+        node = self.plan.nodes[node_id]
+        if status == StepStatus.failed and not node.step.continue_on_error:
+            message = (error or {}).get("message", "failed")
+            self._fail_run({"code": "step_failed", "message": f"step '{node_id}' failed: {message}", "step_id": node_id})
+            return []
+        ready = []
+        for dependant in node.dependants:
+            self._waiting[dependant] -= 1
+            if self._waiting[dependant] == 0:
+                ready.append(dependant)
+        return ready
+
+    # -- run end -----------------------------------------------------------------
+
+    def _check_complete(self) -> None:
+        if self.finished.is_set() or self._running or any(e.timer for e in self._executions.values()):
+            return
+        if any(status not in _DONE for status in self._status.values()):
+            return
+        try:
+            outputs = self.plan.outputs.render(self._context)
+        except TemplateError as exc:
+            self._fail_run(_error("outputs", f"workflow outputs could not be evaluated: {exc}"))
+            return
+        self._end(RunStatus.succeeded, "workflow_succeeded", {"outputs": outputs}, outputs=outputs)
+
+    def _fail_run(self, error: dict[str, Any]) -> None:
+        self._stop_running()
+        self._end(RunStatus.failed, "workflow_failed", {"error": error}, error=error)
+
+    async def _on_cancel(self) -> None:
+        if self.finished.is_set():
+            return
+        self._stop_running()
+        self._end(RunStatus.cancelled, "workflow_cancelled", {})
+
+    def _stop_running(self) -> None:
+        """Cancel what is in flight; the run is ending."""
+        for execution in self._executions.values():
+            if execution.timer is not None:
+                execution.timer.cancel()
+                execution.timer = None
+            record = execution.record
+            if record is not None and record.status in (StepStatus.running, StepStatus.retrying):
+                record.status = StepStatus.cancelled
+                record.finished_at = utcnow()
+                self._writer.add_step(record)
+        if self._running:
+            self._running.clear()
+            asyncio.get_running_loop().create_task(self._queue.cancel(self.run.run_id))
+
+    def _end(self, status: RunStatus, event: str, data: dict[str, Any], **fields: Any) -> None:
+        run = self.run
+        run.status = status
+        run.finished_at = utcnow()
+        run.usage = dict(self._usage)
+        for name, value in fields.items():
+            setattr(run, name, value)
+        self._writer.add_run(run)
+        data["duration_ms"] = round((run.finished_at - run.started_at).total_seconds() * 1000, 3)
+        data["usage"] = run.usage
+        self._emit(event, None, data)
+        self.finished.set()
+
+    # -- records -----------------------------------------------------------------
+
+    def _record(self, key: str, step_id: str, item_index: int | None, attempt: int, status: StepStatus) -> StepRecord:
+        now = utcnow()
+        record = StepRecord(
+            run_id=self.run.run_id, key=key, step_id=step_id, item_index=item_index, attempt=attempt,
+            status=status, started_at=now if status != StepStatus.skipped else None,
+            finished_at=now if status in _DONE else None,
+        )  # fmt: skip
+        self._writer.add_step(record)
+        return record
+
+    def _emit(self, type_: str, step_id: str | None, data: dict[str, Any]) -> None:
+        self._seq += 1
+        self._writer.add_event(Event(self._seq, type_, self.run.run_id, step_id, utcnow(), data))
+
+    def _add_usage(self, usage: dict[str, Any] | None) -> None:
+        if not usage:
+            return
+        self._usage["prompt_tokens"] += usage.get("prompt_tokens") or 0
+        self._usage["completion_tokens"] += usage.get("completion_tokens") or 0
+        if usage.get("cost_usd") is not None:
+            self._usage["cost_usd"] = (self._usage["cost_usd"] or 0.0) + usage["cost_usd"]
+
+
+def _latest_attempts(records: list[StepRecord]) -> dict[str, StepRecord]:
+    latest: dict[str, StepRecord] = {}
+    for record in records:
+        current = latest.get(record.key)
+        if current is None or record.attempt >= current.attempt:
+            latest[record.key] = record
+    return latest
+
+
+def _usage_of(output: Any) -> dict[str, Any] | None:
+    """Tasks report tokens as ``output.usage`` and cost as ``output.cost_usd``."""
+    if not isinstance(output, dict) or not isinstance(output.get("usage"), dict):
+        return None
+    usage = output["usage"]
+    return {
+        "prompt_tokens": usage.get("prompt_tokens") or 0,
+        "completion_tokens": usage.get("completion_tokens") or 0,
+        "cost_usd": output.get("cost_usd"),
+    }
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"code": code, "message": message}
+
+
+def _ms(record: StepRecord) -> float | None:
+    if record.started_at is None or record.finished_at is None:
+        return None
+    return round((record.finished_at - record.started_at).total_seconds() * 1000, 3)

@@ -1,0 +1,49 @@
+"""Build the run document (the API's view of a run) from stored records."""
+
+from __future__ import annotations
+
+from ..storage.records import RunRecord, StepRecord
+from .models import StepRun, Usage, WorkflowRun
+
+
+def run_document(run: RunRecord, steps: list[StepRecord]) -> WorkflowRun:
+    """One entry per step execution (its latest attempt), in the order they started."""
+    latest: dict[str, StepRecord] = {}
+    for record in steps:
+        current = latest.get(record.key)
+        if current is None or record.attempt >= current.attempt:
+            latest[record.key] = record
+    return WorkflowRun(
+        run_id=run.run_id,
+        workflow_id=run.workflow_id,
+        workflow_name=run.workflow_name,
+        status=run.status,
+        inputs=run.inputs,
+        outputs=run.outputs,
+        error=run.error,
+        idempotency_key=run.idempotency_key,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        usage=Usage(**(run.usage or {})),
+        steps=[_step(r) for r in latest.values()],
+    )
+
+
+def _step(record: StepRecord) -> StepRun:
+    duration = None
+    if record.started_at and record.finished_at:
+        duration = round((record.finished_at - record.started_at).total_seconds() * 1000, 3)
+    return StepRun(
+        key=record.key,
+        step_id=record.step_id,
+        item_index=record.item_index,
+        attempt=record.attempt,
+        status=record.status,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        duration_ms=duration,
+        output=record.output,
+        error=record.error,
+        usage=Usage(**record.usage) if record.usage else None,
+    )

@@ -1,0 +1,61 @@
+"""WorkflowService: saved workflow documents, validated and compiled on the way in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import Conflict, NotFound
+from ..storage.protocols import RunStore, WorkflowStore
+from ..storage.records import StoredDocument
+from ..task.registry import TaskRegistry
+from .compiler import compile_workflow
+from .models import Workflow, load_document, parse_workflow
+
+
+class WorkflowService:
+    def __init__(self, store: WorkflowStore, runs: RunStore, registry: TaskRegistry, max_steps: int | None) -> None:
+        self._store = store
+        self._runs = runs
+        self._registry = registry
+        self._max_steps = max_steps
+
+    def validate(self, source: str | bytes | dict[str, Any] | Workflow) -> Workflow:
+        workflow = parse_workflow(source)
+        compile_workflow(workflow, self._registry, self._max_steps)
+        return workflow
+
+    async def list(self) -> list[StoredDocument]:
+        return await self._store.list()
+
+    async def get(self, workflow_id: str) -> StoredDocument:
+        stored = await self._store.get(workflow_id)
+        if stored is None:
+            raise NotFound(f"workflow '{workflow_id}' not found", details={"id": workflow_id})
+        return stored
+
+    async def create(self, source: str | bytes | dict[str, Any]) -> StoredDocument:
+        workflow = self.validate(source)
+        return await self._store.create(workflow.id, workflow.to_document(), _source_text(source))
+
+    async def replace(self, workflow_id: str, source: str | bytes | dict[str, Any]) -> StoredDocument:
+        data = load_document(source)
+        data = {**data, "id": workflow_id}
+        workflow = self.validate(data)
+        await self.get(workflow_id)
+        return await self._store.replace(workflow_id, workflow.to_document(), _source_text(source))
+
+    async def delete(self, workflow_id: str) -> None:
+        active = await self._runs.count_active(workflow_id)
+        if active:
+            raise Conflict(
+                f"workflow '{workflow_id}' has {active} active run(s); cancel them or wait before deleting",
+                details={"id": workflow_id, "active_runs": active},
+            )
+        if not await self._store.delete(workflow_id):
+            raise NotFound(f"workflow '{workflow_id}' not found", details={"id": workflow_id})
+
+
+def _source_text(source: str | bytes | dict[str, Any]) -> str | None:
+    if isinstance(source, bytes):
+        return source.decode("utf-8", errors="replace")
+    return source if isinstance(source, str) else None
