@@ -86,6 +86,8 @@ def _compile_string(text: str) -> tuple[Renderer, References]:
         refs = _references(_env.parse(source))
     except TemplateSyntaxError as exc:
         raise TemplateError(f"template syntax error: {exc.message}") from None
+    except (SyntaxError, RecursionError, MemoryError) as exc:
+        raise TemplateError(f"template too complex to compile: {type(exc).__name__}") from None
     return _guarded(render), refs
 
 

@@ -1,0 +1,125 @@
+"""Engine benchmarks with persistence on; one JSON line per workload.
+
+W1  50-step chain of echo steps: engine overhead per step (ms)
+W2  200-step fan-out (parallel group) and a join step: steps/s
+W3  200 concurrent runs of a 5-step chain: runs/s and steps/s
+W4  1,000 llm_call steps through for_each against a local OpenAI-compatible server that
+    answers after 100 ms, workers=64: wall time against the ideal 1000 x 0.1 / 64 s
+
+Usage: python bench/engine.py [--only W1,W2] [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from clarion_jupyter import Engine  # noqa: E402
+
+
+def chain(n: int) -> dict[str, Any]:
+    steps = [{"id": "s0", "task": "echo", "with": {"value": 0}}]
+    steps += [{"id": f"s{i}", "task": "echo", "with": {"value": f"{{{{ steps.s{i - 1}.output.value + 1 }}}}"}} for i in range(1, n)]
+    return {"name": f"chain-{n}", "steps": steps}
+
+
+def fan_out(n: int) -> dict[str, Any]:
+    group = [{"id": f"p{i}", "task": "echo", "with": {"value": i}} for i in range(n)]
+    join = {"id": "join", "task": "echo", "with": {"value": "{{ steps.p0.output.value + steps.p199.output.value }}"}}
+    return {"name": f"fan-{n}", "steps": [{"parallel": group}, join]}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def emit(name: str, **values: Any) -> None:
+    print(json.dumps({"workload": name, **values, "peak_rss_mb": round(peak_rss_mb(), 1)}), flush=True)
+
+
+async def timed_run(engine: Engine, workflow: dict[str, Any]) -> float:
+    start = time.perf_counter()
+    run = await engine.wait(await engine.submit(workflow))
+    assert run.status == "succeeded", run.error
+    return time.perf_counter() - start
+
+
+async def w1(engine: Engine, repeat: int) -> None:
+    n = 50
+    await timed_run(engine, chain(5))
+    samples = [await timed_run(engine, chain(n)) for _ in range(repeat)]
+    best = min(samples)
+    emit("W1", steps=n, ms_per_step=round(best * 1000 / n, 4), median_ms_per_step=round(statistics.median(samples) * 1000 / n, 4), target_ms_per_step=0.3)
+
+
+async def w2(engine: Engine, repeat: int) -> None:
+    n = 200
+    samples = [await timed_run(engine, fan_out(n)) for _ in range(repeat)]
+    best = min(samples)
+    emit("W2", steps=n + 1, steps_per_s=round((n + 1) / best), median_steps_per_s=round((n + 1) / statistics.median(samples)), target_steps_per_s=6000)
+
+
+async def w3(engine: Engine, repeat: int) -> None:
+    runs, length = 200, 5
+    workflow = chain(length)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        ids = await asyncio.gather(*(engine.submit(workflow) for _ in range(runs)))
+        results = await asyncio.gather(*(engine.wait(i) for i in ids))
+        assert all(r.status == "succeeded" for r in results)
+        best = min(best, time.perf_counter() - start)
+    emit("W3", runs=runs, steps=runs * length, runs_per_s=round(runs / best), steps_per_s=round(runs * length / best), target_steps_per_s=2500)
+
+
+async def w4(engine: Engine, repeat: int) -> None:
+    from clarion_jupyter.testing.openai_server import OpenAIStubServer
+
+    n, delay, workers = 1000, 0.1, 64
+    with OpenAIStubServer(delay_s=delay, reply="ok") as server:
+        await engine.agents.upsert_document(
+            {"id": "stub", "name": "stub", "model": "openai/fake", "api_base": server.url, "api_key_env": "CLARION_BENCH_KEY"}
+        )
+        os.environ["CLARION_BENCH_KEY"] = "x"
+        workflow = {
+            "name": "llm-map",
+            "inputs": {"items": {"type": "array"}},
+            "steps": [{"id": "ask", "task": "llm_call", "for_each": "{{ inputs.items }}", "with": {"agent": "stub", "prompt": "item {{ item }}"}}],
+        }
+        await engine.wait(await engine.submit(workflow, {"items": list(range(64))}))
+        start = time.perf_counter()
+        run = await engine.wait(await engine.submit(workflow, {"items": list(range(n))}))
+        wall = time.perf_counter() - start
+        assert run.status == "succeeded", run.error
+    ideal = n * delay / workers
+    emit("W4", calls=n, workers=workers, wall_s=round(wall, 3), ideal_s=round(ideal, 3), over_ideal_pct=round((wall / ideal - 1) * 100, 1), target_over_ideal_pct=10)
+
+
+WORKLOADS = {"W1": (w1, 8), "W2": (w2, 8), "W3": (w3, 64), "W4": (w4, 64)}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=",".join(WORKLOADS))
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only.split(","):
+            fn, workers = WORKLOADS[name]
+            async with Engine(Path(tmp) / f"{name}.duckdb", workers=workers, workspace_root=tmp) as engine:
+                await fn(engine, args.repeat)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
