@@ -25,7 +25,7 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from clarion_jupyter import Engine  # noqa: E402
+from clarion_jupyter import Agent, Engine  # noqa: E402
 
 
 def chain(n: int) -> dict[str, Any]:
@@ -88,8 +88,8 @@ async def w4(engine: Engine, repeat: int) -> None:
 
     n, delay, workers = 1000, 0.1, 64
     with OpenAIStubServer(delay_s=delay, reply="ok") as server:
-        await engine.agents.upsert_document(
-            {"id": "stub", "name": "stub", "model": "openai/fake", "api_base": server.url, "api_key_env": "CLARION_BENCH_KEY"}
+        await engine.agents.upsert(
+            Agent(id="stub", name="stub", model="openai/fake", api_base=server.url, api_key_env="CLARION_BENCH_KEY")
         )
         os.environ["CLARION_BENCH_KEY"] = "x"
         workflow = {

@@ -148,3 +148,18 @@ def _error(code: str, message: str, details: Any = None) -> dict[str, Any]:
 
 def _validation_message(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'with'}: {e['msg']}" for e in exc.errors())
+
+
+async def run_worker(queue_url: str, workers: int = 8, workspace_root: str = ".", allow_shell: bool = True) -> None:
+    """``clarion worker``: serve a broker queue until cancelled (Ctrl-C)."""
+    from .queues import make_queue
+
+    queue = make_queue(queue_url)
+    await queue.start()
+    worker = Worker(queue, TaskRegistry.from_entry_points(), Workspace(workspace_root), TaskSettings(allow_shell=allow_shell), workers)
+    await worker.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await worker.stop()
+        await queue.close()

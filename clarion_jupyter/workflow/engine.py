@@ -84,6 +84,7 @@ class Engine:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
         self.started = False
+        self.resumed: list[str] = []
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -105,9 +106,9 @@ class Engine:
             await self._worker.start()
         self._router = asyncio.create_task(self._route_results(), name="clarion-results")
         self.started = True
-        resumed = await self.resume()
-        if resumed:
-            log.info("resumed %d interrupted run(s)", len(resumed))
+        self.resumed = await self.resume()
+        if self.resumed:
+            log.info("resumed %d interrupted run(s)", len(self.resumed))
 
     async def stop(self) -> None:
         """Stop without finishing runs: whatever is in flight resumes at the next start."""
