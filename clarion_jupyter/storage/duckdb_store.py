@@ -47,50 +47,78 @@ def _unnest(n: int) -> str:
 
 
 _RUN_COLUMNS = (
-    "run_id, workflow_id, workflow_name, workflow, inputs, status, idempotency_key,"
+    "run_id, workflow_id, workflow_name, workflow_digest, inputs, status, idempotency_key,"
     " created_at, started_at, finished_at, outputs, error, usage"
 )
-_RUN_UPSERT = (
-    f"INSERT INTO runs ({_RUN_COLUMNS}) SELECT {_unnest(13)} ON CONFLICT (run_id) DO UPDATE SET"
-    " status = excluded.status, started_at = excluded.started_at, finished_at = excluded.finished_at,"
-    " outputs = excluded.outputs, error = excluded.error, usage = excluded.usage"
+_RUN_INSERT = f"INSERT INTO runs ({_RUN_COLUMNS}) SELECT {_unnest(13)}"
+_RUN_UPDATE = (
+    "UPDATE runs SET status = u.status, started_at = u.started_at, finished_at = u.finished_at,"
+    " outputs = u.outputs, error = u.error, usage = u.usage FROM (SELECT unnest($1) AS run_id,"
+    " unnest($2)::VARCHAR AS status, unnest($3)::TIMESTAMP AS started_at, unnest($4)::TIMESTAMP AS finished_at,"
+    " unnest($5)::JSON AS outputs, unnest($6)::JSON AS error, unnest($7)::JSON AS usage) AS u"
+    " WHERE runs.run_id = u.run_id"
 )
 _STEP_COLUMNS = "run_id, key, step_id, item_index, attempt, status, started_at, finished_at, output, error, usage"
-_STEP_UPSERT = (
-    f"INSERT INTO step_runs ({_STEP_COLUMNS}) SELECT {_unnest(11)}"
-    " ON CONFLICT (run_id, key, attempt) DO UPDATE SET status = excluded.status,"
-    " started_at = excluded.started_at, finished_at = excluded.finished_at,"
-    " output = excluded.output, error = excluded.error, usage = excluded.usage"
+_STEP_INSERT = f"INSERT INTO step_runs ({_STEP_COLUMNS}) SELECT {_unnest(11)}"
+_STEP_UPDATE = (
+    "UPDATE step_runs SET status = u.status, started_at = u.started_at, finished_at = u.finished_at,"
+    " output = u.output, error = u.error, usage = u.usage FROM (SELECT unnest($1) AS run_id, unnest($2) AS key,"
+    " unnest($3)::INTEGER AS attempt, unnest($4)::VARCHAR AS status, unnest($5)::TIMESTAMP AS started_at,"
+    " unnest($6)::TIMESTAMP AS finished_at, unnest($7)::JSON AS output, unnest($8)::JSON AS error,"
+    " unnest($9)::JSON AS usage) AS u"
+    " WHERE step_runs.run_id = u.run_id AND step_runs.key = u.key AND step_runs.attempt = u.attempt"
 )
+_SNAPSHOT_INSERT = "INSERT INTO workflow_snapshots SELECT unnest($1), unnest($2) ON CONFLICT DO NOTHING"
 _EVENT_INSERT = f"INSERT INTO events (run_id, seq, type, step_id, ts, data) SELECT {_unnest(6)}"
 _RUN_SUMMARY = (
     "run_id, workflow_id, workflow_name, inputs, status, idempotency_key,"
     " created_at, started_at, finished_at, outputs, error, usage"
 )
+_RUN_WITH_WORKFLOW = (
+    "SELECT r.run_id, r.workflow_id, r.workflow_name, r.inputs, r.status, r.idempotency_key, r.created_at,"
+    " r.started_at, r.finished_at, r.outputs, r.error, r.usage, r.workflow_digest, w.doc"
+    " FROM runs r JOIN workflow_snapshots w ON w.digest = r.workflow_digest"
+)
 
 
-def _run_row(r: RunRecord) -> tuple[Any, ...]:
+def _run_insert_row(r: RunRecord) -> tuple[Any, ...]:
     return (
-        r.run_id, r.workflow_id, r.workflow_name, _dumps(r.workflow), _dumps(r.inputs), r.status,
+        r.run_id, r.workflow_id, r.workflow_name, r.workflow_digest, _dumps(r.inputs), r.status,
         r.idempotency_key, _naive(r.created_at), _naive(r.started_at), _naive(r.finished_at),
         _dumps(r.outputs), _dumps(r.error), _dumps(r.usage),
     )  # fmt: skip
 
 
-def _step_row(s: StepRecord) -> tuple[Any, ...]:
+def _run_update_row(r: RunRecord) -> tuple[Any, ...]:
+    return (
+        r.run_id, r.status, _naive(r.started_at), _naive(r.finished_at), _dumps(r.outputs), _dumps(r.error),
+        _dumps(r.usage),
+    )  # fmt: skip
+
+
+def _step_insert_row(s: StepRecord) -> tuple[Any, ...]:
     return (
         s.run_id, s.key, s.step_id, s.item_index, s.attempt, s.status, _naive(s.started_at),
         _naive(s.finished_at), _dumps(s.output), _dumps(s.error), _dumps(s.usage),
     )  # fmt: skip
 
 
-def _run_from_summary(row: tuple[Any, ...], workflow: dict[str, Any] | None = None) -> RunRecord:
-    (run_id, workflow_id, workflow_name, inputs, status, key, created, started, finished, outputs, error, usage) = row
+def _step_update_row(s: StepRecord) -> tuple[Any, ...]:
+    return (
+        s.run_id, s.key, s.attempt, s.status, _naive(s.started_at), _naive(s.finished_at), _dumps(s.output),
+        _dumps(s.error), _dumps(s.usage),
+    )  # fmt: skip
+
+
+def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
+    (run_id, workflow_id, workflow_name, inputs, status, key, created, started, finished, outputs, error, usage,
+     *snapshot) = row  # fmt: skip
+    digest, doc = snapshot if snapshot else ("", None)
     return RunRecord(
-        run_id=run_id, workflow_id=workflow_id, workflow_name=workflow_name, workflow=workflow or {},
+        run_id=run_id, workflow_id=workflow_id, workflow_name=workflow_name, workflow=_loads(doc) or {},
         inputs=_loads(inputs) or {}, status=status, idempotency_key=key, created_at=_aware(created),
         started_at=_aware(started), finished_at=_aware(finished), outputs=_loads(outputs),
-        error=_loads(error), usage=_loads(usage),
+        error=_loads(error), usage=_loads(usage), workflow_digest=digest, stored=True,
     )  # fmt: skip
 
 
@@ -99,46 +127,64 @@ def _step_from_row(row: tuple[Any, ...]) -> StepRecord:
     return StepRecord(
         run_id=run_id, key=key, step_id=step_id, item_index=item, attempt=attempt, status=status,
         started_at=_aware(started), finished_at=_aware(finished), output=_loads(output),
-        error=_loads(error), usage=_loads(usage),
+        error=_loads(error), usage=_loads(usage), stored=True,
     )  # fmt: skip
+
+
+_WRITE_ORDER = (_SNAPSHOT_INSERT, _RUN_INSERT, _RUN_UPDATE, _STEP_INSERT, _STEP_UPDATE, _EVENT_INSERT)
 
 
 class DuckDBRunStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._snapshots: set[str] = set()
 
     async def write(self, batch: Batch) -> None:
-        # Rows are built here, on the caller's thread, from records the engine may go on
-        # mutating: the writer thread only ever sees immutable tuples.
-        runs = [_run_row(r) for r in batch.runs.values()]
-        steps = [_step_row(s) for s in batch.steps.values()]
-        events = [(e.run_id, e.seq, e.type, e.step_id, _naive(e.ts), _dumps(e.data)) for e in batch.events]
-        await self._db.write(self._write_rows, runs, steps, events)
+        if batch.prepared is None:
+            batch.prepared = self._prepare(batch)
+        await self._db.write(self._write_rows, batch.prepared)
+
+    def _prepare(self, batch: Batch) -> dict[str, list[tuple[Any, ...]]]:
+        """Rows for a batch, built on the caller's thread from records the engine goes on
+        mutating (the writer thread only sees tuples). A record counts as stored from here
+        on: batches commit in order, and a failed commit is retried with these same rows."""
+        rows: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _WRITE_ORDER}
+        for run in batch.runs.values():
+            if run.stored:
+                rows[_RUN_UPDATE].append(_run_update_row(run))
+                continue
+            if run.workflow_digest not in self._snapshots:
+                self._snapshots.add(run.workflow_digest)
+                rows[_SNAPSHOT_INSERT].append((run.workflow_digest, _dumps(run.workflow)))
+            rows[_RUN_INSERT].append(_run_insert_row(run))
+            run.stored = True
+        for step in batch.steps.values():
+            if step.stored:
+                rows[_STEP_UPDATE].append(_step_update_row(step))
+            else:
+                rows[_STEP_INSERT].append(_step_insert_row(step))
+                step.stored = True
+        rows[_EVENT_INSERT] = [(e.run_id, e.seq, e.type, e.step_id, _naive(e.ts), _dumps(e.data)) for e in batch.events]
+        return rows
 
     @staticmethod
-    def _write_rows(
-        cursor: duckdb.DuckDBPyConnection,
-        runs: list[tuple[Any, ...]],
-        steps: list[tuple[Any, ...]],
-        events: list[tuple[Any, ...]],
-    ) -> None:
-        _insert_columns(cursor, _RUN_UPSERT, runs)
-        _insert_columns(cursor, _STEP_UPSERT, steps)
-        _insert_columns(cursor, _EVENT_INSERT, events)
+    def _write_rows(cursor: duckdb.DuckDBPyConnection, rows: dict[str, list[tuple[Any, ...]]]) -> None:
+        for sql in _WRITE_ORDER:
+            _insert_columns(cursor, sql, rows[sql])
 
     async def get_run(self, run_id: str) -> tuple[RunRecord, list[StepRecord]] | None:
         return await self._db.read(self._get_run, run_id)
 
     @staticmethod
     def _get_run(cursor: duckdb.DuckDBPyConnection, run_id: str) -> tuple[RunRecord, list[StepRecord]] | None:
-        row = cursor.execute(f"SELECT {_RUN_SUMMARY}, workflow FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        row = cursor.execute(f"{_RUN_WITH_WORKFLOW} WHERE r.run_id = ?", [run_id]).fetchone()
         if row is None:
             return None
         steps = cursor.execute(
             f"SELECT {_STEP_COLUMNS} FROM step_runs WHERE run_id = ? ORDER BY started_at NULLS LAST, key, attempt",
             [run_id],
         ).fetchall()
-        return _run_from_summary(row[:-1], _loads(row[-1])), [_step_from_row(s) for s in steps]
+        return _run_from_row(row), [_step_from_row(s) for s in steps]
 
     async def list_runs(
         self, workflow_id: str | None = None, status: str | None = None, limit: int = 50, cursor: str | None = None
@@ -158,7 +204,7 @@ class DuckDBRunStore:
         rows = cur.execute(
             f"SELECT {_RUN_SUMMARY} FROM runs {where} ORDER BY run_id DESC LIMIT ?", [*params, limit + 1]
         ).fetchall()
-        runs = [_run_from_summary(r) for r in rows[:limit]]
+        runs = [_run_from_row(r) for r in rows[:limit]]
         return RunPage(runs=runs, next_cursor=runs[-1].run_id if len(rows) > limit else None)
 
     async def events(self, run_id: str, since: int = 0, limit: int | None = None) -> list[Event]:
@@ -192,12 +238,10 @@ class DuckDBRunStore:
 
     @staticmethod
     def _active_runs(cursor: duckdb.DuckDBPyConnection) -> list[ActiveRun]:
-        rows = cursor.execute(
-            f"SELECT {_RUN_SUMMARY}, workflow FROM runs WHERE status IN {ACTIVE_STATUSES} ORDER BY run_id"
-        ).fetchall()
+        rows = cursor.execute(f"{_RUN_WITH_WORKFLOW} WHERE r.status IN {ACTIVE_STATUSES} ORDER BY r.run_id").fetchall()
         active = []
         for row in rows:
-            run = _run_from_summary(row[:-1], _loads(row[-1]))
+            run = _run_from_row(row)
             steps = cursor.execute(
                 f"SELECT {_STEP_COLUMNS} FROM step_runs WHERE run_id = ? ORDER BY key, attempt", [run.run_id]
             ).fetchall()

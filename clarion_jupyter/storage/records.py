@@ -7,12 +7,19 @@ them at the edge.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 TERMINAL_EVENT_TYPES = frozenset({"workflow_succeeded", "workflow_failed", "workflow_cancelled"})
+
+
+def digest(document: dict[str, Any]) -> str:
+    """Content address of a document (canonical JSON), to store each distinct one once."""
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
 def utcnow() -> datetime:
@@ -56,6 +63,8 @@ class Event:
 
 @dataclass(slots=True)
 class RunRecord:
+    """``stored`` tells the store whether the row exists yet (insert) or not (update)."""
+
     run_id: str
     workflow_id: str
     workflow_name: str
@@ -63,12 +72,14 @@ class RunRecord:
     inputs: dict[str, Any]
     status: str
     created_at: datetime
+    workflow_digest: str = ""
     idempotency_key: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
     outputs: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     usage: dict[str, Any] | None = None
+    stored: bool = False
 
 
 @dataclass(slots=True)
@@ -86,6 +97,7 @@ class StepRecord:
     output: Any = None
     error: dict[str, Any] | None = None
     usage: dict[str, Any] | None = None
+    stored: bool = False
 
 
 @dataclass(slots=True)
@@ -106,6 +118,8 @@ class Batch:
     runs: dict[str, RunRecord] = field(default_factory=dict)
     steps: dict[tuple[str, str, int], StepRecord] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    prepared: Any = None
+    """The store's rows for this batch, built once so that a retried commit writes the same."""
 
     def __bool__(self) -> bool:
         return bool(self.runs or self.steps or self.events)

@@ -130,7 +130,7 @@ def _compile_step(
         _compile_field(step.for_each, step.id, "for_each", ids, workflow, problems, False) if in_map else None
     )
     if task is not None:
-        _check_config(step, task, problems)
+        _check_config(step, task, problems, templated=config is None or not config.constant)
     if task is None or config is None or (step.if_ is not None and condition is None) or (in_map and for_each is None):
         return None
     refs = [c.refs for c in (config, condition, for_each) if c is not None]
@@ -183,7 +183,7 @@ def _compile_field(
     return compiled if ok else None
 
 
-def _check_config(step: Step, task: type[Task], problems: _Problems) -> None:
+def _check_config(step: Step, task: type[Task], problems: _Problems, templated: bool) -> None:
     """Check ``with`` against the task's config model as far as templates allow."""
     fields = task.Config.model_fields
     aliases = {f.alias or name for name, f in fields.items()} | set(fields)
@@ -191,7 +191,7 @@ def _check_config(step: Step, task: type[Task], problems: _Problems) -> None:
     for key in step.with_:
         if forbid and key not in aliases:
             problems.add(step.id, f"with.{key}", f"unknown field for task '{step.task}' (fields: {', '.join(sorted(fields))})")
-    if compile_value(step.with_).constant:
+    if not templated:  # (compiling ``with`` again here would raise on a template syntax error)
         try:
             task.Config.model_validate(step.with_)
         except ValidationError as exc:

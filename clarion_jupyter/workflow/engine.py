@@ -21,7 +21,7 @@ from ..errors import Conflict, NotFound, Problem, ValidationFailed
 from ..storage.database import Database, default_db_path
 from ..storage.duckdb_store import DuckDBDocumentStore, DuckDBRunStore
 from ..storage.protocols import ActiveRun
-from ..storage.records import Event, RunRecord, utcnow
+from ..storage.records import Event, RunRecord, digest, utcnow
 from ..storage.writer import GroupCommitWriter
 from ..task.base import TaskSettings
 from ..task.queue import Queue
@@ -169,9 +169,10 @@ class Engine:
                 return existing
         resolved = plan.resolve_inputs(inputs)
         await self._check_agents(plan)
+        document = workflow.to_document()
         run = RunRecord(
-            run_id=new_run_id(), workflow_id=workflow.id, workflow_name=workflow.name,
-            workflow=workflow.to_document(), inputs=resolved, status=RunStatus.queued.value,
+            run_id=new_run_id(), workflow_id=workflow.id, workflow_name=workflow.name, workflow=document,
+            workflow_digest=digest(document), inputs=resolved, status=RunStatus.queued.value,
             created_at=utcnow(), idempotency_key=key,
         )  # fmt: skip
         if key is not None:

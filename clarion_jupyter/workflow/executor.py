@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..storage.records import Event, RunRecord, StepRecord, utcnow
@@ -58,7 +58,6 @@ class _Execution:
     item: Any = None
     next_attempt: int = 1
     record: StepRecord | None = None
-    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
 class RunExecutor:
@@ -85,6 +84,8 @@ class RunExecutor:
         self._executions: dict[str, _Execution] = {}
         self._maps: dict[str, _Map] = {}
         self._running: set[str] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._unfinished = len(plan.nodes)
         self._prior = _latest_attempts(prior or [])
         self._context = {
             "inputs": run.inputs,
@@ -138,6 +139,7 @@ class RunExecutor:
         for node_id in self.plan.nodes:
             record = self._prior.get(node_id)
             if record is not None and record.status in _DONE:
+                self._unfinished -= 1
                 self._status[node_id] = StepStatus(record.status)
                 self._steps_ctx[node_id] = {"output": record.output, "status": record.status}
         for node_id, node in self.plan.nodes.items():
@@ -304,7 +306,7 @@ class RunExecutor:
             self._writer.add_step(record)
             self._emit("step_retrying", execution.key, {"attempt": record.attempt, "error": error, "delay_s": round(delay, 3)})
             loop = asyncio.get_running_loop()
-            execution.timer = loop.call_later(delay, self._inbox.put_nowait, _Retry(execution.key))
+            self._timers[execution.key] = loop.call_later(delay, self._inbox.put_nowait, _Retry(execution.key))
             return []
         record.status = StepStatus.failed
         self._writer.add_step(record)
@@ -317,7 +319,7 @@ class RunExecutor:
         execution = self._executions.get(key)
         if execution is None or execution.record is None or execution.record.status != StepStatus.retrying:
             return
-        execution.timer = None
+        self._timers.pop(key, None)
         await self._begin_all(await self._dispatch(execution))
 
     def _child_done(self, execution: _Execution, status: StepStatus, output: Any, error: dict[str, Any] | None) -> list[str]:
@@ -371,6 +373,7 @@ class RunExecutor:
     ) -> list[str]:
         """Mark a node done and return the dependants that became ready."""
         self._status[node_id] = status
+        self._unfinished -= 1
         self._steps_ctx[node_id] = {"output": output, "status": status.value}
         if status == StepStatus.skipped and not recorded:
             self._record(node_id, node_id, None, attempt=0, status=StepStatus.skipped)
@@ -390,9 +393,7 @@ class RunExecutor:
     # -- run end -----------------------------------------------------------------
 
     def _check_complete(self) -> None:
-        if self.finished.is_set() or self._running or any(e.timer for e in self._executions.values()):
-            return
-        if any(status not in _DONE for status in self._status.values()):
+        if self.finished.is_set() or self._running or self._timers or self._unfinished:
             return
         try:
             outputs = self.plan.outputs.render(self._context)
@@ -413,10 +414,10 @@ class RunExecutor:
 
     def _stop_running(self) -> None:
         """Cancel what is in flight; the run is ending."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         for execution in self._executions.values():
-            if execution.timer is not None:
-                execution.timer.cancel()
-                execution.timer = None
             record = execution.record
             if record is not None and record.status in (StepStatus.running, StepStatus.retrying):
                 record.status = StepStatus.cancelled

@@ -16,11 +16,18 @@ CREATE TABLE workflows (
     updated_at TIMESTAMP NOT NULL
 );
 
+-- A run keeps the exact workflow it ran, stored once per distinct document (by digest):
+-- many runs of one workflow share a snapshot instead of each copying it.
+CREATE TABLE workflow_snapshots (
+    digest VARCHAR PRIMARY KEY,
+    doc JSON NOT NULL
+);
+
 CREATE TABLE runs (
     run_id VARCHAR PRIMARY KEY,
     workflow_id VARCHAR NOT NULL,
     workflow_name VARCHAR NOT NULL,
-    workflow JSON NOT NULL,
+    workflow_digest VARCHAR NOT NULL,
     inputs JSON NOT NULL,
     status VARCHAR NOT NULL,
     idempotency_key VARCHAR,
