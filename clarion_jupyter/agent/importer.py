@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import re
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -114,14 +114,22 @@ def import_agents(path: str | os.PathLike[str]) -> ImportReport:
     else:
         report.errors.append(ImportProblem(str(path), "no such file or folder"))
         return report
+    sources_by_id: dict[str, list[str]] = defaultdict(list)
     for file, name in sources:
         try:
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             report.errors.append(ImportProblem(name, f"cannot read the file: {exc}"))
             continue
-        report.extend(import_text(text, name))
-    report.warnings += _duplicate_ids(report.agents)
+        found = import_text(text, name)
+        for agent in found.agents:
+            sources_by_id[agent.id].append(name)
+        report.extend(found)
+    report.warnings += [
+        ImportProblem(", ".join(names), f"{len(names)} agents have the id '{agent_id}'; saving them keeps the last")
+        for agent_id, names in sources_by_id.items()
+        if len(names) > 1
+    ]
     return report
 
 
@@ -272,14 +280,16 @@ def _convert(document: Any, warnings: list[str]) -> Agent:
     if not isinstance(document, dict):
         raise ValueError(f"expected an agent document (a mapping), got {type(document).__name__}")
     fields = _Fields.of(document)
-    kind = fields.take("type", "kind")
-    if kind is not None and _norm(kind) != "agent":
-        raise ValueError(f"a block of type {kind!r} is not an agent (expected `type: Agent`)")
-    if kind is None and {_norm(k) for k in document}.isdisjoint({"profile", "llmconfig", "systemprompt"}):
-        raise ValueError("not a Clarion agent: expected `type: Agent` blocks or a JSON `Profile` with `llm_config`")
+    kind = next((value for key, value in document.items() if _norm(key) == "type"), None)
+    if _norm(kind) == "agent":
+        fields.take("type")
+    elif {_norm(k) for k in document}.isdisjoint({"profile", "llmconfig", "systemprompt"}):
+        what = f"a block of type {kind!r} is not an agent" if kind else "not a Clarion agent"
+        raise ValueError(f"{what}: expected `type: Agent` blocks or a JSON `Profile` with `llm_config`")
     fields = fields.section("metadata", "meta", "profile").section("properties", "props", "spec")
+    children = fields.take("children", "blocks") or []
     data, extra = _agent_data(fields)
-    for child in fields.take("children", "blocks") or []:
+    for child in children:
         _apply_child(child, data, extra, warnings)
     data["parameters"] = _drop_secrets(data["parameters"], "llm_config.parameters", warnings)
     data["extra"] = _drop_secrets(extra, "", warnings)
@@ -305,6 +315,8 @@ def _agent_data(fields: _Fields) -> tuple[dict[str, Any], dict[str, Any]]:
     if variable_extras:
         extra["user_variables"] = variable_extras
     return data, extra
+
+
 def _llm_fields(llm: _Fields) -> dict[str, Any]:
     provider, model = llm.take("provider", "llm_provider", "vendor"), llm.take("model", "model_name", "model_id")
     parameters = llm.take("parameters", "params", "model_parameters", "options") or {}
@@ -403,6 +415,7 @@ def _block_fields(block: dict[str, Any]) -> _Fields:
 
 # --- children blocks of the YAML format -------------------------------------------------------
 
+
 def _filter_set(fields: _Fields, data: dict[str, Any]) -> bool:
     if "context" in data:
         return False
@@ -437,15 +450,15 @@ returns False when the agent already has what the block provides (a second Filte
 def _apply_child(block: Any, data: dict[str, Any], extra: dict[str, Any], warnings: list[str]) -> None:
     """Fold one ``children`` block into the agent; what is not modelled goes to ``extra``."""
     handler = _CHILD_BLOCKS.get(_norm(block.get("type", ""))) if isinstance(block, dict) else None
-    fields = _block_fields(block) if handler is not None else None
-    if handler is None or fields is None or not handler(fields, data):
-        if handler is not None:
-            warnings.append(f"only the first {block['type']} block is used; the others are kept under extra.children")
-        extra.setdefault("children", []).append(block)
-        return
-    rest = fields.leftovers()
-    if rest.keys() - {"type"}:
-        extra.setdefault("children", []).append(rest)
+    if handler is not None:
+        fields = _block_fields(block)
+        if handler(fields, data):
+            rest = fields.leftovers()
+            if rest.keys() - {"type"}:
+                extra.setdefault("children", []).append(rest)
+            return
+        warnings.append(f"only the first {block['type']} block is used; the others are kept under extra.children")
+    extra.setdefault("children", []).append(block)
 
 
 # --- final checks -----------------------------------------------------------------------------
@@ -464,7 +477,9 @@ def _drop_secrets(value: Any, path: str, warnings: list[str]) -> Any:
                         "to the name of the environment variable that holds it"
                     )
             else:
-                kept[key] = _drop_secrets(item, where, warnings)
+                cleaned = _drop_secrets(item, where, warnings)
+                if cleaned or not item:  # a section that held only secrets goes with them
+                    kept[key] = cleaned
         return kept
     if isinstance(value, list):
         return [_drop_secrets(item, f"{path}[{i}]", warnings) for i, item in enumerate(value)]
@@ -481,12 +496,3 @@ def _validated(data: dict[str, Any]) -> Agent:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'agent'}: {e['msg']}" for e in exc.errors())
         raise ValueError(problems) from None
-
-
-def _duplicate_ids(agents: list[Agent]) -> list[ImportProblem]:
-    counts = Counter(agent.id for agent in agents)
-    return [
-        ImportProblem(agent_id, f"{count} imported agents have the id '{agent_id}'; saving them keeps only the last")
-        for agent_id, count in counts.items()
-        if count > 1
-    ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -66,6 +67,10 @@ class LLMProvider(Protocol):
         """Run one chat completion; with ``request.stream``, ``on_token`` gets every text delta."""
         ...
 
+    async def aclose(self) -> None:
+        """Release what the provider holds on the running event loop, before the loop closes."""
+        ...
+
 
 class LiteLLMProvider:
     """The default provider: every model litellm supports, through ``litellm.acompletion``."""
@@ -77,17 +82,27 @@ class LiteLLMProvider:
         try:
             if request.stream:
                 return await _stream(litellm, request, kwargs, on_token)
-            response = await litellm.acompletion(**kwargs)
-        except ProviderError:
-            raise
+            return await _single(litellm, request, kwargs)
         except Exception as exc:
-            raise provider_error(exc, secret=api_key) from None
-        return LLMResult(
-            text=response.choices[0].message.content or "",
-            model=request.model,
-            usage=_usage(getattr(response, "usage", None)),
-            cost_usd=_guarded_cost(lambda: litellm.completion_cost(completion_response=response)),
-        )
+            error = provider_error(exc, secret=api_key)
+        # raised outside the handler so the original, whose text may quote the key, is not chained
+        raise error
+
+    async def aclose(self) -> None:
+        """Let litellm's background logging of finished calls settle, on the loop that is ending.
+
+        litellm logs every call on a worker task bound to the running event loop; a host that
+        closes its loop (the engine at shutdown, a kernel's background loop, each test) calls
+        this first, or the pending tasks are destroyed with warnings.
+        """
+        if "litellm" not in sys.modules:
+            return
+        try:
+            from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+        except ImportError:  # an internal of litellm: newer versions may move it
+            return
+        await GLOBAL_LOGGING_WORKER.flush()
+        await GLOBAL_LOGGING_WORKER.stop()
 
 
 def read_api_key(env_name: str | None) -> str | None:
@@ -96,9 +111,7 @@ def read_api_key(env_name: str | None) -> str | None:
         return None
     value = os.environ.get(env_name)
     if not value:
-        raise ProviderError(
-            f"environment variable {env_name} (the agent's api_key_env) is not set", retryable=False
-        )
+        raise ProviderError(f"environment variable {env_name} (the agent's api_key_env) is not set", retryable=False)
     return value
 
 
@@ -138,6 +151,16 @@ def _completion_kwargs(request: LLMRequest, api_key: str | None) -> dict[str, An
     if request.stream:
         kwargs |= {"stream": True, "stream_options": {"include_usage": True}}
     return kwargs
+
+
+async def _single(litellm: ModuleType, request: LLMRequest, kwargs: dict[str, Any]) -> LLMResult:
+    response = await litellm.acompletion(**kwargs)
+    return LLMResult(
+        text=response.choices[0].message.content or "",
+        model=request.model,
+        usage=_usage(getattr(response, "usage", None)),
+        cost_usd=_guarded_cost(lambda: litellm.completion_cost(completion_response=response)),
+    )
 
 
 async def _stream(

@@ -113,10 +113,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections, as with real APIs
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+    def log_message(self, format: str, *args: Any) -> None:
         """Silence per-request logging: benchmarks make thousands of requests."""
 
-    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_POST(self) -> None:
         body = self._read_json()
         if self.path.rstrip("/") != COMPLETIONS_PATH:
             self._send_error(HTTPStatus.NOT_FOUND, f"no route for POST {self.path}", "invalid_request_error")
@@ -131,7 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized(stub):
             return
         if number <= stub.fail_first:
-            self._send_error(HTTPStatus(stub.fail_status), f"stub failure for request {number}", "server_error")
+            self._send_error(stub.fail_status, f"stub failure for request {number}", "server_error")
             return
         completion = _Completion(model=str(body.get("model", "stub")), text=stub._reply_text(body), body=body)
         if body.get("stream"):
@@ -158,7 +158,7 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return data if isinstance(data, dict) else None
 
-    def _send_json(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
+    def _send_json(self, status: int, payload: dict[str, Any]) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -166,8 +166,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _send_error(self, status: HTTPStatus, message: str, kind: str) -> None:
-        self._send_json(status, {"error": {"message": message, "type": kind, "code": status.value}})
+    def _send_error(self, status: int, message: str, kind: str) -> None:
+        self._send_json(status, {"error": {"message": message, "type": kind, "code": int(status)}})
 
     def _send_stream(self, events: Iterator[dict[str, Any]]) -> None:
         """Server-sent events in HTTP/1.1 chunked encoding, so the connection stays reusable."""
