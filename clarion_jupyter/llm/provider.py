@@ -159,8 +159,18 @@ async def _single(litellm: ModuleType, request: LLMRequest, kwargs: dict[str, An
         text=response.choices[0].message.content or "",
         model=request.model,
         usage=_usage(getattr(response, "usage", None)),
-        cost_usd=_guarded_cost(lambda: litellm.completion_cost(completion_response=response)),
+        cost_usd=_response_cost(litellm, response),
     )
+
+
+def _response_cost(litellm: ModuleType, response: Any) -> float | None:
+    """The cost litellm already priced into the response (None: it could not price the
+    model), else a fresh, slower calculation."""
+    hidden = getattr(response, "_hidden_params", None) or {}
+    if "response_cost" in hidden:
+        cost = hidden["response_cost"]
+        return float(cost) if cost is not None else None
+    return _guarded_cost(lambda: litellm.completion_cost(completion_response=response))
 
 
 async def _stream(

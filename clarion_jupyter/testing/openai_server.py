@@ -225,3 +225,27 @@ def _delta(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str,
 def _count_tokens(text: str) -> int:
     """A rough, deterministic token count (about four characters per token)."""
     return max(1, (len(text) + 3) // 4) if text else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve in the foreground (``python -m clarion_jupyter.testing.openai_server``): a
+    separate process keeps the stub's own CPU out of the process being measured."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Local OpenAI-compatible stub server (127.0.0.1 only).")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay-s", type=float, default=0.0)
+    parser.add_argument("--reply", default="Hello from the stub.")
+    args = parser.parse_args(argv)
+    server = OpenAIStubServer(reply=args.reply, delay_s=args.delay_s, port=args.port)
+    print(server.url, flush=True)
+    try:
+        server._httpd.serve_forever(poll_interval=0.05)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server._httpd.server_close()
+
+
+if __name__ == "__main__":
+    main()

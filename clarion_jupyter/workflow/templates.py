@@ -30,7 +30,17 @@ def _fromjson(text: str) -> Any:
     return json.loads(text)
 
 
-_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+class _Environment(SandboxedEnvironment):
+    """Dotted access reads mapping keys before attributes, so an input or output named
+    ``items``, ``keys`` or ``values`` is that value, not the dict method of that name."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, dict) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
+_env = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 _env.filters["fromjson"] = _fromjson
 
 
@@ -118,7 +128,7 @@ def _references(ast: nodes.Template) -> References:
                 steps[key] = steps.get(key, 0) + 1
             elif name == "inputs":
                 inputs.add(key)
-        elif isinstance(node, nodes.Getattr) and node.attr == "status":
+        elif (node.attr if isinstance(node, nodes.Getattr) else _const(node.arg)) == "status":
             outer = _name_key(node.node)
             if outer is not None and outer[0] == "steps":
                 status_reads[outer[1]] = status_reads.get(outer[1], 0) + 1

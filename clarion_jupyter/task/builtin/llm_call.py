@@ -14,9 +14,10 @@ import json
 import re
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any, ClassVar, Literal
 
-from jinja2 import StrictUndefined
+from jinja2 import StrictUndefined, Template
 from jinja2.sandbox import SandboxedEnvironment
 from jsonschema import SchemaError, validators
 from jsonschema.exceptions import best_match
@@ -187,9 +188,15 @@ def render_system_prompt(agent: Agent, values: dict[str, Any]) -> str:
         else:
             variables[var.name] = var.default if var.default is not None else ""
     try:
-        return _prompt_env.from_string(agent.system_prompt).render({**values, **variables})
+        return _system_template(agent.system_prompt).render({**values, **variables})
     except Exception as exc:  # any failure inside the template is the agent author's to fix
         raise TaskFailed(f"agent '{agent.id}' system prompt: {type(exc).__name__}: {exc}", retryable=False) from None
+
+
+@lru_cache(maxsize=256)
+def _system_template(text: str) -> Template:
+    """Compiled once per prompt text: compiling costs far more than rendering."""
+    return _prompt_env.from_string(text)
 
 
 def _json_schema_format(schema: dict[str, Any]) -> dict[str, Any]:
