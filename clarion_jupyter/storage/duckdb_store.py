@@ -8,6 +8,7 @@ tens of microseconds a row in the parser.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -131,6 +132,13 @@ def _step_from_row(row: tuple[Any, ...]) -> StepRecord:
     )  # fmt: skip
 
 
+@dataclass(slots=True)
+class _Prepared:
+    rows: dict[str, list[tuple[Any, ...]]]
+    snapshots: set[str] = field(default_factory=set)
+    inserted: list[RunRecord | StepRecord] = field(default_factory=list)
+
+
 _WRITE_ORDER = (_SNAPSHOT_INSERT, _RUN_INSERT, _RUN_UPDATE, _STEP_INSERT, _STEP_UPDATE, _EVENT_INSERT)
 
 
@@ -142,30 +150,37 @@ class DuckDBRunStore:
     async def write(self, batch: Batch) -> None:
         if batch.prepared is None:
             batch.prepared = self._prepare(batch)
-        await self._db.write(self._write_rows, batch.prepared)
+        prepared: _Prepared = batch.prepared
+        await self._db.write(self._write_rows, prepared.rows)
+        # Only now do these rows exist: a batch that failed for good must not make later
+        # batches update rows (or skip snapshots) that were never written.
+        self._snapshots |= prepared.snapshots
+        for record in prepared.inserted:
+            record.stored = True
 
-    def _prepare(self, batch: Batch) -> dict[str, list[tuple[Any, ...]]]:
+    def _prepare(self, batch: Batch) -> _Prepared:
         """Rows for a batch, built on the caller's thread from records the engine goes on
-        mutating (the writer thread only sees tuples). A record counts as stored from here
-        on: batches commit in order, and a failed commit is retried with these same rows."""
-        rows: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _WRITE_ORDER}
+        mutating (the writer thread only sees tuples); a failed commit retries these rows.
+        Batches are prepared one at a time, after the previous one committed."""
+        prepared = _Prepared(rows={sql: [] for sql in _WRITE_ORDER})
+        rows = prepared.rows
         for run in batch.runs.values():
             if run.stored:
                 rows[_RUN_UPDATE].append(_run_update_row(run))
                 continue
-            if run.workflow_digest not in self._snapshots:
-                self._snapshots.add(run.workflow_digest)
+            if run.workflow_digest not in self._snapshots | prepared.snapshots:
+                prepared.snapshots.add(run.workflow_digest)
                 rows[_SNAPSHOT_INSERT].append((run.workflow_digest, _dumps(run.workflow)))
             rows[_RUN_INSERT].append(_run_insert_row(run))
-            run.stored = True
+            prepared.inserted.append(run)
         for step in batch.steps.values():
             if step.stored:
                 rows[_STEP_UPDATE].append(_step_update_row(step))
             else:
                 rows[_STEP_INSERT].append(_step_insert_row(step))
-                step.stored = True
+                prepared.inserted.append(step)
         rows[_EVENT_INSERT] = [(e.run_id, e.seq, e.type, e.step_id, _naive(e.ts), _dumps(e.data)) for e in batch.events]
-        return rows
+        return prepared
 
     @staticmethod
     def _write_rows(cursor: duckdb.DuckDBPyConnection, rows: dict[str, list[tuple[Any, ...]]]) -> None:

@@ -174,6 +174,9 @@ def _compile_field(
     for name in sorted(refs.inputs - set(workflow.inputs)):
         problems.add(step_id, field_name, f"unknown input '{name}'")
         ok = False
+    if refs.dynamic_steps:
+        problems.add(step_id, field_name, "read steps by a literal id (steps.<id> or steps['<id>']): other access cannot be checked or ordered")
+        ok = False
     for name in sorted(refs.steps - ids):
         problems.add(step_id, field_name, f"unknown step '{name}'")
         ok = False

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
 
+import jsonschema
 import yaml
 from pydantic import (
     BaseModel,
@@ -44,6 +46,12 @@ class InputSpec(_Strict):
     @property
     def required(self) -> bool:
         return "default" not in self.model_fields_set
+
+    @model_validator(mode="after")
+    def _default_has_type(self) -> InputSpec:
+        if self.default is not None and not jsonschema.Draft202012Validator({"type": self.type}).is_valid(self.default):
+            raise ValueError(f"default {self.default!r:.60} is not of type {self.type}")
+        return self
 
 
 class RetryPolicy(_Strict):
@@ -119,7 +127,8 @@ class Workflow(_Strict):
 
 
 def slugify(name: str) -> str:
-    slug = re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-_")[:64]
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9_-]+", "-", ascii_name.lower()).strip("-_")[:64]
     return slug or "workflow"
 
 
@@ -215,29 +224,6 @@ class StepStatus(StrEnum):
     @property
     def terminal(self) -> bool:
         return self in (StepStatus.succeeded, StepStatus.failed, StepStatus.skipped, StepStatus.cancelled)
-
-
-TERMINAL_EVENTS = frozenset({"workflow_succeeded", "workflow_failed", "workflow_cancelled"})
-
-
-class Event(BaseModel):
-    """A stored, numbered transition of one run; ``seq`` is gap-free per run."""
-
-    model_config = ConfigDict(frozen=True)
-
-    seq: int
-    type: str
-    run_id: str
-    step_id: str | None = None
-    ts: datetime
-    data: dict[str, Any] = Field(default_factory=dict)
-
-    @property
-    def terminal(self) -> bool:
-        return self.type in TERMINAL_EVENTS
-
-    def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), separators=(",", ":"))
 
 
 class Usage(BaseModel):

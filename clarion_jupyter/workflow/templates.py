@@ -57,6 +57,8 @@ class References:
     inputs: frozenset[str] = frozenset()
     status_only: frozenset[str] = frozenset()
     """Steps read only through ``steps.<id>.status``: ordering, but no data dependency."""
+    dynamic_steps: bool = False
+    """``steps`` used other than with a literal id (``steps[x]``, ``steps | list``)."""
 
     @property
     def outputs(self) -> frozenset[str]:
@@ -133,7 +135,14 @@ def _references(ast: nodes.Template) -> References:
             if outer is not None and outer[0] == "steps":
                 status_reads[outer[1]] = status_reads.get(outer[1], 0) + 1
     status_only = frozenset(k for k, n in status_reads.items() if steps.get(k) == n)
-    return References(names=names, steps=frozenset(steps), inputs=frozenset(inputs), status_only=status_only)
+    uses = sum(1 for node in ast.find_all(nodes.Name) if node.name == "steps")
+    return References(
+        names=names,
+        steps=frozenset(steps),
+        inputs=frozenset(inputs),
+        status_only=status_only,
+        dynamic_steps=uses > sum(steps.values()),
+    )
 
 
 def _name_key(node: nodes.Node) -> tuple[str, str] | None:
@@ -187,6 +196,7 @@ def _merge(refs: Iterator[References]) -> References:
         steps=steps,
         inputs=frozenset().union(*(r.inputs for r in refs)),
         status_only=steps - outputs,
+        dynamic_steps=any(r.dynamic_steps for r in refs),
     )
 
 

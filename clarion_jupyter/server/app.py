@@ -1,0 +1,180 @@
+"""The Jupyter server extension: one :class:`Engine` for the server's lifetime, and the v3 API.
+
+The engine owns the DuckDB file, so opening it can fail (another process holds it). That
+must not take the whole Jupyter server down with it: the failure is logged once, with the
+engine's own explanation, and every Clarion endpoint then answers 503 with that message
+while the rest of Jupyter keeps working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Enum, Float, Integer, Unicode, default
+
+from .._version import __version__
+from ..errors import ClarionError
+from ..storage.database import default_db_path
+from ..workflow.engine import Engine
+from .base import EXTENSION_NAME
+from .handlers import default_handlers
+from .logs import JUPYTER_LOG_TEMPLATE, configure_logging
+from .websocket import CLOSE_GOING_AWAY, EventSocket, websocket_handlers
+
+if TYPE_CHECKING:
+    from jupyter_server.serverapp import ServerApp
+
+log = logging.getLogger("clarion_jupyter.server")
+
+
+class EngineUnavailable(ClarionError):
+    """The engine is not running: it failed to start (e.g. the database is locked) or is stopping."""
+
+    status = 503
+
+    def __init__(self, message: str, details: Any = None, code: str = "unavailable") -> None:
+        super().__init__(message, details)
+        self.code = code
+
+
+class ClarionExtension(ExtensionApp):
+    """Hosts the Clarion workflow engine in the Jupyter server and serves its REST and WebSocket API."""
+
+    name = EXTENSION_NAME
+    description = "Clarion v3: AI agents and durable workflows, hosted by the Jupyter server."
+
+    db_path = Unicode(
+        help="The DuckDB file holding agents, workflows and runs (default: $CLARION_DB, "
+        "else clarion/clarion.duckdb in the Jupyter data dir). Only one process may open it."
+    ).tag(config=True)
+    workers = Integer(8, min=1, help="How many steps run concurrently in this server.").tag(config=True)
+    queue_url = Unicode(
+        "local", help="Where step jobs go: 'local' (in-process workers), or a redis:// or nats:// URL."
+    ).tag(config=True)
+    workspace_root = Unicode(
+        help="The folder that file and shell steps are confined to (default: the server's root_dir)."
+    ).tag(config=True)
+    allow_shell = Bool(True, help="Whether workflows may run `shell` steps.").tag(config=True)
+    max_output_bytes = Integer(
+        1_000_000, min=1, help="Cap on the captured output of one step (e.g. a shell command's stdout)."
+    ).tag(config=True)
+    log_format = Enum(
+        ["text", "json"], "text", help="Format of the clarion_jupyter log: 'text' (as Jupyter's) or 'json' (one object per line)."
+    ).tag(config=True)
+    max_body_bytes = Integer(
+        10 * 1024 * 1024, min=1, help="Largest request body the API accepts; larger ones get 413."
+    ).tag(config=True)
+    max_steps = Integer(500, min=1, help="Largest number of steps a workflow may have; larger ones get 422.").tag(
+        config=True
+    )
+    ws_buffer = Integer(
+        1000,
+        min=1,
+        help="Events buffered per WebSocket client; a client that falls further behind is closed "
+        "with code 4008 and reconnects with `since`, so a slow client never slows the engine.",
+    ).tag(config=True)
+    ws_ping_interval_s = Float(
+        30.0, min=0.0, help="Seconds between WebSocket pings that keep idle connections alive (0: no pings)."
+    ).tag(config=True)
+
+    def get_default_logging_config(self) -> dict[str, Any]:
+        """Keep Jupyter's line template for this app's own traitlets logger.
+
+        ``log_format`` is the contract's ``text``/``json`` switch for the clarion_jupyter
+        loggers, but traitlets also reads that trait as the template of the app's logger.
+        """
+        config = super().get_default_logging_config()
+        config["formatters"]["console"]["format"] = JUPYTER_LOG_TEMPLATE
+        return config
+
+    @default("db_path")
+    def _default_db_path(self) -> str:
+        return str(default_db_path())
+
+    @default("workspace_root")
+    def _default_workspace_root(self) -> str:
+        return str(self.serverapp.root_dir)
+
+    def initialize_settings(self) -> None:
+        """Create (but do not open) the engine: the server's event loop is not running yet."""
+        configure_logging(self.log_format, self.serverapp.log)
+        self.engine = Engine(
+            self.db_path,
+            workers=self.workers,
+            workspace_root=self.workspace_root,
+            queue_url=self.queue_url,
+            allow_shell=self.allow_shell,
+            max_output_bytes=self.max_output_bytes,
+            max_steps=self.max_steps,
+        )
+        self.sockets: set[EventSocket] = set()
+        self._starting: asyncio.Future[None] | None = None
+        self._down: tuple[str, Any, str] | None = None
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(default_handlers + websocket_handlers)
+
+    async def _start_jupyter_server_extension(self, serverapp: ServerApp) -> None:
+        """Open the database and resume interrupted runs as soon as the server's loop runs."""
+        await self._start()
+
+    async def _start(self) -> None:
+        # One start, shared: the server's start hook and early requests may race for it, and
+        # a request that is cancelled must not cancel the start for everyone else.
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start_engine())
+        await asyncio.shield(self._starting)
+
+    async def _start_engine(self) -> None:
+        try:
+            await self.engine.start()
+        except ClarionError as exc:
+            self._fail(exc.message, exc.details, exc.code)
+        except Exception as exc:
+            log.exception("the Clarion engine failed to start")
+            self._fail(f"the Clarion engine failed to start: {exc}")
+        else:
+            log.info("Clarion engine started on %s", self.engine.db_path)
+
+    def _fail(self, message: str, details: Any = None, code: str = "unavailable") -> None:
+        self._down = (message, details, code)
+        log.error("Clarion API unavailable: %s", message)
+
+    async def ready(self) -> Engine:
+        """The running engine, starting it on first use; :class:`EngineUnavailable` if it cannot run."""
+        if self._down is None:
+            await self._start()
+        if self._down is not None:
+            raise EngineUnavailable(*self._down)
+        return self.engine
+
+    async def health(self) -> tuple[int, dict[str, Any]]:
+        """The health document and its HTTP status (503 while the engine cannot run)."""
+        try:
+            engine = await self.ready()
+        except EngineUnavailable as exc:
+            return exc.status, {
+                "status": "unavailable",
+                "version": __version__,
+                "storage": {"kind": "duckdb", "path": self.engine.db_path},
+                "queue": {"url": self.queue_url},
+                **exc.as_dict(),
+            }
+        return 200, {"status": "ok", "version": __version__, **engine.health()}
+
+    async def stop_extension(self) -> None:
+        """Stop without finishing runs: whatever is in flight resumes at the next start."""
+        self._down = ("the Jupyter server is shutting down", None, "unavailable")
+        for socket in list(self.sockets):
+            socket.shutdown(CLOSE_GOING_AWAY, "server shutting down: reconnect later with since")
+        if self._starting is not None:
+            await self._starting
+        await self.engine.stop()
+        log.info("Clarion engine stopped")
+
+
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    return [{"module": "clarion_jupyter.server.app", "app": ClarionExtension}]

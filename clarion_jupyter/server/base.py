@@ -1,0 +1,151 @@
+"""What every Clarion handler shares: the engine, JSON errors, request bodies and query parameters.
+
+Errors are the API's contract (``{"error": {"code", "message", "details"}}``), so they are
+rendered here once for REST and WebSocket handlers alike: a :class:`ClarionError` keeps its
+own status, tornado's HTTP errors (403, 404, 405) get a code named after their status, and
+anything else is a server bug: 500, logged with its traceback, and never shown to the client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+from tornado import httputil, web
+
+from ..errors import BadRequest, ClarionError
+
+if TYPE_CHECKING:
+    from ..workflow.engine import Engine
+    from .app import ClarionExtension
+
+log = logging.getLogger("clarion_jupyter.server")
+
+EXTENSION_NAME = "clarion_jupyter"
+AUTH_RESOURCE = "clarion"
+"""The resource name Jupyter authorizers see for every Clarion endpoint."""
+YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
+INTERNAL_ERROR = "internal server error (the details are in the server log)"
+
+
+class PayloadTooLarge(ClarionError):
+    code = "payload_too_large"
+    status = 413
+
+
+def error_document(status: int, exc: BaseException | None) -> tuple[int, dict[str, Any]]:
+    """The status and body that answer a failed request."""
+    if isinstance(exc, ClarionError):
+        return exc.status, exc.as_dict()
+    if status >= 500:
+        return 500, {"error": {"code": "internal", "message": INTERNAL_ERROR, "details": None}}
+    phrase = httputil.responses.get(status, "Error")
+    message = phrase
+    if isinstance(exc, web.HTTPError) and exc.log_message:
+        message = exc.log_message % exc.args if exc.args else exc.log_message
+    return status, {"error": {"code": re.sub(r"\W+", "_", phrase.lower()), "message": message, "details": None}}
+
+
+class ClarionHandlerMixin:
+    """Shared by the REST and WebSocket handlers (a mixin, since their tornado bases differ)."""
+
+    auth_resource = AUTH_RESOURCE
+    settings: dict[str, Any]
+    request: httputil.HTTPServerRequest
+
+    @property
+    def clarion(self) -> ClarionExtension:
+        return self.settings[EXTENSION_NAME]
+
+    async def engine(self) -> Engine:
+        return await self.clarion.ready()
+
+    def int_argument(self, name: str, default: int, minimum: int, maximum: int | None = None) -> int:
+        """An integer query parameter within bounds; anything else is the client's error (400)."""
+        raw = self.get_query_argument(name, None)  # type: ignore[attr-defined]
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise BadRequest(f"query parameter '{name}' must be an integer", details={name: raw}) from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise BadRequest(f"query parameter '{name}' must be {bounds}", details={name: value})
+        return value
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        status, body = error_document(status_code, exc_info[1] if exc_info else None)
+        self.set_status(status)  # type: ignore[attr-defined]
+        self.set_header("Content-Type", "application/json")  # type: ignore[attr-defined]
+        self.finish(json.dumps(body))  # type: ignore[attr-defined]
+
+    def log_exception(
+        self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Client errors are one line without the request body; only server bugs get a traceback."""
+        if isinstance(value, ClarionError):
+            log.info("%s %s -> %d %s", self.request.method, self.request.path, value.status, value.code)
+        elif isinstance(value, web.HTTPError):
+            super().log_exception(typ, value, tb)  # type: ignore[misc]
+        else:
+            log.error("%s %s failed", self.request.method, self.request.path, exc_info=(typ, value, tb))  # type: ignore[arg-type]
+
+
+class ClarionHandler(ClarionHandlerMixin, APIHandler):
+    """Base of the REST handlers: JSON in, JSON out."""
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        await super().prepare()
+        # Unauthenticated requests go on to be refused (403) by the method's decorators.
+        if self.current_user is not None and len(self.request.body) > self.clarion.max_body_bytes:
+            raise PayloadTooLarge(
+                f"the request body is larger than the limit of {self.clarion.max_body_bytes} bytes",
+                details={"limit": self.clarion.max_body_bytes, "size": len(self.request.body)},
+            )
+
+    @property
+    def body_is_yaml(self) -> bool:
+        content_type = self.request.headers.get("Content-Type", "")
+        return content_type.split(";")[0].strip().lower() in YAML_TYPES
+
+    def body_text(self) -> str:
+        try:
+            return self.request.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("the request body is not UTF-8 text") from None
+
+    def body_document(self, *, required: bool = True) -> dict[str, Any]:
+        """The body as a mapping: YAML with a YAML content type, JSON otherwise (400 if malformed)."""
+        text = self.body_text()
+        if not required and not text.strip():
+            return {}
+        try:
+            doc = yaml.safe_load(text) if self.body_is_yaml else json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BadRequest(f"malformed JSON body: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise BadRequest(f"malformed YAML body: {getattr(exc, 'problem', None) or 'cannot parse'}{where}") from None
+        except RecursionError:
+            raise BadRequest("the request body is nested too deeply") from None
+        if not isinstance(doc, dict):
+            raise BadRequest("the request body must be an object (a mapping)")
+        return doc
+
+    def api_url(self, *parts: str) -> str:
+        return url_path_join(self.base_url, "api/v3", *parts)
+
+    def reply(self, doc: Any, status: int = 200, location: str | None = None) -> None:
+        self.set_status(status)
+        if location is not None:
+            self.set_header("Location", location)
+        self.finish(json.dumps(doc, default=str))

@@ -1,0 +1,252 @@
+"""The v3 REST API: thin handlers that parse the request, call the engine, and serialise the answer.
+
+Every method is authenticated and authorized against the ``clarion`` resource; errors are
+rendered by :class:`~.base.ClarionHandlerMixin` from the exceptions the services raise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tornado import web
+
+from ..agent.models import Agent
+from ..errors import BadRequest, NotFound, Problem, ValidationFailed
+from ..storage.records import StoredDocument, isoformat
+from ..workflow.models import RunStatus, pydantic_problems
+from .base import ClarionHandler
+
+OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
+MAX_PAGE = 500
+
+
+class RunRequest(BaseModel):
+    """The body of ``POST /api/v3/workflows/{id}/run``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+
+
+class HealthHandler(ClarionHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        status, doc = await self.clarion.health()
+        self.reply(doc, status)
+
+
+class DocumentHandler(ClarionHandler):
+    """Agents and workflows have the same CRUD; they differ in their service and JSON form."""
+
+    kind: str
+    """The engine's service attribute, the URL segment and the list's key: agents or workflows."""
+
+    async def service(self) -> Any:
+        return getattr(await self.engine(), self.kind)
+
+    def serialise(self, item: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def source(self) -> str | dict[str, Any]:
+        return self.body_document()
+
+
+class CollectionHandler(DocumentHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        items = await (await self.service()).list()
+        self.reply({self.kind: [self.serialise(item) for item in items]})
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        item = await (await self.service()).create(self.source())
+        self.reply(self.serialise(item), 201, self.api_url(self.kind, item.id))
+
+
+class ItemHandler(DocumentHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, item_id: str) -> None:
+        self.reply(self.serialise(await (await self.service()).get(item_id)))
+
+    @web.authenticated
+    @authorized
+    async def put(self, item_id: str) -> None:
+        self.reply(self.serialise(await (await self.service()).replace(item_id, self.source())))
+
+    @web.authenticated
+    @authorized
+    async def delete(self, item_id: str) -> None:
+        await (await self.service()).delete(item_id)
+        self.set_status(204)
+        self.finish()
+
+
+class AgentDocuments(DocumentHandler):
+    kind = "agents"
+
+    def serialise(self, item: Agent) -> dict[str, Any]:
+        return item.model_dump(mode="json")
+
+
+class WorkflowDocuments(DocumentHandler):
+    kind = "workflows"
+
+    def serialise(self, item: StoredDocument) -> dict[str, Any]:
+        """The saved document, its YAML text when it was sent as YAML, and its timestamps."""
+        extra = {"source": item.source} if item.source is not None else {}
+        return {**item.doc, **extra, "created_at": isoformat(item.created_at), "updated_at": isoformat(item.updated_at)}
+
+    def source(self) -> str | dict[str, Any]:
+        """YAML bodies go on as text (after a syntax check) so the service keeps the source."""
+        doc = self.body_document()
+        return self.body_text() if self.body_is_yaml else doc
+
+
+class AgentsHandler(AgentDocuments, CollectionHandler):
+    pass
+
+
+class AgentHandler(AgentDocuments, ItemHandler):
+    pass
+
+
+class WorkflowsHandler(WorkflowDocuments, CollectionHandler):
+    pass
+
+
+class WorkflowHandler(WorkflowDocuments, ItemHandler):
+    pass
+
+
+class AgentImportHandler(ClarionHandler):
+    """Clarion v2 agent documents (YAML blocks or JSON profiles) in the body, as text."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        report = await (await self.engine()).agents.import_text(self.body_text(), "request body")
+        if not report.agents:
+            problems = [Problem(loc=e.source, message=e.message) for e in report.errors]
+            raise ValidationFailed(problems, what="agent document")
+        self.reply(report.as_dict(), 201)
+
+
+class WorkflowRunHandler(ClarionHandler):
+    """Starts a run and answers at once (202); the work happens on the engine's workers."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, workflow_id: str) -> None:
+        engine = await self.engine()
+        request = self.run_request()
+        run_id = await engine.submit_saved(workflow_id, request.inputs, idempotency_key=request.idempotency_key)
+        self.reply({"run_id": run_id, "status": RunStatus.queued.value}, 202, self.api_url("runs", run_id))
+
+    def run_request(self) -> RunRequest:
+        doc = self.body_document(required=False)
+        try:
+            request = RunRequest.model_validate(doc)
+        except ValidationError as exc:
+            raise ValidationFailed(pydantic_problems(exc, doc), what="run request") from None
+        header = self.request.headers.get("Idempotency-Key")
+        if header is not None and request.idempotency_key not in (None, header):
+            raise BadRequest("the Idempotency-Key header and the body's idempotency_key differ")
+        return request.model_copy(update={"idempotency_key": request.idempotency_key or header or None})
+
+
+class RunsHandler(ClarionHandler):
+    """Newest first; ``next_cursor`` (null on the last page) is passed back as ``cursor``."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        status = self.get_query_argument("status", None)
+        if status is not None and status not in RunStatus.__members__:
+            raise BadRequest(f"unknown status '{status}'", details={"allowed": list(RunStatus.__members__)})
+        runs, next_cursor = await (await self.engine()).list_runs(
+            workflow_id=self.get_query_argument("workflow_id", None),
+            status=status,
+            limit=self.int_argument("limit", 50, 1, MAX_PAGE),
+            cursor=self.get_query_argument("cursor", None),
+        )
+        self.reply({"runs": [run.model_dump(mode="json") for run in runs], "next_cursor": next_cursor})
+
+
+class RunHandler(ClarionHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, run_id: str) -> None:
+        run = await (await self.engine()).get_run(run_id)
+        self.reply(run.model_dump(mode="json"))
+
+
+class RunCancelHandler(ClarionHandler):
+    """202: the cancel is under way; the run ends with ``workflow_cancelled`` once its steps stop."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, run_id: str) -> None:
+        await (await self.engine()).cancel(run_id)
+        self.reply({"run_id": run_id, "cancel_requested": True}, 202, self.api_url("runs", run_id))
+
+
+class RunEventsHandler(ClarionHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, run_id: str) -> None:
+        events = await (await self.engine()).events(run_id, self.int_argument("since", 0, 0))
+        self.reply({"events": [event.as_dict() for event in events]})
+
+
+class TasksHandler(ClarionHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.reply({"tasks": (await self.engine()).registry.describe()})
+
+
+class OpenAPIHandler(ClarionHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        if not OPENAPI_PATH.is_file():
+            raise NotFound("the OpenAPI document is not installed on this server")
+        self.finish(OPENAPI_PATH.read_bytes(), set_content_type="application/yaml")
+
+
+class UnknownPathHandler(ClarionHandler):
+    """Anything else under /api/v3 answers a JSON 404 rather than Jupyter's HTML page."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, path: str) -> None:
+        raise NotFound(f"no such endpoint: {self.request.method} {self.request.path}")
+
+    post = put = patch = delete = get
+
+
+_ID = r"([^/]+)"
+default_handlers: list[tuple[str, type[ClarionHandler]]] = [
+    (r"/api/v3/health", HealthHandler),
+    (r"/api/v3/agents", AgentsHandler),
+    (r"/api/v3/agents/import", AgentImportHandler),
+    (rf"/api/v3/agents/{_ID}", AgentHandler),
+    (r"/api/v3/workflows", WorkflowsHandler),
+    (rf"/api/v3/workflows/{_ID}", WorkflowHandler),
+    (rf"/api/v3/workflows/{_ID}/run", WorkflowRunHandler),
+    (r"/api/v3/runs", RunsHandler),
+    (rf"/api/v3/runs/{_ID}", RunHandler),
+    (rf"/api/v3/runs/{_ID}/cancel", RunCancelHandler),
+    (rf"/api/v3/runs/{_ID}/events", RunEventsHandler),
+    (r"/api/v3/tasks", TasksHandler),
+    (r"/api/v3/openapi.yaml", OpenAPIHandler),
+    (r"/api/v3(/.*)?", UnknownPathHandler),
+]
