@@ -6,7 +6,6 @@ into a :class:`Workflow` and reports every problem with the step and field it co
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from datetime import datetime
