@@ -1,5 +1,7 @@
 """Clarion v3: AI agents and durable workflows, notebook-native."""
 
+from typing import Any
+
 from ._version import __version__
 from .agent.models import Agent
 from .errors import ClarionError, ValidationFailed
@@ -8,3 +10,10 @@ from .workflow.engine import Engine
 from .workflow.models import Workflow, WorkflowRun, parse_workflow
 
 __all__ = ["Agent", "ClarionError", "Engine", "Event", "ValidationFailed", "Workflow", "WorkflowRun", "__version__", "parse_workflow"]
+
+
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    """Where Jupyter finds the server extension (enabled by jupyter-config/.../clarion_jupyter.json)."""
+    from .server.app import _jupyter_server_extension_points as points
+
+    return points()

@@ -1,5 +1,5 @@
-"""The Jupyter server extension (:mod:`.app`), its REST handlers and WebSockets.
+"""The Jupyter server extension (:mod:`.app`), its REST handlers and its WebSockets.
 
-Imported only by the Jupyter server, never by kernels or the CLI: it pulls in jupyter_server
-and tornado, which the engine itself does not need.
+Import it only where a Jupyter server runs: it pulls in jupyter_server and tornado's web
+stack, which the engine, kernels and the CLI do not need.
 """

@@ -27,7 +27,7 @@ from .websocket import CLOSE_GOING_AWAY, EventSocket, websocket_handlers
 if TYPE_CHECKING:
     from jupyter_server.serverapp import ServerApp
 
-log = logging.getLogger("clarion_jupyter.server")
+log = logging.getLogger(__name__)
 
 
 class EngineUnavailable(ClarionError):
@@ -62,7 +62,9 @@ class ClarionExtension(ExtensionApp):
         1_000_000, min=1, help="Cap on the captured output of one step (e.g. a shell command's stdout)."
     ).tag(config=True)
     log_format = Enum(
-        ["text", "json"], "text", help="Format of the clarion_jupyter log: 'text' (as Jupyter's) or 'json' (one object per line)."
+        ["text", "json"],
+        "text",
+        help="Format of the clarion_jupyter log: 'text' (as Jupyter's) or 'json' (one object per line).",
     ).tag(config=True)
     max_body_bytes = Integer(
         10 * 1024 * 1024, min=1, help="Largest request body the API accepts; larger ones get 413."
@@ -157,7 +159,7 @@ class ClarionExtension(ExtensionApp):
             engine = await self.ready()
         except EngineUnavailable as exc:
             return exc.status, {
-                "status": "unavailable",
+                "status": "stopped",
                 "version": __version__,
                 "storage": {"kind": "duckdb", "path": self.engine.db_path},
                 "queue": {"url": self.queue_url},

@@ -25,18 +25,26 @@ if TYPE_CHECKING:
     from ..workflow.engine import Engine
     from .app import ClarionExtension
 
-log = logging.getLogger("clarion_jupyter.server")
+log = logging.getLogger(__name__)
 
 EXTENSION_NAME = "clarion_jupyter"
 AUTH_RESOURCE = "clarion"
 """The resource name Jupyter authorizers see for every Clarion endpoint."""
 YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
+DOCUMENT_TYPES = YAML_TYPES | {"application/json", "", "application/x-www-form-urlencoded"}
+"""Media types read as JSON or YAML. No type, or the form type that ``curl -d`` and tornado's
+client send when none is given, means JSON."""
 INTERNAL_ERROR = "internal server error (the details are in the server log)"
 
 
 class PayloadTooLarge(ClarionError):
     code = "payload_too_large"
     status = 413
+
+
+class UnsupportedMediaType(ClarionError):
+    code = "unsupported_media_type"
+    status = 415
 
 
 def error_document(status: int, exc: BaseException | None) -> tuple[int, dict[str, Any]]:
@@ -112,11 +120,15 @@ class ClarionHandler(ClarionHandlerMixin, APIHandler):
             )
 
     @property
-    def body_is_yaml(self) -> bool:
-        content_type = self.request.headers.get("Content-Type", "")
-        return content_type.split(";")[0].strip().lower() in YAML_TYPES
+    def media_type(self) -> str:
+        return self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
 
-    def body_text(self) -> str:
+    def body_text(self, accept: frozenset[str] = DOCUMENT_TYPES) -> str:
+        if self.request.body and self.media_type not in accept:
+            raise UnsupportedMediaType(
+                f"cannot read a {self.media_type} body: send application/json or application/yaml",
+                details={"content_type": self.media_type},
+            )
         try:
             return self.request.body.decode("utf-8")
         except UnicodeDecodeError:
@@ -128,7 +140,7 @@ class ClarionHandler(ClarionHandlerMixin, APIHandler):
         if not required and not text.strip():
             return {}
         try:
-            doc = yaml.safe_load(text) if self.body_is_yaml else json.loads(text)
+            doc = yaml.safe_load(text) if self.media_type in YAML_TYPES else json.loads(text)
         except json.JSONDecodeError as exc:
             raise BadRequest(f"malformed JSON body: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
         except yaml.YAMLError as exc:

@@ -17,7 +17,7 @@ from ..agent.models import Agent
 from ..errors import BadRequest, NotFound, Problem, ValidationFailed
 from ..storage.records import StoredDocument, isoformat
 from ..workflow.models import RunStatus, pydantic_problems
-from .base import ClarionHandler
+from .base import DOCUMENT_TYPES, YAML_TYPES, ClarionHandler
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 MAX_PAGE = 500
@@ -107,23 +107,23 @@ class WorkflowDocuments(DocumentHandler):
     def source(self) -> str | dict[str, Any]:
         """YAML bodies go on as text (after a syntax check) so the service keeps the source."""
         doc = self.body_document()
-        return self.body_text() if self.body_is_yaml else doc
+        return self.body_text() if self.media_type in YAML_TYPES else doc
 
 
 class AgentsHandler(AgentDocuments, CollectionHandler):
-    pass
+    """``GET`` lists the agents, ``POST`` creates one."""
 
 
 class AgentHandler(AgentDocuments, ItemHandler):
-    pass
+    """``GET``, ``PUT`` (replace; the path's id wins) and ``DELETE`` one agent."""
 
 
 class WorkflowsHandler(WorkflowDocuments, CollectionHandler):
-    pass
+    """``GET`` lists the saved workflows, ``POST`` validates and saves one."""
 
 
 class WorkflowHandler(WorkflowDocuments, ItemHandler):
-    pass
+    """``GET``, ``PUT`` (replace; the path's id wins) and ``DELETE`` (refused while runs are active)."""
 
 
 class AgentImportHandler(ClarionHandler):
@@ -132,7 +132,8 @@ class AgentImportHandler(ClarionHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        report = await (await self.engine()).agents.import_text(self.body_text(), "request body")
+        text = self.body_text(accept=DOCUMENT_TYPES | {"text/plain"})
+        report = await (await self.engine()).agents.import_text(text, "request body")
         if not report.agents:
             problems = [Problem(loc=e.source, message=e.message) for e in report.errors]
             raise ValidationFailed(problems, what="agent document")
@@ -151,15 +152,17 @@ class WorkflowRunHandler(ClarionHandler):
         self.reply({"run_id": run_id, "status": RunStatus.queued.value}, 202, self.api_url("runs", run_id))
 
     def run_request(self) -> RunRequest:
+        """The body, with the ``Idempotency-Key`` header standing in for ``idempotency_key``."""
         doc = self.body_document(required=False)
+        header = self.request.headers.get("Idempotency-Key")
+        if header:
+            if doc.get("idempotency_key") not in (None, header):
+                raise BadRequest("the Idempotency-Key header and the body's idempotency_key differ")
+            doc = {**doc, "idempotency_key": header}
         try:
-            request = RunRequest.model_validate(doc)
+            return RunRequest.model_validate(doc)
         except ValidationError as exc:
             raise ValidationFailed(pydantic_problems(exc, doc), what="run request") from None
-        header = self.request.headers.get("Idempotency-Key")
-        if header is not None and request.idempotency_key not in (None, header):
-            raise BadRequest("the Idempotency-Key header and the body's idempotency_key differ")
-        return request.model_copy(update={"idempotency_key": request.idempotency_key or header or None})
 
 
 class RunsHandler(ClarionHandler):
@@ -195,7 +198,7 @@ class RunCancelHandler(ClarionHandler):
     @authorized
     async def post(self, run_id: str) -> None:
         await (await self.engine()).cancel(run_id)
-        self.reply({"run_id": run_id, "cancel_requested": True}, 202, self.api_url("runs", run_id))
+        self.reply({"run_id": run_id}, 202, self.api_url("runs", run_id))
 
 
 class RunEventsHandler(ClarionHandler):
@@ -227,7 +230,7 @@ class UnknownPathHandler(ClarionHandler):
 
     @web.authenticated
     @authorized
-    async def get(self, path: str) -> None:
+    async def get(self, path: str | None) -> None:
         raise NotFound(f"no such endpoint: {self.request.method} {self.request.path}")
 
     post = put = patch = delete = get

@@ -36,7 +36,7 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is at the time, not the stream it was created with."""
 
     @property
-    def stream(self):  # type: ignore[override]  # noqa: ANN201
+    def stream(self):  # type: ignore[override]
         return sys.stderr
 
     @stream.setter

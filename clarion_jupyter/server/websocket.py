@@ -6,11 +6,15 @@ Close codes:
 
 * ``1000``: the run ended; its terminal event was the last message.
 * ``1001``: the server is shutting down; reconnect later with ``since``.
+* ``1011``: a server bug broke the stream (it is logged); reconnect with ``since``.
 * ``4008``: the client fell more than ``ws_buffer`` events behind; reconnect with ``since`` (the
   close reason says which ``since`` for a run's socket). Stored events are never lost, so a
   reconnect misses nothing.
+* ``4404``: no run with this id (a close code rather than a refused upgrade, which browsers
+  cannot tell apart from a network error).
 
-An unknown run, a bad ``since`` or a missing token refuse the upgrade itself (404, 400, 403).
+A bad ``since``, a missing token or an unavailable engine refuse the upgrade itself (400,
+403, 503).
 
 Back-pressure: each message is awaited until tornado has handed it to the socket, so a
 slow client only fills its own bounded subscription buffer, and is closed when that
@@ -20,6 +24,7 @@ overflows; the engine and the other clients never wait for it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,14 +35,19 @@ from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
+from ..errors import NotFound
 from ..storage.records import Event
 from ..workflow.bus import Subscription, SubscriptionOverflow
 from ..workflow.engine import Engine
 from .base import AUTH_RESOURCE, ClarionHandlerMixin
 
+log = logging.getLogger(__name__)
+
 CLOSE_DONE = 1000
 CLOSE_GOING_AWAY = 1001
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_OVERFLOW = 4008
+CLOSE_NOT_FOUND = 4404
 
 
 class EventSocket(ClarionHandlerMixin, WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ignore[misc]
@@ -86,8 +96,13 @@ class EventSocket(ClarionHandlerMixin, WebSocketMixin, WebSocketHandler, Jupyter
                 self.position = event.seq
         except SubscriptionOverflow:
             self.close(CLOSE_OVERFLOW, self.overflow_reason())
+        except NotFound:
+            self.close(CLOSE_NOT_FOUND, "no such run")
         except WebSocketClosedError:
             return
+        except Exception:
+            log.exception("event stream of %s failed", self.request.path)
+            self.close(CLOSE_INTERNAL_ERROR, "internal server error: reconnect with since")
         else:
             self.close(CLOSE_DONE, "run finished")
 
@@ -111,7 +126,6 @@ class RunEventsSocket(EventSocket):
         await super().pre_get()
         self.run_id = self.path_kwargs["run_id"]
         self.position = self.int_argument("since", 0, 0)
-        await self._engine.get_run(self.run_id)  # an unknown run is refused with 404
 
     def events(self) -> AsyncIterator[Event]:
         return self._engine.subscribe(self.run_id, self.position, maxsize=self.clarion.ws_buffer)

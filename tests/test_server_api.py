@@ -1,0 +1,230 @@
+"""The v3 REST API, against a real Jupyter server, engine and DuckDB file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest_server import (
+    ECHO_WORKFLOW,
+    SLEEP_30_WORKFLOW,
+    create_workflow,
+    read_until_closed,
+    start_run,
+    wait_event,
+    wait_run,
+)
+
+from clarion_jupyter.server import handlers
+
+FIXTURES = Path(__file__).parent / "fixtures" / "agents"
+MOCK_AGENT = {
+    "id": "triager",
+    "name": "Triager",
+    "model": "openai/gpt-4o-mini",
+    "system_prompt": "You triage bug reports.",
+    "parameters": {"mock_response": "bug", "temperature": 0},
+}
+TRIAGE_WORKFLOW = {
+    "id": "triage",
+    "name": "Triage",
+    "inputs": {"report": {"type": "string"}},
+    "steps": [
+        {"id": "classify", "task": "llm_call", "with": {"agent": "triager", "prompt": "Classify: {{ inputs.report }}"}},
+        {"id": "label", "task": "echo", "with": {"value": "{{ steps.classify.output.text }}"}},
+    ],
+    "outputs": {"label": "{{ steps.label.output.value }}"},
+}
+YAML_WORKFLOW = """\
+name: Greet
+inputs:
+  who: {type: string, default: world}
+steps:
+  - id: hello
+    task: echo
+    with: {value: "hello {{ inputs.who }}"}
+"""
+
+
+async def test_health_reports_storage_and_queue(api):
+    reply = await api("GET", "health")
+    assert reply.status == 200
+    assert reply.body["status"] == "ok"
+    assert reply.body["storage"]["kind"] == "duckdb"
+    assert reply.body["queue"]["url"] == "local"
+    assert reply.body["version"]
+
+
+async def test_full_lifecycle_agent_workflow_run_websocket_result(api, jp_ws_fetch, jp_base_url):
+    assert (await api("POST", "agents", body=MOCK_AGENT)).status == 201
+    workflow_id = await create_workflow(api, TRIAGE_WORKFLOW)
+
+    started = await api("POST", "workflows", workflow_id, "run", body={"inputs": {"report": "it crashes"}})
+    assert started.status == 202
+    assert started.body["status"] == "queued"
+    run_id = started.body["run_id"]
+    assert started.headers["Location"] == f"{jp_base_url}api/v3/runs/{run_id}"
+
+    ws = await jp_ws_fetch("ws", "runs", run_id, "subscribe", params={"since": 0})
+    events = await read_until_closed(ws)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[0]["type"] == "run_queued"
+    assert events[-1]["type"] == "workflow_succeeded"
+    assert ws.close_code == 1000
+
+    run = (await api("GET", "runs", run_id)).body
+    assert run["status"] == "succeeded"
+    assert run["outputs"] == {"label": "bug"}
+    assert {s["step_id"] for s in run["steps"]} == {"classify", "label"}
+
+
+async def test_agent_crud(api, jp_base_url):
+    created = await api("POST", "agents", body=MOCK_AGENT)
+    assert created.headers["Location"] == f"{jp_base_url}api/v3/agents/triager"
+    assert [a["id"] for a in (await api("GET", "agents")).body["agents"]] == ["triager"]
+    replaced = await api("PUT", "agents", "triager", body={**MOCK_AGENT, "system_prompt": "Be brief."})
+    assert replaced.status == 200
+    assert (await api("GET", "agents", "triager")).body["system_prompt"] == "Be brief."
+    assert (await api("DELETE", "agents", "triager")).status == 204
+    assert (await api("GET", "agents", "triager")).status == 404
+
+
+async def test_agent_import_returns_report_without_the_api_key(api):
+    text = (FIXTURES / "code_reviewer.yaml").read_text()
+    reply = await api("POST", "agents", "import", body=text, headers={"Content-Type": "application/yaml"})
+    assert reply.status == 201
+    assert [a["id"] for a in reply.body["agents"]] == ["code-reviewer"]
+    assert "sk-proj-DO-NOT-IMPORT" not in json.dumps(reply.body)
+    assert (await api("GET", "agents", "code-reviewer")).status == 200
+
+
+async def test_agent_import_of_nothing_valid_is_422_with_the_errors(api):
+    reply = await api("POST", "agents", "import", body="just: [a, list")
+    assert reply.status == 422
+    assert reply.body["error"]["code"] == "invalid"
+    assert reply.body["error"]["details"]
+
+
+async def test_yaml_workflow_keeps_its_source_and_timestamps(api, jp_base_url):
+    created = await api("POST", "workflows", body=YAML_WORKFLOW, headers={"Content-Type": "application/yaml"})
+    assert created.status == 201
+    assert created.headers["Location"] == f"{jp_base_url}api/v3/workflows/greet"
+    stored = (await api("GET", "workflows", "greet")).body
+    assert stored["source"] == YAML_WORKFLOW
+    assert stored["created_at"] and stored["updated_at"]
+    assert stored["steps"][0]["id"] == "hello"
+
+
+async def test_json_workflow_has_no_source(api):
+    await create_workflow(api, ECHO_WORKFLOW)
+    stored = (await api("GET", "workflows", "echo")).body
+    assert "source" not in stored
+    assert [w["id"] for w in (await api("GET", "workflows")).body["workflows"]] == ["echo"]
+
+
+async def test_put_replaces_a_workflow(api):
+    await create_workflow(api, ECHO_WORKFLOW)
+    replaced = await api("PUT", "workflows", "echo", body={**ECHO_WORKFLOW, "name": "Echo twice"})
+    assert replaced.status == 200
+    assert (await api("GET", "workflows", "echo")).body["name"] == "Echo twice"
+
+
+async def test_delete_workflow(api):
+    await create_workflow(api, ECHO_WORKFLOW)
+    assert (await api("DELETE", "workflows", "echo")).status == 204
+    assert (await api("GET", "workflows", "echo")).status == 404
+
+
+async def test_same_idempotency_key_gives_the_same_run(api):
+    await create_workflow(api, ECHO_WORKFLOW)
+    first = await api("POST", "workflows", "echo", "run", body={"idempotency_key": "k1"})
+    again = await api("POST", "workflows", "echo", "run", body={"idempotency_key": "k1"})
+    by_header = await api("POST", "workflows", "echo", "run", headers={"Idempotency-Key": "k1"})
+    assert first.status == again.status == by_header.status == 202
+    assert first.body["run_id"] == again.body["run_id"] == by_header.body["run_id"]
+    other = await api("POST", "workflows", "echo", "run", body={"idempotency_key": "k2"})
+    assert other.body["run_id"] != first.body["run_id"]
+
+
+async def test_runs_list_pages_with_cursor_newest_first(api):
+    await create_workflow(api, ECHO_WORKFLOW)
+    run_ids = [await start_run(api, "echo", inputs={"word": str(i)}) for i in range(5)]
+    seen, cursor = [], None
+    while True:
+        page = (await api("GET", "runs", params={"limit": 2, **({"cursor": cursor} if cursor else {})})).body
+        assert len(page["runs"]) <= 2
+        seen += [r["run_id"] for r in page["runs"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(run_ids))
+
+
+async def test_runs_list_filters_by_workflow_and_status(api):
+    await create_workflow(api, ECHO_WORKFLOW)
+    await create_workflow(api, {**ECHO_WORKFLOW, "id": "echo2", "name": "Echo 2"})
+    mine = await start_run(api, "echo")
+    await wait_run(api, await start_run(api, "echo2"))
+    await wait_run(api, mine)
+    by_workflow = (await api("GET", "runs", params={"workflow_id": "echo"})).body["runs"]
+    assert [r["run_id"] for r in by_workflow] == [mine]
+    assert len((await api("GET", "runs", params={"status": "succeeded"})).body["runs"]) == 2
+    assert (await api("GET", "runs", params={"status": "failed"})).body["runs"] == []
+
+
+async def test_events_after_since(api):
+    await create_workflow(api, ECHO_WORKFLOW)
+    run_id = await start_run(api, "echo")
+    await wait_run(api, run_id)
+    events = (await api("GET", "runs", run_id, "events", params={"since": 2})).body["events"]
+    assert events[0]["seq"] == 3
+    assert events[-1]["type"] == "workflow_succeeded"
+
+
+async def test_cancel_stops_a_running_shell_step_and_kills_it(api, jp_root_dir):
+    await create_workflow(api, SLEEP_30_WORKFLOW)
+    run_id = await start_run(api, "long")
+    await wait_event(api, run_id, "step_started", "nap")
+    pid_file = jp_root_dir / "nap.pid"
+    for _ in range(100):
+        if pid_file.exists() and pid_file.read_text().strip():
+            break
+        await asyncio.sleep(0.05)
+    pid = int(pid_file.read_text())
+
+    reply = await api("POST", "runs", run_id, "cancel")
+    assert reply.status == 202
+    run = await wait_run(api, run_id, timeout=5)
+    assert run["status"] == "cancelled"
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+async def test_tasks_lists_builtin_types_with_schemas(api):
+    tasks = {t["name"]: t for t in (await api("GET", "tasks")).body["tasks"]}
+    assert {"echo", "shell", "file_read", "file_write", "llm_call"} <= set(tasks)
+    assert "command" in tasks["shell"]["config_schema"]["properties"]
+
+
+async def test_openapi_document_is_served_as_yaml(api, tmp_path, monkeypatch):
+    spec = tmp_path / "openapi.yaml"
+    spec.write_text("openapi: 3.1.0\ninfo: {title: Clarion, version: '3'}\npaths: {}\n")
+    monkeypatch.setattr(handlers, "OPENAPI_PATH", spec)
+    reply = await api("GET", "openapi.yaml")
+    assert reply.status == 200
+    assert reply.headers["Content-Type"].startswith("application/yaml")
+
+
+async def test_openapi_document_missing_is_404_json(api, tmp_path, monkeypatch):
+    monkeypatch.setattr(handlers, "OPENAPI_PATH", tmp_path / "absent.yaml")
+    reply = await api("GET", "openapi.yaml")
+    assert reply.status == 404
+    assert reply.body["error"]["code"] == "not_found"
+
+
+def test_shipped_jupyter_config_enables_the_extension():
+    config = Path(__file__).parents[1] / "jupyter-config" / "jupyter_server_config.d" / "clarion_jupyter.json"
+    assert json.loads(config.read_text()) == {"ServerApp": {"jpserver_extensions": {"clarion_jupyter": True}}}
