@@ -105,3 +105,13 @@ def test_render_context_fence_outlasts_backticks_in_the_content() -> None:
 
 def test_render_context_of_no_files_is_empty() -> None:
     assert render_context([]) == ""
+
+
+async def test_credential_files_are_never_sent_even_when_included(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("OPENAI_API_KEY=sk-secret\n")
+    (tmp_path / "server.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+    (tmp_path / "app.py").write_text("print('hi')\n")
+
+    files = await gather_context(CodebaseContext(include_globs=["*", ".*"]), Workspace(tmp_path))
+
+    assert [f.path for f in files] == ["app.py"]

@@ -24,6 +24,9 @@ from .models import CodebaseContext
 SKIPPED_DIRS = frozenset({".git", "node_modules", ".venv", "__pycache__"})
 """Never useful to a model and often huge; skipped whatever the globs say."""
 
+SECRET_GLOBS = (".env", ".env.*", "*.pem", "*.key", "id_rsa*", "id_ed25519*", ".netrc", ".npmrc", ".pypirc", "*.p12")
+"""Files that hold credentials are never sent to a model, whatever the include globs say."""
+
 CONTEXT_HEADING = "## Codebase Context"
 
 
@@ -57,7 +60,7 @@ def _fenced(file: ContextFile) -> str:
 
 def _gather(ctx: CodebaseContext, workspace: Workspace) -> list[ContextFile]:
     include = GitIgnoreSpec.from_lines(ctx.include_globs) if ctx.include_globs else None
-    exclude = GitIgnoreSpec.from_lines(ctx.exclude_globs)
+    exclude = GitIgnoreSpec.from_lines([*SECRET_GLOBS, *ctx.exclude_globs])
     pattern = re.compile(ctx.content_regex) if ctx.content_regex else None
     selected: list[ContextFile] = []
     budget = ctx.max_bytes

@@ -96,7 +96,11 @@ class Engine:
         await self.stop()
 
     async def start(self) -> None:
-        await self._db.start()
+        try:
+            await self._db.start()
+        except BaseException:
+            await self._db.close()  # release the threads; the file was never opened
+            raise
         self._writer = GroupCommitWriter(self.runs, self.bus.publish)
         self._writer.start()
         self._queue = make_queue(self.queue_url, maxsize=max(64, self._workers * 16))
