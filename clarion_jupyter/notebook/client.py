@@ -20,14 +20,24 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
-from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
+from tornado.httpclient import (
+    AsyncHTTPClient,
+    HTTPClientError,
+    HTTPRequest,
+    HTTPResponse,
+)
+from tornado.websocket import (
+    WebSocketClientConnection,
+    WebSocketClosedError,
+    websocket_connect,
+)
 
 from ..errors import ClarionError
-from ..workflow.models import TERMINAL_EVENTS, RunStatus
+from ..storage.records import TERMINAL_EVENT_TYPES
+from ..workflow.models import RunStatus
 
 JsonDoc = Mapping[str, Any]
 
@@ -67,7 +77,7 @@ class ClarionAPIError(ClarionError):
 
 
 _GENERIC_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-                  409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "invalid"}  # fmt: skip
+                  409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid"}  # fmt: skip
 
 
 class Client:
@@ -77,7 +87,8 @@ class Client:
     ``https://hub.example.org/user/ada/``); ``token`` is the Jupyter token, sent as
     ``Authorization: token ...``. The HTTP client is created on first use, so a Client can
     be built on one thread and used on another thread's event loop (as the notebook magic
-    does), but only ever on one loop at a time.
+    does), but only ever on one loop at a time. ``max_clients`` bounds the requests in
+    flight at once (more wait in line); raise it for many concurrent callers.
     """
 
     def __init__(
@@ -86,22 +97,26 @@ class Client:
         token: str | None = None,
         *,
         timeout: float = 30.0,
+        max_clients: int = 10,
         reconnect_attempts: int = 5,
         reconnect_backoff: float = 0.1,
     ) -> None:
         self.url = url.rstrip("/") + "/"
         self.token = token
         self.timeout = timeout
+        self.max_clients = max_clients
         self.reconnect_attempts = reconnect_attempts
         self.reconnect_backoff = reconnect_backoff
         self._http: AsyncHTTPClient | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -152,7 +167,9 @@ class Client:
         return await self._request("POST", "api/v3/workflows", body=doc, content_type=_workflow_type(doc))
 
     async def update_workflow(self, workflow_id: str, doc: JsonDoc | str) -> dict[str, Any]:
-        return await self._request("PUT", _path("api/v3/workflows", workflow_id), body=doc, content_type=_workflow_type(doc))
+        return await self._request(
+            "PUT", _path("api/v3/workflows", workflow_id), body=doc, content_type=_workflow_type(doc)
+        )
 
     async def delete_workflow(self, workflow_id: str) -> None:
         await self._request("DELETE", _path("api/v3/workflows", workflow_id))
@@ -217,7 +234,7 @@ class Client:
                         continue  # delivery is at least once: a replay may overlap what we had
                     last, progressed = event["seq"], True
                     yield event
-                    if event["type"] in TERMINAL_EVENTS:
+                    if event["type"] in TERMINAL_EVENT_TYPES:
                         return
             finally:
                 conn.close()
@@ -259,24 +276,27 @@ class Client:
         elif method in ("POST", "PUT"):
             body = b""  # tornado insists on a body for these methods
         if self._http is None:
-            self._http = AsyncHTTPClient(force_instance=True)
-        request = HTTPRequest(
-            self.url + path + (f"?{query}" if query else ""), method=method, headers=headers, body=body,
-            request_timeout=self.timeout,
-        )  # fmt: skip
-        response = await self._http.fetch(request, raise_error=False)
+            self._http = AsyncHTTPClient(force_instance=True, max_clients=self.max_clients)
+        url = self.url + path + (f"?{query}" if query else "")
+        request = HTTPRequest(url, method=method, headers=headers, body=body, request_timeout=self.timeout)
+        try:
+            response = await self._http.fetch(request, raise_error=False)
+        except (OSError, HTTPClientError) as exc:  # refused, unresolvable, timed out (599): no answer at all
+            raise ClarionAPIError(599, "unreachable", f"cannot reach the Clarion server at {self.url}: {exc}") from exc
         return _decode(response)
 
     async def _connect(self, run_id: str, since: int, failures: int) -> WebSocketClientConnection:
         """Open the subscription, retrying transport failures; an HTTP 4xx answer is final."""
         scheme, netloc, base, _, _ = urlsplit(self.url)
         ws_scheme = "wss" if scheme == "https" else "ws"
-        url = urlunsplit((ws_scheme, netloc, base + _path("ws/runs", run_id, "subscribe"), urlencode({"since": since}), ""))
+        url = urlunsplit(
+            (ws_scheme, netloc, base + _path("ws/runs", run_id, "subscribe"), urlencode({"since": since}), "")
+        )
         while True:
             try:
-                return await websocket_connect(
-                    HTTPRequest(url, headers=self._headers(), connect_timeout=self.timeout, request_timeout=self.timeout)
-                )
+                request = HTTPRequest(url, headers=self._headers(), connect_timeout=self.timeout)
+                # Our own pings notice a silently dead network, which would otherwise block a read forever.
+                return await websocket_connect(request, ping_interval=self.timeout, ping_timeout=self.timeout)
             except HTTPClientError as exc:
                 if exc.code != 599 and exc.code < 500:
                     body = exc.response.body if exc.response is not None else None
@@ -303,8 +323,6 @@ def _workflow_type(doc: JsonDoc | str) -> str:
 
 
 def _decode(response: HTTPResponse) -> Any:
-    if response.code == 599:
-        raise ClarionAPIError(599, "unreachable", f"cannot reach the Clarion server: {response.error}")
     if response.code >= 400:
         raise ClarionAPIError.from_response(response.code, response.body, response.reason)
     if response.code == 204 or not response.body:

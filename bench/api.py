@@ -1,0 +1,270 @@
+"""API benchmarks against a real `jupyter server` with the Clarion extension; one JSON line per workload.
+
+A  POST /api/v3/workflows/{id}/run and GET /api/v3/runs/{id} latency (p50/p99) under
+   --clients concurrent clients for --seconds
+B  WebSocket delivery latency (event `ts` -> received by the client, p50/p99) while
+   --ws-runs runs execute, each followed by its own /ws/runs/{id}/subscribe socket
+C  p99 latency of Jupyter's own GET /api/status while the engine runs --steps-per-s echo
+   steps per second (chain workflows submitted at a steady rate), for --seconds
+
+The server is a subprocess on 127.0.0.1 (a free port, a fresh token, a temporary root dir
+and DuckDB file) and is stopped at the end, also on errors and Ctrl-C. Client and server
+share the machine, so every line also reports the CPU seconds each side used: a client
+that eats half the cores inflates the server's latencies.
+
+Usage: python bench/api.py [--seconds 20] [--clients 50] [--ws-runs 200] [--steps-per-s 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+from clarion_jupyter.notebook.client import ClarionAPIError, Client
+
+TARGETS_MS = {"post_run_p99": 25, "get_run_p99": 15, "ws_delivery_p99": 20, "api_status_p99": 30}
+ECHO = {"id": "bench-echo", "name": "Bench echo", "steps": [{"id": "echo", "task": "echo", "with": {"value": 1}}]}
+
+
+def chain(steps: int) -> dict[str, Any]:
+    """Echo steps, each reading the previous one's output, so they run one after another."""
+    first = [{"id": "s0", "task": "echo", "with": {"value": 0}}]
+    rest = [
+        {"id": f"s{i}", "task": "echo", "with": {"value": f"{{{{ steps.s{i - 1}.output.value + 1 }}}}"}}
+        for i in range(1, steps)
+    ]
+    return {"id": f"bench-chain-{steps}", "name": f"Bench chain of {steps}", "steps": first + rest}
+
+
+LOAD_CHAIN = chain(10)
+"""Workload C's unit of load: 10 steps per submitted run."""
+WS_CHAIN = chain(50)
+"""Workload B's runs: long enough to still be running once 200 sockets have connected."""
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    url: str
+    token: str
+    process: subprocess.Popen[bytes]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (Linux ``/proc``)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentiles(samples: list[float]) -> dict[str, float | None]:
+    """p50 and p99 in milliseconds (samples are seconds); null when there is too little to tell."""
+    if len(samples) < 2:
+        return {"p50_ms": None, "p99_ms": None}
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return {"p50_ms": round(cuts[49] * 1000, 2), "p99_ms": round(cuts[98] * 1000, 2)}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def jupyter_server(workdir: Path) -> Iterator[Server]:
+    """A `jupyter server` with the extension; stopped (its whole process group) on exit, whatever happened."""
+    port, token = free_port(), secrets.token_hex(16)
+    root = workdir / "root"
+    root.mkdir()
+    log_path = workdir / "server.log"
+    command = [
+        sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+        "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+        "--ServerApp.jpserver_extensions={'clarion_jupyter': True}", f"--ClarionExtension.db_path={workdir / 'clarion.duckdb'}",
+    ]  # fmt: skip
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
+        )
+    try:
+        yield Server(f"http://127.0.0.1:{port}/", token, process)
+    except Exception:
+        print(f"--- server log ({log_path}) ---\n{log_path.read_text(errors='replace')[-4000:]}", file=sys.stderr)
+        raise
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM lets Jupyter stop the extension (and the engine) cleanly; SIGKILL if it hangs."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+async def wait_healthy(server: Server, client: Client, timeout: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await client.health()
+        except ClarionAPIError as exc:
+            if server.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {server.process.returncode}") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not answer /api/v3/health within {timeout}s: {exc}") from None
+            await asyncio.sleep(0.25)
+
+
+async def wait_idle(client: Client, timeout: float = 120.0) -> None:
+    """Until the engine has no active run (the load's backlog has drained)."""
+    deadline = time.monotonic() + timeout
+    while (await client.health())["active_runs"]:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"runs still active after {timeout}s")
+        await asyncio.sleep(0.1)
+
+
+async def timed(samples: list[float], call: Awaitable[Any]) -> Any:
+    start = time.perf_counter()
+    result = await call
+    samples.append(time.perf_counter() - start)
+    return result
+
+
+async def for_seconds(seconds: float, step: Callable[[], Awaitable[None]]) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        await step()
+
+
+async def bench_requests(client: Client, seconds: float, clients: int) -> dict[str, Any]:
+    posts: list[float] = []
+    gets: list[float] = []
+
+    async def one_client() -> None:
+        run_id = await timed(posts, client.run(ECHO["id"]))
+        await timed(gets, client.get_run(run_id))
+
+    for _ in range(20):  # warm up connections and code paths
+        await one_client()
+    posts.clear()
+    gets.clear()
+    await asyncio.gather(*(for_seconds(seconds, one_client) for _ in range(clients)))
+    return {"clients": clients, "requests": len(posts) + len(gets), "post_run": percentiles(posts), "get_run": percentiles(gets),
+            "target_post_run_p99_ms": TARGETS_MS["post_run_p99"], "target_get_run_p99_ms": TARGETS_MS["get_run_p99"]}  # fmt: skip
+
+
+async def bench_websocket(client: Client, runs: int) -> dict[str, Any]:
+    """Each run is followed from its start; only events created after its socket delivered a first message count.
+
+    Anything older may have been replayed from storage, which measures history, not delivery.
+    """
+    latencies: list[float] = []
+
+    async def run_and_follow() -> str:
+        run_id = await client.run(WS_CHAIN["id"])
+        connected: float | None = None
+        last = ""
+        async for event in client.subscribe(run_id):
+            received = time.time()
+            created = datetime.fromisoformat(event["ts"]).timestamp()
+            if connected is None:
+                connected = received
+            elif created >= connected:
+                latencies.append(received - created)
+            last = event["type"]
+        return last
+
+    endings = await asyncio.gather(*(run_and_follow() for _ in range(runs)))
+    if set(endings) != {"workflow_succeeded"}:
+        raise RuntimeError(f"not every run succeeded: {sorted(set(endings))}")
+    return {"runs": runs, "steps_per_run": len(WS_CHAIN["steps"]), "events_measured": len(latencies),
+            "ws_delivery": percentiles(latencies), "target_ws_delivery_p99_ms": TARGETS_MS["ws_delivery_p99"]}  # fmt: skip
+
+
+async def bench_status_under_load(server: Server, client: Client, seconds: float, steps_per_s: int) -> dict[str, Any]:
+    http = AsyncHTTPClient(force_instance=True, max_clients=4)
+    status_request = HTTPRequest(server.url + "api/status", headers={"Authorization": f"token {server.token}"})
+    latencies: list[float] = []
+    submitted: list[asyncio.Future[str]] = []
+    steps_per_run = len(LOAD_CHAIN["steps"])
+
+    async def submit_at_rate() -> None:
+        start = time.monotonic()
+        while (elapsed := time.monotonic() - start) < seconds:
+            while len(submitted) < elapsed * steps_per_s / steps_per_run:
+                submitted.append(asyncio.ensure_future(client.run(LOAD_CHAIN["id"])))
+            await asyncio.sleep(0.005)
+
+    async def probe() -> None:
+        await timed(latencies, http.fetch(status_request))
+        await asyncio.sleep(0.01)
+
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(submit_at_rate(), for_seconds(seconds, probe))
+        elapsed = time.perf_counter() - start
+        backlog = (await client.health())["active_runs"]
+        run_ids = await asyncio.gather(*submitted)
+    finally:
+        http.close()
+    await wait_idle(client)
+    failed = [run["run_id"] async for run in client.iter_runs(workflow_id=LOAD_CHAIN["id"], status="failed")]
+    if failed:
+        raise RuntimeError(f"{len(failed)} chain runs failed, e.g. {failed[0]}")
+    return {"target_steps_per_s": steps_per_s, "submitted_steps_per_s": round(len(run_ids) * steps_per_run / elapsed),
+            "active_runs_at_end": backlog, "api_status": percentiles(latencies),
+            "target_api_status_p99_ms": TARGETS_MS["api_status_p99"]}  # fmt: skip
+
+
+async def measured(server: Server, name: str, workload: Awaitable[dict[str, Any]]) -> None:
+    """Run one workload and print its line, with wall time and the CPU each process spent on it."""
+    wall, client_cpu, server_cpu = time.perf_counter(), time.process_time(), server.cpu_seconds()
+    values = await workload
+    print(json.dumps({"workload": name, **values, "wall_s": round(time.perf_counter() - wall, 2),
+                      "client_cpu_s": round(time.process_time() - client_cpu, 2),
+                      "server_cpu_s": round(server.cpu_seconds() - server_cpu, 2)}), flush=True)  # fmt: skip
+
+
+async def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="clarion-bench-api-") as tmp, jupyter_server(Path(tmp)) as server:
+        async with Client(server.url, server.token, max_clients=64, timeout=60) as client:
+            health = await wait_healthy(server, client)
+            print(json.dumps({"server": server.url, "version": health["version"], "workers": health["queue"].get("workers"),
+                              "cpus": os.cpu_count()}), flush=True)  # fmt: skip
+            for workflow in (ECHO, LOAD_CHAIN, WS_CHAIN):
+                await client.create_workflow(workflow)
+            await measured(server, "A", bench_requests(client, args.seconds, args.clients))
+            await measured(server, "B", bench_websocket(client, args.ws_runs))
+            await measured(server, "C", bench_status_under_load(server, client, args.seconds, args.steps_per_s))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="duration of workloads A and C")
+    parser.add_argument("--clients", type=int, default=50, help="concurrent clients in workload A")
+    parser.add_argument("--ws-runs", type=int, default=200, help="concurrent subscribed runs in workload B")
+    parser.add_argument("--steps-per-s", type=int, default=1000, help="engine load during workload C")
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,224 @@
+"""The Python Client against a real Jupyter server running the Clarion extension."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest_server import ECHO_WORKFLOW, SLEEP_30_WORKFLOW, SLEEPY_WORKFLOW
+
+from clarion_jupyter.errors import ClarionError
+from clarion_jupyter.notebook.client import ClarionAPIError, Client
+
+AGENT = {
+    "name": "Triager",
+    "model": "openai/gpt-4o",
+    "system_prompt": "Sort bug reports.",
+    "parameters": {"temperature": 0},
+}
+WORKFLOW_YAML = """\
+# A comment the server keeps with the source
+id: greet
+name: Greet
+inputs:
+  who: {type: string}
+steps:
+  - id: hello
+    task: echo
+    with: {value: "hello {{ inputs.who }}"}
+outputs:
+  greeting: "{{ steps.hello.output.value }}"
+"""
+V2_AGENT = """\
+type: Agent
+metadata: {name: Reviewer}
+properties:
+  system_prompt: Review the diff.
+  llm_config: {provider: Anthropic, model: claude-3-5-sonnet-latest}
+"""
+
+
+@pytest.fixture
+def client(jp_serverapp: Any, http_server: Any, jp_http_port: int, jp_base_url: str) -> Iterator[Client]:
+    """A Client of the test server (``http_server`` makes it listen; pytest-jupyter has no async fixtures)."""
+    client = Client(f"http://127.0.0.1:{jp_http_port}{jp_base_url}", jp_serverapp.identity_provider.token)
+    yield client
+    client.close()
+
+
+async def test_health_and_tasks(client: Client) -> None:
+    health = await client.health()
+    assert health["status"] == "ok"
+    assert {"echo", "file_read", "file_write", "shell", "llm_call"} <= {task["name"] for task in await client.tasks()}
+
+
+async def test_agent_crud_round_trip(client: Client) -> None:
+    created = await client.create_agent(AGENT)
+    assert created["id"] == "triager"
+    assert await client.get_agent("triager") == created
+    assert [a["id"] for a in await client.list_agents()] == ["triager"]
+
+    updated = await client.update_agent("triager", AGENT | {"system_prompt": "Sort them faster."})
+    assert updated["system_prompt"] == "Sort them faster."
+    assert (await client.get_agent("triager"))["system_prompt"] == "Sort them faster."
+
+    await client.delete_agent("triager")
+    assert await client.list_agents() == []
+    with pytest.raises(ClarionAPIError) as missing:
+        await client.get_agent("triager")
+    assert (missing.value.status, missing.value.code) == (404, "not_found")
+
+
+async def test_import_agents(client: Client) -> None:
+    report = await client.import_agents(V2_AGENT)
+    assert [a["model"] for a in report["agents"]] == ["anthropic/claude-3-5-sonnet-latest"]
+    assert (await client.get_agent("reviewer"))["system_prompt"] == "Review the diff."
+
+
+async def test_workflow_crud_round_trip(client: Client) -> None:
+    created = await client.create_workflow(WORKFLOW_YAML)
+    assert created["id"] == "greet"
+    assert created["source"] == WORKFLOW_YAML
+    assert (await client.get_workflow("greet"))["steps"] == created["steps"]
+
+    changed = {k: v for k, v in created.items() if k not in ("source", "created_at", "updated_at")} | {
+        "name": "Greet v2"
+    }
+    updated = await client.update_workflow("greet", changed)
+    assert updated["name"] == "Greet v2"
+    assert [w["name"] for w in await client.list_workflows()] == ["Greet v2"]
+
+    await client.delete_workflow("greet")
+    assert await client.list_workflows() == []
+    with pytest.raises(ClarionAPIError) as missing:
+        await client.delete_workflow("greet")
+    assert missing.value.status == 404
+
+
+async def test_run_and_wait(client: Client) -> None:
+    await client.create_workflow(WORKFLOW_YAML)
+    run_id = await client.run("greet", {"who": "Ada"})
+    run = await client.wait(run_id)
+    assert run["run_id"] == run_id
+    assert run["status"] == "succeeded"
+    assert run["outputs"] == {"greeting": "hello Ada"}
+    assert await client.get_run(run_id) == run
+    assert await client.wait(run_id) == run  # an ended run answers at once
+
+
+async def test_idempotent_run(client: Client) -> None:
+    await client.create_workflow(ECHO_WORKFLOW)
+    first = await client.run("echo", idempotency_key="once")
+    assert await client.run("echo", idempotency_key="once") == first
+    assert await client.run("echo") != first
+
+
+async def test_subscribe_from_zero_is_gap_free_and_ends_with_the_terminal_event(client: Client) -> None:
+    await client.create_workflow(SLEEPY_WORKFLOW)
+    run_id = await client.run("sleepy")
+    events = [event async for event in client.subscribe(run_id)]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[0]["type"] == "run_queued"
+    assert events[-1]["type"] == "workflow_succeeded"
+    assert events == await client.events(run_id)
+
+
+async def test_subscribe_resumes_with_since(client: Client) -> None:
+    await client.create_workflow(ECHO_WORKFLOW)
+    run_id = await client.run("echo")
+    everything = [event async for event in client.subscribe(run_id)]
+    later = [event async for event in client.subscribe(run_id, since=3)]
+    assert later == everything[3:]
+    assert await client.events(run_id, since=3) == later
+
+
+@pytest.mark.parametrize(("code", "reason"), [(4008, "client fell behind"), (1001, "server going away")])
+async def test_subscribe_reconnects_transparently(client: Client, clarion: Any, code: int, reason: str) -> None:
+    """The server drops the socket mid-run (overflow, restart): the caller still sees every event once."""
+    await client.create_workflow(SLEEPY_WORKFLOW)
+    run_id = await client.run("sleepy")
+    events, drops = [], 0
+    async for event in client.subscribe(run_id):
+        events.append(event)
+        if event["type"] == "step_completed" and drops < 2:
+            drops += 1
+            for socket in list(clarion.sockets):  # drop them as an overflow or a restart would
+                socket.close(code, reason)
+    assert drops == 2
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["type"] == "workflow_succeeded"
+    assert events == await client.events(run_id)
+
+
+async def test_cancel(client: Client) -> None:
+    await client.create_workflow(SLEEP_30_WORKFLOW)
+    run_id = await client.run("long")
+    async for event in client.subscribe(run_id):
+        if event["type"] == "step_started":
+            break
+    await client.cancel(run_id)
+    run = await asyncio.wait_for(client.wait(run_id), 20)
+    assert run["status"] == "cancelled"
+    with pytest.raises(ClarionAPIError) as ended:
+        await client.cancel(run_id)
+    assert (ended.value.status, ended.value.code) == (409, "conflict")
+
+
+async def test_errors_raise_with_status_and_code(
+    client: Client, jp_serverapp: Any, jp_http_port: int, jp_base_url: str
+) -> None:
+    async def error_of(call: Any) -> ClarionAPIError:
+        with pytest.raises(ClarionAPIError) as caught:
+            await call
+        assert isinstance(caught.value, ClarionError)
+        return caught.value
+
+    missing = await error_of(client.get_run("0" * 26))
+    assert (missing.status, missing.code) == (404, "not_found")
+    assert (await error_of(client.run("no-such-workflow"))).status == 404
+
+    invalid = await error_of(
+        client.create_workflow({"name": "dup", "steps": [{"id": "a", "task": "echo"}, {"id": "a", "task": "echo"}]})
+    )
+    assert (invalid.status, invalid.code) == (422, "invalid")
+    assert any(problem.get("step") == "a" for problem in invalid.details)
+
+    await client.create_agent(AGENT)
+    taken = await error_of(client.create_agent(AGENT))
+    assert (taken.status, taken.code) == (409, "conflict")
+
+    await client.create_workflow(WORKFLOW_YAML)
+    no_input = await error_of(client.run("greet"))
+    assert (no_input.status, no_input.code) == (422, "invalid")
+
+    bad_filter = await error_of(client.list_runs(status="exploded"))
+    assert (bad_filter.status, bad_filter.code) == (400, "bad_request")
+
+    unknown = await error_of(anext(client.subscribe("0" * 26)))
+    assert unknown.status == 404
+
+    async with Client(f"http://127.0.0.1:{jp_http_port}{jp_base_url}", "wrong-token") as stranger:
+        refused = await error_of(stranger.health())
+    assert refused.status in (401, 403)
+
+    async with Client("http://127.0.0.1:9/", jp_serverapp.identity_provider.token, timeout=2) as nowhere:
+        assert (await error_of(nowhere.health())).status == 599
+
+
+async def test_iter_runs_follows_cursors(client: Client) -> None:
+    await client.create_workflow(ECHO_WORKFLOW)
+    await client.create_workflow(WORKFLOW_YAML)
+    started = [await client.run("echo", {"word": str(i)}) for i in range(7)]
+    other = await client.run("greet", {"who": "Ada"})
+    for run_id in (*started, other):
+        await client.wait(run_id)
+
+    first = await client.list_runs(workflow_id="echo", limit=3)
+    assert len(first["runs"]) == 3 and first["next_cursor"]
+
+    listed = [run["run_id"] async for run in client.iter_runs(workflow_id="echo", page_size=3)]
+    assert listed == started[::-1]  # newest first, every page
+    assert [run["run_id"] async for run in client.iter_runs(page_size=2)] == [other, *started[::-1]]
+    assert [run["run_id"] async for run in client.iter_runs(status="failed")] == []
