@@ -21,17 +21,10 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +32,7 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from clarion_jupyter.notebook.client import ClarionAPIError, Client
+from clarion_jupyter.testing.server import JupyterServerProcess
 
 TARGETS_MS = {"post_run_p99": 25, "get_run_p99": 15, "ws_delivery_p99": 20, "api_status_p99": 30}
 ECHO = {"id": "bench-echo", "name": "Bench echo", "steps": [{"id": "echo", "task": "echo", "with": {"value": 1}}]}
@@ -60,18 +54,6 @@ WS_CHAIN = chain(50)
 """Workload B's runs: long enough to still be running once 200 sockets have connected."""
 
 
-@dataclass(frozen=True, slots=True)
-class Server:
-    url: str
-    token: str
-    process: subprocess.Popen[bytes]
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far (Linux ``/proc``)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def percentiles(samples: list[float]) -> dict[str, float | None]:
     """p50 and p99 in milliseconds (samples are seconds); null when there is too little to tell."""
     if len(samples) < 2:
@@ -80,51 +62,7 @@ def percentiles(samples: list[float]) -> dict[str, float | None]:
     return {"p50_ms": round(cuts[49] * 1000, 2), "p99_ms": round(cuts[98] * 1000, 2)}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def jupyter_server(workdir: Path) -> Iterator[Server]:
-    """A `jupyter server` with the extension; stopped (its whole process group) on exit, whatever happened."""
-    port, token = free_port(), secrets.token_hex(16)
-    root = workdir / "root"
-    root.mkdir()
-    log_path = workdir / "server.log"
-    command = [
-        sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-        "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-        "--ServerApp.jpserver_extensions={'clarion_jupyter': True}", f"--ClarionExtension.db_path={workdir / 'clarion.duckdb'}",
-    ]  # fmt: skip
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
-        )
-    try:
-        yield Server(f"http://127.0.0.1:{port}/", token, process)
-    except Exception:
-        print(f"--- server log ({log_path}) ---\n{log_path.read_text(errors='replace')[-4000:]}", file=sys.stderr)
-        raise
-    finally:
-        stop(process)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM lets Jupyter stop the extension (and the engine) cleanly; SIGKILL if it hangs."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-async def wait_healthy(server: Server, client: Client, timeout: float = 60.0) -> dict[str, Any]:
+async def wait_healthy(server: JupyterServerProcess, client: Client, timeout: float = 60.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -204,7 +142,7 @@ async def bench_websocket(client: Client, runs: int) -> dict[str, Any]:
             "ws_delivery": percentiles(latencies), "target_ws_delivery_p99_ms": TARGETS_MS["ws_delivery_p99"]}  # fmt: skip
 
 
-async def bench_status_under_load(server: Server, client: Client, seconds: float, steps_per_s: int) -> dict[str, Any]:
+async def bench_status_under_load(server: JupyterServerProcess, client: Client, seconds: float, steps_per_s: int) -> dict[str, Any]:
     http = AsyncHTTPClient(force_instance=True, max_clients=4)
     status_request = HTTPRequest(server.url + "api/status", headers={"Authorization": f"token {server.token}"})
     latencies: list[float] = []
@@ -239,7 +177,7 @@ async def bench_status_under_load(server: Server, client: Client, seconds: float
             "target_api_status_p99_ms": TARGETS_MS["api_status_p99"]}  # fmt: skip
 
 
-async def measured(server: Server, name: str, workload: Awaitable[dict[str, Any]]) -> None:
+async def measured(server: JupyterServerProcess, name: str, workload: Awaitable[dict[str, Any]]) -> None:
     """Run one workload and print its line, with wall time and the CPU each process spent on it."""
     wall, client_cpu, server_cpu = time.perf_counter(), time.process_time(), server.cpu_seconds()
     values = await workload
@@ -249,7 +187,7 @@ async def measured(server: Server, name: str, workload: Awaitable[dict[str, Any]
 
 
 async def main(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory(prefix="clarion-bench-api-") as tmp, jupyter_server(Path(tmp)) as server:
+    with tempfile.TemporaryDirectory(prefix="clarion-bench-api-") as tmp, JupyterServerProcess(Path(tmp)) as server:
         async with Client(server.url, server.token, max_clients=64, timeout=60) as client:
             health = await wait_healthy(server, client)
             print(json.dumps({"server": server.url, "version": health["version"], "workers": health["queue"].get("workers"),

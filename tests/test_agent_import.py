@@ -206,3 +206,10 @@ def test_parse_agent_documents_raises_validation_failed_listing_the_problems() -
 def test_missing_path_is_reported_not_raised(tmp_path: Path) -> None:
     report = import_agents(tmp_path / "nope")
     assert [e.message for e in report.errors] == ["no such file or folder"]
+
+
+def test_a_provider_that_is_not_text_is_reported_not_raised() -> None:
+    report = import_text('{"Profile": {"name": "x"}, "llm_config": {"provider": 3, "model": "m"}}', "bad.json")
+
+    assert report.agents == []
+    assert "provider must be text" in report.errors[0].message

@@ -120,8 +120,10 @@ async def test_bad_since_is_400(api):
     assert_error(await api("GET", "runs", run_id, "events", params={"since": -1}), 400, "bad_request")
 
 
-async def test_wrong_method_is_405_json(api):
-    assert_error(await api("DELETE", "tasks"), 405, "method_not_allowed")
+async def test_wrong_method_is_405_json_naming_the_allowed_ones(api):
+    reply = await api("DELETE", "tasks")
+    assert_error(reply, 405, "method_not_allowed")
+    assert reply.headers["Allow"] == "GET"
 
 
 async def test_unexpected_server_error_is_500_json_without_details(api, clarion, monkeypatch):

@@ -6,18 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import secrets
-import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.httpclient import HTTPClientError
+
+from clarion_jupyter.testing.server import JupyterServerProcess
 
 RESUMABLE_WORKFLOW = {
     "id": "resumable",
@@ -30,77 +27,10 @@ RESUMABLE_WORKFLOW = {
 }
 
 
-class ServerProcess:
-    """A real ``jupyter server`` process with the extension, driven over HTTP like any client."""
-
-    def __init__(self, home: Path, db_path: Path) -> None:
-        self.home = home
-        self.token = secrets.token_hex(16)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        config_dir = home / "config"
-        config_dir.mkdir(parents=True, exist_ok=True)
-        (home / "root").mkdir(exist_ok=True)
-        config = {
-            "ServerApp": {
-                "jpserver_extensions": {"clarion_jupyter": True},
-                "ip": "127.0.0.1",
-                "port": self.port,
-                "port_retries": 0,
-                "open_browser": False,
-                "root_dir": str(home / "root"),
-            },
-            "IdentityProvider": {"token": self.token},
-            "ClarionExtension": {"db_path": str(db_path)},
-        }
-        (config_dir / "jupyter_server_config.json").write_text(json.dumps(config))
-        env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config_dir), "JUPYTER_RUNTIME_DIR": str(home / "runtime")}
-        self.log_path = home / "server.log"
-        with self.log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "jupyter_server", "--allow-root"],
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-
-    async def request(self, method: str, path: str, body: Any = None) -> Any:
-        response = await AsyncHTTPClient().fetch(
-            f"http://127.0.0.1:{self.port}/api/v3/{path}",
-            method=method,
-            body=None if body is None else json.dumps(body),
-            headers={"Authorization": f"token {self.token}"},
-        )
-        return json.loads(response.body)
-
-    async def wait_ready(self, timeout: float = 60) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            assert self.process.poll() is None, self.log_path.read_text()
-            try:
-                await self.request("GET", "health")
-                return
-            except (ConnectionError, HTTPClientError):
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"server did not start:\n{self.log_path.read_text()}")
-
-    async def stop(self) -> int:
-        """SIGTERM: the graceful shutdown Jupyter does for a service manager."""
-        self.process.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(self.process.wait, 30)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
 @pytest.fixture
-def servers() -> Iterator[list[ServerProcess]]:
+def servers() -> Iterator[list[JupyterServerProcess]]:
     """The test's server processes, killed at the end whatever happened."""
-    started: list[ServerProcess] = []
+    started: list[JupyterServerProcess] = []
     yield started
     for server in started:
         server.kill()
@@ -119,7 +49,7 @@ async def wait_for(probe: Any, timeout: float = 30) -> Any:
 
 async def test_run_in_flight_at_shutdown_resumes_and_succeeds_on_the_next_server(tmp_path, servers):
     db_path = tmp_path / "clarion.duckdb"
-    first = ServerProcess(tmp_path / "first", db_path)
+    first = JupyterServerProcess(tmp_path / "first", db_path).start()
     servers.append(first)
     await first.wait_ready()
     await first.request("POST", "workflows", RESUMABLE_WORKFLOW)
@@ -130,10 +60,10 @@ async def test_run_in_flight_at_shutdown_resumes_and_succeeds_on_the_next_server
         return any(e["type"] == "step_started" and e["step_id"] == "nap" for e in events)
 
     await wait_for(nap_started)
-    assert await first.stop() == 0
+    assert await asyncio.to_thread(first.stop) == 0
     assert "Clarion engine stopped" in first.log_path.read_text()
 
-    second = ServerProcess(tmp_path / "second", db_path)
+    second = JupyterServerProcess(tmp_path / "second", db_path).start()
     servers.append(second)
     await second.wait_ready()
 

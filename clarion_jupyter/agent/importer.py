@@ -322,6 +322,8 @@ def _llm_fields(llm: _Fields) -> dict[str, Any]:
     parameters = llm.take("parameters", "params", "model_parameters", "options") or {}
     if not isinstance(parameters, dict):
         raise ValueError("llm_config.parameters must be a mapping")
+    if provider is not None and not isinstance(provider, str):
+        raise ValueError(f"llm_config.provider must be text, got {type(provider).__name__}")
     for name in LOOSE_PARAMETERS:
         value = llm.take(name)
         if value is not None:

@@ -93,7 +93,17 @@ class ClarionHandlerMixin:
         status, body = error_document(status_code, exc_info[1] if exc_info else None)
         self.set_status(status)  # type: ignore[attr-defined]
         self.set_header("Content-Type", "application/json")  # type: ignore[attr-defined]
+        if status == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))  # type: ignore[attr-defined]
         self.finish(json.dumps(body))  # type: ignore[attr-defined]
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this handler implements (tornado's base class answers 405 for the rest)."""
+        return [
+            method
+            for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+            if getattr(type(self), method.lower()) is not getattr(web.RequestHandler, method.lower())
+        ]
 
     def log_exception(
         self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
