@@ -9,7 +9,27 @@ from .storage.records import Event
 from .workflow.engine import Engine
 from .workflow.models import Workflow, WorkflowRun, parse_workflow
 
-__all__ = ["Agent", "ClarionError", "Engine", "Event", "ValidationFailed", "Workflow", "WorkflowRun", "__version__", "parse_workflow"]
+__all__ = [
+    "Client",
+    "Agent",
+    "ClarionError",
+    "Engine",
+    "Event",
+    "ValidationFailed",
+    "Workflow",
+    "WorkflowRun",
+    "__version__",
+    "parse_workflow",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """``Client`` loads the HTTP stack on first use, not on every import of the package."""
+    if name == "Client":
+        from .notebook.client import Client
+
+        return Client
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
