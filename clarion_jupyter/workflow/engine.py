@@ -170,9 +170,14 @@ class Engine:
         if key is not None:
             existing = await self._find_idempotent(workflow.id, key)
             if existing is not None:
+                await self._writer.flush()  # the first submit may not have committed it yet
                 return existing
         resolved = plan.resolve_inputs(inputs)
         await self._check_agents(plan)
+        if key is not None and (claimed := self._idempotency.get((workflow.id, key))) is not None:
+            # A concurrent submit with the same key claimed it while we awaited the agent check.
+            await self._writer.flush()
+            return claimed
         document = workflow.to_document()
         run = RunRecord(
             run_id=new_run_id(), workflow_id=workflow.id, workflow_name=workflow.name, workflow=document,

@@ -194,8 +194,14 @@ class RunExecutor:
         if not isinstance(items, list):
             return self._fail_before_start(node, f"for_each must give a list, got {type(items).__name__}")
         self._status[node.id] = StepStatus.running
-        parent = self._record(node.id, node.id, None, attempt=1, status=StepStatus.running)
-        self._emit("step_started", node.id, {"attempt": 1, "items": len(items), "task": node.step.task})
+        parent = self._prior.get(node.id)
+        if parent is None:
+            parent = self._record(node.id, node.id, None, attempt=1, status=StepStatus.running)
+        else:
+            # A resumed map: its row exists already, so take it back rather than insert it twice.
+            parent.status, parent.finished_at, parent.error = StepStatus.running, None, None
+            self._writer.add_step(parent)
+        self._emit("step_started", node.id, {"attempt": parent.attempt, "items": len(items), "task": node.step.task})
         self._executions[node.id] = _Execution(node, node.id, None, record=parent)
         state = self._maps[node.id] = _Map(items=items, results=[None] * len(items), remaining=len(items))
         if not items:

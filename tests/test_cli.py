@@ -1,0 +1,312 @@
+"""The ``clarion`` command, run as a real process against a DuckDB file in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from clarion_jupyter import Engine
+
+ROOT = Path(__file__).resolve().parents[1]
+AGENT_FIXTURES = Path(__file__).parent / "fixtures" / "agents"
+pytestmark = pytest.mark.timeout(120)
+
+GREET = """
+    id: greet
+    name: Greet
+    inputs:
+      name: {type: string, default: world}
+    steps:
+      - id: hello
+        task: echo
+        with: {value: "hello {{ inputs.name }}"}
+      - id: shout
+        task: shell
+        with: {command: "echo {{ steps.hello.output.value | upper }}"}
+    outputs:
+      text: "{{ steps.shout.output.stdout | trim }}"
+"""
+
+
+def clarion(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``clarion ARGS --db tmp/x.duckdb --workspace tmp``, in tmp, without colours."""
+    return subprocess.run(
+        [sys.executable, "-m", "clarion_jupyter.cli", *args, "--db", str(tmp_path / "x.duckdb"), "--workspace", str(tmp_path)],
+        check=False, capture_output=True, text=True, cwd=tmp_path, timeout=timeout, env={**os.environ, "NO_COLOR": "1"},
+    )  # fmt: skip
+
+
+def gone(pid: int) -> bool:
+    """No such process, or only a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+async def make_runs(tmp_path: Path, count: int) -> list[str]:
+    """Runs created in-process (fast); the CLI then reads the same file."""
+    async with Engine(tmp_path / "x.duckdb", workspace_root=tmp_path) as engine:
+        run_ids = []
+        for i in range(count):
+            run_id = await engine.submit(textwrap.dedent(GREET), {"name": f"n{i}"})
+            await engine.wait(run_id)
+            run_ids.append(run_id)
+    return run_ids
+
+
+# -- validate ---------------------------------------------------------------------
+
+
+def test_validate_accepts_a_valid_workflow(tmp_path: Path) -> None:
+    result = clarion(tmp_path, "validate", write(tmp_path, "greet.yaml", GREET))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok: workflow 'greet' (2 steps, inputs: name)"
+
+
+def test_validate_lists_every_problem_with_its_step_and_exits_one(tmp_path: Path) -> None:
+    bad = write(tmp_path, "bad.yaml", """
+        name: Broken
+        steps:
+          - {id: a, task: no_such_task}
+          - {id: b, task: echo, needs: [ghost], with: {value: 1}}
+          - {id: c, task: echo, with: {value: "{{ steps.zzz.output }}"}}
+          - {id: c, task: echo, with: {value: 2}}
+    """)  # fmt: skip
+    result = clarion(tmp_path, "validate", bad)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[0] == "error: invalid workflow:"
+    problems = [line.strip() for line in result.stderr.splitlines()[1:]]
+    expected = [
+        ("step 'a' field 'task'", "unknown task type 'no_such_task'"),
+        ("step 'b' field 'needs'", "unknown step 'ghost'"),
+        ("step 'c' field 'with'", "unknown step 'zzz'"),
+        ("step 'c' field 'id'", "duplicate step id 'c'"),
+    ]
+    for where, what in expected:
+        assert any(where in p and what in p for p in problems), f"{where}: {what} not in {problems}"
+    assert len(problems) == len(expected)
+
+
+# -- run ----------------------------------------------------------------------------
+
+
+def test_run_prints_a_line_per_step_and_exits_zero_on_success(tmp_path: Path) -> None:
+    result = clarion(tmp_path, "run", write(tmp_path, "greet.yaml", GREET), "--input", "name=ada")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout.splitlines()
+    assert re.fullmatch(r"run \w+: Greet", out[0])
+    for step_id in ("hello", "shout"):
+        assert any(re.search(rf"\b{step_id}\s+succeeded\s+[\d.]+ ms", line) for line in out), result.stdout
+    assert re.search(r"^run \w+ succeeded in [\d.]+ s$", result.stdout, re.MULTILINE)
+    assert 'outputs: {"text": "HELLO ADA"}' in result.stdout
+
+
+def test_run_exits_one_when_the_workflow_fails(tmp_path: Path) -> None:
+    failing = write(tmp_path, "fail.yaml", """
+        name: Fails
+        steps:
+          - {id: ok, task: echo, with: {value: 1}}
+          - {id: boom, task: shell, with: {command: "exit 3"}}
+    """)  # fmt: skip
+    result = clarion(tmp_path, "run", failing)
+    assert result.returncode == 1
+    assert re.search(r"\bboom\s+failed\s+[\d.]+ ms\s+command exited with 3", result.stdout), result.stdout
+    assert re.search(r"^run \w+ failed", result.stdout, re.MULTILINE)
+    assert "error: step 'boom' failed: command exited with 3" in result.stdout
+
+
+def test_run_inputs_are_typed_by_their_declared_type(tmp_path: Path) -> None:
+    typed = write(tmp_path, "typed.yaml", """
+        name: Typed
+        inputs:
+          n: {type: integer}
+          xs: {type: array}
+          label: {type: string}
+          flag: {type: boolean}
+        steps:
+          - {id: calc, task: echo, with: {value: "{{ inputs.n * 2 }}"}}
+        outputs:
+          doubled: "{{ steps.calc.output.value }}"
+          count: "{{ inputs.xs | length }}"
+    """)  # fmt: skip
+    args = ["--input", "n=3", "--input", "xs=[a, b]", "--input", "label=007", "--input", "flag=true"]
+    result = clarion(tmp_path, "run", typed, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    run = json.loads(result.stdout)
+    assert run["inputs"] == {"n": 3, "xs": ["a", "b"], "label": "007", "flag": True}
+    assert run["outputs"] == {"doubled": 6, "count": 2}
+
+
+def test_run_refuses_an_input_of_the_wrong_type_naming_it(tmp_path: Path) -> None:
+    typed = write(tmp_path, "typed.yaml", """
+        name: Typed
+        inputs: {n: {type: integer}}
+        steps:
+          - {id: calc, task: echo, with: {value: "{{ inputs.n }}"}}
+    """)  # fmt: skip
+    result = clarion(tmp_path, "run", typed, "--input", "n=abc")
+    assert result.returncode == 1
+    assert "inputs.n" in result.stderr and "expected integer" in result.stderr
+
+
+def test_run_json_prints_the_run_document(tmp_path: Path) -> None:
+    result = clarion(tmp_path, "run", write(tmp_path, "greet.yaml", GREET), "--json")
+    assert result.returncode == 0, result.stderr
+    run = json.loads(result.stdout)
+    assert run["status"] == "succeeded"
+    assert run["workflow_id"] == "greet"
+    assert run["outputs"] == {"text": "HELLO WORLD"}
+    assert [(s["key"], s["status"], s["attempt"]) for s in run["steps"]] == [
+        ("hello", "succeeded", 1),
+        ("shout", "succeeded", 1),
+    ]
+    assert run["steps"][1]["output"]["stdout"] == "HELLO WORLD\n"
+    assert all(s["duration_ms"] is not None for s in run["steps"])
+
+
+def test_ctrl_c_cancels_the_run_kills_its_command_and_exits_130(tmp_path: Path) -> None:
+    long = write(tmp_path, "long.yaml", """
+        name: Long
+        steps:
+          - {id: wait, task: shell, with: {command: "echo $$ > wait.pid; sleep 30"}}
+    """)  # fmt: skip
+    command = [sys.executable, "-m", "clarion_jupyter.cli", "run", long, "--db", str(tmp_path / "x.duckdb"), "--workspace", str(tmp_path)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    pid_file = tmp_path / "wait.pid"
+    try:
+        deadline = time.monotonic() + 30
+        while not (pid_file.exists() and pid_file.read_text().strip()):
+            assert time.monotonic() < deadline and proc.poll() is None, "the step never started"
+            time.sleep(0.05)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "interrupted" in err
+    assert "Traceback" not in err
+    assert gone(int(pid_file.read_text())), "the step's command outlived the interrupted run"
+    listed = clarion(tmp_path, "runs")
+    assert re.search(r"cancelled\s+long$", listed.stdout, re.MULTILINE), listed.stdout
+
+
+# -- runs and show ----------------------------------------------------------------------
+
+
+async def test_runs_lists_runs_newest_first(tmp_path: Path) -> None:
+    run_ids = await make_runs(tmp_path, 3)
+    result = clarion(tmp_path, "runs")
+    assert result.returncode == 0, result.stderr
+    listed = [line.split()[0] for line in result.stdout.splitlines()]
+    assert listed == list(reversed(run_ids))
+    assert all(re.search(r"succeeded\s+greet$", line) for line in result.stdout.splitlines())
+
+
+async def test_runs_json_lists_run_documents_newest_first(tmp_path: Path) -> None:
+    run_ids = await make_runs(tmp_path, 3)
+    result = clarion(tmp_path, "runs", "--json", "--limit", "2")
+    assert result.returncode == 0, result.stderr
+    page = json.loads(result.stdout)
+    assert [r["run_id"] for r in page["runs"]] == [run_ids[2], run_ids[1]]
+    assert page["next_cursor"] == run_ids[1]
+    assert {r["status"] for r in page["runs"]} == {"succeeded"}
+
+
+async def test_show_json_equals_the_stored_run_document(tmp_path: Path) -> None:
+    [run_id] = await make_runs(tmp_path, 1)
+    result = clarion(tmp_path, "show", run_id, "--json")
+    assert result.returncode == 0, result.stderr
+    async with Engine(tmp_path / "x.duckdb", workspace_root=tmp_path) as engine:
+        stored = (await engine.get_run(run_id)).model_dump(mode="json")
+    assert json.loads(result.stdout) == stored
+
+
+async def test_show_prints_each_step_and_the_outcome(tmp_path: Path) -> None:
+    [run_id] = await make_runs(tmp_path, 1)
+    result = clarion(tmp_path, "show", run_id)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"run {run_id}: Greet (greet)"
+    for step_id in ("hello", "shout"):
+        assert re.search(rf"\b{step_id}\s+succeeded", result.stdout)
+    assert f"run {run_id} succeeded" in result.stdout
+
+
+def test_show_of_an_unknown_run_exits_nonzero_with_a_clear_message(tmp_path: Path) -> None:
+    result = clarion(tmp_path, "show", "no-such-run")
+    assert result.returncode != 0
+    assert result.stderr.strip() == "error: run 'no-such-run' not found"
+    assert "Traceback" not in result.stderr
+
+
+# -- agents ---------------------------------------------------------------------------------
+
+
+async def test_agents_import_reports_a_bad_file_and_imports_the_rest(tmp_path: Path) -> None:
+    if not AGENT_FIXTURES.is_dir():
+        pytest.skip("no agent fixtures")
+    folder = tmp_path / "agents"
+    shutil.copytree(AGENT_FIXTURES, folder)
+    result = clarion(tmp_path, "agents", "import", str(folder))
+    assert result.returncode == 1, "a partial import exits non-zero"
+    assert re.search(r"^error: broken\.yaml: ", result.stderr, re.MULTILINE), result.stderr
+    assert "Traceback" not in result.stderr
+    imported = re.findall(r"^imported (\S+) \((\S+)\)$", result.stdout, re.MULTILINE)
+    assert ("code-reviewer", "openai/gpt-4o") in imported
+    assert ("doc-writer", "openrouter/anthropic/claude-3.5-sonnet") in imported
+    async with Engine(tmp_path / "x.duckdb", workspace_root=tmp_path) as engine:
+        stored = {agent.id for agent in await engine.agents.list()}
+    assert stored == {agent_id for agent_id, _ in imported}
+    assert len(stored) == 6
+
+
+# -- the database file --------------------------------------------------------------------
+
+
+def test_a_database_held_by_another_process_is_reported_clearly(tmp_path: Path) -> None:
+    db = tmp_path / "x.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('ready', flush=True); time.sleep(60)", str(db)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        result = clarion(tmp_path, "runs")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode != 0
+    assert "in use by another process" in result.stderr
+    assert f"PID {holder.pid}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- examples ---------------------------------------------------------------------------------
+
+
+def test_quickstart_example_runs_green(tmp_path: Path) -> None:
+    result = clarion(tmp_path, "run", str(ROOT / "examples" / "quickstart.yaml"), "--input", "topic=durability")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^run \w+ succeeded", result.stdout, re.MULTILINE)
+    note = tmp_path / ".clarion-quickstart" / "durability.md"
+    assert note.read_text().startswith("# Notes on durability")
+    assert '"heading": "# Notes on durability"' in result.stdout
