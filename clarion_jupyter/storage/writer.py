@@ -13,10 +13,28 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+import duckdb
+
 from .protocols import RunStore
 from .records import Batch, Event, RunRecord, StepRecord
 
 log = logging.getLogger(__name__)
+PERMANENT_ATTEMPTS = 3
+_PERMANENT = (
+    duckdb.ConstraintException,
+    duckdb.BinderException,
+    duckdb.CatalogException,
+    duckdb.ConversionException,
+    duckdb.InvalidInputException,
+    duckdb.ParserException,
+    TypeError,
+    ValueError,
+)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Errors about the batch's content, which no retry can fix (unlike I/O or lock errors)."""
+    return isinstance(exc, _PERMANENT)
 
 
 class GroupCommitWriter:
@@ -31,6 +49,8 @@ class GroupCommitWriter:
         self._committed = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.batches = 0
+        self.dropped_batches = 0
+        self.last_error: str | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="clarion-group-commit")
@@ -77,21 +97,33 @@ class GroupCommitWriter:
                 continue
             batch, self._pending = self._pending, Batch()
             target = self._added
-            await self._commit(batch)
+            if await self._commit(batch):
+                self.batches += 1
+                self._on_committed(batch.events)
             self._committed = target
-            self.batches += 1
-            self._on_committed(batch.events)
             self._release(target)
             if self._pending or self._closing:
                 self._wake.set()
 
-    async def _commit(self, batch: Batch) -> None:
-        delay = 0.05
+    async def _commit(self, batch: Batch) -> bool:
+        """Commit, retrying transient failures (a full disk, a lock) for as long as they last.
+
+        A batch that the database refuses for what it contains is a bug, and retrying it
+        forever would stall every run: after a few attempts it is set aside, loudly, and
+        its events are not announced (they were never stored).
+        """
+        delay, attempt = 0.05, 0
         while True:
+            attempt += 1
             try:
                 await self._store.write(batch)
-                return
-            except Exception:
+                return True
+            except Exception as exc:
+                if is_permanent(exc) and attempt >= PERMANENT_ATTEMPTS:
+                    self.dropped_batches += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.critical("a batch of %d events could not be stored and was dropped: %s", len(batch.events), exc)
+                    return False
                 log.exception("commit of %d events failed; retrying in %.2f s", len(batch.events), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,6 +19,7 @@ from .registry import TaskRegistry
 from .workspace import PathOutsideWorkspace, Workspace
 
 log = logging.getLogger(__name__)
+CANCELLED_RUNS_KEPT = 10_000
 
 
 class Worker:
@@ -39,6 +40,8 @@ class Worker:
         self._running: dict[str, dict[str, asyncio.Task[Any]]] = defaultdict(dict)
         self._stopping = False
         self._sends: dict[str, asyncio.Task[None]] = {}
+        self._cancelled: OrderedDict[str, None] = OrderedDict()
+        """Recently cancelled runs, so their jobs still waiting in the queue are not started."""
         queue.on_cancel(self.cancel_run)
 
     async def start(self) -> None:
@@ -55,6 +58,9 @@ class Worker:
         self._slots = []
 
     def cancel_run(self, run_id: str) -> None:
+        self._cancelled[run_id] = None
+        while len(self._cancelled) > CANCELLED_RUNS_KEPT:
+            self._cancelled.popitem(last=False)
         for task in list(self._running.get(run_id, {}).values()):
             task.cancel()
 
@@ -68,6 +74,10 @@ class Worker:
 
     async def _handle(self, delivery: Delivery) -> None:
         job = delivery.job
+        if job.run_id in self._cancelled:
+            await self._queue.report(self._cancelled_result(job))
+            await self._queue.ack(delivery)
+            return
         execution = asyncio.current_task()
         assert execution is not None
         running = self._running[job.run_id]
@@ -79,7 +89,7 @@ class Worker:
                 raise
             # The engine cancelled this run: its state is the engine's to record.
             execution.uncancel()
-            result = JobResult(job.run_id, job.key, job.attempt, "error", error=_error("cancelled", "cancelled"), retryable=False)
+            result = self._cancelled_result(job)
         finally:
             running.pop(job.id, None)
             if not running:
@@ -121,6 +131,10 @@ class Worker:
             log.debug("step %s raised", job.id, exc_info=True)
             return self._failure(job, "task_error", f"{type(exc).__name__}: {exc}", True)
         return JobResult(job.run_id, job.key, job.attempt, "ok", output=output)
+
+    @classmethod
+    def _cancelled_result(cls, job: Job) -> JobResult:
+        return cls._failure(job, "cancelled", "the run was cancelled", False)
 
     @staticmethod
     def _failure(job: Job, code: str, message: str, retryable: bool, details: Any = None) -> JobResult:

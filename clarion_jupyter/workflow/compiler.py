@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema
 from pydantic import ValidationError
 
 from ..errors import Problem, ValidationFailed
 from ..task.base import Task
 from ..task.registry import TaskRegistry
-from .models import ParallelGroup, Step, Workflow
+from .models import ParallelGroup, Step, Workflow, matches_type
 from .templates import CONTEXT_NAMES, CompiledValue, TemplateError, compile_value
 
 
@@ -249,9 +248,7 @@ def resolve_inputs(workflow: Workflow, given: dict[str, Any] | None) -> dict[str
                 resolved[name] = spec.default
             continue
         value = given[name]
-        try:
-            jsonschema.validate(value, {"type": spec.type})
-        except jsonschema.ValidationError:
+        if not matches_type(value, spec.type):
             problems.add(None, f"inputs.{name}", f"expected {spec.type}, got {type(value).__name__} {value!r:.80}")
             continue
         resolved[name] = value

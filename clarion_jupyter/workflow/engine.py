@@ -319,7 +319,13 @@ class Engine:
 
     def health(self) -> dict[str, Any]:
         return {
-            "storage": {"kind": "duckdb", "path": str(Path(self.db_path)), "commits": self._writer.batches if self._writer else 0},
+            "storage": {
+                "kind": "duckdb",
+                "path": str(Path(self.db_path)),
+                "commits": self._writer.batches if self._writer else 0,
+                "dropped_batches": self._writer.dropped_batches if self._writer else 0,
+                "last_error": self._writer.last_error if self._writer else None,
+            },
             "queue": {"url": self.queue_url, "workers": self._workers, "busy": self._worker.busy if self._worker else 0},
             "active_runs": self.active_runs,
         }

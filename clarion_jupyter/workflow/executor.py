@@ -182,6 +182,11 @@ class RunExecutor:
 
     def _execution(self, node: Node, key: str, item_index: int | None, item: Any = None) -> _Execution:
         prior = self._prior.get(key)
+        if prior is not None and prior.status == StepStatus.running:
+            # Interrupted by a crash or a stop: this attempt ends here, the next one follows.
+            prior.status, prior.finished_at = StepStatus.failed, utcnow()
+            prior.error = _error("interrupted", "the engine stopped during this attempt")
+            self._writer.add_step(prior)
         execution = _Execution(node, key, item_index, item, next_attempt=prior.attempt + 1 if prior else 1)
         self._executions[key] = execution
         return execution
@@ -209,9 +214,10 @@ class RunExecutor:
         ready: list[str] = []
         for index, item in enumerate(items):
             key = f"{node.id}[{index}]"
-            execution = self._execution(node, key, index, item)
             prior = self._prior.get(key)
-            if prior is not None and prior.status in _DONE:
+            finished_before = prior is not None and prior.status in _DONE
+            execution = self._execution(node, key, index, item)
+            if finished_before:
                 state.remaining -= 1
                 state.results[index] = prior.output
                 state.failed |= prior.status == StepStatus.failed

@@ -12,7 +12,6 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
 
-import jsonschema
 import yaml
 from pydantic import (
     BaseModel,
@@ -29,6 +28,21 @@ from ..errors import Problem, ValidationFailed
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 InputType = Literal["string", "number", "integer", "boolean", "array", "object"]
+_PYTHON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "number": (int, float),
+    "integer": (int,),
+    "boolean": (bool,),
+    "array": (list,),
+    "object": (dict,),
+}
+
+
+def matches_type(value: Any, json_type: str) -> bool:
+    """Whether a JSON value has a JSON-schema type (booleans are not numbers, as in JSON)."""
+    if isinstance(value, bool) and json_type != "boolean":
+        return False
+    return isinstance(value, _PYTHON_TYPES[json_type])
 
 
 class _Strict(BaseModel):
@@ -48,7 +62,7 @@ class InputSpec(_Strict):
 
     @model_validator(mode="after")
     def _default_has_type(self) -> InputSpec:
-        if self.default is not None and not jsonschema.Draft202012Validator({"type": self.type}).is_valid(self.default):
+        if self.default is not None and not matches_type(self.default, self.type):
             raise ValueError(f"default {self.default!r:.60} is not of type {self.type}")
         return self
 

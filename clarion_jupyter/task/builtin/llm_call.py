@@ -15,19 +15,26 @@ import re
 import time
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from jinja2 import StrictUndefined, Template
 from jinja2.sandbox import SandboxedEnvironment
-from jsonschema import SchemaError, validators
-from jsonschema.exceptions import best_match
-from jsonschema.protocols import Validator
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ...agent.context import gather_context, render_context
 from ...agent.models import Agent
 from ...llm.provider import LiteLLMProvider, LLMProvider, LLMRequest, ProviderError
 from ..base import Task, TaskConfig, TaskContext, TaskFailed
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
 
 DEFAULT_PROVIDER: LLMProvider = LiteLLMProvider()
 
@@ -205,6 +212,11 @@ def _json_schema_format(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _schema_validator(schema: dict[str, Any]) -> Validator:
     """Checked before the call, so a broken schema costs no tokens."""
+    from jsonschema import (  # imported on use: it costs a second at start-up
+        SchemaError,
+        validators,
+    )
+
     cls = validators.validator_for(schema)
     try:
         cls.check_schema(schema)
@@ -215,6 +227,8 @@ def _schema_validator(schema: dict[str, Any]) -> Validator:
 
 def _parse_reply(text: str, validator: Validator) -> Any:
     """The reply as JSON (a ```json fence is tolerated), validated against the schema."""
+    from jsonschema.exceptions import best_match
+
     fenced = _JSON_FENCE.match(text)
     try:
         value = json.loads(fenced.group("body") if fenced else text)

@@ -13,6 +13,7 @@ import codecs
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -76,6 +77,22 @@ def _signal_group(pgid: int, signum: int) -> bool:
     return True
 
 
+def _group_running(pgid: int) -> bool:
+    """Whether a process of the group is still running. Zombies do not count: an exited
+    orphan stays a zombie until PID 1 reaps it, which some container inits do late."""
+    proc_root = Path("/proc")
+    if not proc_root.is_dir():
+        return _signal_group(pgid, 0)
+    for stat in proc_root.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
 async def _stop_process_group(proc: asyncio.subprocess.Process) -> None:
     """SIGTERM the command's process group, SIGKILL what is left after the grace period, reap the shell.
 
@@ -87,7 +104,7 @@ async def _stop_process_group(proc: asyncio.subprocess.Process) -> None:
     if _signal_group(pgid, signal.SIGTERM):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + KILL_GRACE_S
-        while loop.time() < deadline and _signal_group(pgid, 0):
+        while loop.time() < deadline and _group_running(pgid):
             await asyncio.sleep(0.05)
         _signal_group(pgid, signal.SIGKILL)
     await proc.wait()
@@ -131,7 +148,14 @@ class ShellTask(Task):
         cwd = await asyncio.to_thread(_resolve_cwd, ctx.workspace, config.cwd)
         stdout, stderr = _Capture(ctx.settings.max_output_bytes), _Capture(ctx.settings.max_output_bytes)
         started = time.monotonic()
-        proc = await self._spawn(config, cwd)
+        spawning = asyncio.ensure_future(self._spawn(config, cwd))
+        try:
+            proc = await asyncio.shield(spawning)
+        except asyncio.CancelledError:
+            # Cancelled while the process was starting: let it finish starting, then stop
+            # its whole group, or the command's children would outlive the step.
+            await _stop_despite_cancellation(await spawning)
+            raise
         timed_out = False
         try:
             async with asyncio.timeout(config.timeout_s):
