@@ -12,6 +12,13 @@ from ..workflow.models import SLUG_PATTERN, slugify
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
+def refuse_api_key(parameters: dict[str, Any], hint: str) -> dict[str, Any]:
+    """Model parameters pass straight to litellm, so an ``api_key`` there would be stored and sent."""
+    if "api_key" in parameters:
+        raise ValueError(hint)
+    return parameters
+
+
 class CodebaseContext(BaseModel):
     """Which workspace files go with the prompt, as a "Codebase Context" section."""
 
@@ -73,6 +80,4 @@ class Agent(BaseModel):
     @field_validator("parameters")
     @classmethod
     def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if "api_key" in value:
-            raise ValueError("API keys are never stored: set api_key_env to the name of an environment variable")
-        return value
+        return refuse_api_key(value, "API keys are never stored: set api_key_env to the name of an environment variable")

@@ -100,6 +100,22 @@ class StepRecord:
     stored: bool = False
 
 
+def latest_attempts(records: list[StepRecord]) -> dict[str, StepRecord]:
+    """The newest attempt of each step execution, by key, in first-seen order."""
+    latest: dict[str, StepRecord] = {}
+    for record in records:
+        current = latest.get(record.key)
+        if current is None or record.attempt >= current.attempt:
+            latest[record.key] = record
+    return latest
+
+
+def duration_ms(started: datetime | None, finished: datetime | None) -> float | None:
+    if started is None or finished is None:
+        return None
+    return round((finished - started).total_seconds() * 1000, 3)
+
+
 @dataclass(slots=True)
 class StoredDocument:
     """An agent or workflow as stored: the validated document plus bookkeeping."""

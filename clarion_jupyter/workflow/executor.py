@@ -15,7 +15,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..storage.records import Event, RunRecord, StepRecord, utcnow
+from ..storage.records import (
+    Event,
+    RunRecord,
+    StepRecord,
+    duration_ms,
+    latest_attempts,
+    utcnow,
+)
 from ..storage.writer import GroupCommitWriter
 from ..task.queue import Job, JobResult, Queue
 from .compiler import Node, Plan
@@ -86,7 +93,7 @@ class RunExecutor:
         self._running: set[str] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._unfinished = len(plan.nodes)
-        self._prior = _latest_attempts(prior or [])
+        self._prior = latest_attempts(prior or [])
         self._context = {
             "inputs": run.inputs,
             "steps": self._steps_ctx,
@@ -477,15 +484,6 @@ class RunExecutor:
             self._usage["cost_usd"] = (self._usage["cost_usd"] or 0.0) + usage["cost_usd"]
 
 
-def _latest_attempts(records: list[StepRecord]) -> dict[str, StepRecord]:
-    latest: dict[str, StepRecord] = {}
-    for record in records:
-        current = latest.get(record.key)
-        if current is None or record.attempt >= current.attempt:
-            latest[record.key] = record
-    return latest
-
-
 def _usage_of(output: Any) -> dict[str, Any] | None:
     """Tasks report tokens as ``output.usage`` and cost as ``output.cost_usd``."""
     if not isinstance(output, dict) or not isinstance(output.get("usage"), dict):
@@ -503,6 +501,4 @@ def _error(code: str, message: str) -> dict[str, Any]:
 
 
 def _ms(record: StepRecord) -> float | None:
-    if record.started_at is None or record.finished_at is None:
-        return None
-    return round((record.finished_at - record.started_at).total_seconds() * 1000, 3)
+    return duration_ms(record.started_at, record.finished_at)

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from ..storage.records import RunRecord, StepRecord
+from ..storage.records import RunRecord, StepRecord, duration_ms, latest_attempts
 from .models import StepRun, Usage, WorkflowRun
 
 
 def run_document(run: RunRecord, steps: list[StepRecord]) -> WorkflowRun:
     """One entry per step execution (its latest attempt), in the order they started."""
-    latest: dict[str, StepRecord] = {}
-    for record in steps:
-        current = latest.get(record.key)
-        if current is None or record.attempt >= current.attempt:
-            latest[record.key] = record
     return WorkflowRun(
         run_id=run.run_id,
         workflow_id=run.workflow_id,
@@ -26,14 +21,11 @@ def run_document(run: RunRecord, steps: list[StepRecord]) -> WorkflowRun:
         started_at=run.started_at,
         finished_at=run.finished_at,
         usage=Usage(**(run.usage or {})),
-        steps=[_step(r) for r in latest.values()],
+        steps=[_step(r) for r in latest_attempts(steps).values()],
     )
 
 
 def _step(record: StepRecord) -> StepRun:
-    duration = None
-    if record.started_at and record.finished_at:
-        duration = round((record.finished_at - record.started_at).total_seconds() * 1000, 3)
     return StepRun(
         key=record.key,
         step_id=record.step_id,
@@ -42,7 +34,7 @@ def _step(record: StepRecord) -> StepRun:
         status=record.status,
         started_at=record.started_at,
         finished_at=record.finished_at,
-        duration_ms=duration,
+        duration_ms=duration_ms(record.started_at, record.finished_at),
         output=record.output,
         error=record.error,
         usage=Usage(**record.usage) if record.usage else None,

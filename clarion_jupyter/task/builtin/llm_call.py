@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from ...agent.context import gather_context, render_context
-from ...agent.models import Agent
+from ...agent.models import Agent, refuse_api_key
 from ...llm.provider import LiteLLMProvider, LLMProvider, LLMRequest, ProviderError
 from ..base import Task, TaskConfig, TaskContext, TaskFailed
 
@@ -70,9 +70,7 @@ class LLMCallConfig(TaskConfig):
     @field_validator("parameters")
     @classmethod
     def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if "api_key" in value:
-            raise ValueError("API keys are never passed in steps: set the agent's api_key_env instead")
-        return value
+        return refuse_api_key(value, "API keys are never passed in steps: set the agent's api_key_env instead")
 
 
 class LLMCallTask(Task):
