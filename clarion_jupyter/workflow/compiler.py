@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import Problem, ValidationFailed
+from ..storage.records import digest
 from ..task.base import Task
 from ..task.registry import TaskRegistry
 from .models import ParallelGroup, Step, Workflow, matches_type
@@ -43,6 +44,9 @@ class Plan:
     nodes: dict[str, Node]
     outputs: CompiledValue
     agent_ids: frozenset[str]
+    document: dict[str, Any] = field(default_factory=dict)
+    """The normalised document, stored once per distinct ``digest`` as each run's snapshot."""
+    digest: str = ""
 
     def resolve_inputs(self, given: dict[str, Any] | None) -> dict[str, Any]:
         return resolve_inputs(self.workflow, given)
@@ -81,7 +85,15 @@ def compile_workflow(workflow: Workflow, registry: TaskRegistry, max_steps: int 
     for node in nodes.values():
         for dep in node.waits_for:
             nodes[dep].dependants.append(node.id)
-    return Plan(workflow=workflow, nodes=nodes, outputs=outputs or compile_value({}), agent_ids=frozenset(agent_ids))
+    document = workflow.to_document()
+    return Plan(
+        workflow=workflow,
+        nodes=nodes,
+        outputs=outputs or compile_value({}),
+        agent_ids=frozenset(agent_ids),
+        document=document,
+        digest=digest(document),
+    )
 
 
 def _check_ids(steps: list[Step], problems: _Problems) -> set[str]:

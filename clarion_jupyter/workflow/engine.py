@@ -13,6 +13,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from ..errors import Conflict, NotFound, Problem, ValidationFailed
 from ..storage.database import Database, default_db_path
 from ..storage.duckdb_store import DuckDBDocumentStore, DuckDBRunStore
 from ..storage.protocols import ActiveRun
-from ..storage.records import Event, RunRecord, digest, utcnow
+from ..storage.records import Event, RunRecord, utcnow
 from ..storage.writer import GroupCommitWriter
 from ..task.base import TaskSettings
 from ..task.queue import Queue
@@ -83,6 +84,8 @@ class Engine:
         self._active: dict[str, RunExecutor] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
+        self._saved_plans: dict[str, tuple[datetime, Plan]] = {}
+        """Compiled saved workflows by id, with the version (updated_at) they were compiled from."""
         self.started = False
         self.resumed: list[str] = []
 
@@ -162,7 +165,10 @@ class Engine:
         self, workflow_id: str, inputs: dict[str, Any] | None = None, *, idempotency_key: str | None = None
     ) -> str:
         stored = await self.workflows.get(workflow_id)
-        return await self.submit(stored.doc, inputs, idempotency_key=idempotency_key)
+        cached = self._saved_plans.get(workflow_id)
+        if cached is None or cached[0] != stored.updated_at:
+            cached = self._saved_plans[workflow_id] = (stored.updated_at, self.compile(stored.doc))
+        return await self._start(cached[1], inputs, idempotency_key)
 
     async def _start(self, plan: Plan, inputs: dict[str, Any] | None, key: str | None) -> str:
         self._require_started()
@@ -178,10 +184,9 @@ class Engine:
             # A concurrent submit with the same key claimed it while we awaited the agent check.
             await self._writer.flush()
             return claimed
-        document = workflow.to_document()
         run = RunRecord(
-            run_id=new_run_id(), workflow_id=workflow.id, workflow_name=workflow.name, workflow=document,
-            workflow_digest=digest(document), inputs=resolved, status=RunStatus.queued.value,
+            run_id=new_run_id(), workflow_id=workflow.id, workflow_name=workflow.name, workflow=plan.document,
+            workflow_digest=plan.digest, inputs=resolved, status=RunStatus.queued.value,
             created_at=utcnow(), idempotency_key=key,
         )  # fmt: skip
         if key is not None:

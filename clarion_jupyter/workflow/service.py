@@ -18,6 +18,8 @@ class WorkflowService:
         self._runs = runs
         self._registry = registry
         self._max_steps = max_steps
+        self._cache: dict[str, StoredDocument] = {}
+        """Saved workflows by id. The engine is the store's only writer, so this stays true."""
 
     def validate(self, source: str | bytes | dict[str, Any] | Workflow) -> Workflow:
         workflow = parse_workflow(source)
@@ -28,21 +30,26 @@ class WorkflowService:
         return await self._store.list()
 
     async def get(self, workflow_id: str) -> StoredDocument:
-        stored = await self._store.get(workflow_id)
+        stored = self._cache.get(workflow_id) or await self._store.get(workflow_id)
         if stored is None:
             raise NotFound(f"workflow '{workflow_id}' not found", details={"id": workflow_id})
+        self._cache[workflow_id] = stored
         return stored
 
     async def create(self, source: str | bytes | dict[str, Any]) -> StoredDocument:
         workflow = self.validate(source)
-        return await self._store.create(workflow.id, workflow.to_document(), _source_text(source))
+        stored = self._cache[workflow.id] = await self._store.create(workflow.id, workflow.to_document(), _source_text(source))
+        return stored
 
     async def replace(self, workflow_id: str, source: str | bytes | dict[str, Any]) -> StoredDocument:
         data = load_document(source)
         data = {**data, "id": workflow_id}
         workflow = self.validate(data)
         await self.get(workflow_id)
-        return await self._store.replace(workflow_id, workflow.to_document(), _source_text(source))
+        stored = self._cache[workflow_id] = await self._store.replace(
+            workflow_id, workflow.to_document(), _source_text(source)
+        )
+        return stored
 
     async def delete(self, workflow_id: str) -> None:
         active = await self._runs.count_active(workflow_id)
@@ -51,6 +58,7 @@ class WorkflowService:
                 f"workflow '{workflow_id}' has {active} active run(s); cancel them or wait before deleting",
                 details={"id": workflow_id, "active_runs": active},
             )
+        self._cache.pop(workflow_id, None)
         if not await self._store.delete(workflow_id):
             raise NotFound(f"workflow '{workflow_id}' not found", details={"id": workflow_id})
 
