@@ -25,7 +25,7 @@ async def test_notebook_runs_cleanly_against_the_server(path: Path, tmp_path: Pa
     for folder in ("notebooks", "examples"):
         shutil.copytree(REPO / folder, server.root / folder)
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
-    with server.start():
+    with server:
         await server.wait_ready()
         notebook = nbformat.read(path, as_version=4)
         client = NotebookClient(

@@ -142,10 +142,10 @@ class Database:
     def _transaction(self, fn: Callable[..., T], args: tuple[Any, ...], attempts: int) -> T:
         cursor = self._cursor()
         for attempt in range(1, attempts + 1):
-            cursor.execute("BEGIN")
+            cursor.begin()
             try:
                 result = fn(cursor, *args)
-                cursor.execute("COMMIT")
+                cursor.commit()
                 return result
             except duckdb.TransactionException as exc:
                 _rollback(cursor)
@@ -162,6 +162,6 @@ class Database:
 def _rollback(cursor: duckdb.DuckDBPyConnection) -> None:
     """Roll back if a transaction is still open (a failed COMMIT has already ended it)."""
     try:
-        cursor.execute("ROLLBACK")
+        cursor.rollback()
     except duckdb.Error:
         pass

@@ -54,6 +54,8 @@ class JupyterServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> JupyterServerProcess:
+        if self.process is not None and self.process.poll() is None:
+            return self
         config_dir = self.workdir / "config"
         for folder in (config_dir, self.root, self.workdir / "runtime"):
             folder.mkdir(parents=True, exist_ok=True)
