@@ -73,7 +73,7 @@ class ClarionExtension(ExtensionApp):
         config=True
     )
     ws_buffer = Integer(
-        1000,
+        10_000,
         min=1,
         help="Events buffered per WebSocket client; a client that falls further behind is closed "
         "with code 4008 and reconnects with `since`, so a slow client never slows the engine.",

@@ -90,10 +90,17 @@ class EventSocket(ClarionHandlerMixin, WebSocketMixin, WebSocketHandler, Jupyter
         raise NotImplementedError
 
     async def _forward(self, events: AsyncIterator[Event]) -> None:
+        flushed: asyncio.Future[None] | None = None
         try:
             async for event in events:
-                await self.write_message(event.to_json())
+                # Wait for the socket only while it is behind: a fast client gets a burst of
+                # events without a loop turn per message, a slow one still pushes back.
+                if flushed is not None and not flushed.done():
+                    await flushed
+                flushed = self.write_message(event.to_json())
                 self.position = event.seq
+            if flushed is not None:
+                await flushed
         except SubscriptionOverflow:
             self.close(CLOSE_OVERFLOW, self.overflow_reason())
         except NotFound:

@@ -7,6 +7,7 @@ them at the edge.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class Event:
     step_id: str | None
     ts: datetime
     data: dict[str, Any] = field(default_factory=dict)
+    _json: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def terminal(self) -> bool:
@@ -58,7 +60,10 @@ class Event:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.as_dict(), separators=(",", ":"), default=str)
+        """Encoded once, however many sockets send it (events are not changed once made)."""
+        if self._json is None:
+            self._json = json.dumps(self.as_dict(), separators=(",", ":"), default=str)
+        return self._json
 
 
 @dataclass(slots=True)
@@ -136,6 +141,10 @@ class Batch:
     events: list[Event] = field(default_factory=list)
     prepared: Any = None
     """The store's rows for this batch, built once so that a retried commit writes the same."""
+
+    def snapshot(self) -> tuple[list[RunRecord], list[StepRecord]]:
+        """Copies of the records as this batch writes them (the engine goes on changing its own)."""
+        return [copy.copy(r) for r in self.runs.values()], [copy.copy(s) for s in self.steps.values()]
 
     def __bool__(self) -> bool:
         return bool(self.runs or self.steps or self.events)

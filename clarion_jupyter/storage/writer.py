@@ -38,9 +38,17 @@ def is_permanent(exc: BaseException) -> bool:
 
 
 class GroupCommitWriter:
-    def __init__(self, store: RunStore, on_committed: Callable[[list[Event]], None]) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        on_committed: Callable[[list[Event]], None],
+        on_stored: Callable[[list[RunRecord], list[StepRecord]], None] | None = None,
+    ) -> None:
+        """``on_stored`` gets copies of the records each commit made durable, before the
+        batch's events are announced (so a reader of that state never runs behind them)."""
         self._store = store
         self._on_committed = on_committed
+        self._on_stored = on_stored
         self._pending = Batch()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -97,8 +105,11 @@ class GroupCommitWriter:
                 continue
             batch, self._pending = self._pending, Batch()
             target = self._added
+            snapshot = batch.snapshot() if self._on_stored is not None else None
             if await self._commit(batch):
                 self.batches += 1
+                if snapshot is not None:
+                    self._on_stored(*snapshot)
                 self._on_committed(batch.events)
             self._committed = target
             self._release(target)

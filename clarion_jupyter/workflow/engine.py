@@ -36,6 +36,7 @@ from .executor import RunExecutor
 from .models import RunStatus, Workflow, WorkflowRun, parse_workflow
 from .runs import run_document
 from .service import WorkflowService
+from .views import RunViews
 
 log = logging.getLogger(__name__)
 WorkflowSource = Workflow | dict[str, Any] | str | bytes
@@ -77,6 +78,7 @@ class Engine:
             DuckDBDocumentStore(self._db, "workflows", with_source=True), self.runs, self.registry, max_steps
         )
         self.bus = EventBus()
+        self._views = RunViews()
         self._writer: GroupCommitWriter | None = None
         self._queue: Queue | None = None
         self._worker: Worker | None = None
@@ -104,7 +106,7 @@ class Engine:
         except BaseException:
             await self._db.close()  # release the threads; the file was never opened
             raise
-        self._writer = GroupCommitWriter(self.runs, self.bus.publish)
+        self._writer = GroupCommitWriter(self.runs, self.bus.publish, self._views.stored)
         self._writer.start()
         self._queue = make_queue(self.queue_url, maxsize=max(64, self._workers * 16))
         await self._queue.start()
@@ -255,6 +257,7 @@ class Engine:
             self._writer.add_run(run)
             self._writer.add_event(Event(active.last_seq + 1, "workflow_failed", run.run_id, None, utcnow(), {"error": run.error}))
             return None
+        self._views.seed(run, active.steps)
         return RunExecutor(plan, run, self._writer, self._queue, self.agents.resolve, last_seq=active.last_seq, prior=active.steps)
 
     async def cancel(self, run_id: str) -> None:
@@ -267,6 +270,9 @@ class Engine:
         raise Conflict(f"run '{run_id}' already {run.status.value}", details={"run_id": run_id, "status": run.status.value})
 
     async def get_run(self, run_id: str) -> WorkflowRun:
+        view = self._views.document(run_id)
+        if view is not None:
+            return view
         found = await self.runs.get_run(run_id)
         if found is None:
             raise NotFound(f"run '{run_id}' not found", details={"run_id": run_id})
