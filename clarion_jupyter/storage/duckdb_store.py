@@ -56,7 +56,7 @@ _RUN_UPDATE = (
     "UPDATE runs SET status = u.status, started_at = u.started_at, finished_at = u.finished_at,"
     " outputs = u.outputs, error = u.error, usage = u.usage FROM (SELECT unnest($1) AS run_id,"
     " unnest($2)::VARCHAR AS status, unnest($3)::TIMESTAMP AS started_at, unnest($4)::TIMESTAMP AS finished_at,"
-    " unnest($5)::JSON AS outputs, unnest($6)::JSON AS error, unnest($7)::JSON AS usage) AS u"
+    " unnest($5)::VARCHAR AS outputs, unnest($6)::VARCHAR AS error, unnest($7)::VARCHAR AS usage) AS u"
     " WHERE runs.run_id = u.run_id"
 )
 _STEP_COLUMNS = "run_id, key, step_id, item_index, attempt, status, started_at, finished_at, output, error, usage"
@@ -65,8 +65,8 @@ _STEP_UPDATE = (
     "UPDATE step_runs SET status = u.status, started_at = u.started_at, finished_at = u.finished_at,"
     " output = u.output, error = u.error, usage = u.usage FROM (SELECT unnest($1) AS run_id, unnest($2) AS key,"
     " unnest($3)::INTEGER AS attempt, unnest($4)::VARCHAR AS status, unnest($5)::TIMESTAMP AS started_at,"
-    " unnest($6)::TIMESTAMP AS finished_at, unnest($7)::JSON AS output, unnest($8)::JSON AS error,"
-    " unnest($9)::JSON AS usage) AS u"
+    " unnest($6)::TIMESTAMP AS finished_at, unnest($7)::VARCHAR AS output, unnest($8)::VARCHAR AS error,"
+    " unnest($9)::VARCHAR AS usage) AS u"
     " WHERE step_runs.run_id = u.run_id AND step_runs.key = u.key AND step_runs.attempt = u.attempt"
 )
 _SNAPSHOT_INSERT = "INSERT INTO workflow_snapshots SELECT unnest($1), unnest($2) ON CONFLICT DO NOTHING"

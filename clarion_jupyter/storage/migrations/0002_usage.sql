@@ -1,3 +1,3 @@
 -- Token usage and cost per attempt and per run, so history can be aggregated by model and day.
-ALTER TABLE runs ADD COLUMN usage JSON;
-ALTER TABLE step_runs ADD COLUMN usage JSON;
+ALTER TABLE runs ADD COLUMN usage VARCHAR;
+ALTER TABLE step_runs ADD COLUMN usage VARCHAR;
