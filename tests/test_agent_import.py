@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from clarion_jupyter.agent.importer import import_agents, import_text, litellm_model, parse_agent_documents
+from clarion_jupyter.agent.importer import (
+    import_agents,
+    import_text,
+    litellm_model,
+    parse_agent_documents,
+)
 from clarion_jupyter.agent.models import Agent
 from clarion_jupyter.errors import ValidationFailed
 

@@ -262,8 +262,6 @@ def test_show_of_an_unknown_run_exits_nonzero_with_a_clear_message(tmp_path: Pat
 
 
 async def test_agents_import_reports_a_bad_file_and_imports_the_rest(tmp_path: Path) -> None:
-    if not AGENT_FIXTURES.is_dir():
-        pytest.skip("no agent fixtures")
     folder = tmp_path / "agents"
     shutil.copytree(AGENT_FIXTURES, folder)
     result = clarion(tmp_path, "agents", "import", str(folder))

@@ -13,7 +13,11 @@ from pydantic import ValidationError
 
 from clarion_jupyter.agent.models import Agent, CodebaseContext, UserVariable
 from clarion_jupyter.task.base import TaskContext, TaskFailed
-from clarion_jupyter.task.builtin.llm_call import DEFAULT_PROVIDER, LLMCallConfig, LLMCallTask
+from clarion_jupyter.task.builtin.llm_call import (
+    DEFAULT_PROVIDER,
+    LLMCallConfig,
+    LLMCallTask,
+)
 from clarion_jupyter.task.workspace import Workspace
 from clarion_jupyter.testing import OpenAIStubServer
 

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from conftest_server import ECHO_WORKFLOW, SLEEP_30_WORKFLOW, create_workflow, start_run, wait_event, wait_run
+from conftest_server import (
+    ECHO_WORKFLOW,
+    SLEEP_30_WORKFLOW,
+    create_workflow,
+    start_run,
+    wait_event,
+    wait_run,
+)
 
 
 def assert_error(reply, status: int, code: str) -> dict:

@@ -6,7 +6,14 @@ import asyncio
 import json
 
 import pytest
-from conftest_server import ECHO_WORKFLOW, SLEEPY_WORKFLOW, create_workflow, read_until_closed, start_run, wait_run
+from conftest_server import (
+    ECHO_WORKFLOW,
+    SLEEPY_WORKFLOW,
+    create_workflow,
+    read_until_closed,
+    start_run,
+    wait_run,
+)
 from tornado.httpclient import HTTPClientError
 
 BURST_WORKFLOW = {

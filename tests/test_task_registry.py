@@ -3,7 +3,6 @@ entry points; a task is a class with a name, a TaskConfig `Config` and `run`."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import textwrap
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from clarion_jupyter.task.base import Task, TaskConfig, TaskContext
 from clarion_jupyter.task.builtin.echo import EchoTask
 from clarion_jupyter.task.builtin.files import FileReadTask, FileWriteTask
+from clarion_jupyter.task.builtin.llm_call import LLMCallTask
 from clarion_jupyter.task.builtin.shell import ShellTask
 from clarion_jupyter.task.registry import ENTRY_POINT_GROUP, TaskRegistry
 from clarion_jupyter.workflow.compiler import compile_workflow
@@ -24,11 +24,8 @@ BUILTINS: dict[str, type[Task]] = {
     "file_read": FileReadTask,
     "file_write": FileWriteTask,
     "shell": ShellTask,
+    "llm_call": LLMCallTask,
 }
-if importlib.util.find_spec("clarion_jupyter.task.builtin.llm_call") is not None:
-    from clarion_jupyter.task.builtin.llm_call import LLMCallTask
-
-    BUILTINS["llm_call"] = LLMCallTask
 
 
 class GreetConfig(TaskConfig):
@@ -55,8 +52,6 @@ def test_entry_points_load_the_builtin_tasks() -> None:
 
 
 def test_llm_call_is_registered_and_needs_an_agent() -> None:
-    if "llm_call" not in BUILTINS:
-        pytest.skip("llm_call is not written yet")
     task = TaskRegistry.from_entry_points().get("llm_call")
     assert task is not None and task.needs_agent
     assert "agent" in task.Config.model_fields and "prompt" in task.Config.model_fields

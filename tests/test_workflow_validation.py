@@ -13,7 +13,13 @@ import yaml
 from clarion_jupyter.errors import Problem, ValidationFailed
 from clarion_jupyter.task.registry import TaskRegistry
 from clarion_jupyter.workflow.compiler import Plan, compile_workflow, resolve_inputs
-from clarion_jupyter.workflow.models import ParallelGroup, Step, Workflow, load_document, parse_workflow
+from clarion_jupyter.workflow.models import (
+    ParallelGroup,
+    Step,
+    Workflow,
+    load_document,
+    parse_workflow,
+)
 
 REGISTRY = TaskRegistry.from_entry_points()
 
