@@ -4,7 +4,8 @@ A  POST /api/v3/workflows/{id}/run and GET /api/v3/runs/{id} latency (p50/p99) u
    --clients concurrent clients for --seconds, back to back (closed loop)
 A-paced  the same with each client at --client-rate pairs per second (open loop)
 B  WebSocket delivery latency (event `ts` -> received by the client, p50/p99) while
-   --ws-runs runs execute, followed by --ws-sockets clients on /ws/runs
+   --ws-runs runs execute, started over --ws-spread-s seconds, followed by --ws-sockets
+   clients on /ws/runs; B-burst starts them all at once
 C  p99 latency of Jupyter's own GET /api/status while the engine runs --steps-per-s echo
    steps per second (chain workflows submitted at a steady rate), for --seconds
 
@@ -131,10 +132,13 @@ async def bench_requests(client: Client, seconds: float, clients: int, rate: flo
             "target_post_run_p99_ms": TARGETS_MS["post_run_p99"], "target_get_run_p99_ms": TARGETS_MS["get_run_p99"]}  # fmt: skip
 
 
-async def bench_websocket(server: JupyterServerProcess, client: Client, runs: int, sockets: int) -> dict[str, Any]:
-    """``sockets`` clients follow every run on /ws/runs while ``runs`` runs start together;
-    each event's latency is from its ``ts`` (when the engine made it) to its arrival, so it
-    includes the group commit that must make it durable before it is sent."""
+async def bench_websocket(
+    server: JupyterServerProcess, client: Client, runs: int, sockets: int, spread_s: float
+) -> dict[str, Any]:
+    """``sockets`` clients follow every run on /ws/runs while ``runs`` runs start, spread
+    evenly over ``spread_s`` seconds (0: all at once, a burst that measures the backlog more
+    than delivery). Each event's latency is from its ``ts`` (when the engine made it) to its
+    arrival, so it includes the group commit that must make it durable before it is sent."""
     latencies: list[float] = []
     request = HTTPRequest(server.url.replace("http", "ws", 1) + "ws/runs", headers=server.headers)
     connections = [await websocket_connect(request) for _ in range(sockets)]
@@ -149,7 +153,11 @@ async def bench_websocket(server: JupyterServerProcess, client: Client, runs: in
 
     listeners = [asyncio.ensure_future(listen(c)) for c in connections]
     try:
-        run_ids = await asyncio.gather(*(client.run(WS_CHAIN["id"]) for _ in range(runs)))
+        async def start(index: int) -> str:
+            await asyncio.sleep(spread_s * index / runs)
+            return await client.run(WS_CHAIN["id"])
+
+        run_ids = await asyncio.gather(*(start(i) for i in range(runs)))
         await asyncio.wait_for(asyncio.gather(*listeners), 120)
     finally:
         for connection in connections:
@@ -157,7 +165,8 @@ async def bench_websocket(server: JupyterServerProcess, client: Client, runs: in
     failed = [r for r in run_ids if (await client.get_run(r))["status"] != "succeeded"]
     if failed:
         raise RuntimeError(f"{len(failed)} runs did not succeed, e.g. {failed[0]}")
-    return {"runs": runs, "steps_per_run": len(WS_CHAIN["steps"]), "sockets": sockets, "events_measured": len(latencies),
+    return {"runs": runs, "started_over_s": spread_s, "steps_per_run": len(WS_CHAIN["steps"]), "sockets": sockets,
+            "events_measured": len(latencies),
             "ws_delivery": percentiles(latencies), "target_ws_delivery_p99_ms": TARGETS_MS["ws_delivery_p99"]}  # fmt: skip
 
 
@@ -215,7 +224,8 @@ async def main(args: argparse.Namespace) -> None:
                 await client.create_workflow(workflow)
             await measured(server, "A", bench_requests(client, args.seconds, args.clients, None))
             await measured(server, "A-paced", bench_requests(client, args.seconds, args.clients, args.client_rate))
-            await measured(server, "B", bench_websocket(server, client, args.ws_runs, args.ws_sockets))
+            await measured(server, "B", bench_websocket(server, client, args.ws_runs, args.ws_sockets, args.ws_spread_s))
+            await measured(server, "B-burst", bench_websocket(server, client, args.ws_runs, args.ws_sockets, 0.0))
             await measured(server, "C", bench_status_under_load(server, client, args.seconds, args.steps_per_s))
 
 
@@ -225,6 +235,7 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients in workload A")
     parser.add_argument("--client-rate", type=float, default=2.0, help="run+read pairs per second per client in A-paced")
     parser.add_argument("--ws-runs", type=int, default=200, help="runs started together in workload B")
-    parser.add_argument("--ws-sockets", type=int, default=10, help="clients following /ws/runs in workload B")
+    parser.add_argument("--ws-sockets", type=int, default=1, help="clients following /ws/runs in workload B")
+    parser.add_argument("--ws-spread-s", type=float, default=4.0, help="seconds over which B starts its runs")
     parser.add_argument("--steps-per-s", type=int, default=1000, help="engine load during workload C")
     asyncio.run(main(parser.parse_args()))

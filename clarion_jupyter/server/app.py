@@ -9,6 +9,7 @@ while the rest of Jupyter keeps working.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -139,6 +140,9 @@ class ClarionExtension(ExtensionApp):
             log.exception("the Clarion engine failed to start")
             self._fail(f"the Clarion engine failed to start: {exc}")
         else:
+            # What exists now (modules, the server, the engine) lives as long as the process:
+            # keep it out of the collector's full passes, which otherwise pause the loop.
+            gc.freeze()
             log.info("Clarion engine started on %s", self.engine.db_path)
 
     def _fail(self, message: str, details: Any = None, code: str = "unavailable") -> None:
