@@ -7,12 +7,14 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
+from .backends import Backend, open_backend
 from .errors import ClarionError, ValidationFailed
 from .storage.records import Event
 from .task.registry import TaskRegistry
@@ -121,23 +123,31 @@ async def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+@asynccontextmanager
+async def _backend(args: argparse.Namespace) -> AsyncIterator[Backend]:
+    backend = await open_backend(_engine(args))
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
 async def cmd_run(args: argparse.Namespace) -> int:
     workflow = parse_workflow(Path(args.file).read_text())
     inputs = parse_inputs(args.input, workflow)
-    async with _engine(args) as engine:
-        run_id = await engine.submit(workflow, inputs)
+    async with _backend(args) as backend:
+        run_id = await backend.submit(workflow, inputs)
         progress = None if args.json else Progress(sys.stdout)
         if progress:
             print(f"run {run_id}: {workflow.name}", flush=True)
         try:
-            async for event in engine.subscribe(run_id):
+            async for event in backend.subscribe(run_id):
                 if progress:
                     progress.event(event)
         except asyncio.CancelledError:
-            await engine.cancel(run_id)
-            await engine.wait(run_id)
+            await backend.cancel(run_id)
             raise
-        run = await engine.get_run(run_id)
+        run = await backend.get_run(run_id)
     if progress:
         progress.summary(run)
     else:
@@ -146,8 +156,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def cmd_runs(args: argparse.Namespace) -> int:
-    async with _engine(args) as engine:
-        runs, cursor = await engine.list_runs(workflow_id=args.workflow, status=args.status, limit=args.limit)
+    async with _backend(args) as backend:
+        runs, cursor = await backend.list_runs(args.workflow, args.status, args.limit)
     if args.json:
         dump_json({"runs": [r.model_dump(mode="json") for r in runs], "next_cursor": cursor})
         return 0
@@ -162,9 +172,9 @@ async def cmd_runs(args: argparse.Namespace) -> int:
 
 
 async def cmd_show(args: argparse.Namespace) -> int:
-    async with _engine(args) as engine:
-        run = await engine.get_run(args.run_id)
-        events = [] if args.json else await engine.events(args.run_id)
+    async with _backend(args) as backend:
+        run = await backend.get_run(args.run_id)
+        events = [] if args.json else await backend.events(args.run_id)
     if args.json:
         dump_json(run.model_dump(mode="json"))
         return 0

@@ -1,0 +1,136 @@
+"""Where the CLI's commands run: the embedded engine, or the Jupyter server that holds the file.
+
+DuckDB lets one process open the database, and while JupyterLab runs that process is its
+server. Rather than stopping at the lock, the CLI then finds the server whose extension
+serves that very file and goes through its API, so `clarion run` works (and shows up in
+the sidebar) whether or not JupyterLab is open.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import DatabaseLocked
+from .notebook.client import ClarionAPIError, Client
+from .storage.records import Event
+from .workflow.engine import Engine
+from .workflow.models import Workflow, WorkflowRun
+
+
+class Backend(Protocol):
+    async def submit(self, workflow: Workflow, inputs: dict[str, Any]) -> str: ...
+    def subscribe(self, run_id: str) -> AsyncIterator[Event]: ...
+    async def get_run(self, run_id: str) -> WorkflowRun: ...
+    async def cancel(self, run_id: str) -> None: ...
+    async def list_runs(
+        self, workflow_id: str | None, status: str | None, limit: int
+    ) -> tuple[list[WorkflowRun], str | None]: ...
+    async def events(self, run_id: str) -> list[Event]: ...
+    async def close(self) -> None: ...
+
+
+class EmbeddedBackend:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def submit(self, workflow: Workflow, inputs: dict[str, Any]) -> str:
+        return await self.engine.submit(workflow, inputs)
+
+    def subscribe(self, run_id: str) -> AsyncIterator[Event]:
+        return self.engine.subscribe(run_id)
+
+    async def get_run(self, run_id: str) -> WorkflowRun:
+        return await self.engine.get_run(run_id)
+
+    async def cancel(self, run_id: str) -> None:
+        await self.engine.cancel(run_id)
+        await self.engine.wait(run_id)
+
+    async def list_runs(self, workflow_id: str | None, status: str | None, limit: int) -> tuple[list[WorkflowRun], str | None]:
+        return await self.engine.list_runs(workflow_id=workflow_id, status=status, limit=limit)
+
+    async def events(self, run_id: str) -> list[Event]:
+        return await self.engine.events(run_id)
+
+    async def close(self) -> None:
+        await self.engine.stop()
+
+
+class ServerBackend:
+    """The same operations through a running server's v3 API."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    async def submit(self, workflow: Workflow, inputs: dict[str, Any]) -> str:
+        """Runs need a saved workflow on the server: the file is saved (replacing that id) first."""
+        document = workflow.to_document()
+        try:
+            await self.client.create_workflow(document)
+        except ClarionAPIError as exc:
+            if exc.status != 409:
+                raise
+            await self.client.update_workflow(workflow.id, document)
+        return await self.client.run(workflow.id, inputs)
+
+    async def subscribe(self, run_id: str) -> AsyncIterator[Event]:
+        async for event in self.client.subscribe(run_id):
+            yield _event(event)
+
+    async def get_run(self, run_id: str) -> WorkflowRun:
+        return WorkflowRun.model_validate(await self.client.get_run(run_id))
+
+    async def cancel(self, run_id: str) -> None:
+        await self.client.cancel(run_id)
+        await self.client.wait(run_id)
+
+    async def list_runs(self, workflow_id: str | None, status: str | None, limit: int) -> tuple[list[WorkflowRun], str | None]:
+        page = await self.client.list_runs(workflow_id=workflow_id, status=status, limit=limit)
+        return [WorkflowRun.model_validate(r) for r in page["runs"]], page["next_cursor"]
+
+    async def events(self, run_id: str) -> list[Event]:
+        return [_event(e) for e in await self.client.events(run_id)]
+
+    async def close(self) -> None:
+        self.client.close()
+
+
+def _event(doc: dict[str, Any]) -> Event:
+    ts = datetime.fromisoformat(doc["ts"].replace("Z", "+00:00"))
+    return Event(doc["seq"], doc["type"], doc["run_id"], doc.get("step_id"), ts, doc.get("data") or {})
+
+
+async def server_for(db_path: str) -> Client | None:
+    """A client for the running Jupyter server whose Clarion extension serves ``db_path``."""
+    from jupyter_server.serverapp import list_running_servers
+
+    wanted = Path(db_path).expanduser().resolve()
+    for info in list_running_servers():
+        client = Client(info["url"], info.get("token") or None, timeout=10)
+        try:
+            health = await client.health()
+        except ClarionAPIError:
+            client.close()
+            continue
+        path = health.get("storage", {}).get("path")
+        if path and Path(path).expanduser().resolve() == wanted:
+            return client
+        client.close()
+    return None
+
+
+async def open_backend(engine: Engine) -> Backend:
+    """The embedded engine, or, when a Jupyter server holds its file, that server's API."""
+    try:
+        await engine.start()
+    except DatabaseLocked:
+        client = await server_for(engine.db_path)
+        if client is None:
+            raise
+        print(f"(the database is in use by the Jupyter server at {client.url}: using its API)", file=sys.stderr)
+        return ServerBackend(client)
+    return EmbeddedBackend(engine)

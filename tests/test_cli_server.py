@@ -1,0 +1,59 @@
+"""With JupyterLab holding the database, the CLI goes through that server's API instead of
+stopping at the lock, so its runs are the server's runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from clarion_jupyter.testing.server import JupyterServerProcess
+
+FLOW = """
+id: from-cli
+name: From the CLI
+inputs: {n: {type: integer}}
+steps:
+  - {id: double, task: echo, with: {value: "{{ inputs.n * 2 }}"}}
+outputs: {doubled: "{{ steps.double.output.value }}"}
+"""
+
+
+def clarion(server: JupyterServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(server.workdir / "runtime"), "NO_COLOR": "1"}
+    command = [sys.executable, "-m", "clarion_jupyter.cli", *args, "--db", str(server.db_path)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+
+async def test_run_goes_through_the_server_that_holds_the_database(tmp_path: Path) -> None:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(FLOW)
+    with JupyterServerProcess(tmp_path / "server") as server:
+        await server.wait_ready()
+        result = await asyncio.to_thread(clarion, server, "run", str(flow), "--input", "n=21")
+        runs = (await server.request("GET", "runs"))["runs"]
+        listed = await asyncio.to_thread(clarion, server, "runs", "--json")
+        shown = await asyncio.to_thread(clarion, server, "show", runs[0]["run_id"], "--json")
+
+    assert result.returncode == 0, result.stderr
+    assert "using its API" in result.stderr
+    assert "✓ double" in result.stdout and '"doubled": 42' in result.stdout
+    assert [(r["workflow_id"], r["status"]) for r in runs] == [("from-cli", "succeeded")]
+    assert [r["run_id"] for r in json.loads(listed.stdout)["runs"]] == [runs[0]["run_id"]]
+    assert json.loads(shown.stdout)["outputs"] == {"doubled": 42}
+
+
+async def test_without_a_server_for_that_file_the_lock_error_stands(tmp_path: Path) -> None:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(FLOW)
+    with JupyterServerProcess(tmp_path / "server") as server:
+        await server.wait_ready()
+        stranger = JupyterServerProcess(tmp_path / "other", db_path=server.db_path)
+        stranger.workdir.mkdir(parents=True)
+        result = await asyncio.to_thread(clarion, stranger, "run", str(flow), "--input", "n=1")
+
+    assert result.returncode != 0
+    assert "in use by another process" in result.stderr
