@@ -3,7 +3,8 @@
 W1  50-step chain of echo steps: engine overhead per step (ms)
 W2  200-step fan-out (parallel group) and a join step: steps/s
 W3  200 concurrent runs of a 5-step chain: runs/s and steps/s
-W4  1,000 llm_call steps through for_each against a local OpenAI-compatible server that
+W4  1,000 llm_call steps (a priced model name, openai/gpt-4o-mini, so litellm prices each
+    call as in real use) through for_each against a local OpenAI-compatible server that
     answers after 100 ms, workers=64: wall time against the ideal 1000 x 0.1 / 64 s
 
 Usage: python bench/engine.py [--only W1,W2] [--repeat N]
@@ -103,7 +104,7 @@ async def w4(engine: Engine, repeat: int) -> None:
     try:
         url = stub.stdout.readline().strip()
         os.environ["CLARION_BENCH_KEY"] = "x"
-        await engine.agents.upsert(Agent(id="stub", name="stub", model="openai/fake", api_base=url, api_key_env="CLARION_BENCH_KEY"))
+        await engine.agents.upsert(Agent(id="stub", name="stub", model="openai/gpt-4o-mini", api_base=url, api_key_env="CLARION_BENCH_KEY"))
         workflow = {
             "name": "llm-map",
             "inputs": {"prompts": {"type": "array"}},
