@@ -82,7 +82,7 @@ class Progress:
             took = f" in {(run.finished_at - run.started_at).total_seconds():.2f} s"
         usage = run.usage
         tokens = f", {usage.prompt_tokens + usage.completion_tokens} tokens" if usage.prompt_tokens or usage.completion_tokens else ""
-        cost = f", ${usage.cost_usd:.4f}" if usage.cost_usd else ""
+        cost = f", ${usage.cost_usd:.8f}".rstrip("0").rstrip(".") if usage.cost_usd else ""
         print(self.style(f"run {run.run_id} {run.status.value}{took}{tokens}{cost}", colour), file=self.out)
         if run.error:
             print(f"  error: {run.error.get('message')}", file=self.out)
