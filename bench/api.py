@@ -214,23 +214,32 @@ async def measured(server: JupyterServerProcess, name: str, workload: Awaitable[
                       "server_cpu_s": round(server.cpu_seconds() - server_cpu, 2)}), flush=True)  # fmt: skip
 
 
-async def main(args: argparse.Namespace) -> None:
+async def run_workload(name: str, workload: Callable[[JupyterServerProcess, Client], Awaitable[dict[str, Any]]]) -> None:
+    """Each workload on a fresh server and database, so none measures another's leftovers."""
     with tempfile.TemporaryDirectory(prefix="clarion-bench-api-") as tmp, JupyterServerProcess(Path(tmp)) as server:
         async with Client(server.url, server.token, max_clients=64, timeout=60) as client:
-            health = await wait_healthy(server, client)
-            print(json.dumps({"server": server.url, "version": health["version"], "workers": health["queue"].get("workers"),
-                              "cpus": os.cpu_count()}), flush=True)  # fmt: skip
+            await wait_healthy(server, client)
             for workflow in (ECHO, LOAD_CHAIN):
                 await client.create_workflow(workflow)
-            await measured(server, "A", bench_requests(client, args.seconds, args.clients, None))
-            await measured(server, "A-paced", bench_requests(client, args.seconds, args.clients, args.client_rate))
-            await measured(server, "B", bench_websocket(server, client, args.ws_runs, args.ws_sockets, args.ws_spread_s))
-            await measured(server, "B-burst", bench_websocket(server, client, args.ws_runs, args.ws_sockets, 0.0))
-            await measured(server, "C", bench_status_under_load(server, client, args.seconds, args.steps_per_s))
+            await measured(server, name, workload(server, client))
+
+
+async def main(args: argparse.Namespace) -> None:
+    print(json.dumps({"cpus": os.cpu_count(), "seconds": args.seconds, "clients": args.clients}), flush=True)
+    workloads: dict[str, Callable[[JupyterServerProcess, Client], Awaitable[dict[str, Any]]]] = {
+        "A": lambda server, client: bench_requests(client, args.seconds, args.clients, None),
+        "A-paced": lambda server, client: bench_requests(client, args.seconds, args.clients, args.client_rate),
+        "B": lambda server, client: bench_websocket(server, client, args.ws_runs, args.ws_sockets, args.ws_spread_s),
+        "B-burst": lambda server, client: bench_websocket(server, client, args.ws_runs, args.ws_sockets, 0.0),
+        "C": lambda server, client: bench_status_under_load(server, client, args.seconds, args.steps_per_s),
+    }
+    for name in args.only.split(","):
+        await run_workload(name, workloads[name])
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="A,A-paced,B,B-burst,C", help="workloads to run, in order")
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of workloads A and C")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients in workload A")
     parser.add_argument("--client-rate", type=float, default=2.0, help="run+read pairs per second per client in A-paced")
