@@ -18,7 +18,14 @@ import pytest
 from clarion_jupyter.errors import Conflict, DatabaseLocked
 from clarion_jupyter.storage.database import Database, connect, migrate, migrations
 from clarion_jupyter.storage.duckdb_store import DuckDBDocumentStore, DuckDBRunStore
-from clarion_jupyter.storage.records import Batch, Event, RunRecord, StepRecord, digest
+from clarion_jupyter.storage.records import (
+    Batch,
+    Event,
+    RunRecord,
+    StepRecord,
+    digest,
+    utcnow,
+)
 from clarion_jupyter.storage.writer import GroupCommitWriter
 from clarion_jupyter.workflow.bus import EventBus, SubscriptionOverflow
 
@@ -765,3 +772,25 @@ async def test_unsubscribed_subscriptions_get_nothing_more() -> None:
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(sub.get(), timeout=0.02)
     assert "r1" not in bus._by_run and not bus._all
+
+
+class _DeadStore(DuckDBRunStore):
+    """A store whose disk is gone: every write fails with an I/O error (transient, retried)."""
+
+    async def write(self, batch: Batch) -> None:
+        raise duckdb.IOException("IO Error: No space left on device")
+
+
+async def test_closing_over_a_dead_database_gives_up_instead_of_hanging(tmp_path: Path) -> None:
+    db = Database(tmp_path / "c.duckdb")
+    await db.start()
+    writer = GroupCommitWriter(_DeadStore(db), lambda events: None)
+    writer.start()
+    writer.add_event(Event(1, "run_queued", "r1", None, utcnow(), {}))
+
+    started = asyncio.get_running_loop().time()
+    await writer.close(timeout=0.3)
+
+    assert asyncio.get_running_loop().time() - started < 2
+    assert "No space left" in (writer.last_error or "")
+    await db.close()

@@ -63,12 +63,18 @@ class GroupCommitWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="clarion-group-commit")
 
-    async def close(self) -> None:
-        """Commit everything still pending, then stop."""
+    async def close(self, timeout: float = 30.0) -> None:
+        """Commit everything still pending, then stop; give up after ``timeout`` seconds of a
+        database that will not take it (a full disk), rather than hang the host's shutdown."""
         self._closing = True
         self._wake.set()
-        if self._task is not None:
-            await self._task
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except TimeoutError:
+            self._task.cancel()
+            log.critical("stopped with %d transitions not stored: %s", self._added - self._committed, self.last_error)
 
     def add_run(self, record: RunRecord) -> None:
         self._pending.runs[record.run_id] = record
@@ -130,9 +136,9 @@ class GroupCommitWriter:
                 await self._store.write(batch)
                 return True
             except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
                 if is_permanent(exc) and attempt >= PERMANENT_ATTEMPTS:
                     self.dropped_batches += 1
-                    self.last_error = f"{type(exc).__name__}: {exc}"
                     log.critical("a batch of %d events could not be stored and was dropped: %s", len(batch.events), exc)
                     return False
                 log.exception("commit of %d events failed; retrying in %.2f s", len(batch.events), delay)
