@@ -119,6 +119,7 @@ async def bench_requests(client: Client, seconds: float, clients: int, rate: flo
         await one_client()
     posts.clear()
     gets.clear()
+
     async def client_loop() -> None:
         if rate:  # independent clients: each starts at a random phase of its period
             await asyncio.sleep(random.uniform(0, 1 / rate))
@@ -153,6 +154,7 @@ async def bench_websocket(
 
     listeners = [asyncio.ensure_future(listen(c)) for c in connections]
     try:
+
         async def start(index: int) -> str:
             await asyncio.sleep(spread_s * index / runs)
             return await client.run(WS_CHAIN["id"])
@@ -170,7 +172,9 @@ async def bench_websocket(
             "ws_delivery": percentiles(latencies), "target_ws_delivery_p99_ms": TARGETS_MS["ws_delivery_p99"]}  # fmt: skip
 
 
-async def bench_status_under_load(server: JupyterServerProcess, client: Client, seconds: float, steps_per_s: int) -> dict[str, Any]:
+async def bench_status_under_load(
+    server: JupyterServerProcess, client: Client, seconds: float, steps_per_s: int
+) -> dict[str, Any]:
     http = AsyncHTTPClient(force_instance=True, max_clients=4)
     status_request = HTTPRequest(server.url + "api/status", headers={"Authorization": f"token {server.token}"})
     latencies: list[float] = []
@@ -214,7 +218,9 @@ async def measured(server: JupyterServerProcess, name: str, workload: Awaitable[
                       "server_cpu_s": round(server.cpu_seconds() - server_cpu, 2)}), flush=True)  # fmt: skip
 
 
-async def run_workload(name: str, workload: Callable[[JupyterServerProcess, Client], Awaitable[dict[str, Any]]]) -> None:
+async def run_workload(
+    name: str, workload: Callable[[JupyterServerProcess, Client], Awaitable[dict[str, Any]]]
+) -> None:
     """Each workload on a fresh server and database, so none measures another's leftovers."""
     with tempfile.TemporaryDirectory(prefix="clarion-bench-api-") as tmp, JupyterServerProcess(Path(tmp)) as server:
         async with Client(server.url, server.token, max_clients=64, timeout=60) as client:
@@ -242,7 +248,9 @@ if __name__ == "__main__":
     parser.add_argument("--only", default="A,A-paced,B,B-burst,C", help="workloads to run, in order")
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of workloads A and C")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients in workload A")
-    parser.add_argument("--client-rate", type=float, default=2.0, help="run+read pairs per second per client in A-paced")
+    parser.add_argument(
+        "--client-rate", type=float, default=2.0, help="run+read pairs per second per client in A-paced"
+    )
     parser.add_argument("--ws-runs", type=int, default=200, help="runs started together in workload B")
     parser.add_argument("--ws-sockets", type=int, default=1, help="clients following /ws/runs in workload B")
     parser.add_argument("--ws-spread-s", type=float, default=4.0, help="seconds over which B starts its runs")

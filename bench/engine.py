@@ -27,12 +27,15 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from clarion_jupyter import Agent, Engine  # noqa: E402
+from clarion_jupyter import Agent, Engine
 
 
 def chain(n: int) -> dict[str, Any]:
     steps = [{"id": "s0", "task": "echo", "with": {"value": 0}}]
-    steps += [{"id": f"s{i}", "task": "echo", "with": {"value": f"{{{{ steps.s{i - 1}.output.value + 1 }}}}"}} for i in range(1, n)]
+    steps += [
+        {"id": f"s{i}", "task": "echo", "with": {"value": f"{{{{ steps.s{i - 1}.output.value + 1 }}}}"}}
+        for i in range(1, n)
+    ]
     return {"name": f"chain-{n}", "steps": steps}
 
 
@@ -78,7 +81,13 @@ async def w2(engine: Engine, repeat: int) -> None:
     n = 200
     samples = [await timed_run(engine, fan_out(n)) for _ in range(repeat)]
     best = min(samples)
-    emit("W2", steps=n + 1, steps_per_s=round((n + 1) / best), median_steps_per_s=round((n + 1) / statistics.median(samples)), target_steps_per_s=6000)
+    emit(
+        "W2",
+        steps=n + 1,
+        steps_per_s=round((n + 1) / best),
+        median_steps_per_s=round((n + 1) / statistics.median(samples)),
+        target_steps_per_s=6000,
+    )
 
 
 async def w3(engine: Engine, repeat: int) -> None:
@@ -91,7 +100,14 @@ async def w3(engine: Engine, repeat: int) -> None:
         results = await asyncio.gather(*(engine.wait(i) for i in ids))
         assert all(r.status == "succeeded" for r in results)
         best = min(best, time.perf_counter() - start)
-    emit("W3", runs=runs, steps=runs * length, runs_per_s=round(runs / best), steps_per_s=round(runs * length / best), target_steps_per_s=2500)
+    emit(
+        "W3",
+        runs=runs,
+        steps=runs * length,
+        runs_per_s=round(runs / best),
+        steps_per_s=round(runs * length / best),
+        target_steps_per_s=2500,
+    )
 
 
 async def w4(engine: Engine, repeat: int) -> None:
@@ -104,11 +120,20 @@ async def w4(engine: Engine, repeat: int) -> None:
     try:
         url = stub.stdout.readline().strip()
         os.environ["CLARION_BENCH_KEY"] = "x"
-        await engine.agents.upsert(Agent(id="stub", name="stub", model="openai/gpt-4o-mini", api_base=url, api_key_env="CLARION_BENCH_KEY"))
+        await engine.agents.upsert(
+            Agent(id="stub", name="stub", model="openai/gpt-4o-mini", api_base=url, api_key_env="CLARION_BENCH_KEY")
+        )
         workflow = {
             "name": "llm-map",
             "inputs": {"prompts": {"type": "array"}},
-            "steps": [{"id": "ask", "task": "llm_call", "for_each": "{{ inputs.prompts }}", "with": {"agent": "stub", "prompt": "item {{ item }}"}}],
+            "steps": [
+                {
+                    "id": "ask",
+                    "task": "llm_call",
+                    "for_each": "{{ inputs.prompts }}",
+                    "with": {"agent": "stub", "prompt": "item {{ item }}"},
+                }
+            ],
         }
         await engine.wait(await engine.submit(workflow, {"prompts": list(range(workers))}))
         start = time.perf_counter()
@@ -120,7 +145,16 @@ async def w4(engine: Engine, repeat: int) -> None:
         stub.terminate()
         stub.wait()
     ideal = n * delay / workers
-    emit("W4", calls=n, workers=workers, wall_s=round(wall, 3), ideal_s=round(ideal, 3), over_ideal_pct=round((wall / ideal - 1) * 100, 1), cpu_ms_per_call=round(cpu * 1000 / n, 2), target_over_ideal_pct=10)
+    emit(
+        "W4",
+        calls=n,
+        workers=workers,
+        wall_s=round(wall, 3),
+        ideal_s=round(ideal, 3),
+        over_ideal_pct=round((wall / ideal - 1) * 100, 1),
+        cpu_ms_per_call=round(cpu * 1000 / n, 2),
+        target_over_ideal_pct=10,
+    )
 
 
 WORKLOADS = {"W1": (w1, 8), "W2": (w2, 8), "W3": (w3, 64), "W4": (w4, 64)}

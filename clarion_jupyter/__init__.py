@@ -10,9 +10,9 @@ from .workflow.engine import Engine
 from .workflow.models import Workflow, WorkflowRun, parse_workflow
 
 __all__ = [
-    "Client",
     "Agent",
     "ClarionError",
+    "Client",
     "Engine",
     "Event",
     "ValidationFailed",

@@ -50,7 +50,9 @@ class EmbeddedBackend:
         await self.engine.cancel(run_id)
         await self.engine.wait(run_id)
 
-    async def list_runs(self, workflow_id: str | None, status: str | None, limit: int) -> tuple[list[WorkflowRun], str | None]:
+    async def list_runs(
+        self, workflow_id: str | None, status: str | None, limit: int
+    ) -> tuple[list[WorkflowRun], str | None]:
         return await self.engine.list_runs(workflow_id=workflow_id, status=status, limit=limit)
 
     async def events(self, run_id: str) -> list[Event]:
@@ -88,7 +90,9 @@ class ServerBackend:
         await self.client.cancel(run_id)
         await self.client.wait(run_id)
 
-    async def list_runs(self, workflow_id: str | None, status: str | None, limit: int) -> tuple[list[WorkflowRun], str | None]:
+    async def list_runs(
+        self, workflow_id: str | None, status: str | None, limit: int
+    ) -> tuple[list[WorkflowRun], str | None]:
         page = await self.client.list_runs(workflow_id=workflow_id, status=status, limit=limit)
         return [WorkflowRun.model_validate(r) for r in page["runs"]], page["next_cursor"]
 

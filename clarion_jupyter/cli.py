@@ -81,7 +81,11 @@ class Progress:
         if run.started_at and run.finished_at:
             took = f" in {(run.finished_at - run.started_at).total_seconds():.2f} s"
         usage = run.usage
-        tokens = f", {usage.prompt_tokens + usage.completion_tokens} tokens" if usage.prompt_tokens or usage.completion_tokens else ""
+        tokens = (
+            f", {usage.prompt_tokens + usage.completion_tokens} tokens"
+            if usage.prompt_tokens or usage.completion_tokens
+            else ""
+        )
         cost = f", ${usage.cost_usd:.8f}".rstrip("0").rstrip(".") if usage.cost_usd else ""
         print(self.style(f"run {run.run_id} {run.status.value}{took}{tokens}{cost}", colour), file=self.out)
         if run.error:
@@ -242,7 +246,11 @@ async def cmd_worker(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", default=os.environ.get("CLARION_DB"), help="DuckDB file (default: $CLARION_DB or the server extension's file)")
+    common.add_argument(
+        "--db",
+        default=os.environ.get("CLARION_DB"),
+        help="DuckDB file (default: $CLARION_DB or the server extension's file)",
+    )
     common.add_argument("--workers", type=int, default=8, help="concurrent steps")
     common.add_argument("--workspace", default=".", help="workspace root for file and shell steps")
     common.add_argument("--json", action="store_true", help="print the API's JSON document")
@@ -250,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clarion", description="Run and inspect Clarion workflows.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, handler: Callable[[argparse.Namespace], Awaitable[int]], help_: str, parent: Any = sub) -> argparse.ArgumentParser:
+    def add(
+        name: str, handler: Callable[[argparse.Namespace], Awaitable[int]], help_: str, parent: Any = sub
+    ) -> argparse.ArgumentParser:
         command = parent.add_parser(name, parents=[common], help=help_, description=help_)
         command.set_defaults(handler=handler)
         return command
@@ -258,16 +268,22 @@ def build_parser() -> argparse.ArgumentParser:
     add("validate", cmd_validate, "check a workflow file and list every problem").add_argument("file")
     run = add("run", cmd_run, "run a workflow file with live progress; exit code 0 only on success")
     run.add_argument("file")
-    run.add_argument("--input", "-i", action="append", default=[], metavar="KEY=VALUE", help="a workflow input (repeatable)")
+    run.add_argument(
+        "--input", "-i", action="append", default=[], metavar="KEY=VALUE", help="a workflow input (repeatable)"
+    )
     runs = add("runs", cmd_runs, "list runs, newest first")
     runs.add_argument("--workflow", help="only runs of this workflow id")
     runs.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
     runs.add_argument("--limit", type=int, default=20)
     add("show", cmd_show, "show one run with its steps").add_argument("run_id")
     add("resume", cmd_resume, "finish runs that a crash interrupted").add_argument("run_id", nargs="?")
-    add("worker", cmd_worker, "process step jobs from a broker queue").add_argument("--queue", required=True, help="redis://... or nats://...")
+    add("worker", cmd_worker, "process step jobs from a broker queue").add_argument(
+        "--queue", required=True, help="redis://... or nats://..."
+    )
     agents = sub.add_parser("agents", help="manage agents").add_subparsers(dest="agents_command", required=True)
-    add("import", cmd_agents_import, "import Clarion v2 agent YAML/JSON files (a file or a folder)", agents).add_argument("path")
+    add(
+        "import", cmd_agents_import, "import Clarion v2 agent YAML/JSON files (a file or a folder)", agents
+    ).add_argument("path")
     add("list", cmd_agents_list, "list agents", agents)
     return parser
 

@@ -26,11 +26,11 @@ async def test_no_generated_request_gets_a_5xx_or_a_response_outside_the_spec(tm
     schemathesis = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"
     with JupyterServerProcess(tmp_path) as server:
         await server.wait_ready()
+        command = [schemathesis, "run", f"{server.url}api/v3/openapi.yaml"]
+        command += ["-H", f"Authorization: token {server.token}", "--checks", CHECKS]
+        command += ["--max-examples", "25", "--generation-deterministic", "--request-timeout", "30"]
         result = subprocess.run(
-            [
-                schemathesis, "run", f"{server.url}api/v3/openapi.yaml", "-H", f"Authorization: token {server.token}",
-                "--checks", CHECKS, "--max-examples", "25", "--generation-deterministic", "--request-timeout", "30",
-            ],  # fmt: skip
+            command,
             capture_output=True,
             text=True,
             timeout=600,

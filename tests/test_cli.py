@@ -189,7 +189,17 @@ def test_ctrl_c_cancels_the_run_kills_its_command_and_exits_130(tmp_path: Path) 
         steps:
           - {id: wait, task: shell, with: {command: "echo $$ > wait.pid; sleep 30"}}
     """)  # fmt: skip
-    command = [sys.executable, "-m", "clarion_jupyter.cli", "run", long, "--db", str(tmp_path / "x.duckdb"), "--workspace", str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "clarion_jupyter.cli",
+        "run",
+        long,
+        "--db",
+        str(tmp_path / "x.duckdb"),
+        "--workspace",
+        str(tmp_path),
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     pid_file = tmp_path / "wait.pid"
     try:

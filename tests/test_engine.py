@@ -628,7 +628,9 @@ async def test_concurrent_submits_with_one_idempotency_key_start_one_run(tmp_pat
     # An llm_call step makes submit await the agent check: the key must still be claimed once.
     ask = {"id": "ask", "task": "llm_call", "if": False, "with": {"agent": "helper", "prompt": "hi"}}
     async with engine_at(tmp_path) as engine:
-        await engine.agents.create({"id": "helper", "name": "Helper", "model": "openai/gpt-4o-mini", "system_prompt": "Be brief."})
+        await engine.agents.create(
+            {"id": "helper", "name": "Helper", "model": "openai/gpt-4o-mini", "system_prompt": "Be brief."}
+        )
         run_ids = await asyncio.gather(*(engine.submit(workflow(ask), idempotency_key="once") for _ in range(5)))
         documents = [await engine.get_run(run_id) for run_id in run_ids]  # durable when returned
         await engine.wait(run_ids[0])
@@ -687,7 +689,12 @@ async def test_stored_step_output_agrees_with_the_completion_event(tmp_path: Pat
 
 
 async def test_the_database_file_alone_holds_the_run_its_steps_and_events(tmp_path: Path) -> None:
-    doc = workflow(echo("a", 1), shell("b", "echo hi"), echo("m", "{{ item }}", for_each=[1, 2]), outputs={"v": "{{ steps.a.output.value }}"})
+    doc = workflow(
+        echo("a", 1),
+        shell("b", "echo hi"),
+        echo("m", "{{ item }}", for_each=[1, 2]),
+        outputs={"v": "{{ steps.a.output.value }}"},
+    )
     async with engine_at(tmp_path) as engine:
         run = await run_to_end(engine, doc)
         events = await engine.events(run.run_id)

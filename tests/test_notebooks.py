@@ -20,7 +20,9 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-async def test_notebook_runs_cleanly_against_the_server(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_notebook_runs_cleanly_against_the_server(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server = JupyterServerProcess(tmp_path)
     for folder in ("notebooks", "examples"):
         shutil.copytree(REPO / folder, server.root / folder)
@@ -29,7 +31,10 @@ async def test_notebook_runs_cleanly_against_the_server(path: Path, tmp_path: Pa
         await server.wait_ready()
         notebook = nbformat.read(path, as_version=4)
         client = NotebookClient(
-            notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(server.root / "notebooks")}}
+            notebook,
+            timeout=120,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(server.root / "notebooks")}},
         )
         await client.async_execute()
         runs = (await server.request("GET", "runs"))["runs"]

@@ -9,6 +9,7 @@ counter2.txt and counter3.txt, the second one blocking while the file ``block`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import signal
@@ -91,10 +92,8 @@ def alive(pid: int) -> bool:
 def kill_group(pid_file: Path) -> None:
     """Kill what the killed engine left behind: the blocked step's shell and its sleep."""
     pgid = int(pid_file.read_text())
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     deadline = time.monotonic() + 5
     while alive(pgid) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -116,12 +115,25 @@ def crash_in_second_step(workspace: Path) -> str:
         runner.kill()
     kill_group(workspace / "second.pid")
     (workspace / "block").unlink()
-    assert (lines(workspace / "counter1.txt"), lines(workspace / "counter2.txt"), lines(workspace / "counter3.txt")) == (1, 1, 0)
+    assert (
+        lines(workspace / "counter1.txt"),
+        lines(workspace / "counter2.txt"),
+        lines(workspace / "counter3.txt"),
+    ) == (1, 1, 0)
     return run_id
 
 
 async def clarion_resume(workspace: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "clarion_jupyter.cli", "resume", "--db", str(workspace / "c.duckdb"), "--workspace", str(workspace)]
+    command = [
+        sys.executable,
+        "-m",
+        "clarion_jupyter.cli",
+        "resume",
+        "--db",
+        str(workspace / "c.duckdb"),
+        "--workspace",
+        str(workspace),
+    ]
     return await asyncio.to_thread(subprocess.run, command, check=False, capture_output=True, text=True, timeout=60)
 
 
@@ -237,7 +249,17 @@ async def test_stop_in_the_middle_of_a_map_reruns_only_the_unfinished_items(tmp_
 
 async def test_stop_during_a_retry_backoff_resumes_with_the_next_attempt(tmp_path: Path) -> None:
     fails_once = "n=$(cat c 2>/dev/null || echo 0); echo $((n+1)) > c; [ $n -ge 1 ]"
-    doc = {"name": "Backoff", "steps": [{"id": "flaky", "task": "shell", "with": {"command": fails_once}, "retry": {"max_attempts": 2, "backoff_s": 60}}]}
+    doc = {
+        "name": "Backoff",
+        "steps": [
+            {
+                "id": "flaky",
+                "task": "shell",
+                "with": {"command": fails_once},
+                "retry": {"max_attempts": 2, "backoff_s": 60},
+            }
+        ],
+    }
     async with Engine(tmp_path / "c.duckdb", workspace_root=tmp_path) as engine:
         run_id = await engine.submit(doc)
         async for event in engine.subscribe(run_id):

@@ -237,7 +237,7 @@ async def test_multi_file_patch_is_all_or_nothing(tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text(ORIGINAL)
     (tmp_path / "gone.txt").write_text("something else\n")  # the last hunk will not apply
     before = _snapshot(tmp_path)
-    with pytest.raises(TaskFailed, match="gone.txt"):
+    with pytest.raises(TaskFailed, match=r"gone\.txt"):
         await _write(tmp_path, patch=MULTI_PATCH)
     assert _snapshot(tmp_path) == before
 
@@ -323,7 +323,7 @@ async def test_changes_failing_midway_roll_back_what_was_written(tmp_path: Path)
         {"action": "delete", "path": "d.txt"},
         {"action": "create", "path": "blocker/x.txt", "new_content": "x"},
     ]
-    with pytest.raises(TaskFailed, match="blocker/x.txt"):
+    with pytest.raises(TaskFailed, match=r"blocker/x\.txt"):
         await _write(tmp_path, changes=changes)
     assert _snapshot(tmp_path) == before
 
@@ -371,4 +371,3 @@ async def test_changes_touching_a_file_twice_are_refused(tmp_path: Path) -> None
 def test_write_config_validation(with_: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         FileWriteTask.Config(**with_)
-

@@ -110,7 +110,7 @@ async def test_undecodable_output_is_replaced(tmp_path: Path) -> None:
 
 
 async def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
-    with pytest.raises(TaskFailed, match="command timed out after 0.3 s") as info:
+    with pytest.raises(TaskFailed, match=r"command timed out after 0\.3 s") as info:
         await _shell(tmp_path, command=BACKGROUND_SLEEP, timeout_s=0.3)
     assert info.value.details["exit_code"] is not None
     assert not _running(int((tmp_path / "pidfile").read_text()))

@@ -88,7 +88,7 @@ def test_a_syntax_error_raises_template_error_at_compile_time() -> None:
     ],
 )
 def test_the_sandbox_blocks_access_to_python_internals(source: str) -> None:
-    with pytest.raises(TemplateError, match="(?i)unsafe|security"):
+    with pytest.raises(TemplateError, match=r"(?i)unsafe|security"):
         render(source)
 
 

@@ -80,4 +80,6 @@ class Agent(BaseModel):
     @field_validator("parameters")
     @classmethod
     def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return refuse_api_key(value, "API keys are never stored: set api_key_env to the name of an environment variable")
+        return refuse_api_key(
+            value, "API keys are never stored: set api_key_env to the name of an environment variable"
+        )

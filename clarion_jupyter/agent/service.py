@@ -19,7 +19,11 @@ def validate_agent(doc: dict[str, Any] | Agent) -> Agent:
         return Agent.model_validate(doc)
     except ValidationError as exc:
         problems = [
-            Problem(loc=".".join(map(str, e["loc"])) or "agent", message=e["msg"], field=".".join(map(str, e["loc"])) or None)
+            Problem(
+                loc=".".join(map(str, e["loc"])) or "agent",
+                message=e["msg"],
+                field=".".join(map(str, e["loc"])) or None,
+            )
             for e in exc.errors()
         ]
         raise ValidationFailed(problems, what="agent") from None

@@ -9,6 +9,7 @@ threads, each with its own cursor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -62,9 +63,7 @@ def migrate(con: duckdb.DuckDBPyConnection, target: int | None = None) -> list[i
         con.execute("BEGIN")
         try:
             con.execute(sql)
-            con.execute(
-                "INSERT INTO schema_migrations VALUES (?, ?, now()::TIMESTAMP)", [version, name]
-            )
+            con.execute("INSERT INTO schema_migrations VALUES (?, ?, now()::TIMESTAMP)", [version, name])
             con.execute("COMMIT")
         except Exception:
             con.execute("ROLLBACK")
@@ -161,7 +160,5 @@ class Database:
 
 def _rollback(cursor: duckdb.DuckDBPyConnection) -> None:
     """Roll back if a transaction is still open (a failed COMMIT has already ended it)."""
-    try:
+    with contextlib.suppress(duckdb.Error):
         cursor.rollback()
-    except duckdb.Error:
-        pass

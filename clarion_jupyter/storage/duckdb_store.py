@@ -328,6 +328,8 @@ class DuckDBDocumentStore:
 
     async def delete(self, doc_id: str) -> bool:
         def _delete(cursor: duckdb.DuckDBPyConnection) -> bool:
-            return cursor.execute(f"DELETE FROM {self._table} WHERE id = ? RETURNING id", [doc_id]).fetchone() is not None
+            return (
+                cursor.execute(f"DELETE FROM {self._table} WHERE id = ? RETURNING id", [doc_id]).fetchone() is not None
+            )
 
         return await self._db.write(_delete)

@@ -29,7 +29,11 @@ class TaskRegistry:
 
     def register(self, task: type[Task], name: str | None = None) -> None:
         name = name or getattr(task, "name", None)
-        if not name or not isinstance(task, type) or not issubclass(getattr(task, "Config", None) or object, TaskConfig):
+        if (
+            not name
+            or not isinstance(task, type)
+            or not issubclass(getattr(task, "Config", None) or object, TaskConfig)
+        ):
             raise TypeError(f"{task!r} is not a Task (it needs a name and a TaskConfig subclass as Config)")
         if not callable(getattr(task, "run", None)):
             raise TypeError(f"task {name!r} has no run() method")

@@ -45,9 +45,7 @@ class Worker:
         queue.on_cancel(self.cancel_run)
 
     async def start(self) -> None:
-        self._slots = [
-            asyncio.create_task(self._slot(), name=f"clarion-worker-{i}") for i in range(self._concurrency)
-        ]
+        self._slots = [asyncio.create_task(self._slot(), name=f"clarion-worker-{i}") for i in range(self._concurrency)]
 
     async def stop(self) -> None:
         """Stop at once; unfinished jobs are neither reported nor acked (they run again)."""
@@ -138,7 +136,9 @@ class Worker:
 
     @staticmethod
     def _failure(job: Job, code: str, message: str, retryable: bool, details: Any = None) -> JobResult:
-        return JobResult(job.run_id, job.key, job.attempt, "error", error=_error(code, message, details), retryable=retryable)
+        return JobResult(
+            job.run_id, job.key, job.attempt, "error", error=_error(code, message, details), retryable=retryable
+        )
 
     def _progress(self, job: Job, type_: str, data: dict[str, Any]) -> None:
         """Send a progress message without blocking the task, in order, before the result."""
@@ -170,7 +170,13 @@ async def run_worker(queue_url: str, workers: int = 8, workspace_root: str = "."
 
     queue = make_queue(queue_url)
     await queue.start()
-    worker = Worker(queue, TaskRegistry.from_entry_points(), Workspace(workspace_root), TaskSettings(allow_shell=allow_shell), workers)
+    worker = Worker(
+        queue,
+        TaskRegistry.from_entry_points(),
+        Workspace(workspace_root),
+        TaskSettings(allow_shell=allow_shell),
+        workers,
+    )
     await worker.start()
     try:
         await asyncio.Event().wait()

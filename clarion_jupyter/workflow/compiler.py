@@ -136,10 +136,10 @@ def _compile_step(
             problems.add(step.id, "needs", "a step cannot need itself")
     in_map = step.for_each is not None
     config = _compile_field(step.with_, step.id, "with", ids, workflow, problems, in_map)
-    condition = _compile_field(step.if_, step.id, "if", ids, workflow, problems, in_map) if step.if_ is not None else None
-    for_each = (
-        _compile_field(step.for_each, step.id, "for_each", ids, workflow, problems, False) if in_map else None
+    condition = (
+        _compile_field(step.if_, step.id, "if", ids, workflow, problems, in_map) if step.if_ is not None else None
     )
+    for_each = _compile_field(step.for_each, step.id, "for_each", ids, workflow, problems, False) if in_map else None
     if task is not None:
         _check_config(step, task, problems, templated=config is None or not config.constant)
     if task is None or config is None or (step.if_ is not None and condition is None) or (in_map and for_each is None):
@@ -177,7 +177,9 @@ def _compile_field(
     refs = compiled.refs
     ok = True
     for name in sorted(refs.names - CONTEXT_NAMES):
-        problems.add(step_id, field_name, f"unknown variable '{name}' (templates can use {', '.join(sorted(CONTEXT_NAMES))})")
+        problems.add(
+            step_id, field_name, f"unknown variable '{name}' (templates can use {', '.join(sorted(CONTEXT_NAMES))})"
+        )
         ok = False
     if "item" in refs.names and not in_map:
         problems.add(step_id, field_name, "'item' is only defined inside a for_each step's with/if")
@@ -186,7 +188,11 @@ def _compile_field(
         problems.add(step_id, field_name, f"unknown input '{name}'")
         ok = False
     if refs.dynamic_steps:
-        problems.add(step_id, field_name, "read steps by a literal id (steps.<id> or steps['<id>']): other access cannot be checked or ordered")
+        problems.add(
+            step_id,
+            field_name,
+            "read steps by a literal id (steps.<id> or steps['<id>']): other access cannot be checked or ordered",
+        )
         ok = False
     for name in sorted(refs.steps - ids):
         problems.add(step_id, field_name, f"unknown step '{name}'")
@@ -204,7 +210,9 @@ def _check_config(step: Step, task: type[Task], problems: _Problems, templated: 
     forbid = task.Config.model_config.get("extra") == "forbid"
     for key in step.with_:
         if forbid and key not in aliases:
-            problems.add(step.id, f"with.{key}", f"unknown field for task '{step.task}' (fields: {', '.join(sorted(fields))})")
+            problems.add(
+                step.id, f"with.{key}", f"unknown field for task '{step.task}' (fields: {', '.join(sorted(fields))})"
+            )
     if not templated:  # (compiling ``with`` again here would raise on a template syntax error)
         try:
             task.Config.model_validate(step.with_)
@@ -229,7 +237,7 @@ def _check_cycles(nodes: dict[str, Node], problems: _Problems) -> None:
         path.append(node_id)
         for dep in sorted(nodes[node_id].waits_for):
             if state.get(dep) == 1:
-                cycle = path[path.index(dep) :] + [dep]
+                cycle = [*path[path.index(dep) :], dep]
                 problems.add(dep, "needs", "dependency cycle: " + " -> ".join(reversed(cycle)))
                 return True
             if state.get(dep) is None and visit(dep):
@@ -241,8 +249,6 @@ def _check_cycles(nodes: dict[str, Node], problems: _Problems) -> None:
     for node_id in nodes:
         if state.get(node_id) is None and visit(node_id):
             return
-
-
 
 
 def resolve_inputs(workflow: Workflow, given: dict[str, Any] | None) -> dict[str, Any]:

@@ -255,10 +255,14 @@ class Engine:
             run.status, run.finished_at = RunStatus.failed.value, utcnow()
             run.error = {"code": "cannot_resume", "message": exc.message}
             self._writer.add_run(run)
-            self._writer.add_event(Event(active.last_seq + 1, "workflow_failed", run.run_id, None, utcnow(), {"error": run.error}))
+            self._writer.add_event(
+                Event(active.last_seq + 1, "workflow_failed", run.run_id, None, utcnow(), {"error": run.error})
+            )
             return None
         self._views.seed(run, active.steps)
-        return RunExecutor(plan, run, self._writer, self._queue, self.agents.resolve, last_seq=active.last_seq, prior=active.steps)
+        return RunExecutor(
+            plan, run, self._writer, self._queue, self.agents.resolve, last_seq=active.last_seq, prior=active.steps
+        )
 
     async def cancel(self, run_id: str) -> None:
         """Cancel a queued or running run; running steps are stopped (processes killed)."""
@@ -267,7 +271,9 @@ class Engine:
             executor.cancel()
             return
         run = await self.get_run(run_id)
-        raise Conflict(f"run '{run_id}' already {run.status.value}", details={"run_id": run_id, "status": run.status.value})
+        raise Conflict(
+            f"run '{run_id}' already {run.status.value}", details={"run_id": run_id, "status": run.status.value}
+        )
 
     async def get_run(self, run_id: str) -> WorkflowRun:
         view = self._views.document(run_id)
@@ -337,6 +343,10 @@ class Engine:
                 "dropped_batches": self._writer.dropped_batches if self._writer else 0,
                 "last_error": self._writer.last_error if self._writer else None,
             },
-            "queue": {"url": self.queue_url, "workers": self._workers, "busy": self._worker.busy if self._worker else 0},
+            "queue": {
+                "url": self.queue_url,
+                "workers": self._workers,
+                "busy": self._worker.busy if self._worker else 0,
+            },
             "active_runs": self.active_runs,
         }

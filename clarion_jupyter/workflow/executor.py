@@ -151,7 +151,11 @@ class RunExecutor:
                 self._steps_ctx[node_id] = {"output": record.output, "status": record.status}
         for node_id, node in self.plan.nodes.items():
             self._waiting[node_id] = sum(1 for dep in node.waits_for if self._status[dep] not in _DONE)
-        failed = [n for n, s in self._status.items() if s == StepStatus.failed and not self.plan.nodes[n].step.continue_on_error]
+        failed = [
+            n
+            for n, s in self._status.items()
+            if s == StepStatus.failed and not self.plan.nodes[n].step.continue_on_error
+        ]
         if failed:
             self._fail_run({"code": "step_failed", "message": f"step '{failed[0]}' failed", "step_id": failed[0]})
             return []
@@ -268,7 +272,9 @@ class RunExecutor:
             data["item_index"] = execution.item_index
         self._emit("step_started", execution.key, data)
         self._running.add(execution.key)
-        job = Job(self.run.run_id, execution.key, node.id, attempt, node.step.task, config, node.step.timeout_s, resources)
+        job = Job(
+            self.run.run_id, execution.key, node.id, attempt, node.step.task, config, node.step.timeout_s, resources
+        )
         await self._queue.put(job)
         return []
 
@@ -323,13 +329,17 @@ class RunExecutor:
             delay = policy.delay(record.attempt, random.random())
             record.status = StepStatus.retrying
             self._writer.add_step(record)
-            self._emit("step_retrying", execution.key, {"attempt": record.attempt, "error": error, "delay_s": round(delay, 3)})
+            self._emit(
+                "step_retrying", execution.key, {"attempt": record.attempt, "error": error, "delay_s": round(delay, 3)}
+            )
             loop = asyncio.get_running_loop()
             self._timers[execution.key] = loop.call_later(delay, self._inbox.put_nowait, _Retry(execution.key))
             return []
         record.status = StepStatus.failed
         self._writer.add_step(record)
-        self._emit("step_failed", execution.key, {"attempt": record.attempt, "error": error, "duration_ms": _ms(record)})
+        self._emit(
+            "step_failed", execution.key, {"attempt": record.attempt, "error": error, "duration_ms": _ms(record)}
+        )
         if execution.item_index is not None:
             return self._child_done(execution, StepStatus.failed, None, error)
         return self._finish_node(execution.node.id, StepStatus.failed, None, error=error)
@@ -341,7 +351,9 @@ class RunExecutor:
         self._timers.pop(key, None)
         await self._begin_all(await self._dispatch(execution))
 
-    def _child_done(self, execution: _Execution, status: StepStatus, output: Any, error: dict[str, Any] | None) -> list[str]:
+    def _child_done(
+        self, execution: _Execution, status: StepStatus, output: Any, error: dict[str, Any] | None
+    ) -> list[str]:
         node = execution.node
         state = self._maps[node.id]
         state.results[execution.item_index] = output
@@ -400,7 +412,9 @@ class RunExecutor:
         node = self.plan.nodes[node_id]
         if status == StepStatus.failed and not node.step.continue_on_error:
             message = (error or {}).get("message", "failed")
-            self._fail_run({"code": "step_failed", "message": f"step '{node_id}' failed: {message}", "step_id": node_id})
+            self._fail_run(
+                {"code": "step_failed", "message": f"step '{node_id}' failed: {message}", "step_id": node_id}
+            )
             return []
         ready = []
         for dependant in node.dependants:

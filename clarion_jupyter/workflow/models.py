@@ -10,7 +10,7 @@ import re
 import unicodedata
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -109,7 +109,7 @@ def _item_kind(value: Any) -> str:
 
 
 StepItem = Annotated[
-    Union[Annotated[Step, Tag("step")], Annotated[ParallelGroup, Tag("parallel")]],
+    Annotated[Step, Tag("step")] | Annotated[ParallelGroup, Tag("parallel")],
     Discriminator(_item_kind),
 ]
 

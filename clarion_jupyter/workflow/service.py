@@ -38,7 +38,9 @@ class WorkflowService:
 
     async def create(self, source: str | bytes | dict[str, Any]) -> StoredDocument:
         workflow = self.validate(source)
-        stored = self._cache[workflow.id] = await self._store.create(workflow.id, workflow.to_document(), _source_text(source))
+        stored = self._cache[workflow.id] = await self._store.create(
+            workflow.id, workflow.to_document(), _source_text(source)
+        )
         return stored
 
     async def replace(self, workflow_id: str, source: str | bytes | dict[str, Any]) -> StoredDocument:
