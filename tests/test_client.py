@@ -125,6 +125,24 @@ async def test_subscribe_from_zero_is_gap_free_and_ends_with_the_terminal_event(
     assert events == await client.events(run_id)
 
 
+async def test_watch_follows_every_run(client: Client) -> None:
+    await client.create_workflow(ECHO_WORKFLOW)
+    feed = client.watch()
+    first = asyncio.ensure_future(anext(feed))  # connects the feed before the runs start
+    await asyncio.sleep(0.2)
+    run_ids = {await client.run("echo"), await client.run("echo")}
+    ended: set[str] = set()
+    event = await asyncio.wait_for(first, 10)
+    while True:
+        if event["type"] == "workflow_succeeded":
+            ended.add(event["run_id"])
+        if ended == run_ids:
+            break
+        event = await asyncio.wait_for(anext(feed), 10)
+    await feed.aclose()
+    assert ended == run_ids
+
+
 async def test_subscribe_resumes_with_since(client: Client) -> None:
     await client.create_workflow(ECHO_WORKFLOW)
     run_id = await client.run("echo")

@@ -225,7 +225,7 @@ class Client:
         last = since
         failures = 0
         while True:
-            conn = await self._connect(run_id, last, failures)
+            conn = await self._connect(_path("ws/runs", run_id, "subscribe"), {"since": last}, failures)
             progressed = False
             try:
                 while (message := await conn.read_message()) is not None:
@@ -242,6 +242,23 @@ class Client:
                 raise ClarionAPIError(404, "not_found", f"run '{run_id}' not found", {"run_id": run_id})
             failures = 0 if progressed else failures + 1
             await self._give_up_or_back_off(failures, f"subscription to run '{run_id}' closed ({conn.close_code})")
+
+    async def watch(self) -> AsyncIterator[dict[str, Any]]:
+        """Every run's events as they are stored, for as long as the caller iterates (the
+        sidebar's feed). It is live only: after a reconnect, fill a run's gap with
+        :meth:`events` and the last ``seq`` seen for it."""
+        failures = 0
+        while True:
+            conn = await self._connect("ws/runs", {}, failures)
+            progressed = False
+            try:
+                while (message := await conn.read_message()) is not None:
+                    progressed = True
+                    yield json.loads(message)
+            finally:
+                conn.close()
+            failures = 0 if progressed else failures + 1
+            await self._give_up_or_back_off(failures, f"the all-runs stream closed ({conn.close_code})")
 
     async def wait(self, run_id: str) -> dict[str, Any]:
         """Follow the run until it ends; returns the final run document."""
@@ -285,13 +302,11 @@ class Client:
             raise ClarionAPIError(599, "unreachable", f"cannot reach the Clarion server at {self.url}: {exc}") from exc
         return _decode(response)
 
-    async def _connect(self, run_id: str, since: int, failures: int) -> WebSocketClientConnection:
-        """Open the subscription, retrying transport failures; an HTTP 4xx answer is final."""
+    async def _connect(self, path: str, query: Mapping[str, Any], failures: int) -> WebSocketClientConnection:
+        """Open a WebSocket under the base URL, retrying transport failures; an HTTP 4xx is final."""
         scheme, netloc, base, _, _ = urlsplit(self.url)
         ws_scheme = "wss" if scheme == "https" else "ws"
-        url = urlunsplit(
-            (ws_scheme, netloc, base + _path("ws/runs", run_id, "subscribe"), urlencode({"since": since}), "")
-        )
+        url = urlunsplit((ws_scheme, netloc, base + path, urlencode(query), ""))
         while True:
             try:
                 request = HTTPRequest(url, headers=self._headers(), connect_timeout=self.timeout)
@@ -301,9 +316,9 @@ class Client:
                 if exc.code != 599 and exc.code < 500:
                     body = exc.response.body if exc.response is not None else None
                     raise ClarionAPIError.from_response(exc.code, body, exc.message) from None
-                reason = f"subscription to run '{run_id}' failed: {exc}"
+                reason = f"connecting to {path} failed: {exc}"
             except (OSError, WebSocketClosedError) as exc:
-                reason = f"subscription to run '{run_id}' failed: {exc}"
+                reason = f"connecting to {path} failed: {exc}"
             failures += 1
             await self._give_up_or_back_off(failures, reason)
 
