@@ -35,7 +35,7 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from clarion_jupyter.notebook.client import ClarionAPIError, Client
+from clarion_jupyter.notebook.client import Client
 from clarion_jupyter.testing.server import JupyterServerProcess
 
 TARGETS_MS = {"post_run_p99": 25, "get_run_p99": 15, "ws_delivery_p99": 20, "api_status_p99": 30}
@@ -64,19 +64,6 @@ def percentiles(samples: list[float]) -> dict[str, float | None]:
         return {"p50_ms": None, "p99_ms": None}
     cuts = statistics.quantiles(samples, n=100, method="inclusive")
     return {"p50_ms": round(cuts[49] * 1000, 2), "p99_ms": round(cuts[98] * 1000, 2)}
-
-
-async def wait_healthy(server: JupyterServerProcess, client: Client, timeout: float = 60.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return await client.health()
-        except ClarionAPIError as exc:
-            if server.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {server.process.returncode}") from None
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not answer /api/v3/health within {timeout}s: {exc}") from None
-            await asyncio.sleep(0.25)
 
 
 async def wait_idle(client: Client, timeout: float = 120.0) -> None:
@@ -223,8 +210,8 @@ async def run_workload(
 ) -> None:
     """Each workload on a fresh server and database, so none measures another's leftovers."""
     with tempfile.TemporaryDirectory(prefix="clarion-bench-api-") as tmp, JupyterServerProcess(Path(tmp)) as server:
+        await server.wait_ready()
         async with Client(server.url, server.token, max_clients=64, timeout=60) as client:
-            await wait_healthy(server, client)
             for workflow in (ECHO, LOAD_CHAIN):
                 await client.create_workflow(workflow)
             await measured(server, name, workload(server, client))

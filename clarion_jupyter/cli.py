@@ -192,7 +192,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
 
 
 async def cmd_resume(args: argparse.Namespace) -> int:
-    async with Engine(db_path=args.db, workers=args.workers, workspace_root=args.workspace) as engine:
+    async with _engine(args) as engine:
         run_ids = [args.run_id] if args.run_id else list(engine.resumed)
         if args.run_id and args.run_id not in engine.resumed:
             run = await engine.get_run(args.run_id)

@@ -210,7 +210,7 @@ class Engine:
         problems = []
         for node_id, node in plan.nodes.items():
             agent_id = node.step.with_.get("agent")
-            if node_id and agent_id in plan.agent_ids and await self.agents.resolve(agent_id) is None:
+            if agent_id in plan.agent_ids and await self.agents.resolve(agent_id) is None:
                 problems.append(Problem(loc=f"step '{node_id}' field 'with.agent'", message=f"unknown agent '{agent_id}'", step=node_id, field="with.agent"))  # fmt: skip
         if problems:
             raise ValidationFailed(problems)

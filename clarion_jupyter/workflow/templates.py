@@ -10,15 +10,15 @@ of a step with a static config does no template work at all.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import TemplateSyntaxError, Undefined, nodes
+
+from ..sandbox import environment
 
 CONTEXT_NAMES = frozenset({"inputs", "steps", "item", "run"})
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.DOTALL)
@@ -26,22 +26,7 @@ _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*$"
 Renderer = Callable[[dict[str, Any]], Any]
 
 
-def _fromjson(text: str) -> Any:
-    return json.loads(text)
-
-
-class _Environment(SandboxedEnvironment):
-    """Dotted access reads mapping keys before attributes, so an input or output named
-    ``items``, ``keys`` or ``values`` is that value, not the dict method of that name."""
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if isinstance(obj, dict) and attribute in obj:
-            return obj[attribute]
-        return super().getattr(obj, attribute)
-
-
-_env = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
-_env.filters["fromjson"] = _fromjson
+_env = environment
 
 
 class TemplateError(Exception):

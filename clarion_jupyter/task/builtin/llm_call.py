@@ -17,8 +17,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from jinja2 import StrictUndefined, Template
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import Template
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -31,6 +30,7 @@ from pydantic import (
 from ...agent.context import gather_context, render_context
 from ...agent.models import Agent, refuse_api_key
 from ...llm.provider import LiteLLMProvider, LLMProvider, LLMRequest, ProviderError
+from ...sandbox import environment
 from ..base import Task, TaskConfig, TaskContext, TaskFailed
 
 if TYPE_CHECKING:
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 DEFAULT_PROVIDER: LLMProvider = LiteLLMProvider()
 
-_prompt_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 _JSON_FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*[ \t]*\n(?P<body>.*?)\n?```\s*$", re.DOTALL)
 
 
@@ -201,7 +200,7 @@ def render_system_prompt(agent: Agent, values: dict[str, Any]) -> str:
 @lru_cache(maxsize=256)
 def _system_template(text: str) -> Template:
     """Compiled once per prompt text: compiling costs far more than rendering."""
-    return _prompt_env.from_string(text)
+    return environment.from_string(text)
 
 
 def _json_schema_format(schema: dict[str, Any]) -> dict[str, Any]:
