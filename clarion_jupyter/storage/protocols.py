@@ -38,6 +38,12 @@ class ActiveRun:
 
 
 class RunStore(Protocol):
+    async def recover(self) -> None:
+        """Make stored state whole after a stop or a crash, before the first write."""
+
+    async def close(self) -> None:
+        """Finish any deferred storage work; nothing is written after this."""
+
     async def write(self, batch: Batch) -> None:
         """Persist a batch atomically (one transaction: one flush for many transitions)."""
 

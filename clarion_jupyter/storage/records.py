@@ -68,8 +68,6 @@ class Event:
 
 @dataclass(slots=True)
 class RunRecord:
-    """``stored`` tells the store whether the row exists yet (insert) or not (update)."""
-
     run_id: str
     workflow_id: str
     workflow_name: str
@@ -84,7 +82,6 @@ class RunRecord:
     outputs: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     usage: dict[str, Any] | None = None
-    stored: bool = False
 
 
 @dataclass(slots=True)
@@ -102,7 +99,6 @@ class StepRecord:
     output: Any = None
     error: dict[str, Any] | None = None
     usage: dict[str, Any] | None = None
-    stored: bool = False
 
 
 def latest_attempts(records: list[StepRecord]) -> dict[str, StepRecord]:

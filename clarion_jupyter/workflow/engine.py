@@ -103,6 +103,7 @@ class Engine:
     async def start(self) -> None:
         try:
             await self._db.start()
+            await self.runs.recover()
         except BaseException:
             await self._db.close()  # release the threads; the file was never opened
             raise
@@ -133,6 +134,7 @@ class Engine:
             self._router.cancel()
             await asyncio.gather(self._router, return_exceptions=True)
         await self._writer.close()
+        await self.runs.close()
         await self._queue.close()
         await self._db.close()
 
