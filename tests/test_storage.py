@@ -442,29 +442,89 @@ async def test_a_run_with_no_events_has_last_seq_zero(tmp_path: Path) -> None:
         assert active.last_seq == 0
 
 
-async def test_a_failing_batch_writes_nothing(tmp_path: Path) -> None:
+async def test_a_repeated_event_seq_keeps_the_first_event_and_does_not_stall_the_projection(tmp_path: Path) -> None:
     async with open_db(tmp_path / "db.duckdb") as db:
         store = DuckDBRunStore(db)
-        await store.write(batch(event("r1", 1)))
-        with pytest.raises(duckdb.ConstraintException):
-            # the duplicate event seq violates the key: the run in the same batch is rolled back too
-            await store.write(batch(run_record("r1"), event("r1", 2), event("r1", 1)))
-        assert await store.get_run("r1") is None
-        assert [e.seq for e in await store.events("r1")] == [1]
+        await store.write(batch(event("r1", 1, note="first")))
+        await store.project()
+        await store.write(batch(run_record("r1"), event("r1", 2), event("r1", 1, note="again")))
+        await store.project()
+        assert [(e.seq, e.data) for e in await store.events("r1")] == [(1, {"note": "first"}), (2, {})]
+        assert await store.get_run("r1") is not None
 
 
-async def test_a_failed_write_does_not_hide_later_runs_of_the_same_workflow(tmp_path: Path) -> None:
+async def test_a_batch_the_database_refused_writes_nothing_and_later_runs_keep_their_snapshot(
+    tmp_path: Path,
+) -> None:
     async with open_db(tmp_path / "db.duckdb") as db:
         store = DuckDBRunStore(db)
-        await store.write(batch(event("x", 1)))
-        with pytest.raises(duckdb.ConstraintException):
-            await store.write(batch(run_record("r1"), event("x", 1)))  # rolled back
+        journal = db._con.execute("SELECT sql FROM duckdb_tables() WHERE table_name = 'run_journal'").fetchone()[0]
+        db._con.execute("ALTER TABLE run_journal RENAME TO run_journal_away")
+        with pytest.raises(duckdb.CatalogException):
+            await store.write(batch(run_record("r1"), event("r1", 1)))
+        db._con.execute("DROP TABLE run_journal_away")
+        db._con.execute(journal)
         # a later, valid write of another run of the same workflow (same snapshot digest)
         await store.write(batch(run_record("r2")))
         assert [r.run_id for r in (await store.list_runs()).runs] == ["r2"]
+        assert await store.events("r1") == []
         stored = await store.get_run("r2")
         assert stored is not None, "run r2 was written but get_run cannot see it (its workflow snapshot is missing)"
         assert stored[0].workflow["id"] == "wf"
+
+
+async def test_reads_see_journaled_state_before_any_projection_is_due(tmp_path: Path) -> None:
+    async with open_db(tmp_path / "db.duckdb") as db:
+        store = DuckDBRunStore(db, projection_interval_s=3600)
+        run = run_record("r1", status="queued", idempotency_key="k")
+        await store.write(batch(run, event("r1", 1)))
+        assert await store.find_idempotent("wf", "k") == "r1"
+        assert [e.seq for e in await store.events("r1")] == [1]
+        journaled = db._con.execute("SELECT count(*) FROM run_journal").fetchone()[0]
+        assert journaled == 3  # the snapshot, the run and the event: none projected yet
+        run.status = "succeeded"
+        await store.write(batch(run, event("r1", 2)))
+        stored = await store.get_run("r1")
+        assert stored is not None and stored[0].status == "succeeded"
+        assert [r.status for r in (await store.list_runs()).runs] == ["succeeded"]
+        assert [e.seq for e in await store.events("r1")] == [1, 2]
+
+
+async def test_the_journal_is_projected_in_the_background_without_any_read(tmp_path: Path) -> None:
+    async with open_db(tmp_path / "db.duckdb") as db:
+        store = DuckDBRunStore(db, projection_interval_s=0.05)
+        await store.write(batch(run_record("r1", status="running"), step_record("r1"), event("r1", 1)))
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if db._con.execute("SELECT count(*) FROM run_journal").fetchone()[0] == 0:
+                break
+        tables = [db._con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("runs", "step_runs", "events")]
+        assert tables == [1, 1, 1]
+        assert db._con.execute("SELECT count(*) FROM run_journal").fetchone()[0] == 0
+
+
+async def test_a_journal_left_by_a_crash_is_folded_into_the_tables_at_recovery(tmp_path: Path) -> None:
+    path = tmp_path / "db.duckdb"
+    async with open_db(path) as db:
+        store = DuckDBRunStore(db, projection_interval_s=3600)
+        run, step = run_record("r1", status="running"), step_record("r1", status="running")
+        await store.write(batch(run, step, event("r1", 1)))
+        step.status, step.output = "succeeded", {"value": 42}
+        await store.write(batch(step, event("r1", 2, "step_completed")))
+        # the process dies here: no close(), so nothing is projected
+    con = duckdb.connect(str(path))
+    assert con.execute("SELECT count(*) FROM run_journal").fetchone()[0] == 6  # snapshot, run, 2 steps, 2 events
+    assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+    con.close()
+    async with open_db(path) as db:
+        store = DuckDBRunStore(db)
+        await store.recover()
+        assert db._con.execute("SELECT count(*) FROM run_journal").fetchone()[0] == 0
+        row = db._con.execute("SELECT status, output FROM step_runs WHERE run_id = 'r1'").fetchone()
+        assert row == ("succeeded", '{"value":42}')
+        assert db._con.execute("SELECT list(seq ORDER BY seq) FROM events").fetchone()[0] == [1, 2]
+        (active,) = await store.active_runs()
+        assert active.run.run_id == "r1" and active.last_seq == 2
 
 
 async def test_runs_of_one_workflow_share_one_snapshot(tmp_path: Path) -> None:
@@ -560,20 +620,19 @@ class RecordingStore(DuckDBRunStore):
 
 
 class FlakyStore(RecordingStore):
-    """Fault injection: the first ``failures`` transactions fail after executing their
-    statements (so the database must roll them back), as a disk error at COMMIT would."""
+    """Fault injection: the first ``failures`` commits fail, as a disk error would."""
 
     def __init__(self, db: Database, failures: int) -> None:
         super().__init__(db)
         self.failures = failures
         self.attempts = 0
 
-    def _write_rows(self, cursor: duckdb.DuckDBPyConnection, rows: Any) -> None:
+    async def write(self, batch: Batch) -> None:
         self.attempts += 1
-        DuckDBRunStore._write_rows(cursor, rows)
         if self.failures:
             self.failures -= 1
             raise duckdb.IOException("disk hiccup (injected)")
+        await super().write(batch)
 
 
 async def test_events_are_published_only_after_the_store_write_returned(tmp_path: Path) -> None:

@@ -2,8 +2,9 @@
 
 DuckDB allows one read-write process per file, and each statement has a fixed cost of
 around a millisecond, so every call goes through a thread: writes through one dedicated
-writer thread (so transactions never interleave), reads through a small pool of reader
-threads, each with its own cursor.
+writer thread (so its transactions never interleave), long maintenance transactions through
+a second one (so they never hold up a commit that a client waits for), and reads through a
+small pool of reader threads, each with its own cursor.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class Database:
         self.path = str(path)
         self._con: duckdb.DuckDBPyConnection | None = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="clarion-db-writer")
+        self._maintainer = ThreadPoolExecutor(1, thread_name_prefix="clarion-db-maintainer")
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="clarion-db-reader")
         self._local = threading.local()
         self._write_cursor: duckdb.DuckDBPyConnection | None = None
@@ -114,6 +116,7 @@ class Database:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._writer, self._close)
         self._writer.shutdown(wait=True)
+        self._maintainer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
 
     def _close(self) -> None:
@@ -137,6 +140,20 @@ class Database:
         """Run ``fn(cursor, *args)`` in one transaction, retrying DuckDB write conflicts."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._writer, self._transaction, fn, args, attempts)
+
+    async def write_one(self, sql: str, params: list[Any]) -> None:
+        """One statement in a transaction of its own (DuckDB's autocommit): a single call
+        into DuckDB, where BEGIN and COMMIT take two more, each giving up the GIL and
+        waiting to take it back from the event loop."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, lambda: self._cursor().execute(sql, params))
+
+    async def maintain(self, fn: Callable[..., T], *args: Any, attempts: int = 5) -> T:
+        """Like :meth:`write`, but on a thread of its own, concurrently with the writer's
+        transactions: for work that takes long and can wait. DuckDB runs concurrent
+        transactions optimistically, so ``fn`` must not change rows that writes change."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._maintainer, self._transaction, fn, args, attempts)
 
     def _transaction(self, fn: Callable[..., T], args: tuple[Any, ...], attempts: int) -> T:
         cursor = self._cursor()

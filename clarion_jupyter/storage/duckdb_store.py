@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from .database import Database
 from .protocols import ActiveRun, RunPage
 from .records import Batch, Event, RunRecord, StepRecord, StoredDocument, utcnow
 
+log = logging.getLogger(__name__)
 log = logging.getLogger(__name__)
 ACTIVE_STATUSES = ("queued", "running")
 
@@ -42,15 +43,6 @@ def _aware(ts: datetime | None) -> datetime | None:
     return None if ts is None else ts.replace(tzinfo=UTC)
 
 
-def _insert_columns(cursor: duckdb.DuckDBPyConnection, sql: str, rows: list[tuple[Any, ...]]) -> None:
-    if rows:
-        cursor.execute(sql, [list(column) for column in zip(*rows, strict=True)])
-
-
-def _unnest(n: int) -> str:
-    return ", ".join(f"unnest(${i})" for i in range(1, n + 1))
-
-
 _RUN_COLUMNS = (
     "run_id, workflow_id, workflow_name, workflow_digest, inputs, status, idempotency_key,"
     " created_at, started_at, finished_at, outputs, error, usage"
@@ -58,10 +50,13 @@ _RUN_COLUMNS = (
 _RUN_TYPES = ("VARCHAR",) * 7 + ("TIMESTAMP",) * 3 + ("VARCHAR",) * 3
 _STEP_COLUMNS = "run_id, key, step_id, item_index, attempt, status, started_at, finished_at, output, error, usage"
 _STEP_TYPES = ("VARCHAR",) * 3 + ("INTEGER",) * 2 + ("VARCHAR",) + ("TIMESTAMP",) * 2 + ("VARCHAR",) * 3
-_SNAPSHOT_INSERT = "INSERT INTO workflow_snapshots SELECT unnest($1), unnest($2) ON CONFLICT DO NOTHING"
-_JOURNAL_INSERT = f"INSERT INTO run_journal (id, kind, row) SELECT {_unnest(3)}"
-_EVENT_INSERT = f"INSERT INTO events (run_id, seq, type, step_id, ts, data) SELECT {_unnest(6)}"
-_WRITE_ORDER = (_SNAPSHOT_INSERT, _JOURNAL_INSERT, _EVENT_INSERT)
+_JOURNAL_INSERT = (
+    "INSERT INTO run_journal (id, kind, run_id, row) SELECT unnest($1), unnest($2), unnest($3), unnest($4)"
+)
+_JOURNALED_EVENT = (
+    "(row->>'seq')::BIGINT AS seq, row->>'type' AS type, row->>'step_id' AS step_id,"
+    " replace(row->>'ts', 'Z', '')::TIMESTAMP AS ts, (row->'data')::VARCHAR AS data"
+)
 
 
 def _projection(table: str, columns: str, types: tuple[str, ...], kind: str, key: str, changing: str) -> str:
@@ -85,6 +80,13 @@ def _projection(table: str, columns: str, types: tuple[str, ...], kind: str, key
 
 _CHANGING = "status, started_at, finished_at, {}, error, usage"
 _PROJECT = (
+    "INSERT INTO workflow_snapshots SELECT row->>0, any_value(row->>1) FROM run_journal WHERE kind = 'snapshot'"
+    " GROUP BY row->>0 ON CONFLICT DO NOTHING",
+    # seq is unique per run by construction; should a bug ever repeat one, the first stored
+    # event is kept rather than the projection failing on it forever.
+    f"INSERT INTO events (run_id, seq, type, step_id, ts, data) SELECT run_id, {_JOURNALED_EVENT}"
+    " FROM run_journal WHERE kind = 'event' QUALIFY row_number() OVER (PARTITION BY run_id, seq ORDER BY id) = 1"
+    " ON CONFLICT DO NOTHING",
     _projection("runs", _RUN_COLUMNS, _RUN_TYPES, "run", "run_id", _CHANGING.format("outputs")),
     _projection("step_runs", _STEP_COLUMNS, _STEP_TYPES, "step", "run_id, key, attempt", _CHANGING.format("output")),
     "DELETE FROM run_journal",
@@ -102,8 +104,13 @@ _RUN_WITH_WORKFLOW = (
     " r.started_at, r.finished_at, r.outputs, r.error, r.usage, r.workflow_digest, w.doc"
     " FROM runs r JOIN workflow_snapshots w ON w.digest = r.workflow_digest"
 )
+_EVENTS = (
+    "SELECT seq, type, step_id, ts, data FROM events WHERE run_id = $1 AND seq > $2"
+    f" UNION ALL SELECT * FROM (SELECT {_JOURNALED_EVENT} FROM run_journal WHERE kind = 'event' AND run_id = $1)"
+    " WHERE seq > $2 ORDER BY seq"
+)
 PROJECTION_INTERVAL_S = 1.0
-"""How long journaled state may wait to reach ``runs`` and ``step_runs`` when nothing reads them."""
+"""How long journaled state may wait to reach the tables when nothing reads them."""
 
 
 def _journal_row(row: tuple[Any, ...]) -> str:
@@ -148,21 +155,24 @@ def _step_from_row(row: tuple[Any, ...]) -> StepRecord:
 
 @dataclass(slots=True)
 class _Prepared:
-    rows: dict[str, list[tuple[Any, ...]]]
-    snapshots: set[str] = field(default_factory=set)
+    columns: list[list[Any]]
+    """The journal rows, column by column (``unnest`` binds a list per column)."""
+    snapshots: set[str]
 
 
 class DuckDBRunStore:
-    """Runs, step attempts and events in DuckDB, written as a journal and projected.
+    """Runs, step attempts and events in DuckDB, committed as a journal and projected.
 
-    Each statement costs about a millisecond whatever its size, and an UPDATE twice that, so
-    a group commit that inserted new runs and steps and updated known ones took five
-    statements. A commit now appends the batch's records to ``run_journal`` and its events
-    to ``events``: two INSERTs. The journal is folded into ``runs`` and ``step_runs`` by one
-    transaction every :data:`PROJECTION_INTERVAL_S`, before any query of those tables (so
-    reads always see every committed state), and by :meth:`recover` after a crash. This is
-    how Temporal separates its durable history from its visibility records, except that
-    here reads wait for the projection instead of being eventually consistent.
+    Every statement costs about a millisecond whatever its size (an UPDATE twice that), and
+    every call into DuckDB gives up and takes back the GIL, which the busy event loop holds.
+    A group commit that inserted runs, steps and events and updated known rows took seven
+    calls; it now takes one: a single INSERT into ``run_journal``, in its own implicit
+    transaction. The journal is folded into the tables on a thread of its own, beside the
+    commits: every :data:`PROJECTION_INTERVAL_S`, before any query of ``runs`` or
+    ``step_runs`` (so reads see every committed state), and by :meth:`recover` after a
+    crash. Event reads take the journal's events along instead of waiting for a projection.
+    This is how Temporal separates a durable history from its visibility records, except
+    that here reads wait for the projection instead of being eventually consistent.
     """
 
     def __init__(self, db: Database, projection_interval_s: float = PROJECTION_INTERVAL_S) -> None:
@@ -194,7 +204,7 @@ class DuckDBRunStore:
         if batch.prepared is None:
             batch.prepared = self._prepare(batch)
         prepared: _Prepared = batch.prepared
-        await self._db.write(self._write_rows, prepared.rows)
+        await self._db.write_one(_JOURNAL_INSERT, prepared.columns)
         # Only now do these snapshots exist: a batch that failed for good must not make
         # later batches skip them.
         self._snapshots |= prepared.snapshots
@@ -203,29 +213,26 @@ class DuckDBRunStore:
             self._timer = asyncio.get_running_loop().call_later(self._interval, self._project_in_background)
 
     def _prepare(self, batch: Batch) -> _Prepared:
-        """Rows for a batch, built on the caller's thread from records the engine goes on
-        mutating (the writer thread only sees tuples); a failed commit retries these rows.
-        Batches are prepared one at a time, after the previous one committed."""
-        prepared = _Prepared(rows={sql: [] for sql in _WRITE_ORDER})
-        rows = prepared.rows
-        journal = rows[_JOURNAL_INSERT]
+        """Journal rows for a batch, built on the caller's thread from records the engine
+        goes on mutating (the writer thread only sees strings); a failed commit retries
+        these rows. Batches are prepared one at a time, after the previous one committed."""
+        rows: list[tuple[int, str, str | None, str]] = []
+        snapshots: set[str] = set()
         for run in batch.runs.values():
-            if run.workflow_digest not in self._snapshots and run.workflow_digest not in prepared.snapshots:
-                prepared.snapshots.add(run.workflow_digest)
-                rows[_SNAPSHOT_INSERT].append((run.workflow_digest, _dumps(run.workflow)))
-            journal.append((next(self._ids), "run", _journal_row(_run_row(run))))
+            if run.workflow_digest not in self._snapshots and run.workflow_digest not in snapshots:
+                snapshots.add(run.workflow_digest)
+                rows.append(
+                    (next(self._ids), "snapshot", None, _journal_row((run.workflow_digest, _dumps(run.workflow))))
+                )
+            rows.append((next(self._ids), "run", run.run_id, _journal_row(_run_row(run))))
         for step in batch.steps.values():
-            journal.append((next(self._ids), "step", _journal_row(_step_row(step))))
-        rows[_EVENT_INSERT] = [(e.run_id, e.seq, e.type, e.step_id, _naive(e.ts), _dumps(e.data)) for e in batch.events]
-        return prepared
-
-    @staticmethod
-    def _write_rows(cursor: duckdb.DuckDBPyConnection, rows: dict[str, list[tuple[Any, ...]]]) -> None:
-        for sql in _WRITE_ORDER:
-            _insert_columns(cursor, sql, rows[sql])
+            rows.append((next(self._ids), "step", step.run_id, _journal_row(_step_row(step))))
+        for event in batch.events:
+            rows.append((next(self._ids), "event", event.run_id, event.to_json()))
+        return _Prepared(columns=[list(column) for column in zip(*rows, strict=True)], snapshots=snapshots)
 
     async def project(self) -> None:
-        """Bring ``runs`` and ``step_runs`` up to every batch committed so far."""
+        """Bring the tables up to every batch committed so far."""
         target = self._journaled
         if self._projected >= target:
             return
@@ -233,7 +240,7 @@ class DuckDBRunStore:
             if self._projected >= target:
                 return  # a projection that started after our batch committed covered it
             target = self._journaled
-            await self._db.write(self._project)
+            await self._db.maintain(self._project)
             self._projected = target
 
     @staticmethod
@@ -270,6 +277,7 @@ class DuckDBRunStore:
         self, workflow_id: str | None = None, status: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> RunPage:
         await self.project()
+        await self.project()
         return await self._db.read(self._list_runs, workflow_id, status, limit, cursor)
 
     @staticmethod
@@ -293,10 +301,10 @@ class DuckDBRunStore:
 
     @staticmethod
     def _events(cursor: duckdb.DuckDBPyConnection, run_id: str, since: int, limit: int | None) -> list[Event]:
-        sql = "SELECT seq, type, step_id, ts, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq"
+        sql = _EVENTS
         params: list[Any] = [run_id, since]
         if limit is not None:
-            sql += " LIMIT ?"
+            sql += " LIMIT $3"
             params.append(limit)
         return [
             Event(seq=seq, type=type_, run_id=run_id, step_id=step_id, ts=_aware(ts), data=_loads(data) or {})
