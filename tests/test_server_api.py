@@ -54,6 +54,8 @@ async def test_health_reports_storage_and_queue(api):
     assert reply.status == 200
     assert reply.body["status"] == "ok"
     assert reply.body["storage"]["kind"] == "duckdb"
+    assert reply.body["storage"]["projection_error"] is None
+    assert reply.body["storage"]["unprojected_commits"] >= 0
     assert reply.body["queue"]["url"] == "local"
     assert reply.body["version"]
 

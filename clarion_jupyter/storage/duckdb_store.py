@@ -185,6 +185,12 @@ class DuckDBRunStore:
         self._projecting = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._background: asyncio.Task[None] | None = None
+        self.projection_error: str | None = None
+
+    @property
+    def unprojected(self) -> int:
+        """Commits whose state is only in the journal so far."""
+        return max(0, self._journaled - self._projected)
 
     async def recover(self) -> None:
         """Fold what a stopped process left in the journal into the tables. Hosts call this
@@ -240,8 +246,13 @@ class DuckDBRunStore:
             if self._projected >= target:
                 return  # a projection that started after our batch committed covered it
             target = self._journaled
-            await self._db.maintain(self._project)
+            try:
+                await self._db.maintain(self._project)
+            except Exception as exc:
+                self.projection_error = f"{type(exc).__name__}: {exc}"
+                raise
             self._projected = target
+            self.projection_error = None
 
     @staticmethod
     def _project(cursor: duckdb.DuckDBPyConnection) -> None:

@@ -344,6 +344,8 @@ class Engine:
                 "commits": self._writer.batches if self._writer else 0,
                 "dropped_batches": self._writer.dropped_batches if self._writer else 0,
                 "last_error": self._writer.last_error if self._writer else None,
+                "unprojected_commits": self.runs.unprojected,
+                "projection_error": self.runs.projection_error,
             },
             "queue": {
                 "url": self.queue_url,
