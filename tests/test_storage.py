@@ -507,16 +507,21 @@ async def test_a_failed_projection_keeps_the_journal_and_says_why_until_one_succ
     async with open_db(tmp_path / "db.duckdb") as db:
         store = DuckDBRunStore(db, projection_interval_s=3600)
         await store.recover()
-        await store.write(batch(run_record("r1"), event("r1", 1)))
-        db._con.execute("ALTER TABLE step_runs RENAME TO step_runs_away")
+        run = run_record("r1", status="running")
+        await store.write(batch(run, event("r1", 1)))
+        db._con.execute("ALTER TABLE runs RENAME TO runs_away")
         with pytest.raises(duckdb.CatalogException):
             await store.project()
-        assert store.unprojected == 1 and "step_runs" in store.projection_error
+        assert store.unprojected == 1 and "runs" in store.projection_error
         assert db._con.execute("SELECT count(*) FROM run_journal").fetchone()[0] == 3  # rolled back whole
-        db._con.execute("ALTER TABLE step_runs_away RENAME TO step_runs")
+        run.status = "succeeded"
+        await store.write(batch(run, event("r1", 2)))  # newer state while the projection is failing
+        db._con.execute("ALTER TABLE runs_away RENAME TO runs")
         await store.project()
         assert store.unprojected == 0 and store.projection_error is None
-        assert [r.run_id for r in (await store.list_runs()).runs] == ["r1"]
+        assert [(r.run_id, r.status) for r in (await store.list_runs()).runs] == [("r1", "succeeded")]
+        assert [e.seq for e in await store.events("r1")] == [1, 2]
+        assert db._con.execute("SELECT count(*) FROM run_journal").fetchone()[0] == 0
 
 
 async def test_a_journal_left_by_a_crash_is_folded_into_the_tables_at_recovery(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,8 +59,21 @@ _JOURNALED_EVENT = (
 )
 
 
-def _projection(table: str, columns: str, types: tuple[str, ...], kind: str, key: str, changing: str) -> str:
-    """Fold each ``key``'s journaled rows into ``table``: the ``changing`` columns from its
+def _unnest(n: int) -> str:
+    return ", ".join(f"unnest(${i})" for i in range(1, n + 1))
+
+
+def _upsert(table: str, columns: str, key: str, changing: str) -> str:
+    """Insert rows bound column by column; a row the table has gets only ``changing`` updated."""
+    updates = ", ".join(f"{name} = excluded.{name}" for name in changing.split(", "))
+    return (
+        f"INSERT INTO {table} ({columns}) SELECT {_unnest(len(columns.split(', ')))}"
+        f" ON CONFLICT ({key}) DO UPDATE SET {updates}"
+    )
+
+
+def _recovery(table: str, columns: str, types: tuple[str, ...], kind: str, key: str, changing: str) -> str:
+    """SQL that folds each ``key``'s journaled rows into ``table``: the ``changing`` columns from its
     newest row (journal ids only grow), the others (identity, inputs) from its first, and
     only the ``changing`` columns of a row the table already has."""
     names = columns.split(", ")
@@ -79,7 +92,7 @@ def _projection(table: str, columns: str, types: tuple[str, ...], kind: str, key
 
 
 _CHANGING = "status, started_at, finished_at, {}, error, usage"
-_PROJECT = (
+_RECOVER = (
     "INSERT INTO workflow_snapshots SELECT row->>0, any_value(row->>1) FROM run_journal WHERE kind = 'snapshot'"
     " GROUP BY row->>0 ON CONFLICT DO NOTHING",
     # seq is unique per run by construction; should a bug ever repeat one, the first stored
@@ -87,10 +100,22 @@ _PROJECT = (
     f"INSERT INTO events (run_id, seq, type, step_id, ts, data) SELECT run_id, {_JOURNALED_EVENT}"
     " FROM run_journal WHERE kind = 'event' QUALIFY row_number() OVER (PARTITION BY run_id, seq ORDER BY id) = 1"
     " ON CONFLICT DO NOTHING",
-    _projection("runs", _RUN_COLUMNS, _RUN_TYPES, "run", "run_id", _CHANGING.format("outputs")),
-    _projection("step_runs", _STEP_COLUMNS, _STEP_TYPES, "step", "run_id, key, attempt", _CHANGING.format("output")),
+    _recovery("runs", _RUN_COLUMNS, _RUN_TYPES, "run", "run_id", _CHANGING.format("outputs")),
+    _recovery("step_runs", _STEP_COLUMNS, _STEP_TYPES, "step", "run_id, key, attempt", _CHANGING.format("output")),
     "DELETE FROM run_journal",
 )
+"""Fold the whole journal, parsing its JSON: after a crash, when nothing of it is in memory."""
+_PROJECT = (
+    "INSERT INTO workflow_snapshots SELECT unnest($1), unnest($2) ON CONFLICT DO NOTHING",
+    f"INSERT INTO events (run_id, seq, type, step_id, ts, data) SELECT {_unnest(6)} ON CONFLICT DO NOTHING",
+    _upsert("runs", _RUN_COLUMNS, "run_id", _CHANGING.format("outputs")),
+    _upsert("step_runs", _STEP_COLUMNS, "run_id, key, attempt", _CHANGING.format("output")),
+)
+"""Fold what this process committed, from the rows it kept (a projection parsing JSON costs
+several times more, and runs beside the commits)."""
+_CLEAR_JOURNAL = "DELETE FROM run_journal WHERE id <= $1"
+_RUN_CHANGING = frozenset(_RUN_COLUMNS.split(", ").index(c) for c in _CHANGING.format("outputs").split(", "))
+_STEP_CHANGING = frozenset(_STEP_COLUMNS.split(", ").index(c) for c in _CHANGING.format("output").split(", "))
 _FIND_IDEMPOTENT = (
     "SELECT min(run_id) FROM (SELECT run_id FROM runs WHERE workflow_id = $1 AND idempotency_key = $2"
     " UNION ALL SELECT row->>0 FROM run_journal WHERE kind = 'run' AND row->>1 = $1 AND row->>6 = $2)"
@@ -132,6 +157,10 @@ def _step_row(s: StepRecord) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+def _event_row(e: Event) -> tuple[Any, ...]:
+    return (e.run_id, e.seq, e.type, e.step_id, _naive(e.ts), _dumps(e.data))
+
+
 def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
     (run_id, workflow_id, workflow_name, inputs, status, key, created, started, finished, outputs, error, usage,
      *snapshot) = row  # fmt: skip
@@ -153,11 +182,45 @@ def _step_from_row(row: tuple[Any, ...]) -> StepRecord:
     )  # fmt: skip
 
 
+def _fold(first: tuple[Any, ...], latest: tuple[Any, ...], changing: frozenset[int]) -> tuple[Any, ...]:
+    return tuple(new if i in changing else old for i, (old, new) in enumerate(zip(first, latest, strict=True)))
+
+
+@dataclass(slots=True)
+class _Rows:
+    """Table rows of committed batches not projected yet: one per key, with the changing
+    columns of its newest state and the rest (identity, inputs) of its first."""
+
+    snapshots: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    events: dict[tuple[str, int], tuple[Any, ...]] = field(default_factory=dict)
+    runs: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    steps: dict[tuple[str, str, int], tuple[Any, ...]] = field(default_factory=dict)
+    last_id: int = 0
+    """The newest journal row these come from: a projection of them deletes the journal up to it."""
+
+    def absorb(self, newer: _Rows) -> None:
+        for digest_, row in newer.snapshots.items():
+            self.snapshots.setdefault(digest_, row)
+        for key, row in newer.events.items():
+            self.events.setdefault(key, row)  # seq is unique per run; should a bug repeat one, the first wins
+        for run_id, row in newer.runs.items():
+            first = self.runs.get(run_id)
+            self.runs[run_id] = row if first is None else _fold(first, row, _RUN_CHANGING)
+        for key, row in newer.steps.items():
+            first = self.steps.get(key)
+            self.steps[key] = row if first is None else _fold(first, row, _STEP_CHANGING)
+        self.last_id = max(self.last_id, newer.last_id)
+
+    def tables(self) -> list[list[tuple[Any, ...]]]:
+        """Rows for each statement of :data:`_PROJECT`, in order."""
+        return [list(rows.values()) for rows in (self.snapshots, self.events, self.runs, self.steps)]
+
+
 @dataclass(slots=True)
 class _Prepared:
     columns: list[list[Any]]
     """The journal rows, column by column (``unnest`` binds a list per column)."""
-    snapshots: set[str]
+    rows: _Rows
 
 
 class DuckDBRunStore:
@@ -180,8 +243,10 @@ class DuckDBRunStore:
         self._interval = projection_interval_s
         self._snapshots: set[str] = set()
         self._ids = itertools.count(1)
+        self._recovered = False
+        self._pending = _Rows()
         self._journaled = 0
-        self._projected = -1  # unknown: the first read folds in whatever an earlier process left
+        self._projected = 0
         self._projecting = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._background: asyncio.Task[None] | None = None
@@ -190,12 +255,18 @@ class DuckDBRunStore:
     @property
     def unprojected(self) -> int:
         """Commits whose state is only in the journal so far."""
-        return max(0, self._journaled - self._projected)
+        return self._journaled - self._projected
 
     async def recover(self) -> None:
-        """Fold what a stopped process left in the journal into the tables. Hosts call this
-        before their first write: journal ids start again at 1 in each process."""
-        await self.project()
+        """Fold what an earlier process left in the journal into the tables. Runs once,
+        before this store's first write or read (journal ids start again at 1 in each
+        process, so what is left must be gone before anything new is journaled)."""
+        if self._recovered:
+            return
+        async with self._projecting:
+            if not self._recovered:
+                await self._db.maintain(self._execute_all, _RECOVER)
+                self._recovered = True
 
     async def close(self) -> None:
         """Fold the rest of the journal in, so that the file closes with its tables current."""
@@ -207,38 +278,44 @@ class DuckDBRunStore:
         await self.project()
 
     async def write(self, batch: Batch) -> None:
+        await self.recover()
         if batch.prepared is None:
             batch.prepared = self._prepare(batch)
         prepared: _Prepared = batch.prepared
         await self._db.write_one(_JOURNAL_INSERT, prepared.columns)
-        # Only now do these snapshots exist: a batch that failed for good must not make
-        # later batches skip them.
-        self._snapshots |= prepared.snapshots
+        # Only now do these rows exist: a batch that failed for good must not make later
+        # batches skip its snapshots, nor be projected.
+        self._snapshots |= prepared.rows.snapshots.keys()
+        self._pending.absorb(prepared.rows)
         self._journaled += 1
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._interval, self._project_in_background)
 
     def _prepare(self, batch: Batch) -> _Prepared:
         """Journal rows for a batch, built on the caller's thread from records the engine
-        goes on mutating (the writer thread only sees strings); a failed commit retries
-        these rows. Batches are prepared one at a time, after the previous one committed."""
-        rows: list[tuple[int, str, str | None, str]] = []
-        snapshots: set[str] = set()
+        goes on mutating (the writer thread only sees strings and tuples); a failed commit
+        retries these rows. Batches are prepared one at a time, after the previous one
+        committed, so journal ids grow in commit order."""
+        journal: list[tuple[int, str, str | None, str]] = []
+        rows = _Rows()
         for run in batch.runs.values():
-            if run.workflow_digest not in self._snapshots and run.workflow_digest not in snapshots:
-                snapshots.add(run.workflow_digest)
-                rows.append(
-                    (next(self._ids), "snapshot", None, _journal_row((run.workflow_digest, _dumps(run.workflow))))
-                )
-            rows.append((next(self._ids), "run", run.run_id, _journal_row(_run_row(run))))
+            if run.workflow_digest not in self._snapshots and run.workflow_digest not in rows.snapshots:
+                snapshot = rows.snapshots[run.workflow_digest] = (run.workflow_digest, _dumps(run.workflow))
+                journal.append((next(self._ids), "snapshot", None, _journal_row(snapshot)))
+            row = rows.runs[run.run_id] = _run_row(run)
+            journal.append((next(self._ids), "run", run.run_id, _journal_row(row)))
         for step in batch.steps.values():
-            rows.append((next(self._ids), "step", step.run_id, _journal_row(_step_row(step))))
+            row = rows.steps[(step.run_id, step.key, step.attempt)] = _step_row(step)
+            journal.append((next(self._ids), "step", step.run_id, _journal_row(row)))
         for event in batch.events:
-            rows.append((next(self._ids), "event", event.run_id, event.to_json()))
-        return _Prepared(columns=[list(column) for column in zip(*rows, strict=True)], snapshots=snapshots)
+            rows.events.setdefault((event.run_id, event.seq), _event_row(event))
+            journal.append((next(self._ids), "event", event.run_id, event.to_json()))
+        rows.last_id = journal[-1][0] if journal else 0
+        return _Prepared(columns=[list(column) for column in zip(*journal, strict=True)], rows=rows)
 
     async def project(self) -> None:
         """Bring the tables up to every batch committed so far."""
+        await self.recover()
         target = self._journaled
         if self._projected >= target:
             return
@@ -246,17 +323,27 @@ class DuckDBRunStore:
             if self._projected >= target:
                 return  # a projection that started after our batch committed covered it
             target = self._journaled
+            pending, self._pending = self._pending, _Rows()
             try:
-                await self._db.maintain(self._project)
+                await self._db.maintain(self._project, pending)
             except Exception as exc:
+                pending.absorb(self._pending)  # what committed meanwhile is newer
+                self._pending = pending
                 self.projection_error = f"{type(exc).__name__}: {exc}"
                 raise
             self._projected = target
             self.projection_error = None
 
     @staticmethod
-    def _project(cursor: duckdb.DuckDBPyConnection) -> None:
-        for sql in _PROJECT:
+    def _project(cursor: duckdb.DuckDBPyConnection, pending: _Rows) -> None:
+        for sql, rows in zip(_PROJECT, pending.tables(), strict=True):
+            if rows:
+                cursor.execute(sql, [list(column) for column in zip(*rows, strict=True)])
+        cursor.execute(_CLEAR_JOURNAL, [pending.last_id])
+
+    @staticmethod
+    def _execute_all(cursor: duckdb.DuckDBPyConnection, statements: tuple[str, ...]) -> None:
+        for sql in statements:
             cursor.execute(sql)
 
     def _project_in_background(self) -> None:
