@@ -524,6 +524,21 @@ async def test_a_failed_projection_keeps_the_journal_and_says_why_until_one_succ
         assert db._con.execute("SELECT count(*) FROM run_journal").fetchone()[0] == 0
 
 
+async def test_closing_when_the_projection_fails_keeps_the_journal_for_the_next_start(tmp_path: Path) -> None:
+    path = tmp_path / "db.duckdb"
+    async with open_db(path) as db:
+        store = DuckDBRunStore(db, projection_interval_s=3600)
+        await store.write(batch(run_record("r1", status="succeeded"), event("r1", 1)))
+        db._con.execute("ALTER TABLE runs RENAME TO runs_away")
+        await store.close()  # logs the failure instead of failing the host's shutdown
+        assert store.projection_error is not None
+        db._con.execute("ALTER TABLE runs_away RENAME TO runs")
+        assert db._con.execute("SELECT count(*) FROM run_journal").fetchone()[0] == 3
+    async with open_db(path) as db:
+        stored = await DuckDBRunStore(db).get_run("r1")
+        assert stored is not None and stored[0].status == "succeeded"
+
+
 async def test_a_journal_left_by_a_crash_is_folded_into_the_tables_at_recovery(tmp_path: Path) -> None:
     path = tmp_path / "db.duckdb"
     async with open_db(path) as db:

@@ -269,13 +269,14 @@ class DuckDBRunStore:
                 self._recovered = True
 
     async def close(self) -> None:
-        """Fold the rest of the journal in, so that the file closes with its tables current."""
+        """Fold the rest of the journal in, so that the file closes with its tables current
+        (if that fails, the journal keeps it all and the next start folds it in)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self._background is not None:
             await asyncio.gather(self._background, return_exceptions=True)
-        await self.project()
+        await self._project_logged()
 
     async def write(self, batch: Batch) -> None:
         await self.recover()
@@ -354,7 +355,7 @@ class DuckDBRunStore:
         try:
             await self.project()
         except Exception:
-            log.exception("projecting the run journal failed; it is retried before the next read")
+            log.exception("projecting the run journal failed; the journal keeps everything and it is retried")
 
     async def get_run(self, run_id: str) -> tuple[RunRecord, list[StepRecord]] | None:
         await self.project()
