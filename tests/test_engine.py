@@ -707,3 +707,35 @@ async def test_the_database_file_alone_holds_the_run_its_steps_and_events(tmp_pa
     assert stored.outputs == {"v": 1}
     assert [e.as_dict() for e in stored_events] == [e.as_dict() for e in events]
     assert_event_log(stored_events)
+
+
+async def test_a_submit_is_stored_without_waiting_for_the_busy_main_writer(tmp_path: Path) -> None:
+    async with engine_at(tmp_path) as engine:
+        gate = asyncio.Event()
+
+        def hold_the_writer(cursor: Any) -> None:  # a long transaction of the running runs' writer
+            while not gate.is_set():
+                time.sleep(0.01)
+
+        busy = asyncio.ensure_future(engine._db.write(hold_the_writer))
+        run_id = await engine.submit(workflow(echo("a", 1)))
+        assert not busy.done(), "submit waited for the main writer"
+        assert [e.type for e in await engine.events(run_id)] == ["run_queued"]  # stored, and nothing more yet
+        gate.set()
+        await busy
+        assert (await engine.wait(run_id)).status == "succeeded"
+
+
+async def test_a_runs_later_transitions_are_stored_only_after_its_queued_state(tmp_path: Path) -> None:
+    async with engine_at(tmp_path) as engine:
+        engine.runs._interval = 3600  # keep the journal unprojected, to read the order it was written in
+        run_ids = await asyncio.gather(*(engine.submit(workflow(echo("a", i))) for i in range(20)))
+        for run_id in run_ids:
+            await engine.wait(run_id)
+        journal_order = engine._db._con.execute(
+            "SELECT run_id, list((row->>'seq')::INTEGER ORDER BY id) FROM run_journal WHERE kind = 'event'"
+            " GROUP BY run_id"
+        ).fetchall()
+        assert sorted(run_id for run_id, _ in journal_order) == sorted(run_ids)
+        for run_id, seqs in journal_order:
+            assert seqs == [1, 2, 3, 4, 5], f"run {run_id}: events journaled out of order {seqs}"

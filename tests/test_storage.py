@@ -649,8 +649,8 @@ class RecordingStore(DuckDBRunStore):
         self.durable: list[tuple[str, int]] = []
         self.writes = 0
 
-    async def write(self, batch: Batch) -> None:
-        await super().write(batch)
+    async def write(self, batch: Batch, *, submission: bool = False) -> None:
+        await super().write(batch, submission=submission)
         self.writes += 1
         self.durable += [(e.run_id, e.seq) for e in batch.events]
 
@@ -663,12 +663,12 @@ class FlakyStore(RecordingStore):
         self.failures = failures
         self.attempts = 0
 
-    async def write(self, batch: Batch) -> None:
+    async def write(self, batch: Batch, *, submission: bool = False) -> None:
         self.attempts += 1
         if self.failures:
             self.failures -= 1
             raise duckdb.IOException("disk hiccup (injected)")
-        await super().write(batch)
+        await super().write(batch, submission=submission)
 
 
 async def test_events_are_published_only_after_the_store_write_returned(tmp_path: Path) -> None:
@@ -872,7 +872,7 @@ async def test_unsubscribed_subscriptions_get_nothing_more() -> None:
 class _DeadStore(DuckDBRunStore):
     """A store whose disk is gone: every write fails with an I/O error (transient, retried)."""
 
-    async def write(self, batch: Batch) -> None:
+    async def write(self, batch: Batch, *, submission: bool = False) -> None:
         raise duckdb.IOException("IO Error: No space left on device")
 
 

@@ -2,9 +2,10 @@
 
 DuckDB allows one read-write process per file, and each statement has a fixed cost of
 around a millisecond, so every call goes through a thread: writes through one dedicated
-writer thread (so its transactions never interleave), long maintenance transactions through
-a second one (so they never hold up a commit that a client waits for), and reads through a
-small pool of reader threads, each with its own cursor.
+writer thread (so its transactions never interleave), new runs' single-statement commits
+through a submitter thread and long maintenance transactions through a third (so that
+neither waits behind the other writes), and reads through a small pool of reader threads,
+each with its own cursor.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class Database:
         self.path = str(path)
         self._con: duckdb.DuckDBPyConnection | None = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="clarion-db-writer")
+        self._submitter = ThreadPoolExecutor(1, thread_name_prefix="clarion-db-submitter")
         self._maintainer = ThreadPoolExecutor(1, thread_name_prefix="clarion-db-maintainer")
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="clarion-db-reader")
         self._local = threading.local()
@@ -116,6 +118,7 @@ class Database:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._writer, self._close)
         self._writer.shutdown(wait=True)
+        self._submitter.shutdown(wait=True)
         self._maintainer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
 
@@ -141,12 +144,14 @@ class Database:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._writer, self._transaction, fn, args, attempts)
 
-    async def write_one(self, sql: str, params: list[Any]) -> None:
+    async def write_one(self, sql: str, params: list[Any], *, submission: bool = False) -> None:
         """One statement in a transaction of its own (DuckDB's autocommit): a single call
         into DuckDB, where BEGIN and COMMIT take two more, each giving up the GIL and
-        waiting to take it back from the event loop."""
+        waiting to take it back from the event loop. A ``submission`` runs on the submitter
+        thread, concurrently with the writer's statements (DuckDB appends do not conflict)."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer, lambda: self._cursor().execute(sql, params))
+        thread = self._submitter if submission else self._writer
+        await loop.run_in_executor(thread, lambda: self._cursor().execute(sql, params))
 
     async def maintain(self, fn: Callable[..., T], *args: Any, attempts: int = 5) -> T:
         """Like :meth:`write`, but on a thread of its own, concurrently with the writer's

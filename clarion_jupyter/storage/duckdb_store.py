@@ -278,12 +278,12 @@ class DuckDBRunStore:
             await asyncio.gather(self._background, return_exceptions=True)
         await self._project_logged()
 
-    async def write(self, batch: Batch) -> None:
+    async def write(self, batch: Batch, *, submission: bool = False) -> None:
         await self.recover()
         if batch.prepared is None:
             batch.prepared = self._prepare(batch)
         prepared: _Prepared = batch.prepared
-        await self._db.write_one(_JOURNAL_INSERT, prepared.columns)
+        await self._db.write_one(_JOURNAL_INSERT, prepared.columns, submission=submission)
         # Only now do these rows exist: a batch that failed for good must not make later
         # batches skip its snapshots, nor be projected.
         self._snapshots |= prepared.rows.snapshots.keys()
@@ -295,8 +295,9 @@ class DuckDBRunStore:
     def _prepare(self, batch: Batch) -> _Prepared:
         """Journal rows for a batch, built on the caller's thread from records the engine
         goes on mutating (the writer thread only sees strings and tuples); a failed commit
-        retries these rows. Batches are prepared one at a time, after the previous one
-        committed, so journal ids grow in commit order."""
+        retries these rows. Journal ids grow in commit order for each run: a writer prepares
+        a batch after its previous one committed, and a run's first batch (a submission)
+        commits before the run makes any other."""
         journal: list[tuple[int, str, str | None, str]] = []
         rows = _Rows()
         for run in batch.runs.values():

@@ -44,8 +44,9 @@ class RunStore(Protocol):
     async def close(self) -> None:
         """Finish any deferred storage work; nothing is written after this."""
 
-    async def write(self, batch: Batch) -> None:
-        """Persist a batch atomically (one transaction: one flush for many transitions)."""
+    async def write(self, batch: Batch, *, submission: bool = False) -> None:
+        """Persist a batch atomically (one transaction: one flush for many transitions).
+        Submissions (new runs, nothing else) may commit concurrently with other batches."""
 
     async def get_run(self, run_id: str) -> tuple[RunRecord, list[StepRecord]] | None: ...
     async def list_runs(

@@ -43,10 +43,14 @@ class GroupCommitWriter:
         store: RunStore,
         on_committed: Callable[[list[Event]], None],
         on_stored: Callable[[list[RunRecord], list[StepRecord]], None] | None = None,
+        *,
+        submissions: bool = False,
     ) -> None:
         """``on_stored`` gets copies of the records each commit made durable, before the
-        batch's events are announced (so a reader of that state never runs behind them)."""
+        batch's events are announced (so a reader of that state never runs behind them).
+        A ``submissions`` writer carries only new runs, and commits beside the main one."""
         self._store = store
+        self._submissions = submissions
         self._on_committed = on_committed
         self._on_stored = on_stored
         self._pending = Batch()
@@ -133,7 +137,7 @@ class GroupCommitWriter:
         while True:
             attempt += 1
             try:
-                await self._store.write(batch)
+                await self._store.write(batch, submission=self._submissions)
                 return True
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"

@@ -80,6 +80,7 @@ class Engine:
         self.bus = EventBus()
         self._views = RunViews()
         self._writer: GroupCommitWriter | None = None
+        self._submissions: GroupCommitWriter | None = None
         self._queue: Queue | None = None
         self._worker: Worker | None = None
         self._router: asyncio.Task[None] | None = None
@@ -108,7 +109,9 @@ class Engine:
             await self._db.close()  # release the threads; the file was never opened
             raise
         self._writer = GroupCommitWriter(self.runs, self.bus.publish, self._views.stored)
+        self._submissions = GroupCommitWriter(self.runs, self.bus.publish, self._views.stored, submissions=True)
         self._writer.start()
+        self._submissions.start()
         self._queue = make_queue(self.queue_url, maxsize=max(64, self._workers * 16))
         await self._queue.start()
         if self._run_workers:
@@ -133,6 +136,7 @@ class Engine:
         if self._router is not None:
             self._router.cancel()
             await asyncio.gather(self._router, return_exceptions=True)
+        await self._submissions.close()
         await self._writer.close()
         await self.runs.close()
         await self._queue.close()
@@ -180,13 +184,13 @@ class Engine:
         if key is not None:
             existing = await self._find_idempotent(workflow.id, key)
             if existing is not None:
-                await self._writer.flush()  # the first submit may not have committed it yet
+                await self._submissions.flush()  # the first submit may not have committed it yet
                 return existing
         resolved = plan.resolve_inputs(inputs)
         await self._check_agents(plan)
         if key is not None and (claimed := self._idempotency.get((workflow.id, key))) is not None:
             # A concurrent submit with the same key claimed it while we awaited the agent check.
-            await self._writer.flush()
+            await self._submissions.flush()
             return claimed
         run = RunRecord(
             run_id=new_run_id(), workflow_id=workflow.id, workflow_name=workflow.name, workflow=plan.document,
@@ -196,9 +200,11 @@ class Engine:
         if key is not None:
             self._idempotency[(workflow.id, key)] = run.run_id
         executor = RunExecutor(plan, run, self._writer, self._queue, self.agents.resolve)
-        executor.queued()
-        self._launch(executor)
-        await self._writer.flush()
+        self._active[run.run_id] = executor  # cancellable from here on
+        executor.queued(self._submissions)
+        await self._submissions.flush()
+        if self.started:  # else the engine is stopping, and the next start resumes the stored run
+            self._launch(executor)
         return run.run_id
 
     async def _find_idempotent(self, workflow_id: str, key: str) -> str | None:
@@ -337,13 +343,14 @@ class Engine:
             raise RuntimeError("the engine is not started: use `async with Engine(...)` or `await engine.start()`")
 
     def health(self) -> dict[str, Any]:
+        writers = [w for w in (self._writer, self._submissions) if w is not None]
         return {
             "storage": {
                 "kind": "duckdb",
                 "path": str(Path(self.db_path)),
-                "commits": self._writer.batches if self._writer else 0,
-                "dropped_batches": self._writer.dropped_batches if self._writer else 0,
-                "last_error": self._writer.last_error if self._writer else None,
+                "commits": sum(w.batches for w in writers),
+                "dropped_batches": sum(w.dropped_batches for w in writers),
+                "last_error": next((w.last_error for w in writers if w.last_error), None),
                 "unprojected_commits": self.runs.unprojected,
                 "projection_error": self.runs.projection_error,
             },

@@ -102,10 +102,12 @@ class RunExecutor:
         self._usage = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": None}
         self.finished = asyncio.Event()
 
-    def queued(self) -> None:
-        """Record the new run; the engine calls this once, before :meth:`execute`."""
-        self._writer.add_run(self.run)
-        self._emit("run_queued", None, {"workflow_id": self.run.workflow_id, "inputs": self.run.inputs})
+    def queued(self, submissions: GroupCommitWriter) -> None:
+        """Record the new run through the engine's ``submissions`` writer, which commits
+        beside the busy main one. The engine calls this once and starts :meth:`execute`
+        only once that is stored, so no later transition of the run can be stored first."""
+        submissions.add_run(self.run)
+        self._emit("run_queued", None, {"workflow_id": self.run.workflow_id, "inputs": self.run.inputs}, submissions)
 
     def abort(self, error: dict[str, Any]) -> None:
         """End the run as failed after an engine error, so it is not left running forever."""
@@ -485,9 +487,11 @@ class RunExecutor:
         self._writer.add_step(record)
         return record
 
-    def _emit(self, type_: str, step_id: str | None, data: dict[str, Any]) -> None:
+    def _emit(
+        self, type_: str, step_id: str | None, data: dict[str, Any], writer: GroupCommitWriter | None = None
+    ) -> None:
         self._seq += 1
-        self._writer.add_event(Event(self._seq, type_, self.run.run_id, step_id, utcnow(), data))
+        (writer or self._writer).add_event(Event(self._seq, type_, self.run.run_id, step_id, utcnow(), data))
 
     def _add_usage(self, usage: dict[str, Any] | None) -> None:
         if not usage:
