@@ -14,7 +14,8 @@ and DuckDB file) and is stopped at the end, also on errors and Ctrl-C. Client an
 share the machine, so every line also reports the CPU seconds each side used: a client
 that eats half the cores inflates the server's latencies.
 
-Usage: python bench/api.py [--seconds 20] [--clients 50] [--ws-runs 200] [--steps-per-s 1000]
+Usage: python bench/api.py [--only A-paced,B] [--repeat 3] [--seconds 20] [--clients 50] [--ws-runs 200]
+       [--steps-per-s 1000]
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ async def bench_status_under_load(
             "target_api_status_p99_ms": TARGETS_MS["api_status_p99"]}  # fmt: skip
 
 
-async def measured(server: JupyterServerProcess, name: str, workload: Awaitable[dict[str, Any]]) -> None:
+async def measured(server: JupyterServerProcess, name: str, workload: Awaitable[dict[str, Any]]) -> dict[str, Any]:
     """Run one workload and print its line, with wall time and the CPU each process spent on it.
 
     The load generator's own garbage collector is off meanwhile: its full collections pause
@@ -209,21 +210,36 @@ async def measured(server: JupyterServerProcess, name: str, workload: Awaitable[
         values = await workload
     finally:
         gc.enable()
-    print(json.dumps({"workload": name, **values, "wall_s": round(time.perf_counter() - wall, 2),
-                      "client_cpu_s": round(time.process_time() - client_cpu, 2),
-                      "server_cpu_s": round(server.cpu_seconds() - server_cpu, 2)}), flush=True)  # fmt: skip
+    line = {"workload": name, **values, "wall_s": round(time.perf_counter() - wall, 2),
+            "client_cpu_s": round(time.process_time() - client_cpu, 2),
+            "server_cpu_s": round(server.cpu_seconds() - server_cpu, 2)}  # fmt: skip
+    print(json.dumps(line), flush=True)
+    return line
 
 
 async def run_workload(
     name: str, workload: Callable[[JupyterServerProcess, Client], Awaitable[dict[str, Any]]]
-) -> None:
+) -> dict[str, Any]:
     """Each workload on a fresh server and database, so none measures another's leftovers."""
     with tempfile.TemporaryDirectory(prefix="clarion-bench-api-") as tmp, JupyterServerProcess(Path(tmp)) as server:
         await server.wait_ready()
         async with Client(server.url, server.token, max_clients=64, timeout=60) as client:
             for workflow in (ECHO, LOAD_CHAIN):
                 await client.create_workflow(workflow)
-            await measured(server, name, workload(server, client))
+            return await measured(server, name, workload(server, client))
+
+
+def medians(name: str, lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median over repeated runs of every latency percentile they reported: one run on
+    a shared machine can be twice as slow as the next, for reasons outside the server."""
+    summary: dict[str, Any] = {"workload": name, "median_of_runs": len(lines)}
+    for key, value in lines[0].items():
+        if isinstance(value, dict) and "p99_ms" in value:
+            summary[key] = {
+                cut: round(statistics.median(line[key][cut] for line in lines if line[key][cut] is not None), 2)
+                for cut in ("p50_ms", "p99_ms")
+            }
+    return summary
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -236,12 +252,17 @@ async def main(args: argparse.Namespace) -> None:
         "C": lambda server, client: bench_status_under_load(server, client, args.seconds, args.steps_per_s),
     }
     for name in args.only.split(","):
-        await run_workload(name, workloads[name])
+        lines = [await run_workload(name, workloads[name]) for _ in range(args.repeat)]
+        if args.repeat > 1:
+            print(json.dumps(medians(name, lines)), flush=True)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="A,A-paced,B,B-burst,C", help="workloads to run, in order")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of each workload; above 1, a line of their medians follows"
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of workloads A and C")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients in workload A")
     parser.add_argument(
