@@ -63,19 +63,21 @@ def _unnest(n: int) -> str:
     return ", ".join(f"unnest(${i})" for i in range(1, n + 1))
 
 
+def _update_changing(key: str, changing: str) -> str:
+    """A row the table already has gets only its ``changing`` columns updated."""
+    return f"ON CONFLICT ({key}) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in changing.split(", "))
+
+
 def _upsert(table: str, columns: str, key: str, changing: str) -> str:
-    """Insert rows bound column by column; a row the table has gets only ``changing`` updated."""
-    updates = ", ".join(f"{name} = excluded.{name}" for name in changing.split(", "))
+    """Insert rows bound column by column."""
     return (
-        f"INSERT INTO {table} ({columns}) SELECT {_unnest(len(columns.split(', ')))}"
-        f" ON CONFLICT ({key}) DO UPDATE SET {updates}"
+        f"INSERT INTO {table} ({columns}) SELECT {_unnest(len(columns.split(', ')))} {_update_changing(key, changing)}"
     )
 
 
 def _recovery(table: str, columns: str, types: tuple[str, ...], kind: str, key: str, changing: str) -> str:
     """SQL that folds each ``key``'s journaled rows into ``table``: the ``changing`` columns from its
-    newest row (journal ids only grow), the others (identity, inputs) from its first, and
-    only the ``changing`` columns of a row the table already has."""
+    newest row (journal ids only grow), the others (identity, inputs) from its first."""
     names = columns.split(", ")
     mutable = changing.split(", ")
     values = ", ".join(
@@ -83,11 +85,10 @@ def _recovery(table: str, columns: str, types: tuple[str, ...], kind: str, key: 
         for i, (name, t) in enumerate(zip(names, types, strict=True))
     )
     group = ", ".join(f"row->>{names.index(name)}" for name in key.split(", "))
-    updates = ", ".join(f"{name} = excluded.{name}" for name in mutable)
     return (
         f"INSERT INTO {table} ({columns}) SELECT {values} FROM (SELECT arg_min(row, id) AS first,"
         f" arg_max(row, id) AS last FROM run_journal WHERE kind = '{kind}' GROUP BY {group})"
-        f" ON CONFLICT ({key}) DO UPDATE SET {updates}"
+        f" {_update_changing(key, changing)}"
     )
 
 
