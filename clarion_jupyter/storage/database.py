@@ -104,7 +104,6 @@ class Database:
         self._maintainer = ThreadPoolExecutor(1, thread_name_prefix="clarion-db-maintainer")
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="clarion-db-reader")
         self._local = threading.local()
-        self._write_cursor: duckdb.DuckDBPyConnection | None = None
 
     def open(self) -> None:
         """Connect and migrate; blocking, so hosts call it through :meth:`start`."""
