@@ -4,7 +4,7 @@ from typing import Any
 
 from ._version import __version__
 from .agent.models import Agent
-from .errors import ClarionError, ValidationFailed
+from .core.errors import ClarionError, ValidationFailed
 from .storage.records import Event
 from .workflow.engine import Engine
 from .workflow.models import Workflow, WorkflowRun, parse_workflow
@@ -26,7 +26,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """``Client`` loads the HTTP stack on first use, not on every import of the package."""
     if name == "Client":
-        from .notebook.client import Client
+        from .client.client import Client
 
         return Client
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

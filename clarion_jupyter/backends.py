@@ -11,11 +11,10 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import DatabaseLocked
-from .notebook.client import ClarionAPIError, Client
+from .client import ClarionAPIError, Client, find_server
+from .core.errors import DatabaseLocked
 from .storage.records import Event
 from .workflow.engine import Engine
 from .workflow.models import Workflow, WorkflowRun
@@ -108,31 +107,12 @@ def _event(doc: dict[str, Any]) -> Event:
     return Event(doc["seq"], doc["type"], doc["run_id"], doc.get("step_id"), ts, doc.get("data") or {})
 
 
-async def server_for(db_path: str) -> Client | None:
-    """A client for the running Jupyter server whose Clarion extension serves ``db_path``."""
-    from jupyter_server.serverapp import list_running_servers
-
-    wanted = Path(db_path).expanduser().resolve()
-    for info in list_running_servers():
-        client = Client(info["url"], info.get("token") or None, timeout=10)
-        try:
-            health = await client.health()
-        except ClarionAPIError:
-            client.close()
-            continue
-        path = health.get("storage", {}).get("path")
-        if path and Path(path).expanduser().resolve() == wanted:
-            return client
-        client.close()
-    return None
-
-
 async def open_backend(engine: Engine) -> Backend:
     """The embedded engine, or, when a Jupyter server holds its file, that server's API."""
     try:
         await engine.start()
     except DatabaseLocked:
-        client = await server_for(engine.db_path)
+        client = await find_server(db_path=engine.db_path)
         if client is None:
             raise
         print(f"(the database is in use by the Jupyter server at {client.url}: using its API)", file=sys.stderr)

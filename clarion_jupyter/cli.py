@@ -15,7 +15,8 @@ from typing import Any, TextIO
 import yaml
 
 from .backends import Backend, open_backend
-from .errors import ClarionError, ValidationFailed
+from .core.errors import ClarionError, ValidationFailed
+from .core.protocol import EventType
 from .storage.records import Event
 from .task.registry import TaskRegistry
 from .workflow.compiler import compile_workflow
@@ -36,18 +37,18 @@ class Style:
 
 
 STATUS_MARKS = {
-    "step_started": ("…", "2"),
-    "step_completed": ("✓", "32"),
-    "step_failed": ("✗", "31"),
-    "step_retrying": ("↻", "33"),
-    "step_skipped": ("–", "2"),
+    EventType.step_started: ("…", "2"),
+    EventType.step_completed: ("✓", "32"),
+    EventType.step_failed: ("✗", "31"),
+    EventType.step_retrying: ("↻", "33"),
+    EventType.step_skipped: ("–", "2"),
 }
 STATUS_WORDS = {
-    "step_started": "running",
-    "step_completed": "succeeded",
-    "step_failed": "failed",
-    "step_retrying": "retrying",
-    "step_skipped": "skipped",
+    EventType.step_started: "running",
+    EventType.step_completed: "succeeded",
+    EventType.step_failed: "failed",
+    EventType.step_retrying: "retrying",
+    EventType.step_skipped: "skipped",
 }
 
 
@@ -67,9 +68,9 @@ class Progress:
         detail = ""
         if "error" in data:
             detail = data["error"].get("message", "")
-        elif event.type == "step_skipped":
+        elif event.type == EventType.step_skipped:
             detail = data.get("reason") or ""
-        elif event.type == "step_started" and data.get("attempt", 1) > 1:
+        elif event.type == EventType.step_started and data.get("attempt", 1) > 1:
             detail = f"attempt {data['attempt']}"
         line = f"  {self.style(mark, colour)} {event.step_id:<24} {self.style(STATUS_WORDS[event.type], colour):<10} {duration:>10}  {detail}"
         print(line.rstrip(), file=self.out, flush=True)
@@ -185,7 +186,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
     print(f"run {run.run_id}: {run.workflow_name} ({run.workflow_id})")
     progress = Progress(sys.stdout)
     for event in events:
-        if event.type != "step_started":
+        if event.type != EventType.step_started:
             progress.event(event)
     progress.summary(run)
     return 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from clarion_jupyter.agent.context import ContextFile, gather_context, render_context
 from clarion_jupyter.agent.models import CodebaseContext
-from clarion_jupyter.task.workspace import Workspace
+from clarion_jupyter.core.workspace import Workspace
 
 
 def make_tree(root: Path, files: dict[str, str | bytes]) -> Workspace:

@@ -14,7 +14,7 @@ from clarion_jupyter.agent.importer import (
     parse_agent_documents,
 )
 from clarion_jupyter.agent.models import Agent
-from clarion_jupyter.errors import ValidationFailed
+from clarion_jupyter.core.errors import ValidationFailed
 
 FIXTURES = Path(__file__).parent / "fixtures" / "agents"
 

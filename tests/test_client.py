@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from conftest_server import ECHO_WORKFLOW, SLEEP_30_WORKFLOW, SLEEPY_WORKFLOW
 
-from clarion_jupyter.errors import ClarionError
-from clarion_jupyter.notebook.client import ClarionAPIError, Client
+from clarion_jupyter.client.client import ClarionAPIError, Client
+from clarion_jupyter.core.errors import ClarionError
 
 AGENT = {
     "name": "Triager",

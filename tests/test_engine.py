@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from clarion_jupyter import Engine
-from clarion_jupyter.errors import Conflict, NotFound, ValidationFailed
+from clarion_jupyter.core.errors import Conflict, NotFound, ValidationFailed
 from clarion_jupyter.storage.records import Event
 from clarion_jupyter.workflow.models import StepRun, WorkflowRun
 

@@ -12,13 +12,13 @@ import pytest
 from pydantic import ValidationError
 
 from clarion_jupyter.agent.models import Agent, CodebaseContext, UserVariable
+from clarion_jupyter.core.workspace import Workspace
 from clarion_jupyter.task.base import TaskContext, TaskFailed
 from clarion_jupyter.task.builtin.llm_call import (
     DEFAULT_PROVIDER,
     LLMCallConfig,
     LLMCallTask,
 )
-from clarion_jupyter.task.workspace import Workspace
 from clarion_jupyter.testing import OpenAIStubServer
 
 KEY_ENV = "CLARION_TEST_LLM_KEY"

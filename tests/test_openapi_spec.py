@@ -19,7 +19,7 @@ from referencing.jsonschema import DRAFT202012
 
 from clarion_jupyter import Agent, Engine, __version__
 from clarion_jupyter.agent.importer import import_text
-from clarion_jupyter.errors import NotFound, Problem, ValidationFailed
+from clarion_jupyter.core.errors import NotFound, Problem, ValidationFailed
 from clarion_jupyter.server.app import EngineUnavailable
 from clarion_jupyter.server.handlers import WorkflowDocuments
 from clarion_jupyter.task.registry import TaskRegistry

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from clarion_jupyter.core.workspace import Workspace
 from clarion_jupyter.task.base import TaskSettings
 from clarion_jupyter.task.local import LocalQueue
 from clarion_jupyter.task.queue import Job
 from clarion_jupyter.task.registry import TaskRegistry
 from clarion_jupyter.task.worker import Worker
-from clarion_jupyter.task.workspace import Workspace
 
 
 def echo_job(n: int) -> Job:

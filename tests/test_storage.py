@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from clarion_jupyter.errors import Conflict, DatabaseLocked
+from clarion_jupyter.core.errors import Conflict, DatabaseLocked
 from clarion_jupyter.storage.database import Database, connect, migrate, migrations
 from clarion_jupyter.storage.duckdb_store import DuckDBDocumentStore, DuckDBRunStore
 from clarion_jupyter.storage.records import (

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from clarion_jupyter.core.workspace import Workspace
 from clarion_jupyter.task.base import TaskContext, TaskFailed, TaskSettings
 from clarion_jupyter.task.builtin.shell import ShellTask
-from clarion_jupyter.task.workspace import Workspace
 
 
 def _ctx(root: Path, **settings: Any) -> TaskContext:

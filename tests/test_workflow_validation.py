@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from clarion_jupyter.errors import Problem, ValidationFailed
+from clarion_jupyter.core.errors import Problem, ValidationFailed
 from clarion_jupyter.task.registry import TaskRegistry
 from clarion_jupyter.workflow.compiler import Plan, compile_workflow, resolve_inputs
 from clarion_jupyter.workflow.models import (

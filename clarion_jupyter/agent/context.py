@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pathspec import GitIgnoreSpec
 
-from ..task.workspace import PathOutsideWorkspace, Workspace
+from ..core.workspace import PathOutsideWorkspace, Workspace
 from .models import CodebaseContext
 
 SKIPPED_DIRS = frozenset({".git", "node_modules", ".venv", "__pycache__"})

@@ -32,8 +32,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ..errors import Problem, ValidationFailed
-from ..workflow.models import SLUG_PATTERN, slugify
+from ..core.errors import Problem, ValidationFailed
+from ..core.ids import SLUG_PATTERN, slugify
 from .models import ENV_NAME_PATTERN, Agent
 
 log = logging.getLogger(__name__)

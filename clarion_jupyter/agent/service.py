@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import NotFound, Problem, ValidationFailed
+from ..core.errors import NotFound, Problem, ValidationFailed
 from ..storage.protocols import AgentStore
 from .importer import ImportReport, import_text
 from .models import Agent

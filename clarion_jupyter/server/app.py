@@ -17,13 +17,14 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Enum, Float, Integer, Unicode, default
 
 from .._version import __version__
-from ..errors import ClarionError
+from ..core.errors import ClarionError
+from ..core.protocol import CloseCode
 from ..storage.database import default_db_path
 from ..workflow.engine import Engine
 from .base import EXTENSION_NAME
 from .handlers import default_handlers
 from .logs import JUPYTER_LOG_TEMPLATE, configure_logging
-from .websocket import CLOSE_GOING_AWAY, EventSocket, websocket_handlers
+from .websocket import EventSocket, websocket_handlers
 
 if TYPE_CHECKING:
     from jupyter_server.serverapp import ServerApp
@@ -175,7 +176,7 @@ class ClarionExtension(ExtensionApp):
         """Stop without finishing runs: whatever is in flight resumes at the next start."""
         self._down = ("the Jupyter server is shutting down", None, "unavailable")
         for socket in list(self.sockets):
-            socket.shutdown(CLOSE_GOING_AWAY, "server shutting down: reconnect later with since")
+            socket.shutdown(CloseCode.going_away, "server shutting down: reconnect later with since")
         if self._starting is not None:
             await self._starting
         await self.engine.stop()

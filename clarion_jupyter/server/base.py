@@ -19,7 +19,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import httputil, web
 
-from ..errors import BadRequest, ClarionError
+from ..core.errors import BadRequest, ClarionError
 
 if TYPE_CHECKING:
     from ..workflow.engine import Engine

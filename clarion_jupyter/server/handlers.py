@@ -14,9 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tornado import web
 
 from ..agent.models import Agent
-from ..errors import BadRequest, NotFound, Problem, ValidationFailed
+from ..core.errors import BadRequest, NotFound, Problem, ValidationFailed
+from ..core.protocol import RunStatus
 from ..storage.records import StoredDocument, isoformat
-from ..workflow.models import RunStatus, pydantic_problems
+from ..workflow.models import pydantic_problems
 from .base import DOCUMENT_TYPES, YAML_TYPES, ClarionHandler
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")

@@ -35,19 +35,14 @@ from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from ..errors import NotFound
+from ..core.errors import NotFound
+from ..core.protocol import CloseCode
 from ..storage.records import Event
 from ..workflow.bus import Subscription, SubscriptionOverflow
 from ..workflow.engine import Engine
 from .base import AUTH_RESOURCE, ClarionHandlerMixin
 
 log = logging.getLogger(__name__)
-
-CLOSE_DONE = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_OVERFLOW = 4008
-CLOSE_NOT_FOUND = 4404
 
 
 class EventSocket(ClarionHandlerMixin, WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ignore[misc]
@@ -102,16 +97,16 @@ class EventSocket(ClarionHandlerMixin, WebSocketMixin, WebSocketHandler, Jupyter
             if flushed is not None:
                 await flushed
         except SubscriptionOverflow:
-            self.close(CLOSE_OVERFLOW, self.overflow_reason())
+            self.close(CloseCode.overflow, self.overflow_reason())
         except NotFound:
-            self.close(CLOSE_NOT_FOUND, "no such run")
+            self.close(CloseCode.not_found, "no such run")
         except WebSocketClosedError:
             return
         except Exception:
             log.exception("event stream of %s failed", self.request.path)
-            self.close(CLOSE_INTERNAL_ERROR, "internal server error: reconnect with since")
+            self.close(CloseCode.internal_error, "internal server error: reconnect with since")
         else:
-            self.close(CLOSE_DONE, "run finished")
+            self.close(CloseCode.done, "run finished")
 
     def shutdown(self, code: int, reason: str) -> None:
         self._stop_pump()

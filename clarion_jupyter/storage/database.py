@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from ..errors import DatabaseLocked
+from ..core.errors import DatabaseLocked
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -17,7 +17,7 @@ from typing import Any
 
 import duckdb
 
-from ..errors import Conflict
+from ..core.errors import Conflict
 from .database import Database
 from .protocols import ActiveRun, RunPage
 from .records import Batch, Event, RunRecord, StepRecord, StoredDocument, utcnow

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-TERMINAL_EVENT_TYPES = frozenset({"workflow_succeeded", "workflow_failed", "workflow_cancelled"})
+from ..core.protocol import TERMINAL_EVENT_TYPES
 
 
 def digest(document: dict[str, Any]) -> str:

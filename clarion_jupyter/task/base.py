@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from .workspace import Workspace
+from ..core.workspace import Workspace
 
 
 class TaskConfig(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from ..errors import BadRequest
+from ..core.errors import BadRequest
 from .local import LocalQueue
 from .queue import Queue
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..core.workspace import PathOutsideWorkspace, Workspace
 from .base import TaskContext, TaskFailed, TaskSettings
 from .queue import Delivery, Job, JobResult, Queue
 from .registry import TaskRegistry
-from .workspace import PathOutsideWorkspace, Workspace
 
 log = logging.getLogger(__name__)
 CANCELLED_RUNS_KEPT = 10_000

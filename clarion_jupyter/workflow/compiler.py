@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import Problem, ValidationFailed
+from ..core.errors import Problem, ValidationFailed
 from ..storage.records import digest
 from ..task.base import Task
 from ..task.registry import TaskRegistry

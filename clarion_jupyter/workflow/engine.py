@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
-import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..agent.service import AgentService
-from ..errors import Conflict, NotFound, Problem, ValidationFailed
+from ..core.errors import Conflict, NotFound, Problem, ValidationFailed
+from ..core.ids import new_run_id
+from ..core.protocol import EventType, RunStatus
+from ..core.workspace import Workspace
 from ..storage.database import Database, default_db_path
 from ..storage.duckdb_store import DuckDBDocumentStore, DuckDBRunStore
 from ..storage.protocols import ActiveRun
@@ -29,22 +30,16 @@ from ..task.queue import Queue
 from ..task.queues import make_queue
 from ..task.registry import TaskRegistry
 from ..task.worker import Worker
-from ..task.workspace import Workspace
 from .bus import EventBus
 from .compiler import Plan, compile_workflow
 from .executor import RunExecutor
-from .models import RunStatus, Workflow, WorkflowRun, parse_workflow
+from .models import Workflow, WorkflowRun, parse_workflow
 from .runs import run_document
 from .service import WorkflowService
 from .views import RunViews
 
 log = logging.getLogger(__name__)
 WorkflowSource = Workflow | dict[str, Any] | str | bytes
-
-
-def new_run_id() -> str:
-    """Time-ordered ids: sorting by id sorts by submission time, which makes paging cheap."""
-    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(7)}"
 
 
 class Engine:
@@ -264,7 +259,7 @@ class Engine:
             run.error = {"code": "cannot_resume", "message": exc.message}
             self._writer.add_run(run)
             self._writer.add_event(
-                Event(active.last_seq + 1, "workflow_failed", run.run_id, None, utcnow(), {"error": run.error})
+                Event(active.last_seq + 1, EventType.workflow_failed, run.run_id, None, utcnow(), {"error": run.error})
             )
             return None
         self._views.seed(run, active.steps)

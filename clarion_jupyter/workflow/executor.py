@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.protocol import STEP_DONE, EventType, RunStatus, StepStatus
 from ..storage.records import (
     Event,
     RunRecord,
@@ -26,13 +27,11 @@ from ..storage.records import (
 from ..storage.writer import GroupCommitWriter
 from ..task.queue import Job, JobResult, Queue
 from .compiler import Node, Plan
-from .models import RunStatus, StepStatus
 from .templates import TemplateError, truthy
 
 log = logging.getLogger(__name__)
 
 AgentResolver = Callable[[str], Awaitable[dict[str, Any] | None]]
-_DONE = frozenset({StepStatus.succeeded, StepStatus.failed, StepStatus.skipped, StepStatus.cancelled})
 _BLOCKING = frozenset({StepStatus.failed, StepStatus.skipped, StepStatus.cancelled})
 
 
@@ -107,7 +106,9 @@ class RunExecutor:
         beside the busy main one. The engine calls this once and starts :meth:`execute`
         only once that is stored, so no later transition of the run can be stored first."""
         submissions.add_run(self.run)
-        self._emit("run_queued", None, {"workflow_id": self.run.workflow_id, "inputs": self.run.inputs}, submissions)
+        self._emit(
+            EventType.run_queued, None, {"workflow_id": self.run.workflow_id, "inputs": self.run.inputs}, submissions
+        )
 
     def abort(self, error: dict[str, Any]) -> None:
         """End the run as failed after an engine error, so it is not left running forever."""
@@ -128,7 +129,7 @@ class RunExecutor:
         self.run.started_at = self.run.started_at or utcnow()
         self._context["run"]["started_at"] = self.run.started_at
         self._writer.add_run(self.run)
-        self._emit("run_started", None, {"resumed": True} if resumed else {})
+        self._emit(EventType.run_started, None, {"resumed": True} if resumed else {})
         ready = self._restore() if resumed else [n for n, count in self._waiting.items() if count == 0]
         await self._begin_all(ready)
         while not self.finished.is_set():
@@ -147,19 +148,21 @@ class RunExecutor:
         """Take back finished steps of an interrupted run; return the nodes now ready."""
         for node_id in self.plan.nodes:
             record = self._prior.get(node_id)
-            if record is not None and record.status in _DONE:
+            if record is not None and record.status in STEP_DONE:
                 self._unfinished -= 1
                 self._status[node_id] = StepStatus(record.status)
                 self._steps_ctx[node_id] = {"output": record.output, "status": record.status}
         for node_id, node in self.plan.nodes.items():
-            self._waiting[node_id] = sum(1 for dep in node.waits_for if self._status[dep] not in _DONE)
+            self._waiting[node_id] = sum(1 for dep in node.waits_for if self._status[dep] not in STEP_DONE)
         failed = [
             n
             for n, s in self._status.items()
             if s == StepStatus.failed and not self.plan.nodes[n].step.continue_on_error
         ]
         if failed:
-            self._fail_run({"code": "step_failed", "message": f"step '{failed[0]}' failed", "step_id": failed[0]})
+            self._fail_run(
+                {"code": EventType.step_failed, "message": f"step '{failed[0]}' failed", "step_id": failed[0]}
+            )
             return []
         return [n for n, s in self._status.items() if s == StepStatus.pending and self._waiting[n] == 0]
 
@@ -219,7 +222,9 @@ class RunExecutor:
             # A resumed map: its row exists already, so take it back rather than insert it twice.
             parent.status, parent.finished_at, parent.error = StepStatus.running, None, None
             self._writer.add_step(parent)
-        self._emit("step_started", node.id, {"attempt": parent.attempt, "items": len(items), "task": node.step.task})
+        self._emit(
+            EventType.step_started, node.id, {"attempt": parent.attempt, "items": len(items), "task": node.step.task}
+        )
         self._executions[node.id] = _Execution(node, node.id, None, record=parent)
         state = self._maps[node.id] = _Map(items=items, results=[None] * len(items), remaining=len(items))
         if not items:
@@ -228,7 +233,7 @@ class RunExecutor:
         for index, item in enumerate(items):
             key = f"{node.id}[{index}]"
             prior = self._prior.get(key)
-            finished_before = prior is not None and prior.status in _DONE
+            finished_before = prior is not None and prior.status in STEP_DONE
             execution = self._execution(node, key, index, item)
             if finished_before:
                 state.remaining -= 1
@@ -244,7 +249,7 @@ class RunExecutor:
                     continue
                 if not keep:
                     self._record(key, node.id, index, attempt=0, status=StepStatus.skipped)
-                    self._emit("step_skipped", key, {"reason": "condition is false", "item_index": index})
+                    self._emit(EventType.step_skipped, key, {"reason": "condition is false", "item_index": index})
                     ready.extend(self._child_done(execution, StepStatus.skipped, None, None))
                     continue
             ready.extend(await self._dispatch(execution))
@@ -272,7 +277,7 @@ class RunExecutor:
         data: dict[str, Any] = {"attempt": attempt, "task": node.step.task}
         if execution.item_index is not None:
             data["item_index"] = execution.item_index
-        self._emit("step_started", execution.key, data)
+        self._emit(EventType.step_started, execution.key, data)
         self._running.add(execution.key)
         job = Job(
             self.run.run_id, execution.key, node.id, attempt, node.step.task, config, node.step.timeout_s, resources
@@ -317,7 +322,7 @@ class RunExecutor:
         data = {"attempt": record.attempt, "duration_ms": _ms(record), "output": output}
         if record.usage:
             data["usage"] = record.usage
-        self._emit("step_completed", execution.key, data)
+        self._emit(EventType.step_completed, execution.key, data)
         if execution.item_index is not None:
             return self._child_done(execution, StepStatus.succeeded, output, None)
         return self._finish_node(execution.node.id, StepStatus.succeeded, output)
@@ -332,7 +337,9 @@ class RunExecutor:
             record.status = StepStatus.retrying
             self._writer.add_step(record)
             self._emit(
-                "step_retrying", execution.key, {"attempt": record.attempt, "error": error, "delay_s": round(delay, 3)}
+                EventType.step_retrying,
+                execution.key,
+                {"attempt": record.attempt, "error": error, "delay_s": round(delay, 3)},
             )
             loop = asyncio.get_running_loop()
             self._timers[execution.key] = loop.call_later(delay, self._inbox.put_nowait, _Retry(execution.key))
@@ -340,7 +347,9 @@ class RunExecutor:
         record.status = StepStatus.failed
         self._writer.add_step(record)
         self._emit(
-            "step_failed", execution.key, {"attempt": record.attempt, "error": error, "duration_ms": _ms(record)}
+            EventType.step_failed,
+            execution.key,
+            {"attempt": record.attempt, "error": error, "duration_ms": _ms(record)},
         )
         if execution.item_index is not None:
             return self._child_done(execution, StepStatus.failed, None, error)
@@ -374,16 +383,18 @@ class RunExecutor:
             error = _error("items_failed", "one or more for_each items failed")
             parent.status, parent.error = StepStatus.failed, error
             self._writer.add_step(parent)
-            self._emit("step_failed", node.id, {"attempt": 1, "error": error, "duration_ms": _ms(parent)})
+            self._emit(EventType.step_failed, node.id, {"attempt": 1, "error": error, "duration_ms": _ms(parent)})
             return self._finish_node(node.id, StepStatus.failed, state.results, error=error)
         if state.items and state.skipped == len(state.items):
             parent.status = StepStatus.skipped
             self._writer.add_step(parent)
-            self._emit("step_skipped", node.id, {"reason": "every item was skipped"})
+            self._emit(EventType.step_skipped, node.id, {"reason": "every item was skipped"})
             return self._finish_node(node.id, StepStatus.skipped, None, recorded=True)
         parent.status, parent.output = StepStatus.succeeded, state.results
         self._writer.add_step(parent)
-        self._emit("step_completed", node.id, {"attempt": 1, "duration_ms": _ms(parent), "output": state.results})
+        self._emit(
+            EventType.step_completed, node.id, {"attempt": 1, "duration_ms": _ms(parent), "output": state.results}
+        )
         return self._finish_node(node.id, StepStatus.succeeded, state.results)
 
     def _fail_before_start(self, node: Node, message: str) -> list[str]:
@@ -392,7 +403,7 @@ class RunExecutor:
         record.error = error
         record.finished_at = record.started_at
         self._writer.add_step(record)
-        self._emit("step_failed", node.id, {"attempt": 1, "error": error})
+        self._emit(EventType.step_failed, node.id, {"attempt": 1, "error": error})
         return self._finish_node(node.id, StepStatus.failed, None, error=error)
 
     def _finish_node(
@@ -410,12 +421,12 @@ class RunExecutor:
         self._steps_ctx[node_id] = {"output": output, "status": status.value}
         if status == StepStatus.skipped and not recorded:
             self._record(node_id, node_id, None, attempt=0, status=StepStatus.skipped)
-            self._emit("step_skipped", node_id, {"reason": reason})
+            self._emit(EventType.step_skipped, node_id, {"reason": reason})
         node = self.plan.nodes[node_id]
         if status == StepStatus.failed and not node.step.continue_on_error:
             message = (error or {}).get("message", "failed")
             self._fail_run(
-                {"code": "step_failed", "message": f"step '{node_id}' failed: {message}", "step_id": node_id}
+                {"code": EventType.step_failed, "message": f"step '{node_id}' failed: {message}", "step_id": node_id}
             )
             return []
         ready = []
@@ -435,17 +446,17 @@ class RunExecutor:
         except TemplateError as exc:
             self._fail_run(_error("outputs", f"workflow outputs could not be evaluated: {exc}"))
             return
-        self._end(RunStatus.succeeded, "workflow_succeeded", {"outputs": outputs}, outputs=outputs)
+        self._end(RunStatus.succeeded, EventType.workflow_succeeded, {"outputs": outputs}, outputs=outputs)
 
     def _fail_run(self, error: dict[str, Any]) -> None:
         self._stop_running()
-        self._end(RunStatus.failed, "workflow_failed", {"error": error}, error=error)
+        self._end(RunStatus.failed, EventType.workflow_failed, {"error": error}, error=error)
 
     async def _on_cancel(self) -> None:
         if self.finished.is_set():
             return
         self._stop_running()
-        self._end(RunStatus.cancelled, "workflow_cancelled", {})
+        self._end(RunStatus.cancelled, EventType.workflow_cancelled, {})
 
     def _stop_running(self) -> None:
         """Cancel what is in flight; the run is ending."""
@@ -482,7 +493,7 @@ class RunExecutor:
         record = StepRecord(
             run_id=self.run.run_id, key=key, step_id=step_id, item_index=item_index, attempt=attempt,
             status=status, started_at=now if status != StepStatus.skipped else None,
-            finished_at=now if status in _DONE else None,
+            finished_at=now if status in STEP_DONE else None,
         )  # fmt: skip
         self._writer.add_step(record)
         return record

@@ -6,10 +6,7 @@ into a :class:`Workflow` and reports every problem with the step and field it co
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from datetime import datetime
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -23,9 +20,10 @@ from pydantic import (
     model_validator,
 )
 
-from ..errors import Problem, ValidationFailed
+from ..core.errors import Problem, ValidationFailed
+from ..core.ids import SLUG_PATTERN, slugify
+from ..core.protocol import RunStatus, StepStatus
 
-SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 InputType = Literal["string", "number", "integer", "boolean", "array", "object"]
 _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
@@ -139,12 +137,6 @@ class Workflow(_Strict):
         return self.model_dump(mode="json", by_alias=True, exclude_defaults=True) | {"id": self.id}
 
 
-def slugify(name: str) -> str:
-    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    slug = re.sub(r"[^a-z0-9_-]+", "-", ascii_name.lower()).strip("-_")[:64]
-    return slug or "workflow"
-
-
 def load_document(source: str | bytes | dict[str, Any], what: str = "workflow") -> dict[str, Any]:
     """Parse YAML or JSON text (JSON is YAML) into a mapping, with a located error."""
     if isinstance(source, dict):
@@ -211,32 +203,6 @@ def _locate(loc: list[Any], data: dict[str, Any]) -> tuple[str | None, str]:
     step_id = item.get("id") if isinstance(item, dict) else None
     label = str(step_id) if step_id else f"#{loc[1] + 1}"
     return label, ".".join(str(p) for p in rest)
-
-
-class RunStatus(StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
-
-
-class StepStatus(StrEnum):
-    pending = "pending"
-    running = "running"
-    retrying = "retrying"
-    succeeded = "succeeded"
-    failed = "failed"
-    skipped = "skipped"
-    cancelled = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (StepStatus.succeeded, StepStatus.failed, StepStatus.skipped, StepStatus.cancelled)
 
 
 class Usage(BaseModel):

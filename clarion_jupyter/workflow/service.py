@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import Conflict, NotFound
+from ..core.errors import Conflict, NotFound
 from ..storage.protocols import RunStore, WorkflowStore
 from ..storage.records import StoredDocument
 from ..task.registry import TaskRegistry

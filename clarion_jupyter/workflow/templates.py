@@ -18,7 +18,7 @@ from typing import Any
 
 from jinja2 import TemplateSyntaxError, Undefined, nodes
 
-from ..sandbox import environment
+from ..core.sandbox import environment
 
 CONTEXT_NAMES = frozenset({"inputs", "steps", "item", "run"})
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.DOTALL)

@@ -27,8 +27,8 @@ import whatthepatch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from whatthepatch.exceptions import WhatThePatchException
 
+from ...core.workspace import PathOutsideWorkspace, Workspace
 from ..base import Task, TaskConfig, TaskContext, TaskFailed
-from ..workspace import PathOutsideWorkspace, Workspace
 
 
 def confine(workspace: Workspace, path: str) -> Path:

@@ -29,8 +29,9 @@ from pydantic import (
 
 from ...agent.context import gather_context, render_context
 from ...agent.models import Agent, refuse_api_key
+from ...core.protocol import EventType
+from ...core.sandbox import environment
 from ...llm.provider import LiteLLMProvider, LLMProvider, LLMRequest, ProviderError
-from ...sandbox import environment
 from ..base import Task, TaskConfig, TaskContext, TaskFailed
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ class LLMCallTask(Task):
             response_format=_json_schema_format(schema) if schema is not None else None,
             stream=config.stream,
         )
-        tokens = TokenCoalescer(lambda text: ctx.emit("llm_token", {"text": text})) if config.stream else None
+        tokens = TokenCoalescer(lambda text: ctx.emit(EventType.llm_token, {"text": text})) if config.stream else None
         try:
             result = await self.provider.complete(request, on_token=tokens)
         except ProviderError as exc:

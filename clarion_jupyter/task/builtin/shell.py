@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import Field
 
+from ...core.workspace import Workspace
 from ..base import Task, TaskConfig, TaskContext, TaskFailed, TaskSettings
-from ..workspace import Workspace
 from .files import confine
 
 KILL_GRACE_S = 2.0

@@ -35,15 +35,10 @@ from tornado.websocket import (
     websocket_connect,
 )
 
-from ..errors import ClarionError
-from ..storage.records import TERMINAL_EVENT_TYPES
-from ..workflow.models import RunStatus
+from ..core.errors import ClarionError
+from ..core.protocol import TERMINAL_EVENT_TYPES, CloseCode, RunStatus
 
 JsonDoc = Mapping[str, Any]
-
-OVERFLOW_CLOSE_CODE = 4008
-"""The server closes a subscription with this code when the client read too slowly."""
-NOT_FOUND_CLOSE_CODE = 4404
 
 
 class ClarionAPIError(ClarionError):
@@ -128,6 +123,16 @@ class Client:
 
     async def health(self) -> dict[str, Any]:
         return await self._request("GET", "api/v3/health")
+
+    async def has_kernel(self, kernel_id: str) -> bool:
+        """Whether this Jupyter server runs the kernel (how a kernel finds its own server)."""
+        try:
+            await self._request("GET", _path("api/kernels", kernel_id))
+        except ClarionAPIError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     async def tasks(self) -> list[dict[str, Any]]:
         """Task types with their config JSON schemas."""
@@ -238,7 +243,7 @@ class Client:
                         return
             finally:
                 conn.close()
-            if conn.close_code == NOT_FOUND_CLOSE_CODE:
+            if conn.close_code == CloseCode.not_found:
                 raise ClarionAPIError(404, "not_found", f"run '{run_id}' not found", {"run_id": run_id})
             failures = 0 if progressed else failures + 1
             await self._give_up_or_back_off(failures, f"subscription to run '{run_id}' closed ({conn.close_code})")
