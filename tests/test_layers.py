@@ -1,0 +1,101 @@
+"""The import rule: domains import downward only, so the layout keeps telling the architecture.
+
+A module may import the ground floor and the layers below its own, and its own package;
+nothing sideways or upward. Function-level and ``TYPE_CHECKING`` imports count too: a
+lazy upward import is still an upward dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "clarion_jupyter"
+LAYERS: dict[str, int] = {
+    "core": 0,
+    "storage": 1,
+    "llm": 2,
+    "agent": 2,
+    "client": 2,
+    "task": 3,
+    "workflow": 4,
+    "backends": 5,
+    "server": 6,
+    "notebook": 6,
+    "cli": 6,
+    "testing": 7,
+}
+"""Lower numbers are lower floors. ``clarion_jupyter/__init__`` and ``_version`` sit outside:
+the package root re-exports the public API."""
+
+
+def _room(module: str) -> str | None:
+    """The top-level room of a dotted module path inside the package (``None``: the root)."""
+    parts = module.split(".")
+    if parts[0] != "clarion_jupyter" or len(parts) < 2:
+        return None
+    return parts[1] if parts[1] in LAYERS else None
+
+
+def _imports(path: Path, package_dir: Path = PACKAGE) -> list[tuple[int, str]]:
+    """Absolute names of the package modules a file imports, with their line numbers."""
+    package = list(path.relative_to(package_dir.parent).parts[:-1])
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                target = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                target = node.module or ""
+            found.append((node.lineno, target))
+        elif isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+    return [(line, name) for line, name in found if name.startswith("clarion_jupyter")]
+
+
+def _violations(package_dir: Path = PACKAGE) -> list[str]:
+    problems = []
+    for path in sorted(package_dir.rglob("*.py")):
+        rel = path.relative_to(package_dir.parent).with_suffix("")
+        room = _room(".".join(rel.parts))
+        if room is None:
+            continue
+        for line, target in _imports(path, package_dir):
+            other = _room(target)
+            if other is None or other == room:
+                continue
+            if LAYERS[other] >= LAYERS[room]:
+                problems.append(
+                    f"{rel}.py:{line}: {room} (floor {LAYERS[room]}) imports {target} (floor {LAYERS[other]})"
+                )
+    return problems
+
+
+def test_every_module_imports_only_lower_floors() -> None:
+    assert _violations() == []
+
+
+def test_an_upward_import_is_reported_even_when_lazy_and_relative(tmp_path: Path) -> None:
+    agent = tmp_path / "clarion_jupyter" / "agent"
+    agent.mkdir(parents=True)
+    (agent / "service.py").write_text(
+        "from ..core.ids import slugify\n\ndef run():\n    from ..workflow.engine import Engine\n"
+    )
+    assert _violations(tmp_path / "clarion_jupyter") == [
+        "clarion_jupyter/agent/service.py:4: agent (floor 2) imports clarion_jupyter.workflow.engine (floor 4)"
+    ]
+
+
+def test_a_sideways_import_is_reported(tmp_path: Path) -> None:
+    llm = tmp_path / "clarion_jupyter" / "llm"
+    llm.mkdir(parents=True)
+    (llm / "provider.py").write_text("from clarion_jupyter.agent.models import Agent\n")
+    assert len(_violations(tmp_path / "clarion_jupyter")) == 1
+
+
+@pytest.mark.parametrize("room", sorted(LAYERS))
+def test_every_room_exists(room: str) -> None:
+    assert (PACKAGE / room).is_dir() or (PACKAGE / f"{room}.py").is_file()
