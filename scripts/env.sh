@@ -13,3 +13,17 @@ pip_install() {
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 | grep -v "is ignored: it is neither" || true
   test "${PIPESTATUS[0]}" -eq 0
 }
+# system_install PKG:BINARY ...: Debian packages whose binary is missing (needs root and apt).
+system_install() {
+  local missing=()
+  for pair in "$@"; do
+    [ -x "${pair#*:}" ] || missing+=("${pair%%:*}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "missing system packages: ${missing[*]} (install them with your package manager)" >&2
+    return 1
+  fi
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}

@@ -40,7 +40,10 @@ class JupyterServerProcess:
         app: str = "jupyter_server",
         clarion: dict[str, Any] | None = None,
         server: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
+        """``server`` holds ServerApp traits, ``config`` other apps' sections (``{"LabApp": {...}}``)."""
         self.workdir = Path(workdir)
         self.db_path = Path(db_path) if db_path else self.workdir / "clarion.duckdb"
         self.app = app
@@ -51,6 +54,8 @@ class JupyterServerProcess:
         self.url = f"http://127.0.0.1:{self.port}/"
         self._clarion = {"db_path": str(self.db_path), **(clarion or {})}
         self._server = server or {}
+        self._config = config or {}
+        self._env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> JupyterServerProcess:
@@ -71,6 +76,7 @@ class JupyterServerProcess:
             },
             "IdentityProvider": {"token": self.token},
             "ClarionExtension": self._clarion,
+            **self._config,
         }
         (config_dir / "jupyter_server_config.json").write_text(json.dumps(config))
         env = {
@@ -78,6 +84,7 @@ class JupyterServerProcess:
             "JUPYTER_CONFIG_DIR": str(config_dir),
             "JUPYTER_RUNTIME_DIR": str(self.workdir / "runtime"),
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            **self._env,
         }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
