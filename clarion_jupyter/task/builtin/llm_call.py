@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from ...agent.context import gather_context, render_context
+from ...agent.context import ContextSelection, gather_context, render_context
 from ...agent.models import Agent, refuse_api_key
 from ...core.protocol import EventType
 from ...core.sandbox import environment
@@ -86,9 +86,10 @@ class LLMCallTask(Task):
         agent = _agent(ctx)
         schema = config.response_format or agent.output_schema
         validator = _schema_validator(schema) if schema is not None else None
+        context = await gather_context(agent.context, ctx.workspace) if agent.context is not None else None
         request = LLMRequest(
             model=config.model or agent.model,
-            messages=await _messages(agent, config, ctx),
+            messages=_messages(agent, config, context),
             parameters=agent.parameters | config.parameters,
             api_base=agent.api_base,
             api_key_env=agent.api_key_env,
@@ -109,6 +110,8 @@ class LLMCallTask(Task):
             "cost_usd": result.cost_usd,
             "model": result.model,
         }
+        if context is not None:
+            output["context"] = context.summary()
         if validator is not None:
             output["json"] = _parse_reply(result.text, validator)
         return output
@@ -161,11 +164,11 @@ def _agent(ctx: TaskContext) -> Agent:
         raise TaskFailed(f"invalid agent document: {exc}", retryable=False) from None
 
 
-async def _messages(agent: Agent, config: LLMCallConfig, ctx: TaskContext) -> list[dict[str, Any]]:
+def _messages(agent: Agent, config: LLMCallConfig, context: ContextSelection | None) -> list[dict[str, Any]]:
     """System prompt (+ codebase context), then the given conversation, then the prompt."""
     system = render_system_prompt(agent, config.variables)
-    if agent.context is not None:
-        section = render_context(await gather_context(agent.context, ctx.workspace))
+    if context is not None:
+        section = render_context(context.files)
         system = "\n\n".join(part for part in (system, section) if part)
     messages = [{"role": "system", "content": system}] if system else []
     messages += [m.model_dump() for m in config.messages]
@@ -193,7 +196,8 @@ def render_system_prompt(agent: Agent, values: dict[str, Any]) -> str:
         else:
             variables[var.name] = var.default if var.default is not None else ""
     try:
-        return _system_template(agent.system_prompt).render({**values, **variables})
+        # `variables` also reaches names that are not identifiers: {{ variables['component-name'] }}
+        return _system_template(agent.system_prompt).render({**values, **variables, "variables": variables})
     except Exception as exc:  # any failure inside the template is the agent author's to fix
         raise TaskFailed(f"agent '{agent.id}' system prompt: {type(exc).__name__}: {exc}", retryable=False) from None
 
