@@ -42,10 +42,11 @@ def test_yaml_children_become_context_schema_and_user_variables() -> None:
     assert agent.context.exclude_globs == ["**/tests/**"]
     assert agent.context.content_regex == "def |class "
     assert agent.context.max_files == 20
-    assert agent.output_schema == {
+    assert agent.output_schema == {  # made strict, as v2 sent it
         "type": "object",
         "required": ["issues"],
         "properties": {"issues": {"type": "array", "items": {"type": "string"}}},
+        "additionalProperties": False,
     }
     assert [(v.name, v.required, v.default) for v in agent.user_variables] == [
         ("language", True, None),
@@ -85,6 +86,7 @@ def test_json_profile_agent_maps_every_modelled_field() -> None:
         "type": "object",
         "properties": {"markdown": {"type": "string"}},
         "required": ["markdown"],
+        "additionalProperties": False,
     }
     assert [(v.name, v.required, v.default) for v in agent.user_variables] == [
         ("module", True, None),

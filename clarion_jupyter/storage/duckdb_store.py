@@ -139,6 +139,14 @@ _EVENTS = (
     f" UNION ALL SELECT * FROM (SELECT {_JOURNALED_EVENT} FROM run_journal WHERE kind = 'event' AND run_id = $1)"
     " WHERE seq > $2 ORDER BY seq"
 )
+_IMPORT_FINISHED = (
+    "INSERT INTO workflow_snapshots SELECT unnest($1), unnest($2) ON CONFLICT DO NOTHING",
+    f"INSERT INTO runs ({_RUN_COLUMNS}) SELECT {_unnest(13)} ON CONFLICT DO NOTHING",
+    f"INSERT INTO step_runs ({_STEP_COLUMNS}) SELECT {_unnest(11)} ON CONFLICT DO NOTHING",
+    f"{_EVENT_INSERT} ON CONFLICT DO NOTHING",
+)
+_STORED_IDS = "SELECT run_id FROM runs WHERE run_id IN (SELECT unnest($1::VARCHAR[]))"
+_COUNT_STORED = "SELECT count(*) FROM runs WHERE run_id IN (SELECT unnest($1::VARCHAR[]))"
 PROJECTION_INTERVAL_S = 1.0
 """How long journaled state may wait to reach the tables when nothing reads them."""
 
@@ -464,6 +472,30 @@ class DuckDBRunStore:
             f"SELECT count(*) FROM runs WHERE workflow_id = ? AND status IN {ACTIVE_STATUSES}", [workflow_id]
         ).fetchone()
         return count
+
+    # -- finished runs imported from elsewhere (Clarion v2 history) -------------------
+    # They never change again and no executor journals them, so they go straight into the
+    # tables, one statement per table for the whole import, in one transaction.
+
+    async def import_finished(self, runs: list[RunRecord], steps: list[StepRecord], events: list[Event]) -> int:
+        await self.recover()
+        snapshots = {r.workflow_digest: (r.workflow_digest, _dumps(r.workflow)) for r in runs}
+        tables = [list(snapshots.values()), [_run_row(r) for r in runs], [_step_row(s) for s in steps]]
+        tables.append([_event_row(e) for e in events])
+        return await self._db.write(self._insert_finished, [r.run_id for r in runs], tables)
+
+    @staticmethod
+    def _insert_finished(cursor: duckdb.DuckDBPyConnection, run_ids: list[str], tables: list[list[tuple]]) -> int:
+        (stored,) = cursor.execute(_COUNT_STORED, [run_ids]).fetchone()
+        for sql, rows in zip(_IMPORT_FINISHED, tables, strict=True):
+            if rows:
+                cursor.execute(sql, [list(column) for column in zip(*rows, strict=True)])
+        return len(run_ids) - stored
+
+    async def existing_runs(self, run_ids: list[str]) -> set[str]:
+        await self.project()
+        rows = await self._db.read(lambda c: c.execute(_STORED_IDS, [run_ids]).fetchall())
+        return {row[0] for row in rows}
 
 
 class DuckDBDocumentStore:

@@ -56,3 +56,10 @@ class RunStore(Protocol):
     async def find_idempotent(self, workflow_id: str, key: str) -> str | None: ...
     async def active_runs(self) -> list[ActiveRun]: ...
     async def count_active(self, workflow_id: str) -> int: ...
+
+    async def import_finished(self, runs: list[RunRecord], steps: list[StepRecord], events: list[Event]) -> int:
+        """Store runs that finished elsewhere (Clarion v2 history), with their steps and events,
+        in one transaction; runs already stored are left as they are. Returns how many were new."""
+
+    async def existing_runs(self, run_ids: list[str]) -> set[str]:
+        """Which of ``run_ids`` are stored."""

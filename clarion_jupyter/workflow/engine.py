@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..agent.migration import V2ImportReport, V2Migration
 from ..agent.service import AgentService
 from ..core.errors import Conflict, NotFound, Problem, ValidationFailed
 from ..core.ids import new_run_id
@@ -356,3 +357,8 @@ class Engine:
             },
             "active_runs": self.active_runs,
         }
+
+    async def import_v2(self, source: str | os.PathLike[str] | bytes, *, dry_run: bool = False) -> V2ImportReport:
+        """Import what Clarion v2 left (a ``clarion.db``, its YAML store, exported agent files,
+        or an uploaded body): agents created or updated in place, run history as finished runs."""
+        return await V2Migration(self.agents, self.runs).run(source, dry_run=dry_run)

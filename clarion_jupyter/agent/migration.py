@@ -1,0 +1,205 @@
+"""Moving a Clarion v2 user over: every agent from every v2 store, and the run history.
+
+One import takes whatever v2 left behind: its SQLite file ``clarion.db`` (agents,
+provider configs, projects, runs), the older YAML store (``test_storage/`` with ``agent/``
+and ``llm_configs/``), exported ``.yml`` / ``.json`` files, the ``GET /api/v2/agents/list``
+array, a folder holding any of these, or an uploaded body. It reports what it would change
+(``dry_run``) or changed: each agent created, updated in place or unchanged; an agent found
+in several places imported once; which environment variable to set for each provider's key
+(keys themselves are never read into v3); how many v2 runs joined the history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..core.errors import NotFound
+from ..storage.protocols import RunStore
+from .importer import AGENT_FILE_SUFFIXES, ImportProblem, ImportReport, import_texts
+from .models import Agent
+from .service import AgentService
+from .v2db import V2Database, is_sqlite, is_sqlite_file, read_v2_database
+from .v2runs import V2_RUN_WORKFLOW_ID, ImportedRuns, convert_runs
+
+Action = Literal["created", "updated", "unchanged"]
+DATABASE_SUFFIXES = frozenset({".db", ".sqlite", ".sqlite3"})
+_SOURCE_RANK = {"db": 2, ".json": 1}
+"""When one agent is found twice, the newest v2 store wins: the database, then JSON, then YAML."""
+
+
+@dataclass(slots=True)
+class AgentChange:
+    id: str
+    name: str
+    model: str
+    action: Action
+    source: str
+    also_in: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RunHistory:
+    workflow_id: str = V2_RUN_WORKFLOW_ID
+    found: int = 0
+    imported: int = 0
+    already_imported: int = 0
+
+
+@dataclass(slots=True)
+class V2ImportReport:
+    dry_run: bool
+    agents: list[Agent] = field(default_factory=list)
+    changes: list[AgentChange] = field(default_factory=list)
+    api_keys: dict[str, list[str]] = field(default_factory=dict)
+    """Environment variable → the agents that read their key from it."""
+    runs: RunHistory = field(default_factory=RunHistory)
+    errors: list[ImportProblem] = field(default_factory=list)
+    warnings: list[ImportProblem] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Every agent found was imported (nothing failed to convert or read)."""
+        return not self.errors
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape ``POST /api/v3/agents/import`` and ``clarion agents import --json`` return."""
+        return {
+            "dry_run": self.dry_run,
+            "agents": [agent.model_dump(mode="json") for agent in self.agents],
+            "changes": [asdict(c) for c in self.changes],
+            "api_keys": [{"env": env, "agents": ids, "set": env in os.environ} for env, ids in self.api_keys.items()],
+            "runs": asdict(self.runs),
+            "errors": [asdict(p) for p in self.errors],
+            "warnings": [asdict(p) for p in self.warnings],
+        }
+
+
+@dataclass(slots=True)
+class _Found:
+    """What a source held, before anything is stored."""
+
+    texts: list[tuple[str, str]] = field(default_factory=list)
+    databases: list[V2Database] = field(default_factory=list)
+    errors: list[ImportProblem] = field(default_factory=list)
+
+
+class V2Migration:
+    """Imports v2 data through the engine's agent service and into its run store."""
+
+    def __init__(self, agents: AgentService, runs: RunStore) -> None:
+        self._agents = agents
+        self._runs = runs
+
+    async def run(self, source: str | os.PathLike[str] | bytes, *, dry_run: bool = False) -> V2ImportReport:
+        """Import ``source``: a path (file or folder) or an uploaded body (a ``clarion.db``'s
+        bytes, or the text of agent documents). Reading and converting happen off the loop."""
+        found, documents, history = await asyncio.to_thread(_read_all, source)
+        report = V2ImportReport(dry_run=dry_run, errors=found.errors + documents.errors, warnings=documents.warnings)
+        report.warnings += history.warnings
+        for agent, source_name, also_in in _unique(documents, report):
+            report.changes.append(await self._save(agent, source_name, also_in, dry_run))
+            report.agents.append(agent)
+            if agent.api_key_env:
+                report.api_keys.setdefault(agent.api_key_env, []).append(agent.id)
+        await self._import_runs(history, report.runs, dry_run)
+        return report
+
+    async def _save(self, agent: Agent, source: str, also_in: list[str], dry_run: bool) -> AgentChange:
+        try:
+            stored: Agent | None = await self._agents.get(agent.id)
+        except NotFound:
+            stored = None
+        action: Action = "created" if stored is None else "unchanged" if stored == agent else "updated"
+        if action != "unchanged" and not dry_run:
+            await self._agents.upsert(agent)
+        return AgentChange(agent.id, agent.name, agent.model, action, source, also_in)
+
+    async def _import_runs(self, history: ImportedRuns, counts: RunHistory, dry_run: bool) -> None:
+        counts.found = len(history.runs)
+        if not history.runs:
+            return
+        if dry_run:
+            counts.already_imported = len(await self._runs.existing_runs([r.run_id for r in history.runs]))
+        else:
+            counts.imported = await self._runs.import_finished(history.runs, history.steps, history.events)
+            counts.already_imported = counts.found - counts.imported
+
+
+def _read_all(source: str | os.PathLike[str] | bytes) -> tuple[_Found, ImportReport, ImportedRuns]:
+    """Blocking: read every v2 store in ``source``, convert its agents and runs."""
+    found = _find(source)
+    db_texts = [text for db in found.databases for text in db.agent_texts]
+    configs = [config for db in found.databases for config in db.provider_configs]
+    documents = import_texts([*found.texts, *db_texts], configs)
+    for db in found.databases:
+        found.errors += db.errors
+    names = {agent.name: agent.id for agent in documents.agents}
+    history = ImportedRuns()
+    for db in found.databases:
+        converted = convert_runs(db, names)
+        history.runs += converted.runs
+        history.steps += converted.steps
+        history.events += converted.events
+        history.warnings += converted.warnings
+    return found, documents, history
+
+
+def _find(source: str | os.PathLike[str] | bytes) -> _Found:
+    found = _Found()
+    if isinstance(source, bytes):
+        if is_sqlite(source):
+            found.databases.append(read_v2_database(source, "upload"))
+        else:
+            try:
+                found.texts.append((source.decode("utf-8"), "request body"))
+            except UnicodeDecodeError:
+                found.errors.append(ImportProblem("request body", "neither a v2 clarion.db nor UTF-8 text"))
+        return found
+    root = Path(source).expanduser()
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        candidates = [(p, p.relative_to(root).as_posix()) for p in files]
+        candidates = [(p, n) for p, n in candidates if p.suffix.lower() in AGENT_FILE_SUFFIXES | DATABASE_SUFFIXES]
+    elif root.is_file():
+        candidates = [(root, root.name)]
+    else:
+        found.errors.append(ImportProblem(str(source), "no such file or folder"))
+        return found
+    for path, name in candidates:
+        if is_sqlite_file(path):
+            found.databases.append(read_v2_database(path, name))
+            continue
+        try:
+            found.texts.append((path.read_text(encoding="utf-8"), name))
+        except (OSError, UnicodeDecodeError) as exc:
+            found.errors.append(ImportProblem(name, f"cannot read the file: {exc}"))
+    return found
+
+
+def _unique(documents: ImportReport, report: V2ImportReport) -> list[tuple[Agent, str, list[str]]]:
+    """One agent per id: the copy from the newest v2 store, the others named in the report."""
+    by_id: dict[str, list[tuple[Agent, str]]] = defaultdict(list)
+    for agent, source in zip(documents.agents, documents.sources, strict=True):
+        by_id[agent.id].append((agent, source))
+    unique = []
+    for agent_id, copies in by_id.items():
+        ranked = sorted(copies, key=lambda c: _rank(c[1]))  # stable: the last of equals wins
+        (agent, source), others = ranked[-1], [s for _, s in ranked[:-1]]
+        if others:
+            same = all(a.model_dump() == agent.model_dump() for a, _ in ranked[:-1])
+            what = "the same agent" if same else "agents with this id (they differ)"
+            message = f"{what} '{agent_id}' found {len(copies)} times: imported once, from {source}"
+            report.warnings.append(ImportProblem(", ".join([*others, source]), message))
+        unique.append((agent, source, others))
+    return unique
+
+
+def _rank(source: str) -> int:
+    if " agents/" in source:
+        return _SOURCE_RANK["db"]
+    return _SOURCE_RANK.get(Path(source.split(" (document")[0]).suffix.lower(), 0)
