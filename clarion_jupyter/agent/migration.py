@@ -191,7 +191,7 @@ def _unique(documents: ImportReport, report: V2ImportReport) -> list[tuple[Agent
         ranked = sorted(copies, key=lambda c: _rank(c[1]))  # stable: the last of equals wins
         (agent, source), others = ranked[-1], [s for _, s in ranked[:-1]]
         if others:
-            same = all(a.model_dump() == agent.model_dump() for a, _ in ranked[:-1])
+            same = all(a.model_dump(exclude={"extra"}) == agent.model_dump(exclude={"extra"}) for a, _ in ranked[:-1])
             what = "the same agent" if same else "agents with this id (they differ)"
             message = f"{what} '{agent_id}' found {len(copies)} times: imported once, from {source}"
             report.warnings.append(ImportProblem(", ".join([*others, source]), message))
