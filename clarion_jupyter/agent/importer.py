@@ -34,6 +34,7 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -266,7 +267,13 @@ def _flatten(documents: Iterable[Any]) -> list[Any]:
 
 def _norm(key: Any) -> str:
     """``System-Prompt``, ``systemPrompt`` and ``system_prompt`` are the same key."""
-    return re.sub(r"[^a-z0-9]", "", str(key).lower())
+    return _norm_text(str(key))
+
+
+@lru_cache(maxsize=4096)
+def _norm_text(key: str) -> str:
+    """Keys repeat across thousands of documents: each spelling is normalised once."""
+    return re.sub(r"[^a-z0-9]", "", key.lower())
 
 
 @dataclass(slots=True)

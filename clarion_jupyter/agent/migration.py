@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..core.errors import NotFound
 from ..storage.protocols import RunStore
 from .importer import AGENT_FILE_SUFFIXES, ImportProblem, ImportReport, import_texts
 from .models import Agent
@@ -101,23 +100,21 @@ class V2Migration:
         found, documents, history = await asyncio.to_thread(_read_all, source)
         report = V2ImportReport(dry_run=dry_run, errors=found.errors + documents.errors, warnings=documents.warnings)
         report.warnings += history.warnings
+        stored = {agent.id: agent for agent in await self._agents.list()}
+        changed = []
         for agent, source_name, also_in in _unique(documents, report):
-            report.changes.append(await self._save(agent, source_name, also_in, dry_run))
+            before = stored.get(agent.id)
+            action: Action = "created" if before is None else "unchanged" if before == agent else "updated"
+            report.changes.append(AgentChange(agent.id, agent.name, agent.model, action, source_name, also_in))
             report.agents.append(agent)
+            if action != "unchanged":
+                changed.append(agent)
             if agent.api_key_env:
                 report.api_keys.setdefault(agent.api_key_env, []).append(agent.id)
+        if not dry_run:
+            await self._agents.upsert_many(changed)
         await self._import_runs(history, report.runs, dry_run)
         return report
-
-    async def _save(self, agent: Agent, source: str, also_in: list[str], dry_run: bool) -> AgentChange:
-        try:
-            stored: Agent | None = await self._agents.get(agent.id)
-        except NotFound:
-            stored = None
-        action: Action = "created" if stored is None else "unchanged" if stored == agent else "updated"
-        if action != "unchanged" and not dry_run:
-            await self._agents.upsert(agent)
-        return AgentChange(agent.id, agent.name, agent.model, action, source, also_in)
 
     async def _import_runs(self, history: ImportedRuns, counts: RunHistory, dry_run: bool) -> None:
         counts.found = len(history.runs)

@@ -63,6 +63,12 @@ class AgentService:
         self._cache.pop(agent.id, None)
         return agent
 
+    async def upsert_many(self, agents: list[Agent]) -> None:
+        """Create or replace several agents at once (an import), in one transaction."""
+        await self._store.replace_many({agent.id: agent.model_dump(mode="json") for agent in agents})
+        for agent in agents:
+            self._cache.pop(agent.id, None)
+
     async def delete(self, agent_id: str) -> None:
         if not await self._store.delete(agent_id):
             raise NotFound(f"agent '{agent_id}' not found", details={"id": agent_id})

@@ -21,6 +21,12 @@ from typing import Any
 from .importer import ImportProblem, ProviderConfig, provider_config
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
+_RUN_DATA = (
+    "CASE WHEN json_valid(run_data) THEN json_remove(run_data, '$.rawRequest.system_instruction',"
+    " '$.rawRequest.output_schema') ELSE run_data END"
+)
+"""A run as v3 uses it: SQLite drops the request's copy of the agent's prompt and schema
+(most of each row) before Python parses what is left."""
 V2_TABLES = ("agents", "llm_configs", "projects", "runs")
 
 
@@ -101,7 +107,7 @@ def _read_rows(con: sqlite3.Connection, tables: set[str], db: V2Database) -> Non
         columns = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
         created = "created_at" if "created_at" in columns else "NULL"
         for row_id, project_id, data, created_at in con.execute(
-            f"SELECT id, project_id, run_data, {created} FROM runs ORDER BY {created}, id"
+            f"SELECT id, project_id, {_RUN_DATA}, {created} FROM runs ORDER BY {created}, id"
         ):
             run = _json(data, f"{db.name} runs/{row_id}", db)
             if isinstance(run, dict):

@@ -115,7 +115,8 @@ def _run(
 
 def _events(run: RunRecord, step: StepRecord) -> list[Event]:
     ok = run.status == RunStatus.succeeded.value
-    step_data: dict[str, Any] = {"attempt": 1, "output": step.output} if ok else {"attempt": 1, "error": step.error}
+    # the step's output is in the run document already; the event carries what a timeline shows
+    step_data: dict[str, Any] = {"attempt": 1, "usage": step.usage} if ok else {"attempt": 1, "error": step.error}
     return [
         Event(1, EventType.run_started.value, run.run_id, None, run.started_at, {"imported_from": "clarion-v2"}),
         Event(2, (EventType.step_completed if ok else EventType.step_failed).value, run.run_id, "reply",

@@ -146,7 +146,6 @@ _IMPORT_FINISHED = (
     f"{_EVENT_INSERT} ON CONFLICT DO NOTHING",
 )
 _STORED_IDS = "SELECT run_id FROM runs WHERE run_id IN (SELECT unnest($1::VARCHAR[]))"
-_COUNT_STORED = "SELECT count(*) FROM runs WHERE run_id IN (SELECT unnest($1::VARCHAR[]))"
 PROJECTION_INTERVAL_S = 1.0
 """How long journaled state may wait to reach the tables when nothing reads them."""
 
@@ -193,6 +192,24 @@ def _step_from_row(row: tuple[Any, ...]) -> StepRecord:
         started_at=_aware(started), finished_at=_aware(finished), output=_loads(output),
         error=_loads(error), usage=_loads(usage),
     )  # fmt: skip
+
+
+def _finished_columns(
+    runs: list[RunRecord], steps: list[StepRecord], events: list[Event], skip: set[str]
+) -> list[list[list[Any]]]:
+    """Column lists for :data:`_IMPORT_FINISHED` (encoding thousands of runs is CPU work, so
+    it runs on a thread, not on the event loop); rows of runs in ``skip`` are left out."""
+    snapshots: dict[str, tuple[str, str | None]] = {}
+    for run in runs:
+        if run.workflow_digest not in snapshots:
+            snapshots[run.workflow_digest] = (run.workflow_digest, _dumps(run.workflow))
+    tables = [
+        list(snapshots.values()),
+        [_run_row(r) for r in runs],
+        [_step_row(s) for s in steps if s.run_id not in skip],
+        [_event_row(e) for e in events if e.run_id not in skip],
+    ]
+    return [[list(column) for column in zip(*rows, strict=True)] if rows else [] for rows in tables]
 
 
 def _fold(first: tuple[Any, ...], latest: tuple[Any, ...], changing: frozenset[int]) -> tuple[Any, ...]:
@@ -478,19 +495,19 @@ class DuckDBRunStore:
     # tables, one statement per table for the whole import, in one transaction.
 
     async def import_finished(self, runs: list[RunRecord], steps: list[StepRecord], events: list[Event]) -> int:
-        await self.recover()
-        snapshots = {r.workflow_digest: (r.workflow_digest, _dumps(r.workflow)) for r in runs}
-        tables = [list(snapshots.values()), [_run_row(r) for r in runs], [_step_row(s) for s in steps]]
-        tables.append([_event_row(e) for e in events])
-        return await self._db.write(self._insert_finished, [r.run_id for r in runs], tables)
+        stored = await self.existing_runs([r.run_id for r in runs])
+        new = [r for r in runs if r.run_id not in stored]
+        if not new:
+            return 0
+        columns = await asyncio.to_thread(_finished_columns, new, steps, events, stored)
+        await self._db.write(self._insert_finished, columns)
+        return len(new)
 
     @staticmethod
-    def _insert_finished(cursor: duckdb.DuckDBPyConnection, run_ids: list[str], tables: list[list[tuple]]) -> int:
-        (stored,) = cursor.execute(_COUNT_STORED, [run_ids]).fetchone()
-        for sql, rows in zip(_IMPORT_FINISHED, tables, strict=True):
-            if rows:
-                cursor.execute(sql, [list(column) for column in zip(*rows, strict=True)])
-        return len(run_ids) - stored
+    def _insert_finished(cursor: duckdb.DuckDBPyConnection, columns: list[list[list[Any]]]) -> None:
+        for sql, table in zip(_IMPORT_FINISHED, columns, strict=True):
+            if table:
+                cursor.execute(sql, table)
 
     async def existing_runs(self, run_ids: list[str]) -> set[str]:
         await self.project()
@@ -554,3 +571,17 @@ class DuckDBDocumentStore:
             )
 
         return await self._db.write(_delete)
+
+    # -- many documents at once (an import) -------------------------------------------
+
+    async def replace_many(self, docs: dict[str, dict[str, Any]]) -> None:
+        """Create or replace every document in one statement and one transaction (a
+        thousand single replaces cost a thousand commits); ``created_at`` stays as it was."""
+        if not docs:
+            return
+        ids, texts = list(docs), [json.dumps(doc) for doc in docs.values()]
+        sql = (
+            f"INSERT INTO {self._table} (id, doc, created_at, updated_at) SELECT unnest($1), unnest($2), $3, $3"
+            " ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at"
+        )
+        await self._db.write(lambda cursor: cursor.execute(sql, [ids, texts, _naive(utcnow())]))
