@@ -210,21 +210,17 @@ async def cmd_resume(args: argparse.Namespace) -> int:
 
 
 async def cmd_agents_import(args: argparse.Namespace) -> int:
-    from .agent.importer import import_agents
-
-    report = import_agents(args.path)
     async with _engine(args) as engine:
-        await engine.agents.save_imported(report)
+        report = await engine.import_v2(args.path, dry_run=args.dry_run)
     if args.json:
         dump_json(report.as_dict())
     else:
-        for agent in report.agents:
-            print(f"imported {agent.id} ({agent.model})")
+        print("\n".join(report.summary_lines()))
         for warning in report.warnings:
             print(f"warning: {warning.source}: {warning.message}", file=sys.stderr)
         for error in report.errors:
             print(f"error: {error.source}: {error.message}", file=sys.stderr)
-    return EXIT_FAILED if report.errors else 0
+    return 0 if report.complete else EXIT_FAILED
 
 
 async def cmd_agents_list(args: argparse.Namespace) -> int:
@@ -282,9 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--queue", required=True, help="redis://... or nats://..."
     )
     agents = sub.add_parser("agents", help="manage agents").add_subparsers(dest="agents_command", required=True)
-    add(
-        "import", cmd_agents_import, "import Clarion v2 agent YAML/JSON files (a file or a folder)", agents
-    ).add_argument("path")
+    imports = add("import", cmd_agents_import, "import Clarion v2 agents and runs (clarion.db, YAML, JSON)", agents)
+    imports.add_argument("path", help="a clarion.db, the test_storage/ folder, agent files, or a folder of them")
+    imports.add_argument("--dry-run", action="store_true", help="show what would change and save nothing")
     add("list", cmd_agents_list, "list agents", agents)
     return parser
 

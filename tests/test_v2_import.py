@@ -430,3 +430,24 @@ async def test_reimporting_the_history_adds_no_run_twice(tmp_path):
         assert dry.runs.already_imported == 2
         runs, _ = await engine.list_runs()
         assert len(runs) == 2
+
+
+async def test_the_summary_names_each_agent_the_history_and_the_keys_to_set(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("OPENROUTER_API_KEY", "x")
+    async with v3(tmp_path) as engine:
+        dry = await engine.import_v2(clarion_db(tmp_path), dry_run=True)
+        real = await engine.import_v2(tmp_path / "clarion.db")
+
+    assert dry.summary_lines()[:3] == [
+        "dry run: nothing was saved",
+        "would be created basic_editor (openai/gpt-4o)",
+        "would be created go_reviewer (openrouter/anthropic/claude-3.5-sonnet)",
+    ]
+    assert real.summary_lines() == [
+        "created basic_editor (openai/gpt-4o)",
+        "created go_reviewer (openrouter/anthropic/claude-3.5-sonnet)",
+        "runs: 2 of 2 v2 runs imported as workflow clarion-v2-agent-run (0 already there)",
+        "key: basic_editor read the API key from $OPENAI_API_KEY (not set yet); keys are not imported",
+        "key: go_reviewer read the API key from $OPENROUTER_API_KEY (set); keys are not imported",
+    ]

@@ -65,6 +65,25 @@ class V2ImportReport:
         """Every agent found was imported (nothing failed to convert or read)."""
         return not self.errors
 
+    def summary_lines(self) -> list[str]:
+        """The report for a terminal: one line per agent, the run history, the keys to set."""
+        lines = ["dry run: nothing was saved"] if self.dry_run else []
+        for change in self.changes:
+            action = change.action if not self.dry_run or change.action == "unchanged" else f"would be {change.action}"
+            lines.append(f"{action} {change.id} ({change.model})")
+        runs = self.runs
+        if runs.found:
+            new = runs.found - runs.already_imported
+            verb = "would be imported" if self.dry_run else "imported"
+            lines.append(
+                f"runs: {new} of {runs.found} v2 runs {verb} as workflow {runs.workflow_id}"
+                f" ({runs.already_imported} already there)"
+            )
+        for env, agent_ids in self.api_keys.items():
+            state = "set" if env in os.environ else "not set yet"
+            lines.append(f"key: {', '.join(agent_ids)} read the API key from ${env} ({state}); keys are not imported")
+        return lines
+
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape ``POST /api/v3/agents/import`` and ``clarion agents import --json`` return."""
         return {
