@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from clarion_jupyter.agent.importer import (
+    ImportProblem,
     import_agents,
     import_text,
     litellm_model,
@@ -220,3 +221,20 @@ def test_a_provider_that_is_not_text_is_reported_not_raised() -> None:
 
     assert report.agents == []
     assert "provider must be text" in report.errors[0].message
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "a: " + "[" * 100_000])
+def test_a_document_nested_absurdly_deep_is_an_error_not_a_crash(text: str) -> None:
+    report = import_text(text, "deep.json")
+
+    assert report.agents == []
+    assert report.errors == [ImportProblem("deep.json", "the document is nested too deeply to be an agent")]
+
+
+def test_an_llm_config_document_is_recognised_not_reported_as_a_broken_agent() -> None:
+    text = "id: cfg_openai\nname: My OpenAI\nprovider: OpenAI\napiKey: sk-not-imported\n"
+    report = import_text(text, "llm_configs/cfg_openai.yml")
+
+    assert (report.agents, report.errors) == ([], [])
+    assert [(c.id, c.provider) for c in report.provider_configs] == [("cfg_openai", "OpenAI")]
+    assert "sk-not-imported" not in repr(report)

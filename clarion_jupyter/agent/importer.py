@@ -48,6 +48,7 @@ from .models import ENV_NAME_PATTERN, VARIABLE_NAME_PATTERN, Agent
 log = logging.getLogger(__name__)
 
 AGENT_FILE_SUFFIXES = frozenset({".yaml", ".yml", ".json"})
+TOO_DEEP = "the document is nested too deeply to be an agent"
 
 PROVIDER_PREFIXES = {
     "openai": "openai",
@@ -191,6 +192,8 @@ def import_texts(texts: Iterable[tuple[str, str]], configs: Iterable[ProviderCon
             report.sources.append(where)
         except ValueError as exc:
             report.errors.append(ImportProblem(where, str(exc)))
+        except RecursionError:
+            report.errors.append(ImportProblem(where, TOO_DEEP))
         report.warnings += [ImportProblem(where, w) for w in warnings]
     return report
 
@@ -244,8 +247,12 @@ def _load_documents(text: str) -> list[Any]:
             return _flatten([json.loads(text)])
         except json.JSONDecodeError as exc:
             json_error = exc
+        except RecursionError:
+            raise ValueError(TOO_DEEP) from None
     try:
         return _flatten(yaml.safe_load_all(text))
+    except RecursionError:
+        raise ValueError(TOO_DEEP) from None
     except yaml.YAMLError as exc:
         if json_error is not None:
             raise ValueError(f"not valid JSON: {json_error}") from None

@@ -119,4 +119,6 @@ def _json(text: Any, where: str, db: V2Database) -> Any:
         return json.loads(text)
     except (TypeError, json.JSONDecodeError) as exc:
         db.errors.append(ImportProblem(where, f"not valid JSON: {exc}"))
-        return None
+    except RecursionError:
+        db.errors.append(ImportProblem(where, "the JSON is nested too deeply"))
+    return None
