@@ -121,7 +121,8 @@ class V2Migration:
         report.warnings += history.warnings
         stored = {agent.id: agent for agent in await self._agents.list()}
         changed = []
-        for agent, source_name, also_in in _unique(documents, report):
+        from_databases = {source for db in found.databases for _, source in db.agent_texts}
+        for agent, source_name, also_in in _unique(documents, from_databases, report):
             before = stored.get(agent.id)
             action: Action = "created" if before is None else "unchanged" if before == agent else "updated"
             report.changes.append(AgentChange(agent.id, agent.name, agent.model, action, source_name, also_in))
@@ -197,14 +198,16 @@ def _find(source: str | os.PathLike[str] | bytes) -> _Found:
     return found
 
 
-def _unique(documents: ImportReport, report: V2ImportReport) -> list[tuple[Agent, str, list[str]]]:
+def _unique(
+    documents: ImportReport, from_databases: set[str], report: V2ImportReport
+) -> list[tuple[Agent, str, list[str]]]:
     """One agent per id: the copy from the newest v2 store, the others named in the report."""
     by_id: dict[str, list[tuple[Agent, str]]] = defaultdict(list)
     for agent, source in zip(documents.agents, documents.sources, strict=True):
         by_id[agent.id].append((agent, source))
     unique = []
     for agent_id, copies in by_id.items():
-        ranked = sorted(copies, key=lambda c: _rank(c[1]))  # stable: the last of equals wins
+        ranked = sorted(copies, key=lambda c: _rank(c[1], from_databases))  # stable: the last of equals wins
         (agent, source), others = ranked[-1], [s for _, s in ranked[:-1]]
         if others:
             same = all(a.model_dump(exclude={"extra"}) == agent.model_dump(exclude={"extra"}) for a, _ in ranked[:-1])
@@ -215,7 +218,7 @@ def _unique(documents: ImportReport, report: V2ImportReport) -> list[tuple[Agent
     return unique
 
 
-def _rank(source: str) -> int:
-    if " agents/" in source:
+def _rank(source: str, from_databases: set[str]) -> int:
+    if source in from_databases:
         return _SOURCE_RANK["db"]
     return _SOURCE_RANK.get(Path(source.split(" (document")[0]).suffix.lower(), 0)
