@@ -144,14 +144,9 @@ def import_agents(path: str | os.PathLike[str]) -> ImportReport:
     A folder may be v2's YAML store (``agent/<id>.yml`` beside ``llm_configs/<id>.yml``):
     provider configs are read first, so every agent's ``configId`` finds its provider.
     """
-    root = Path(path)
     report = ImportReport()
-    if root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AGENT_FILE_SUFFIXES and p.is_file())
-        sources = [(p, p.relative_to(root).as_posix()) for p in files]
-    elif root.is_file():
-        sources = [(root, root.name)]
-    else:
+    sources = source_files(Path(path), AGENT_FILE_SUFFIXES)
+    if sources is None:
         report.errors.append(ImportProblem(str(path), "no such file or folder"))
         return report
     texts: list[tuple[str, str]] = []
@@ -162,6 +157,17 @@ def import_agents(path: str | os.PathLike[str]) -> ImportReport:
             report.errors.append(ImportProblem(name, f"cannot read the file: {exc}"))
     report.extend(import_texts(texts))
     return report
+
+
+def source_files(root: Path, suffixes: frozenset[str]) -> list[tuple[Path, str]] | None:
+    """The file itself, or every file with one of ``suffixes`` under the folder (recursively,
+    sorted), with the names reports use (relative to the folder); None when nothing is there."""
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+        return [(p, p.relative_to(root).as_posix()) for p in files]
+    if root.is_file():
+        return [(root, root.name)]
+    return None
 
 
 def import_texts(texts: Iterable[tuple[str, str]], configs: Iterable[ProviderConfig] = ()) -> ImportReport:
@@ -226,6 +232,7 @@ def parse_agent_documents(text: str, source_name: str) -> list[Agent]:
     return report.agents
 
 
+@lru_cache(maxsize=1024)
 def litellm_model(provider: str | None, model: str) -> str:
     """The litellm model string for a v2 provider + model (never prefixed twice)."""
     if not provider or not provider.strip():

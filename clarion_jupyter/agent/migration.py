@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..storage.protocols import RunStore
-from .importer import AGENT_FILE_SUFFIXES, ImportProblem, ImportReport, import_texts
+from .importer import AGENT_FILE_SUFFIXES, ImportProblem, ImportReport, import_texts, source_files
 from .models import Agent
 from .service import AgentService
 from .v2db import V2Database, is_sqlite, is_sqlite_file, read_v2_database
@@ -177,14 +177,8 @@ def _find(source: str | os.PathLike[str] | bytes) -> _Found:
             except UnicodeDecodeError:
                 found.errors.append(ImportProblem("request body", "neither a v2 clarion.db nor UTF-8 text"))
         return found
-    root = Path(source).expanduser()
-    if root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.is_file())
-        candidates = [(p, p.relative_to(root).as_posix()) for p in files]
-        candidates = [(p, n) for p, n in candidates if p.suffix.lower() in AGENT_FILE_SUFFIXES | DATABASE_SUFFIXES]
-    elif root.is_file():
-        candidates = [(root, root.name)]
-    else:
+    candidates = source_files(Path(source).expanduser(), AGENT_FILE_SUFFIXES | DATABASE_SUFFIXES)
+    if candidates is None:
         found.errors.append(ImportProblem(str(source), "no such file or folder"))
         return found
     for path, name in candidates:

@@ -15,6 +15,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from ..core.protocol import EventType, RunStatus, StepStatus
@@ -144,6 +145,7 @@ def _times(v2: V2Run) -> tuple[datetime | None, datetime | None]:
     return started, saved if saved is not None and saved >= started else started
 
 
+@lru_cache(maxsize=4096)
 def _sqlite_time(value: str | None) -> datetime | None:
     if not value:
         return None
