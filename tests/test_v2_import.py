@@ -451,3 +451,16 @@ async def test_the_summary_names_each_agent_the_history_and_the_keys_to_set(tmp_
         "key: basic_editor read the API key from $OPENAI_API_KEY (not set yet); keys are not imported",
         "key: go_reviewer read the API key from $OPENROUTER_API_KEY (set); keys are not imported",
     ]
+
+
+async def test_other_braces_in_a_v2_prompt_stay_literal_text_as_v2_sent_it(tmp_path):
+    prompt = "Fill {{component-name}}; keep {{placeholder}}, {% raw %} and {#id} as they are."
+    agent = v2_agent(
+        "braces", "Braces", system_prompt=prompt, user_variables=[{"name": "component-name", "required": True}]
+    )
+    async with v3(tmp_path) as engine:
+        await engine.import_v2(clarion_db(tmp_path, agents=[agent]))
+        imported = await engine.agents.get("braces")
+
+    rendered = render_system_prompt(imported, {"component-name": "Cart"})
+    assert rendered == "Fill Cart; keep {{placeholder}}, {% raw %} and {#id} as they are."

@@ -547,14 +547,26 @@ def _named_variables(variables: list[dict[str, Any]], warnings: list[str]) -> li
     return kept
 
 
+_V2_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_-]*)\s*\}\}|\{\{|\{%|\{#")
+
+
 def _template_names(prompt: Any, variables: list[dict[str, Any]]) -> Any:
-    """``{{component-name}}`` in a v2 prompt reads, in v3's Jinja, as a subtraction: such names
-    are rewritten to ``{{ variables['component-name'] }}``, which renders the same value."""
+    """A v2 prompt as a v3 template that renders the same text: ``{{name}}`` of a declared
+    variable stays a placeholder (``{{component-name}}``, a subtraction to Jinja, becomes
+    ``{{ variables['component-name'] }}``), and any other ``{{``, ``{%`` or ``{#`` is kept as
+    literal text, as v2 sent it, instead of failing as an undefined name at run time."""
     if not isinstance(prompt, str):
         return prompt
-    for name in (v["name"] for v in variables if "-" in v["name"]):
-        prompt = re.sub(r"\{\{\s*" + re.escape(name) + r"\s*\}\}", f"{{{{ variables['{name}'] }}}}", prompt)
-    return prompt
+    declared = {v["name"] for v in variables}
+
+    def rewrite(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in declared:
+            return f"{{{{ variables['{name}'] }}}}" if "-" in name else match.group(0)
+        opening = match.group(0)[:2]
+        return "{{ '" + opening + "' }}" + match.group(0)[2:]
+
+    return _V2_PLACEHOLDER.sub(rewrite, prompt)
 
 
 def _without_bookkeeping(extra: dict[str, Any]) -> dict[str, Any]:
