@@ -464,3 +464,17 @@ async def test_other_braces_in_a_v2_prompt_stay_literal_text_as_v2_sent_it(tmp_p
 
     rendered = render_system_prompt(imported, {"component-name": "Cart"})
     assert rendered == "Fill Cart; keep {{placeholder}}, {% raw %} and {#id} as they are."
+
+
+async def test_empty_llm_settings_import_as_what_v2_ran_them_with(tmp_path):
+    # v2's frontend ran an agent whose llm_config was empty as OpenAI gpt-4o at temperature 0.7
+    agent = v2_agent("defaults", "Defaults", provider="", model="", parameters=None)
+    async with v3(tmp_path) as engine:
+        await engine.import_v2(clarion_db(tmp_path, agents=[agent]))
+        imported = await engine.agents.get("defaults")
+
+    assert (imported.model, imported.parameters, imported.api_key_env) == (
+        "openai/gpt-4o",
+        {"temperature": 0.7},
+        "OPENAI_API_KEY",
+    )

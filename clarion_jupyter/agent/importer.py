@@ -74,6 +74,7 @@ PROVIDER_KEY_ENV = {
 }
 """The variable each provider's key usually lives in (litellm reads the same names)."""
 
+LLM_CONFIG_KEYS = ("llm_config", "llm", "llm_settings", "model_settings")
 PARAMETER_RENAMES = {"max_output_tokens": "max_tokens"}
 """v2's OpenAI settings (Responses API names) → the names litellm expects."""
 
@@ -316,6 +317,15 @@ class _Fields:
         found = self._pop(names)
         return found[2] if found else None
 
+    def has(self, *names: str) -> bool:
+        wanted = {_norm(n) for n in names}
+        return any(_norm(key) in wanted for section in self._search for key in section.data)
+
+    def peek(self, *names: str) -> Any:
+        """A value without taking it."""
+        wanted = {_norm(n) for n in names}
+        return next((v for section in self._search for k, v in section.data.items() if _norm(k) in wanted), None)
+
     def keep(self, key: str, value: Any) -> None:
         """Put a value read with :meth:`take` back, so that it ends up in ``extra``."""
         self._search[0].data[key] = value
@@ -389,7 +399,7 @@ def _agent_data(fields: _Fields, providers: dict[str, str]) -> tuple[dict[str, A
         "system_prompt": fields.take("system_prompt", "system_message", "instructions", "prompt"),
         "output_schema": _schema(fields.take("output_schema", "response_schema", "json_schema")),
         "user_variables": variables,
-        **_llm_fields(fields.section("llm_config", "llm", "llm_settings", "model_settings"), providers),
+        **_llm_fields(fields.section(*LLM_CONFIG_KEYS), providers, has_config=fields.has(*LLM_CONFIG_KEYS)),
     }
     context = _context(fields.section("codebase_filters", "codebase_context", "filters", "filter_set", "context"))
     if context:
@@ -400,9 +410,14 @@ def _agent_data(fields: _Fields, providers: dict[str, str]) -> tuple[dict[str, A
     return data, extra
 
 
-def _llm_fields(llm: _Fields, providers: dict[str, str]) -> dict[str, Any]:
+def _llm_fields(llm: _Fields, providers: dict[str, str], *, has_config: bool) -> dict[str, Any]:
     provider, model = llm.take("provider", "llm_provider", "vendor"), llm.take("model", "model_name", "model_id")
-    parameters = llm.take("parameters", "params", "model_parameters", "options") or {}
+    parameters = llm.take("parameters", "params", "model_parameters", "options")
+    if has_config:
+        # what v2's frontend ran an agent with when its llm_config left these empty (fetchAgents)
+        model, parameters = model or "gpt-4o", parameters if parameters is not None else {"temperature": 0.7}
+        provider = provider or providers.get(str(llm.peek("config_id") or "")) or "OpenAI"
+    parameters = parameters or {}
     if not isinstance(parameters, dict):
         raise ValueError("llm_config.parameters must be a mapping")
     if provider is not None and not isinstance(provider, str):
