@@ -321,11 +321,6 @@ class _Fields:
         wanted = {_norm(n) for n in names}
         return any(_norm(key) in wanted for section in self._search for key in section.data)
 
-    def peek(self, *names: str) -> Any:
-        """A value without taking it."""
-        wanted = {_norm(n) for n in names}
-        return next((v for section in self._search for k, v in section.data.items() if _norm(k) in wanted), None)
-
     def keep(self, key: str, value: Any) -> None:
         """Put a value read with :meth:`take` back, so that it ends up in ``extra``."""
         self._search[0].data[key] = value
@@ -392,6 +387,7 @@ def _convert(document: Any, warnings: list[str], providers: dict[str, str]) -> A
 def _agent_data(fields: _Fields, providers: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The Agent fields both formats share, and the leftovers (``extra``) so far."""
     variables, variable_extras = _variables(fields.take("user_variables", "variables", "user_variable_defs"))
+    has_config = fields.has(*LLM_CONFIG_KEYS)
     data: dict[str, Any] = {
         "name": fields.take("name", "title", "display_name"),
         "description": fields.take("description", "summary") or None,
@@ -399,7 +395,7 @@ def _agent_data(fields: _Fields, providers: dict[str, str]) -> tuple[dict[str, A
         "system_prompt": fields.take("system_prompt", "system_message", "instructions", "prompt"),
         "output_schema": _schema(fields.take("output_schema", "response_schema", "json_schema")),
         "user_variables": variables,
-        **_llm_fields(fields.section(*LLM_CONFIG_KEYS), providers, has_config=fields.has(*LLM_CONFIG_KEYS)),
+        **_llm_fields(fields.section(*LLM_CONFIG_KEYS), providers, has_config=has_config),
     }
     context = _context(fields.section("codebase_filters", "codebase_context", "filters", "filter_set", "context"))
     if context:
@@ -412,12 +408,8 @@ def _agent_data(fields: _Fields, providers: dict[str, str]) -> tuple[dict[str, A
 
 def _llm_fields(llm: _Fields, providers: dict[str, str], *, has_config: bool) -> dict[str, Any]:
     provider, model = llm.take("provider", "llm_provider", "vendor"), llm.take("model", "model_name", "model_id")
-    parameters = llm.take("parameters", "params", "model_parameters", "options")
-    if has_config:
-        # what v2's frontend ran an agent with when its llm_config left these empty (fetchAgents)
-        model, parameters = model or "gpt-4o", parameters if parameters is not None else {"temperature": 0.7}
-        provider = provider or providers.get(str(llm.peek("config_id") or "")) or "OpenAI"
-    parameters = parameters or {}
+    given = llm.take("parameters", "params", "model_parameters", "options")
+    parameters = given or {}
     if not isinstance(parameters, dict):
         raise ValueError("llm_config.parameters must be a mapping")
     if provider is not None and not isinstance(provider, str):
@@ -430,6 +422,13 @@ def _llm_fields(llm: _Fields, providers: dict[str, str], *, has_config: bool) ->
         value = llm.take(name)
         if value is not None:
             parameters.setdefault(name, value)
+    if has_config:
+        # what v2's frontend ran an agent with when its llm_config left these empty (fetchAgents)
+        model = model or "gpt-4o"
+        if not provider and "/" not in str(model):  # a litellm model string names its provider
+            provider = "OpenAI"
+        if given is None and not parameters:
+            parameters = {"temperature": 0.7}
     parameters = {PARAMETER_RENAMES.get(k, k): v for k, v in parameters.items()}
     model_string = litellm_model(provider, str(model)) if model else None
     env = _env_name(llm.take("api_key_env", "api_key_env_var", "api_key_variable", "api_key_env_name"))
