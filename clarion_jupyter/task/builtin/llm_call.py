@@ -27,10 +27,11 @@ from pydantic import (
     model_validator,
 )
 
-from ...agent.context import ContextSelection, gather_context, render_context
+from ...agent.context import ContextFile, ContextSelection, gather_context, render_context
 from ...agent.models import Agent, refuse_api_key
 from ...core.protocol import EventType
 from ...core.sandbox import environment
+from ...core.workspace import PathOutsideWorkspace, Workspace
 from ...llm.provider import LiteLLMProvider, LLMProvider, LLMRequest, ProviderError
 from ..base import Task, TaskConfig, TaskContext, TaskFailed
 
@@ -58,6 +59,10 @@ class LLMCallConfig(TaskConfig):
     )
     stream: bool = Field(False, description="Stream the reply as llm_token events.")
     variables: dict[str, Any] = Field(default_factory=dict, description="Values of the agent's user variables.")
+    files: list[str] = Field(
+        default_factory=list,
+        description="Workspace files sent along, added to the agent's codebase context (chosen by hand).",
+    )
     model: str | None = Field(None, min_length=1, description="litellm model string overriding the agent's.")
     parameters: dict[str, Any] = Field(default_factory=dict, description="Merged over the agent's parameters.")
 
@@ -86,16 +91,7 @@ class LLMCallTask(Task):
         agent = _agent(ctx)
         schema = config.response_format or agent.output_schema
         validator = _schema_validator(schema) if schema is not None else None
-        context = await gather_context(agent.context, ctx.workspace) if agent.context is not None else None
-        request = LLMRequest(
-            model=config.model or agent.model,
-            messages=_messages(agent, config, context),
-            parameters=agent.parameters | config.parameters,
-            api_base=agent.api_base,
-            api_key_env=agent.api_key_env,
-            response_format=_json_schema_format(schema) if schema is not None else None,
-            stream=config.stream,
-        )
+        request, context = await prepare_call(agent, config, ctx.workspace)
         tokens = TokenCoalescer(lambda text: ctx.emit(EventType.llm_token, {"text": text})) if config.stream else None
         try:
             result = await self.provider.complete(request, on_token=tokens)
@@ -110,7 +106,7 @@ class LLMCallTask(Task):
             "cost_usd": result.cost_usd,
             "model": result.model,
         }
-        if context is not None:
+        if agent.context is not None:
             output["context"] = context.summary()
         if validator is not None:
             output["json"] = _parse_reply(result.text, validator)
@@ -164,17 +160,63 @@ def _agent(ctx: TaskContext) -> Agent:
         raise TaskFailed(f"invalid agent document: {exc}", retryable=False) from None
 
 
-def _messages(agent: Agent, config: LLMCallConfig, context: ContextSelection | None) -> list[dict[str, Any]]:
+async def prepare_request(agent: Agent, config: LLMCallConfig, workspace: Workspace) -> LLMRequest:
+    """The exact request the step sends: also what ``POST /api/v3/agents/{id}/prompt`` shows."""
+    return (await prepare_call(agent, config, workspace))[0]
+
+
+async def prepare_call(
+    agent: Agent, config: LLMCallConfig, workspace: Workspace
+) -> tuple[LLMRequest, ContextSelection]:
+    """The request, and the codebase context it carries (files sent, entries skipped and why)."""
+    schema = config.response_format or agent.output_schema
+    context = await gather_context(agent.context, workspace) if agent.context is not None else ContextSelection()
+    request = LLMRequest(
+        model=config.model or agent.model,
+        messages=await _messages(agent, config, workspace, context),
+        parameters=agent.parameters | config.parameters,
+        api_base=agent.api_base,
+        api_key_env=agent.api_key_env,
+        response_format=_json_schema_format(schema) if schema is not None else None,
+        stream=config.stream,
+    )
+    return request, context
+
+
+async def _messages(
+    agent: Agent, config: LLMCallConfig, workspace: Workspace, context: ContextSelection
+) -> list[dict[str, Any]]:
     """System prompt (+ codebase context), then the given conversation, then the prompt."""
     system = render_system_prompt(agent, config.variables)
-    if context is not None:
-        section = render_context(context.files)
-        system = "\n\n".join(part for part in (system, section) if part)
+    files = context.files
+    if config.files:
+        chosen = await asyncio.to_thread(_read_chosen, workspace, config.files)
+        selected = {f.path for f in files}
+        files = [*files, *(f for f in chosen if f.path not in selected)]
+    section = render_context(files)
+    system = "\n\n".join(part for part in (system, section) if part)
     messages = [{"role": "system", "content": system}] if system else []
     messages += [m.model_dump() for m in config.messages]
     if config.prompt is not None:
         messages.append({"role": "user", "content": config.prompt})
     return messages
+
+
+def _read_chosen(workspace: Workspace, paths: list[str]) -> list[ContextFile]:
+    """Files a person chose for this call: each must exist in the workspace and be text."""
+    chosen = []
+    for path in paths:
+        try:
+            target = workspace.resolve(path)
+            data = target.read_bytes()
+        except PathOutsideWorkspace as exc:
+            raise TaskFailed(str(exc), details={"path": path}, retryable=False) from None
+        except OSError as exc:
+            raise TaskFailed(f"cannot read '{path}': {exc.strerror}", details={"path": path}, retryable=False) from None
+        if b"\0" in data:
+            raise TaskFailed(f"'{path}' is a binary file", details={"path": path}, retryable=False)
+        chosen.append(ContextFile(path=workspace.relative(target), content=data.decode("utf-8", errors="replace")))
+    return chosen
 
 
 def render_system_prompt(agent: Agent, values: dict[str, Any]) -> str:
