@@ -478,3 +478,15 @@ async def test_empty_llm_settings_import_as_what_v2_ran_them_with(tmp_path):
         {"temperature": 0.7},
         "OPENAI_API_KEY",
     )
+
+
+async def test_an_unreadable_run_row_is_a_warning_and_every_agent_still_counts(tmp_path):
+    path = clarion_db(tmp_path)
+    with sqlite3.connect(path) as con:
+        con.execute("INSERT INTO runs (id, project_id, run_data) VALUES ('run-broken', 'proj_1', '{oops')")
+    async with v3(tmp_path) as engine:
+        report = await engine.import_v2(path)
+
+    assert report.complete
+    assert report.runs.imported == 2
+    assert any(w.source == "clarion.db runs/run-broken" for w in report.warnings)

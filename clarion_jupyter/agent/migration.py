@@ -158,6 +158,7 @@ def _read_all(source: str | os.PathLike[str] | bytes) -> tuple[_Found, ImportRep
     names = {agent.name: agent.id for agent in documents.agents}
     history = ImportedRuns()
     for db in found.databases:
+        history.warnings += db.warnings
         converted = convert_runs(db, names)
         history.runs += converted.runs
         history.steps += converted.steps

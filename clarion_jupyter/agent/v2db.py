@@ -48,6 +48,8 @@ class V2Database:
     projects: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: list[V2Run] = field(default_factory=list)
     errors: list[ImportProblem] = field(default_factory=list)
+    warnings: list[ImportProblem] = field(default_factory=list)
+    """Rows of the history (projects, runs) that could not be read: the agents still import."""
 
 
 def is_sqlite(head: bytes) -> bool:
@@ -95,12 +97,12 @@ def _read_rows(con: sqlite3.Connection, tables: set[str], db: V2Database) -> Non
             db.agent_texts.append((data, f"{db.name} agents/{row_id}"))
     if "llm_configs" in tables:
         for row_id, data in con.execute("SELECT id, config_data FROM llm_configs ORDER BY created_at, id"):
-            config = provider_config(_json(data, f"{db.name} llm_configs/{row_id}", db))
+            config = provider_config(_json(data, f"{db.name} llm_configs/{row_id}", db.errors))
             if config is not None:
                 db.provider_configs.append(config)
     if "projects" in tables:
         for row_id, data in con.execute("SELECT id, project_data FROM projects"):
-            project = _json(data, f"{db.name} projects/{row_id}", db)
+            project = _json(data, f"{db.name} projects/{row_id}", db.warnings)
             if isinstance(project, dict):
                 db.projects[row_id] = project
     if "runs" in tables:
@@ -109,16 +111,16 @@ def _read_rows(con: sqlite3.Connection, tables: set[str], db: V2Database) -> Non
         for row_id, project_id, data, created_at in con.execute(
             f"SELECT id, project_id, {_RUN_DATA}, {created} FROM runs ORDER BY {created}, id"
         ):
-            run = _json(data, f"{db.name} runs/{row_id}", db)
+            run = _json(data, f"{db.name} runs/{row_id}", db.warnings)
             if isinstance(run, dict):
                 db.runs.append(V2Run(str(row_id), str(project_id or ""), run, created_at))
 
 
-def _json(text: Any, where: str, db: V2Database) -> Any:
+def _json(text: Any, where: str, problems: list[ImportProblem]) -> Any:
     try:
         return json.loads(text)
     except (TypeError, json.JSONDecodeError) as exc:
-        db.errors.append(ImportProblem(where, f"not valid JSON: {exc}"))
+        problems.append(ImportProblem(where, f"not valid JSON: {exc}"))
     except RecursionError:
-        db.errors.append(ImportProblem(where, "the JSON is nested too deeply"))
+        problems.append(ImportProblem(where, "the JSON is nested too deeply"))
     return None
