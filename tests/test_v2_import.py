@@ -353,6 +353,8 @@ async def test_reimport_updates_in_place(tmp_path):
         report = await engine.import_v2(clarion_db(tmp_path, agents=[changed, GO_REVIEWER]))
 
         assert [(c.id, c.action) for c in report.changes] == [("basic_editor", "updated"), ("go_reviewer", "unchanged")]
+        assert report.changes[0].fields == ["system_prompt"]
+        assert report.summary_lines()[0] == "updated basic_editor (openai/gpt-4o): system_prompt"
         assert (await engine.agents.get("basic_editor")).system_prompt == "A new prompt."
         assert len(await engine.agents.list()) == 2
 

@@ -39,6 +39,8 @@ class AgentChange:
     action: Action
     source: str
     also_in: list[str] = field(default_factory=list)
+    fields: list[str] = field(default_factory=list)
+    """For an update: the agent fields that change."""
 
 
 @dataclass(slots=True)
@@ -70,7 +72,8 @@ class V2ImportReport:
         lines = ["dry run: nothing was saved"] if self.dry_run else []
         for change in self.changes:
             action = change.action if not self.dry_run or change.action == "unchanged" else f"would be {change.action}"
-            lines.append(f"{action} {change.id} ({change.model})")
+            fields = f": {', '.join(change.fields)}" if change.fields else ""
+            lines.append(f"{action} {change.id} ({change.model}){fields}")
         runs = self.runs
         if runs.found:
             new = runs.found - runs.already_imported
@@ -125,7 +128,8 @@ class V2Migration:
         for agent, source_name, also_in in _unique(documents, from_databases, report):
             before = stored.get(agent.id)
             action: Action = "created" if before is None else "unchanged" if before == agent else "updated"
-            report.changes.append(AgentChange(agent.id, agent.name, agent.model, action, source_name, also_in))
+            fields = _changed_fields(before, agent) if action == "updated" else []
+            report.changes.append(AgentChange(agent.id, agent.name, agent.model, action, source_name, also_in, fields))
             report.agents.append(agent)
             if action != "unchanged":
                 changed.append(agent)
@@ -191,6 +195,11 @@ def _find(source: str | os.PathLike[str] | bytes) -> _Found:
         except (OSError, UnicodeDecodeError) as exc:
             found.errors.append(ImportProblem(name, f"cannot read the file: {exc}"))
     return found
+
+
+def _changed_fields(before: Agent | None, after: Agent) -> list[str]:
+    old, new = (before.model_dump(mode="json") if before else {}), after.model_dump(mode="json")
+    return [name for name in new if old.get(name) != new[name]]
 
 
 def _unique(
