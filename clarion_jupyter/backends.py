@@ -15,8 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from .agent.importer import import_agents
+from .agent.importer import AGENT_FILE_SUFFIXES, source_files
+from .agent.migration import DATABASE_SUFFIXES
 from .agent.models import Agent
+from .agent.v2db import is_sqlite_file
 from .client import ClarionAPIError, Client, find_server
 from .core.errors import DatabaseLocked
 from .storage.records import Event
@@ -42,8 +44,8 @@ class Backend(Protocol):
     async def decide(self, run_id: str, step_key: str, approve: bool, comment: str | None) -> dict[str, Any]: ...
     async def run_agent(self, agent_id: str, request: AgentRunRequest) -> str: ...
     async def list_agents(self) -> list[Agent]: ...
-    async def import_agents(self, path: str) -> dict[str, Any]:
-        """Import Clarion v2 agent files; the report (``agents``, ``errors``, ``warnings``)."""
+    async def import_agents(self, path: str, *, dry_run: bool = False) -> dict[str, Any]:
+        """Import what Clarion v2 left at ``path``; the report, as ``POST /api/v3/agents/import`` answers."""
 
     async def interrupted(self) -> list[str]:
         """Runs a crash left unfinished that are going on again (the embedded engine resumes them)."""
@@ -92,8 +94,8 @@ class EmbeddedBackend:
     async def list_agents(self) -> list[Agent]:
         return await self.engine.list_agents()
 
-    async def import_agents(self, path: str) -> dict[str, Any]:
-        return (await self.engine.save_imported_agents(import_agents(path))).as_dict()
+    async def import_agents(self, path: str, *, dry_run: bool = False) -> dict[str, Any]:
+        return (await self.engine.import_v2(path, dry_run=dry_run)).as_dict()
 
     async def interrupted(self) -> list[str]:
         return list(self.engine.resumed)
@@ -158,18 +160,16 @@ class ServerBackend:
     async def list_agents(self) -> list[Agent]:
         return [Agent.model_validate(a) for a in await self.client.list_agents()]
 
-    async def import_agents(self, path: str) -> dict[str, Any]:
-        """Each file goes to the server as it is; the server imports and stores it."""
-        report: dict[str, list[Any]] = {"agents": [], "errors": [], "warnings": []}
-        for file in _files(Path(path)):
-            try:
-                answer = await self.client.import_agents(file.read_text(encoding="utf-8", errors="replace"))
-            except ClarionAPIError as exc:
-                report["errors"].append({"source": str(file), "message": exc.message})
-                continue
-            for key, items in report.items():
-                items += answer.get(key, [])
-        return report
+    async def import_agents(self, path: str, *, dry_run: bool = False) -> dict[str, Any]:
+        """Upload what ``path`` holds: each ``clarion.db`` as bytes, every agent and provider file
+        together as one multi-document body (so provider configs still resolve the agents' models)."""
+        files = source_files(Path(path), AGENT_FILE_SUFFIXES | DATABASE_SUFFIXES) or []
+        databases = [file for file, _ in files if is_sqlite_file(file)]
+        texts = [file.read_text(encoding="utf-8", errors="replace") for file, _ in files if file not in databases]
+        reports = [await self.client.import_agents(db.read_bytes(), dry_run=dry_run) for db in databases]
+        if texts:
+            reports.append(await self.client.import_agents("\n---\n".join(texts), dry_run=dry_run))
+        return _merged(reports, dry_run)
 
     async def interrupted(self) -> list[str]:
         """The server resumed its interrupted runs when it started: the active ones are going on."""
@@ -187,8 +187,29 @@ def _event(doc: dict[str, Any]) -> Event:
     return Event(doc["seq"], doc["type"], doc["run_id"], doc.get("step_id"), ts, doc.get("data") or {})
 
 
-def _files(path: Path) -> list[Path]:
-    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+def _merged(reports: list[dict[str, Any]], dry_run: bool) -> dict[str, Any]:
+    merged: dict[str, Any] = {
+        "dry_run": dry_run,
+        "agents": [],
+        "changes": [],
+        "api_keys": [],
+        "errors": [],
+        "warnings": [],
+    }
+    runs = {"workflow_id": "", "found": 0, "imported": 0, "already_imported": 0}
+    keys: dict[str, dict[str, Any]] = {}
+    for report in reports:
+        for name in ("agents", "changes", "errors", "warnings"):
+            merged[name] += report.get(name, [])
+        for key in report.get("api_keys", []):
+            entry = keys.setdefault(key["env"], {**key, "agents": []})
+            entry["agents"] += [a for a in key["agents"] if a not in entry["agents"]]
+        for name in ("found", "imported", "already_imported"):
+            runs[name] += report["runs"][name]
+        runs["workflow_id"] = report["runs"]["workflow_id"]
+    merged["api_keys"] = list(keys.values())
+    merged["runs"] = runs
+    return merged
 
 
 def _local_user() -> str | None:

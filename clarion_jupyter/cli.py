@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from .agent.migration import summary_lines
 from .backends import Backend, open_backend
 from .core.errors import ClarionError, ValidationFailed
 from .core.protocol import EventType, RunStatus
@@ -337,12 +338,11 @@ async def cmd_reject(args: argparse.Namespace) -> int:
 
 async def cmd_agents_import(args: argparse.Namespace) -> int:
     async with _backend(args) as backend:
-        report = await backend.import_agents(args.path)
+        report = await backend.import_agents(args.path, dry_run=args.dry_run)
     if args.json:
         dump_json(report)
     else:
-        for agent in report["agents"]:
-            print(f"imported {agent['id']} ({agent['model']})")
+        print("\n".join(summary_lines(report)))
         for warning in report["warnings"]:
             print(f"warning: {warning['source']}: {warning['message']}", file=sys.stderr)
         for error in report["errors"]:
@@ -431,9 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
         decide.add_argument("step", help="the step's key, e.g. apply or write[0]")
         decide.add_argument("--comment", "-m", help="a note kept with the decision")
     agents = sub.add_parser("agents", help="manage agents").add_subparsers(dest="agents_command", required=True)
-    add(
-        "import", cmd_agents_import, "import Clarion v2 agent YAML/JSON files (a file or a folder)", agents
-    ).add_argument("path")
+    imports = add("import", cmd_agents_import, "import Clarion v2 agents and runs (clarion.db, YAML, JSON)", agents)
+    imports.add_argument("path", help="a clarion.db, the test_storage/ folder, agent files, or a folder of them")
+    imports.add_argument("--dry-run", action="store_true", help="show what would change and save nothing")
     add("list", cmd_agents_list, "list agents", agents)
     return parser
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from clarion_jupyter import Engine
+from clarion_jupyter.testing.clarion_v2 import v2_agent, v2_run, write_clarion_db
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT_FIXTURES = Path(__file__).parent / "fixtures" / "agents"
@@ -278,13 +279,40 @@ async def test_agents_import_reports_a_bad_file_and_imports_the_rest(tmp_path: P
     assert result.returncode == 1, "a partial import exits non-zero"
     assert re.search(r"^error: broken\.yaml: ", result.stderr, re.MULTILINE), result.stderr
     assert "Traceback" not in result.stderr
-    imported = re.findall(r"^imported (\S+) \((\S+)\)$", result.stdout, re.MULTILINE)
+    imported = re.findall(r"^created (\S+) \((\S+)\)$", result.stdout, re.MULTILINE)
     assert ("code-reviewer", "openai/gpt-4o") in imported
     assert ("doc-writer", "openrouter/anthropic/claude-3.5-sonnet") in imported
     async with Engine(tmp_path / "x.duckdb", workspace_root=tmp_path) as engine:
         stored = {agent.id for agent in await engine.agents.list()}
     assert stored == {agent_id for agent_id, _ in imported}
     assert len(stored) == 6
+
+
+async def test_agents_import_of_a_clarion_db_exits_0_and_says_which_keys_to_set(tmp_path: Path) -> None:
+    editor = v2_agent("basic_editor", "Basic File Editor", config_id="c")
+    run = v2_run("run-1714557600123", prompt="Create hello.txt", agent=editor, summary="Created hello.txt")
+    source = write_clarion_db(
+        tmp_path / "clarion.db",
+        agents=[editor],
+        llm_configs=[{"id": "c", "name": "OpenAI", "provider": "OpenAI", "apiKey": "sk-never-shown"}],
+        projects=[{"id": "p", "name": "P", "path": "/p", "lastOpenedAt": "", "activeAgentId": ""}],
+        runs=[("p", run, "2024-05-01 10:00:05")],
+    )
+    dry = clarion(tmp_path, "agents", "import", str(source), "--dry-run")
+    result = clarion(tmp_path, "agents", "import", str(source))
+    again = clarion(tmp_path, "agents", "import", str(source), "--json")
+
+    assert (dry.returncode, result.returncode, again.returncode) == (0, 0, 0)
+    assert "would be created basic_editor (openai/gpt-4o)" in dry.stdout
+    assert "created basic_editor (openai/gpt-4o)" in result.stdout
+    assert "$OPENAI_API_KEY" in result.stdout
+    assert json.loads(again.stdout)["changes"][0]["action"] == "unchanged"
+    assert "sk-never-shown" not in dry.stdout + result.stdout + again.stdout + result.stderr
+    listed = clarion(tmp_path, "runs")
+    assert re.search(r"^[0-9a-f]{26}  2024-05-01 10:00:00  succeeded\s+clarion-v2-agent-run$", listed.stdout, re.M)
+    run_id = listed.stdout.split()[0]
+    shown = json.loads(clarion(tmp_path, "show", run_id, "--json").stdout)
+    assert (shown["inputs"]["prompt"], shown["outputs"]["summary"]) == ("Create hello.txt", "Created hello.txt")
 
 
 # -- the database file --------------------------------------------------------------------

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..agent.importer import ImportReport
+from ..agent.migration import V2ImportReport, V2Migration
 from ..agent.models import Agent
 from ..agent.service import AgentService
 from ..core.errors import Conflict, NotFound, Problem, ValidationFailed
@@ -311,10 +311,6 @@ class Engine:
     async def list_agents(self) -> list[Agent]:
         return await self.agents.list()
 
-    async def save_imported_agents(self, report: ImportReport) -> ImportReport:
-        """Store every agent an import found (replacing same ids); its problems stay in the report."""
-        return await self.agents.save_imported(report)
-
     # -- agent runs ----------------------------------------------------------------
 
     async def run_agent(self, agent_id: str, request: AgentRunRequest) -> str:
@@ -446,3 +442,8 @@ class Engine:
             },
             "active_runs": self.active_runs,
         }
+
+    async def import_v2(self, source: str | os.PathLike[str] | bytes, *, dry_run: bool = False) -> V2ImportReport:
+        """Import what Clarion v2 left (a ``clarion.db``, its YAML store, exported agent files,
+        or an uploaded body): agents created or updated in place, run history as finished runs."""
+        return await V2Migration(self.agents, self.runs).run(source, dry_run=dry_run)
