@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tornado import web
 
 from ..agent.models import Agent
+from ..core.documents import DocumentError, DocumentRefused, load_any
 from ..core.errors import BadRequest, NotFound, Problem, ValidationFailed
 from ..core.protocol import RunStatus
 from ..storage.records import StoredDocument, isoformat
@@ -134,6 +135,12 @@ class AgentImportHandler(ClarionHandler):
     @authorized
     async def post(self) -> None:
         text = self.body_text(accept=DOCUMENT_TYPES | {"text/plain"})
+        try:
+            load_any(text)  # the bounds of every document body; syntax errors are the importer's to report
+        except DocumentRefused as exc:
+            raise BadRequest(f"the request body is {exc}", details={"where": exc.where}) from None
+        except DocumentError:
+            pass
         report = await (await self.engine()).agents.import_text(text, "request body")
         if not report.agents:
             problems = [Problem(loc=e.source, message=e.message) for e in report.errors]
