@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Enum, Float, Integer, Unicode, default
+from traitlets import Bool, Enum, Float, Integer, TraitError, Unicode, default, validate
 
 from .._version import __version__
 from ..core.errors import ClarionError
 from ..core.protocol import CloseCode
+from ..core.secrets import DEFAULT_SECRET_ENV_PATTERN, SecretPolicy
 from ..storage.database import default_db_path
 from ..workflow.engine import Engine
 from .base import EXTENSION_NAME
@@ -80,6 +83,13 @@ class ClarionExtension(ExtensionApp):
         help="Events buffered per WebSocket client; a client that falls further behind is closed "
         "with code 4008 and reconnects with `since`, so a slow client never slows the engine.",
     ).tag(config=True)
+    secret_env_pattern = Unicode(
+        DEFAULT_SECRET_ENV_PATTERN,
+        help="Regular expression (matched against the whole name) for the environment variables that "
+        "hold secrets. Only such a variable may be an agent's api_key_env (an agent also chooses the "
+        "api_base its key is sent to), and the value of every set variable that matches is masked as "
+        "*** in everything Clarion stores, streams or logs. Default: names ending in _API_KEY, _KEY or _TOKEN.",
+    ).tag(config=True)
     ws_ping_interval_s = Float(
         30.0, min=0.0, help="Seconds between WebSocket pings that keep idle connections alive (0: no pings)."
     ).tag(config=True)
@@ -94,6 +104,14 @@ class ClarionExtension(ExtensionApp):
         config["formatters"]["console"]["format"] = JUPYTER_LOG_TEMPLATE
         return config
 
+    @validate("secret_env_pattern")
+    def _valid_pattern(self, proposal: dict[str, Any]) -> str:
+        try:
+            re.compile(proposal["value"])
+        except re.error as exc:
+            raise TraitError(f"secret_env_pattern is not a valid regular expression: {exc}") from None
+        return proposal["value"]
+
     @default("db_path")
     def _default_db_path(self) -> str:
         return str(default_db_path())
@@ -104,7 +122,7 @@ class ClarionExtension(ExtensionApp):
 
     def initialize_settings(self) -> None:
         """Create (but do not open) the engine: the server's event loop is not running yet."""
-        configure_logging(self.log_format, self.serverapp.log)
+        configure_logging(self.log_format, self.serverapp.log, SecretPolicy(self.secret_env_pattern))
         self.engine = Engine(
             self.db_path,
             workers=self.workers,
@@ -114,6 +132,9 @@ class ClarionExtension(ExtensionApp):
             max_output_bytes=self.max_output_bytes,
             max_steps=self.max_steps,
         )
+        secrets = SecretPolicy(self.secret_env_pattern)
+        self.engine.settings = replace(self.engine.settings, secrets=secrets)
+        self.engine.agents.secrets = secrets
         self.sockets: set[EventSocket] = set()
         self._starting: asyncio.Future[None] | None = None
         self._down: tuple[str, Any, str] | None = None
