@@ -22,6 +22,7 @@ from .._version import __version__
 from ..core.errors import ClarionError
 from ..core.protocol import CloseCode
 from ..core.secrets import DEFAULT_SECRET_ENV_PATTERN, SecretPolicy
+from ..llm.provider import load_litellm
 from ..storage.database import default_db_path
 from ..workflow.engine import Engine
 from .base import EXTENSION_NAME
@@ -137,6 +138,7 @@ class ClarionExtension(ExtensionApp):
         self.engine.agents.secrets = secrets
         self.sockets: set[EventSocket] = set()
         self._starting: asyncio.Future[None] | None = None
+        self._warming: asyncio.Future[None] | None = None
         self._down: tuple[str, Any, str] | None = None
 
     def initialize_handlers(self) -> None:
@@ -166,6 +168,16 @@ class ClarionExtension(ExtensionApp):
             # keep it out of the collector's full passes, which otherwise pause the loop.
             gc.freeze()
             log.info("Clarion engine started on %s", self.engine.db_path)
+            self._warming = asyncio.ensure_future(self._warm_up_llm())
+
+    async def _warm_up_llm(self) -> None:
+        """With agents defined, LLM calls are coming: import litellm now, in a thread, so the
+        first call neither waits seconds for it nor (as an import on the loop would) freezes the server."""
+        try:
+            if await self.engine.agents.list():
+                await load_litellm()
+        except Exception:  # a failed warm-up only means the first call imports it instead
+            log.warning("warming up litellm failed", exc_info=True)
 
     def _fail(self, message: str, details: Any = None, code: str = "unavailable") -> None:
         self._down = (message, details, code)
