@@ -76,6 +76,13 @@ class SecretMasker:
             self._regex = re.compile("|".join(map(re.escape, ordered))) if ordered else None
         return self._regex
 
+    @property
+    def longest(self) -> int:
+        """Length of the longest secret value (0 when none is set): how much of a stream to hold
+        back so that a secret split across two pieces is still masked."""
+        self._pattern()
+        return max(map(len, self._values), default=0)
+
     def text(self, text: str) -> str:
         regex = self._pattern()
         return text if regex is None else regex.sub(MASK, text)
