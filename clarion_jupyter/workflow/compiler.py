@@ -27,6 +27,8 @@ class Node:
     config: CompiledValue
     condition: CompiledValue | None
     for_each: CompiledValue | None
+    approval_if: CompiledValue | None
+    """When the step has ``approval:``: whether to ask (a condition evaluated like ``if``)."""
     waits_for: frozenset[str]
     """Steps that must be finished (any status) before this one starts."""
     data_deps: frozenset[str]
@@ -70,16 +72,19 @@ def compile_workflow(workflow: Workflow, registry: TaskRegistry, max_steps: int 
     ids = _check_ids(steps, problems)
     previous = _list_order(workflow)
     nodes: dict[str, Node] = {}
+    edges: dict[str, frozenset[str]] = {}
     agent_ids: set[str] = set()
     for step in steps:
         node = _compile_step(step, registry, ids, previous[step.id], workflow, problems)
-        if node is not None and step.id not in nodes:
+        if step.id in edges:
+            continue  # a duplicate id, reported above
+        edges[step.id] = node.waits_for if node is not None else _declared_order(step, ids, previous[step.id])
+        if node is not None:
             nodes[step.id] = node
             if node.task.needs_agent and isinstance(step.with_.get("agent"), str) and "{" not in step.with_["agent"]:
                 agent_ids.add(step.with_["agent"])
     outputs = _compile_field(workflow.outputs, None, "outputs", ids, workflow, problems, in_map=False)
-    if not problems.items:
-        _check_cycles(nodes, problems)
+    _check_cycles(edges, problems)
     if problems.items:
         raise ValidationFailed(problems.items)
     for node in nodes.values():
@@ -140,11 +145,22 @@ def _compile_step(
         _compile_field(step.if_, step.id, "if", ids, workflow, problems, in_map) if step.if_ is not None else None
     )
     for_each = _compile_field(step.for_each, step.id, "for_each", ids, workflow, problems, False) if in_map else None
+    approval_if = (
+        _compile_field(step.approval.if_, step.id, "approval.if", ids, workflow, problems, in_map)
+        if step.approval is not None
+        else None
+    )
     if task is not None:
         _check_config(step, task, problems, templated=config is None or not config.constant)
-    if task is None or config is None or (step.if_ is not None and condition is None) or (in_map and for_each is None):
+    if (
+        task is None
+        or config is None
+        or (step.if_ is not None and condition is None)
+        or (in_map and for_each is None)
+        or (step.approval is not None and approval_if is None)
+    ):
         return None
-    refs = [c.refs for c in (config, condition, for_each) if c is not None]
+    refs = [c.refs for c in (config, condition, for_each, approval_if) if c is not None]
     read = frozenset().union(*(r.steps for r in refs)) - {step.id}
     outputs_read = frozenset().union(*(r.outputs for r in refs)) - {step.id}
     needs = frozenset(n for n in step.needs or [] if n in ids and n != step.id)
@@ -155,6 +171,7 @@ def _compile_step(
         config=config,
         condition=condition,
         for_each=for_each,
+        approval_if=approval_if,
         waits_for=waits_for,
         data_deps=needs | outputs_read,
     )
@@ -228,27 +245,39 @@ def _check_config(step: Step, task: type[Task], problems: _Problems, templated: 
             problems.add(step.id, f"with.{info.alias or name}", "Field required")
 
 
-def _check_cycles(nodes: dict[str, Node], problems: _Problems) -> None:
+def _declared_order(step: Step, ids: set[str], previous: frozenset[str]) -> frozenset[str]:
+    """What a step that did not compile waits for, as far as its document says: its known
+    ``needs``, or list order. Enough to find the cycles it is on next to its other problems."""
+    if step.needs is None:
+        return previous
+    return frozenset(n for n in step.needs if n in ids and n != step.id)
+
+
+def _check_cycles(edges: dict[str, frozenset[str]], problems: _Problems) -> None:
+    """Report every cycle (each one once, naming its steps in order) with a depth-first search."""
     state: dict[str, int] = {}
     path: list[str] = []
+    reported: set[frozenset[str]] = set()
 
-    def visit(node_id: str) -> bool:
+    def visit(node_id: str) -> None:
         state[node_id] = 1
         path.append(node_id)
-        for dep in sorted(nodes[node_id].waits_for):
+        for dep in sorted(edges[node_id]):
+            if dep not in edges:
+                continue
             if state.get(dep) == 1:
                 cycle = [*path[path.index(dep) :], dep]
-                problems.add(dep, "needs", "dependency cycle: " + " -> ".join(reversed(cycle)))
-                return True
-            if state.get(dep) is None and visit(dep):
-                return True
+                if frozenset(cycle) not in reported:
+                    reported.add(frozenset(cycle))
+                    problems.add(dep, "needs", "dependency cycle: " + " -> ".join(reversed(cycle)))
+            elif state.get(dep) is None:
+                visit(dep)
         state[node_id] = 2
         path.pop()
-        return False
 
-    for node_id in nodes:
-        if state.get(node_id) is None and visit(node_id):
-            return
+    for node_id in edges:
+        if state.get(node_id) is None:
+            visit(node_id)
 
 
 def resolve_inputs(workflow: Workflow, given: dict[str, Any] | None) -> dict[str, Any]:
