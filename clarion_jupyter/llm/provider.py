@@ -115,7 +115,7 @@ class LiteLLMProvider:
         """Counted in a thread: the first count imports litellm (seconds) and loads a tokenizer."""
 
         def count() -> int:
-            return int(_litellm().token_counter(model=request.model, messages=request.messages))
+            return int(_import_litellm().token_counter(model=request.model, messages=request.messages))
 
         return await asyncio.to_thread(count)
 
