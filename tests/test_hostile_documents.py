@@ -50,6 +50,8 @@ HOSTILE = [
     ),
     pytest.param("agents/import", "[" * 100_000 + "]" * 100_000, None, id="import-100k-deep-json"),
     pytest.param("agents/import", ALIAS_BOMB, YAML, id="import-alias-bomb"),
+    pytest.param("agents/import", "8\x99\x1eC", {"Content-Type": "text/plain"}, id="import-control-characters"),
+    pytest.param("workflows", "name: \x99", YAML, id="yaml-control-characters"),
 ]
 
 

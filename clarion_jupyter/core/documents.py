@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -171,30 +172,29 @@ def _check_flow_depth(text: str) -> None:
 
 def load_yaml(text: str) -> Any:
     """One YAML (or JSON) document as JSON data."""
-    _check_flow_depth(text)
-    loader = _BoundedLoader(text)
-    try:
-        return loader.get_single_data()
-    except yaml.YAMLError as exc:
-        raise _yaml_error(exc) from None
-    except RecursionError:
-        raise DocumentRefused(f"nested deeper than {MAX_DEPTH} levels") from None
-    finally:
-        loader.dispose()
+    return _read_yaml(text, lambda loader: loader.get_single_data())
 
 
 def load_yaml_all(text: str) -> list[Any]:
     """Every document of a YAML stream (``---`` separated) as JSON data."""
+    return _read_yaml(
+        text, lambda loader: [loader.construct_document(loader.get_node()) for _ in iter(loader.check_node, False)]
+    )
+
+
+def _read_yaml(text: str, read: Callable[[_BoundedLoader], Any]) -> Any:
     _check_flow_depth(text)
-    loader = _BoundedLoader(text)
+    loader = None
     try:
-        return [loader.construct_document(loader.get_node()) for _ in iter(loader.check_node, False)]
+        loader = _BoundedLoader(text)  # the reader already refuses control characters here
+        return read(loader)
     except yaml.YAMLError as exc:
         raise _yaml_error(exc) from None
     except RecursionError:
         raise DocumentRefused(f"nested deeper than {MAX_DEPTH} levels") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 # --------------------------------------------------------------------------- JSON
