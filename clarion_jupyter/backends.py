@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from .client import ClarionAPIError, Client, find_server
-from .core.errors import DatabaseLocked
+from .core.errors import Conflict, DatabaseLocked
 from .storage.records import Event
 from .workflow.engine import Engine
 from .workflow.models import Workflow, WorkflowRun
@@ -30,6 +30,12 @@ class Backend(Protocol):
     ) -> tuple[list[WorkflowRun], str | None]: ...
     async def events(self, run_id: str) -> list[Event]: ...
     async def close(self) -> None: ...
+
+    # What the notebook needs besides: catching up from a seq, saved workflows, SQL.
+    def follow(self, run_id: str, since: int) -> AsyncIterator[Event]: ...
+    async def save_workflow(self, workflow: Workflow) -> None: ...
+    async def run_saved(self, workflow_id: str, inputs: dict[str, Any]) -> str: ...
+    async def query(self, sql: str) -> dict[str, Any]: ...
 
 
 class EmbeddedBackend:
@@ -60,6 +66,21 @@ class EmbeddedBackend:
     async def close(self) -> None:
         await self.engine.stop()
 
+    def follow(self, run_id: str, since: int) -> AsyncIterator[Event]:
+        return self.engine.subscribe(run_id, since)
+
+    async def save_workflow(self, workflow: Workflow) -> None:
+        try:
+            await self.engine.workflows.create(workflow.to_document())
+        except Conflict:
+            await self.engine.workflows.replace(workflow.id, workflow.to_document())
+
+    async def run_saved(self, workflow_id: str, inputs: dict[str, Any]) -> str:
+        return await self.engine.submit_saved(workflow_id, inputs)
+
+    async def query(self, sql: str) -> dict[str, Any]:
+        return (await self.engine.query(sql)).as_dict()
+
 
 class ServerBackend:
     """The same operations through a running server's v3 API."""
@@ -69,13 +90,7 @@ class ServerBackend:
 
     async def submit(self, workflow: Workflow, inputs: dict[str, Any]) -> str:
         """Runs need a saved workflow on the server: the file is saved (replacing that id) first."""
-        document = workflow.to_document()
-        try:
-            await self.client.create_workflow(document)
-        except ClarionAPIError as exc:
-            if exc.status != 409:
-                raise
-            await self.client.update_workflow(workflow.id, document)
+        await self.save_workflow(workflow)
         return await self.client.run(workflow.id, inputs)
 
     async def subscribe(self, run_id: str) -> AsyncIterator[Event]:
@@ -100,6 +115,26 @@ class ServerBackend:
 
     async def close(self) -> None:
         self.client.close()
+
+    async def follow(self, run_id: str, since: int) -> AsyncIterator[Event]:
+        async for event in self.client.subscribe(run_id, since):
+            yield _event(event)
+
+    async def save_workflow(self, workflow: Workflow) -> None:
+        """Create, or replace a workflow saved under the same id."""
+        document = workflow.to_document()
+        try:
+            await self.client.create_workflow(document)
+        except ClarionAPIError as exc:
+            if exc.status != 409:
+                raise
+            await self.client.update_workflow(workflow.id, document)
+
+    async def run_saved(self, workflow_id: str, inputs: dict[str, Any]) -> str:
+        return await self.client.run(workflow_id, inputs)
+
+    async def query(self, sql: str) -> dict[str, Any]:
+        return await self.client.query(sql)
 
 
 def _event(doc: dict[str, Any]) -> Event:

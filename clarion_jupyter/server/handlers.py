@@ -226,6 +226,28 @@ class OpenAPIHandler(ClarionHandler):
         self.finish(OPENAPI_PATH.read_bytes(), set_content_type="application/yaml")
 
 
+class QueryRequest(BaseModel):
+    """The body of ``POST /api/v3/query``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sql: str = Field(min_length=1, max_length=100_000)
+
+
+class QueryHandler(ClarionHandler):
+    """Read-only SQL over the run history views; a refused or failing statement is a 400."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        doc = self.body_document()
+        try:
+            request = QueryRequest.model_validate(doc)
+        except ValidationError as exc:
+            raise ValidationFailed(pydantic_problems(exc, doc), what="query request") from None
+        self.reply((await (await self.engine()).query(request.sql)).as_dict())
+
+
 class UnknownPathHandler(ClarionHandler):
     """Anything else under /api/v3 answers a JSON 404 rather than Jupyter's HTML page."""
 
@@ -252,5 +274,6 @@ default_handlers: list[tuple[str, type[ClarionHandler]]] = [
     (rf"/api/v3/runs/{_ID}/events", RunEventsHandler),
     (r"/api/v3/tasks", TasksHandler),
     (r"/api/v3/openapi.yaml", OpenAPIHandler),
+    (r"/api/v3/query", QueryHandler),
     (r"/api/v3(/.*)?", UnknownPathHandler),
 ]

@@ -23,6 +23,7 @@ from ..core.workspace import Workspace
 from ..storage.database import Database, default_db_path
 from ..storage.duckdb_store import DuckDBDocumentStore, DuckDBRunStore
 from ..storage.protocols import ActiveRun
+from ..storage.query import MAX_ROWS, TIMEOUT_S, QueryResult, run_query
 from ..storage.records import Event, RunRecord, utcnow
 from ..storage.writer import GroupCommitWriter
 from ..task.base import TaskSettings
@@ -356,3 +357,12 @@ class Engine:
             },
             "active_runs": self.active_runs,
         }
+
+    # -- history -----------------------------------------------------------------
+
+    async def query(self, sql: str, *, max_rows: int = MAX_ROWS, timeout_s: float = TIMEOUT_S) -> QueryResult:
+        """One read-only SQL statement over the history views (``runs``, ``steps``, ``events``,
+        ``llm_calls``); the journal is projected first, so every committed run is seen."""
+        self._require_started()
+        await self.runs.project()
+        return await self._db.read(run_query, sql, max_rows, timeout_s)
