@@ -113,11 +113,11 @@ class ClarionMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self.loop = BackgroundLoop()
-        self.sessions: dict[bool, Session] = {}
+        embedded = Session(self.loop)
+        self.sessions = {True: embedded, False: Session(self.loop, embedded=embedded)}
 
     def session(self, local: bool = False) -> Session:
-        if local not in self.sessions:
-            self.sessions[local] = Session(self.loop, local=local)
+        """The kernel's server, else the embedded engine; with ``local``, the embedded engine."""
         return self.sessions[local]
 
     @no_var_expand

@@ -58,25 +58,33 @@ class Where:
 class Session:
     """The backend of one kind of cell (default, or ``--local``), opened on first use."""
 
-    def __init__(self, loop: BackgroundLoop, *, local: bool = False, db_path: str | None = None) -> None:
+    def __init__(self, loop: BackgroundLoop, *, embedded: Session | None = None, db_path: str | None = None) -> None:
+        """``embedded``: the kernel's embedded session, which a session without a server uses
+        too (one engine per DuckDB file and process); None makes this session that one."""
         self.loop = loop
-        self.local = local
+        self.embedded = embedded
         self.db_path = db_path
         self.where: Where | None = None
         self._backend: Backend | None = None
 
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend, self.where = self.loop.run(self._open())
-            print(f"Clarion: runs go to {self.where}.", file=sys.stderr)
+            opened = self.loop.run(self._find_server() if self.embedded else self._start_engine())
+            if opened is None:
+                self.embedded.backend()
+                opened = self.embedded._backend, self.embedded.where
+            else:
+                print(f"Clarion: runs go to {opened[1]}.", file=sys.stderr)
+            self._backend, self.where = opened
         return self._backend
 
-    async def _open(self) -> tuple[Backend, Where]:
-        if not self.local:
-            kernel = kernel_id()
-            client = await find_server(kernel_id=kernel) if kernel else None
-            if client is not None:
-                return ServerBackend(client), Where("server", client.url)
+    @staticmethod
+    async def _find_server() -> tuple[Backend, Where] | None:
+        kernel = kernel_id()
+        client = await find_server(kernel_id=kernel) if kernel else None
+        return None if client is None else (ServerBackend(client), Where("server", client.url))
+
+    async def _start_engine(self) -> tuple[Backend, Where]:
         path = Path(self.db_path) if self.db_path else default_db_path()
         engine = Engine(path, workspace_root=os.getcwd())
         try:
@@ -95,5 +103,6 @@ class Session:
         is lost for that: every transition is in the journal, which the next start folds in,
         and runs still in flight resume there."""
         backend, self._backend = self._backend, None
-        if backend is not None:
+        borrowed = self.embedded is not None and self.where is not None and self.where.kind == "embedded"
+        if backend is not None and not borrowed:
             self.loop.run(backend.close(), timeout=30)
