@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
 from IPython.testing.globalipapp import start_ipython
 
@@ -65,3 +66,11 @@ def shell_at(tmp_path: Path, monkeypatch: Any) -> Iterator[Shell]:
         yield shell
     finally:
         shell.close()
+
+
+@pytest.fixture
+def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Shell]:
+    """A shell whose every session (``--local`` too) uses a DuckDB file in ``tmp_path``."""
+    monkeypatch.setenv("CLARION_DB", str(tmp_path / "kernel.duckdb"))
+    with shell_at(tmp_path, monkeypatch) as shell:
+        yield shell

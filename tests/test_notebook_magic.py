@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -37,13 +36,6 @@ steps:
 outputs:
   got: "{{ steps.show.output.value }}"
 """
-
-
-@pytest.fixture
-def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Shell]:
-    monkeypatch.setenv("CLARION_DB", str(tmp_path / "kernel.duckdb"))
-    with shell_at(tmp_path, monkeypatch) as shell:
-        yield shell
 
 
 def usage_error(result: object) -> str:
@@ -88,9 +80,9 @@ def test_input_values_are_yaml_scalars(shell: Shell) -> None:
 
 
 def test_dollar_name_and_braces_take_python_values_from_the_namespace(shell: Shell) -> None:
-    shell.ip.user_ns.update(count=7, items=["x", "y"])
-    shell.cell("--input n={count * 2} --input flags=$items --input enabled=false --input label=$items", TYPED)
-    assert shell.last.outputs == {"got": {"n": 14, "flags": ["x", "y"], "enabled": False, "label": "['x', 'y']"}}
+    shell.ip.user_ns.update(count=7, items=["x", "y"], who="ada lovelace")
+    shell.cell("--input n={count * 2} --input flags=$items --input enabled=false --input label=$who", TYPED)
+    assert shell.last.outputs == {"got": {"n": 14, "flags": ["x", "y"], "enabled": False, "label": "ada lovelace"}}
 
 
 def test_no_wait_returns_while_the_run_goes_on(shell: Shell) -> None:

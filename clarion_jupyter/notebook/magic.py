@@ -46,7 +46,7 @@ HELP = """Clarion: workflows and agents in notebook cells.
   %%clarion sql            SQL over the run history (the cell's body), as a table
   %clarion sql SELECT ...  the same on one line; views: runs, steps, events, llm_calls
   %clarion runs [--limit N] [--status S] [--workflow ID]   recent runs
-  %clarion show RUN_ID     the widget of any run (live while it runs)
+  %clarion show RUN_ID     the widget of any run (live while it runs; its Run in `_`)
   %clarion cancel RUN_ID
   %clarion approve RUN_ID STEP [--comment TEXT]
   %clarion reject RUN_ID STEP [--comment TEXT]
@@ -123,10 +123,7 @@ class ClarionMagics(Magics):
     @no_var_expand
     @line_cell_magic
     def clarion(self, line: str, cell: str | None = None) -> Any:
-        try:
-            args = shlex.split(line)
-        except ValueError as exc:
-            raise UsageError(f"%clarion: cannot parse the arguments: {exc}") from None
+        args = _split(line)
         try:
             if cell is None:
                 return self._line(args)
@@ -232,8 +229,7 @@ class ClarionMagics(Magics):
             session = self.session(opts.local)
             run = Run(session, opts.run_id)
             run.state.load(self.loop.run(session.backend().get_run(opts.run_id)))
-            display(run.widget)
-            return None
+            return self._present(run, True, None)
         if command == "cancel":
             opts = CANCEL.parse_args(rest)
             self.loop.run(self.session(opts.local).backend().cancel(opts.run_id))
@@ -278,6 +274,23 @@ class ClarionMagics(Magics):
             return yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
             return raw
+
+
+def _split(line: str) -> list[str]:
+    """Shell-like words, except that a ``{expr}`` with spaces stays one word (``n={x * 2}``)."""
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"%clarion: cannot parse the arguments: {exc}") from None
+    merged: list[str] = []
+    depth = 0
+    for word in words:
+        if depth > 0:
+            merged[-1] += " " + word
+        else:
+            merged.append(word)
+        depth += word.count("{") - word.count("}")
+    return merged
 
 
 def _is_yaml_mapping(raw: str) -> bool:
