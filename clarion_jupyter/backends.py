@@ -36,6 +36,7 @@ class Backend(Protocol):
     async def save_workflow(self, workflow: Workflow) -> None: ...
     async def run_saved(self, workflow_id: str, inputs: dict[str, Any]) -> str: ...
     async def query(self, sql: str) -> dict[str, Any]: ...
+    async def save_agent(self, doc: dict[str, Any]) -> None: ...
 
 
 class EmbeddedBackend:
@@ -80,6 +81,12 @@ class EmbeddedBackend:
 
     async def query(self, sql: str) -> dict[str, Any]:
         return (await self.engine.query(sql)).as_dict()
+
+    async def save_agent(self, doc: dict[str, Any]) -> None:
+        try:
+            await self.engine.agents.create(doc)
+        except Conflict:
+            await self.engine.agents.replace(doc["id"], doc)
 
 
 class ServerBackend:
@@ -135,6 +142,14 @@ class ServerBackend:
 
     async def query(self, sql: str) -> dict[str, Any]:
         return await self.client.query(sql)
+
+    async def save_agent(self, doc: dict[str, Any]) -> None:
+        try:
+            await self.client.create_agent(doc)
+        except ClarionAPIError as exc:
+            if exc.status != 409:
+                raise
+            await self.client.update_agent(doc["id"], doc)
 
 
 def _event(doc: dict[str, Any]) -> Event:

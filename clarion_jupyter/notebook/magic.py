@@ -19,11 +19,13 @@ import yaml
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.display import display
+from pydantic import ValidationError
 
+from ..agent.models import Agent
 from ..client import ClarionAPIError
 from ..core.errors import ClarionError, ValidationFailed
 from ..core.protocol import RunStatus
-from ..workflow.models import parse_workflow
+from ..workflow.models import load_document, parse_workflow, pydantic_problems
 from .loop import BackgroundLoop
 from .run import Run
 from .session import Session
@@ -42,6 +44,10 @@ HELP = """Clarion: workflows and agents in notebook cells.
   <the prompt>
       Run an agent on the prompt (and the files); the reply is rendered, and its file
       changes shown as a diff with Apply / Discard (--apply review, the default).
+
+  %%clarion save-agent
+  <agent YAML: id, name, model, system_prompt, parameters, api_key_env, ...>
+      Create the agent, or replace the one with that id.
 
   %%clarion sql            SQL over the run history (the cell's body), as a table
   %clarion sql SELECT ...  the same on one line; views: runs, steps, events, llm_calls
@@ -104,6 +110,7 @@ for _decide in DECIDE.values():
     _decide.add_argument("run_id")
     _decide.add_argument("step")
     _decide.add_argument("--comment")
+SAVE_AGENT = _parser("save-agent", wait=False)
 LISTS = {name: _parser(name, wait=False) for name in ("agents", "workflows")}
 SUBCOMMANDS = ("runs", "show", "cancel", "approve", "reject", "agents", "workflows", "run", "sql", "help")
 
@@ -131,6 +138,8 @@ class ClarionMagics(Magics):
                 return self._agent_cell(args[1:], cell)
             if args[:1] == ["sql"]:
                 return self._sql(args[1:], cell)
+            if args[:1] == ["save-agent"]:
+                return self._save_agent(args[1:], cell)
             return self._workflow_cell(args, cell)
         except ClarionError as exc:
             raise UsageError(_explain(exc)) from None
@@ -159,6 +168,16 @@ class ClarionMagics(Magics):
         backend = session.backend()
         run_id = self.loop.run(backend.run_agent(opts.agent_id, cell.strip(), variables, opts.file, opts.apply))
         return self._present(Run(session, run_id, agent=True), opts.no_wait, opts.name)
+
+    def _save_agent(self, args: list[str], cell: str) -> None:
+        opts = SAVE_AGENT.parse_args(args)
+        doc = load_document(cell, what="agent")
+        try:
+            agent = Agent.model_validate(doc)
+        except ValidationError as exc:
+            raise ValidationFailed(pydantic_problems(exc, doc), what="agent") from None
+        self.loop.run(self.session(opts.local).backend().save_agent(agent.model_dump(mode="json")))
+        print(f"saved agent '{agent.id}' ({agent.model})")
 
     def _sql(self, args: list[str], cell: str | None) -> Any:
         local = "--local" in args
