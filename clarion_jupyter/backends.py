@@ -37,6 +37,8 @@ class Backend(Protocol):
     async def run_saved(self, workflow_id: str, inputs: dict[str, Any]) -> str: ...
     async def query(self, sql: str) -> dict[str, Any]: ...
     async def save_agent(self, doc: dict[str, Any]) -> None: ...
+    async def approve(self, run_id: str, step_key: str, comment: str | None = None) -> None: ...
+    async def reject(self, run_id: str, step_key: str, comment: str | None = None) -> None: ...
 
 
 class EmbeddedBackend:
@@ -87,6 +89,12 @@ class EmbeddedBackend:
             await self.engine.agents.create(doc)
         except Conflict:
             await self.engine.agents.replace(doc["id"], doc)
+
+    async def approve(self, run_id: str, step_key: str, comment: str | None = None) -> None:
+        await self.engine.decide(run_id, step_key, True, comment=comment)
+
+    async def reject(self, run_id: str, step_key: str, comment: str | None = None) -> None:
+        await self.engine.decide(run_id, step_key, False, comment=comment)
 
 
 class ServerBackend:
@@ -150,6 +158,12 @@ class ServerBackend:
             if exc.status != 409:
                 raise
             await self.client.update_agent(doc["id"], doc)
+
+    async def approve(self, run_id: str, step_key: str, comment: str | None = None) -> None:
+        await self.client.approve(run_id, step_key, comment)
+
+    async def reject(self, run_id: str, step_key: str, comment: str | None = None) -> None:
+        await self.client.reject(run_id, step_key, comment)
 
 
 def _event(doc: dict[str, Any]) -> Event:

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import re
 import time
+from pathlib import Path
 
 import pytest
 from notebook_support import ECHO3, Shell
@@ -192,3 +193,66 @@ def test_the_throttle_coalesces_a_burst_into_a_few_flushes() -> None:
     asyncio.run(burst())
     assert 2 <= len(flushes) <= (time.monotonic() - started) / 0.05 + 1
     assert all(b - a >= 0.045 for a, b in itertools.pairwise(flushes))
+
+
+APPROVE = """
+id: gated
+name: Gated write
+steps:
+  - id: draft
+    task: echo
+    with: {value: "hello"}
+  - id: write
+    task: file_write
+    approval: {message: "Write the greeting?"}
+    with: {path: greeting.txt, content: "{{ steps.draft.output.value }}\\n"}
+"""
+
+
+def test_a_waiting_step_shows_its_diff_and_the_cell_returns_so_the_buttons_work(
+    shell: Shell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shell.cell("", APPROVE)
+    run = shell.last
+    assert run.state.status == RunStatus.waiting
+    assert "waits for your decision on write" in capsys.readouterr().err
+    widget = run.widget
+    [box] = widget.approvals.children
+    assert box.step_key == "write"
+    message, preview, buttons = box.children
+    assert "Write the greeting?" in message.value
+    assert "create" in preview.value and "greeting.txt" in preview.value and "+hello" in preview.value
+    approve, reject = buttons.children
+    assert approve.description == "Approve write" and reject.description == "Reject"
+    approve.click()
+    assert run.wait(timeout=20).status == RunStatus.succeeded
+    assert (Path.cwd() / "greeting.txt").read_text().strip() == "hello"
+    wait_for(lambda: not widget.approvals.children)
+    assert statuses(widget)["write"] == "succeeded"
+
+
+def test_rejecting_from_the_widget_fails_the_step_with_the_reason(shell: Shell) -> None:
+    shell.cell("", APPROVE)
+    run = shell.last
+    run.widget.approvals.children[0].children[2].children[1].click()
+    assert run.wait(timeout=20).status == RunStatus.failed
+    assert not (Path.cwd() / "greeting.txt").exists()
+    wait_for(lambda: statuses(run.widget)["write"] == "failed")
+    assert "rejected" in run.widget.steps.value
+
+
+def test_approve_and_reject_through_the_run_handle_and_the_line_magic(shell: Shell) -> None:
+    shell.cell("", APPROVE)
+    first = shell.last
+    first.reject("write", comment="not today")
+    assert first.wait(timeout=20).status == RunStatus.failed
+    shell.cell("", APPROVE)
+    second = shell.last
+    shell.line(f"approve {second.run_id} write --comment fine")
+    assert second.wait(timeout=20).status == RunStatus.succeeded
+    assert "approved: fine" in second.widget.steps.value or "approved" in second.widget.steps.value
+    assert "not waiting" in usage_error_text(shell.line(f"approve {second.run_id} write"))
+
+
+def usage_error_text(result: object) -> str:
+    return str(result.error_in_exec)  # type: ignore[attr-defined]

@@ -209,6 +209,7 @@ class ClarionMagics(Magics):
                 self.loop.run(run._settled(stop_on_waiting=False), timeout=30)
             except ClarionError as exc:  # it ended meanwhile
                 print(f"(not cancelled: {exc.message})", file=sys.stderr)
+        run.refresh()
         if run.state.status == RunStatus.waiting:
             keys = ", ".join(row.key for row in run.state.waiting)
             print(f"Run {run.run_id} waits for your decision on {keys}: use the buttons, or "

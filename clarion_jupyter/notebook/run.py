@@ -171,6 +171,14 @@ class Run:
             else:
                 self._throttle.poke()
 
+    def refresh(self) -> None:
+        """Bring the widget up to the state now, without waiting for the next coalesced update."""
+        self.session.loop.run(self._refresh_now())
+
+    async def _refresh_now(self) -> None:
+        if self._throttle is not None:
+            self._throttle.now()
+
     def _flush(self) -> None:
         if self._widget is None:
             return

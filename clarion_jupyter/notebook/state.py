@@ -121,9 +121,9 @@ class RunState:
             if step.usage is not None:
                 row.prompt_tokens, row.completion_tokens = step.usage.prompt_tokens, step.usage.completion_tokens
                 row.cost_usd = step.usage.cost_usd
-        for approval in getattr(run, "approvals", None) or []:
-            row = self.row(approval["step_key"])
-            row.status, row.preview, row.message = StepStatus.waiting, approval.get("preview"), approval.get("message")
+        for approval in run.approvals:
+            row = self.row(approval.step_key)
+            row.status, row.preview, row.message = StepStatus.waiting, approval.preview, approval.message
 
     def apply(self, event: Event) -> bool:
         """Fold one event in; False when it was applied before (a replay after a reconnect)."""
@@ -182,7 +182,11 @@ class RunState:
             if not any(r.status == StepStatus.running for r in self.steps.values()):
                 self.status = RunStatus.waiting
         elif kind in (EventType.approval_granted, EventType.approval_rejected):
-            row.decision = "approved" if kind == EventType.approval_granted else "rejected"
+            row.decision = (
+                ("approved" if kind == EventType.approval_granted else "rejected")
+                + (f" by {data['by']}" if data.get("by") else "")
+                + (f": {data['comment']}" if data.get("comment") else "")
+            )
             row.preview = None
             if row.status == StepStatus.waiting:
                 row.status = StepStatus.pending

@@ -255,7 +255,7 @@ class AgentWidget(RunWidget):
                 )
                 + "</div>"
             )
-        if apply is not None and apply.decision == "rejected":
+        if apply is not None and (apply.decision or "").startswith("rejected"):
             return "<div class='clarion-discarded' style='opacity:.7'>file changes discarded</div>"
         changes = ((reply.output or {}).get("json") or {}).get("file_changes") if reply else None
         if isinstance(changes, list) and changes:

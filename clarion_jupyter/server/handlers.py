@@ -259,11 +259,7 @@ class QueryHandler(ClarionHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        doc = self.body_document()
-        try:
-            request = QueryRequest.model_validate(doc)
-        except ValidationError as exc:
-            raise ValidationFailed(pydantic_problems(exc, doc), what="query request") from None
+        request = self.body_model(QueryRequest, "query request", self.body_document())
         self.reply((await (await self.engine()).query(request.sql)).as_dict())
 
 
