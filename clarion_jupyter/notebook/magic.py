@@ -76,12 +76,18 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message or HELP)
 
 
+def _identifier(value: str) -> str:
+    if not value.isidentifier():
+        raise argparse.ArgumentTypeError(f"'{value}' is not a Python variable name")
+    return value
+
+
 def _parser(name: str, *, wait: bool = True) -> _Parser:
     parser = _Parser(prog=f"%clarion {name}".strip(), add_help=False)
     parser.add_argument("--local", action="store_true")
     if wait:
         parser.add_argument("--no-wait", action="store_true")
-        parser.add_argument("--name", metavar="VAR")
+        parser.add_argument("--name", metavar="VAR", type=_identifier)
     return parser
 
 
@@ -191,16 +197,16 @@ class ClarionMagics(Magics):
 
     def _present(self, run: Run, no_wait: bool, name: str | None) -> None:
         """Show the live widget, leave the handle in ``_`` (and ``name``), and unless
-        ``no_wait`` block until the run ends or waits for a person's decision."""
-        handle = display(run.widget, display_id=True)
+        ``no_wait`` block until the run ends or waits for a person's decision. An interrupt
+        (the stop button, Ctrl-C) while the cell runs cancels the run."""
         if name:
-            if not name.isidentifier():
-                raise UsageError(f"--name: '{name}' is not a Python variable name")
             self.shell.user_ns[name] = run
         self.shell.displayhook.update_user_ns(run)
-        if no_wait:
-            return
+        handle = None
         try:
+            handle = display(run.widget, display_id=True)
+            if no_wait:
+                return
             self.loop.run(run._settled(stop_on_waiting=True))
         except KeyboardInterrupt:
             print(f"Interrupted: cancelling run {run.run_id} …", file=sys.stderr)
