@@ -254,5 +254,5 @@ def test_the_run_renders_as_html_and_text_where_widgets_cannot(shell: Shell) -> 
 
 def test_local_says_which_engine_it_uses(shell: Shell, capsys: pytest.CaptureFixture[str]) -> None:
     shell.cell("--local", ECHO3)
-    assert "an embedded engine in this kernel" in capsys.readouterr().err
+    assert "an embedded engine in this kernel" in capsys.readouterr().out
     assert "embedded engine" in shell.last.widget.header.value

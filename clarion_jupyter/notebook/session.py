@@ -74,7 +74,7 @@ class Session:
                 self.embedded.backend()
                 opened = self.embedded._backend, self.embedded.where
             else:
-                print(f"Clarion: runs go to {opened[1]}.", file=sys.stderr)
+                print(f"Clarion: runs go to {opened[1]}.")
             self._backend, self.where = opened
         return self._backend
 

@@ -103,6 +103,7 @@ class RunWidget(widgets.VBox):
         done = state.status.terminal
         if self.cancel_button.disabled != done:
             self.cancel_button.disabled = done
+            self.cancel_button.layout.display = "none" if done else None
         keys = tuple(row.key for row in state.waiting)
         if keys != self._approval_keys:
             self._approval_keys = keys
