@@ -13,11 +13,14 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from .client import ClarionAPIError, Client, find_server
-from .core.errors import Conflict, DatabaseLocked
+from .core.errors import Conflict, DatabaseLocked, ValidationFailed
 from .storage.records import Event
+from .workflow.agent_run import AgentRunRequest
 from .workflow.engine import Engine
-from .workflow.models import Workflow, WorkflowRun
+from .workflow.models import Workflow, WorkflowRun, pydantic_problems
 
 
 class Backend(Protocol):
@@ -39,6 +42,11 @@ class Backend(Protocol):
     async def save_agent(self, doc: dict[str, Any]) -> None: ...
     async def approve(self, run_id: str, step_key: str, comment: str | None = None) -> None: ...
     async def reject(self, run_id: str, step_key: str, comment: str | None = None) -> None: ...
+    async def run_agent(
+        self, agent_id: str, prompt: str, variables: dict[str, Any], files: list[str], apply: str
+    ) -> str: ...
+    async def list_agents(self) -> list[dict[str, Any]]: ...
+    async def list_workflows(self) -> list[dict[str, Any]]: ...
 
 
 class EmbeddedBackend:
@@ -95,6 +103,21 @@ class EmbeddedBackend:
 
     async def reject(self, run_id: str, step_key: str, comment: str | None = None) -> None:
         await self.engine.decide(run_id, step_key, False, comment=comment)
+
+    async def run_agent(
+        self, agent_id: str, prompt: str, variables: dict[str, Any], files: list[str], apply: str
+    ) -> str:
+        try:
+            request = AgentRunRequest(prompt=prompt, variables=variables, files=files, apply=apply)
+        except ValidationError as exc:
+            raise ValidationFailed(pydantic_problems(exc, {"prompt": prompt}), what="agent run") from None
+        return await self.engine.run_agent(agent_id, request)
+
+    async def list_agents(self) -> list[dict[str, Any]]:
+        return [agent.model_dump(mode="json") for agent in await self.engine.agents.list()]
+
+    async def list_workflows(self) -> list[dict[str, Any]]:
+        return [stored.doc for stored in await self.engine.workflows.list()]
 
 
 class ServerBackend:
@@ -164,6 +187,17 @@ class ServerBackend:
 
     async def reject(self, run_id: str, step_key: str, comment: str | None = None) -> None:
         await self.client.reject(run_id, step_key, comment)
+
+    async def run_agent(
+        self, agent_id: str, prompt: str, variables: dict[str, Any], files: list[str], apply: str
+    ) -> str:
+        return await self.client.run_agent(agent_id, prompt, files=files, variables=variables, apply=apply)
+
+    async def list_agents(self) -> list[dict[str, Any]]:
+        return await self.client.list_agents()
+
+    async def list_workflows(self) -> list[dict[str, Any]]:
+        return await self.client.list_workflows()
 
 
 def _event(doc: dict[str, Any]) -> Event:
