@@ -32,6 +32,13 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext clarion_jupyter`` (or ``c.InteractiveShellApp.extensions``): ``%%clarion`` and ``%clarion``."""
+    from .notebook.magic import load_ipython_extension as load
+
+    load(ipython)
+
+
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
     """Where Jupyter finds the server extension (enabled by jupyter-config/.../clarion_jupyter.json)."""
     from .server.app import _jupyter_server_extension_points as points

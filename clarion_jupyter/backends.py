@@ -20,7 +20,7 @@ from .agent.migration import DATABASE_SUFFIXES
 from .agent.models import Agent
 from .agent.v2db import is_sqlite_file
 from .client import ClarionAPIError, Client, find_server
-from .core.errors import DatabaseLocked
+from .core.errors import Conflict, DatabaseLocked
 from .storage.records import Event
 from .workflow.agent_run import AgentRunRequest
 from .workflow.engine import Engine
@@ -51,6 +51,12 @@ class Backend(Protocol):
         """Runs a crash left unfinished that are going on again (the embedded engine resumes them)."""
 
     async def close(self) -> None: ...
+
+    # What the notebook needs besides: saved workflows and agents, SQL.
+    async def save_workflow(self, workflow: Workflow) -> None: ...
+    async def query(self, sql: str) -> dict[str, Any]: ...
+    async def save_agent(self, doc: dict[str, Any]) -> None: ...
+    async def list_workflows(self) -> list[dict[str, Any]]: ...
 
 
 class EmbeddedBackend:
@@ -103,6 +109,24 @@ class EmbeddedBackend:
     async def close(self) -> None:
         await self.engine.stop()
 
+    async def save_workflow(self, workflow: Workflow) -> None:
+        try:
+            await self.engine.workflows.create(workflow.to_document())
+        except Conflict:
+            await self.engine.workflows.replace(workflow.id, workflow.to_document())
+
+    async def query(self, sql: str) -> dict[str, Any]:
+        return (await self.engine.query(sql)).as_dict()
+
+    async def save_agent(self, doc: dict[str, Any]) -> None:
+        try:
+            await self.engine.agents.create(doc)
+        except Conflict:
+            await self.engine.agents.replace(doc["id"], doc)
+
+    async def list_workflows(self) -> list[dict[str, Any]]:
+        return [stored.doc for stored in await self.engine.workflows.list()]
+
 
 class ServerBackend:
     """The same operations through a running server's v3 API."""
@@ -113,13 +137,7 @@ class ServerBackend:
 
     async def submit(self, workflow: Workflow, inputs: dict[str, Any]) -> str:
         """Runs need a saved workflow on the server: the file is saved (replacing that id) first."""
-        document = workflow.to_document()
-        try:
-            await self.client.create_workflow(document)
-        except ClarionAPIError as exc:
-            if exc.status != 409:
-                raise
-            await self.client.update_workflow(workflow.id, document)
+        await self.save_workflow(workflow)
         return await self.client.run(workflow.id, inputs)
 
     async def submit_saved(self, workflow_id: str, inputs: dict[str, Any]) -> str:
@@ -180,6 +198,30 @@ class ServerBackend:
 
     async def close(self) -> None:
         self.client.close()
+
+    async def save_workflow(self, workflow: Workflow) -> None:
+        """Create, or replace a workflow saved under the same id."""
+        document = workflow.to_document()
+        try:
+            await self.client.create_workflow(document)
+        except ClarionAPIError as exc:
+            if exc.status != 409:
+                raise
+            await self.client.update_workflow(workflow.id, document)
+
+    async def query(self, sql: str) -> dict[str, Any]:
+        return await self.client.query(sql)
+
+    async def save_agent(self, doc: dict[str, Any]) -> None:
+        try:
+            await self.client.create_agent(doc)
+        except ClarionAPIError as exc:
+            if exc.status != 409:
+                raise
+            await self.client.update_agent(doc["id"], doc)
+
+    async def list_workflows(self) -> list[dict[str, Any]]:
+        return await self.client.list_workflows()
 
 
 def _event(doc: dict[str, Any]) -> Event:

@@ -6,4 +6,4 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-pytest_plugins = ("pytest_jupyter.jupyter_server", "conftest_server")
+pytest_plugins = ("pytest_jupyter.jupyter_server", "conftest_server", "notebook_support")

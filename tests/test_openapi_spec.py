@@ -49,6 +49,7 @@ CONTRACT = [
     ("get", "/api/v3/runs/{run_id}/events"),
     ("get", "/api/v3/tasks"),
     ("get", "/api/v3/openapi.yaml"),
+    ("post", "/api/v3/query"),
 ]
 ERROR_STATUSES = {"400", "401", "403", "404", "409", "413", "415", "422", "503"}
 

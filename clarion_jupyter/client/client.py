@@ -310,6 +310,12 @@ class Client:
             run = await self.get_run(run_id)
         return run
 
+    # -- history -----------------------------------------------------------------
+
+    async def query(self, sql: str) -> dict[str, Any]:
+        """Read-only SQL over the run history views: ``{"columns", "rows", "truncated"}``."""
+        return await self._request("POST", "api/v3/query", body={"sql": sql})
+
     # -- plumbing ----------------------------------------------------------------
 
     def _headers(self) -> dict[str, str]:

@@ -299,6 +299,24 @@ class OpenAPIHandler(ClarionHandler):
         self.finish(OPENAPI_PATH.read_bytes(), set_content_type="application/yaml")
 
 
+class QueryRequest(BaseModel):
+    """The body of ``POST /api/v3/query``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sql: str = Field(min_length=1, max_length=100_000)
+
+
+class QueryHandler(ClarionHandler):
+    """Read-only SQL over the run history views; a refused or failing statement is a 400."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        request = self.body_model(QueryRequest, "query request", self.body_document())
+        self.reply((await (await self.engine()).query(request.sql)).as_dict())
+
+
 class UnknownPathHandler(ClarionHandler):
     """Anything else under /api/v3 answers a JSON 404 rather than Jupyter's HTML page."""
 
@@ -337,5 +355,6 @@ default_handlers: list[tuple[str, type[ClarionHandler]]] = [
     (rf"/api/v3/runs/{_ID}/approvals/{_ID}", RunApprovalHandler),
     (r"/api/v3/tasks", TasksHandler),
     (r"/api/v3/openapi.yaml", OpenAPIHandler),
+    (r"/api/v3/query", QueryHandler),
     (r"/api/v3(/.*)?", UnknownPathHandler),
 ]

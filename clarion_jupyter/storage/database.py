@@ -114,12 +114,13 @@ class Database:
         await asyncio.get_running_loop().run_in_executor(self._writer, self.open)
 
     async def close(self) -> None:
+        """Let every other thread finish its call first: DuckDB refuses to close a connection
+        that a reader or the maintenance thread is still using."""
         loop = asyncio.get_running_loop()
+        for pool in (self._readers, self._maintainer, self._submitter):
+            await loop.run_in_executor(None, pool.shutdown, True)
         await loop.run_in_executor(self._writer, self._close)
         self._writer.shutdown(wait=True)
-        self._submitter.shutdown(wait=True)
-        self._maintainer.shutdown(wait=True)
-        self._readers.shutdown(wait=True)
 
     def _close(self) -> None:
         if self._con is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..core.workspace import PathOutsideWorkspace, Workspace
+from ..core.workspace import Workspace, WorkspacePathError
 from .base import TaskContext, TaskFailed, TaskSettings, config_problems
 from .queue import Job
 from .registry import TaskRegistry
@@ -43,5 +43,5 @@ class Previewer:
         )
         try:
             return await task_type().preview(config, ctx)
-        except PathOutsideWorkspace as exc:
+        except WorkspacePathError as exc:
             raise TaskFailed(str(exc), retryable=False) from exc

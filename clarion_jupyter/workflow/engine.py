@@ -21,10 +21,11 @@ from ..agent.service import AgentService
 from ..core.errors import Conflict, NotFound, Problem, ValidationFailed
 from ..core.ids import new_run_id
 from ..core.protocol import EventType, RunStatus
-from ..core.workspace import PathOutsideWorkspace, Workspace
+from ..core.workspace import Workspace, WorkspacePathError
 from ..storage.database import Database, default_db_path
 from ..storage.duckdb_store import DuckDBDocumentStore, DuckDBRunStore
 from ..storage.protocols import ActiveRun
+from ..storage.query import MAX_ROWS, TIMEOUT_S, QueryResult, run_query
 from ..storage.records import Event, RunRecord, utcnow
 from ..storage.writer import GroupCommitWriter
 from ..task.base import DEFAULT_MAX_OUTPUT_BYTES, TaskFailed, TaskSettings
@@ -352,10 +353,10 @@ class Engine:
         for index, path in enumerate(files):
             try:
                 problem = "" if self.workspace.resolve(path).is_file() else f"no file '{path}' in the workspace"
-            except PathOutsideWorkspace:
-                problem = f"'{path}' is outside the workspace"
-            except (OSError, ValueError) as exc:  # a NUL byte, a name too long for the filesystem
-                problem = f"{path!r} is not a usable path: {exc}"
+            except WorkspacePathError as exc:  # outside the workspace, a NUL byte, a name too long
+                problem = str(exc)
+            except OSError as exc:
+                problem = f"{path!r} is not a usable path: {exc.strerror}"
             if problem:
                 problems.append(Problem(loc=f"files.{index}", message=problem, field=f"files.{index}"))
         return problems
@@ -447,3 +448,12 @@ class Engine:
         """Import what Clarion v2 left (a ``clarion.db``, its YAML store, exported agent files,
         or an uploaded body): agents created or updated in place, run history as finished runs."""
         return await V2Migration(self.agents, self.runs).run(source, dry_run=dry_run)
+
+    # -- history -----------------------------------------------------------------
+
+    async def query(self, sql: str, *, max_rows: int = MAX_ROWS, timeout_s: float = TIMEOUT_S) -> QueryResult:
+        """One read-only SQL statement over the history views (``runs``, ``steps``, ``events``,
+        ``llm_calls``); the journal is projected first, so every committed run is seen."""
+        self._require_started()
+        await self.runs.project()
+        return await self._db.read(run_query, sql, max_rows, timeout_s)

@@ -1,0 +1,201 @@
+"""The ``Run`` handle a ``%%clarion`` cell leaves in ``_``: the run's state, its controls, its view.
+
+A Run follows its run's events on the background loop from the moment something needs them
+(its widget, :meth:`Run.wait`); the same :class:`~.state.RunState` feeds the widget, the
+``wait`` calls and the static renderings. If the event stream breaks (the server restarted,
+the network dropped), the follower reads the run document again and resumes from the last
+``seq`` it applied, so nothing is missed or counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..core.errors import ClarionError
+from ..core.protocol import RunStatus
+from ..storage.records import Event
+from ..workflow.models import StepRun, Workflow, WorkflowRun
+from .state import RunState
+from .widgets import TICK_S, UPDATE_INTERVAL_S, AgentWidget, RunWidget, Throttle
+
+if TYPE_CHECKING:
+    from .session import Session
+
+log = logging.getLogger(__name__)
+RECONNECT_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class Run:
+    """A handle on one run: ``.status``, ``.outputs``, ``.steps``, ``.wait()``, ``await
+    .wait_async()``, ``.cancel()``, ``.approve(step)``, ``.reject(step, comment=)``,
+    ``.events()``, ``.to_dataframe()``; displayed, it is its live widget."""
+
+    def __init__(self, session: Session, run_id: str, *, workflow: Workflow | None = None, agent: bool = False) -> None:
+        self.session = session
+        self.run_id = run_id
+        where = str(session.where or "")
+        self.state = (
+            RunState.for_workflow(run_id, workflow, where) if workflow is not None else RunState(run_id, where=where)
+        )
+        self._agent = agent
+        self._widget: RunWidget | None = None
+        self._follower: asyncio.Future[None] | None = None
+        self._changed: asyncio.Event | None = None
+        self._throttle: Throttle | None = None
+        self._last_doc: WorkflowRun | None = None
+        self._ended = False
+        """The follower stopped: the run ended, or its events could not be read any more."""
+
+    # -- the run document -------------------------------------------------------------
+
+    @property
+    def workflow_id(self) -> str:
+        return self.state.workflow_id or self.document().workflow_id
+
+    def document(self) -> WorkflowRun:
+        """The run document (fetched again until the run has ended)."""
+        if self._last_doc is None or not self._last_doc.status.terminal:
+            self._last_doc = self.session.loop.run(self.session.backend().get_run(self.run_id))
+        return self._last_doc
+
+    @property
+    def status(self) -> RunStatus:
+        return self.document().status
+
+    @property
+    def outputs(self) -> dict[str, Any] | None:
+        return self.document().outputs
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        return self.document().error
+
+    @property
+    def steps(self) -> list[StepRun]:
+        return self.document().steps
+
+    def events(self) -> list[dict[str, Any]]:
+        return [event.as_dict() for event in self.session.loop.run(self.session.backend().events(self.run_id))]
+
+    def to_dataframe(self) -> Any:
+        """The steps as a pandas DataFrame (one row per step execution)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("to_dataframe() needs pandas: pip install pandas") from None
+        return pd.DataFrame([step.model_dump(mode="json") for step in self.steps])
+
+    # -- controls --------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        self.session.loop.run(self.session.backend().cancel(self.run_id))
+
+    def approve(self, step: str, comment: str | None = None) -> None:
+        self.session.loop.run(self.session.backend().decide(self.run_id, step, True, comment))
+
+    def reject(self, step: str, comment: str | None = None) -> None:
+        self.session.loop.run(self.session.backend().decide(self.run_id, step, False, comment))
+
+    def wait(self, timeout: float | None = None) -> Run:
+        """Block until the run ends (the kernel's interrupt stops waiting, not the run)."""
+        self.session.loop.run(self._settled(stop_on_waiting=False), timeout)
+        return self
+
+    async def wait_async(self) -> Run:
+        """``await run.wait_async()`` from a cell: waits on the kernel's loop without blocking it."""
+        await asyncio.wrap_future(self.session.loop.submit(self._settled(stop_on_waiting=False)))
+        return self
+
+    # -- following -------------------------------------------------------------------
+
+    @property
+    def widget(self) -> RunWidget:
+        if self._widget is None:
+            self._widget = (AgentWidget if self._agent else RunWidget)(self.state, self)
+            self._follow()
+        return self._widget
+
+    def _follow(self) -> None:
+        if self._follower is None:
+            self._follower = self.session.loop.submit(self._run_follower())
+
+    async def _settled(self, stop_on_waiting: bool) -> None:
+        """Until the run ended (or, with ``stop_on_waiting``, waits for a person)."""
+        self._follow()
+        while True:
+            if self._ended or self.state.status.terminal:
+                return
+            if stop_on_waiting and self.state.status == RunStatus.waiting:
+                return
+            changed = self._change_event()
+            await changed.wait()
+            changed.clear()
+
+    def _change_event(self) -> asyncio.Event:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
+
+    async def _run_follower(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._throttle = Throttle(loop, self._flush, UPDATE_INTERVAL_S)
+        backend = self.session.backend()
+        changed = self._change_event()
+        failures = 0
+        while not self.state.status.terminal:
+            try:
+                if self.state.last_seq == 0 and not self.state.workflow_name:
+                    self.state.load(await backend.get_run(self.run_id))
+                async for event in backend.subscribe(self.run_id, self.state.last_seq):
+                    failures = 0
+                    self._apply(event)
+                    changed.set()
+                if not self.state.status.terminal:  # the stream ended early: the document knows
+                    self.state.load(await backend.get_run(self.run_id))
+            except ClarionError as exc:
+                if failures >= len(RECONNECT_DELAYS_S):
+                    self.state.where = f"{self.state.where} (lost: {exc.message})"
+                    break
+                await asyncio.sleep(RECONNECT_DELAYS_S[failures])
+                failures += 1
+        self._ended = True
+        changed.set()
+        self._throttle.now()
+
+    def _apply(self, event: Event) -> None:
+        if self.state.apply(event) and self._widget is not None and self._throttle is not None:
+            if event.terminal:
+                self._throttle.now()
+            else:
+                self._throttle.poke()
+
+    def refresh(self) -> None:
+        """Bring the widget up to the state now, without waiting for the next coalesced update."""
+        self.session.loop.run(self._refresh_now())
+
+    async def _refresh_now(self) -> None:
+        if self._throttle is not None:
+            self._throttle.now()
+
+    def _flush(self) -> None:
+        if self._widget is None:
+            return
+        self._widget.refresh()
+        if not self.state.status.terminal and self._throttle is not None:
+            self._throttle.poke(TICK_S)  # the elapsed time ticks while nothing else happens
+
+    # -- display ---------------------------------------------------------------------
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _repr_html_(self) -> str:
+        return self.state.to_html()
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(self.state.to_text())
+
+    def __repr__(self) -> str:
+        return f"<Run {self.run_id} {self.state.status.value}>"

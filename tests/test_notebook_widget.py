@@ -1,0 +1,258 @@
+"""The live run widget through its model state (rows, statuses, text, buttons) as a real
+embedded engine's events arrive: success, failure, cancel, streamed text, catching up after
+a reconnect, and a 1,000-step run whose update rate stays bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import time
+from pathlib import Path
+
+import pytest
+from notebook_support import ECHO3, Shell
+
+from clarion_jupyter import Agent
+from clarion_jupyter.core.protocol import RunStatus, StepStatus
+from clarion_jupyter.notebook.run import Run
+from clarion_jupyter.notebook.widgets import UPDATE_INTERVAL_S, RunWidget, Throttle
+
+pytestmark = pytest.mark.timeout(90)
+
+FAILING = """
+id: failing
+name: Failing
+steps:
+  - {id: fine, task: echo, with: {value: ok}}
+  - {id: broken, task: shell, with: {command: "echo oops >&2; exit 4"}}
+  - {id: never, task: echo, with: {value: no}}
+"""
+SLOW = """
+id: slow
+name: Slow
+steps:
+  - {id: first, task: echo, with: {value: 1}}
+  - {id: nap, task: shell, with: {command: "sleep 30"}}
+"""
+GROUPS = """
+id: groups
+name: Groups
+steps:
+  - {id: start, task: echo, with: {value: 0}}
+  - parallel:
+      - {id: left, task: echo, with: {value: 1}}
+      - {id: right, task: echo, with: {value: 2}}
+  - {id: each, task: echo, for_each: "{{ [10, 20, 30] }}", with: {value: "{{ item }}"}}
+"""
+REPLY = "Durable runs, stored in DuckDB, streamed to the notebook as they happen."
+
+
+def statuses(widget: RunWidget) -> dict[str, str]:
+    """Step key -> status, as the rendered rows show them."""
+    return dict(re.findall(r"data-key='([^']+)' data-status='(\w+)'", widget.steps.value))
+
+
+def header_status(widget: RunWidget) -> str:
+    return re.search(r"clarion-run-header' data-status='(\w+)'", widget.header.value).group(1)
+
+
+def wait_for(condition: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_rows_start_pending_in_document_order_and_end_succeeded(shell: Shell) -> None:
+    shell.cell("--no-wait", ECHO3)
+    widget = shell.last.widget
+    assert list(statuses(widget)) == ["one", "two", "three"]
+    shell.last.wait(timeout=20)
+    wait_for(lambda: header_status(widget) == "succeeded")
+    assert statuses(widget) == {"one": "succeeded", "two": "succeeded", "three": "succeeded"}
+    assert "yo" not in widget.result.value and "hi!!" in widget.result.value
+    assert widget.cancel_button.disabled
+
+
+def test_parallel_groups_and_for_each_items_are_shown_as_such(shell: Shell) -> None:
+    shell.cell("", GROUPS)
+    widget = shell.last.widget
+    html = widget.steps.value
+    assert html.count(">parallel<") == 1
+    assert re.search(r"data-key='left'[^>]*border-left", html) and re.search(r"data-key='right'[^>]*border-left", html)
+    assert "3/3 items" in html
+    assert {k: v for k, v in statuses(widget).items() if k.startswith("each[")} == {
+        "each[0]": "succeeded", "each[1]": "succeeded", "each[2]": "succeeded",
+    }  # fmt: skip
+
+
+def test_a_failure_shows_the_failed_step_its_error_and_the_run_error(shell: Shell) -> None:
+    shell.cell("", FAILING)
+    widget = shell.last.widget
+    wait_for(lambda: header_status(widget) == "failed")
+    rows = statuses(widget)
+    assert rows["fine"] == "succeeded" and rows["broken"] == "failed" and rows["never"] != "succeeded"
+    assert "oops" in widget.steps.value or "exit" in widget.steps.value
+    assert "broken" in widget.result.value
+
+
+def test_the_cancel_button_cancels_the_run(shell: Shell) -> None:
+    shell.cell("--no-wait", SLOW)
+    run = shell.last
+    widget = run.widget
+    wait_for(lambda: statuses(widget).get("nap") == "running")
+    widget.cancel_button.click()
+    assert run.wait(timeout=20).status == RunStatus.cancelled
+    wait_for(lambda: header_status(widget) == "cancelled")
+    assert statuses(widget)["nap"] == "cancelled"
+    assert widget.cancel_button.disabled
+
+
+def _streaming_agent(shell: Shell) -> None:
+    backend = shell.magics.session(local=True).backend()
+    agent = Agent(id="streamer", name="Streamer", model="openai/gpt-4o-mini", parameters={"mock_response": REPLY})
+    shell.magics.loop.run(backend.engine.agents.create(agent))
+
+
+STREAMED = """
+id: streamed
+name: Streamed
+steps:
+  - {id: ask, task: llm_call, with: {agent: streamer, prompt: "Say it", stream: true}}
+"""
+
+
+def test_streamed_llm_text_tokens_and_cost_appear_on_the_row(shell: Shell) -> None:
+    _streaming_agent(shell)
+    shell.cell("", STREAMED)
+    run = shell.last
+    row = run.state.steps["ask"]
+    assert row.status == StepStatus.succeeded
+    assert row.text == REPLY
+    assert row.tokens and row.tokens > 0 and row.cost_usd is not None
+    assert "tokens" in run.widget.steps.value and "$" in run.widget.steps.value
+
+
+def test_a_view_that_reconnects_catches_up_from_since_without_counting_twice(shell: Shell) -> None:
+    _streaming_agent(shell)
+    shell.cell("", STREAMED)
+    finished = shell.last
+    events = shell.magics.loop.run(finished.session.backend().events(finished.run_id))
+    tokens = [e for e in events if e.type == "llm_token"]
+    assert tokens, "the run streamed no tokens"
+    # A view that saw the events up to the first token, then lost its connection:
+    later = Run(finished.session, finished.run_id)
+    for event in events[: events.index(tokens[0]) + 1]:
+        later.state.apply(event)
+    assert later.state.status == RunStatus.running
+    later.wait(timeout=20)  # follows again from the last seq it applied
+    assert later.state.status == RunStatus.succeeded
+    assert later.state.steps["ask"].text == REPLY
+    assert later.state.last_seq == events[-1].seq
+
+
+def test_show_of_a_run_already_under_way_follows_it_live(shell: Shell) -> None:
+    shell.cell("--no-wait", SLOW)
+    run_id = shell.last.run_id
+    wait_for(lambda: shell.last.state.steps["nap"].status == StepStatus.running)
+    shell.line(f"show {run_id}")
+    shown = shell.last
+    assert shown.run_id == run_id
+    widget = shown.widget
+    wait_for(lambda: statuses(widget).get("nap") == "running")
+    shown.cancel()
+    wait_for(lambda: header_status(widget) == "cancelled")
+
+
+def test_a_thousand_step_run_updates_the_browser_at_most_twenty_times_a_second(shell: Shell) -> None:
+    many = 'id: many\nname: Many\nsteps:\n  - {id: item, task: echo, for_each: "{{ range(1000) | list }}", with: {value: "{{ item }}"}}\n'
+    started = time.monotonic()
+    shell.cell("", many)
+    elapsed = time.monotonic() - started
+    run = shell.last
+    widget = run.widget
+    assert run.status == RunStatus.succeeded
+    assert "1000/1000 items" in widget.steps.value
+    assert widget.updates <= elapsed / UPDATE_INTERVAL_S + 3, (widget.updates, elapsed)
+    assert len(widget.steps.value) < 200_000  # items beyond the row limit are counted, not rendered
+    assert "… and 800 more (800 succeeded)" in widget.steps.value
+
+
+def test_the_throttle_coalesces_a_burst_into_a_few_flushes() -> None:
+    flushes: list[float] = []
+    started = time.monotonic()
+
+    async def burst() -> None:
+        throttle = Throttle(asyncio.get_running_loop(), lambda: flushes.append(time.monotonic()), 0.05)
+        for _ in range(500):
+            throttle.poke()
+            await asyncio.sleep(0.0005)
+        await asyncio.sleep(0.1)
+
+    asyncio.run(burst())
+    assert 2 <= len(flushes) <= (time.monotonic() - started) / 0.05 + 1
+    assert all(b - a >= 0.045 for a, b in itertools.pairwise(flushes))
+
+
+APPROVE = """
+id: gated
+name: Gated write
+steps:
+  - id: draft
+    task: echo
+    with: {value: "hello"}
+  - id: write
+    task: file_write
+    approval: {message: "Write the greeting?"}
+    with: {path: greeting.txt, content: "{{ steps.draft.output.value }}\\n"}
+"""
+
+
+def test_a_waiting_step_shows_its_diff_and_the_cell_returns_so_the_buttons_work(
+    shell: Shell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shell.cell("", APPROVE)
+    run = shell.last
+    assert run.state.status == RunStatus.waiting
+    assert "waits for your decision on write" in capsys.readouterr().err
+    widget = run.widget
+    [box] = widget.approvals.children
+    assert box.step_key == "write"
+    message, preview, buttons = box.children
+    assert "Write the greeting?" in message.value
+    assert "create" in preview.value and "greeting.txt" in preview.value and "+hello" in preview.value
+    approve, reject = buttons.children
+    assert approve.description == "Approve write" and reject.description == "Reject"
+    approve.click()
+    assert run.wait(timeout=20).status == RunStatus.succeeded
+    assert (Path.cwd() / "greeting.txt").read_text().strip() == "hello"
+    wait_for(lambda: not widget.approvals.children)
+    assert statuses(widget)["write"] == "succeeded"
+
+
+def test_rejecting_from_the_widget_fails_the_step_with_the_reason(shell: Shell) -> None:
+    shell.cell("", APPROVE)
+    run = shell.last
+    run.widget.approvals.children[0].children[2].children[1].click()
+    assert run.wait(timeout=20).status == RunStatus.failed
+    assert not (Path.cwd() / "greeting.txt").exists()
+    wait_for(lambda: statuses(run.widget)["write"] == "failed")
+    assert "rejected" in run.widget.steps.value
+
+
+def test_approve_and_reject_through_the_run_handle_and_the_line_magic(shell: Shell) -> None:
+    shell.cell("", APPROVE)
+    first = shell.last
+    first.reject("write", comment="not today")
+    assert first.wait(timeout=20).status == RunStatus.failed
+    shell.cell("", APPROVE)
+    second = shell.last
+    shell.line(f"approve {second.run_id} write --comment fine")
+    assert second.wait(timeout=20).status == RunStatus.succeeded
+    assert "approved: fine" in second.widget.steps.value or "approved" in second.widget.steps.value
+    assert "not waiting" in usage_error_text(shell.line(f"approve {second.run_id} write"))
+
+
+def usage_error_text(result: object) -> str:
+    return str(result.error_in_exec)  # type: ignore[attr-defined]
