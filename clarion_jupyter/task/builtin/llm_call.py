@@ -27,11 +27,12 @@ from pydantic import (
     model_validator,
 )
 
-from ...agent.context import ContextFile, gather_context, render_context
+from ...agent.context import ContextFile, ContextSelection, gather_context, render_context
 from ...agent.models import Agent, refuse_api_key
 from ...core.protocol import EventType
 from ...core.sandbox import environment
-from ...core.workspace import PathOutsideWorkspace, Workspace
+from ...core.secrets import SecretMasker
+from ...core.workspace import Workspace, WorkspacePathError
 from ...llm.provider import LiteLLMProvider, LLMProvider, LLMRequest, ProviderError
 from ..base import Task, TaskConfig, TaskContext, TaskFailed
 
@@ -89,23 +90,34 @@ class LLMCallTask(Task):
 
     async def run(self, config: LLMCallConfig, ctx: TaskContext) -> dict[str, Any]:
         agent = _agent(ctx)
+        if agent.api_key_env is not None and not ctx.settings.secrets.allows(agent.api_key_env):
+            raise TaskFailed(ctx.settings.secrets.refusal(agent.api_key_env), retryable=False)
         schema = config.response_format or agent.output_schema
         validator = _schema_validator(schema) if schema is not None else None
-        request = await prepare_request(agent, config, ctx.workspace)
-        tokens = TokenCoalescer(lambda text: ctx.emit(EventType.llm_token, {"text": text})) if config.stream else None
+        request, context = await prepare_call(agent, config, ctx.workspace)
+        tokens = None
+        if config.stream:
+            masker = SecretMasker(ctx.settings.secrets)
+            tokens = TokenCoalescer(
+                lambda text: ctx.emit(EventType.llm_token, {"text": text}),
+                mask=masker.text,
+                holdback=max(masker.longest - 1, 0),
+            )
         try:
             result = await self.provider.complete(request, on_token=tokens)
         except ProviderError as exc:
             raise TaskFailed(exc.message, details={"status_code": exc.status_code}, retryable=exc.retryable) from None
         finally:
             if tokens is not None:
-                tokens.flush()
+                tokens.flush(final=True)
         output: dict[str, Any] = {
             "text": result.text,
             "usage": result.usage,
             "cost_usd": result.cost_usd,
             "model": result.model,
         }
+        if agent.context is not None:
+            output["context"] = context.summary()
         if validator is not None:
             output["json"] = _parse_reply(result.text, validator)
         return output
@@ -116,10 +128,23 @@ class TokenCoalescer:
 
     Each emit becomes a stored event and a WebSocket message, so emitting per token would
     flood both; a timer flushes text that would otherwise wait for the next delta.
+
+    With ``mask``, what is emitted has secrets masked; the last ``holdback`` characters wait
+    for the next flush, so a secret split across deltas is masked whole (the final flush
+    sends everything).
     """
 
-    def __init__(self, emit: Callable[[str], None], interval_s: float = 0.05, max_chars: int = 64) -> None:
+    def __init__(
+        self,
+        emit: Callable[[str], None],
+        interval_s: float = 0.05,
+        max_chars: int = 64,
+        mask: Callable[[str], str] | None = None,
+        holdback: int = 0,
+    ) -> None:
         self._emit = emit
+        self._mask = mask
+        self._holdback = holdback
         self._interval_s = interval_s
         self._max_chars = max_chars
         self._parts: list[str] = []
@@ -136,14 +161,20 @@ class TokenCoalescer:
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(wait, self.flush)
 
-    def flush(self) -> None:
+    def flush(self, final: bool = False) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._parts:
-            text = "".join(self._parts)
-            self._parts.clear()
-            self._size = 0
+        if not self._parts:
+            return
+        text = "".join(self._parts)
+        if self._mask is not None:
+            text = self._mask(text)
+        keep = min(self._holdback, len(text)) if not final else 0
+        text, held = (text[: len(text) - keep], text[len(text) - keep :]) if keep else (text, "")
+        self._parts[:] = [held] if held else []
+        self._size = len(held)
+        if text:
             self._last_emit = time.monotonic()
             self._emit(text)
 
@@ -160,22 +191,33 @@ def _agent(ctx: TaskContext) -> Agent:
 
 async def prepare_request(agent: Agent, config: LLMCallConfig, workspace: Workspace) -> LLMRequest:
     """The exact request the step sends: also what ``POST /api/v3/agents/{id}/prompt`` shows."""
+    return (await prepare_call(agent, config, workspace))[0]
+
+
+async def prepare_call(
+    agent: Agent, config: LLMCallConfig, workspace: Workspace
+) -> tuple[LLMRequest, ContextSelection]:
+    """The request, and the codebase context it carries (files sent, entries skipped and why)."""
     schema = config.response_format or agent.output_schema
-    return LLMRequest(
+    context = await gather_context(agent.context, workspace) if agent.context is not None else ContextSelection()
+    request = LLMRequest(
         model=config.model or agent.model,
-        messages=await _messages(agent, config, workspace),
+        messages=await _messages(agent, config, workspace, context),
         parameters=agent.parameters | config.parameters,
         api_base=agent.api_base,
         api_key_env=agent.api_key_env,
         response_format=_json_schema_format(schema) if schema is not None else None,
         stream=config.stream,
     )
+    return request, context
 
 
-async def _messages(agent: Agent, config: LLMCallConfig, workspace: Workspace) -> list[dict[str, Any]]:
+async def _messages(
+    agent: Agent, config: LLMCallConfig, workspace: Workspace, context: ContextSelection
+) -> list[dict[str, Any]]:
     """System prompt (+ codebase context), then the given conversation, then the prompt."""
     system = render_system_prompt(agent, config.variables)
-    files = await gather_context(agent.context, workspace) if agent.context is not None else []
+    files = context.files
     if config.files:
         chosen = await asyncio.to_thread(_read_chosen, workspace, config.files)
         selected = {f.path for f in files}
@@ -196,7 +238,7 @@ def _read_chosen(workspace: Workspace, paths: list[str]) -> list[ContextFile]:
         try:
             target = workspace.resolve(path)
             data = target.read_bytes()
-        except PathOutsideWorkspace as exc:
+        except WorkspacePathError as exc:
             raise TaskFailed(str(exc), details={"path": path}, retryable=False) from None
         except OSError as exc:
             raise TaskFailed(f"cannot read '{path}': {exc.strerror}", details={"path": path}, retryable=False) from None
@@ -225,7 +267,8 @@ def render_system_prompt(agent: Agent, values: dict[str, Any]) -> str:
         else:
             variables[var.name] = var.default if var.default is not None else ""
     try:
-        return _system_template(agent.system_prompt).render({**values, **variables})
+        # `variables` also reaches names that are not identifiers: {{ variables['component-name'] }}
+        return _system_template(agent.system_prompt).render({**values, **variables, "variables": variables})
     except Exception as exc:  # any failure inside the template is the agent author's to fix
         raise TaskFailed(f"agent '{agent.id}' system prompt: {type(exc).__name__}: {exc}", retryable=False) from None
 
