@@ -15,21 +15,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-<<<<<<< HEAD
-from pydantic import ValidationError
-
-=======
 from .agent.importer import AGENT_FILE_SUFFIXES, source_files
 from .agent.migration import DATABASE_SUFFIXES
 from .agent.models import Agent
 from .agent.v2db import is_sqlite_file
->>>>>>> main
 from .client import ClarionAPIError, Client, find_server
-from .core.errors import Conflict, DatabaseLocked, ValidationFailed
+from .core.errors import Conflict, DatabaseLocked
 from .storage.records import Event
 from .workflow.agent_run import AgentRunRequest
 from .workflow.engine import Engine
-from .workflow.models import Workflow, WorkflowRun, pydantic_problems
+from .workflow.models import Workflow, WorkflowRun
 
 
 class Backend(Protocol):
@@ -57,18 +52,10 @@ class Backend(Protocol):
 
     async def close(self) -> None: ...
 
-    # What the notebook needs besides: catching up from a seq, saved workflows, SQL.
-    def follow(self, run_id: str, since: int) -> AsyncIterator[Event]: ...
+    # What the notebook needs besides: saving workflows and agents, listing workflows, SQL.
     async def save_workflow(self, workflow: Workflow) -> None: ...
-    async def run_saved(self, workflow_id: str, inputs: dict[str, Any]) -> str: ...
     async def query(self, sql: str) -> dict[str, Any]: ...
     async def save_agent(self, doc: dict[str, Any]) -> None: ...
-    async def approve(self, run_id: str, step_key: str, comment: str | None = None) -> None: ...
-    async def reject(self, run_id: str, step_key: str, comment: str | None = None) -> None: ...
-    async def run_agent(
-        self, agent_id: str, prompt: str, variables: dict[str, Any], files: list[str], apply: str
-    ) -> str: ...
-    async def list_agents(self) -> list[dict[str, Any]]: ...
     async def list_workflows(self) -> list[dict[str, Any]]: ...
 
 
@@ -122,17 +109,11 @@ class EmbeddedBackend:
     async def close(self) -> None:
         await self.engine.stop()
 
-    def follow(self, run_id: str, since: int) -> AsyncIterator[Event]:
-        return self.engine.subscribe(run_id, since)
-
     async def save_workflow(self, workflow: Workflow) -> None:
         try:
             await self.engine.workflows.create(workflow.to_document())
         except Conflict:
             await self.engine.workflows.replace(workflow.id, workflow.to_document())
-
-    async def run_saved(self, workflow_id: str, inputs: dict[str, Any]) -> str:
-        return await self.engine.submit_saved(workflow_id, inputs)
 
     async def query(self, sql: str) -> dict[str, Any]:
         return (await self.engine.query(sql)).as_dict()
@@ -142,24 +123,6 @@ class EmbeddedBackend:
             await self.engine.agents.create(doc)
         except Conflict:
             await self.engine.agents.replace(doc["id"], doc)
-
-    async def approve(self, run_id: str, step_key: str, comment: str | None = None) -> None:
-        await self.engine.decide(run_id, step_key, True, comment=comment)
-
-    async def reject(self, run_id: str, step_key: str, comment: str | None = None) -> None:
-        await self.engine.decide(run_id, step_key, False, comment=comment)
-
-    async def run_agent(
-        self, agent_id: str, prompt: str, variables: dict[str, Any], files: list[str], apply: str
-    ) -> str:
-        try:
-            request = AgentRunRequest(prompt=prompt, variables=variables, files=files, apply=apply)
-        except ValidationError as exc:
-            raise ValidationFailed(pydantic_problems(exc, {"prompt": prompt}), what="agent run") from None
-        return await self.engine.run_agent(agent_id, request)
-
-    async def list_agents(self) -> list[dict[str, Any]]:
-        return [agent.model_dump(mode="json") for agent in await self.engine.agents.list()]
 
     async def list_workflows(self) -> list[dict[str, Any]]:
         return [stored.doc for stored in await self.engine.workflows.list()]
@@ -236,10 +199,6 @@ class ServerBackend:
     async def close(self) -> None:
         self.client.close()
 
-    async def follow(self, run_id: str, since: int) -> AsyncIterator[Event]:
-        async for event in self.client.subscribe(run_id, since):
-            yield _event(event)
-
     async def save_workflow(self, workflow: Workflow) -> None:
         """Create, or replace a workflow saved under the same id."""
         document = workflow.to_document()
@@ -249,9 +208,6 @@ class ServerBackend:
             if exc.status != 409:
                 raise
             await self.client.update_workflow(workflow.id, document)
-
-    async def run_saved(self, workflow_id: str, inputs: dict[str, Any]) -> str:
-        return await self.client.run(workflow_id, inputs)
 
     async def query(self, sql: str) -> dict[str, Any]:
         return await self.client.query(sql)
@@ -263,20 +219,6 @@ class ServerBackend:
             if exc.status != 409:
                 raise
             await self.client.update_agent(doc["id"], doc)
-
-    async def approve(self, run_id: str, step_key: str, comment: str | None = None) -> None:
-        await self.client.approve(run_id, step_key, comment)
-
-    async def reject(self, run_id: str, step_key: str, comment: str | None = None) -> None:
-        await self.client.reject(run_id, step_key, comment)
-
-    async def run_agent(
-        self, agent_id: str, prompt: str, variables: dict[str, Any], files: list[str], apply: str
-    ) -> str:
-        return await self.client.run_agent(agent_id, prompt, files=files, variables=variables, apply=apply)
-
-    async def list_agents(self) -> list[dict[str, Any]]:
-        return await self.client.list_agents()
 
     async def list_workflows(self) -> list[dict[str, Any]]:
         return await self.client.list_workflows()

@@ -25,6 +25,7 @@ from ..agent.models import Agent
 from ..client import ClarionAPIError
 from ..core.errors import ClarionError, ValidationFailed
 from ..core.protocol import RunStatus
+from ..workflow.agent_run import AgentRunRequest
 from ..workflow.models import load_document, parse_workflow, pydantic_problems
 from .loop import BackgroundLoop
 from .run import Run
@@ -172,7 +173,12 @@ class ClarionMagics(Magics):
             raise UsageError("%%clarion agent: the cell is the prompt, and it is empty")
         session = self.session(opts.local)
         backend = session.backend()
-        run_id = self.loop.run(backend.run_agent(opts.agent_id, cell.strip(), variables, opts.file, opts.apply))
+        doc = {"prompt": cell.strip(), "variables": variables, "files": opts.file, "apply": opts.apply}
+        try:
+            request = AgentRunRequest.model_validate(doc)
+        except ValidationError as exc:
+            raise ValidationFailed(pydantic_problems(exc, doc), what="agent run") from None
+        run_id = self.loop.run(backend.run_agent(opts.agent_id, request))
         return self._present(Run(session, run_id, agent=True), opts.no_wait, opts.name)
 
     def _save_agent(self, args: list[str], cell: str) -> None:
@@ -239,7 +245,9 @@ class ClarionMagics(Magics):
         if command == "run":
             opts = RUN.parse_args(rest)
             session = self.session(opts.local)
-            run_id = self.loop.run(session.backend().run_saved(opts.workflow_id, self._values(opts.input, "--input")))
+            run_id = self.loop.run(
+                session.backend().submit_saved(opts.workflow_id, self._values(opts.input, "--input"))
+            )
             return self._present(Run(session, run_id), opts.no_wait, opts.name)
         if command == "runs":
             opts = RUNS.parse_args(rest)
@@ -264,8 +272,7 @@ class ClarionMagics(Magics):
         if command in DECIDE:
             opts = DECIDE[command].parse_args(rest)
             backend = self.session(opts.local).backend()
-            decide = backend.approve if command == "approve" else backend.reject
-            self.loop.run(decide(opts.run_id, opts.step, opts.comment))
+            self.loop.run(backend.decide(opts.run_id, opts.step, command == "approve", opts.comment))
             print(f"run {opts.run_id}: step {opts.step} {command}d")
             return None
         opts = LISTS[command].parse_args(rest)
@@ -344,14 +351,15 @@ def _plain(item: Any) -> dict[str, Any]:
 
 def _explain(exc: ClarionError) -> str:
     """An error of the engine or the API as readable lines: every problem with its step and field."""
-    problems = exc.problems if isinstance(exc, ValidationFailed) else None
-    if problems is None and isinstance(exc, ClarionAPIError) and isinstance(exc.details, list):
-        problems = [p for p in exc.details if isinstance(p, dict) and "message" in p]
-    if problems:
-        head = exc.message.split(":", 1)[0]
-        lines = [f"  {p.loc if hasattr(p, 'loc') else p.get('loc', '')}: {p.message if hasattr(p, 'message') else p['message']}" for p in problems]  # fmt: skip
-        return f"{head}: {len(problems)} problem{'s' if len(problems) != 1 else ''}\n" + "\n".join(lines)
-    return exc.message
+    if isinstance(exc, ValidationFailed):
+        problems = [(p.loc, p.message) for p in exc.problems]
+    elif isinstance(exc, ClarionAPIError) and isinstance(exc.details, list):  # the same, as the API sends it
+        problems = [(p.get("loc", ""), p["message"]) for p in exc.details if isinstance(p, dict) and "message" in p]
+    else:
+        return exc.message
+    head = exc.message.split(":", 1)[0]
+    lines = "\n".join(f"  {loc}: {message}" for loc, message in problems)
+    return f"{head}: {len(problems)} problem{'s' if len(problems) != 1 else ''}\n{lines}"
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -93,10 +93,10 @@ class Run:
         self.session.loop.run(self.session.backend().cancel(self.run_id))
 
     def approve(self, step: str, comment: str | None = None) -> None:
-        self.session.loop.run(self.session.backend().approve(self.run_id, step, comment))
+        self.session.loop.run(self.session.backend().decide(self.run_id, step, True, comment))
 
     def reject(self, step: str, comment: str | None = None) -> None:
-        self.session.loop.run(self.session.backend().reject(self.run_id, step, comment))
+        self.session.loop.run(self.session.backend().decide(self.run_id, step, False, comment))
 
     def wait(self, timeout: float | None = None) -> Run:
         """Block until the run ends (the kernel's interrupt stops waiting, not the run)."""
@@ -148,7 +148,7 @@ class Run:
             try:
                 if self.state.last_seq == 0 and not self.state.workflow_name:
                     self.state.load(await backend.get_run(self.run_id))
-                async for event in backend.follow(self.run_id, self.state.last_seq):
+                async for event in backend.subscribe(self.run_id, self.state.last_seq):
                     failures = 0
                     self._apply(event)
                     changed.set()

@@ -444,7 +444,6 @@ class Engine:
             "active_runs": self.active_runs,
         }
 
-<<<<<<< HEAD
     # -- history -----------------------------------------------------------------
 
     async def query(self, sql: str, *, max_rows: int = MAX_ROWS, timeout_s: float = TIMEOUT_S) -> QueryResult:
@@ -453,9 +452,8 @@ class Engine:
         self._require_started()
         await self.runs.project()
         return await self._db.read(run_query, sql, max_rows, timeout_s)
-=======
+
     async def import_v2(self, source: str | os.PathLike[str] | bytes, *, dry_run: bool = False) -> V2ImportReport:
         """Import what Clarion v2 left (a ``clarion.db``, its YAML store, exported agent files,
         or an uploaded body): agents created or updated in place, run history as finished runs."""
         return await V2Migration(self.agents, self.runs).run(source, dry_run=dry_run)
->>>>>>> main
