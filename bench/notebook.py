@@ -99,15 +99,17 @@ async def server_kernel(workdir: Path, db_path: Path | None = None) -> AsyncIter
             f"{server.url}api/sessions", method="POST", body=json.dumps(body), headers=server.headers
         )
         kernel = json.loads(response.body)["kernel"]["id"]
-        while True:  # the kernel's heartbeat is checked by wait_for_ready: let it start first
-            state = await AsyncHTTPClient().fetch(f"{server.url}api/kernels/{kernel}", headers=server.headers)
-            if json.loads(state.body)["execution_state"] not in ("starting", "busy"):
-                break
-            await asyncio.sleep(0.1)
         client = AsyncKernelClient(connection_file=str(workdir / "runtime" / f"kernel-{kernel}.json"))
         client.load_connection_file()
         client.start_channels()
-        await client.wait_for_ready(timeout=60)
+        for attempt in range(10):  # the heartbeat may not answer while the kernel still starts
+            try:
+                await client.wait_for_ready(timeout=60)
+                break
+            except RuntimeError:
+                if attempt == 9:
+                    raise
+                await asyncio.sleep(0.5)
         try:
             await run_code(client, "%load_ext clarion_jupyter")
             yield server, client

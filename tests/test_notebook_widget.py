@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from notebook_support import ECHO3, Shell
 from clarion_jupyter import Agent
 from clarion_jupyter.core.protocol import RunStatus, StepStatus
 from clarion_jupyter.notebook.run import Run
-from clarion_jupyter.notebook.widgets import UPDATE_INTERVAL_S, RunWidget, Throttle
+from clarion_jupyter.notebook.widgets import UPDATE_INTERVAL_S, AgentWidget, RunWidget, Throttle
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -256,3 +257,61 @@ def test_approve_and_reject_through_the_run_handle_and_the_line_magic(shell: She
 
 def usage_error_text(result: object) -> str:
     return str(result.error_in_exec)  # type: ignore[attr-defined]
+
+
+CODER_REPLY = {
+    "summary": "Adds a greeting.",
+    "file_changes": [{"action": "create", "path": "hello.py", "new_content": "print('hello')\n"}],
+}
+
+
+def _coder(shell: Shell) -> None:
+    reply = json.dumps(CODER_REPLY)
+    shell.cell("save-agent", f"id: coder\nname: Coder\nmodel: openai/gpt-4o-mini\nparameters: {{mock_response: {json.dumps(reply)}}}\n"
+               "output_schema: {type: object, properties: {summary: {type: string}, file_changes: {type: array}}}")  # fmt: skip
+
+
+def test_an_agent_cell_renders_the_reply_and_its_diff_with_apply_and_discard(shell: Shell) -> None:
+    _coder(shell)
+    shell.cell("agent coder", "Add a greeting")
+    run = shell.last
+    widget = run.widget
+    assert isinstance(widget, AgentWidget)
+    assert run.state.status == RunStatus.waiting
+    [reply] = widget.reply.outputs
+    assert reply["data"]["application/json"] == CODER_REPLY
+    assert (
+        "hello.py" in widget.changes.value
+        and "create" in widget.changes.value
+        and "+print(&#x27;hello&#x27;)" in widget.changes.value
+    )
+    assert widget.apply_button.layout.display is None and widget.discard_button.layout.display is None
+    assert not widget.approvals.children  # Apply / Discard stand for the apply step's approval
+    widget.apply_button.click()
+    assert run.wait(timeout=20).status == RunStatus.succeeded
+    assert (Path.cwd() / "hello.py").read_text() == "print('hello')\n"
+    wait_for(lambda: "applied" in widget.changes.value)
+    assert widget.apply_button.layout.display == "none"
+
+
+def test_discard_rejects_the_apply_step_and_writes_nothing(shell: Shell) -> None:
+    _coder(shell)
+    shell.cell("agent coder", "Add a greeting")
+    run = shell.last
+    run.widget.discard_button.click()
+    run.wait(timeout=20)
+    assert not (Path.cwd() / "hello.py").exists()
+    wait_for(lambda: "discarded" in run.widget.changes.value)
+
+
+def test_an_agent_reply_without_json_is_rendered_as_markdown(shell: Shell) -> None:
+    shell.cell(
+        "save-agent",
+        'id: writer\nname: Writer\nmodel: openai/gpt-4o-mini\nparameters: {mock_response: "# Title\\n\\nSome *text*"}',
+    )
+    shell.cell("agent writer --apply never", "Write something")
+    run = shell.last
+    assert run.state.status == RunStatus.succeeded
+    [reply] = run.widget.reply.outputs
+    assert reply["data"]["text/markdown"] == "# Title\n\nSome *text*"
+    assert "Title" in run._repr_mimebundle_()["text/html"]

@@ -173,11 +173,11 @@ class ClarionMagics(Magics):
             raise UsageError("%%clarion agent: the cell is the prompt, and it is empty")
         session = self.session(opts.local)
         backend = session.backend()
-        fields = {"prompt": cell.strip(), "variables": variables, "files": opts.file, "apply": opts.apply}
+        doc = {"prompt": cell.strip(), "variables": variables, "files": opts.file, "apply": opts.apply}
         try:
-            request = AgentRunRequest(**fields)
+            request = AgentRunRequest.model_validate(doc)
         except ValidationError as exc:
-            raise ValidationFailed(pydantic_problems(exc, fields), what="agent run") from None
+            raise ValidationFailed(pydantic_problems(exc, doc), what="agent run") from None
         run_id = self.loop.run(backend.run_agent(opts.agent_id, request))
         return self._present(Run(session, run_id, agent=True), opts.no_wait, opts.name)
 
@@ -351,14 +351,15 @@ def _plain(item: Any) -> dict[str, Any]:
 
 def _explain(exc: ClarionError) -> str:
     """An error of the engine or the API as readable lines: every problem with its step and field."""
-    problems = exc.problems if isinstance(exc, ValidationFailed) else None
-    if problems is None and isinstance(exc, ClarionAPIError) and isinstance(exc.details, list):
-        problems = [p for p in exc.details if isinstance(p, dict) and "message" in p]
-    if problems:
-        head = exc.message.split(":", 1)[0]
-        lines = [f"  {p.loc if hasattr(p, 'loc') else p.get('loc', '')}: {p.message if hasattr(p, 'message') else p['message']}" for p in problems]  # fmt: skip
-        return f"{head}: {len(problems)} problem{'s' if len(problems) != 1 else ''}\n" + "\n".join(lines)
-    return exc.message
+    if isinstance(exc, ValidationFailed):
+        problems = [(p.loc, p.message) for p in exc.problems]
+    elif isinstance(exc, ClarionAPIError) and isinstance(exc.details, list):  # the same, as the API sends it
+        problems = [(p.get("loc", ""), p["message"]) for p in exc.details if isinstance(p, dict) and "message" in p]
+    else:
+        return exc.message
+    head = exc.message.split(":", 1)[0]
+    lines = "\n".join(f"  {loc}: {message}" for loc, message in problems)
+    return f"{head}: {len(problems)} problem{'s' if len(problems) != 1 else ''}\n{lines}"
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -235,13 +235,15 @@ class AgentWidget(RunWidget):
                 button.disabled = False
 
     def _show_reply(self, output: dict[str, Any]) -> None:
-        from IPython.display import JSON, Markdown
-
+        """The reply as display data the frontend renders: JSON as a collapsible tree, text as Markdown."""
         data = output.get("json")
         if data is not None:
-            self.reply.append_display_data(JSON(data, expanded=False, root="reply"))
+            bundle = {"application/json": data, "text/plain": json.dumps(data, indent=2, default=str)}
+            metadata = {"application/json": {"expanded": False, "root": "reply"}}
         else:
-            self.reply.append_display_data(Markdown(str(output.get("text", ""))))
+            text = str(output.get("text", ""))
+            bundle, metadata = {"text/markdown": text, "text/plain": text}, {}
+        self.reply.outputs = ({"output_type": "display_data", "data": bundle, "metadata": metadata},)
 
     def _changes_html(self, reply: StepRow | None, apply: StepRow | None) -> str:
         if apply is not None and apply.preview is not None:
