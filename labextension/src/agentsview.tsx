@@ -45,13 +45,13 @@ export function AgentsView({
         <ul className="clarion-List" aria-label="Agents">
           {agents.map(a => (
             <li key={a.id} className="clarion-Item" data-agent={a.id}>
-              <div className="clarion-ItemHead">
-                <div className="clarion-ItemText">
-                  <span className="clarion-ItemName">{a.name}</span>
-                  <span className="clarion-Muted">
-                    {a.model} · {provider(a.model)}
-                  </span>
-                </div>
+              <div className="clarion-ItemText">
+                <span className="clarion-ItemName">{a.name}</span>
+                <span className="clarion-Muted">
+                  {a.model} · {provider(a.model)}
+                </span>
+              </div>
+              <div className="clarion-ItemActions">
                 <button
                   className="jp-mod-styled jp-mod-accept clarion-Small"
                   aria-expanded={chosen === a.id}

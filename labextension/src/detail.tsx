@@ -91,10 +91,14 @@ export function RunDetail({ model, actions }: { model: RunModel; actions: IRunAc
         <dd>{formatTime(run.started_at ?? run.created_at)}</dd>
         <dt>Duration</dt>
         <dd>{formatDuration(runDuration(run.started_at, run.finished_at))}</dd>
-        <dt>Tokens</dt>
-        <dd>
-          {run.usage.prompt_tokens + run.usage.completion_tokens || ''} {formatCost(run.usage.cost_usd)}
-        </dd>
+        {run.usage.prompt_tokens + run.usage.completion_tokens > 0 && (
+          <>
+            <dt>Tokens</dt>
+            <dd>
+              {run.usage.prompt_tokens} in · {run.usage.completion_tokens} out {formatCost(run.usage.cost_usd)}
+            </dd>
+          </>
+        )}
       </dl>
       {Object.keys(run.inputs).length > 0 && (
         <details className="clarion-Section">
@@ -231,6 +235,9 @@ function StepPanel({ step, model }: { step: StepRun; model: RunModel }): JSX.Ele
       {step.error && (
         <div className="clarion-RunError" role="alert">
           <strong>{step.error.code}</strong>: {step.error.message}
+          {Object.keys(step.error).some(k => k !== 'code' && k !== 'message') && (
+            <Json value={Object.fromEntries(Object.entries(step.error).filter(([k]) => k !== 'code' && k !== 'message'))} />
+          )}
         </div>
       )}
       {text !== undefined && (

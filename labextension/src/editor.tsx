@@ -7,7 +7,7 @@ import { MainAreaWidget, ToolbarButton } from '@jupyterlab/apputils';
 import { CodeEditor, CodeEditorWrapper, IEditorServices } from '@jupyterlab/codeeditor';
 import { ReactWidget, saveIcon } from '@jupyterlab/ui-components';
 import { Signal } from '@lumino/signaling';
-import { BoxPanel } from '@lumino/widgets';
+import { Panel } from '@lumino/widgets';
 import { dump } from 'js-yaml';
 import * as React from 'react';
 
@@ -37,7 +37,30 @@ class Status {
   }
 }
 
-function ProblemList({ status, onGo }: { status: Status; onGo: (line: number) => void }): JSX.Element | null {
+/** The 1-based line a problem points at: its `line N`, or the line that declares its step. */
+export function problemLine(problem: Problem, text: string): number | null {
+  const explicit = /line (\d+)/.exec(problem.loc)?.[1];
+  if (explicit) {
+    return Number(explicit);
+  }
+  if (!problem.step) {
+    return null;
+  }
+  const name = problem.step.replace(/\[\d+\]$/, '').replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const declaration = new RegExp(`^\\s*(-\\s+)?id:\\s*['"]?${name}['"]?\\s*(#.*)?$`);
+  const index = text.split('\n').findIndex(line => declaration.test(line));
+  return index < 0 ? null : index + 1;
+}
+
+function ProblemList({
+  status,
+  text,
+  onGo
+}: {
+  status: Status;
+  text: () => string;
+  onGo: (line: number) => void;
+}): JSX.Element | null {
   useSignal(status.changed);
   if (status.saved) {
     return (
@@ -54,11 +77,17 @@ function ProblemList({ status, onGo }: { status: Status; onGo: (line: number) =>
       {status.message && <div className="clarion-ProblemsHead">{status.message}</div>}
       <ul>
         {status.problems.map((p, i) => {
-          const line = /line (\d+)/.exec(p.loc)?.[1];
+          const line = problemLine(p, text());
           return (
             <li key={i}>
-              <button className="clarion-Link" onClick={() => line && onGo(Number(line))} disabled={!line}>
+              <button
+                className="clarion-Link"
+                onClick={() => line && onGo(line)}
+                disabled={!line}
+                title={line ? `Go to line ${line}` : undefined}
+              >
                 {p.loc}
+                {line ? ` (line ${line})` : ''}
               </button>{' '}
               {p.message}
             </li>
@@ -69,7 +98,7 @@ function ProblemList({ status, onGo }: { status: Status; onGo: (line: number) =>
   );
 }
 
-export class WorkflowEditor extends MainAreaWidget<BoxPanel> {
+export class WorkflowEditor extends MainAreaWidget<Panel> {
   private _editor: CodeEditorWrapper;
   private _status = new Status();
 
@@ -79,7 +108,9 @@ export class WorkflowEditor extends MainAreaWidget<BoxPanel> {
     text: string,
     services: IEditorServices
   ) {
-    const content = new BoxPanel({ direction: 'top-to-bottom', spacing: 0 });
+    // A plain panel laid out by CSS (a column: the editor stretches, the problems take their height).
+    const content = new Panel();
+    content.addClass('clarion-EditorContent');
     super({ content });
     this.id = `clarion-workflow-${workflowId}`;
     this.title.label = `${workflowId}.yaml`;
@@ -90,12 +121,10 @@ export class WorkflowEditor extends MainAreaWidget<BoxPanel> {
     model.sharedModel.setSource(text);
     this._editor = new CodeEditorWrapper({ model, factory: services.factoryService.newDocumentEditor });
     this._editor.addClass('clarion-YamlEditor');
-    const problems = ReactWidget.create(<ProblemList status={this._status} onGo={line => this.goTo(line)} />);
+    const problems = ReactWidget.create(<ProblemList status={this._status} text={() => this.text} onGo={line => this.goTo(line)} />);
     problems.addClass('clarion-ProblemsWidget');
     content.addWidget(this._editor);
     content.addWidget(problems);
-    BoxPanel.setStretch(this._editor, 1);
-    BoxPanel.setStretch(problems, 0);
     this.toolbar.addItem(
       'save',
       new ToolbarButton({ icon: saveIcon, label: 'Save', tooltip: 'Validate and save (Ctrl+S)', onClick: () => void this.save() })

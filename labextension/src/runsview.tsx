@@ -154,7 +154,7 @@ function VirtualRuns({ model, onOpen }: { model: RunsModel; onOpen: (runId: stri
       <div style={{ height: runs.length * ROW_HEIGHT + (model.hasMore ? ROW_HEIGHT : 0), position: 'relative' }}>
         {rows}
         {model.hasMore && (
-          <div className="clarion-RunRow clarion-Muted" style={{ top: runs.length * ROW_HEIGHT }}>
+          <div className="clarion-MoreRow clarion-Muted" style={{ top: runs.length * ROW_HEIGHT }}>
             Loading more…
           </div>
         )}

@@ -117,7 +117,9 @@ export class ClarionSidebar extends ReactWidget {
 
   /** The badge on the Clarion icon: runs waiting for a person's decision. */
   showWaiting(count: number): void {
-    this.title.dataset = count > 0 ? { waiting: String(count) } : {};
+    // Lab keeps the tab's `data-id` in the same dataset: change only our key.
+    const { waiting: _previous, ...others } = this.title.dataset;
+    this.title.dataset = count > 0 ? { ...others, waiting: String(count) } : others;
     this.title.caption = count > 0 ? `Clarion: ${count} run(s) waiting for approval` : 'Clarion: workflows, runs and agents';
   }
 

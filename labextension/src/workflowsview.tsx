@@ -39,13 +39,13 @@ export function WorkflowsView({
     <ul className="clarion-List" aria-label="Workflows">
       {workflows.map(workflow => (
         <li key={workflow.id} className="clarion-Item" data-workflow={workflow.id}>
-          <div className="clarion-ItemHead">
-            <div className="clarion-ItemText">
-              <span className="clarion-ItemName">{workflow.name}</span>
-              <span className="clarion-Muted">
-                {workflow.id} · {countSteps(workflow)} steps
-              </span>
-            </div>
+          <div className="clarion-ItemText">
+            <span className="clarion-ItemName">{workflow.name}</span>
+            <span className="clarion-Muted">
+              {workflow.id} · {countSteps(workflow)} steps
+            </span>
+          </div>
+          <div className="clarion-ItemActions">
             <button
               className="jp-mod-styled jp-mod-accept clarion-Small"
               aria-expanded={open === workflow.id}

@@ -1,0 +1,39 @@
+"""What the UI tests do in the page, named as a user would say it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clarion_jupyter.testing.browser import open_lab
+from clarion_jupyter.testing.server import JupyterServerProcess
+
+SIDEBAR_TAB = "li.lm-TabBar-tab[data-id='clarion-sidebar']"
+SIDEBAR = "#clarion-sidebar"
+
+
+async def open_sidebar(browser: Any, server: JupyterServerProcess, tab: str = "Runs") -> Any:
+    """JupyterLab with the Clarion sidebar open on ``tab``, its live socket connected."""
+    page = await open_lab(browser, server)
+    await page.wait_for_selector(SIDEBAR_TAB)
+    # Lab restores the last layout, so the panel may be open already: a click would close it.
+    if "lm-mod-current" not in (await page.get_attribute(SIDEBAR_TAB, "class") or ""):
+        await page.click(SIDEBAR_TAB)
+    await page.wait_for_selector(f"{SIDEBAR} .clarion-Connection-open", timeout=30_000)
+    await show_tab(page, tab)
+    return page
+
+
+async def show_tab(page: Any, tab: str) -> None:
+    await page.click(f"{SIDEBAR} [role=tab]:has-text('{tab}')")
+
+
+def run_detail(run_id: str) -> str:
+    return f".clarion-RunDetail[data-run-id='{run_id}']"
+
+
+async def wait_status(page: Any, selector: str, status: str, timeout: float = 30_000) -> None:
+    await page.wait_for_selector(f"{selector}[data-status='{status}']", timeout=timeout)
+
+
+def console_errors(page: Any) -> list[str]:
+    return list(page.console_errors)

@@ -1,0 +1,194 @@
+"""The sidebar in a real JupyterLab: its views, live runs, run detail, editing, keyboard use."""
+
+from __future__ import annotations
+
+from clarion_jupyter.testing.browser import chromium
+
+from .conftest import api, wait_for_run
+from .pages import SIDEBAR, console_errors, open_sidebar, run_detail, show_tab, wait_status
+
+TOUR = """\
+id: tour
+name: Tour
+inputs:
+  words: {type: array, default: [a, b, c]}
+  pause: {type: number, default: 0.8}
+steps:
+  - id: start
+    task: shell
+    with: {command: "sleep {{ inputs.pause }}"}
+  - parallel:
+      - id: left
+        task: shell
+        with: {command: "sleep {{ inputs.pause }}; echo left"}
+      - id: right
+        task: echo
+        with: {value: right}
+  - id: each
+    task: echo
+    for_each: "{{ inputs.words }}"
+    with: {value: "{{ item }}"}
+"""
+LONG = {"id": "long", "name": "Long nap", "steps": [{"id": "nap", "task": "shell", "with": {"command": "sleep 60"}}]}
+BROKEN = {
+    "id": "broken",
+    "name": "Broken build",
+    "steps": [
+        {"id": "compile", "task": "shell", "with": {"command": "echo 'error: missing semicolon' >&2; exit 3"}},
+        {"id": "after", "task": "echo", "with": {"value": "never"}},
+    ],
+}
+
+
+def save(lab, doc) -> None:
+    """Creates or replaces a workflow (tests share one server)."""
+    try:
+        api(lab, "DELETE", f"workflows/{doc['id'] if isinstance(doc, dict) else 'tour'}")
+    except Exception:
+        pass
+    if isinstance(doc, str):
+        api(lab, "POST", "workflows", yaml=doc)
+    else:
+        api(lab, "POST", "workflows", doc)
+
+
+async def test_sidebar_opens_on_its_three_views(lab, shots) -> None:
+    async with chromium() as browser:
+        page = await open_sidebar(browser, lab)
+        await page.wait_for_selector(f"{SIDEBAR} .clarion-RunsView")
+        await shots(page, "runs")
+        await show_tab(page, "Workflows")
+        await page.wait_for_selector(f"{SIDEBAR} .clarion-List, {SIDEBAR} .clarion-Empty")
+        await shots(page, "workflows")
+        await show_tab(page, "Agents")
+        await page.wait_for_selector(f"{SIDEBAR} .clarion-Import")
+        await shots(page, "agents")
+        assert console_errors(page) == []
+
+
+async def test_a_workflow_started_from_the_sidebar_turns_green_step_by_step(lab, shots) -> None:
+    save(lab, TOUR)
+    async with chromium() as browser:
+        page = await open_sidebar(browser, lab, "Workflows")
+        item = f"{SIDEBAR} [data-workflow='tour']"
+        await page.click(f"{item} button:has-text('Run')")
+        await page.fill(f"{item} input[type=number]", "1")
+        await shots(page, "run-form")
+        await page.click(f"{item} button:has-text('Start run')")
+
+        detail = ".clarion-RunDetail"
+        await page.wait_for_selector(f"{detail} .clarion-Node[data-step='start'][data-status='running']")
+        await shots(page, "first-step-running")
+        await page.wait_for_selector(f"{detail} .clarion-Node[data-step='left'][data-status='running']")
+        await page.wait_for_selector(f"{detail} .clarion-Node[data-step='start'][data-status='succeeded']")
+        await shots(page, "parallel-group-running")
+        await wait_status(page, detail, "succeeded")
+        await page.click(f"{detail} .clarion-Node[data-step='each[1]']")
+        await shots(page, "succeeded")
+
+        parallel = page.locator(f"{detail} .clarion-Stage-parallel .clarion-Node")
+        assert sorted(await parallel.evaluate_all("ns => ns.map(n => n.dataset.step)")) == ["left", "right"]
+        items = page.locator(f"{detail} [data-map='each'] .clarion-Node-item")
+        assert await items.evaluate_all("ns => ns.map(n => n.dataset.status)") == ["succeeded"] * 3
+        assert "b" in await page.inner_text(f"{detail} [data-step-panel='each[1]']")
+
+        run_id = await page.get_attribute(detail, "data-run-id")
+        assert api(lab, "GET", f"runs/{run_id}")["inputs"]["pause"] == 1
+        await show_tab(page, "Runs")
+        await wait_status(page, f"{SIDEBAR} .clarion-RunRow[data-run-id='{run_id}']", "succeeded")
+        await shots(page, "runs-list")
+        assert console_errors(page) == []
+
+
+async def test_a_running_run_is_cancelled_from_its_detail(lab, shots) -> None:
+    save(lab, LONG)
+    async with chromium() as browser:
+        page = await open_sidebar(browser, lab)
+        run_id = api(lab, "POST", "workflows/long/run", {})["run_id"]
+        row = f"{SIDEBAR} .clarion-RunRow[data-run-id='{run_id}']"
+        await wait_status(page, row, "running")
+        await page.click(row)
+        await page.wait_for_selector(f"{run_detail(run_id)} .clarion-Node[data-step='nap'][data-status='running']")
+        await shots(page, "running")
+        await page.click(f"{run_detail(run_id)} button:has-text('Cancel')")
+        await wait_status(page, run_detail(run_id), "cancelled")
+        await wait_status(page, row, "cancelled")
+        await shots(page, "cancelled")
+        assert wait_for_run(lab, run_id, {"cancelled"}, timeout=5)["status"] == "cancelled"
+        assert console_errors(page) == []
+
+
+async def test_a_failed_run_shows_which_step_failed_and_why(lab, shots) -> None:
+    save(lab, BROKEN)
+    run_id = api(lab, "POST", "workflows/broken/run", {})["run_id"]
+    wait_for_run(lab, run_id, {"failed"})
+    async with chromium() as browser:
+        page = await open_sidebar(browser, lab)
+        await page.select_option(f"{SIDEBAR} select[aria-label='Filter by status']", "failed")
+        row = f"{SIDEBAR} .clarion-RunRow[data-run-id='{run_id}']"
+        await page.wait_for_function(
+            "() => [...document.querySelectorAll('#clarion-sidebar .clarion-RunRow')].every(r => r.dataset.status === 'failed')"
+        )
+        await page.wait_for_selector(row)
+        await shots(page, "filtered-failed")
+        await page.click(row)
+        detail = run_detail(run_id)
+        await wait_status(page, detail, "failed")
+        await page.click(f"{detail} .clarion-Node[data-step='compile']")
+        error = await page.inner_text(f"{detail} [data-step-panel='compile'] .clarion-RunError")
+        assert "3" in error
+        assert "compile" in await page.inner_text(f"{detail} > .clarion-RunError")
+        await shots(page, "failed-detail")
+        assert console_errors(page) == []
+
+
+async def test_edit_as_yaml_shows_the_servers_validation_errors_inline_then_saves(lab, shots) -> None:
+    save(lab, TOUR)
+    async with chromium() as browser:
+        page = await open_sidebar(browser, lab, "Workflows")
+        await page.click(f"{SIDEBAR} [data-workflow='tour'] button:has-text('Edit as YAML')")
+        editor = ".clarion-WorkflowEditor"
+        await page.wait_for_selector(f"{editor} .cm-content")
+        assert "for_each" in await page.inner_text(f"{editor} .cm-content")
+        await shots(page, "opened")
+
+        await page.click(f"{editor} .cm-content")
+        await page.keyboard.press("Control+a")
+        await page.keyboard.insert_text(TOUR.replace("task: echo\n    for_each", "task: teleport\n    for_each"))
+        await page.click(f"{editor} .jp-Toolbar-item:has-text('Save')")
+        problems = await page.wait_for_selector(f"{editor} .clarion-Problems")
+        text = await problems.inner_text()
+        assert "each" in text and "teleport" in text
+        await shots(page, "invalid")
+        assert api(lab, "GET", "workflows/tour")["steps"][2]["task"] == "echo"
+
+        await page.click(f"{editor} .cm-content")
+        await page.keyboard.press("Control+a")
+        await page.keyboard.insert_text(TOUR.replace("default: [a, b, c]", "default: [a, b]"))
+        await page.keyboard.press("Control+s")
+        await page.wait_for_selector(f"{editor} .clarion-Saved")
+        await shots(page, "saved")
+        assert api(lab, "GET", "workflows/tour")["inputs"]["words"]["default"] == ["a", "b"]
+        # The browser logs the refused PUT itself; nothing else may fail.
+        assert [e for e in console_errors(page) if "status of 422" not in e] == []
+
+
+async def test_the_runs_list_is_used_with_the_keyboard(lab, shots) -> None:
+    save(lab, BROKEN)
+    first = api(lab, "POST", "workflows/broken/run", {})["run_id"]
+    second = api(lab, "POST", "workflows/broken/run", {})["run_id"]
+    wait_for_run(lab, first, {"failed"})
+    wait_for_run(lab, second, {"failed"})
+    async with chromium() as browser:
+        page = await open_sidebar(browser, lab)
+        await page.wait_for_selector(f"{SIDEBAR} .clarion-RunRow[data-run-id='{first}']")
+        await page.focus(f"{SIDEBAR} .clarion-RunRow[tabindex='0']")
+        assert await page.evaluate("document.activeElement.dataset.runId") == second  # newest first
+        await page.keyboard.press("ArrowDown")
+        assert await page.evaluate("document.activeElement.dataset.runId") == first
+        await shots(page, "focused")
+        await page.keyboard.press("Enter")
+        await page.wait_for_selector(run_detail(first))
+        await page.keyboard.press("Tab")
+        await shots(page, "opened")
+        assert console_errors(page) == []
