@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import urllib.error
+
+import yaml
+
 from clarion_jupyter.testing.browser import chromium
 
 from .conftest import api, wait_for_run
@@ -40,12 +45,11 @@ BROKEN = {
 }
 
 
-def save(lab, doc) -> None:
-    """Creates or replaces a workflow (tests share one server)."""
-    try:
-        api(lab, "DELETE", f"workflows/{doc['id'] if isinstance(doc, dict) else 'tour'}")
-    except Exception:
-        pass
+def save(lab, doc: dict | str) -> None:
+    """Creates or replaces a workflow (the module's tests share one server)."""
+    workflow_id = (yaml.safe_load(doc) if isinstance(doc, str) else doc)["id"]
+    with contextlib.suppress(urllib.error.HTTPError):
+        api(lab, "DELETE", f"workflows/{workflow_id}")
     if isinstance(doc, str):
         api(lab, "POST", "workflows", yaml=doc)
     else:
