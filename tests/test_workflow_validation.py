@@ -542,3 +542,26 @@ def test_plan_resolve_inputs_uses_the_workflow() -> None:
     plan = _compile(echo("a"), inputs={"n": {"type": "number", "default": 1.5}})
     assert plan.resolve_inputs({}) == {"n": 1.5}
     assert plan.resolve_inputs({"n": 2}) == {"n": 2}
+
+
+def test_a_cycle_is_listed_beside_every_other_problem_of_the_document() -> None:
+    problems = _compile_problems(
+        echo("a", needs=["c"]),
+        echo("b", needs=["a", "ghost"]),
+        echo("c", needs=["b"], **{"with": {"value": "{{ inputs.nope }}"}}),
+        echo("a"),
+    )
+    messages = " | ".join(p.message for p in problems)
+    assert "duplicate step id 'a'" in messages
+    assert "unknown step 'ghost'" in messages
+    assert "unknown input 'nope'" in messages
+    (cycle,) = [p for p in problems if "dependency cycle" in p.message]
+    assert sorted(set(cycle.message.split(": ")[-1].split(" -> "))) == ["a", "b", "c"]
+
+
+def test_two_separate_cycles_are_both_listed() -> None:
+    problems = _compile_problems(
+        echo("a", needs=["b"]), echo("b", needs=["a"]), echo("c", needs=["d"]), echo("d", needs=["c"])
+    )
+    cycles = sorted(sorted(set(p.message.split(": ")[-1].split(" -> "))) for p in problems)
+    assert cycles == [["a", "b"], ["c", "d"]]

@@ -215,6 +215,18 @@ class Client:
         """Ask the server to cancel a run; it ends shortly after with ``workflow_cancelled``."""
         return await self._request("POST", _path("api/v3/runs", run_id, "cancel"))
 
+    async def approve(self, run_id: str, step_key: str, comment: str | None = None) -> dict[str, Any]:
+        """Let a ``waiting`` step run (409 ``conflict`` when it is not waiting)."""
+        return await self._decide(run_id, step_key, "approve", comment)
+
+    async def reject(self, run_id: str, step_key: str, comment: str | None = None) -> dict[str, Any]:
+        """Refuse a ``waiting`` step: it fails, or is skipped when its approval says ``on_reject: skip``."""
+        return await self._decide(run_id, step_key, "reject", comment)
+
+    async def _decide(self, run_id: str, step_key: str, decision: str, comment: str | None) -> dict[str, Any]:
+        body = {"decision": decision, **({"comment": comment} if comment is not None else {})}
+        return await self._request("POST", _path("api/v3/runs", run_id, "approvals", step_key), body=body)
+
     async def events(self, run_id: str, since: int = 0) -> list[dict[str, Any]]:
         """The run's stored events with ``seq > since``."""
         return (await self._request("GET", _path("api/v3/runs", run_id, "events"), params={"since": since}))["events"]
@@ -335,7 +347,7 @@ class Client:
 
 
 def _path(collection: str, item_id: str, *rest: str) -> str:
-    return "/".join((collection, quote(item_id, safe=""), *rest))
+    return "/".join((collection, *(quote(part, safe="") for part in (item_id, *rest))))
 
 
 def _workflow_type(doc: JsonDoc | str) -> str:

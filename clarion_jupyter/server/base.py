@@ -12,20 +12,23 @@ import json
 import logging
 import re
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
+from pydantic import BaseModel, ValidationError
 from tornado import httputil, web
 
-from ..core.errors import BadRequest, ClarionError
+from ..core.errors import BadRequest, ClarionError, ValidationFailed
+from ..workflow.models import pydantic_problems
 
 if TYPE_CHECKING:
     from ..workflow.engine import Engine
     from .app import ClarionExtension
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
 
 EXTENSION_NAME = "clarion_jupyter"
 AUTH_RESOURCE = "clarion"
@@ -162,6 +165,20 @@ class ClarionHandler(ClarionHandlerMixin, APIHandler):
         if not isinstance(doc, dict):
             raise BadRequest("the request body must be an object (a mapping)")
         return doc
+
+    def body_model(self, model: type[M], what: str, doc: dict[str, Any] | None = None) -> M:
+        """The body (or ``doc``) validated by a pydantic model; problems name their fields (422)."""
+        doc = self.body_document(required=False) if doc is None else doc
+        try:
+            return model.model_validate(doc)
+        except ValidationError as exc:
+            raise ValidationFailed(pydantic_problems(exc, doc), what=what) from None
+
+    @property
+    def user_name(self) -> str | None:
+        """Who is deciding or starting something, as Jupyter's identity provider names them."""
+        user = self.current_user
+        return getattr(user, "username", None) or (user if isinstance(user, str) else None)
 
     def api_url(self, *parts: str) -> str:
         return url_path_join(self.base_url, "api/v3", *parts)

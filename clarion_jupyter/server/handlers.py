@@ -7,17 +7,16 @@ rendered by :class:`~.base.ClarionHandlerMixin` from the exceptions the services
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from jupyter_server.auth.decorator import authorized
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from tornado import web
 
 from ..agent.models import Agent
 from ..core.errors import BadRequest, NotFound, Problem, ValidationFailed
 from ..core.protocol import RunStatus
 from ..storage.records import StoredDocument, isoformat
-from ..workflow.models import pydantic_problems
 from .base import DOCUMENT_TYPES, YAML_TYPES, ClarionHandler
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
@@ -160,10 +159,7 @@ class WorkflowRunHandler(ClarionHandler):
             if doc.get("idempotency_key") not in (None, header):
                 raise BadRequest("the Idempotency-Key header and the body's idempotency_key differ")
             doc = {**doc, "idempotency_key": header}
-        try:
-            return RunRequest.model_validate(doc)
-        except ValidationError as exc:
-            raise ValidationFailed(pydantic_problems(exc, doc), what="run request") from None
+        return self.body_model(RunRequest, "run request", doc)
 
 
 class RunsHandler(ClarionHandler):
@@ -200,6 +196,29 @@ class RunCancelHandler(ClarionHandler):
     async def post(self, run_id: str) -> None:
         await (await self.engine()).cancel(run_id)
         self.reply({"run_id": run_id}, 202, self.api_url("runs", run_id))
+
+
+class DecisionRequest(BaseModel):
+    """The body of ``POST /api/v3/runs/{run_id}/approvals/{step_key}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approve", "reject"]
+    comment: str | None = Field(None, max_length=10_000)
+
+
+class RunApprovalHandler(ClarionHandler):
+    """Decide a step that waits for approval; 409 when it is not waiting."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, run_id: str, step_key: str) -> None:
+        request = self.body_model(DecisionRequest, "decision")
+        engine = await self.engine()
+        decided = await engine.decide(
+            run_id, step_key, request.decision == "approve", by=self.user_name, comment=request.comment
+        )
+        self.reply(decided)
 
 
 class RunEventsHandler(ClarionHandler):
@@ -250,6 +269,7 @@ default_handlers: list[tuple[str, type[ClarionHandler]]] = [
     (rf"/api/v3/runs/{_ID}", RunHandler),
     (rf"/api/v3/runs/{_ID}/cancel", RunCancelHandler),
     (rf"/api/v3/runs/{_ID}/events", RunEventsHandler),
+    (rf"/api/v3/runs/{_ID}/approvals/{_ID}", RunApprovalHandler),
     (r"/api/v3/tasks", TasksHandler),
     (r"/api/v3/openapi.yaml", OpenAPIHandler),
     (r"/api/v3(/.*)?", UnknownPathHandler),

@@ -11,20 +11,21 @@ import asyncio
 import itertools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 import duckdb
 
 from ..core.errors import Conflict
+from ..core.protocol import ACTIVE_RUN_STATUSES
 from .database import Database
 from .protocols import ActiveRun, RunPage
 from .records import Batch, Event, RunRecord, StepRecord, StoredDocument, utcnow
 
 log = logging.getLogger(__name__)
-log = logging.getLogger(__name__)
-ACTIVE_STATUSES = ("queued", "running")
 
 
 def _dumps(value: Any) -> str | None:
@@ -43,13 +44,109 @@ def _aware(ts: datetime | None) -> datetime | None:
     return None if ts is None else ts.replace(tzinfo=UTC)
 
 
-_RUN_COLUMNS = (
-    "run_id, workflow_id, workflow_name, workflow_digest, inputs, status, idempotency_key,"
-    " created_at, started_at, finished_at, outputs, error, usage"
-)
-_RUN_TYPES = ("VARCHAR",) * 7 + ("TIMESTAMP",) * 3 + ("VARCHAR",) * 3
-_STEP_COLUMNS = "run_id, key, step_id, item_index, attempt, status, started_at, finished_at, output, error, usage"
-_STEP_TYPES = ("VARCHAR",) * 3 + ("INTEGER",) * 2 + ("VARCHAR",) + ("TIMESTAMP",) * 2 + ("VARCHAR",) * 3
+_TO_SQL: dict[str, Callable[[Any], Any]] = {"JSON": _dumps, "TIMESTAMP": _naive}
+_FROM_SQL: dict[str, Callable[[Any], Any]] = {"JSON": _loads, "TIMESTAMP": _aware}
+
+
+@dataclass(frozen=True)
+class _Table:
+    """One definition of a table's columns, from which every statement, every journal row and
+    every record conversion is derived, so no column order is written down twice. ``JSON``
+    columns are VARCHAR holding JSON; record attributes have the columns' names."""
+
+    name: str
+    columns: tuple[tuple[str, str], ...]
+    key: tuple[str, ...]
+    changing: tuple[str, ...] = ()
+    """Columns a later state of the same key replaces; the others (identity, inputs) stay."""
+
+    @cached_property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.columns)
+
+    @cached_property
+    def column_list(self) -> str:
+        return ", ".join(self.names)
+
+    @cached_property
+    def changing_positions(self) -> frozenset[int]:
+        return frozenset(self.names.index(c) for c in self.changing)
+
+    def position(self, column: str) -> int:
+        """Where ``column`` sits in a journaled row (a JSON array in this column order)."""
+        return self.names.index(column)
+
+    def row(self, record: object) -> tuple[Any, ...]:
+        return tuple(_TO_SQL.get(t, _same)(getattr(record, n)) for n, t in self.columns)
+
+    def values(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        return {n: _FROM_SQL.get(t, _same)(v) for (n, t), v in zip(self.columns, row, strict=True)}
+
+    def merge(self, first: tuple[Any, ...], latest: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A key's row: the changing columns from its latest state, the rest from its first."""
+        changing = self.changing_positions
+        return tuple(new if i in changing else old for i, (old, new) in enumerate(zip(first, latest, strict=True)))
+
+    def _on_conflict(self) -> str:
+        if not self.changing:
+            return "ON CONFLICT DO NOTHING"
+        updates = ", ".join(f"{c} = excluded.{c}" for c in self.changing)
+        return f"ON CONFLICT ({', '.join(self.key)}) DO UPDATE SET {updates}"
+
+    @cached_property
+    def upsert(self) -> str:
+        """Insert rows bound column by column; a key the table has gets its changing columns updated."""
+        unnest = ", ".join(f"unnest(${i})" for i in range(1, len(self.columns) + 1))
+        return f"INSERT INTO {self.name} ({self.column_list}) SELECT {unnest} {self._on_conflict()}"
+
+    def recovery(self, kind: str) -> str:
+        """Fold each key's journaled rows (``kind``) into the table, parsing their JSON: the changing
+        columns from its newest row (journal ids only grow), the others from its first."""
+        values = ", ".join(
+            f"({'last' if n in self.changing else 'first'}->>{i})::{'VARCHAR' if t == 'JSON' else t}"
+            for i, (n, t) in enumerate(self.columns)
+        )
+        group = ", ".join(f"row->>{self.position(k)}" for k in self.key)
+        return (
+            f"INSERT INTO {self.name} ({self.column_list}) SELECT {values} FROM (SELECT arg_min(row, id) AS first,"
+            f" arg_max(row, id) AS last FROM run_journal WHERE kind = '{kind}' GROUP BY {group}) {self._on_conflict()}"
+        )
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+RUNS = _Table(
+    "runs",
+    (
+        ("run_id", "VARCHAR"), ("workflow_id", "VARCHAR"), ("workflow_name", "VARCHAR"),
+        ("workflow_digest", "VARCHAR"), ("inputs", "JSON"), ("status", "VARCHAR"), ("idempotency_key", "VARCHAR"),
+        ("created_at", "TIMESTAMP"), ("started_at", "TIMESTAMP"), ("finished_at", "TIMESTAMP"),
+        ("outputs", "JSON"), ("error", "JSON"), ("usage", "JSON"),
+    ),
+    key=("run_id",),
+    changing=("status", "started_at", "finished_at", "outputs", "error", "usage"),
+)  # fmt: skip
+STEPS = _Table(
+    "step_runs",
+    (
+        ("run_id", "VARCHAR"), ("key", "VARCHAR"), ("step_id", "VARCHAR"), ("item_index", "INTEGER"),
+        ("attempt", "INTEGER"), ("status", "VARCHAR"), ("started_at", "TIMESTAMP"),
+        ("finished_at", "TIMESTAMP"), ("output", "JSON"), ("error", "JSON"), ("usage", "JSON"),
+        ("approval", "JSON"),
+    ),
+    key=("run_id", "key", "attempt"),
+    changing=("status", "started_at", "finished_at", "output", "error", "usage", "approval"),
+)  # fmt: skip
+EVENTS = _Table(
+    "events",
+    (("run_id", "VARCHAR"), ("seq", "BIGINT"), ("type", "VARCHAR"), ("step_id", "VARCHAR"), ("ts", "TIMESTAMP"),
+     ("data", "JSON")),
+    key=("run_id", "seq"),
+)  # fmt: skip
+SNAPSHOTS = _Table("workflow_snapshots", (("digest", "VARCHAR"), ("doc", "VARCHAR")), key=("digest",))
+
 _JOURNAL_INSERT = (
     "INSERT INTO run_journal (id, kind, run_id, row) SELECT unnest($1), unnest($2), unnest($3), unnest($4)"
 )
@@ -57,83 +154,41 @@ _JOURNALED_EVENT = (
     "(row->>'seq')::BIGINT AS seq, row->>'type' AS type, row->>'step_id' AS step_id,"
     " replace(row->>'ts', 'Z', '')::TIMESTAMP AS ts, (row->'data')::VARCHAR AS data"
 )
-
-
-def _unnest(n: int) -> str:
-    return ", ".join(f"unnest(${i})" for i in range(1, n + 1))
-
-
-def _update_changing(key: str, changing: str) -> str:
-    """A row the table already has gets only its ``changing`` columns updated."""
-    return f"ON CONFLICT ({key}) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in changing.split(", "))
-
-
-def _upsert(table: str, columns: str, key: str, changing: str) -> str:
-    """Insert rows bound column by column."""
-    return (
-        f"INSERT INTO {table} ({columns}) SELECT {_unnest(len(columns.split(', ')))} {_update_changing(key, changing)}"
-    )
-
-
-def _recovery(table: str, columns: str, types: tuple[str, ...], kind: str, key: str, changing: str) -> str:
-    """SQL that folds each ``key``'s journaled rows into ``table``: the ``changing`` columns from its
-    newest row (journal ids only grow), the others (identity, inputs) from its first."""
-    names = columns.split(", ")
-    mutable = changing.split(", ")
-    values = ", ".join(
-        f"({'last' if name in mutable else 'first'}->>{i})::{t}"
-        for i, (name, t) in enumerate(zip(names, types, strict=True))
-    )
-    group = ", ".join(f"row->>{names.index(name)}" for name in key.split(", "))
-    return (
-        f"INSERT INTO {table} ({columns}) SELECT {values} FROM (SELECT arg_min(row, id) AS first,"
-        f" arg_max(row, id) AS last FROM run_journal WHERE kind = '{kind}' GROUP BY {group})"
-        f" {_update_changing(key, changing)}"
-    )
-
-
-_CHANGING = "status, started_at, finished_at, {}, error, usage"
+"""Journaled events are the API's JSON objects, so they are read by key."""
 _RECOVER = (
-    "INSERT INTO workflow_snapshots SELECT row->>0, any_value(row->>1) FROM run_journal WHERE kind = 'snapshot'"
-    " GROUP BY row->>0 ON CONFLICT DO NOTHING",
+    f"INSERT INTO workflow_snapshots SELECT row->>{SNAPSHOTS.position('digest')}, "
+    f"any_value(row->>{SNAPSHOTS.position('doc')}) FROM run_journal WHERE kind = 'snapshot'"
+    f" GROUP BY row->>{SNAPSHOTS.position('digest')} ON CONFLICT DO NOTHING",
     # seq is unique per run by construction; should a bug ever repeat one, the first stored
     # event is kept rather than the projection failing on it forever.
-    f"INSERT INTO events (run_id, seq, type, step_id, ts, data) SELECT run_id, {_JOURNALED_EVENT}"
+    f"INSERT INTO events ({EVENTS.column_list}) SELECT run_id, {_JOURNALED_EVENT}"
     " FROM run_journal WHERE kind = 'event' QUALIFY row_number() OVER (PARTITION BY run_id, seq ORDER BY id) = 1"
     " ON CONFLICT DO NOTHING",
-    _recovery("runs", _RUN_COLUMNS, _RUN_TYPES, "run", "run_id", _CHANGING.format("outputs")),
-    _recovery("step_runs", _STEP_COLUMNS, _STEP_TYPES, "step", "run_id, key, attempt", _CHANGING.format("output")),
+    RUNS.recovery("run"),
+    STEPS.recovery("step"),
     "DELETE FROM run_journal",
 )
 """Fold the whole journal, parsing its JSON: after a crash, when nothing of it is in memory."""
-_EVENT_INSERT = f"INSERT INTO events (run_id, seq, type, step_id, ts, data) SELECT {_unnest(6)}"
-_PROJECT = (
-    "INSERT INTO workflow_snapshots SELECT unnest($1), unnest($2) ON CONFLICT DO NOTHING",
-    _EVENT_INSERT,
-    _upsert("runs", _RUN_COLUMNS, "run_id", _CHANGING.format("outputs")),
-    _upsert("step_runs", _STEP_COLUMNS, "run_id, key, attempt", _CHANGING.format("output")),
-)
+_EVENT_INSERT = EVENTS.upsert.removesuffix(" ON CONFLICT DO NOTHING")
+_PROJECT = (SNAPSHOTS.upsert, _EVENT_INSERT, RUNS.upsert, STEPS.upsert)
 """Fold what this process committed, from the rows it kept (a projection parsing JSON costs
 several times more, and runs beside the commits)."""
-_PROJECT_KEEPING_FIRST_EVENTS = (_PROJECT[0], f"{_EVENT_INSERT} ON CONFLICT DO NOTHING", *_PROJECT[2:])
+_PROJECT_KEEPING_FIRST_EVENTS = (SNAPSHOTS.upsert, EVENTS.upsert, RUNS.upsert, STEPS.upsert)
 """The same, for when an event seq is already stored: checking every event for that costs
 the plain INSERT 40% more, and seq is unique per run by construction."""
 _CLEAR_JOURNAL = "DELETE FROM run_journal WHERE id <= $1"
-_RUN_CHANGING = frozenset(_RUN_COLUMNS.split(", ").index(c) for c in _CHANGING.format("outputs").split(", "))
-_STEP_CHANGING = frozenset(_STEP_COLUMNS.split(", ").index(c) for c in _CHANGING.format("output").split(", "))
 _FIND_IDEMPOTENT = (
     "SELECT min(run_id) FROM (SELECT run_id FROM runs WHERE workflow_id = $1 AND idempotency_key = $2"
-    " UNION ALL SELECT row->>0 FROM run_journal WHERE kind = 'run' AND row->>1 = $1 AND row->>6 = $2)"
-)
-_RUN_SUMMARY = (
-    "run_id, workflow_id, workflow_name, inputs, status, idempotency_key,"
-    " created_at, started_at, finished_at, outputs, error, usage"
+    f" UNION ALL SELECT row->>{RUNS.position('run_id')} FROM run_journal WHERE kind = 'run'"
+    f" AND row->>{RUNS.position('workflow_id')} = $1 AND row->>{RUNS.position('idempotency_key')} = $2)"
 )
 _RUN_WITH_WORKFLOW = (
-    "SELECT r.run_id, r.workflow_id, r.workflow_name, r.inputs, r.status, r.idempotency_key, r.created_at,"
-    " r.started_at, r.finished_at, r.outputs, r.error, r.usage, r.workflow_digest, w.doc"
+    f"SELECT {', '.join(f'r.{n}' for n in RUNS.names)}, w.doc"
     " FROM runs r JOIN workflow_snapshots w ON w.digest = r.workflow_digest"
 )
+_RUN_SUMMARY = f"SELECT {RUNS.column_list}, NULL FROM runs"
+"""A run without its workflow snapshot, for lists."""
+_STEPS_OF_RUN = f"SELECT {STEPS.column_list} FROM step_runs WHERE run_id = ?"
 _EVENTS = (
     "SELECT seq, type, step_id, ts, data FROM events WHERE run_id = $1 AND seq > $2"
     f" UNION ALL SELECT * FROM (SELECT {_JOURNALED_EVENT} FROM run_journal WHERE kind = 'event' AND run_id = $1)"
@@ -147,48 +202,13 @@ def _journal_row(row: tuple[Any, ...]) -> str:
     return json.dumps(row, separators=(",", ":"), default=datetime.isoformat)
 
 
-def _run_row(r: RunRecord) -> tuple[Any, ...]:
-    return (
-        r.run_id, r.workflow_id, r.workflow_name, r.workflow_digest, _dumps(r.inputs), r.status,
-        r.idempotency_key, _naive(r.created_at), _naive(r.started_at), _naive(r.finished_at),
-        _dumps(r.outputs), _dumps(r.error), _dumps(r.usage),
-    )  # fmt: skip
-
-
-def _step_row(s: StepRecord) -> tuple[Any, ...]:
-    return (
-        s.run_id, s.key, s.step_id, s.item_index, s.attempt, s.status, _naive(s.started_at),
-        _naive(s.finished_at), _dumps(s.output), _dumps(s.error), _dumps(s.usage),
-    )  # fmt: skip
-
-
-def _event_row(e: Event) -> tuple[Any, ...]:
-    return (e.run_id, e.seq, e.type, e.step_id, _naive(e.ts), _dumps(e.data))
-
-
 def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
-    (run_id, workflow_id, workflow_name, inputs, status, key, created, started, finished, outputs, error, usage,
-     *snapshot) = row  # fmt: skip
-    digest, doc = snapshot if snapshot else ("", None)
-    return RunRecord(
-        run_id=run_id, workflow_id=workflow_id, workflow_name=workflow_name, workflow=_loads(doc) or {},
-        inputs=_loads(inputs) or {}, status=status, idempotency_key=key, created_at=_aware(created),
-        started_at=_aware(started), finished_at=_aware(finished), outputs=_loads(outputs),
-        error=_loads(error), usage=_loads(usage), workflow_digest=digest,
-    )  # fmt: skip
+    *columns, doc = row
+    return RunRecord(**RUNS.values(tuple(columns)), workflow=_loads(doc) or {})
 
 
 def _step_from_row(row: tuple[Any, ...]) -> StepRecord:
-    run_id, key, step_id, item, attempt, status, started, finished, output, error, usage = row
-    return StepRecord(
-        run_id=run_id, key=key, step_id=step_id, item_index=item, attempt=attempt, status=status,
-        started_at=_aware(started), finished_at=_aware(finished), output=_loads(output),
-        error=_loads(error), usage=_loads(usage),
-    )  # fmt: skip
-
-
-def _fold(first: tuple[Any, ...], latest: tuple[Any, ...], changing: frozenset[int]) -> tuple[Any, ...]:
-    return tuple(new if i in changing else old for i, (old, new) in enumerate(zip(first, latest, strict=True)))
+    return StepRecord(**STEPS.values(row))
 
 
 @dataclass(slots=True)
@@ -210,10 +230,10 @@ class _Rows:
             self.events.setdefault(key, row)  # seq is unique per run; should a bug repeat one, the first wins
         for run_id, row in newer.runs.items():
             first = self.runs.get(run_id)
-            self.runs[run_id] = row if first is None else _fold(first, row, _RUN_CHANGING)
+            self.runs[run_id] = row if first is None else RUNS.merge(first, row)
         for key, row in newer.steps.items():
             first = self.steps.get(key)
-            self.steps[key] = row if first is None else _fold(first, row, _STEP_CHANGING)
+            self.steps[key] = row if first is None else STEPS.merge(first, row)
         self.last_id = max(self.last_id, newer.last_id)
 
     def tables(self) -> list[list[tuple[Any, ...]]]:
@@ -309,13 +329,13 @@ class DuckDBRunStore:
             if run.workflow_digest not in self._snapshots and run.workflow_digest not in rows.snapshots:
                 snapshot = rows.snapshots[run.workflow_digest] = (run.workflow_digest, _dumps(run.workflow))
                 journal.append((next(self._ids), "snapshot", None, _journal_row(snapshot)))
-            row = rows.runs[run.run_id] = _run_row(run)
+            row = rows.runs[run.run_id] = RUNS.row(run)
             journal.append((next(self._ids), "run", run.run_id, _journal_row(row)))
         for step in batch.steps.values():
-            row = rows.steps[(step.run_id, step.key, step.attempt)] = _step_row(step)
+            row = rows.steps[(step.run_id, step.key, step.attempt)] = STEPS.row(step)
             journal.append((next(self._ids), "step", step.run_id, _journal_row(row)))
         for event in batch.events:
-            rows.events.setdefault((event.run_id, event.seq), _event_row(event))
+            rows.events.setdefault((event.run_id, event.seq), EVENTS.row(event))
             journal.append((next(self._ids), "event", event.run_id, event.to_json()))
         rows.last_id = journal[-1][0] if journal else 0
         return _Prepared(columns=[list(column) for column in zip(*journal, strict=True)], rows=rows)
@@ -344,15 +364,15 @@ class DuckDBRunStore:
     @staticmethod
     def _project(cursor: duckdb.DuckDBPyConnection, pending: _Rows) -> None:
         try:
-            DuckDBRunStore._fold(cursor, pending, _PROJECT)
+            DuckDBRunStore._apply_projection(cursor, pending, _PROJECT)
         except duckdb.ConstraintException as exc:
             log.error("an event seq was stored twice (a bug); keeping the first: %s", exc)
             cursor.rollback()
             cursor.begin()
-            DuckDBRunStore._fold(cursor, pending, _PROJECT_KEEPING_FIRST_EVENTS)
+            DuckDBRunStore._apply_projection(cursor, pending, _PROJECT_KEEPING_FIRST_EVENTS)
 
     @staticmethod
-    def _fold(cursor: duckdb.DuckDBPyConnection, pending: _Rows, statements: tuple[str, ...]) -> None:
+    def _apply_projection(cursor: duckdb.DuckDBPyConnection, pending: _Rows, statements: tuple[str, ...]) -> None:
         for sql, rows in zip(statements, pending.tables(), strict=True):
             if rows:
                 cursor.execute(sql, [list(column) for column in zip(*rows, strict=True)])
@@ -383,7 +403,7 @@ class DuckDBRunStore:
         if row is None:
             return None
         steps = cursor.execute(
-            f"SELECT {_STEP_COLUMNS} FROM step_runs WHERE run_id = ? ORDER BY started_at NULLS LAST, key, attempt",
+            f"{_STEPS_OF_RUN} ORDER BY started_at NULLS LAST, key, attempt",
             [run_id],
         ).fetchall()
         return _run_from_row(row), [_step_from_row(s) for s in steps]
@@ -391,7 +411,6 @@ class DuckDBRunStore:
     async def list_runs(
         self, workflow_id: str | None = None, status: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> RunPage:
-        await self.project()
         await self.project()
         return await self._db.read(self._list_runs, workflow_id, status, limit, cursor)
 
@@ -405,9 +424,7 @@ class DuckDBRunStore:
                 clauses.append(clause)
                 params.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = cur.execute(
-            f"SELECT {_RUN_SUMMARY} FROM runs {where} ORDER BY run_id DESC LIMIT ?", [*params, limit + 1]
-        ).fetchall()
+        rows = cur.execute(f"{_RUN_SUMMARY} {where} ORDER BY run_id DESC LIMIT ?", [*params, limit + 1]).fetchall()
         runs = [_run_from_row(r) for r in rows[:limit]]
         return RunPage(runs=runs, next_cursor=runs[-1].run_id if len(rows) > limit else None)
 
@@ -441,13 +458,13 @@ class DuckDBRunStore:
 
     @staticmethod
     def _active_runs(cursor: duckdb.DuckDBPyConnection) -> list[ActiveRun]:
-        rows = cursor.execute(f"{_RUN_WITH_WORKFLOW} WHERE r.status IN {ACTIVE_STATUSES} ORDER BY r.run_id").fetchall()
+        rows = cursor.execute(
+            f"{_RUN_WITH_WORKFLOW} WHERE r.status IN {ACTIVE_RUN_STATUSES} ORDER BY r.run_id"
+        ).fetchall()
         active = []
         for row in rows:
             run = _run_from_row(row)
-            steps = cursor.execute(
-                f"SELECT {_STEP_COLUMNS} FROM step_runs WHERE run_id = ? ORDER BY key, attempt", [run.run_id]
-            ).fetchall()
+            steps = cursor.execute(f"{_STEPS_OF_RUN} ORDER BY key, attempt", [run.run_id]).fetchall()
             (last_seq,) = cursor.execute(
                 "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", [run.run_id]
             ).fetchone()
@@ -461,7 +478,7 @@ class DuckDBRunStore:
     @staticmethod
     def _count_active(cursor: duckdb.DuckDBPyConnection, workflow_id: str) -> int:
         (count,) = cursor.execute(
-            f"SELECT count(*) FROM runs WHERE workflow_id = ? AND status IN {ACTIVE_STATUSES}", [workflow_id]
+            f"SELECT count(*) FROM runs WHERE workflow_id = ? AND status IN {ACTIVE_RUN_STATUSES}", [workflow_id]
         ).fetchone()
         return count
 

@@ -99,6 +99,8 @@ class StepRecord:
     output: Any = None
     error: dict[str, Any] | None = None
     usage: dict[str, Any] | None = None
+    approval: dict[str, Any] | None = None
+    """While ``waiting`` (and after): ``preview``, ``message``, ``requested_at``, ``timeout_s``."""
 
 
 def latest_attempts(records: list[StepRecord]) -> dict[str, StepRecord]:

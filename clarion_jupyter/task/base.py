@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..core.workspace import Workspace
 
@@ -31,6 +31,11 @@ class TaskFailed(Exception):
         self.message = message
         self.details = details
         self.retryable = retryable
+
+
+def config_problems(exc: ValidationError) -> str:
+    """A config's validation errors as one line, each with its field (for a step's error)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'with'}: {e['msg']}" for e in exc.errors())
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +70,11 @@ class Task:
 
     async def run(self, config: Any, ctx: TaskContext) -> dict[str, Any]:
         raise NotImplementedError
+
+    async def preview(self, config: Any, ctx: TaskContext) -> dict[str, Any]:
+        """What a person approving this step sees before it acts (``approval:`` on a step).
+
+        Tasks whose effect a config does not show well override it (``file_write`` returns
+        the diff against the files as they are now). Raising :class:`TaskFailed` fails the
+        step at once: what cannot be previewed would fail to run too."""
+        return {"kind": "config", "config": config.model_dump(mode="json", by_alias=True, exclude_none=True)}

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..core.workspace import PathOutsideWorkspace, Workspace
-from .base import TaskContext, TaskFailed, TaskSettings
+from .base import TaskContext, TaskFailed, TaskSettings, config_problems
 from .queue import Delivery, Job, JobResult, Queue
 from .registry import TaskRegistry
 
@@ -105,7 +105,7 @@ class Worker:
         try:
             config = task_type.Config.model_validate(job.config)
         except ValidationError as exc:
-            return self._failure(job, "invalid_config", _validation_message(exc), False)
+            return self._failure(job, "invalid_config", config_problems(exc), False)
         ctx = TaskContext(
             run_id=job.run_id,
             step_id=job.step_id,
@@ -158,10 +158,6 @@ def _error(code: str, message: str, details: Any = None) -> dict[str, Any]:
     if details is not None:
         error["details"] = details
     return error
-
-
-def _validation_message(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'with'}: {e['msg']}" for e in exc.errors())
 
 
 async def run_worker(queue_url: str, workers: int = 8, workspace_root: str = ".", allow_shell: bool = True) -> None:

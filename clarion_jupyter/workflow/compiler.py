@@ -70,16 +70,19 @@ def compile_workflow(workflow: Workflow, registry: TaskRegistry, max_steps: int 
     ids = _check_ids(steps, problems)
     previous = _list_order(workflow)
     nodes: dict[str, Node] = {}
+    edges: dict[str, frozenset[str]] = {}
     agent_ids: set[str] = set()
     for step in steps:
         node = _compile_step(step, registry, ids, previous[step.id], workflow, problems)
-        if node is not None and step.id not in nodes:
+        if step.id in edges:
+            continue  # a duplicate id, reported above
+        edges[step.id] = node.waits_for if node is not None else _declared_order(step, ids, previous[step.id])
+        if node is not None:
             nodes[step.id] = node
             if node.task.needs_agent and isinstance(step.with_.get("agent"), str) and "{" not in step.with_["agent"]:
                 agent_ids.add(step.with_["agent"])
     outputs = _compile_field(workflow.outputs, None, "outputs", ids, workflow, problems, in_map=False)
-    if not problems.items:
-        _check_cycles(nodes, problems)
+    _check_cycles(edges, problems)
     if problems.items:
         raise ValidationFailed(problems.items)
     for node in nodes.values():
@@ -228,27 +231,39 @@ def _check_config(step: Step, task: type[Task], problems: _Problems, templated: 
             problems.add(step.id, f"with.{info.alias or name}", "Field required")
 
 
-def _check_cycles(nodes: dict[str, Node], problems: _Problems) -> None:
+def _declared_order(step: Step, ids: set[str], previous: frozenset[str]) -> frozenset[str]:
+    """What a step that did not compile waits for, as far as its document says: its known
+    ``needs``, or list order. Enough to find the cycles it is on next to its other problems."""
+    if step.needs is None:
+        return previous
+    return frozenset(n for n in step.needs if n in ids and n != step.id)
+
+
+def _check_cycles(edges: dict[str, frozenset[str]], problems: _Problems) -> None:
+    """Report every cycle (each one once, naming its steps in order) with a depth-first search."""
     state: dict[str, int] = {}
     path: list[str] = []
+    reported: set[frozenset[str]] = set()
 
-    def visit(node_id: str) -> bool:
+    def visit(node_id: str) -> None:
         state[node_id] = 1
         path.append(node_id)
-        for dep in sorted(nodes[node_id].waits_for):
+        for dep in sorted(edges[node_id]):
+            if dep not in edges:
+                continue
             if state.get(dep) == 1:
                 cycle = [*path[path.index(dep) :], dep]
-                problems.add(dep, "needs", "dependency cycle: " + " -> ".join(reversed(cycle)))
-                return True
-            if state.get(dep) is None and visit(dep):
-                return True
+                if frozenset(cycle) not in reported:
+                    reported.add(frozenset(cycle))
+                    problems.add(dep, "needs", "dependency cycle: " + " -> ".join(reversed(cycle)))
+            elif state.get(dep) is None:
+                visit(dep)
         state[node_id] = 2
         path.pop()
-        return False
 
-    for node_id in nodes:
-        if state.get(node_id) is None and visit(node_id):
-            return
+    for node_id in edges:
+        if state.get(node_id) is None:
+            visit(node_id)
 
 
 def resolve_inputs(workflow: Workflow, given: dict[str, Any] | None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from ..storage.protocols import ActiveRun
 from ..storage.records import Event, RunRecord, utcnow
 from ..storage.writer import GroupCommitWriter
 from ..task.base import TaskSettings
+from ..task.preview import Previewer
 from ..task.queue import Queue
 from ..task.queues import make_queue
 from ..task.registry import TaskRegistry
@@ -72,6 +73,7 @@ class Engine:
         self.workflows = WorkflowService(
             DuckDBDocumentStore(self._db, "workflows", with_source=True), self.runs, self.registry, max_steps
         )
+        self._previewer = Previewer(self.registry, self.workspace, self.settings)
         self.bus = EventBus()
         self._views = RunViews()
         self._writer: GroupCommitWriter | None = None
@@ -194,7 +196,7 @@ class Engine:
         )  # fmt: skip
         if key is not None:
             self._idempotency[(workflow.id, key)] = run.run_id
-        executor = RunExecutor(plan, run, self._writer, self._queue, self.agents.resolve)
+        executor = self._executor(plan, run)
         self._active[run.run_id] = executor  # cancellable from here on
         executor.queued(self._submissions)
         await self._submissions.flush()
@@ -263,9 +265,13 @@ class Engine:
             )
             return None
         self._views.seed(run, active.steps)
+        return self._executor(plan, run, last_seq=active.last_seq, prior=active.steps)
+
+    def _executor(self, plan: Plan, run: RunRecord, **resumed: Any) -> RunExecutor:
         return RunExecutor(
-            plan, run, self._writer, self._queue, self.agents.resolve, last_seq=active.last_seq, prior=active.steps
-        )
+            plan, run, self._writer, self._queue, self.agents.resolve, self._previewer,
+            max_output_bytes=self.settings.max_output_bytes, **resumed,
+        )  # fmt: skip
 
     async def cancel(self, run_id: str) -> None:
         """Cancel a queued or running run; running steps are stopped (processes killed)."""
@@ -277,6 +283,26 @@ class Engine:
         raise Conflict(
             f"run '{run_id}' already {run.status.value}", details={"run_id": run_id, "status": run.status.value}
         )
+
+    async def decide(
+        self, run_id: str, step_key: str, approve: bool, *, by: str | None = None, comment: str | None = None
+    ) -> dict[str, Any]:
+        """Approve or reject a step that is ``waiting``; answers once the decision is stored.
+
+        :class:`Conflict` when the step is not waiting (never asked, decided already, or the
+        run ended), :class:`NotFound` when there is no such run."""
+        executor = self._active.get(run_id)
+        if executor is None or not executor.decide(step_key, approve, by, comment):
+            run = await self.get_run(run_id)
+            step = next((s for s in run.steps if s.key == step_key), None)
+            state = f"is {step.status.value}" if step else "does not exist"
+            raise Conflict(
+                f"step '{step_key}' of run '{run_id}' is not waiting for approval (it {state})",
+                details={"run_id": run_id, "step_key": step_key, "status": step.status.value if step else None},
+            )
+        await self._writer.flush()
+        decision = "approve" if approve else "reject"
+        return {"run_id": run_id, "step_key": step_key, "decision": decision, "by": by, "comment": comment}
 
     async def get_run(self, run_id: str) -> WorkflowRun:
         view = self._views.document(run_id)

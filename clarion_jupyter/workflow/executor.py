@@ -9,11 +9,15 @@ never waits for a commit: the writer makes transitions durable before announcing
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+from jinja2 import Undefined
 
 from ..core.protocol import STEP_DONE, EventType, RunStatus, StepStatus
 from ..storage.records import (
@@ -21,10 +25,12 @@ from ..storage.records import (
     RunRecord,
     StepRecord,
     duration_ms,
+    isoformat,
     latest_attempts,
     utcnow,
 )
 from ..storage.writer import GroupCommitWriter
+from ..task.base import TaskFailed
 from ..task.queue import Job, JobResult, Queue
 from .compiler import Node, Plan
 from .templates import TemplateError, truthy
@@ -32,6 +38,8 @@ from .templates import TemplateError, truthy
 log = logging.getLogger(__name__)
 
 AgentResolver = Callable[[str], Awaitable[dict[str, Any] | None]]
+Previewer = Callable[[Job], Awaitable[dict[str, Any]]]
+"""Builds what a person reviews before a step with ``approval:`` runs (raises TaskFailed)."""
 _BLOCKING = frozenset({StepStatus.failed, StepStatus.skipped, StepStatus.cancelled})
 
 
@@ -43,6 +51,15 @@ class _Retry:
 @dataclass(slots=True)
 class _Cancel:
     reason: str = "cancelled"
+
+
+@dataclass(slots=True)
+class _Decision:
+    """A person's decision (or a timeout's) on a waiting step, already announced."""
+
+    key: str
+    approve: bool
+    reason: str
 
 
 @dataclass(slots=True)
@@ -64,6 +81,10 @@ class _Execution:
     item: Any = None
     next_attempt: int = 1
     record: StepRecord | None = None
+    approved: bool = False
+    """Approved once, it runs (and retries) without asking again."""
+    held: Job | None = None
+    """While waiting for approval: the job that runs once approved."""
 
 
 class RunExecutor:
@@ -74,6 +95,9 @@ class RunExecutor:
         writer: GroupCommitWriter,
         queue: Queue,
         agents: AgentResolver,
+        preview: Previewer,
+        *,
+        max_output_bytes: int,
         last_seq: int = 0,
         prior: list[StepRecord] | None = None,
     ) -> None:
@@ -82,8 +106,10 @@ class RunExecutor:
         self._writer = writer
         self._queue = queue
         self._agents = agents
+        self._preview = preview
+        self._max_output_bytes = max_output_bytes
         self._seq = last_seq
-        self._inbox: asyncio.Queue[JobResult | _Retry | _Cancel] = asyncio.Queue()
+        self._inbox: asyncio.Queue[JobResult | _Retry | _Cancel | _Decision] = asyncio.Queue()
         self._status: dict[str, StepStatus] = {node_id: StepStatus.pending for node_id in plan.nodes}
         self._steps_ctx: dict[str, dict[str, Any]] = {}
         self._waiting = {node_id: len(node.waits_for) for node_id, node in plan.nodes.items()}
@@ -91,6 +117,9 @@ class RunExecutor:
         self._maps: dict[str, _Map] = {}
         self._running: set[str] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._approvals: dict[str, _Execution] = {}
+        """Executions waiting for a decision, by step key; they hold no worker slot."""
+        self._approval_timers: dict[str, asyncio.TimerHandle] = {}
         self._unfinished = len(plan.nodes)
         self._prior = latest_attempts(prior or [])
         self._context = {
@@ -121,10 +150,31 @@ class RunExecutor:
     def cancel(self) -> None:
         self._inbox.put_nowait(_Cancel())
 
+    def decide(self, key: str, approve: bool, by: str | None, comment: str | None) -> bool:
+        """Decide a waiting step; False when ``key`` is not waiting (or already decided).
+
+        The decision is announced here, synchronously, so two concurrent decisions cannot
+        both be accepted; the run acts on it when it takes the message from its inbox."""
+        execution = self._approvals.pop(key, None)
+        if execution is None:
+            return False
+        timer = self._approval_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        kind = EventType.approval_granted if approve else EventType.approval_rejected
+        self._emit(kind, key, {"by": by, "comment": comment})
+        reason = f"rejected by {by or 'a reviewer'}" + (f": {comment}" if comment else "")
+        self._inbox.put_nowait(_Decision(key, approve, reason))
+        return True
+
+    @property
+    def waiting_for(self) -> list[str]:
+        return list(self._approvals)
+
     # -- lifecycle ---------------------------------------------------------------
 
     async def execute(self) -> None:
-        resumed = self.run.status == RunStatus.running
+        resumed = self.run.status in (RunStatus.running, RunStatus.waiting)
         self.run.status = RunStatus.running
         self.run.started_at = self.run.started_at or utcnow()
         self._context["run"]["started_at"] = self.run.started_at
@@ -136,11 +186,14 @@ class RunExecutor:
             self._check_complete()
             if self.finished.is_set():
                 break
+            self._note_waiting()
             message = await self._inbox.get()
             if isinstance(message, JobResult):
                 await self._on_result(message)
             elif isinstance(message, _Retry):
                 await self._on_retry(message.key)
+            elif isinstance(message, _Decision):
+                await self._on_decision(message)
             else:
                 await self._on_cancel()
 
@@ -204,6 +257,8 @@ class RunExecutor:
             prior.error = _error("interrupted", "the engine stopped during this attempt")
             self._writer.add_step(prior)
         execution = _Execution(node, key, item_index, item, next_attempt=prior.attempt + 1 if prior else 1)
+        if prior is not None and prior.status == StepStatus.waiting:
+            execution.record = prior  # still waiting for its decision: the same attempt goes on waiting
         self._executions[key] = execution
         return execution
 
@@ -263,27 +318,120 @@ class RunExecutor:
     async def _dispatch(self, execution: _Execution) -> list[str]:
         node = execution.node
         context = self._context if execution.item_index is None else self._item_context(execution.item)
-        attempt = execution.next_attempt
-        execution.next_attempt += 1
+        still_waiting = execution.record is not None and execution.record.status == StepStatus.waiting
+        attempt = execution.record.attempt if still_waiting else execution.next_attempt
+        execution.next_attempt = attempt + 1
         if execution.item_index is None:
             self._status[node.id] = StepStatus.running
         try:
             config = node.config.render(context)
+            _check_storable(config, "with", limit=None)
             resources = await self._resources(node, config)
         except (TemplateError, LookupError) as exc:
-            execution.record = self._record(execution.key, node.id, execution.item_index, attempt, StepStatus.failed)
+            if not still_waiting:
+                execution.record = self._record(
+                    execution.key, node.id, execution.item_index, attempt, StepStatus.failed
+                )
             return self._attempt_failed(execution, _error("template", str(exc)), retryable=False)
+        job = Job(
+            self.run.run_id, execution.key, node.id, attempt, node.step.task, config, node.step.timeout_s, resources
+        )
+        if node.step.approval is not None and not execution.approved:
+            if still_waiting:
+                self._hold(execution, job)
+                return []
+            return await self._request_approval(execution, job)
         execution.record = self._record(execution.key, node.id, execution.item_index, attempt, StepStatus.running)
-        data: dict[str, Any] = {"attempt": attempt, "task": node.step.task}
+        await self._start(execution, job)
+        return []
+
+    async def _start(self, execution: _Execution, job: Job) -> None:
+        data: dict[str, Any] = {"attempt": job.attempt, "task": job.task}
         if execution.item_index is not None:
             data["item_index"] = execution.item_index
         self._emit(EventType.step_started, execution.key, data)
         self._running.add(execution.key)
-        job = Job(
-            self.run.run_id, execution.key, node.id, attempt, node.step.task, config, node.step.timeout_s, resources
-        )
         await self._queue.put(job)
+
+    # -- approvals -----------------------------------------------------------------
+
+    async def _request_approval(self, execution: _Execution, job: Job) -> list[str]:
+        """Build the preview, record the attempt as waiting and ask; no worker slot is taken."""
+        node = execution.node
+        policy = node.step.approval
+        try:
+            preview = await self._preview(job)
+            _check_storable({"preview": preview}, "approval", self._max_output_bytes)
+        except (TaskFailed, TemplateError) as exc:
+            execution.record = self._record(
+                execution.key, node.id, execution.item_index, job.attempt, StepStatus.failed
+            )
+            error = _error("preview_failed", f"the approval preview could not be built: {_message(exc)}")
+            return self._attempt_failed(execution, error, retryable=False)
+        record = self._record(execution.key, node.id, execution.item_index, job.attempt, StepStatus.waiting)
+        record.approval = {
+            "preview": preview,
+            "message": policy.message,
+            "requested_at": isoformat(record.started_at),
+            "timeout_s": policy.timeout_s,
+        }
+        execution.record = record
+        self._writer.add_step(record)
+        self._emit(
+            EventType.approval_requested,
+            execution.key,
+            {"attempt": job.attempt, "preview": preview, "message": policy.message, "timeout_s": policy.timeout_s},
+        )
+        self._hold(execution, job)
         return []
+
+    def _hold(self, execution: _Execution, job: Job) -> None:
+        """Wait for the decision on ``execution`` (asked now, or before a restart)."""
+        execution.held = job
+        self._approvals[execution.key] = execution
+        if execution.item_index is None:
+            self._status[execution.node.id] = StepStatus.waiting
+        timeout = execution.node.step.approval.timeout_s
+        if timeout is not None:
+            asked = execution.record.approval["requested_at"]
+            left = timeout - (utcnow() - datetime.fromisoformat(asked.replace("Z", "+00:00"))).total_seconds()
+            self._approval_timers[execution.key] = asyncio.get_running_loop().call_later(
+                max(left, 0.0), self.decide, execution.key, False, "timeout", f"no decision within {timeout:g} s"
+            )
+
+    async def _on_decision(self, decision: _Decision) -> None:
+        execution = self._executions.get(decision.key)
+        if execution is None or execution.held is None or self.finished.is_set():
+            return
+        job, execution.held = execution.held, None
+        record = execution.record
+        if decision.approve:
+            execution.approved = True
+            record.status, record.started_at = StepStatus.running, utcnow()
+            self._writer.add_step(record)
+            if execution.item_index is None:
+                self._status[execution.node.id] = StepStatus.running
+            await self._start(execution, job)
+            return
+        if execution.node.step.approval.on_reject == "skip":
+            record.status, record.finished_at = StepStatus.skipped, utcnow()
+            self._writer.add_step(record)
+            self._emit(EventType.step_skipped, execution.key, {"reason": decision.reason})
+            if execution.item_index is not None:
+                ready = self._child_done(execution, StepStatus.skipped, None, None)
+            else:
+                ready = self._finish_node(execution.node.id, StepStatus.skipped, None, recorded=True)
+        else:
+            ready = self._attempt_failed(execution, _error("rejected", decision.reason), retryable=False)
+        await self._begin_all(ready)
+
+    def _note_waiting(self) -> None:
+        """The run is ``waiting`` while some step waits for a person and nothing else goes on."""
+        waiting = bool(self._approvals) and not self._running and not self._timers
+        status = RunStatus.waiting if waiting else RunStatus.running
+        if self.run.status != status and not self.finished.is_set():
+            self.run.status = status
+            self._writer.add_run(self.run)
 
     async def _resources(self, node: Node, config: dict[str, Any]) -> dict[str, Any]:
         if not node.task.needs_agent:
@@ -312,6 +460,10 @@ class RunExecutor:
         await self._begin_all(ready)
 
     def _attempt_succeeded(self, execution: _Execution, output: Any) -> list[str]:
+        try:
+            _check_storable({"output": output}, "output", self._max_output_bytes)
+        except TemplateError as exc:
+            return self._attempt_failed(execution, _error("output", str(exc)), retryable=False)
         record = execution.record
         record.status = StepStatus.succeeded
         record.finished_at = utcnow()
@@ -443,6 +595,7 @@ class RunExecutor:
             return
         try:
             outputs = self.plan.outputs.render(self._context)
+            _check_storable(outputs, "outputs", self._max_output_bytes)
         except TemplateError as exc:
             self._fail_run(_error("outputs", f"workflow outputs could not be evaluated: {exc}"))
             return
@@ -459,13 +612,15 @@ class RunExecutor:
         self._end(RunStatus.cancelled, EventType.workflow_cancelled, {})
 
     def _stop_running(self) -> None:
-        """Cancel what is in flight; the run is ending."""
-        for timer in self._timers.values():
+        """Cancel what is in flight or waiting; the run is ending."""
+        for timer in [*self._timers.values(), *self._approval_timers.values()]:
             timer.cancel()
         self._timers.clear()
+        self._approval_timers.clear()
+        self._approvals.clear()
         for execution in self._executions.values():
             record = execution.record
-            if record is not None and record.status in (StepStatus.running, StepStatus.retrying):
+            if record is not None and record.status in (StepStatus.running, StepStatus.retrying, StepStatus.waiting):
                 record.status = StepStatus.cancelled
                 record.finished_at = utcnow()
                 self._writer.add_step(record)
@@ -531,3 +686,32 @@ def _error(code: str, message: str) -> dict[str, Any]:
 
 def _ms(record: StepRecord) -> float | None:
     return duration_ms(record.started_at, record.finished_at)
+
+
+def _message(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, TaskFailed) else str(exc)
+
+
+def _check_storable(value: Any, where: str, limit: int | None) -> None:
+    """Every value a run stores must encode as JSON (within ``limit`` bytes when given), checked
+    in the step that made it, so a bad value fails that step with a message naming its field
+    instead of reaching the group commit, where it would fail a batch of other runs' work."""
+    items = value.items() if isinstance(value, dict) else [("", value)]
+    for key, item in items:
+        name = f"{where}.{key}" if key else where
+        try:
+            size = len(json.dumps(item, default=_json_default, separators=(",", ":")))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise TemplateError(f"field '{name}' is not a JSON value: {exc}") from None
+        if limit is not None and size > limit:
+            raise TemplateError(f"field '{name}' is {size} bytes, more than the limit of {limit} (max_output_bytes)")
+
+
+def _json_default(value: Any) -> Any:
+    """What the store writes besides JSON's own types; anything else (an undefined template
+    value, an object) is refused."""
+    if isinstance(value, datetime):
+        return isoformat(value)
+    if isinstance(value, Undefined):
+        raise TypeError(f"a template gave an undefined value ({value._undefined_message})")
+    raise TypeError(f"{type(value).__name__} is not JSON")

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -78,6 +79,23 @@ class RetryPolicy(_Strict):
         return base * (1 + self.jitter * (2 * rand - 1))
 
 
+class ApprovalPolicy(_Strict):
+    """A person reviews what the step is about to do (its preview) before it runs."""
+
+    message: str | None = Field(None, max_length=2000, description="Shown to the person deciding.")
+    timeout_s: float | None = Field(None, gt=0, description="No decision within this time rejects.")
+    on_reject: Literal["fail", "skip"] = Field("fail", description="What a rejection does to the step.")
+
+
+def _approval_policy(value: Any) -> Any:
+    """``approval: true`` is the default policy, ``approval: false`` none at all."""
+    if value is True:
+        return ApprovalPolicy()
+    if value is False:
+        return None
+    return value
+
+
 class Step(_Strict):
     id: str = Field(pattern=STEP_ID_PATTERN)
     task: str
@@ -90,6 +108,7 @@ class Step(_Strict):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     timeout_s: float | None = Field(None, gt=0)
     continue_on_error: bool = False
+    approval: Annotated[ApprovalPolicy | None, BeforeValidator(_approval_policy)] = None
 
 
 class ParallelGroup(_Strict):
@@ -227,6 +246,16 @@ class StepRun(BaseModel):
     usage: Usage | None = None
 
 
+class PendingApproval(BaseModel):
+    """A step waiting for a person: what they are shown and since when."""
+
+    step_key: str
+    preview: Any = None
+    message: str | None = None
+    requested_at: datetime
+    timeout_s: float | None = None
+
+
 class WorkflowRun(BaseModel):
     """The run document: what the REST API, ``clarion show --json`` and ``Engine.wait`` return."""
 
@@ -244,3 +273,5 @@ class WorkflowRun(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     last_seq: int = 0
     steps: list[StepRun] = Field(default_factory=list)
+    approvals: list[PendingApproval] = Field(default_factory=list)
+    """Steps waiting for a decision (``POST /api/v3/runs/{run_id}/approvals/{step_key}``)."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from ..core.protocol import StepStatus
 from ..storage.records import RunRecord, StepRecord, duration_ms, latest_attempts
-from .models import StepRun, Usage, WorkflowRun
+from .models import PendingApproval, StepRun, Usage, WorkflowRun
 
 
 def run_document(run: RunRecord, steps: list[StepRecord]) -> WorkflowRun:
     """One entry per step execution (its latest attempt), in the order they started."""
+    latest = latest_attempts(steps).values()
     return WorkflowRun(
         run_id=run.run_id,
         workflow_id=run.workflow_id,
@@ -21,7 +23,12 @@ def run_document(run: RunRecord, steps: list[StepRecord]) -> WorkflowRun:
         started_at=run.started_at,
         finished_at=run.finished_at,
         usage=Usage(**(run.usage or {})),
-        steps=[_step(r) for r in latest_attempts(steps).values()],
+        steps=[_step(r) for r in latest],
+        approvals=[
+            PendingApproval(step_key=r.key, **r.approval)
+            for r in latest
+            if r.status == StepStatus.waiting and r.approval
+        ],
     )
 
 

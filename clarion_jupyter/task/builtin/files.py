@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import difflib
 import os
 import re
 import secrets
@@ -105,6 +106,8 @@ class FileChange(BaseModel):
     action: Literal["create", "modify", "delete"]
     path: str = Field(min_length=1)
     new_content: str | None = None
+    original_content: str | None = None
+    """What the agent saw (v2 sent it along): when the file no longer has it, the change set is refused."""
 
     @model_validator(mode="after")
     def _content_when_needed(self) -> FileChange:
@@ -208,7 +211,21 @@ def _plan_content(config: FileWriteConfig, workspace: Workspace) -> list[_Planne
 
 
 def _plan_changes(changes: list[FileChange], workspace: Workspace) -> list[_Planned]:
-    return [_plan(workspace, c.path, c.action, c.action != "create", _fixed(c.new_content)) for c in changes]
+    return [_plan(workspace, c.path, c.action, c.action != "create", _unchanged_since(c)) for c in changes]
+
+
+def _unchanged_since(change: FileChange) -> NewText:
+    """The change's new text, provided the file still has the content the change was made from."""
+
+    def new_text(target: Path, rel: str) -> str | None:
+        if change.original_content is not None and change.action != "create":
+            current = _read_text(target, rel)
+            if current != change.original_content:
+                message = f"conflict: '{rel}' changed since the change was proposed; nothing was written"
+                raise TaskFailed(message, details={"path": rel, "conflict": True}, retryable=False)
+        return change.new_content
+
+    return new_text
 
 
 # --------------------------------------------------------------------------- patches
@@ -404,7 +421,8 @@ def _commit(plans: list[_Planned]) -> None:
         raise
 
 
-def _write_files(config: FileWriteConfig, workspace: Workspace) -> dict[str, Any]:
+def _planned(config: FileWriteConfig, workspace: Workspace) -> list[_Planned]:
+    """Every file's new state, every precondition checked, nothing written yet."""
     if config.changes is not None:
         plans = _plan_changes(config.changes, workspace)
     elif config.patch is not None:
@@ -412,8 +430,28 @@ def _write_files(config: FileWriteConfig, workspace: Workspace) -> dict[str, Any
     else:
         plans = _plan_content(config, workspace)
     _check_unique(plans)
+    return plans
+
+
+def _write_files(config: FileWriteConfig, workspace: Workspace) -> dict[str, Any]:
+    plans = _planned(config, workspace)
     _commit(plans)
     return {"written": [plan.report() for plan in plans]}
+
+
+def _diff_files(config: FileWriteConfig, workspace: Workspace) -> dict[str, Any]:
+    """The unified diff of every planned change against the file as it is now."""
+    files = []
+    for plan in _planned(config, workspace):
+        exists = plan.target.exists()
+        old = plan.target.read_bytes().decode("utf-8", errors="replace") if exists else ""
+        new = "" if plan.data is None else plan.data.decode("utf-8")
+        action = "delete" if plan.data is None else "modify" if exists else "create"
+        before = f"a/{plan.rel}" if exists else "/dev/null"
+        after = "/dev/null" if plan.data is None else f"b/{plan.rel}"
+        lines = difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True), before, after)
+        files.append({"path": plan.rel, "action": action, "diff": "".join(lines)})
+    return {"kind": "diff", "files": files, "diff": "".join(f["diff"] for f in files)}
 
 
 class FileWriteTask(Task):
@@ -430,3 +468,6 @@ class FileWriteTask(Task):
 
     async def run(self, config: FileWriteConfig, ctx: TaskContext) -> dict[str, Any]:
         return await asyncio.to_thread(_write_files, config, ctx.workspace)
+
+    async def preview(self, config: FileWriteConfig, ctx: TaskContext) -> dict[str, Any]:
+        return await asyncio.to_thread(_diff_files, config, ctx.workspace)

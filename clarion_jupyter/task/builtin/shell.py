@@ -143,6 +143,16 @@ class ShellTask(Task):
         "A non-zero exit fails the step unless `allow_failure`."
     )
 
+    async def preview(self, config: ShellConfig, ctx: TaskContext) -> dict[str, Any]:
+        """The command and where it would run (environment values are not shown: they may be secrets)."""
+        cwd = await asyncio.to_thread(_resolve_cwd, ctx.workspace, config.cwd)
+        return {
+            "kind": "command",
+            "command": config.command,
+            "cwd": ctx.workspace.relative(Path(cwd)),
+            "env": sorted(config.env or {}),
+        }
+
     async def run(self, config: ShellConfig, ctx: TaskContext) -> dict[str, Any]:
         _require_shell_allowed(ctx.settings)
         cwd = await asyncio.to_thread(_resolve_cwd, ctx.workspace, config.cwd)
