@@ -188,10 +188,24 @@ function StepPanel({ step, model }: { step: StepRun; model: RunModel }): JSX.Ele
         {step.key} <StatusBadge status={step.status} />
       </h3>
       <dl className="clarion-Facts">
-        <dt>Started</dt>
-        <dd>{formatTime(step.started_at)}</dd>
-        <dt>Duration</dt>
-        <dd>{formatDuration(step.duration_ms)}</dd>
+        {step.started_at && (
+          <>
+            <dt>Started</dt>
+            <dd>{formatTime(step.started_at)}</dd>
+          </>
+        )}
+        {step.duration_ms !== null && (
+          <>
+            <dt>Duration</dt>
+            <dd>{formatDuration(step.duration_ms)}</dd>
+          </>
+        )}
+        {step.attempt > 0 && (
+          <>
+            <dt>Attempt</dt>
+            <dd>{step.attempt}</dd>
+          </>
+        )}
         {step.usage && (
           <>
             <dt>Tokens</dt>

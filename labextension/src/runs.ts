@@ -26,7 +26,7 @@ export class RunsModel {
   private _filter: RunsFilter = {};
   private _loading = false;
   private _error: string | null = null;
-  private _pending = new Set<string>();
+  private _pending = new Map<string, ClarionEvent[]>();
   private _generation = 0;
   private _changed = new Signal<this, void>(this);
 
@@ -169,27 +169,34 @@ export class RunsModel {
     return this._byId.get(run.run_id) !== run;
   }
 
-  /** A run not shown yet: fetched once (its document has the names and times events lack). */
+  /**
+   * A run not shown yet: its document (names, inputs, creation time), with its state rebuilt
+   * from its stored events, since the document does not say which event it reflects. Events
+   * that arrive meanwhile are applied after (those already stored are skipped by seq).
+   */
   private _discover(event: ClarionEvent): void {
-    if (this._pending.has(event.run_id)) {
+    const buffered = this._pending.get(event.run_id);
+    if (buffered) {
+      buffered.push(event);
       return;
     }
     const oldest = this._runs[this._runs.length - 1];
     if (this.hasMore && oldest && event.run_id < oldest.run_id) {
       return; // older than what is loaded: paging will bring it
     }
-    if (event.type === EventType.llm_token) {
-      return; // tokens of an unknown run: its next transition brings it
-    }
-    this._pending.add(event.run_id);
+    const queue = [event];
+    this._pending.set(event.run_id, queue);
     const generation = this._generation;
-    this.api
-      .getRun(event.run_id)
-      .then(run => {
+    Promise.all([this.api.getRun(event.run_id), this.api.events(event.run_id, 0)])
+      .then(([doc, events]) => {
+        let run: WorkflowRun = { ...doc, status: RunStatus.queued, last_seq: 0, steps: [], approvals: [] };
+        for (const stored of events.concat(queue)) {
+          run = reduceRun(run, stored);
+        }
         if (generation !== this._generation || this._byId.has(run.run_id) || !this.matches(run)) {
           return;
         }
-        this._insert({ ...run, steps: [] });
+        this._insert(run);
       })
       .catch(() => undefined)
       .finally(() => this._pending.delete(event.run_id));

@@ -34,11 +34,20 @@ function Sidebar({ controller, actions }: { controller: ClarionController; actio
       </div>
     );
   }
+  /** Workflows and agents have no events: showing their tab reads them again. */
+  const select = (id: Tab): void => {
+    setTab(id);
+    if (id === 'workflows') {
+      void controller.reloadWorkflows();
+    } else if (id === 'agents') {
+      void controller.reloadAgents();
+    }
+  };
   const onTabKey = (event: React.KeyboardEvent, index: number): void => {
     const delta = event.key === 'ArrowRight' ? 1 : event.key === 'ArrowLeft' ? -1 : 0;
     if (delta) {
       const next = (index + delta + TABS.length) % TABS.length;
-      setTab(TABS[next][0]);
+      select(TABS[next][0]);
       tabs.current[next]?.focus();
     }
   };
@@ -62,7 +71,7 @@ function Sidebar({ controller, actions }: { controller: ClarionController; actio
             aria-controls={`clarion-panel-${id}`}
             tabIndex={tab === id ? 0 : -1}
             className={`clarion-Tab${tab === id ? ' clarion-mod-active' : ''}`}
-            onClick={() => setTab(id)}
+            onClick={() => select(id)}
             onKeyDown={e => onTabKey(e, index)}
           >
             {label}

@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,43 @@ from clarion_jupyter.testing.browser import lab_server
 from clarion_jupyter.testing.server import JupyterServerProcess
 
 SCREENSHOTS = Path(__file__).with_name("screenshots")
-SIDEBAR_TAB = "li.lm-TabBar-tab[data-id='clarion-sidebar']"
 
 
-def api(server: JupyterServerProcess, method: str, path: str, body: Any = None, *, yaml: str | None = None) -> Any:
+@dataclass
+class Lab:
+    """A JupyterLab process as the browser sees it: ``url`` includes the server's ``base_url``."""
+
+    server: JupyterServerProcess
+    base_url: str = "/"
+
+    @property
+    def url(self) -> str:
+        return self.server.url.rstrip("/") + self.base_url
+
+    @property
+    def token(self) -> str:
+        return self.server.token
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.server.headers
+
+    @property
+    def root(self) -> Path:
+        return self.server.root
+
+    def log_tail(self) -> str:
+        return self.server.log_tail()
+
+
+def start_lab(workdir: Path, base_url: str = "/", **kwargs: Any) -> Lab:
+    server = lab_server(workdir, server={"base_url": base_url}, **kwargs).start()
+    lab = Lab(server, base_url)
+    wait_until_up(lab)
+    return lab
+
+
+def api(server: Lab, method: str, path: str, body: Any = None, *, yaml: str | None = None) -> Any:
     """A blocking call to the v3 API (tests seed and inspect state with it, beside the browser)."""
     data = yaml.encode() if yaml is not None else None if body is None else json.dumps(body).encode()
     headers = {**server.headers, "Content-Type": "application/yaml" if yaml is not None else "application/json"}
@@ -34,10 +68,11 @@ def api(server: JupyterServerProcess, method: str, path: str, body: Any = None, 
     return json.loads(text) if text else None
 
 
-def wait_until_up(server: JupyterServerProcess, path: str = "api/v3/health", timeout: float = 90) -> None:
+def wait_until_up(server: Lab, path: str = "api/v3/health", timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if server.process is None or server.process.poll() is not None:
+        process = server.server.process
+        if process is None or process.poll() is not None:
             raise RuntimeError(f"the server exited:\n{server.log_tail()}")
         try:
             request = urllib.request.Request(f"{server.url}{path}", headers=server.headers)
@@ -48,7 +83,7 @@ def wait_until_up(server: JupyterServerProcess, path: str = "api/v3/health", tim
     raise RuntimeError(f"the server did not come up in {timeout} s:\n{server.log_tail()}")
 
 
-def wait_for_run(server: JupyterServerProcess, run_id: str, statuses: set[str], timeout: float = 60) -> dict:
+def wait_for_run(server: Lab, run_id: str, statuses: set[str], timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run = api(server, "GET", f"runs/{run_id}")
@@ -59,11 +94,13 @@ def wait_for_run(server: JupyterServerProcess, run_id: str, statuses: set[str], 
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServerProcess]:
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """One JupyterLab for the module's tests (each test seeds what it needs under its own ids)."""
-    with lab_server(tmp_path_factory.mktemp("lab"), clarion={"workers": 4}) as server:
-        wait_until_up(server)
-        yield server
+    lab = start_lab(tmp_path_factory.mktemp("lab"), clarion={"workers": 4})
+    try:
+        yield lab
+    finally:
+        lab.server.stop()
 
 
 class Shots:

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from clarion_jupyter.testing.browser import open_lab
-from clarion_jupyter.testing.server import JupyterServerProcess
 
 SIDEBAR_TAB = "li.lm-TabBar-tab[data-id='clarion-sidebar']"
 SIDEBAR = "#clarion-sidebar"
 
 
-async def open_sidebar(browser: Any, server: JupyterServerProcess, tab: str = "Runs") -> Any:
+async def open_sidebar(browser: Any, server: Any, tab: str = "Runs") -> Any:
     """JupyterLab with the Clarion sidebar open on ``tab``, its live socket connected."""
     page = await open_lab(browser, server)
     await page.wait_for_selector(SIDEBAR_TAB)
@@ -37,3 +36,23 @@ async def wait_status(page: Any, selector: str, status: str, timeout: float = 30
 
 def console_errors(page: Any) -> list[str]:
     return list(page.console_errors)
+
+
+async def select_in_file_browser(page: Any, *path: str) -> None:
+    """Opens the file browser and selects ``path`` (folders are entered by double-click)."""
+    tab = "li.lm-TabBar-tab[data-id='filebrowser']"
+    if "lm-mod-current" not in (await page.get_attribute(tab, "class") or ""):
+        await page.click(tab)
+    await page.click(".jp-BreadCrumbs-home")
+    for folder in path[:-1]:
+        await page.dblclick(f".jp-DirListing-item[data-isdir='true'] .jp-DirListing-itemText:text-is('{folder}')")
+    item = f".jp-DirListing-item .jp-DirListing-itemText:text-is('{path[-1]}')"
+    await page.wait_for_selector(item)
+    await page.click(item)
+    await page.wait_for_selector(f".jp-DirListing-item.jp-mod-selected .jp-DirListing-itemText:text-is('{path[-1]}')")
+
+
+async def show_sidebar(page: Any, tab: str) -> None:
+    if "lm-mod-current" not in (await page.get_attribute(SIDEBAR_TAB, "class") or ""):
+        await page.click(SIDEBAR_TAB)
+    await show_tab(page, tab)

@@ -10,7 +10,8 @@ import yaml
 from clarion_jupyter.testing.browser import chromium
 
 from .conftest import api, wait_for_run
-from .pages import SIDEBAR, console_errors, open_sidebar, run_detail, show_tab, wait_status
+from .flows import run_agent_and_apply
+from .pages import SIDEBAR, SIDEBAR_TAB, console_errors, open_sidebar, run_detail, show_tab, wait_status
 
 TOUR = """\
 id: tour
@@ -195,4 +196,76 @@ async def test_the_runs_list_is_used_with_the_keyboard(lab, shots) -> None:
         await page.wait_for_selector(run_detail(first))
         await page.keyboard.press("Tab")
         await shots(page, "opened")
+        assert console_errors(page) == []
+
+
+REVIEWED = {
+    "id": "reviewed",
+    "name": "Reviewed notes",
+    "steps": [
+        {
+            "id": "write",
+            "task": "file_write",
+            "approval": {"message": "Write the release notes?"},
+            "with": {"path": "notes/release.md", "content": "# Release\n\n- reviewed by a person\n"},
+        }
+    ],
+}
+
+
+async def test_a_waiting_run_is_counted_on_the_icon_reviewed_as_a_diff_and_approved(lab, shots) -> None:
+    save(lab, REVIEWED)
+    async with chromium() as browser:
+        page = await open_sidebar(browser, lab)
+        run_id = api(lab, "POST", "workflows/reviewed/run", {})["run_id"]
+        await page.wait_for_selector(f"{SIDEBAR_TAB}[data-waiting]")
+        assert int(await page.get_attribute(SIDEBAR_TAB, "data-waiting")) >= 1
+        await page.select_option(f"{SIDEBAR} select[aria-label='Filter by status']", "waiting")
+        row = f"{SIDEBAR} .clarion-RunRow[data-run-id='{run_id}']"
+        await wait_status(page, row, "waiting")
+        await shots(page, "badge-and-waiting-filter")
+
+        await page.click(row)
+        card = f"{run_detail(run_id)} [data-approval='write']"
+        await page.wait_for_selector(card)
+        text = await page.inner_text(card)
+        assert "Write the release notes?" in text
+        assert "notes/release.md" in text and "create" in text
+        assert "+- reviewed by a person" in text
+        await shots(page, "diff-to-review")
+
+        await page.click(f"{card} button:has-text('Approve')")
+        await wait_status(page, run_detail(run_id), "succeeded")
+        await shots(page, "approved")
+        assert (lab.root / "notes" / "release.md").read_text() == "# Release\n\n- reviewed by a person\n"
+        assert console_errors(page) == []
+
+
+async def test_a_rejected_step_keeps_the_reviewers_comment_and_writes_nothing(lab, shots) -> None:
+    doc = {
+        **REVIEWED,
+        "id": "reviewed-reject",
+        "steps": [{**REVIEWED["steps"][0], "with": {"path": "rejected.md", "content": "no"}}],
+    }
+    save(lab, doc)
+    run_id = api(lab, "POST", "workflows/reviewed-reject/run", {})["run_id"]
+    wait_for_run(lab, run_id, {"waiting"})
+    async with chromium() as browser:
+        page = await open_sidebar(browser, lab)
+        await page.click(f"{SIDEBAR} .clarion-RunRow[data-run-id='{run_id}']")
+        card = f"{run_detail(run_id)} [data-approval='write']"
+        await page.fill(f"{card} input[aria-label='Comment']", "not in this release")
+        await page.click(f"{card} button:has-text('Reject')")
+        await page.wait_for_selector(f"{run_detail(run_id)}:not([data-status='waiting'])")
+        await page.click(f"{run_detail(run_id)} .clarion-Node[data-step='write']")
+        assert "not in this release" in await page.inner_text(f"{run_detail(run_id)} [data-step-panel='write']")
+        await shots(page, "rejected")
+        assert not (lab.root / "rejected.md").exists()
+        assert console_errors(page) == []
+
+
+async def test_an_agent_runs_on_the_file_selected_in_the_file_browser_and_its_diff_is_applied(lab, shots) -> None:
+    async with chromium() as browser:
+        page = await open_sidebar(browser, lab)
+        await run_agent_and_apply(page, lab, shots)
         assert console_errors(page) == []

@@ -20,6 +20,7 @@ function serverWith(runs: WorkflowRun[]): FakeServer {
     const next = start + limit < matching.length ? String(start + limit) : null;
     return { json: { runs: page, next_cursor: next } };
   });
+  server.on('GET', /\/api\/v3\/runs\/[0-9a-f]+\/events$/, () => ({ json: { events: [] } }));
   server.on('GET', /\/api\/v3\/runs\/[0-9a-f]+$/, request => {
     const runId = new URL(request.url).pathname.split('/').pop();
     const run = runs.find(r => r.run_id === runId);
@@ -57,6 +58,22 @@ describe('RunsModel', () => {
     expect(model.runs.map(r => r.run_id)).toEqual([id(3), id(2), id(1)]);
     expect(model.runs[0].workflow_name).toBe('Fresh');
     expect(server.requests.filter(r => new URL(r.url).pathname.endsWith(`/runs/${id(3)}`))).toHaveLength(1);
+  });
+
+  it('a new run’s state comes from its stored events, and events during the fetch are not lost', async () => {
+    const runs = [runDoc(id(1))];
+    const server = serverWith(runs);
+    const model = new RunsModel(new ClarionApi(server.settings()));
+    await model.reload();
+    runs.push(runDoc(id(2), { status: RunStatus.queued }));
+    const stored = [event(id(2), 1, EventType.run_queued), event(id(2), 2, EventType.run_started)];
+    server.on('GET', /\/runs\/0+2\/events$/, () => ({ json: { events: stored } }));
+    model.apply(stored[0]);
+    model.apply(stored[1]);
+    model.apply(event(id(2), 3, EventType.step_started, 'a', { attempt: 1 }));
+    await flush();
+    await flush();
+    expect(model.runs[0]).toMatchObject({ run_id: id(2), status: RunStatus.running, last_seq: 3 });
   });
 
   it('updates a shown run’s status as its events arrive', async () => {
