@@ -6,7 +6,7 @@
 import * as React from 'react';
 
 import { ErrorMessage, StatusBadge, formatCost, formatDuration, formatTime, runDuration, useSignal } from './common';
-import { RunStatus, WorkflowDocument, WorkflowRun } from './protocol';
+import { RunStatus, StepStatus, TERMINAL_RUN, WorkflowDocument, WorkflowRun } from './protocol';
 import { RunsModel } from './runs';
 
 export const ROW_HEIGHT = 48;
@@ -176,9 +176,14 @@ const RunRow = React.memo(function RunRow({
   onOpen: (runId: string) => void;
   onFocus: () => void;
 }): JSX.Element {
+  // Steps seen live (a run loaded from a page has none): what an active run is doing now.
+  const done = run.steps.filter(s => s.status === StepStatus.succeeded).length;
+  const current = run.steps.filter(s => s.status === StepStatus.running || s.status === StepStatus.waiting).pop();
+  const active = !TERMINAL_RUN.has(run.status);
   return (
     <div
       className="clarion-RunRow"
+      data-steps-done={done}
       role="option"
       aria-selected={false}
       tabIndex={tabIndex}
@@ -192,6 +197,13 @@ const RunRow = React.memo(function RunRow({
       <div className="clarion-RunRowMain">
         <StatusBadge status={run.status} />
         <span className="clarion-RunName">{run.workflow_name || run.workflow_id}</span>
+        {active && (current || done > 0) && (
+          <span className="clarion-RunProgress clarion-Muted">
+            {current ? `${current.key} ${current.status}` : ''}
+            {current && done ? ' · ' : ''}
+            {done ? `${done} done` : ''}
+          </span>
+        )}
       </div>
       <div className="clarion-RunRowMeta">
         <span>{formatTime(run.started_at ?? run.created_at)}</span>

@@ -29,7 +29,9 @@ function Sidebar({ controller, actions }: { controller: ClarionController; actio
   if (controller.fatal) {
     return (
       <div className="clarion-Sidebar">
-        <h2 className="clarion-Title">Clarion</h2>
+        <div className="clarion-SidebarHead">
+          <h2 className="clarion-Title">Clarion</h2>
+        </div>
         <ErrorMessage message={controller.fatal} onRetry={() => void controller.start()} />
       </div>
     );
@@ -60,6 +62,11 @@ function Sidebar({ controller, actions }: { controller: ClarionController; actio
           {controller.connection === 'open' ? 'live' : controller.connection}
         </span>
       </div>
+      {controller.connection === 'reconnecting' && (
+        <div className="clarion-Notice" role="status">
+          Lost the connection to the server: reconnecting, then catching up on what happened meanwhile.
+        </div>
+      )}
       <div className="clarion-Tabs" role="tablist" aria-label="Clarion">
         {TABS.map(([id, label], index) => (
           <button
