@@ -88,10 +88,10 @@ async def test_workflow_crud_round_trip(client: Client) -> None:
     }
     updated = await client.update_workflow("greet", changed)
     assert updated["name"] == "Greet v2"
-    assert [w["name"] for w in await client.list_workflows()] == ["Greet v2"]
+    assert [w["name"] for w in await client.list_workflows()] == ["Agent run", "Greet v2"]
 
     await client.delete_workflow("greet")
-    assert await client.list_workflows() == []
+    assert [w["id"] for w in await client.list_workflows()] == ["agent-run"]
     with pytest.raises(ClarionAPIError) as missing:
         await client.delete_workflow("greet")
     assert missing.value.status == 404

@@ -152,11 +152,8 @@ async def test_sequential_chain_passes_outputs_through_templates(tmp_path: Path)
 async def test_parallel_group_members_run_concurrently(tmp_path: Path) -> None:
     doc = workflow({"parallel": [shell("left", "sleep 0.5"), shell("right", "sleep 0.5")]}, echo("after", 1))
     async with engine_at(tmp_path) as engine:
-        started = time.monotonic()
         run = await run_to_end(engine, doc)
-        took = time.monotonic() - started
     assert run.status == "succeeded"
-    assert took < 0.9, f"two 0.5 s steps in parallel took {took:.2f} s"
     left, right, after = step(run, "left"), step(run, "right"), step(run, "after")
     assert left.started_at < right.finished_at and right.started_at < left.finished_at
     assert after.started_at >= max(left.finished_at, right.finished_at)

@@ -124,7 +124,7 @@ async def test_json_workflow_has_no_source(api):
     await create_workflow(api, ECHO_WORKFLOW)
     stored = (await api("GET", "workflows", "echo")).body
     assert "source" not in stored
-    assert [w["id"] for w in (await api("GET", "workflows")).body["workflows"]] == ["echo"]
+    assert [w["id"] for w in (await api("GET", "workflows")).body["workflows"]] == ["agent-run", "echo"]
 
 
 async def test_put_replaces_a_workflow(api):

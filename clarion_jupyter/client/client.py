@@ -215,6 +215,26 @@ class Client:
         """Ask the server to cancel a run; it ends shortly after with ``workflow_cancelled``."""
         return await self._request("POST", _path("api/v3/runs", run_id, "cancel"))
 
+    async def run_agent(
+        self,
+        agent_id: str,
+        prompt: str,
+        *,
+        files: list[str] | None = None,
+        variables: JsonDoc | None = None,
+        apply: str = "review",
+    ) -> str:
+        """Start an agent run; its run id (the run's ``apply`` step waits for approval when ``review``)."""
+        body = {"prompt": prompt, "files": files or [], "variables": dict(variables or {}), "apply": apply}
+        return (await self._request("POST", _path("api/v3/agents", agent_id, "run"), body=body))["run_id"]
+
+    async def prompt_agent(
+        self, agent_id: str, prompt: str, *, files: list[str] | None = None, variables: JsonDoc | None = None
+    ) -> dict[str, Any]:
+        """The exact messages an agent run would send and their token count, without calling the model."""
+        body = {"prompt": prompt, "files": files or [], "variables": dict(variables or {})}
+        return await self._request("POST", _path("api/v3/agents", agent_id, "prompt"), body=body)
+
     async def approve(self, run_id: str, step_key: str, comment: str | None = None) -> dict[str, Any]:
         """Let a ``waiting`` step run (409 ``conflict`` when it is not waiting)."""
         return await self._decide(run_id, step_key, "approve", comment)

@@ -12,6 +12,7 @@ key they rejected.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sys
@@ -71,6 +72,10 @@ class LLMProvider(Protocol):
         """Release what the provider holds on the running event loop, before the loop closes."""
         ...
 
+    async def count_tokens(self, request: LLMRequest) -> int:
+        """Prompt tokens of ``request``'s messages for its model (the model's tokenizer, when known)."""
+        ...
+
 
 class LiteLLMProvider:
     """The default provider: every model litellm supports, through ``litellm.acompletion``."""
@@ -103,6 +108,14 @@ class LiteLLMProvider:
             return
         await GLOBAL_LOGGING_WORKER.flush()
         await GLOBAL_LOGGING_WORKER.stop()
+
+    async def count_tokens(self, request: LLMRequest) -> int:
+        """Counted in a thread: the first count imports litellm (seconds) and loads a tokenizer."""
+
+        def count() -> int:
+            return int(_litellm().token_counter(model=request.model, messages=request.messages))
+
+        return await asyncio.to_thread(count)
 
 
 def read_api_key(env_name: str | None) -> str | None:

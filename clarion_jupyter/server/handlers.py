@@ -17,6 +17,7 @@ from ..agent.models import Agent
 from ..core.errors import BadRequest, NotFound, Problem, ValidationFailed
 from ..core.protocol import RunStatus
 from ..storage.records import StoredDocument, isoformat
+from ..workflow.agent_run import AgentRunRequest
 from .base import DOCUMENT_TYPES, YAML_TYPES, ClarionHandler
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
@@ -138,6 +139,27 @@ class AgentImportHandler(ClarionHandler):
             problems = [Problem(loc=e.source, message=e.message) for e in report.errors]
             raise ValidationFailed(problems, what="agent document")
         self.reply(report.as_dict(), 201)
+
+
+class AgentRunHandler(ClarionHandler):
+    """An agent run (v2's main action) starts at once (202); follow it like any run."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, agent_id: str) -> None:
+        request = self.body_model(AgentRunRequest, "agent run")
+        run_id = await (await self.engine()).run_agent(agent_id, request)
+        self.reply({"run_id": run_id, "status": RunStatus.queued.value}, 202, self.api_url("runs", run_id))
+
+
+class AgentPromptHandler(ClarionHandler):
+    """The exact messages an agent run would send, with their token count; no model is called."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, agent_id: str) -> None:
+        request = self.body_model(AgentRunRequest, "agent prompt")
+        self.reply(await (await self.engine()).prompt_agent(agent_id, request))
 
 
 class WorkflowRunHandler(ClarionHandler):
@@ -262,6 +284,8 @@ default_handlers: list[tuple[str, type[ClarionHandler]]] = [
     (r"/api/v3/agents", AgentsHandler),
     (r"/api/v3/agents/import", AgentImportHandler),
     (rf"/api/v3/agents/{_ID}", AgentHandler),
+    (rf"/api/v3/agents/{_ID}/run", AgentRunHandler),
+    (rf"/api/v3/agents/{_ID}/prompt", AgentPromptHandler),
     (r"/api/v3/workflows", WorkflowsHandler),
     (rf"/api/v3/workflows/{_ID}", WorkflowHandler),
     (rf"/api/v3/workflows/{_ID}/run", WorkflowRunHandler),

@@ -27,6 +27,8 @@ class Node:
     config: CompiledValue
     condition: CompiledValue | None
     for_each: CompiledValue | None
+    approval_if: CompiledValue | None
+    """When the step has ``approval:``: whether to ask (a condition evaluated like ``if``)."""
     waits_for: frozenset[str]
     """Steps that must be finished (any status) before this one starts."""
     data_deps: frozenset[str]
@@ -143,11 +145,22 @@ def _compile_step(
         _compile_field(step.if_, step.id, "if", ids, workflow, problems, in_map) if step.if_ is not None else None
     )
     for_each = _compile_field(step.for_each, step.id, "for_each", ids, workflow, problems, False) if in_map else None
+    approval_if = (
+        _compile_field(step.approval.if_, step.id, "approval.if", ids, workflow, problems, in_map)
+        if step.approval is not None
+        else None
+    )
     if task is not None:
         _check_config(step, task, problems, templated=config is None or not config.constant)
-    if task is None or config is None or (step.if_ is not None and condition is None) or (in_map and for_each is None):
+    if (
+        task is None
+        or config is None
+        or (step.if_ is not None and condition is None)
+        or (in_map and for_each is None)
+        or (step.approval is not None and approval_if is None)
+    ):
         return None
-    refs = [c.refs for c in (config, condition, for_each) if c is not None]
+    refs = [c.refs for c in (config, condition, for_each, approval_if) if c is not None]
     read = frozenset().union(*(r.steps for r in refs)) - {step.id}
     outputs_read = frozenset().union(*(r.outputs for r in refs)) - {step.id}
     needs = frozenset(n for n in step.needs or [] if n in ids and n != step.id)
@@ -158,6 +171,7 @@ def _compile_step(
         config=config,
         condition=condition,
         for_each=for_each,
+        approval_if=approval_if,
         waits_for=waits_for,
         data_deps=needs | outputs_read,
     )

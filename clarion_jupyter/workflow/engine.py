@@ -19,18 +19,20 @@ from ..agent.service import AgentService
 from ..core.errors import Conflict, NotFound, Problem, ValidationFailed
 from ..core.ids import new_run_id
 from ..core.protocol import EventType, RunStatus
-from ..core.workspace import Workspace
+from ..core.workspace import PathOutsideWorkspace, Workspace
 from ..storage.database import Database, default_db_path
 from ..storage.duckdb_store import DuckDBDocumentStore, DuckDBRunStore
 from ..storage.protocols import ActiveRun
 from ..storage.records import Event, RunRecord, utcnow
 from ..storage.writer import GroupCommitWriter
-from ..task.base import TaskSettings
+from ..task.base import TaskFailed, TaskSettings
+from ..task.builtin.llm_call import LLMCallConfig, LLMCallTask, prepare_request
 from ..task.preview import Previewer
 from ..task.queue import Queue
 from ..task.queues import make_queue
 from ..task.registry import TaskRegistry
 from ..task.worker import Worker
+from .agent_run import AGENT_RUN_WORKFLOW, AGENT_RUN_WORKFLOW_ID, AgentRunRequest
 from .bus import EventBus
 from .compiler import Plan, compile_workflow
 from .executor import RunExecutor
@@ -116,6 +118,7 @@ class Engine:
             await self._worker.start()
         self._router = asyncio.create_task(self._route_results(), name="clarion-results")
         self.started = True
+        await self._install_agent_run()
         self.resumed = await self.resume()
         if self.resumed:
             log.info("resumed %d interrupted run(s)", len(self.resumed))
@@ -303,6 +306,58 @@ class Engine:
         await self._writer.flush()
         decision = "approve" if approve else "reject"
         return {"run_id": run_id, "step_key": step_key, "decision": decision, "by": by, "comment": comment}
+
+    # -- agent runs ----------------------------------------------------------------
+
+    async def run_agent(self, agent_id: str, request: AgentRunRequest) -> str:
+        """Start an agent run (the built-in ``agent-run`` workflow); its id once durably queued.
+
+        What can be checked before the model is called is: the agent, its required user
+        variables and the chosen files, so a typo costs no tokens and names its field."""
+        agent = await self.agents.get(agent_id)
+        problems = [
+            Problem(loc=f"variables.{v.name}", message=f"required by agent '{agent_id}'", field=f"variables.{v.name}")
+            for v in agent.user_variables
+            if v.required and v.name not in request.variables
+        ]
+        problems += await asyncio.to_thread(self._unreadable, request.files)
+        if problems:
+            raise ValidationFailed(problems, what="agent run")
+        await self._install_agent_run()
+        return await self.submit_saved(AGENT_RUN_WORKFLOW_ID, request.inputs(agent_id))
+
+    async def prompt_agent(self, agent_id: str, request: AgentRunRequest) -> dict[str, Any]:
+        """The exact messages an agent run would send, and their token count; no model call."""
+        agent = await self.agents.get(agent_id)
+        config = LLMCallConfig(agent=agent_id, prompt=request.prompt, variables=request.variables, files=request.files)
+        try:
+            prepared = await prepare_request(agent, config, self.workspace)
+        except TaskFailed as exc:
+            raise ValidationFailed([Problem(loc="request", message=exc.message)], what="agent prompt") from None
+        return {
+            "agent_id": agent_id,
+            "model": prepared.model,
+            "messages": prepared.messages,
+            "response_format": prepared.response_format,
+            "parameters": prepared.parameters,
+            "tokens": await LLMCallTask.provider.count_tokens(prepared),
+        }
+
+    def _unreadable(self, files: list[str]) -> list[Problem]:
+        problems = []
+        for index, path in enumerate(files):
+            try:
+                found = self.workspace.resolve(path).is_file()
+            except PathOutsideWorkspace:
+                problems.append(Problem(loc=f"files.{index}", message=f"'{path}' is outside the workspace", field=f"files.{index}"))  # fmt: skip
+                continue
+            if not found:
+                problems.append(Problem(loc=f"files.{index}", message=f"no file '{path}' in the workspace", field=f"files.{index}"))  # fmt: skip
+        return problems
+
+    async def _install_agent_run(self) -> None:
+        if all(self.registry.get(task) for task in ("llm_call", "file_write")):
+            await self.workflows.install(AGENT_RUN_WORKFLOW)
 
     async def get_run(self, run_id: str) -> WorkflowRun:
         view = self._views.document(run_id)

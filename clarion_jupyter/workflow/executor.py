@@ -336,10 +336,10 @@ class RunExecutor:
         job = Job(
             self.run.run_id, execution.key, node.id, attempt, node.step.task, config, node.step.timeout_s, resources
         )
-        if node.step.approval is not None and not execution.approved:
-            if still_waiting:
-                self._hold(execution, job)
-                return []
+        if still_waiting:
+            self._hold(execution, job)
+            return []
+        if not execution.approved and self._asks_approval(node, context):
             return await self._request_approval(execution, job)
         execution.record = self._record(execution.key, node.id, execution.item_index, attempt, StepStatus.running)
         await self._start(execution, job)
@@ -354,6 +354,16 @@ class RunExecutor:
         await self._queue.put(job)
 
     # -- approvals -----------------------------------------------------------------
+
+    @staticmethod
+    def _asks_approval(node: Node, context: dict[str, Any]) -> bool:
+        """A condition that cannot be evaluated asks: when in doubt, a person looks."""
+        if node.approval_if is None:
+            return False
+        try:
+            return truthy(node.approval_if.render(context))
+        except TemplateError:
+            return True
 
     async def _request_approval(self, execution: _Execution, job: Job) -> list[str]:
         """Build the preview, record the attempt as waiting and ask; no worker slot is taken."""

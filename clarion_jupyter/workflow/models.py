@@ -82,6 +82,7 @@ class RetryPolicy(_Strict):
 class ApprovalPolicy(_Strict):
     """A person reviews what the step is about to do (its preview) before it runs."""
 
+    if_: str | bool = Field(True, alias="if", description="Ask only when this condition (a template) is true.")
     message: str | None = Field(None, max_length=2000, description="Shown to the person deciding.")
     timeout_s: float | None = Field(None, gt=0, description="No decision within this time rejects.")
     on_reject: Literal["fail", "skip"] = Field("fail", description="What a rejection does to the step.")

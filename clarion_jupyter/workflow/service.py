@@ -53,6 +53,16 @@ class WorkflowService:
         )
         return stored
 
+    async def install(self, doc: dict[str, Any]) -> None:
+        """Save a built-in workflow unless the store already has this very document."""
+        workflow = self.validate(doc)
+        stored = await self._store.get(workflow.id)
+        if stored is not None and stored.doc == workflow.to_document():
+            self._cache[workflow.id] = stored
+            return
+        save = self._store.create if stored is None else self._store.replace
+        self._cache[workflow.id] = await save(workflow.id, workflow.to_document(), None)
+
     async def delete(self, workflow_id: str) -> None:
         active = await self._runs.count_active(workflow_id)
         if active:

@@ -27,10 +27,11 @@ from pydantic import (
     model_validator,
 )
 
-from ...agent.context import gather_context, render_context
+from ...agent.context import ContextFile, gather_context, render_context
 from ...agent.models import Agent, refuse_api_key
 from ...core.protocol import EventType
 from ...core.sandbox import environment
+from ...core.workspace import PathOutsideWorkspace, Workspace
 from ...llm.provider import LiteLLMProvider, LLMProvider, LLMRequest, ProviderError
 from ..base import Task, TaskConfig, TaskContext, TaskFailed
 
@@ -58,6 +59,10 @@ class LLMCallConfig(TaskConfig):
     )
     stream: bool = Field(False, description="Stream the reply as llm_token events.")
     variables: dict[str, Any] = Field(default_factory=dict, description="Values of the agent's user variables.")
+    files: list[str] = Field(
+        default_factory=list,
+        description="Workspace files sent along, added to the agent's codebase context (chosen by hand).",
+    )
     model: str | None = Field(None, min_length=1, description="litellm model string overriding the agent's.")
     parameters: dict[str, Any] = Field(default_factory=dict, description="Merged over the agent's parameters.")
 
@@ -86,15 +91,7 @@ class LLMCallTask(Task):
         agent = _agent(ctx)
         schema = config.response_format or agent.output_schema
         validator = _schema_validator(schema) if schema is not None else None
-        request = LLMRequest(
-            model=config.model or agent.model,
-            messages=await _messages(agent, config, ctx),
-            parameters=agent.parameters | config.parameters,
-            api_base=agent.api_base,
-            api_key_env=agent.api_key_env,
-            response_format=_json_schema_format(schema) if schema is not None else None,
-            stream=config.stream,
-        )
+        request = await prepare_request(agent, config, ctx.workspace)
         tokens = TokenCoalescer(lambda text: ctx.emit(EventType.llm_token, {"text": text})) if config.stream else None
         try:
             result = await self.provider.complete(request, on_token=tokens)
@@ -161,17 +158,52 @@ def _agent(ctx: TaskContext) -> Agent:
         raise TaskFailed(f"invalid agent document: {exc}", retryable=False) from None
 
 
-async def _messages(agent: Agent, config: LLMCallConfig, ctx: TaskContext) -> list[dict[str, Any]]:
+async def prepare_request(agent: Agent, config: LLMCallConfig, workspace: Workspace) -> LLMRequest:
+    """The exact request the step sends: also what ``POST /api/v3/agents/{id}/prompt`` shows."""
+    schema = config.response_format or agent.output_schema
+    return LLMRequest(
+        model=config.model or agent.model,
+        messages=await _messages(agent, config, workspace),
+        parameters=agent.parameters | config.parameters,
+        api_base=agent.api_base,
+        api_key_env=agent.api_key_env,
+        response_format=_json_schema_format(schema) if schema is not None else None,
+        stream=config.stream,
+    )
+
+
+async def _messages(agent: Agent, config: LLMCallConfig, workspace: Workspace) -> list[dict[str, Any]]:
     """System prompt (+ codebase context), then the given conversation, then the prompt."""
     system = render_system_prompt(agent, config.variables)
-    if agent.context is not None:
-        section = render_context(await gather_context(agent.context, ctx.workspace))
-        system = "\n\n".join(part for part in (system, section) if part)
+    files = await gather_context(agent.context, workspace) if agent.context is not None else []
+    if config.files:
+        chosen = await asyncio.to_thread(_read_chosen, workspace, config.files)
+        selected = {f.path for f in files}
+        files = [*files, *(f for f in chosen if f.path not in selected)]
+    section = render_context(files)
+    system = "\n\n".join(part for part in (system, section) if part)
     messages = [{"role": "system", "content": system}] if system else []
     messages += [m.model_dump() for m in config.messages]
     if config.prompt is not None:
         messages.append({"role": "user", "content": config.prompt})
     return messages
+
+
+def _read_chosen(workspace: Workspace, paths: list[str]) -> list[ContextFile]:
+    """Files a person chose for this call: each must exist in the workspace and be text."""
+    chosen = []
+    for path in paths:
+        try:
+            target = workspace.resolve(path)
+            data = target.read_bytes()
+        except PathOutsideWorkspace as exc:
+            raise TaskFailed(str(exc), details={"path": path}, retryable=False) from None
+        except OSError as exc:
+            raise TaskFailed(f"cannot read '{path}': {exc.strerror}", details={"path": path}, retryable=False) from None
+        if b"\0" in data:
+            raise TaskFailed(f"'{path}' is a binary file", details={"path": path}, retryable=False)
+        chosen.append(ContextFile(path=workspace.relative(target), content=data.decode("utf-8", errors="replace")))
+    return chosen
 
 
 def render_system_prompt(agent: Agent, values: dict[str, Any]) -> str:

@@ -1,0 +1,73 @@
+"""Agent runs: Clarion v2's everyday action ("run this agent on this prompt with these files,
+then review and apply its file changes") as a run of one built-in, ordinary stored workflow.
+
+Step ``reply`` asks the agent (the files chosen by hand join its codebase context); when the
+reply holds file changes in the "File Operations" shape (``file_changes: [{action, path,
+new_content}]``), step ``apply`` writes them, all or nothing, after a person approved the
+diff when ``apply`` is ``review``. Because it is a stored workflow, its runs are listed,
+followed, approved and queried like any other run, in the sidebar, the notebook and REST.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+AGENT_RUN_WORKFLOW_ID = "agent-run"
+
+_FILE_CHANGES = "(steps.reply.output.get('json') or {}).get('file_changes') or []"
+AGENT_RUN_WORKFLOW: dict[str, Any] = {
+    "id": AGENT_RUN_WORKFLOW_ID,
+    "name": "Agent run",
+    "description": "Run an agent on a prompt and files, then review and apply the file changes it proposes.",
+    "inputs": {
+        "agent": {"type": "string", "description": "The agent's id."},
+        "prompt": {"type": "string", "description": "The task for the agent."},
+        "variables": {"type": "object", "default": {}, "description": "Values of the agent's user variables."},
+        "files": {"type": "array", "default": [], "description": "Workspace files sent with the prompt."},
+        "apply": {
+            "type": "string",
+            "default": "review",
+            "description": "review (approve the diff first), auto (apply at once) or never.",
+        },
+    },
+    "steps": [
+        {
+            "id": "reply",
+            "task": "llm_call",
+            "with": {
+                "agent": "{{ inputs.agent }}",
+                "prompt": "{{ inputs.prompt }}",
+                "variables": "{{ inputs.variables }}",
+                "files": "{{ inputs.files }}",
+            },
+        },
+        {
+            "id": "apply",
+            "task": "file_write",
+            "if": f"{{{{ inputs.apply != 'never' and ({_FILE_CHANGES}) | length > 0 }}}}",
+            "approval": {"if": "{{ inputs.apply == 'review' }}", "message": "Apply the agent's file changes?"},
+            "with": {"changes": f"{{{{ {_FILE_CHANGES} }}}}"},
+        },
+    ],
+    "outputs": {
+        "text": "{{ steps.reply.output.text }}",
+        "json": "{{ steps.reply.output.get('json') }}",
+        "applied": "{{ steps.apply.status == 'succeeded' }}",
+    },
+}
+
+
+class AgentRunRequest(BaseModel):
+    """The body of ``POST /api/v3/agents/{agent_id}/run`` and ``/prompt``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=1_000_000)
+    variables: dict[str, Any] = Field(default_factory=dict)
+    files: list[str] = Field(default_factory=list, max_length=1000)
+    apply: Literal["review", "auto", "never"] = "review"
+
+    def inputs(self, agent_id: str) -> dict[str, Any]:
+        return {"agent": agent_id, **self.model_dump()}
