@@ -186,8 +186,13 @@ function RunAgentForm({
       <div className="clarion-Field">
         <div className="clarion-FieldHead">
           <span>Files</span>
-          <button type="button" className="jp-mod-styled clarion-Small" onClick={() => setFiles(selectedFiles())}>
-            Use the file browser's selection
+          <button
+            type="button"
+            className="jp-mod-styled clarion-Small"
+            title="Take the files selected in the file browser now"
+            onClick={() => setFiles(selectedFiles())}
+          >
+            Use selection
           </button>
         </div>
         {files.length === 0 ? (

@@ -12,6 +12,9 @@ import { Lane, layoutGraph, laneStatus } from './graph';
 import { Approval, StepRun, WorkflowDocument, WorkflowRun } from './protocol';
 import { RunModel, isTerminal } from './run';
 
+/** The id of the built-in workflow behind `POST /api/v3/agents/{id}/run`. */
+export const AGENT_RUN_WORKFLOW = 'agent-run';
+
 export interface IRunActions {
   openRun(runId: string): void;
   openInNotebook(runId: string): void;
@@ -111,6 +114,7 @@ export function RunDetail({ model, actions }: { model: RunModel; actions: IRunAc
           <strong>{run.error.code}</strong>: {run.error.message}
         </div>
       )}
+      <AgentReply run={run} />
       {(run.approvals ?? []).map(approval => (
         <ApprovalCard key={approval.step_key} run={run} approval={approval} api={model.api} onError={setActionError} />
       ))}
@@ -135,6 +139,21 @@ export function RunDetail({ model, actions }: { model: RunModel; actions: IRunAc
         </details>
       )}
     </div>
+  );
+}
+
+/** An agent run's reply, as v2 showed it: its summary (or its text) above the diff. */
+function AgentReply({ run }: { run: WorkflowRun }): JSX.Element | null {
+  const reply = run.steps.find(s => s.key === 'reply' && s.output);
+  if (!reply || run.workflow_id !== AGENT_RUN_WORKFLOW) {
+    return null;
+  }
+  const summary = reply.output.json?.summary ?? reply.output.text;
+  return (
+    <section className="clarion-Reply" aria-label="The agent's reply">
+      <div className="clarion-Label">Reply{reply.output.model ? ` · ${reply.output.model}` : ''}</div>
+      <div className="clarion-ReplyText">{typeof summary === 'string' ? summary : JSON.stringify(summary)}</div>
+    </section>
   );
 }
 

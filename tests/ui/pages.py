@@ -44,12 +44,15 @@ async def select_in_file_browser(page: Any, *path: str) -> None:
     if "lm-mod-current" not in (await page.get_attribute(tab, "class") or ""):
         await page.click(tab)
     await page.click(".jp-BreadCrumbs-home")
+    await page.click("#filebrowser [data-jp-item-name='refresh']")  # files made on disk just now
     for folder in path[:-1]:
-        await page.dblclick(f".jp-DirListing-item[data-isdir='true'] .jp-DirListing-itemText:text-is('{folder}')")
-    item = f".jp-DirListing-item .jp-DirListing-itemText:text-is('{path[-1]}')"
+        await page.dblclick(f".jp-DirListing-item .jp-DirListing-itemText span:text-is('{folder}')")
+    item = f".jp-DirListing-item .jp-DirListing-itemText span:text-is('{path[-1]}')"
     await page.wait_for_selector(item)
     await page.click(item)
-    await page.wait_for_selector(f".jp-DirListing-item.jp-mod-selected .jp-DirListing-itemText:text-is('{path[-1]}')")
+    await page.wait_for_selector(
+        f".jp-DirListing-item.jp-mod-selected .jp-DirListing-itemText span:text-is('{path[-1]}')"
+    )
 
 
 async def show_sidebar(page: Any, tab: str) -> None:

@@ -269,3 +269,67 @@ async def test_an_agent_runs_on_the_file_selected_in_the_file_browser_and_its_di
         page = await open_sidebar(browser, lab)
         await run_agent_and_apply(page, lab, shots)
         assert console_errors(page) == []
+
+
+V2_AGENT = """\
+type: Agent
+metadata:
+    id: ""
+    name: Release Writer
+    description: Writes release notes.
+properties:
+    llm_config:
+        provider: Anthropic
+        model: claude-3-5-sonnet-latest
+        parameters:
+            temperature: 0.3
+    system_prompt: You write release notes for {{ product }}.
+children:
+    -   type: UserVariableDef
+        metadata:
+            name: product
+        properties:
+            required: true
+"""
+
+
+async def test_v2_agent_files_are_imported_from_the_agents_view(lab, shots, tmp_path) -> None:
+    upload = tmp_path / "release_writer.yml"
+    upload.write_text(V2_AGENT)
+    async with chromium() as browser:
+        page = await open_sidebar(browser, lab, "Agents")
+        await page.set_input_files(f"{SIDEBAR} input[type=file]", str(upload))
+        report = await page.wait_for_selector(f"{SIDEBAR} .clarion-ImportReport")
+        assert "1 imported (Release Writer)" in await report.inner_text()
+        agent = page.locator(f"{SIDEBAR} .clarion-Item:has-text('Release Writer')")
+        await agent.wait_for()
+        assert "anthropic/claude-3-5-sonnet-latest · anthropic" in await agent.inner_text()
+        await shots(page, "imported")
+        assert console_errors(page) == []
+
+
+async def test_a_run_is_rerun_with_its_inputs_and_opened_in_a_notebook(lab, shots) -> None:
+    save(lab, TOUR)
+    first = api(lab, "POST", "workflows/tour/run", {"inputs": {"pause": 0.1, "words": ["x"]}})["run_id"]
+    wait_for_run(lab, first, {"succeeded"})
+    async with chromium() as browser:
+        page = await open_sidebar(browser, lab)
+        await page.click(f"{SIDEBAR} .clarion-RunRow[data-run-id='{first}']")
+        await wait_status(page, run_detail(first), "succeeded")
+        await page.click(f"{run_detail(first)} button:has-text('Re-run')")
+        again = page.locator(f".clarion-RunDetail:not([data-run-id='{first}'])")
+        await again.wait_for()
+        second = await again.get_attribute("data-run-id")
+        assert api(lab, "GET", f"runs/{second}")["inputs"] == api(lab, "GET", f"runs/{first}")["inputs"]
+        await wait_status(page, run_detail(second), "succeeded")
+        await shots(page, "rerun")
+
+        await page.click(f"{run_detail(second)} button:has-text('Open in a notebook')")
+        cell = page.locator(".jp-NotebookPanel .jp-Cell .cm-content").first
+        await cell.wait_for()
+        await page.wait_for_function(
+            f"() => [...document.querySelectorAll('.jp-NotebookPanel .jp-Cell .cm-content')]"
+            f".some(c => c.textContent.includes('%clarion show {second}'))"
+        )
+        await shots(page, "notebook")
+        assert console_errors(page) == []
