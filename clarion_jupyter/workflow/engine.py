@@ -347,12 +347,13 @@ class Engine:
         problems = []
         for index, path in enumerate(files):
             try:
-                found = self.workspace.resolve(path).is_file()
+                problem = "" if self.workspace.resolve(path).is_file() else f"no file '{path}' in the workspace"
             except PathOutsideWorkspace:
-                problems.append(Problem(loc=f"files.{index}", message=f"'{path}' is outside the workspace", field=f"files.{index}"))  # fmt: skip
-                continue
-            if not found:
-                problems.append(Problem(loc=f"files.{index}", message=f"no file '{path}' in the workspace", field=f"files.{index}"))  # fmt: skip
+                problem = f"'{path}' is outside the workspace"
+            except (OSError, ValueError) as exc:  # a NUL byte, a name too long for the filesystem
+                problem = f"{path!r} is not a usable path: {exc}"
+            if problem:
+                problems.append(Problem(loc=f"files.{index}", message=problem, field=f"files.{index}"))
         return problems
 
     async def _install_agent_run(self) -> None:
