@@ -190,7 +190,7 @@ async def test_the_runs_list_is_used_with_the_keyboard(lab, shots) -> None:
         await page.focus(f"{SIDEBAR} .clarion-RunRow[tabindex='0']")
         assert await page.evaluate("document.activeElement.dataset.runId") == second  # newest first
         await page.keyboard.press("ArrowDown")
-        assert await page.evaluate("document.activeElement.dataset.runId") == first
+        await page.wait_for_function(f"document.activeElement.dataset.runId === '{first}'", timeout=5_000)
         await shots(page, "focused")
         await page.keyboard.press("Enter")
         await page.wait_for_selector(run_detail(first))
