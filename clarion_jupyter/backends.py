@@ -1,49 +1,77 @@
-"""Where the CLI's commands run: the embedded engine, or the Jupyter server that holds the file.
+"""Where the CLI's and the notebook's commands run: the embedded engine, or the Jupyter server
+that holds the database.
 
 DuckDB lets one process open the database, and while JupyterLab runs that process is its
-server. Rather than stopping at the lock, the CLI then finds the server whose extension
-serves that very file and goes through its API, so `clarion run` works (and shows up in
-the sidebar) whether or not JupyterLab is open.
+server. Rather than stopping at the lock, :func:`open_backend` then finds the server whose
+extension serves that very file and goes through its API, so every command works (and its
+runs show up in the sidebar) whether or not JupyterLab is open. Both backends answer in the
+engine's own types, so a command is written once.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
+from .agent.importer import AGENT_FILE_SUFFIXES, source_files
+from .agent.migration import DATABASE_SUFFIXES
+from .agent.models import Agent
+from .agent.v2db import is_sqlite_file
 from .client import ClarionAPIError, Client, find_server
 from .core.errors import DatabaseLocked
 from .storage.records import Event
+from .workflow.agent_run import AgentRunRequest
 from .workflow.engine import Engine
 from .workflow.models import Workflow, WorkflowRun
 
 
 class Backend(Protocol):
+    description: str
+    """Which backend this is, for ``--verbose`` and the notebook's widget."""
+
     async def submit(self, workflow: Workflow, inputs: dict[str, Any]) -> str: ...
-    def subscribe(self, run_id: str) -> AsyncIterator[Event]: ...
+    async def submit_saved(self, workflow_id: str, inputs: dict[str, Any]) -> str: ...
+    def subscribe(self, run_id: str, since: int = 0) -> AsyncIterator[Event]: ...
     async def get_run(self, run_id: str) -> WorkflowRun: ...
+    async def wait(self, run_id: str) -> WorkflowRun: ...
     async def cancel(self, run_id: str) -> None: ...
     async def list_runs(
         self, workflow_id: str | None, status: str | None, limit: int
     ) -> tuple[list[WorkflowRun], str | None]: ...
     async def events(self, run_id: str) -> list[Event]: ...
+    async def decide(self, run_id: str, step_key: str, approve: bool, comment: str | None) -> dict[str, Any]: ...
+    async def run_agent(self, agent_id: str, request: AgentRunRequest) -> str: ...
+    async def list_agents(self) -> list[Agent]: ...
+    async def import_agents(self, path: str, *, dry_run: bool = False) -> dict[str, Any]:
+        """Import what Clarion v2 left at ``path``; the report, as ``POST /api/v3/agents/import`` answers."""
+
+    async def interrupted(self) -> list[str]:
+        """Runs a crash left unfinished that are going on again (the embedded engine resumes them)."""
+
     async def close(self) -> None: ...
 
 
 class EmbeddedBackend:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.description = f"an embedded engine on {engine.db_path}"
 
     async def submit(self, workflow: Workflow, inputs: dict[str, Any]) -> str:
         return await self.engine.submit(workflow, inputs)
 
-    def subscribe(self, run_id: str) -> AsyncIterator[Event]:
-        return self.engine.subscribe(run_id)
+    async def submit_saved(self, workflow_id: str, inputs: dict[str, Any]) -> str:
+        return await self.engine.submit_saved(workflow_id, inputs)
+
+    def subscribe(self, run_id: str, since: int = 0) -> AsyncIterator[Event]:
+        return self.engine.subscribe(run_id, since)
 
     async def get_run(self, run_id: str) -> WorkflowRun:
         return await self.engine.get_run(run_id)
+
+    async def wait(self, run_id: str) -> WorkflowRun:
+        return await self.engine.wait(run_id)
 
     async def cancel(self, run_id: str) -> None:
         await self.engine.cancel(run_id)
@@ -57,6 +85,21 @@ class EmbeddedBackend:
     async def events(self, run_id: str) -> list[Event]:
         return await self.engine.events(run_id)
 
+    async def decide(self, run_id: str, step_key: str, approve: bool, comment: str | None) -> dict[str, Any]:
+        return await self.engine.decide(run_id, step_key, approve, by=_local_user(), comment=comment)
+
+    async def run_agent(self, agent_id: str, request: AgentRunRequest) -> str:
+        return await self.engine.run_agent(agent_id, request)
+
+    async def list_agents(self) -> list[Agent]:
+        return await self.engine.list_agents()
+
+    async def import_agents(self, path: str, *, dry_run: bool = False) -> dict[str, Any]:
+        return (await self.engine.import_v2(path, dry_run=dry_run)).as_dict()
+
+    async def interrupted(self) -> list[str]:
+        return list(self.engine.resumed)
+
     async def close(self) -> None:
         await self.engine.stop()
 
@@ -66,6 +109,7 @@ class ServerBackend:
 
     def __init__(self, client: Client) -> None:
         self.client = client
+        self.description = f"the Jupyter server at {client.url}"
 
     async def submit(self, workflow: Workflow, inputs: dict[str, Any]) -> str:
         """Runs need a saved workflow on the server: the file is saved (replacing that id) first."""
@@ -78,12 +122,18 @@ class ServerBackend:
             await self.client.update_workflow(workflow.id, document)
         return await self.client.run(workflow.id, inputs)
 
-    async def subscribe(self, run_id: str) -> AsyncIterator[Event]:
-        async for event in self.client.subscribe(run_id):
+    async def submit_saved(self, workflow_id: str, inputs: dict[str, Any]) -> str:
+        return await self.client.run(workflow_id, inputs)
+
+    async def subscribe(self, run_id: str, since: int = 0) -> AsyncIterator[Event]:
+        async for event in self.client.subscribe(run_id, since):
             yield _event(event)
 
     async def get_run(self, run_id: str) -> WorkflowRun:
         return WorkflowRun.model_validate(await self.client.get_run(run_id))
+
+    async def wait(self, run_id: str) -> WorkflowRun:
+        return WorkflowRun.model_validate(await self.client.wait(run_id))
 
     async def cancel(self, run_id: str) -> None:
         await self.client.cancel(run_id)
@@ -98,6 +148,36 @@ class ServerBackend:
     async def events(self, run_id: str) -> list[Event]:
         return [_event(e) for e in await self.client.events(run_id)]
 
+    async def decide(self, run_id: str, step_key: str, approve: bool, comment: str | None) -> dict[str, Any]:
+        decide = self.client.approve if approve else self.client.reject
+        return await decide(run_id, step_key, comment)
+
+    async def run_agent(self, agent_id: str, request: AgentRunRequest) -> str:
+        return await self.client.run_agent(
+            agent_id, request.prompt, files=request.files, variables=request.variables, apply=request.apply
+        )
+
+    async def list_agents(self) -> list[Agent]:
+        return [Agent.model_validate(a) for a in await self.client.list_agents()]
+
+    async def import_agents(self, path: str, *, dry_run: bool = False) -> dict[str, Any]:
+        """Upload what ``path`` holds: each ``clarion.db`` as bytes, every agent and provider file
+        together as one multi-document body (so provider configs still resolve the agents' models)."""
+        files = source_files(Path(path), AGENT_FILE_SUFFIXES | DATABASE_SUFFIXES) or []
+        databases = [file for file, _ in files if is_sqlite_file(file)]
+        texts = [file.read_text(encoding="utf-8", errors="replace") for file, _ in files if file not in databases]
+        reports = [await self.client.import_agents(db.read_bytes(), dry_run=dry_run) for db in databases]
+        if texts:
+            reports.append(await self.client.import_agents("\n---\n".join(texts), dry_run=dry_run))
+        return _merged(reports, dry_run)
+
+    async def interrupted(self) -> list[str]:
+        """The server resumed its interrupted runs when it started: the active ones are going on."""
+        runs = []
+        for status in ("running", "waiting", "queued"):
+            runs += [r.run_id for r in (await self.list_runs(None, status, 500))[0]]
+        return runs
+
     async def close(self) -> None:
         self.client.close()
 
@@ -105,6 +185,40 @@ class ServerBackend:
 def _event(doc: dict[str, Any]) -> Event:
     ts = datetime.fromisoformat(doc["ts"].replace("Z", "+00:00"))
     return Event(doc["seq"], doc["type"], doc["run_id"], doc.get("step_id"), ts, doc.get("data") or {})
+
+
+def _merged(reports: list[dict[str, Any]], dry_run: bool) -> dict[str, Any]:
+    merged: dict[str, Any] = {
+        "dry_run": dry_run,
+        "agents": [],
+        "changes": [],
+        "api_keys": [],
+        "errors": [],
+        "warnings": [],
+    }
+    runs = {"workflow_id": "", "found": 0, "imported": 0, "already_imported": 0}
+    keys: dict[str, dict[str, Any]] = {}
+    for report in reports:
+        for name in ("agents", "changes", "errors", "warnings"):
+            merged[name] += report.get(name, [])
+        for key in report.get("api_keys", []):
+            entry = keys.setdefault(key["env"], {**key, "agents": []})
+            entry["agents"] += [a for a in key["agents"] if a not in entry["agents"]]
+        for name in ("found", "imported", "already_imported"):
+            runs[name] += report["runs"][name]
+        runs["workflow_id"] = report["runs"]["workflow_id"]
+    merged["api_keys"] = list(keys.values())
+    merged["runs"] = runs
+    return merged
+
+
+def _local_user() -> str | None:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
 
 
 async def open_backend(engine: Engine) -> Backend:
@@ -115,6 +229,5 @@ async def open_backend(engine: Engine) -> Backend:
         client = await find_server(db_path=engine.db_path)
         if client is None:
             raise
-        print(f"(the database is in use by the Jupyter server at {client.url}: using its API)", file=sys.stderr)
         return ServerBackend(client)
     return EmbeddedBackend(engine)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from clarion_jupyter.agent.importer import (
+    ImportProblem,
     import_agents,
     import_text,
     litellm_model,
@@ -42,10 +43,11 @@ def test_yaml_children_become_context_schema_and_user_variables() -> None:
     assert agent.context.exclude_globs == ["**/tests/**"]
     assert agent.context.content_regex == "def |class "
     assert agent.context.max_files == 20
-    assert agent.output_schema == {
+    assert agent.output_schema == {  # made strict, as v2 sent it
         "type": "object",
         "required": ["issues"],
         "properties": {"issues": {"type": "array", "items": {"type": "string"}}},
+        "additionalProperties": False,
     }
     assert [(v.name, v.required, v.default) for v in agent.user_variables] == [
         ("language", True, None),
@@ -85,6 +87,7 @@ def test_json_profile_agent_maps_every_modelled_field() -> None:
         "type": "object",
         "properties": {"markdown": {"type": "string"}},
         "required": ["markdown"],
+        "additionalProperties": False,
     }
     assert [(v.name, v.required, v.default) for v in agent.user_variables] == [
         ("module", True, None),
@@ -218,3 +221,20 @@ def test_a_provider_that_is_not_text_is_reported_not_raised() -> None:
 
     assert report.agents == []
     assert "provider must be text" in report.errors[0].message
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "a: " + "[" * 100_000])
+def test_a_document_nested_absurdly_deep_is_an_error_not_a_crash(text: str) -> None:
+    report = import_text(text, "deep.json")
+
+    assert report.agents == []
+    assert report.errors == [ImportProblem("deep.json", "the document is nested too deeply to be an agent")]
+
+
+def test_an_llm_config_document_is_recognised_not_reported_as_a_broken_agent() -> None:
+    text = "id: cfg_openai\nname: My OpenAI\nprovider: OpenAI\napiKey: sk-not-imported\n"
+    report = import_text(text, "llm_configs/cfg_openai.yml")
+
+    assert (report.agents, report.errors) == ([], [])
+    assert [(c.id, c.provider) for c in report.provider_configs] == [("cfg_openai", "OpenAI")]
+    assert "sk-not-imported" not in repr(report)

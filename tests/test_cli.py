@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from clarion_jupyter import Engine
+from clarion_jupyter.testing.clarion_v2 import v2_agent, v2_run, write_clarion_db
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT_FIXTURES = Path(__file__).parent / "fixtures" / "agents"
@@ -278,13 +279,40 @@ async def test_agents_import_reports_a_bad_file_and_imports_the_rest(tmp_path: P
     assert result.returncode == 1, "a partial import exits non-zero"
     assert re.search(r"^error: broken\.yaml: ", result.stderr, re.MULTILINE), result.stderr
     assert "Traceback" not in result.stderr
-    imported = re.findall(r"^imported (\S+) \((\S+)\)$", result.stdout, re.MULTILINE)
+    imported = re.findall(r"^created (\S+) \((\S+)\)$", result.stdout, re.MULTILINE)
     assert ("code-reviewer", "openai/gpt-4o") in imported
     assert ("doc-writer", "openrouter/anthropic/claude-3.5-sonnet") in imported
     async with Engine(tmp_path / "x.duckdb", workspace_root=tmp_path) as engine:
         stored = {agent.id for agent in await engine.agents.list()}
     assert stored == {agent_id for agent_id, _ in imported}
     assert len(stored) == 6
+
+
+async def test_agents_import_of_a_clarion_db_exits_0_and_says_which_keys_to_set(tmp_path: Path) -> None:
+    editor = v2_agent("basic_editor", "Basic File Editor", config_id="c")
+    run = v2_run("run-1714557600123", prompt="Create hello.txt", agent=editor, summary="Created hello.txt")
+    source = write_clarion_db(
+        tmp_path / "clarion.db",
+        agents=[editor],
+        llm_configs=[{"id": "c", "name": "OpenAI", "provider": "OpenAI", "apiKey": "sk-never-shown"}],
+        projects=[{"id": "p", "name": "P", "path": "/p", "lastOpenedAt": "", "activeAgentId": ""}],
+        runs=[("p", run, "2024-05-01 10:00:05")],
+    )
+    dry = clarion(tmp_path, "agents", "import", str(source), "--dry-run")
+    result = clarion(tmp_path, "agents", "import", str(source))
+    again = clarion(tmp_path, "agents", "import", str(source), "--json")
+
+    assert (dry.returncode, result.returncode, again.returncode) == (0, 0, 0)
+    assert "would be created basic_editor (openai/gpt-4o)" in dry.stdout
+    assert "created basic_editor (openai/gpt-4o)" in result.stdout
+    assert "$OPENAI_API_KEY" in result.stdout
+    assert json.loads(again.stdout)["changes"][0]["action"] == "unchanged"
+    assert "sk-never-shown" not in dry.stdout + result.stdout + again.stdout + result.stderr
+    listed = clarion(tmp_path, "runs")
+    assert re.search(r"^[0-9a-f]{26}  2024-05-01 10:00:00  succeeded\s+clarion-v2-agent-run$", listed.stdout, re.M)
+    run_id = listed.stdout.split()[0]
+    shown = json.loads(clarion(tmp_path, "show", run_id, "--json").stdout)
+    assert (shown["inputs"]["prompt"], shown["outputs"]["summary"]) == ("Create hello.txt", "Created hello.txt")
 
 
 # -- the database file --------------------------------------------------------------------
@@ -318,3 +346,72 @@ def test_quickstart_example_runs_green(tmp_path: Path) -> None:
     note = tmp_path / ".clarion-quickstart" / "durability.md"
     assert note.read_text().startswith("# Notes on durability")
     assert '"heading": "# Notes on durability"' in result.stdout
+
+
+# -- agent runs and approvals (embedded engine) ------------------------------------
+
+EDIT_REPLY = {"summary": "hello", "file_changes": [{"action": "create", "path": "hello.txt", "new_content": "hi\n"}]}
+
+
+async def make_editor(tmp_path: Path) -> None:
+    async with Engine(tmp_path / "x.duckdb", workspace_root=tmp_path) as engine:
+        await engine.agents.create(
+            {
+                "id": "basic_editor",
+                "name": "Basic editor",
+                "model": "openai/gpt-4o-mini",
+                "parameters": {"mock_response": json.dumps(EDIT_REPLY)},
+                "output_schema": {"type": "object", "required": ["summary", "file_changes"]},
+            }
+        )
+
+
+def started_run(result: subprocess.CompletedProcess[str]) -> str:
+    match = re.search(r"^run (\w+): agent", result.stdout, re.MULTILINE)
+    assert match, result.stdout + result.stderr
+    return match.group(1)
+
+
+async def test_agent_run_pauses_with_the_diff_and_approve_applies_it(tmp_path: Path) -> None:
+    await make_editor(tmp_path)
+    (tmp_path / "README.md").write_text("# readme\n")
+    paused = clarion(tmp_path, "agent", "run", "basic_editor", "Create hello.txt saying hi", "--file", "README.md")
+    assert paused.returncode == 0, paused.stderr
+    run_id = started_run(paused)
+    assert "step apply waits for approval" in paused.stdout
+    assert "+++ b/hello.txt" in paused.stdout and "+hi" in paused.stdout
+    assert f"clarion approve {run_id} apply" in paused.stdout
+    assert not (tmp_path / "hello.txt").exists()
+    approved = clarion(tmp_path, "approve", run_id, "apply")
+    assert approved.returncode == 0, approved.stderr
+    assert f"run {run_id} succeeded" in approved.stdout
+    assert (tmp_path / "hello.txt").read_text() == "hi\n"
+
+
+async def test_reject_writes_nothing_and_exits_one(tmp_path: Path) -> None:
+    await make_editor(tmp_path)
+    run_id = started_run(clarion(tmp_path, "agent", "run", "basic_editor", "Create hello.txt"))
+    rejected = clarion(tmp_path, "reject", run_id, "apply", "--comment", "not now")
+    assert rejected.returncode == 1
+    assert "✗ apply" in rejected.stdout and "not now" in rejected.stdout
+    assert not (tmp_path / "hello.txt").exists()
+    again = clarion(tmp_path, "approve", run_id, "apply")
+    assert again.returncode == 1 and "not waiting for approval" in again.stderr
+
+
+def test_verbose_says_the_embedded_engine_is_used(tmp_path: Path) -> None:
+    result = clarion(tmp_path, "runs", "--verbose")
+    assert f"(using an embedded engine on {tmp_path / 'x.duckdb'})" in result.stderr
+
+
+def test_validate_applies_the_extension_configuration(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "jupyter_server_config.json").write_text(json.dumps({"ClarionExtension": {"allow_shell": False}}))
+    flow = write(tmp_path, "greet.yaml", GREET)
+    result = subprocess.run(
+        [sys.executable, "-m", "clarion_jupyter.cli", "validate", flow],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "JUPYTER_CONFIG_DIR": str(config)},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "step 'shout' field 'task': shell steps are disabled" in result.stderr

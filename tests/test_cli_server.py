@@ -33,13 +33,13 @@ async def test_run_goes_through_the_server_that_holds_the_database(tmp_path: Pat
     flow.write_text(FLOW)
     with JupyterServerProcess(tmp_path / "server") as server:
         await server.wait_ready()
-        result = await asyncio.to_thread(clarion, server, "run", str(flow), "--input", "n=21")
+        result = await asyncio.to_thread(clarion, server, "run", str(flow), "--input", "n=21", "--verbose")
         runs = (await server.request("GET", "runs"))["runs"]
         listed = await asyncio.to_thread(clarion, server, "runs", "--json")
         shown = await asyncio.to_thread(clarion, server, "show", runs[0]["run_id"], "--json")
 
     assert result.returncode == 0, result.stderr
-    assert "using its API" in result.stderr
+    assert f"(using the Jupyter server at {server.url})" in result.stderr
     assert "✓ double" in result.stdout and '"doubled": 42' in result.stdout
     assert [(r["workflow_id"], r["status"]) for r in runs] == [("from-cli", "succeeded")]
     assert [r["run_id"] for r in json.loads(listed.stdout)["runs"]] == [runs[0]["run_id"]]
@@ -57,3 +57,37 @@ async def test_without_a_server_for_that_file_the_lock_error_stands(tmp_path: Pa
 
     assert result.returncode != 0
     assert "in use by another process" in result.stderr
+
+
+V2_AGENT = Path(__file__).parent / "fixtures" / "agents" / "code_reviewer.yaml"
+REPLY = {"summary": "hello", "file_changes": [{"action": "create", "path": "hello.txt", "new_content": "hi"}]}
+EDITOR = {
+    "id": "basic_editor",
+    "name": "Basic editor",
+    "model": "openai/gpt-4o-mini",
+    "parameters": {"mock_response": json.dumps(REPLY)},
+    "output_schema": {"type": "object", "required": ["summary", "file_changes"]},
+}
+
+
+async def test_every_command_goes_through_the_server_that_holds_the_database(tmp_path: Path) -> None:
+    with JupyterServerProcess(tmp_path / "server") as server:
+        await server.wait_ready()
+        await server.request("POST", "agents", EDITOR)
+        imported = await asyncio.to_thread(clarion, server, "agents", "import", str(V2_AGENT), "--verbose")
+        listed = await asyncio.to_thread(clarion, server, "agents", "list")
+        started = await asyncio.to_thread(clarion, server, "agent", "run", "basic_editor", "Say hi", "--json")
+        run_id = json.loads(started.stdout)["run_id"]
+        untouched = not (server.root / "hello.txt").exists()
+        approved = await asyncio.to_thread(clarion, server, "approve", run_id, "apply", "--comment", "ok")
+        resumed = await asyncio.to_thread(clarion, server, "resume", "--verbose")
+        written = (server.root / "hello.txt").read_text()
+
+    assert imported.returncode == 0, imported.stderr
+    assert "using the Jupyter server" in imported.stderr and "created code" in imported.stdout
+    assert "basic_editor" in listed.stdout.split() and len(listed.stdout.splitlines()) == 2
+    assert started.returncode == 0 and json.loads(started.stdout)["status"] == "waiting"
+    assert untouched and written == "hi"
+    assert approved.returncode == 0, approved.stderr
+    assert "✓ apply" in approved.stdout and f"run {run_id} succeeded" in approved.stdout
+    assert resumed.returncode == 0 and "no interrupted runs" in resumed.stdout

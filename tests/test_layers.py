@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "task": 3,
     "workflow": 4,
     "backends": 5,
+    "settings": 5,
     "server": 6,
     "notebook": 6,
     "cli": 6,

@@ -312,3 +312,17 @@ def test_config_needs_a_prompt_or_messages() -> None:
 def test_config_refuses_an_api_key_in_parameters() -> None:
     with pytest.raises(ValidationError, match="API keys are never passed"):
         LLMCallConfig(agent="a", prompt="x", parameters={"api_key": "sk-1"})
+
+
+async def test_a_symlink_loop_in_the_context_is_skipped_and_named_in_the_steps_context_summary(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "app.py").write_text("print('hi')\n")
+    (tmp_path / "loop.py").symlink_to(tmp_path / "loop.py")
+    agent = mock_agent("ok", context=CodebaseContext(include_globs=["*.py"]))
+
+    out = await call(agent, tmp_path, prompt="Review")
+
+    assert out["text"] == "ok"
+    assert out["context"]["files"] == ["app.py"]
+    assert [s["path"] for s in out["context"]["skipped"]] == ["loop.py"]

@@ -18,7 +18,6 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from clarion_jupyter import Agent, Engine, __version__
-from clarion_jupyter.agent.importer import import_text
 from clarion_jupyter.core.errors import NotFound, Problem, ValidationFailed
 from clarion_jupyter.server.app import EngineUnavailable
 from clarion_jupyter.server.handlers import WorkflowDocuments
@@ -137,7 +136,7 @@ def test_workflow_bodies_are_json_and_yaml() -> None:
     body = SPEC["components"]["requestBodies"]["WorkflowBody"]["content"]
     assert {"application/json", "application/yaml"} <= body.keys()
     imports = SPEC["paths"]["/api/v3/agents/import"]["post"]["requestBody"]["content"]
-    assert {"text/plain", "application/yaml", "application/json"} <= imports.keys()
+    assert {"text/plain", "application/yaml", "application/json", "application/octet-stream"} <= imports.keys()
 
 
 def test_security_is_the_jupyter_token() -> None:
@@ -228,7 +227,7 @@ def test_real_agents_validate() -> None:
     assert_invalid("Agent", minimal | {"id": "Not A Slug"})
 
 
-def test_real_import_report_validates() -> None:
+async def test_real_import_report_validates(tmp_path: Path) -> None:
     text = """
 type: Agent
 metadata: {name: Reviewer, description: Reviews diffs}
@@ -238,8 +237,9 @@ properties:
 ---
 type: FilterSet
 """
-    report = import_text(text, "agents.yaml").as_dict()
-    assert report["agents"] and report["errors"] and report["warnings"]
+    async with Engine(db_path=tmp_path / "runs.duckdb", workspace_root=tmp_path) as engine:
+        report = (await engine.import_v2(text.encode())).as_dict()
+    assert report["agents"] and report["changes"] and report["errors"] and report["warnings"]
     assert_valid("ImportReport", report)
 
 

@@ -11,6 +11,7 @@ import pytest
 from conftest_server import (
     ECHO_WORKFLOW,
     SLEEP_30_WORKFLOW,
+    Api,
     create_workflow,
     read_until_closed,
     start_run,
@@ -230,3 +231,30 @@ async def test_openapi_document_missing_is_404_json(api, tmp_path, monkeypatch):
 def test_shipped_jupyter_config_enables_the_extension():
     config = Path(__file__).parents[1] / "jupyter-config" / "jupyter_server_config.d" / "clarion_jupyter.json"
     assert json.loads(config.read_text()) == {"ServerApp": {"jpserver_extensions": {"clarion_jupyter": True}}}
+
+
+@pytest.mark.clarion(allow_shell=False)
+async def test_a_shell_workflow_is_refused_at_save_when_shell_is_off(api: Api) -> None:
+    doc = {"id": "sh", "name": "Sh", "steps": [{"id": "s", "task": "shell", "with": {"command": "true"}}]}
+    reply = await api("POST", "workflows", body=doc)
+    assert reply.status == 422
+    assert reply.body["error"]["details"][0] == {
+        "loc": "step 's' field 'task'",
+        "message": "shell steps are disabled on this server (allow_shell=False)",
+        "step": "s",
+        "field": "task",
+    }
+
+
+@pytest.mark.clarion(max_steps=2)
+async def test_too_many_steps_are_refused_at_save_as_at_run(api: Api) -> None:
+    doc = {"id": "big", "name": "Big", "steps": [{"id": f"s{i}", "task": "echo"} for i in range(3)]}
+    assert (await api("POST", "workflows", body=doc)).status == 422
+
+
+def test_the_server_and_the_engine_share_one_max_steps_default() -> None:
+    from clarion_jupyter import Engine
+    from clarion_jupyter.server.app import ClarionExtension
+
+    engine_default = Engine.__init__.__kwdefaults__["max_steps"]
+    assert ClarionExtension.max_steps.default_value == engine_default

@@ -1,10 +1,15 @@
 """Codebase context: the workspace files an agent sends along with its prompt.
 
-An agent's :class:`~clarion_jupyter.agent.models.CodebaseContext` selects files with
-gitignore-style globs (what Clarion users already write in FilterSets), an optional content
-regex, and limits on file count and total bytes, so that a prompt stays within budget
-however large the workspace. Selection is deterministic (sorted paths), so the same
-workspace gives the same prompt, which keeps runs reproducible and provider caches warm.
+An agent's :class:`~clarion_jupyter.agent.models.CodebaseContext` selects files with globs
+(gitignore-style, what v3 users write, or Clarion v2's own meaning for imported agents, see
+:mod:`.gomatch`), an optional content regex, and limits on file count and total bytes, so
+that a prompt stays within budget however large the workspace. Selection is deterministic
+(sorted paths), so the same workspace gives the same prompt, which keeps runs reproducible
+and provider caches warm.
+
+Nothing in the workspace can break a step: an entry that cannot be read (a symlink loop,
+a broken link, a permission error, a content regex that runs too long) is left out and
+listed in :attr:`ContextSelection.skipped` with the reason, which the step reports.
 """
 
 from __future__ import annotations
@@ -12,20 +17,33 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import regex
 from pathspec import GitIgnoreSpec
 
 from ..core.workspace import PathOutsideWorkspace, Workspace
+from .gomatch import go_match
 from .models import CodebaseContext
 
 SKIPPED_DIRS = frozenset({".git", "node_modules", ".venv", "__pycache__"})
 """Never useful to a model and often huge; skipped whatever the globs say."""
 
+V2_SKIPPED_DIRS = SKIPPED_DIRS | {"dist", "build", ".vscode", ".idea", "target", "venv"}
+"""The folders Clarion v2 never walked (its ``defaultIgnoreDirs``), for ``glob_syntax: v2``."""
+
 SECRET_GLOBS = (".env", ".env.*", "*.pem", "*.key", "id_rsa*", "id_ed25519*", ".netrc", ".npmrc", ".pypirc", "*.p12")
-"""Files that hold credentials are never sent to a model, whatever the include globs say."""
+"""Files that hold credentials are never sent to a model, whatever the globs say."""
+
+_SECRETS = GitIgnoreSpec.from_lines(SECRET_GLOBS)
+"""Checked on its own, before the user's globs, so that no negation (``!.env``) can undo it."""
+
+REGEX_TIMEOUT_S = 0.25
+"""How long a user's ``content_regex`` may search one file; a pattern that backtracks
+catastrophically (``(a+)+$``) skips that file instead of holding the GIL for seconds."""
 
 CONTEXT_HEADING = "## Codebase Context"
 
@@ -37,7 +55,28 @@ class ContextFile:
     content: str
 
 
-async def gather_context(ctx: CodebaseContext, workspace: Workspace) -> list[ContextFile]:
+@dataclass(frozen=True, slots=True)
+class SkippedEntry:
+    path: str
+    reason: str
+
+
+@dataclass(slots=True)
+class ContextSelection:
+    """The files a context selected, and the entries it had to leave out, with why."""
+
+    files: list[ContextFile] = field(default_factory=list)
+    skipped: list[SkippedEntry] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """What a step reports about its context (paths only, never contents)."""
+        return {
+            "files": [f.path for f in self.files],
+            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+        }
+
+
+async def gather_context(ctx: CodebaseContext, workspace: Workspace) -> ContextSelection:
     """The files ``ctx`` selects, read off the event loop (walking a tree is blocking I/O)."""
     return await asyncio.to_thread(_gather, ctx, workspace)
 
@@ -58,54 +97,104 @@ def _fenced(file: ContextFile) -> str:
     return f"{fence}{file.path}\n{body}{fence}"
 
 
-def _gather(ctx: CodebaseContext, workspace: Workspace) -> list[ContextFile]:
-    include = GitIgnoreSpec.from_lines(ctx.include_globs) if ctx.include_globs else None
-    exclude = GitIgnoreSpec.from_lines([*SECRET_GLOBS, *ctx.exclude_globs])
-    pattern = re.compile(ctx.content_regex) if ctx.content_regex else None
-    selected: list[ContextFile] = []
+def _gather(ctx: CodebaseContext, workspace: Workspace) -> ContextSelection:
+    selection = ContextSelection()
+    wanted = _v2_selector(ctx) if ctx.glob_syntax == "v2" else _gitignore_selector(ctx)
+    skipped_dirs = V2_SKIPPED_DIRS if ctx.glob_syntax == "v2" else SKIPPED_DIRS
+    pattern = regex.compile(ctx.content_regex) if ctx.content_regex else None
     budget = ctx.max_bytes
-    for rel in sorted(_walk(workspace.root)):
-        if len(selected) >= ctx.max_files:
+    for rel in sorted(_walk(workspace.root, skipped_dirs, selection.skipped)):
+        if ctx.max_files is not None and len(selection.files) >= ctx.max_files:
             break
-        if (include is not None and not include.match_file(rel)) or exclude.match_file(rel):
+        if _SECRETS.match_file(rel) or not wanted(rel):
             continue
-        data = _read(workspace, rel, budget)
+        data = _read(workspace, rel, budget, selection.skipped)
         if data is None:
             continue
         content = data.decode("utf-8", errors="replace")
-        if pattern is not None and not pattern.search(content):
+        if pattern is not None and not _search(pattern, content, rel, selection.skipped):
             continue
-        selected.append(ContextFile(path=rel, content=content))
-        budget -= len(data)
-    return selected
+        selection.files.append(ContextFile(path=rel, content=content))
+        if budget is not None:
+            budget -= len(data)
+    return selection
 
 
-def _walk(root: Path) -> Iterator[str]:
+def _gitignore_selector(ctx: CodebaseContext) -> Callable[[str], bool]:
+    include = GitIgnoreSpec.from_lines(ctx.include_globs) if ctx.include_globs else None
+    exclude = GitIgnoreSpec.from_lines(ctx.exclude_globs)
+    return lambda rel: (include is None or include.match_file(rel)) and not exclude.match_file(rel)
+
+
+def _v2_selector(ctx: CodebaseContext) -> Callable[[str], bool]:
+    """v2's rule: excluded when any exclude glob matches; else included when there are no
+    include globs or one matches. With no globs at all v2 sent only hand-picked files."""
+    if not ctx.include_globs and not ctx.exclude_globs:
+        return lambda rel: False
+
+    def wanted(rel: str) -> bool:
+        if any(go_match(glob, rel) for glob in ctx.exclude_globs):
+            return False
+        return not ctx.include_globs or any(go_match(glob, rel) for glob in ctx.include_globs)
+
+    return wanted
+
+
+def _walk(root: Path, skipped_dirs: frozenset[str], skipped: list[SkippedEntry]) -> Iterator[str]:
     """Workspace-relative posix paths of every file, without descending into skipped dirs.
 
     Directory symlinks are not followed (no loops, no escapes); file symlinks are listed
-    and checked against the workspace when read.
+    and checked against the workspace when read. A folder that cannot be listed is skipped.
     """
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d not in SKIPPED_DIRS]
+
+    def unreadable(error: OSError) -> None:
+        where = Path(error.filename).relative_to(root).as_posix() if error.filename else "."
+        skipped.append(SkippedEntry(where, f"cannot list the folder: {error.strerror or error}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+        dirnames[:] = [d for d in dirnames if d not in skipped_dirs]
         base = Path(dirpath).relative_to(root)
         for name in filenames:
             yield (base / name).as_posix()
 
 
-def _read(workspace: Workspace, rel: str, budget: int) -> bytes | None:
+def _read(workspace: Workspace, rel: str, budget: int | None, skipped: list[SkippedEntry]) -> bytes | None:
     """The file's bytes, or None when it leads outside, is binary, or does not fit ``budget``.
 
     A file too large for what is left of the budget is skipped rather than ending the
-    selection, so one big file early in the order does not starve the rest.
+    selection, so one big file early in the order does not starve the rest. Links that
+    cannot be followed and files that cannot be read are recorded in ``skipped``.
     """
     try:
         path = workspace.resolve(rel)
-        if not path.is_file() or path.stat().st_size > budget:
+    except PathOutsideWorkspace:
+        return None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        skipped.append(SkippedEntry(rel, f"cannot follow the link: {_reason(exc)}"))
+        return None
+    try:
+        if not path.exists():
+            skipped.append(SkippedEntry(rel, "broken link: its target does not exist"))
+            return None
+        if not path.is_file() or (budget is not None and path.stat().st_size > budget):
             return None
         data = path.read_bytes()
-    except (PathOutsideWorkspace, OSError):
+    except OSError as exc:
+        skipped.append(SkippedEntry(rel, f"cannot read the file: {_reason(exc)}"))
         return None
-    if b"\0" in data or len(data) > budget:
+    if b"\0" in data or (budget is not None and len(data) > budget):
         return None
     return data
+
+
+def _search(pattern: regex.Pattern[str], content: str, rel: str, skipped: list[SkippedEntry]) -> bool:
+    """Whether ``content`` matches, searched with a time limit and without holding the GIL."""
+    try:
+        return pattern.search(content, concurrent=True, timeout=REGEX_TIMEOUT_S) is not None
+    except TimeoutError:
+        skipped.append(SkippedEntry(rel, f"content_regex took longer than {REGEX_TIMEOUT_S} s on this file"))
+        return False
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc)

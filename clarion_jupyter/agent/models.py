@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any
+from typing import Any, Literal
 
+import regex
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..core.ids import SLUG_PATTERN, slugify
 
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+VARIABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+"""Clarion v2 accepted names such as ``component-name``; templates reach those as
+``variables['component-name']``."""
+GlobSyntax = Literal["gitignore", "v2"]
 
 
 def refuse_api_key(parameters: dict[str, Any], hint: str) -> dict[str, Any]:
@@ -20,23 +24,31 @@ def refuse_api_key(parameters: dict[str, Any], hint: str) -> dict[str, Any]:
 
 
 class CodebaseContext(BaseModel):
-    """Which workspace files go with the prompt, as a "Codebase Context" section."""
+    """Which workspace files go with the prompt, as a "Codebase Context" section.
+
+    ``glob_syntax`` says how the globs read: ``gitignore`` (v3's own: ``*.py`` matches at
+    any depth, ``**`` crosses folders, ``!`` negates) or ``v2`` (imported Clarion v2 agents:
+    Go's ``filepath.Match`` on the whole relative path, where ``*`` never crosses ``/``, and
+    no globs at all means no files but the ones picked by hand), so that an imported agent
+    selects exactly the files it selected in v2.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     include_globs: list[str] = Field(default_factory=list)
     exclude_globs: list[str] = Field(default_factory=list)
+    glob_syntax: GlobSyntax = "gitignore"
     content_regex: str | None = None
-    max_files: int = Field(50, ge=0, le=10_000)
-    max_bytes: int = Field(200_000, ge=0)
+    max_files: int | None = Field(50, ge=0, le=10_000, description="null: no limit")
+    max_bytes: int | None = Field(200_000, ge=0, description="null: no limit")
 
     @field_validator("content_regex")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                re.compile(value)
-            except re.error as exc:
+                regex.compile(value)
+            except regex.error as exc:
                 raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
 
@@ -44,7 +56,7 @@ class CodebaseContext(BaseModel):
 class UserVariable(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    name: str = Field(pattern=VARIABLE_NAME_PATTERN)
     description: str | None = None
     required: bool = False
     default: Any = None

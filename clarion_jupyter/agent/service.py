@@ -8,7 +8,6 @@ from pydantic import ValidationError
 
 from ..core.errors import NotFound, Problem, ValidationFailed
 from ..storage.protocols import AgentStore
-from .importer import ImportReport, import_text
 from .models import Agent
 
 
@@ -64,14 +63,11 @@ class AgentService:
         self._cache.pop(agent.id, None)
         return agent
 
-    async def save_imported(self, report: ImportReport) -> ImportReport:
-        """Store every agent an import produced (replacing same ids); errors are left in the report."""
-        for agent in report.agents:
-            await self.upsert(agent)
-        return report
-
-    async def import_text(self, text: str, source: str = "request") -> ImportReport:
-        return await self.save_imported(import_text(text, source))
+    async def upsert_many(self, agents: list[Agent]) -> None:
+        """Create or replace several agents at once (an import), in one transaction."""
+        await self._store.replace_many({agent.id: agent.model_dump(mode="json") for agent in agents})
+        for agent in agents:
+            self._cache.pop(agent.id, None)
 
     async def delete(self, agent_id: str) -> None:
         if not await self._store.delete(agent_id):

@@ -155,9 +155,13 @@ class Client:
     async def delete_agent(self, agent_id: str) -> None:
         await self._request("DELETE", _path("api/v3/agents", agent_id))
 
-    async def import_agents(self, text: str) -> dict[str, Any]:
-        """Import Clarion v2 agent documents (YAML or JSON text); returns the import report."""
-        return await self._request("POST", "api/v3/agents/import", body=text, content_type="text/plain")
+    async def import_agents(self, source: str | bytes, *, dry_run: bool = False) -> dict[str, Any]:
+        """Import Clarion v2 data: agent documents (YAML or JSON text) or a ``clarion.db`` (bytes)."""
+        content_type = "application/octet-stream" if isinstance(source, bytes) else "text/plain"
+        params = {"dry_run": "true"} if dry_run else None
+        return await self._request(
+            "POST", "api/v3/agents/import", params=params, body=source, content_type=content_type
+        )
 
     # -- workflows ---------------------------------------------------------------
 

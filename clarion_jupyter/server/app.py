@@ -20,7 +20,9 @@ from .._version import __version__
 from ..core.errors import ClarionError
 from ..core.protocol import CloseCode
 from ..storage.database import default_db_path
+from ..task.base import DEFAULT_MAX_OUTPUT_BYTES
 from ..workflow.engine import Engine
+from ..workflow.validation import DEFAULT_MAX_STEPS
 from .base import EXTENSION_NAME
 from .handlers import default_handlers
 from .logs import JUPYTER_LOG_TEMPLATE, configure_logging
@@ -61,7 +63,7 @@ class ClarionExtension(ExtensionApp):
     ).tag(config=True)
     allow_shell = Bool(True, help="Whether workflows may run `shell` steps.").tag(config=True)
     max_output_bytes = Integer(
-        1_000_000, min=1, help="Cap on the captured output of one step (e.g. a shell command's stdout)."
+        DEFAULT_MAX_OUTPUT_BYTES, min=1, help="Cap on the captured output of one step (e.g. a shell command's stdout)."
     ).tag(config=True)
     log_format = Enum(
         ["text", "json"],
@@ -71,9 +73,9 @@ class ClarionExtension(ExtensionApp):
     max_body_bytes = Integer(
         10 * 1024 * 1024, min=1, help="Largest request body the API accepts; larger ones get 413."
     ).tag(config=True)
-    max_steps = Integer(500, min=1, help="Largest number of steps a workflow may have; larger ones get 422.").tag(
-        config=True
-    )
+    max_steps = Integer(
+        DEFAULT_MAX_STEPS, min=1, help="Largest number of steps a workflow may have; larger ones get 422."
+    ).tag(config=True)
     ws_buffer = Integer(
         10_000,
         min=1,

@@ -128,17 +128,23 @@ class WorkflowHandler(WorkflowDocuments, ItemHandler):
 
 
 class AgentImportHandler(ClarionHandler):
-    """Clarion v2 agent documents (YAML blocks or JSON profiles) in the body, as text."""
+    """Clarion v2 data in the body: agent documents (YAML blocks, JSON profiles, the v2 agent
+    list) as text, or a ``clarion.db`` as ``application/octet-stream`` (agents and run history).
+    ``?dry_run=true`` reports what would change and changes nothing."""
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        text = self.body_text(accept=DOCUMENT_TYPES | {"text/plain"})
-        report = await (await self.engine()).agents.import_text(text, "request body")
-        if not report.agents:
+        dry_run = self.get_query_argument("dry_run", "false").lower() in ("1", "true", "yes")
+        if self.media_type == "application/octet-stream":
+            body: str | bytes = self.request.body
+        else:
+            body = self.body_text(accept=DOCUMENT_TYPES | {"text/plain"}).encode()
+        report = await (await self.engine()).import_v2(body, dry_run=dry_run)
+        if not report.agents and not report.runs.found:
             problems = [Problem(loc=e.source, message=e.message) for e in report.errors]
-            raise ValidationFailed(problems, what="agent document")
-        self.reply(report.as_dict(), 201)
+            raise ValidationFailed(problems or [Problem(loc="body", message="no Clarion v2 agents found")], "import")
+        self.reply(report.as_dict(), 200 if dry_run else 201)
 
 
 class AgentRunHandler(ClarionHandler):

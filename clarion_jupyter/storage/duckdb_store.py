@@ -194,6 +194,11 @@ _EVENTS = (
     f" UNION ALL SELECT * FROM (SELECT {_JOURNALED_EVENT} FROM run_journal WHERE kind = 'event' AND run_id = $1)"
     " WHERE seq > $2 ORDER BY seq"
 )
+_IMPORT_FINISHED = tuple(
+    f"{table.upsert.split(' ON CONFLICT')[0]} ON CONFLICT DO NOTHING" for table in (SNAPSHOTS, RUNS, STEPS, EVENTS)
+)
+"""Finished runs imported from elsewhere: rows already stored stay as they are."""
+_STORED_IDS = "SELECT run_id FROM runs WHERE run_id IN (SELECT unnest($1::VARCHAR[]))"
 PROJECTION_INTERVAL_S = 1.0
 """How long journaled state may wait to reach the tables when nothing reads them."""
 
@@ -209,6 +214,24 @@ def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
 
 def _step_from_row(row: tuple[Any, ...]) -> StepRecord:
     return StepRecord(**STEPS.values(row))
+
+
+def _finished_columns(
+    runs: list[RunRecord], steps: list[StepRecord], events: list[Event], skip: set[str]
+) -> list[list[list[Any]]]:
+    """Column lists for :data:`_IMPORT_FINISHED` (encoding thousands of runs is CPU work, so
+    it runs on a thread, not on the event loop); rows of runs in ``skip`` are left out."""
+    snapshots: dict[str, tuple[str, str | None]] = {}
+    for run in runs:
+        if run.workflow_digest not in snapshots:
+            snapshots[run.workflow_digest] = (run.workflow_digest, _dumps(run.workflow))
+    tables = [
+        list(snapshots.values()),
+        [RUNS.row(r) for r in runs],
+        [STEPS.row(s) for s in steps if s.run_id not in skip],
+        [EVENTS.row(e) for e in events if e.run_id not in skip],
+    ]
+    return [[list(column) for column in zip(*rows, strict=True)] if rows else [] for rows in tables]
 
 
 @dataclass(slots=True)
@@ -482,6 +505,30 @@ class DuckDBRunStore:
         ).fetchone()
         return count
 
+    # -- finished runs imported from elsewhere (Clarion v2 history) -------------------
+    # They never change again and no executor journals them, so they go straight into the
+    # tables, one statement per table for the whole import, in one transaction.
+
+    async def import_finished(self, runs: list[RunRecord], steps: list[StepRecord], events: list[Event]) -> int:
+        stored = await self.existing_runs([r.run_id for r in runs])
+        new = [r for r in runs if r.run_id not in stored]
+        if not new:
+            return 0
+        columns = await asyncio.to_thread(_finished_columns, new, steps, events, stored)
+        await self._db.write(self._insert_finished, columns)
+        return len(new)
+
+    @staticmethod
+    def _insert_finished(cursor: duckdb.DuckDBPyConnection, columns: list[list[list[Any]]]) -> None:
+        for sql, table in zip(_IMPORT_FINISHED, columns, strict=True):
+            if table:
+                cursor.execute(sql, table)
+
+    async def existing_runs(self, run_ids: list[str]) -> set[str]:
+        await self.project()
+        rows = await self._db.read(lambda c: c.execute(_STORED_IDS, [run_ids]).fetchall())
+        return {row[0] for row in rows}
+
 
 class DuckDBDocumentStore:
     """Agents or workflows (``table``): JSON documents keyed by id."""
@@ -539,3 +586,17 @@ class DuckDBDocumentStore:
             )
 
         return await self._db.write(_delete)
+
+    # -- many documents at once (an import) -------------------------------------------
+
+    async def replace_many(self, docs: dict[str, dict[str, Any]]) -> None:
+        """Create or replace every document in one statement and one transaction (a
+        thousand single replaces cost a thousand commits); ``created_at`` stays as it was."""
+        if not docs:
+            return
+        ids, texts = list(docs), [json.dumps(doc) for doc in docs.values()]
+        sql = (
+            f"INSERT INTO {self._table} (id, doc, created_at, updated_at) SELECT unnest($1), unnest($2), $3, $3"
+            " ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at"
+        )
+        await self._db.write(lambda cursor: cursor.execute(sql, [ids, texts, _naive(utcnow())]))

@@ -16,6 +16,8 @@ class DocumentStore(Protocol):
     async def create(self, doc_id: str, doc: dict, source: str | None = None) -> StoredDocument: ...
     async def replace(self, doc_id: str, doc: dict, source: str | None = None) -> StoredDocument: ...
     async def delete(self, doc_id: str) -> bool: ...
+    async def replace_many(self, docs: dict[str, dict]) -> None:
+        """Create or replace several documents (by id) in one transaction."""
 
 
 AgentStore = DocumentStore
@@ -56,3 +58,10 @@ class RunStore(Protocol):
     async def find_idempotent(self, workflow_id: str, key: str) -> str | None: ...
     async def active_runs(self) -> list[ActiveRun]: ...
     async def count_active(self, workflow_id: str) -> int: ...
+
+    async def import_finished(self, runs: list[RunRecord], steps: list[StepRecord], events: list[Event]) -> int:
+        """Store runs that finished elsewhere (Clarion v2 history), with their steps and events,
+        in one transaction; runs already stored are left as they are. Returns how many were new."""
+
+    async def existing_runs(self, run_ids: list[str]) -> set[str]:
+        """Which of ``run_ids`` are stored."""

@@ -38,12 +38,16 @@ def config_problems(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'with'}: {e['msg']}" for e in exc.errors())
 
 
+DEFAULT_MAX_OUTPUT_BYTES = 1_000_000
+"""The default cap on one step's stored output, for the engine, the server extension and the CLI."""
+
+
 @dataclass(frozen=True, slots=True)
 class TaskSettings:
     """Host policy that applies to every task run by a worker."""
 
     allow_shell: bool = True
-    max_output_bytes: int = 1_000_000
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
 
 
 @dataclass(slots=True)

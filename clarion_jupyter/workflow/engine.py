@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..agent.migration import V2ImportReport, V2Migration
+from ..agent.models import Agent
 from ..agent.service import AgentService
 from ..core.errors import Conflict, NotFound, Problem, ValidationFailed
 from ..core.ids import new_run_id
@@ -25,7 +27,7 @@ from ..storage.duckdb_store import DuckDBDocumentStore, DuckDBRunStore
 from ..storage.protocols import ActiveRun
 from ..storage.records import Event, RunRecord, utcnow
 from ..storage.writer import GroupCommitWriter
-from ..task.base import TaskFailed, TaskSettings
+from ..task.base import DEFAULT_MAX_OUTPUT_BYTES, TaskFailed, TaskSettings
 from ..task.builtin.llm_call import LLMCallConfig, LLMCallTask, prepare_request
 from ..task.preview import Previewer
 from ..task.queue import Queue
@@ -36,13 +38,13 @@ from .agent_run import AGENT_RUN_WORKFLOW, AGENT_RUN_WORKFLOW_ID, AgentRunReques
 from .bus import EventBus
 from .compiler import Plan, compile_workflow
 from .executor import RunExecutor
-from .models import Workflow, WorkflowRun, parse_workflow
+from .models import WorkflowRun, parse_workflow
 from .runs import run_document
 from .service import WorkflowService
+from .validation import DEFAULT_MAX_STEPS, WorkflowSource, WorkflowValidator
 from .views import RunViews
 
 log = logging.getLogger(__name__)
-WorkflowSource = Workflow | dict[str, Any] | str | bytes
 
 
 class Engine:
@@ -56,8 +58,8 @@ class Engine:
         workspace_root: str | os.PathLike[str] = ".",
         queue_url: str = "local",
         allow_shell: bool = True,
-        max_output_bytes: int = 1_000_000,
-        max_steps: int | None = 1000,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+        max_steps: int | None = DEFAULT_MAX_STEPS,
         registry: TaskRegistry | None = None,
         run_workers: bool = True,
     ) -> None:
@@ -66,14 +68,14 @@ class Engine:
         self.registry = registry or TaskRegistry.from_entry_points()
         self.settings = TaskSettings(allow_shell=allow_shell, max_output_bytes=max_output_bytes)
         self.queue_url = queue_url
-        self.max_steps = max_steps
+        self.validator = WorkflowValidator(self.registry, max_steps=max_steps, allow_shell=allow_shell)
         self._workers = workers
         self._run_workers = run_workers
         self._db = Database(self.db_path)
         self.runs = DuckDBRunStore(self._db)
         self.agents = AgentService(DuckDBDocumentStore(self._db, "agents"))
         self.workflows = WorkflowService(
-            DuckDBDocumentStore(self._db, "workflows", with_source=True), self.runs, self.registry, max_steps
+            DuckDBDocumentStore(self._db, "workflows", with_source=True), self.runs, self.validator
         )
         self._previewer = Previewer(self.registry, self.workspace, self.settings)
         self.bus = EventBus()
@@ -151,13 +153,7 @@ class Engine:
     # -- runs --------------------------------------------------------------------
 
     def compile(self, workflow: WorkflowSource) -> Plan:
-        plan = compile_workflow(parse_workflow(workflow), self.registry, self.max_steps)
-        if not self.settings.allow_shell:
-            shell = [Problem(loc=f"step '{n}' field 'task'", message="shell steps are disabled on this server (allow_shell=False)", step=n, field="task")
-                     for n, node in plan.nodes.items() if node.step.task == "shell"]  # fmt: skip
-            if shell:
-                raise ValidationFailed(shell)
-        return plan
+        return self.validator.compile(workflow)
 
     async def submit(
         self,
@@ -238,6 +234,7 @@ class Engine:
             log.exception("run %s: engine error", run_id)
             executor.abort({"code": "internal", "message": "internal engine error (see the server log)"})
         finally:
+            executor.started.set()  # never leave a decision waiting on a run that ended early
             self._active.pop(run_id, None)
             self._tasks.pop(run_id, None)
 
@@ -295,6 +292,8 @@ class Engine:
         :class:`Conflict` when the step is not waiting (never asked, decided already, or the
         run ended), :class:`NotFound` when there is no such run."""
         executor = self._active.get(run_id)
+        if executor is not None:
+            await executor.started.wait()  # a run resumed just now takes back its waiting steps first
         if executor is None or not executor.decide(step_key, approve, by, comment):
             run = await self.get_run(run_id)
             step = next((s for s in run.steps if s.key == step_key), None)
@@ -306,6 +305,11 @@ class Engine:
         await self._writer.flush()
         decision = "approve" if approve else "reject"
         return {"run_id": run_id, "step_key": step_key, "decision": decision, "by": by, "comment": comment}
+
+    # -- agents ----------------------------------------------------------------------
+
+    async def list_agents(self) -> list[Agent]:
+        return await self.agents.list()
 
     # -- agent runs ----------------------------------------------------------------
 
@@ -438,3 +442,8 @@ class Engine:
             },
             "active_runs": self.active_runs,
         }
+
+    async def import_v2(self, source: str | os.PathLike[str] | bytes, *, dry_run: bool = False) -> V2ImportReport:
+        """Import what Clarion v2 left (a ``clarion.db``, its YAML store, exported agent files,
+        or an uploaded body): agents created or updated in place, run history as finished runs."""
+        return await V2Migration(self.agents, self.runs).run(source, dry_run=dry_run)

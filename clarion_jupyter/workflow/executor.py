@@ -129,6 +129,8 @@ class RunExecutor:
         }
         self._usage = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": None}
         self.finished = asyncio.Event()
+        self.started = asyncio.Event()
+        """Set once the run has begun (a resumed run holds its waiting steps again by then)."""
 
     def queued(self, submissions: GroupCommitWriter) -> None:
         """Record the new run through the engine's ``submissions`` writer, which commits
@@ -181,7 +183,10 @@ class RunExecutor:
         self._writer.add_run(self.run)
         self._emit(EventType.run_started, None, {"resumed": True} if resumed else {})
         ready = self._restore() if resumed else [n for n, count in self._waiting.items() if count == 0]
-        await self._begin_all(ready)
+        try:
+            await self._begin_all(ready)
+        finally:
+            self.started.set()
         while not self.finished.is_set():
             self._check_complete()
             if self.finished.is_set():

@@ -7,24 +7,20 @@ from typing import Any
 from ..core.errors import Conflict, NotFound
 from ..storage.protocols import RunStore, WorkflowStore
 from ..storage.records import StoredDocument
-from ..task.registry import TaskRegistry
-from .compiler import compile_workflow
-from .models import Workflow, load_document, parse_workflow
+from .models import Workflow, load_document
+from .validation import WorkflowValidator
 
 
 class WorkflowService:
-    def __init__(self, store: WorkflowStore, runs: RunStore, registry: TaskRegistry, max_steps: int | None) -> None:
+    def __init__(self, store: WorkflowStore, runs: RunStore, validator: WorkflowValidator) -> None:
         self._store = store
         self._runs = runs
-        self._registry = registry
-        self._max_steps = max_steps
+        self._validator = validator
         self._cache: dict[str, StoredDocument] = {}
         """Saved workflows by id. The engine is the store's only writer, so this stays true."""
 
     def validate(self, source: str | bytes | dict[str, Any] | Workflow) -> Workflow:
-        workflow = parse_workflow(source)
-        compile_workflow(workflow, self._registry, self._max_steps)
-        return workflow
+        return self._validator.compile(source).workflow
 
     async def list(self) -> list[StoredDocument]:
         return await self._store.list()

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from ...agent.context import ContextFile, gather_context, render_context
+from ...agent.context import ContextFile, ContextSelection, gather_context, render_context
 from ...agent.models import Agent, refuse_api_key
 from ...core.protocol import EventType
 from ...core.sandbox import environment
@@ -91,7 +91,7 @@ class LLMCallTask(Task):
         agent = _agent(ctx)
         schema = config.response_format or agent.output_schema
         validator = _schema_validator(schema) if schema is not None else None
-        request = await prepare_request(agent, config, ctx.workspace)
+        request, context = await prepare_call(agent, config, ctx.workspace)
         tokens = TokenCoalescer(lambda text: ctx.emit(EventType.llm_token, {"text": text})) if config.stream else None
         try:
             result = await self.provider.complete(request, on_token=tokens)
@@ -106,6 +106,8 @@ class LLMCallTask(Task):
             "cost_usd": result.cost_usd,
             "model": result.model,
         }
+        if agent.context is not None:
+            output["context"] = context.summary()
         if validator is not None:
             output["json"] = _parse_reply(result.text, validator)
         return output
@@ -160,22 +162,33 @@ def _agent(ctx: TaskContext) -> Agent:
 
 async def prepare_request(agent: Agent, config: LLMCallConfig, workspace: Workspace) -> LLMRequest:
     """The exact request the step sends: also what ``POST /api/v3/agents/{id}/prompt`` shows."""
+    return (await prepare_call(agent, config, workspace))[0]
+
+
+async def prepare_call(
+    agent: Agent, config: LLMCallConfig, workspace: Workspace
+) -> tuple[LLMRequest, ContextSelection]:
+    """The request, and the codebase context it carries (files sent, entries skipped and why)."""
     schema = config.response_format or agent.output_schema
-    return LLMRequest(
+    context = await gather_context(agent.context, workspace) if agent.context is not None else ContextSelection()
+    request = LLMRequest(
         model=config.model or agent.model,
-        messages=await _messages(agent, config, workspace),
+        messages=await _messages(agent, config, workspace, context),
         parameters=agent.parameters | config.parameters,
         api_base=agent.api_base,
         api_key_env=agent.api_key_env,
         response_format=_json_schema_format(schema) if schema is not None else None,
         stream=config.stream,
     )
+    return request, context
 
 
-async def _messages(agent: Agent, config: LLMCallConfig, workspace: Workspace) -> list[dict[str, Any]]:
+async def _messages(
+    agent: Agent, config: LLMCallConfig, workspace: Workspace, context: ContextSelection
+) -> list[dict[str, Any]]:
     """System prompt (+ codebase context), then the given conversation, then the prompt."""
     system = render_system_prompt(agent, config.variables)
-    files = await gather_context(agent.context, workspace) if agent.context is not None else []
+    files = context.files
     if config.files:
         chosen = await asyncio.to_thread(_read_chosen, workspace, config.files)
         selected = {f.path for f in files}
@@ -225,7 +238,8 @@ def render_system_prompt(agent: Agent, values: dict[str, Any]) -> str:
         else:
             variables[var.name] = var.default if var.default is not None else ""
     try:
-        return _system_template(agent.system_prompt).render({**values, **variables})
+        # `variables` also reaches names that are not identifiers: {{ variables['component-name'] }}
+        return _system_template(agent.system_prompt).render({**values, **variables, "variables": variables})
     except Exception as exc:  # any failure inside the template is the agent author's to fix
         raise TaskFailed(f"agent '{agent.id}' system prompt: {type(exc).__name__}: {exc}", retryable=False) from None
 

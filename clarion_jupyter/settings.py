@@ -1,0 +1,42 @@
+"""The server extension's configuration as the CLI sees it.
+
+The ``ClarionExtension`` traits (``db_path``, ``max_steps``, ``allow_shell``, ...) live in
+Jupyter's own config files; the CLI reads the same files with traitlets' loaders, so
+``clarion validate`` and ``clarion run`` judge a workflow as the server would and open the
+same database, without importing the server (which takes seconds).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from traitlets.config import Config
+from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader, PyFileConfigLoader
+
+CONFIG_NAME = "jupyter_server_config"
+SECTION = "ClarionExtension"
+
+
+def configured_traits(cwd: str | Path = ".") -> dict[str, Any]:
+    """The ``ClarionExtension`` section of every Jupyter server config file, merged in
+    Jupyter's order (lowest priority first; the folder the command runs in last)."""
+    from jupyter_core.paths import jupyter_config_path
+
+    config = Config()
+    for folder in [*reversed(jupyter_config_path()), str(cwd)]:
+        for loader in _loaders(Path(folder)):
+            try:
+                config.merge(loader.load_config())
+            except ConfigFileNotFound:
+                continue
+    return dict(config[SECTION]) if SECTION in config else {}
+
+
+def _loaders(folder: Path) -> list[JSONFileConfigLoader | PyFileConfigLoader]:
+    fragments = sorted((folder / f"{CONFIG_NAME}.d").glob("*.json"))
+    return [
+        *(JSONFileConfigLoader(f.name, path=str(f.parent)) for f in fragments),
+        PyFileConfigLoader(f"{CONFIG_NAME}.py", path=str(folder)),
+        JSONFileConfigLoader(f"{CONFIG_NAME}.json", path=str(folder)),
+    ]
