@@ -117,6 +117,18 @@ function ImportBox({ api, onImported }: { api: ClarionApi; onImported: () => voi
         <div key={r.name} className="clarion-ImportReport" role="status">
           <strong>{r.name}</strong>:{' '}
           {r.error ?? `${r.report!.agents.length} imported (${r.report!.agents.map(a => a.name).join(', ')})`}
+          {r.report?.runs && r.report.runs.found > 0 && (
+            <div>
+              {r.report.runs.imported} of {r.report.runs.found} v2 runs imported
+              {r.report.runs.already_imported ? ` (${r.report.runs.already_imported} already there)` : ''}
+            </div>
+          )}
+          {r.report?.api_keys?.map(k => (
+            <div key={k.env} className={k.set ? 'clarion-Muted' : 'clarion-Warning'}>
+              {k.agents.join(', ')} read the API key from <code>${k.env}</code>
+              {k.set ? ' (set)' : ': set it where the server runs; keys are not imported'}
+            </div>
+          ))}
           {r.report?.warnings.map((w, i) => (
             <div key={`w${i}`} className="clarion-Warning">
               {w.source}: {w.message}

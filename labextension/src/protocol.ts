@@ -181,6 +181,12 @@ export interface ImportReport {
   agents: Agent[];
   errors: ImportProblem[];
   warnings: ImportProblem[];
+  dry_run?: boolean;
+  changes?: { id: string; action: string; model: string; fields: string[] }[];
+  /** The environment variables the imported agents read their key from (keys are never imported). */
+  api_keys?: { env: string; agents: string[]; set: boolean }[];
+  /** v2's run history, when a clarion.db was imported. */
+  runs?: { workflow_id: string; found: number; imported: number; already_imported: number };
 }
 
 export interface Problem {

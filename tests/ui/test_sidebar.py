@@ -333,3 +333,20 @@ async def test_a_run_is_rerun_with_its_inputs_and_opened_in_a_notebook(lab, shot
         )
         await shots(page, "notebook")
         assert console_errors(page) == []
+
+
+async def test_a_v2_clarion_db_upload_imports_its_agents_and_run_history(lab, shots, tmp_path) -> None:
+    from test_v2_import import clarion_db  # the v2 database as v2 wrote it (tests/test_v2_import.py)
+
+    database = clarion_db(tmp_path)
+    async with chromium() as browser:
+        page = await open_sidebar(browser, lab, "Agents")
+        await page.set_input_files(f"{SIDEBAR} input[type=file]", str(database))
+        report = await page.wait_for_selector(f"{SIDEBAR} .clarion-ImportReport")
+        text = await report.inner_text()
+        assert "clarion.db" in text and "2 imported" in text
+        assert "2 of 2 v2 runs imported" in text
+        assert "$OPENAI_API_KEY" in text
+        await page.wait_for_selector(f"{SIDEBAR} [data-agent='basic_editor']")
+        await shots(page, "imported")
+        assert console_errors(page) == []
