@@ -8,6 +8,9 @@ B  WebSocket delivery latency (event `ts` -> received by the client, p50/p99) wh
    clients on /ws/runs; B-burst starts them all at once
 C  p99 latency of Jupyter's own GET /api/status while the engine runs --steps-per-s echo
    steps per second (chain workflows submitted at a steady rate), for --seconds
+hostile  the worst latency of GET /api/status while each hostile input is processed (a YAML
+   alias bomb, deep JSON, a 5,000-digit integer, costly templates, a template typo, a
+   ReDoS content_regex, the first llm_call of the server, ...), one after another
 
 The server is a subprocess on 127.0.0.1 (a free port, a fresh token, a temporary root dir
 and DuckDB file) and is stopped at the end, also on errors and Ctrl-C. Client and server
@@ -40,7 +43,7 @@ from tornado.websocket import websocket_connect
 from clarion_jupyter.client.client import Client
 from clarion_jupyter.testing.server import JupyterServerProcess
 
-TARGETS_MS = {"post_run_p99": 25, "get_run_p99": 15, "ws_delivery_p99": 20, "api_status_p99": 30}
+TARGETS_MS = {"post_run_p99": 25, "get_run_p99": 15, "ws_delivery_p99": 20, "api_status_p99": 30, "hostile_max": 100}
 ECHO = {"id": "bench-echo", "name": "Bench echo", "steps": [{"id": "echo", "task": "echo", "with": {"value": 1}}]}
 
 
@@ -205,6 +208,75 @@ async def bench_status_under_load(
             "target_api_status_p99_ms": TARGETS_MS["api_status_p99"]}  # fmt: skip
 
 
+BOMB = (
+    "name: bomb\nsteps:\n  - id: s\n    task: echo\n    with:\n      v0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+    + "".join(f"      v{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9))
+)
+
+
+def one_step(workflow_id: str, task: str, config: dict[str, Any]) -> dict[str, Any]:
+    return {"id": workflow_id, "name": workflow_id, "steps": [{"id": "s", "task": task, "with": config}]}
+
+
+def llm_step(workflow_id: str, agent: str) -> dict[str, Any]:
+    return one_step(workflow_id, "llm_call", {"agent": agent, "prompt": "hi", "parameters": {"mock_response": "ok"}})
+
+
+async def bench_hostile(server: JupyterServerProcess, client: Client) -> dict[str, Any]:
+    """Each hostile input in turn (a request, or a run to its end) while /api/status is polled
+    every 10 ms; the worst status latency per input. Run inputs record how the run ended."""
+    http = AsyncHTTPClient(force_instance=True, max_clients=4)
+    status_request = HTTPRequest(server.url + "api/status", headers=server.headers)
+    (server.root / "redos.txt").write_text("a" * 26 + "!")
+    await client.create_agent({"id": "plain", "name": "Plain", "model": "openai/gpt-4o"})
+    await client.create_agent(
+        {"id": "costly", "name": "Costly", "model": "openai/gpt-4o", "system_prompt": "{{ 3 ** (2*10**7) > 0 }}"}
+    )
+    await client.create_agent({"id": "redos", "name": "ReDoS", "model": "openai/gpt-4o",
+                               "context": {"include_globs": ["*.txt"], "content_regex": "(a+)+$"}})  # fmt: skip
+
+    async def post(path: str, body: str, content_type: str = "application/json") -> str:
+        request = HTTPRequest(server.url + "api/v3/" + path, method="POST", body=body,
+                              headers={**server.headers, "Content-Type": content_type})  # fmt: skip
+        response = await http.fetch(request, raise_error=False)
+        return f"HTTP {response.code}"
+
+    async def run(workflow: dict[str, Any]) -> str:
+        await client.create_workflow(workflow)
+        done = await asyncio.wait_for(client.wait(await client.run(workflow["id"])), 60)
+        return done["status"]
+
+    inputs: dict[str, Callable[[], Awaitable[str]]] = {
+        "first_llm_call": lambda: run(llm_step("first-llm", "plain")),
+        "yaml_alias_bomb": lambda: post("workflows", BOMB, "application/yaml"),
+        "yaml_self_alias": lambda: post("workflows", "name: x\nsteps: &x [*x]\n", "application/yaml"),
+        "json_900_deep": lambda: post("workflows", "[" * 900 + "]" * 900),
+        "json_5000_digits": lambda: post("workflows", '{"name": "x", "steps": [{"id": "s", "task": "echo", "with": {"value": ' + "9" * 5000 + "}}]}"),
+        "import_100k_deep": lambda: post("agents/import", "[" * 100_000 + "]" * 100_000),
+        "pow_in_system_prompt": lambda: run(llm_step("costly-prompt", "costly")),
+        "repeat_10e8": lambda: run(one_step("repeat", "echo", {"value": "{{ 'a' * 10**8 }}"})),
+        "center_10e9": lambda: run(one_step("center", "echo", {"value": "{{ 'x'|center(10**9) }}"})),
+        "nested_loops": lambda: run(one_step("loops", "echo", {"value": "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"})),
+        "undefined_in_list": lambda: run(one_step("typo", "echo", {"value": "{{ [run.nope] }}"})),
+        "after_the_typo": lambda: run(one_step("after", "echo", {"value": 1})),
+        "redos_content_regex": lambda: run(llm_step("redos-run", "redos")),
+        "nul_path": lambda: run(one_step("nul", "file_read", {"path": "a\u0000b"})),
+    }  # fmt: skip
+    results: dict[str, Any] = {}
+    try:
+        for name, hostile in inputs.items():
+            latencies: list[float] = []
+            task = asyncio.ensure_future(hostile())
+            while not task.done():
+                await timed(latencies, http.fetch(status_request))
+                await asyncio.sleep(0.01)
+            results[name] = {"result": task.result(), "api_status_max_ms": round(max(latencies) * 1000, 1)}
+    finally:
+        http.close()
+    worst = max(r["api_status_max_ms"] for r in results.values())
+    return {"inputs": results, "api_status_worst_ms": worst, "target_api_status_max_ms": TARGETS_MS["hostile_max"]}
+
+
 async def measured(server: JupyterServerProcess, name: str, workload: Awaitable[dict[str, Any]]) -> dict[str, Any]:
     """Run one workload and print its line, with wall time and the CPU each process spent on it.
 
@@ -257,6 +329,7 @@ async def main(args: argparse.Namespace) -> None:
         "B": lambda server, client: bench_websocket(server, client, args.ws_runs, args.ws_sockets, args.ws_spread_s),
         "B-burst": lambda server, client: bench_websocket(server, client, args.ws_runs, args.ws_sockets, 0.0),
         "C": lambda server, client: bench_status_under_load(server, client, args.seconds, args.steps_per_s),
+        "hostile": bench_hostile,
     }
     for name in args.only.split(","):
         lines = [await run_workload(name, workloads[name]) for _ in range(args.repeat)]
@@ -266,7 +339,7 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="A,A-paced,B,B-burst,C", help="workloads to run, in order")
+    parser.add_argument("--only", default="A,A-paced,B,B-burst,C,hostile", help="workloads to run, in order")
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs of each workload; above 1, a line of their medians follows"
     )

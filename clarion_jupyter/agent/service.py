@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..core.errors import NotFound, Problem, ValidationFailed
+from ..core.secrets import SecretPolicy
 from ..storage.protocols import AgentStore
 from .models import Agent
 
@@ -28,10 +29,20 @@ def validate_agent(doc: dict[str, Any] | Agent) -> Agent:
         raise ValidationFailed(problems, what="agent") from None
 
 
+def check_api_key_env(agent: Agent, policy: SecretPolicy) -> None:
+    """An agent chooses where its key is sent (``api_base``), so only variables that hold
+    secrets by name may be its key: never ``HOME`` or a database URL."""
+    if agent.api_key_env is not None and not policy.allows(agent.api_key_env):
+        message = policy.refusal(agent.api_key_env)
+        raise ValidationFailed([Problem(loc="api_key_env", message=message, field="api_key_env")], what="agent")
+
+
 class AgentService:
-    def __init__(self, store: AgentStore) -> None:
+    def __init__(self, store: AgentStore, secrets: SecretPolicy | None = None) -> None:
         self._store = store
         self._cache: dict[str, dict[str, Any]] = {}
+        self.secrets = secrets or SecretPolicy()
+        """Which names ``api_key_env`` may have; the server sets it from its configuration."""
 
     async def list(self) -> list[Agent]:
         return [Agent.model_validate(d.doc) for d in await self._store.list()]
@@ -44,6 +55,7 @@ class AgentService:
 
     async def create(self, doc: dict[str, Any] | Agent) -> Agent:
         agent = validate_agent(doc)
+        check_api_key_env(agent, self.secrets)
         await self._store.create(agent.id, agent.model_dump(mode="json"))
         self._cache.pop(agent.id, None)
         return agent
@@ -52,6 +64,7 @@ class AgentService:
         data = doc.model_dump(mode="json") if isinstance(doc, Agent) else dict(doc)
         data["id"] = agent_id
         agent = validate_agent(data)
+        check_api_key_env(agent, self.secrets)
         if await self._store.get(agent_id) is None:
             raise NotFound(f"agent '{agent_id}' not found", details={"id": agent_id})
         await self._store.replace(agent_id, agent.model_dump(mode="json"))
@@ -59,12 +72,16 @@ class AgentService:
         return agent
 
     async def upsert(self, agent: Agent) -> Agent:
+        check_api_key_env(agent, self.secrets)
         await self._store.replace(agent.id, agent.model_dump(mode="json"))
         self._cache.pop(agent.id, None)
         return agent
 
     async def upsert_many(self, agents: list[Agent]) -> None:
-        """Create or replace several agents at once (an import), in one transaction."""
+        """Create or replace several agents at once (an import), in one transaction; every one
+        must pass the ``api_key_env`` policy, or none is saved."""
+        for agent in agents:
+            check_api_key_env(agent, self.secrets)
         await self._store.replace_many({agent.id: agent.model_dump(mode="json") for agent in agents})
         for agent in agents:
             self._cache.pop(agent.id, None)

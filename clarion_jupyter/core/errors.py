@@ -47,6 +47,13 @@ class BadRequest(ClarionError):
     status = 400
 
 
+class Forbidden(ClarionError):
+    """Authenticated, but not allowed to do this (e.g. run shell steps without terminal rights)."""
+
+    code = "forbidden"
+    status = 403
+
+
 class NotFound(ClarionError):
     code = "not_found"
     status = 404

@@ -1,9 +1,11 @@
 """The LLM provider: one chat completion through litellm, with streaming, usage and cost.
 
 The engine only knows the small :class:`LLMProvider` protocol, so tests and other backends
-can stand in for litellm. :class:`LiteLLMProvider` imports litellm lazily, inside the first
-call: the import takes seconds and, unless the bundled cost map is selected first, goes to
-the network, and neither may happen when the server or the CLI starts.
+can stand in for litellm. :class:`LiteLLMProvider` imports litellm lazily, in a thread
+(:func:`load_litellm`): the import takes seconds of CPU and, unless the bundled cost map is
+selected first, goes to the network, so it may neither happen when the server or the CLI
+starts nor run on the event loop, where it would freeze the server for its whole duration.
+A host that expects LLM calls may warm it up early with :func:`load_litellm`.
 
 API keys come from environment variables named by the agent, are read at call time and go
 to litellm only; error messages are scrubbed of the key because some providers quote the
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -82,7 +84,7 @@ class LiteLLMProvider:
 
     async def complete(self, request: LLMRequest, on_token: TokenCallback | None = None) -> LLMResult:
         api_key = read_api_key(request.api_key_env)
-        litellm = _litellm()
+        litellm = await load_litellm()
         kwargs = _completion_kwargs(request, api_key)
         try:
             if request.stream:
@@ -100,7 +102,7 @@ class LiteLLMProvider:
         closes its loop (the engine at shutdown, a kernel's background loop, each test) calls
         this first, or the pending tasks are destroyed with warnings.
         """
-        if "litellm" not in sys.modules:
+        if _loaded is None:  # never imported (or still importing: nothing of it ran on this loop)
             return
         try:
             from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
@@ -113,7 +115,7 @@ class LiteLLMProvider:
         """Counted in a thread: the first count imports litellm (seconds) and loads a tokenizer."""
 
         def count() -> int:
-            return int(_litellm().token_counter(model=request.model, messages=request.messages))
+            return int(_import_litellm().token_counter(model=request.model, messages=request.messages))
 
         return await asyncio.to_thread(count)
 
@@ -146,13 +148,31 @@ def _is_retryable(exc: Exception, status: int | None) -> bool:
     return isinstance(exc, (TimeoutError, ConnectionError))
 
 
-def _litellm() -> ModuleType:
-    """Import litellm on first use, offline (bundled cost map) and without its banners."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
+_loaded: ModuleType | None = None
+_import_lock = threading.Lock()
 
-    litellm.suppress_debug_info = True
-    return litellm
+
+def _import_litellm() -> ModuleType:
+    """Import litellm offline (bundled cost map) and without its banners; once per process."""
+    global _loaded
+    with _import_lock:
+        if _loaded is None:
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            import litellm
+
+            litellm.suppress_debug_info = True
+            _loaded = litellm
+    return _loaded
+
+
+async def load_litellm() -> ModuleType:
+    """litellm, imported in a worker thread the first time, so the event loop keeps serving.
+
+    Concurrent first calls wait for the same import (the lock is taken in their threads).
+    """
+    if _loaded is not None:
+        return _loaded
+    return await asyncio.to_thread(_import_litellm)
 
 
 def _completion_kwargs(request: LLMRequest, api_key: str | None) -> dict[str, Any]:

@@ -11,14 +11,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Enum, Float, Integer, Unicode, default
+from traitlets import Bool, Enum, Float, Integer, TraitError, Unicode, default, validate
 
 from .._version import __version__
 from ..core.errors import ClarionError
 from ..core.protocol import CloseCode
+from ..core.secrets import DEFAULT_SECRET_ENV_PATTERN, SecretPolicy
+from ..llm.provider import load_litellm
 from ..storage.database import default_db_path
 from ..task.base import DEFAULT_MAX_OUTPUT_BYTES
 from ..workflow.engine import Engine
@@ -82,6 +86,13 @@ class ClarionExtension(ExtensionApp):
         help="Events buffered per WebSocket client; a client that falls further behind is closed "
         "with code 4008 and reconnects with `since`, so a slow client never slows the engine.",
     ).tag(config=True)
+    secret_env_pattern = Unicode(
+        DEFAULT_SECRET_ENV_PATTERN,
+        help="Regular expression (matched against the whole name) for the environment variables that "
+        "hold secrets. Only such a variable may be an agent's api_key_env (an agent also chooses the "
+        "api_base its key is sent to), and the value of every set variable that matches is masked as "
+        "*** in everything Clarion stores, streams or logs. Default: names ending in _API_KEY, _KEY or _TOKEN.",
+    ).tag(config=True)
     ws_ping_interval_s = Float(
         30.0, min=0.0, help="Seconds between WebSocket pings that keep idle connections alive (0: no pings)."
     ).tag(config=True)
@@ -96,6 +107,14 @@ class ClarionExtension(ExtensionApp):
         config["formatters"]["console"]["format"] = JUPYTER_LOG_TEMPLATE
         return config
 
+    @validate("secret_env_pattern")
+    def _valid_pattern(self, proposal: dict[str, Any]) -> str:
+        try:
+            re.compile(proposal["value"])
+        except re.error as exc:
+            raise TraitError(f"secret_env_pattern is not a valid regular expression: {exc}") from None
+        return proposal["value"]
+
     @default("db_path")
     def _default_db_path(self) -> str:
         return str(default_db_path())
@@ -106,7 +125,7 @@ class ClarionExtension(ExtensionApp):
 
     def initialize_settings(self) -> None:
         """Create (but do not open) the engine: the server's event loop is not running yet."""
-        configure_logging(self.log_format, self.serverapp.log)
+        configure_logging(self.log_format, self.serverapp.log, SecretPolicy(self.secret_env_pattern))
         self.engine = Engine(
             self.db_path,
             workers=self.workers,
@@ -116,8 +135,12 @@ class ClarionExtension(ExtensionApp):
             max_output_bytes=self.max_output_bytes,
             max_steps=self.max_steps,
         )
+        secrets = SecretPolicy(self.secret_env_pattern)
+        self.engine.settings = replace(self.engine.settings, secrets=secrets)
+        self.engine.agents.secrets = secrets
         self.sockets: set[EventSocket] = set()
         self._starting: asyncio.Future[None] | None = None
+        self._warming: asyncio.Future[None] | None = None
         self._down: tuple[str, Any, str] | None = None
 
     def initialize_handlers(self) -> None:
@@ -147,6 +170,16 @@ class ClarionExtension(ExtensionApp):
             # keep it out of the collector's full passes, which otherwise pause the loop.
             gc.freeze()
             log.info("Clarion engine started on %s", self.engine.db_path)
+            self._warming = asyncio.ensure_future(self._warm_up_llm())
+
+    async def _warm_up_llm(self) -> None:
+        """With agents defined, LLM calls are coming: import litellm now, in a thread, so the
+        first call neither waits seconds for it nor (as an import on the loop would) freezes the server."""
+        try:
+            if await self.engine.agents.list():
+                await load_litellm()
+        except Exception:  # a failed warm-up only means the first call imports it instead
+            log.warning("warming up litellm failed", exc_info=True)
 
     def _fail(self, message: str, details: Any = None, code: str = "unavailable") -> None:
         self._down = (message, details, code)

@@ -14,12 +14,12 @@ import re
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import yaml
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from pydantic import BaseModel, ValidationError
 from tornado import httputil, web
 
+from ..core.documents import DocumentError, load_json, load_yaml
 from ..core.errors import BadRequest, ClarionError, ValidationFailed
 from ..workflow.models import pydantic_problems
 
@@ -148,20 +148,15 @@ class ClarionHandler(ClarionHandlerMixin, APIHandler):
             raise BadRequest("the request body is not UTF-8 text") from None
 
     def body_document(self, *, required: bool = True) -> dict[str, Any]:
-        """The body as a mapping: YAML with a YAML content type, JSON otherwise (400 if malformed)."""
+        """The body as a mapping: YAML with a YAML content type, JSON otherwise; 400 if malformed or
+        beyond the bounds of :mod:`..core.documents` (nesting, aliases, number sizes, non-JSON types)."""
         text = self.body_text()
         if not required and not text.strip():
             return {}
         try:
-            doc = yaml.safe_load(text) if self.media_type in YAML_TYPES else json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BadRequest(f"malformed JSON body: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise BadRequest(f"malformed YAML body: {getattr(exc, 'problem', None) or 'cannot parse'}{where}") from None
-        except RecursionError:
-            raise BadRequest("the request body is nested too deeply") from None
+            doc = load_yaml(text) if self.media_type in YAML_TYPES else load_json(text)
+        except DocumentError as exc:
+            raise BadRequest(f"the request body is {exc}", details={"where": exc.where}) from None
         if not isinstance(doc, dict):
             raise BadRequest("the request body must be an object (a mapping)")
         return doc

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jupyter_server.auth.decorator import authorized
+from jupyter_server.utils import ensure_async
 from pydantic import BaseModel, ConfigDict, Field
 from tornado import web
 
 from ..agent.models import Agent
-from ..core.errors import BadRequest, NotFound, Problem, ValidationFailed
+from ..core.documents import DocumentError, DocumentRefused, load_any
+from ..core.errors import BadRequest, Forbidden, NotFound, Problem, ValidationFailed
 from ..core.protocol import RunStatus
 from ..storage.records import StoredDocument, isoformat
 from ..workflow.agent_run import AgentRunRequest
@@ -139,7 +141,14 @@ class AgentImportHandler(ClarionHandler):
         if self.media_type == "application/octet-stream":
             body: str | bytes = self.request.body
         else:
-            body = self.body_text(accept=DOCUMENT_TYPES | {"text/plain"}).encode()
+            text = self.body_text(accept=DOCUMENT_TYPES | {"text/plain"})
+            try:
+                load_any(text)  # the bounds of every document body; syntax errors are the importer's to report
+            except DocumentRefused as exc:
+                raise BadRequest(f"the request body is {exc}", details={"where": exc.where}) from None
+            except DocumentError:
+                pass
+            body = text.encode()
         report = await (await self.engine()).import_v2(body, dry_run=dry_run)
         if not report.agents and not report.runs.found:
             problems = [Problem(loc=e.source, message=e.message) for e in report.errors]
@@ -176,8 +185,21 @@ class WorkflowRunHandler(ClarionHandler):
     async def post(self, workflow_id: str) -> None:
         engine = await self.engine()
         request = self.run_request()
+        await self.require_terminal_permission(await engine.workflows.get(workflow_id))
         run_id = await engine.submit_saved(workflow_id, request.inputs, idempotency_key=request.idempotency_key)
         self.reply({"run_id": run_id, "status": RunStatus.queued.value}, 202, self.api_url("runs", run_id))
+
+    async def require_terminal_permission(self, stored: StoredDocument) -> None:
+        """A ``shell`` step is code execution: running one needs what opening a terminal needs,
+        so Clarion never grants more than Jupyter's own authorizer does."""
+        if "shell" not in step_tasks(stored.doc):
+            return
+        allowed = await ensure_async(self.authorizer.is_authorized(self, self.current_user, "execute", "terminals"))
+        if not allowed:
+            raise Forbidden(
+                "this workflow has shell steps: running it needs the permission to execute terminals",
+                details={"workflow_id": stored.id, "permission": "execute terminals"},
+            )
 
     def run_request(self) -> RunRequest:
         """The body, with the ``Idempotency-Key`` header standing in for ``idempotency_key``."""
@@ -258,10 +280,14 @@ class RunEventsHandler(ClarionHandler):
 
 
 class TasksHandler(ClarionHandler):
+    """The task types a workflow may use on this server (``shell`` only when ``allow_shell``)."""
+
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.reply({"tasks": (await self.engine()).registry.describe()})
+        engine = await self.engine()
+        tasks = [t for t in engine.registry.describe() if engine.settings.allow_shell or t["name"] != "shell"]
+        self.reply({"tasks": tasks})
 
 
 class OpenAPIHandler(ClarionHandler):
@@ -282,6 +308,15 @@ class UnknownPathHandler(ClarionHandler):
         raise NotFound(f"no such endpoint: {self.request.method} {self.request.path}")
 
     post = put = patch = delete = get
+
+
+def step_tasks(doc: dict[str, Any]) -> set[str]:
+    """The task types a (validated) workflow document uses, parallel groups included."""
+    tasks = set()
+    for item in doc.get("steps", []):
+        for step in item.get("parallel", [item]):
+            tasks.add(step.get("task"))
+    return tasks
 
 
 _ID = r"([^/]+)"

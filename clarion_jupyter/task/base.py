@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ..core.secrets import SecretPolicy
 from ..core.workspace import Workspace
 
 
@@ -48,6 +49,8 @@ class TaskSettings:
 
     allow_shell: bool = True
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    secrets: SecretPolicy = field(default_factory=SecretPolicy)
+    """Which environment variables hold secrets: masked in results, the only valid api_key_env."""
 
 
 @dataclass(slots=True)

@@ -13,7 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..core.workspace import PathOutsideWorkspace, Workspace
+from ..core.secrets import SecretMasker
+from ..core.workspace import Workspace, WorkspacePathError
 from .base import TaskContext, TaskFailed, TaskSettings, config_problems
 from .queue import Delivery, Job, JobResult, Queue
 from .registry import TaskRegistry
@@ -35,6 +36,7 @@ class Worker:
         self._registry = registry
         self._workspace = workspace
         self._settings = settings
+        self._masker = SecretMasker(settings.secrets)
         self._concurrency = concurrency
         self._slots: list[asyncio.Task[None]] = []
         self._running: dict[str, dict[str, asyncio.Task[Any]]] = defaultdict(dict)
@@ -95,7 +97,7 @@ class Worker:
         progress = self._sends.pop(job.id, None)
         if progress is not None:
             await progress
-        await self._queue.report(result)
+        await self._queue.report(self._masked(result))
         await self._queue.ack(delivery)
 
     async def _execute(self, job: Job) -> JobResult:
@@ -123,12 +125,21 @@ class Worker:
             return self._failure(job, "timeout", f"step timed out after {job.timeout_s:g} s", True)
         except TaskFailed as exc:
             return self._failure(job, "task_failed", exc.message, exc.retryable, exc.details)
-        except PathOutsideWorkspace as exc:
-            return self._failure(job, "path_outside_workspace", str(exc), False)
+        except WorkspacePathError as exc:
+            return self._failure(job, exc.code, str(exc), False)
         except Exception as exc:
             log.debug("step %s raised", job.id, exc_info=True)
             return self._failure(job, "task_error", f"{type(exc).__name__}: {exc}", True)
         return JobResult(job.run_id, job.key, job.attempt, "ok", output=output)
+
+    def _masked(self, result: JobResult) -> JobResult:
+        """What leaves the worker carries no secret value (outputs, errors, progress data), and
+        its error message no absolute workspace path."""
+        mask = self._masker.mask
+        result.output, result.error, result.data = mask(result.output), mask(result.error), mask(result.data)
+        if result.error is not None and isinstance(result.error.get("message"), str):
+            result.error["message"] = self._workspace.scrub(result.error["message"])
+        return result
 
     @classmethod
     def _cancelled_result(cls, job: Job) -> JobResult:
@@ -148,7 +159,7 @@ class Worker:
         async def send() -> None:
             if previous is not None:
                 await previous
-            await self._queue.report(message)
+            await self._queue.report(self._masked(message))
 
         self._sends[job.id] = asyncio.get_running_loop().create_task(send())
 

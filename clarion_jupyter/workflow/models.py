@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -21,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from ..core.documents import DocumentError, check_data, load_yaml
 from ..core.errors import Problem, ValidationFailed
 from ..core.ids import SLUG_PATTERN, slugify
 from ..core.protocol import RunStatus, StepStatus
@@ -158,18 +158,20 @@ class Workflow(_Strict):
 
 
 def load_document(source: str | bytes | dict[str, Any], what: str = "workflow") -> dict[str, Any]:
-    """Parse YAML or JSON text (JSON is YAML) into a mapping, with a located error."""
-    if isinstance(source, dict):
-        return source
-    if isinstance(source, bytes):
-        source = source.decode("utf-8", errors="replace")
+    """Parse YAML or JSON text (JSON is YAML) into a mapping, with a located error.
+
+    Parsing is bounded (nesting, alias expansion, JSON types only: see
+    :mod:`..core.documents`), so a hostile document is refused in milliseconds.
+    """
     try:
-        data = yaml.safe_load(source)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "document"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ValidationFailed([Problem(loc=where, message=f"not valid YAML/JSON: {problem}")], what) from None
+        if isinstance(source, dict):
+            check_data(source)
+            return source
+        if isinstance(source, bytes):
+            source = source.decode("utf-8", errors="replace")
+        data = load_yaml(source)
+    except DocumentError as exc:
+        raise ValidationFailed([Problem(loc=exc.where or "document", message=exc.message)], what) from None
     if not isinstance(data, dict):
         raise ValidationFailed([Problem(loc="document", message="must be a mapping (an object)")], what)
     return data

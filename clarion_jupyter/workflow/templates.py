@@ -1,9 +1,11 @@
 """Jinja2 templates in step configs, compiled once and evaluated per step.
 
-Templates run in a :class:`~jinja2.sandbox.SandboxedEnvironment` with
-:class:`~jinja2.StrictUndefined`, so a typo is an error rather than an empty string. A string
-that is exactly one expression (``"{{ inputs.files }}"``) yields the expression's native value,
-so lists stay lists; anything else renders to text. Compilation is cached by source text, and
+Templates run in the sandbox of :mod:`..core.sandbox` (immutable, strict undefined, with an
+evaluation budget), so a typo is an error rather than an empty string and no template can
+change what it reads or hold the event loop. A string that is exactly one expression
+(``"{{ inputs.files }}"``) yields the expression's value as plain data (a fresh copy, lazy
+results as lists, never an undefined value hidden inside), so lists stay lists; anything else
+renders to text. An evaluation error names the field it happened in. Compilation is cached by source text, and
 :func:`compile_value` returns a constant for values with no template in them, so the hot path
 of a step with a static config does no template work at all.
 """
@@ -16,9 +18,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import TemplateSyntaxError, Undefined, nodes
+from jinja2 import TemplateSyntaxError, nodes
 
-from ..core.sandbox import environment
+from ..core.sandbox import budget, environment
 
 CONTEXT_NAMES = frozenset({"inputs", "steps", "item", "run"})
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.DOTALL)
@@ -30,7 +32,23 @@ _env = environment
 
 
 class TemplateError(Exception):
-    """A template failed to compile or to evaluate; the message is meant for users."""
+    """A template failed to compile or to evaluate; the message is meant for users.
+
+    ``field`` is the dotted path, inside the compiled value, of the template that failed.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(f"field '{field}': {message}" if field else message)
+        self.message = message
+        self.field = field
+
+    def within(self, key: str | int) -> TemplateError:
+        """The same error, one level further out: ``key`` is prefixed to the field path."""
+        step = f"[{key}]" if isinstance(key, int) else str(key)
+        inner = self.field or ""
+        return TemplateError(
+            self.message, step + ("" if not inner else inner if inner.startswith("[") else "." + inner)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,14 +86,7 @@ def _compile_string(text: str) -> tuple[Renderer, References]:
         if match:
             expr = match.group("expr")
             source = "{{" + expr + "}}"
-            evaluate = _env.compile_expression(expr, undefined_to_none=False)
-
-            def render(ctx: dict[str, Any]) -> Any:
-                value = evaluate(ctx)
-                if isinstance(value, Undefined):
-                    value._fail_with_undefined_error()
-                return value
-
+            render = _env.compile_expression(expr, undefined_to_none=False)
         else:
             source = text
             template = _env.from_string(text)
@@ -85,13 +96,16 @@ def _compile_string(text: str) -> tuple[Renderer, References]:
         raise TemplateError(f"template syntax error: {exc.message}") from None
     except (SyntaxError, RecursionError, MemoryError) as exc:
         raise TemplateError(f"template too complex to compile: {type(exc).__name__}") from None
+    except Exception as exc:  # e.g. ValueError for an integer literal of 5,000 digits
+        raise TemplateError(f"template cannot be compiled: {type(exc).__name__}: {exc}") from None
     return _guarded(render), refs
 
 
 def _guarded(render: Callable[[dict[str, Any]], Any]) -> Renderer:
     def run(ctx: dict[str, Any]) -> Any:
         try:
-            return render(ctx)
+            with budget():
+                return render(ctx)
         except TemplateError:
             raise
         except Exception as exc:  # any failure inside user template code is the user's error
@@ -154,8 +168,13 @@ def compile_value(value: Any) -> CompiledValue:
         if all(p.constant for p in parts.values()):
             return CompiledValue(render=lambda ctx, v=value: v)
         pairs = [(k, p.render) for k, p in parts.items()]
+
+        def render_dict(ctx: dict[str, Any]) -> dict[Any, Any]:
+            with budget():
+                return {k: _within(k, r, ctx) for k, r in pairs}
+
         return CompiledValue(
-            render=lambda ctx: {k: r(ctx) for k, r in pairs},
+            render=render_dict,
             refs=_merge(p.refs for p in parts.values()),
             constant=False,
         )
@@ -163,13 +182,25 @@ def compile_value(value: Any) -> CompiledValue:
         items = [compile_value(v) for v in value]
         if all(p.constant for p in items):
             return CompiledValue(render=lambda ctx, v=value: v)
-        renders = [p.render for p in items]
+        renders = list(enumerate(p.render for p in items))
+
+        def render_list(ctx: dict[str, Any]) -> list[Any]:
+            with budget():
+                return [_within(i, r, ctx) for i, r in renders]
+
         return CompiledValue(
-            render=lambda ctx: [r(ctx) for r in renders],
+            render=render_list,
             refs=_merge(p.refs for p in items),
             constant=False,
         )
     return CompiledValue(render=lambda ctx, v=value: v)
+
+
+def _within(key: str | int, render: Renderer, ctx: dict[str, Any]) -> Any:
+    try:
+        return render(ctx)
+    except TemplateError as exc:
+        raise exc.within(key) from None
 
 
 def _merge(refs: Iterator[References]) -> References:

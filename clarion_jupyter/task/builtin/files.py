@@ -28,15 +28,16 @@ import whatthepatch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from whatthepatch.exceptions import WhatThePatchException
 
-from ...core.workspace import PathOutsideWorkspace, Workspace
+from ...core.workspace import Workspace, WorkspacePathError
 from ..base import Task, TaskConfig, TaskContext, TaskFailed
 
 
 def confine(workspace: Workspace, path: str) -> Path:
-    """Resolve ``path`` inside the workspace; escaping it is a permanent failure of the step."""
+    """Resolve ``path`` inside the workspace; escaping it, or a path no filesystem can hold
+    (a NUL byte, too long), is a permanent failure of the step."""
     try:
         return workspace.resolve(path)
-    except PathOutsideWorkspace as exc:
+    except WorkspacePathError as exc:
         raise TaskFailed(str(exc), details={"path": path}, retryable=False) from exc
 
 

@@ -31,7 +31,8 @@ from ...agent.context import ContextFile, ContextSelection, gather_context, rend
 from ...agent.models import Agent, refuse_api_key
 from ...core.protocol import EventType
 from ...core.sandbox import environment
-from ...core.workspace import PathOutsideWorkspace, Workspace
+from ...core.secrets import SecretMasker
+from ...core.workspace import Workspace, WorkspacePathError
 from ...llm.provider import LiteLLMProvider, LLMProvider, LLMRequest, ProviderError
 from ..base import Task, TaskConfig, TaskContext, TaskFailed
 
@@ -89,17 +90,26 @@ class LLMCallTask(Task):
 
     async def run(self, config: LLMCallConfig, ctx: TaskContext) -> dict[str, Any]:
         agent = _agent(ctx)
+        if agent.api_key_env is not None and not ctx.settings.secrets.allows(agent.api_key_env):
+            raise TaskFailed(ctx.settings.secrets.refusal(agent.api_key_env), retryable=False)
         schema = config.response_format or agent.output_schema
         validator = _schema_validator(schema) if schema is not None else None
         request, context = await prepare_call(agent, config, ctx.workspace)
-        tokens = TokenCoalescer(lambda text: ctx.emit(EventType.llm_token, {"text": text})) if config.stream else None
+        tokens = None
+        if config.stream:
+            masker = SecretMasker(ctx.settings.secrets)
+            tokens = TokenCoalescer(
+                lambda text: ctx.emit(EventType.llm_token, {"text": text}),
+                mask=masker.text,
+                holdback=max(masker.longest - 1, 0),
+            )
         try:
             result = await self.provider.complete(request, on_token=tokens)
         except ProviderError as exc:
             raise TaskFailed(exc.message, details={"status_code": exc.status_code}, retryable=exc.retryable) from None
         finally:
             if tokens is not None:
-                tokens.flush()
+                tokens.flush(final=True)
         output: dict[str, Any] = {
             "text": result.text,
             "usage": result.usage,
@@ -118,10 +128,23 @@ class TokenCoalescer:
 
     Each emit becomes a stored event and a WebSocket message, so emitting per token would
     flood both; a timer flushes text that would otherwise wait for the next delta.
+
+    With ``mask``, what is emitted has secrets masked; the last ``holdback`` characters wait
+    for the next flush, so a secret split across deltas is masked whole (the final flush
+    sends everything).
     """
 
-    def __init__(self, emit: Callable[[str], None], interval_s: float = 0.05, max_chars: int = 64) -> None:
+    def __init__(
+        self,
+        emit: Callable[[str], None],
+        interval_s: float = 0.05,
+        max_chars: int = 64,
+        mask: Callable[[str], str] | None = None,
+        holdback: int = 0,
+    ) -> None:
         self._emit = emit
+        self._mask = mask
+        self._holdback = holdback
         self._interval_s = interval_s
         self._max_chars = max_chars
         self._parts: list[str] = []
@@ -138,14 +161,20 @@ class TokenCoalescer:
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(wait, self.flush)
 
-    def flush(self) -> None:
+    def flush(self, final: bool = False) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._parts:
-            text = "".join(self._parts)
-            self._parts.clear()
-            self._size = 0
+        if not self._parts:
+            return
+        text = "".join(self._parts)
+        if self._mask is not None:
+            text = self._mask(text)
+        keep = min(self._holdback, len(text)) if not final else 0
+        text, held = (text[: len(text) - keep], text[len(text) - keep :]) if keep else (text, "")
+        self._parts[:] = [held] if held else []
+        self._size = len(held)
+        if text:
             self._last_emit = time.monotonic()
             self._emit(text)
 
@@ -209,7 +238,7 @@ def _read_chosen(workspace: Workspace, paths: list[str]) -> list[ContextFile]:
         try:
             target = workspace.resolve(path)
             data = target.read_bytes()
-        except PathOutsideWorkspace as exc:
+        except WorkspacePathError as exc:
             raise TaskFailed(str(exc), details={"path": path}, retryable=False) from None
         except OSError as exc:
             raise TaskFailed(f"cannot read '{path}': {exc.strerror}", details={"path": path}, retryable=False) from None

@@ -193,5 +193,5 @@ class ShellTask(Task):
                 env={**os.environ, **config.env},
                 start_new_session=True,
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the command or env
             raise TaskFailed(f"could not start the command: {exc}", retryable=False) from exc

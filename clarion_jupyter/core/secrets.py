@@ -1,0 +1,123 @@
+"""Secrets: which environment variables an agent may use as its API key, and masking their values.
+
+An agent names the variable that holds its key (``api_key_env``) and chooses where the key
+is sent (``api_base``), so without a rule any server variable (``HOME``, a database URL)
+could be sent to any host. :class:`SecretPolicy` is that rule: only names matching a pattern
+(by default ending in ``_API_KEY``, ``_KEY`` or ``_TOKEN``) may be used.
+
+Whatever a step returns may still contain a secret (a reply that echoes its bearer token, a
+shell command that prints its environment). :class:`SecretMasker` replaces the value of every
+set variable whose name matches the policy with ``***`` in what leaves a worker (outputs,
+errors, progress events) and in log records, the way CI systems mask their secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+DEFAULT_SECRET_ENV_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(_API_KEY|_KEY|_TOKEN)$"
+MASK = "***"
+MIN_SECRET_LENGTH = 4
+"""Shorter values are not masked: masking ``1`` or ``on`` everywhere would garble every output."""
+
+
+class SecretPolicy:
+    """Which environment variable names hold secrets (and so may be an agent's ``api_key_env``)."""
+
+    def __init__(self, pattern: str = DEFAULT_SECRET_ENV_PATTERN) -> None:
+        self.pattern = pattern
+        self._regex = re.compile(pattern)
+
+    def allows(self, name: str) -> bool:
+        return self._regex.fullmatch(name) is not None
+
+    def refusal(self, name: str) -> str:
+        return (
+            f"environment variable {name} may not be used as an API key: its name must match "
+            f"{self.pattern} (the server's ClarionExtension.secret_env_pattern)"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretPolicy) and other.pattern == self.pattern
+
+    def __hash__(self) -> int:
+        return hash(self.pattern)
+
+    def __repr__(self) -> str:
+        return f"SecretPolicy({self.pattern!r})"
+
+
+class SecretMasker:
+    """Masks the current values of the secret environment variables in text and JSON data.
+
+    The environment is read at every call (cheaply: the compiled pattern is rebuilt only when
+    the set of values changes), so a key exported after the server started is masked too.
+    """
+
+    def __init__(self, policy: SecretPolicy | None = None, environ: Mapping[str, str] | None = None) -> None:
+        self.policy = policy or SecretPolicy()
+        self._environ = os.environ if environ is None else environ
+        self._values: frozenset[str] = frozenset()
+        self._regex: re.Pattern[str] | None = None
+
+    def _pattern(self) -> re.Pattern[str] | None:
+        values = frozenset(
+            value
+            for name, value in self._environ.items()
+            if len(value) >= MIN_SECRET_LENGTH and self.policy.allows(name)
+        )
+        if values != self._values:
+            self._values = values
+            ordered = sorted(values, key=len, reverse=True)  # longest first: a key containing another
+            self._regex = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        return self._regex
+
+    @property
+    def longest(self) -> int:
+        """Length of the longest secret value (0 when none is set): how much of a stream to hold
+        back so that a secret split across two pieces is still masked."""
+        self._pattern()
+        return max(map(len, self._values), default=0)
+
+    def text(self, text: str) -> str:
+        regex = self._pattern()
+        return text if regex is None else regex.sub(MASK, text)
+
+    def mask(self, value: Any) -> Any:
+        """``value`` with every secret inside its strings (keys included) replaced by ``***``."""
+        regex = self._pattern()
+        return value if regex is None else _mask(value, regex)
+
+
+def _mask(value: Any, regex: re.Pattern[str]) -> Any:
+    if isinstance(value, str):
+        return regex.sub(MASK, value)
+    if isinstance(value, dict):
+        return {_mask(k, regex): _mask(v, regex) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_mask(item, regex) for item in value]
+    return value
+
+
+class SecretLogFilter(logging.Filter):
+    """Masks secrets in a log record's message (its arguments merged in) and exception text."""
+
+    def __init__(self, masker: SecretMasker) -> None:
+        super().__init__()
+        self.masker = masker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = self.masker.text(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and record.exc_info[1] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            masked_exc = self.masker.text(text)
+            if masked_exc != text:
+                record.exc_info, record.exc_text = None, masked_exc
+        return True

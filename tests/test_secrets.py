@@ -1,0 +1,116 @@
+"""Secrets against a real server: an agent's key may only come from a variable named as a
+secret, and the values of such variables never appear in what Clarion stores, streams or logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from conftest_server import create_workflow, start_run, wait_run
+
+from clarion_jupyter.testing.openai_server import OpenAIStubServer
+
+SECRET = "sk-clarion-test-0123456789abcdef"
+
+
+@pytest.fixture
+def secret_env(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("CLARION_TEST_API_KEY", SECRET)
+    monkeypatch.setenv("CLARION_TEST_TOKEN", SECRET + "-token")
+    return SECRET
+
+
+def agent(**fields: object) -> dict[str, object]:
+    return {"id": "leaky", "name": "Leaky", "model": "openai/fake", **fields}
+
+
+async def test_an_agent_may_not_use_a_variable_not_named_as_a_secret_for_its_key(api):
+    reply = await api("POST", "agents", body=agent(api_key_env="HOME", api_base="http://127.0.0.1:9/v1"))
+    assert reply.status == 422
+    assert reply.body["error"]["details"][0]["field"] == "api_key_env"
+    assert "HOME" in reply.body["error"]["message"] and "secret_env_pattern" in reply.body["error"]["message"]
+    assert (await api("POST", "agents", body=agent(api_key_env="OPENAI_API_KEY"))).status == 201
+    assert (await api("PUT", "agents", "leaky", body=agent(api_key_env="DATABASE_URL"))).status == 422
+
+
+@pytest.mark.clarion(secret_env_pattern=r"CORP_[A-Z_]+")
+async def test_the_secret_name_pattern_is_configurable(api):
+    assert (await api("POST", "agents", body=agent(api_key_env="CORP_LLM_SECRET"))).status == 201
+    assert (await api("POST", "agents", body=agent(id="other", api_key_env="OPENAI_API_KEY"))).status == 422
+
+
+V2_AGENT = json.dumps(
+    {
+        "Profile": {"ID": "v2", "Name": "V2"},
+        "llm_config": {"provider": "OpenAI", "model": "gpt-4o", "api_key_env": "OPENAI_API_KEY"},
+    }
+)
+
+
+async def test_an_imported_agent_may_name_a_secret_variable_for_its_key(api):
+    reply = await api("POST", "agents", "import", body=V2_AGENT)
+    assert reply.status == 201, reply.body
+    assert (await api("GET", "agents", "v2")).body["api_key_env"] == "OPENAI_API_KEY"
+
+
+@pytest.mark.clarion(secret_env_pattern=r"CORP_[A-Z_]+")
+async def test_an_imported_agent_whose_key_variable_is_refused_is_an_import_error(api):
+    reply = await api("POST", "agents", "import", body=V2_AGENT)
+    assert reply.status == 422
+    assert "OPENAI_API_KEY" in reply.body["error"]["message"]
+    assert (await api("GET", "agents", "v2")).status == 404
+
+
+async def test_a_key_echoed_by_the_model_is_masked_in_outputs_events_and_streamed_tokens(api, secret_env):
+    with OpenAIStubServer(reply=f"your key is {SECRET}, keep it safe", api_key=SECRET, chunk_chars=5) as stub:
+        created = await api("POST", "agents", body=agent(api_base=stub.url, api_key_env="CLARION_TEST_API_KEY"))
+        assert created.status == 201
+        workflow = {
+            "id": "echo-key",
+            "name": "Echo key",
+            "steps": [
+                {"id": "plain", "task": "llm_call", "with": {"agent": "leaky", "prompt": "key?"}},
+                {"id": "streamed", "task": "llm_call", "with": {"agent": "leaky", "prompt": "key?", "stream": True}},
+            ],
+        }
+        await create_workflow(api, workflow)
+        run = await wait_run(api, await start_run(api, "echo-key"))
+    assert run["status"] == "succeeded", run
+    outputs = {s["step_id"]: s["output"]["text"] for s in run["steps"]}
+    assert outputs == {"plain": "your key is ***, keep it safe", "streamed": "your key is ***, keep it safe"}
+    events = (await api("GET", "runs", run["run_id"], "events")).body["events"]
+    streamed = "".join(e["data"]["text"] for e in events if e["type"] == "llm_token")
+    assert streamed == "your key is ***, keep it safe"
+    stored = json.dumps([run, events, (await api("GET", "runs")).body])
+    assert SECRET not in stored
+
+
+async def test_shell_output_and_errors_are_masked(api, secret_env):
+    workflow = {
+        "id": "printenv",
+        "name": "Print env",
+        "steps": [
+            {
+                "id": "out",
+                "task": "shell",
+                "with": {"command": "echo key=$CLARION_TEST_API_KEY; echo tok=$CLARION_TEST_TOKEN >&2"},
+            },
+            {"id": "fail", "task": "shell", "with": {"command": "echo $CLARION_TEST_API_KEY; exit 3"}},
+        ],
+    }
+    await create_workflow(api, workflow)
+    run = await wait_run(api, await start_run(api, "printenv"))
+    steps = {s["step_id"]: s for s in run["steps"]}
+    assert steps["out"]["output"]["stdout"] == "key=***\n"
+    assert steps["out"]["output"]["stderr"] == "tok=***\n"
+    assert steps["fail"]["error"]["details"]["stdout"] == "***\n"
+    assert SECRET not in json.dumps(run)
+
+
+@pytest.mark.clarion(log_format="json")
+async def test_log_records_are_masked(api, secret_env, capsys):
+    assert (await api("GET", "health")).status == 200
+    logging.getLogger("clarion_jupyter.test").error("the key is %s", SECRET)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert json.loads(line)["message"] == "the key is ***"
