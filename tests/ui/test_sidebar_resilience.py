@@ -8,7 +8,7 @@ import time
 from clarion_jupyter.testing.browser import chromium, lab_server, open_lab
 
 from .conftest import Lab, api, start_lab, wait_for_run, wait_until_up
-from .pages import SIDEBAR, console_errors, open_sidebar, wait_status
+from .pages import SIDEBAR, SIDEBAR_TAB, console_errors, open_sidebar, wait_status
 from .test_sidebar import LONG
 from .test_sidebar_hub import HELLO
 
@@ -50,8 +50,10 @@ async def test_without_the_server_extension_the_sidebar_says_so(tmp_path, shots)
         wait_until_up(lab, "api/status")
         async with chromium() as browser:
             page = await open_lab(browser, lab)
-            await page.click("li.lm-TabBar-tab[data-id='clarion-sidebar']")
-            message = await page.wait_for_selector(f"{SIDEBAR} .clarion-Error")
+            await page.wait_for_selector(SIDEBAR_TAB)
+            if "lm-mod-current" not in (await page.get_attribute(SIDEBAR_TAB, "class") or ""):
+                await page.click(SIDEBAR_TAB)
+            message = await page.wait_for_selector(f"{SIDEBAR} .clarion-Error", timeout=60_000)
             assert "server extension is not enabled" in await message.inner_text()
             await shots(page, "missing-extension")
     finally:
