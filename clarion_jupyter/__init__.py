@@ -44,3 +44,8 @@ def _jupyter_server_extension_points() -> list[dict[str, Any]]:
     from .server.app import _jupyter_server_extension_points as points
 
     return points()
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where ``jupyter labextension develop`` finds the built sidebar (``labextension/`` builds it here)."""
+    return [{"src": "labextension", "dest": "@clarion/sidebar"}]

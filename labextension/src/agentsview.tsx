@@ -1,0 +1,263 @@
+/**
+ * The Agents view, Clarion v2's main screen inside Lab: the agents with their model and
+ * provider, the import of v2 agent files (YAML, JSON or a whole `clarion.db`), and Run
+ * agent: a prompt, the files selected in Lab's file browser, the agent's user variables;
+ * the run then opens, to its diff and Apply / Discard.
+ */
+import * as React from 'react';
+
+import { ApiError, ClarionApi } from './api';
+import { ErrorMessage } from './common';
+import { Agent, ApplyMode, ImportReport } from './protocol';
+
+export function provider(model: string): string {
+  const slash = model.indexOf('/');
+  return slash > 0 ? model.slice(0, slash) : 'openai';
+}
+
+export function AgentsView({
+  api,
+  agents,
+  error,
+  onReload,
+  selectedFiles,
+  onStarted
+}: {
+  api: ClarionApi;
+  agents: Agent[] | null;
+  error: string | null;
+  onReload: () => void;
+  /** The paths selected in the file browser now. */
+  selectedFiles: () => string[];
+  onStarted: (runId: string) => void;
+}): JSX.Element {
+  const [chosen, setChosen] = React.useState<string | null>(null);
+  const agent = agents?.find(a => a.id === chosen) ?? null;
+  return (
+    <div className="clarion-AgentsView">
+      <ImportBox api={api} onImported={onReload} />
+      {error && <ErrorMessage message={error} onRetry={onReload} />}
+      {agents === null && !error && <div className="clarion-Empty">Loading agents…</div>}
+      {agents !== null && agents.length === 0 && (
+        <div className="clarion-Empty">No agents yet. Import your Clarion v2 agents above.</div>
+      )}
+      {agents !== null && agents.length > 0 && (
+        <ul className="clarion-List" aria-label="Agents">
+          {agents.map(a => (
+            <li key={a.id} className="clarion-Item" data-agent={a.id}>
+              <div className="clarion-ItemText">
+                <span className="clarion-ItemName">{a.name}</span>
+                <span className="clarion-Muted">
+                  {a.model} · {provider(a.model)}
+                </span>
+              </div>
+              <div className="clarion-ItemActions">
+                <button
+                  className="jp-mod-styled jp-mod-accept clarion-Small"
+                  aria-expanded={chosen === a.id}
+                  onClick={() => setChosen(chosen === a.id ? null : a.id)}
+                >
+                  Run agent
+                </button>
+              </div>
+              {a.description && <div className="clarion-Muted">{a.description}</div>}
+              {agent?.id === a.id && (
+                <RunAgentForm api={api} agent={a} selectedFiles={selectedFiles} onStarted={onStarted} />
+              )}
+            </li>
+          ))}
+        </ul>
+      )}
+    </div>
+  );
+}
+
+function ImportBox({ api, onImported }: { api: ClarionApi; onImported: () => void }): JSX.Element {
+  const input = React.useRef<HTMLInputElement>(null);
+  const [reports, setReports] = React.useState<{ name: string; report?: ImportReport; error?: string }[]>([]);
+  const [busy, setBusy] = React.useState(false);
+  const upload = async (files: FileList | null): Promise<void> => {
+    if (!files || files.length === 0) {
+      return;
+    }
+    setBusy(true);
+    const results: typeof reports = [];
+    for (const file of Array.from(files)) {
+      try {
+        results.push({ name: file.name, report: await api.importAgents(file, file.name) });
+      } catch (error) {
+        const e = error as ApiError;
+        const problems = e.problems.map(p => `${p.loc}: ${p.message}`).join('; ');
+        results.push({ name: file.name, error: problems || e.message });
+      }
+    }
+    setReports(results);
+    setBusy(false);
+    if (input.current) {
+      input.current.value = '';
+    }
+    onImported();
+  };
+  return (
+    <div className="clarion-Import">
+      <input
+        ref={input}
+        type="file"
+        multiple
+        accept=".yml,.yaml,.json,.db,.sqlite"
+        aria-label="Clarion v2 agent files"
+        className="clarion-Hidden"
+        onChange={e => void upload(e.target.files)}
+      />
+      <button className="jp-mod-styled clarion-Button" disabled={busy} onClick={() => input.current?.click()}>
+        Import v2 agents…
+      </button>
+      <span className="clarion-Muted">YAML, JSON or clarion.db</span>
+      {reports.map(r => (
+        <div key={r.name} className="clarion-ImportReport" role="status">
+          <strong>{r.name}</strong>:{' '}
+          {r.error ?? `${r.report!.agents.length} imported (${r.report!.agents.map(a => a.name).join(', ')})`}
+          {r.report?.runs && r.report.runs.found > 0 && (
+            <div>
+              {r.report.runs.imported} of {r.report.runs.found} v2 runs imported
+              {r.report.runs.already_imported ? ` (${r.report.runs.already_imported} already there)` : ''}
+            </div>
+          )}
+          {r.report?.api_keys?.map(k => (
+            <div key={k.env} className={k.set ? 'clarion-Muted' : 'clarion-Warning'}>
+              {k.agents.join(', ')} read the API key from <code>${k.env}</code>
+              {k.set ? ' (set)' : ': set it where the server runs; keys are not imported'}
+            </div>
+          ))}
+          {r.report?.warnings.map((w, i) => (
+            <div key={`w${i}`} className="clarion-Warning">
+              {w.source}: {w.message}
+            </div>
+          ))}
+          {r.report?.errors.map((w, i) => (
+            <div key={`e${i}`} className="clarion-Error">
+              {w.source}: {w.message}
+            </div>
+          ))}
+        </div>
+      ))}
+    </div>
+  );
+}
+
+function RunAgentForm({
+  api,
+  agent,
+  selectedFiles,
+  onStarted
+}: {
+  api: ClarionApi;
+  agent: Agent;
+  selectedFiles: () => string[];
+  onStarted: (runId: string) => void;
+}): JSX.Element {
+  const [prompt, setPrompt] = React.useState('');
+  const [files, setFiles] = React.useState<string[]>(() => selectedFiles());
+  const [variables, setVariables] = React.useState<Record<string, string>>(() =>
+    Object.fromEntries(agent.user_variables.map(v => [v.name, v.default === undefined ? '' : String(v.default)]))
+  );
+  const [apply, setApply] = React.useState<ApplyMode>('review');
+  const [error, setError] = React.useState<string | null>(null);
+  const [busy, setBusy] = React.useState(false);
+  const submit = (event: React.FormEvent): void => {
+    event.preventDefault();
+    const missing = agent.user_variables.filter(v => v.required && !variables[v.name]).map(v => v.name);
+    if (missing.length) {
+      setError(`fill in: ${missing.join(', ')}`);
+      return;
+    }
+    setBusy(true);
+    setError(null);
+    api
+      .runAgent(agent.id, { prompt, variables, files, apply })
+      .then(answer => onStarted(answer.run_id))
+      .catch((e: ApiError) =>
+        setError(e.problems.length ? e.problems.map(p => `${p.loc}: ${p.message}`).join('\n') : e.message)
+      )
+      .finally(() => setBusy(false));
+  };
+  const id = `clarion-agent-${agent.id}`;
+  return (
+    <form className="clarion-Form" onSubmit={submit} aria-label={`Run ${agent.name}`}>
+      <div className="clarion-Field">
+        <label htmlFor={`${id}-prompt`}>Prompt</label>
+        <textarea
+          id={`${id}-prompt`}
+          className="jp-mod-styled"
+          rows={4}
+          required
+          value={prompt}
+          onChange={e => setPrompt(e.target.value)}
+        />
+      </div>
+      <div className="clarion-Field">
+        <div className="clarion-FieldHead">
+          <span>Files</span>
+          <button
+            type="button"
+            className="jp-mod-styled clarion-Small"
+            title="Take the files selected in the file browser now"
+            onClick={() => setFiles(selectedFiles())}
+          >
+            Use selection
+          </button>
+        </div>
+        {files.length === 0 ? (
+          <div className="clarion-Muted">None: select files in the file browser, then use the selection.</div>
+        ) : (
+          <ul className="clarion-Files" aria-label="Files to send">
+            {files.map(f => (
+              <li key={f}>
+                <code>{f}</code>
+                <button
+                  type="button"
+                  className="clarion-Link"
+                  aria-label={`Remove ${f}`}
+                  onClick={() => setFiles(files.filter(x => x !== f))}
+                >
+                  ×
+                </button>
+              </li>
+            ))}
+          </ul>
+        )}
+      </div>
+      {agent.user_variables.map(v => (
+        <div className="clarion-Field" key={v.name}>
+          <label htmlFor={`${id}-var-${v.name}`}>
+            {v.name} {v.required && <span className="clarion-Muted">required</span>}
+          </label>
+          <input
+            id={`${id}-var-${v.name}`}
+            className="jp-mod-styled"
+            value={variables[v.name] ?? ''}
+            onChange={e => setVariables({ ...variables, [v.name]: e.target.value })}
+          />
+          {v.description && <div className="clarion-Muted">{v.description}</div>}
+        </div>
+      ))}
+      <div className="clarion-Field">
+        <label htmlFor={`${id}-apply`}>Apply the file changes</label>
+        <select
+          id={`${id}-apply`}
+          className="jp-mod-styled"
+          value={apply}
+          onChange={e => setApply(e.target.value as ApplyMode)}
+        >
+          <option value="review">after I review the diff</option>
+          <option value="auto">at once</option>
+          <option value="never">never (reply only)</option>
+        </select>
+      </div>
+      {error && <ErrorMessage message={error} />}
+      <button type="submit" className="jp-mod-styled jp-mod-accept clarion-Button" disabled={busy}>
+        Run {agent.name}
+      </button>
+    </form>
+  );
+}

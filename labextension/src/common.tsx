@@ -1,0 +1,83 @@
+/** Small pieces every view shares: re-render on a signal, status badges, formatting. */
+import { ISignal } from '@lumino/signaling';
+import * as React from 'react';
+
+/** Re-renders the component each time `signal` fires. */
+export function useSignal(signal: ISignal<any, any> | null | undefined): number {
+  const [tick, setTick] = React.useState(0);
+  React.useEffect(() => {
+    if (!signal) {
+      return;
+    }
+    const slot = (): void => setTick(t => t + 1);
+    signal.connect(slot);
+    return () => {
+      signal.disconnect(slot);
+    };
+  }, [signal]);
+  return tick;
+}
+
+export function StatusBadge({ status }: { status: string }): JSX.Element {
+  return (
+    <span className={`clarion-Status clarion-Status-${status}`} data-status={status}>
+      {status}
+    </span>
+  );
+}
+
+export function ErrorMessage({ message, onRetry }: { message: string; onRetry?: () => void }): JSX.Element {
+  return (
+    <div className="clarion-Error" role="alert">
+      <span>{message}</span>
+      {onRetry && (
+        <button className="jp-mod-styled jp-mod-reject clarion-Small" onClick={onRetry}>
+          Retry
+        </button>
+      )}
+    </div>
+  );
+}
+
+export function formatDuration(ms: number | null | undefined): string {
+  if (ms === null || ms === undefined || Number.isNaN(ms)) {
+    return '';
+  }
+  if (ms < 1000) {
+    return `${Math.round(ms)} ms`;
+  }
+  if (ms < 60_000) {
+    return `${(ms / 1000).toFixed(ms < 10_000 ? 2 : 1)} s`;
+  }
+  const minutes = Math.floor(ms / 60_000);
+  return `${minutes} min ${Math.round((ms % 60_000) / 1000)} s`;
+}
+
+export function runDuration(start: string | null, end: string | null, now = Date.now()): number | null {
+  if (!start) {
+    return null;
+  }
+  return (end ? Date.parse(end) : now) - Date.parse(start);
+}
+
+export function formatTime(ts: string | null | undefined): string {
+  if (!ts) {
+    return '';
+  }
+  const date = new Date(ts);
+  const today = new Date();
+  const time = date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+  return date.toDateString() === today.toDateString() ? time : `${date.toLocaleDateString()} ${time}`;
+}
+
+export function formatCost(cost: number | null | undefined): string {
+  if (cost === null || cost === undefined || cost === 0) {
+    return '';
+  }
+  return cost < 0.01 ? `$${cost.toFixed(4)}` : `$${cost.toFixed(2)}`;
+}
+
+export function Json({ value }: { value: unknown }): JSX.Element {
+  const text = typeof value === 'string' ? value : JSON.stringify(value, null, 2);
+  return <pre className="clarion-Json">{text}</pre>;
+}

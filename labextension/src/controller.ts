@@ -1,0 +1,107 @@
+/**
+ * The sidebar's shared state: the API, the health of the server extension, the one
+ * `WS /ws/runs` socket that feeds the Runs list and the waiting badge, and the stored
+ * workflows and agents.
+ */
+import { ISignal, Signal } from '@lumino/signaling';
+
+import { ApiError, ClarionApi } from './api';
+import { ConnectionState, EventStream } from './events';
+import { Agent, ClarionEvent, WorkflowDocument } from './protocol';
+import { RunsModel, WaitingModel } from './runs';
+
+export class ClarionController {
+  readonly runs: RunsModel;
+  readonly waiting: WaitingModel;
+  workflows: WorkflowDocument[] | null = null;
+  agents: Agent[] | null = null;
+  workflowsError: string | null = null;
+  agentsError: string | null = null;
+  /** Why the API cannot be used at all (the server extension is missing, or refuses). */
+  fatal: string | null = null;
+  private _stream: EventStream | null = null;
+  private _changed = new Signal<this, void>(this);
+  private _event = new Signal<this, ClarionEvent>(this);
+
+  constructor(readonly api: ClarionApi) {
+    this.runs = new RunsModel(api);
+    this.waiting = new WaitingModel(api);
+  }
+
+  get changed(): ISignal<this, void> {
+    return this._changed;
+  }
+
+  /** Every event of `WS /ws/runs`, after the models applied it. */
+  get event(): ISignal<this, ClarionEvent> {
+    return this._event;
+  }
+
+  get connection(): ConnectionState {
+    return this._stream?.state ?? 'closed';
+  }
+
+  async start(): Promise<void> {
+    try {
+      await this.api.health();
+      this.fatal = null;
+    } catch (error) {
+      const e = error as ApiError;
+      // 503 is an engine that cannot run (a locked database): its message says why.
+      this.fatal = e.message;
+      this._changed.emit();
+      return;
+    }
+    this._changed.emit();
+    if (!this._stream) {
+      const stream = new EventStream('ws/runs', null, { settings: this.api.settings });
+      stream.event.connect((_, event) => {
+        this.runs.apply(event);
+        this.waiting.apply(event);
+        this._event.emit(event);
+      });
+      stream.stateChanged.connect(() => this._changed.emit());
+      stream.reconnected.connect(() => void this.catchUp());
+      this._stream = stream.connect();
+    }
+    await Promise.all([this.runs.reload(), this.reloadWorkflows(), this.reloadAgents(), this._reloadWaiting()]);
+  }
+
+  /** After the socket came back: whatever happened while it was down. */
+  async catchUp(): Promise<void> {
+    await Promise.all([this.runs.catchUp(), this._reloadWaiting(), this.reloadWorkflows()]);
+  }
+
+  async reloadWorkflows(): Promise<void> {
+    try {
+      this.workflows = await this.api.listWorkflows();
+      this.workflowsError = null;
+    } catch (error) {
+      this.workflowsError = (error as Error).message;
+    }
+    this._changed.emit();
+  }
+
+  async reloadAgents(): Promise<void> {
+    try {
+      this.agents = await this.api.listAgents();
+      this.agentsError = null;
+    } catch (error) {
+      this.agentsError = (error as Error).message;
+    }
+    this._changed.emit();
+  }
+
+  dispose(): void {
+    this._stream?.dispose();
+    Signal.clearData(this);
+  }
+
+  private async _reloadWaiting(): Promise<void> {
+    try {
+      await this.waiting.reload();
+    } catch {
+      // the badge keeps its count; the list shows the API's error
+    }
+  }
+}

@@ -1,0 +1,340 @@
+/**
+ * Run detail: the step graph coloured live, each step's attempts, timing, output, error and
+ * streamed LLM text, the review of waiting steps (the diff, Approve / Reject), and the run's
+ * actions (cancel, re-run, copy id, open in a notebook).
+ */
+import * as React from 'react';
+
+import { ApiError, ClarionApi } from './api';
+import { ErrorMessage, Json, StatusBadge, formatCost, formatDuration, formatTime, runDuration, useSignal } from './common';
+import { DiffView } from './diff';
+import { Lane, layoutGraph, laneStatus } from './graph';
+import { Approval, StepRun, WorkflowDocument, WorkflowRun } from './protocol';
+import { RunModel, isTerminal } from './run';
+
+/** The id of the built-in workflow behind `POST /api/v3/agents/{id}/run`. */
+export const AGENT_RUN_WORKFLOW = 'agent-run';
+
+export interface IRunActions {
+  openRun(runId: string): void;
+  openInNotebook(runId: string): void;
+  copy(text: string): void;
+}
+
+export function RunDetail({ model, actions }: { model: RunModel; actions: IRunActions }): JSX.Element {
+  useSignal(model.changed);
+  const run = model.run;
+  const [workflow, setWorkflow] = React.useState<WorkflowDocument | null>(null);
+  const [selected, setSelected] = React.useState<string | null>(null);
+  const [actionError, setActionError] = React.useState<string | null>(null);
+  const workflowId = run?.workflow_id;
+  React.useEffect(() => {
+    if (!workflowId) {
+      return;
+    }
+    model.api.getWorkflow(workflowId).then(setWorkflow, () => setWorkflow(null));
+  }, [workflowId]);
+
+  if (model.error) {
+    return <ErrorMessage message={model.error} onRetry={() => void model.start()} />;
+  }
+  if (!run) {
+    return <div className="clarion-Empty">Loading run {model.runId}…</div>;
+  }
+  const act = (promise: Promise<unknown>): void => {
+    setActionError(null);
+    promise.catch((error: Error) => setActionError(error.message));
+  };
+  const stages = layoutGraph(workflow, run.steps);
+  const chosen = selected ?? run.approvals?.[0]?.step_key ?? null;
+  const step = run.steps.find(s => s.key === chosen) ?? null;
+  return (
+    <div className="clarion-RunDetail" data-run-id={run.run_id} data-status={run.status}>
+      <div className="clarion-RunHeader">
+        <h2 className="clarion-RunTitle">{run.workflow_name || run.workflow_id}</h2>
+        <StatusBadge status={run.status} />
+        {model.connection === 'reconnecting' && <span className="clarion-Muted">reconnecting…</span>}
+      </div>
+      <div className="clarion-Toolbar" role="toolbar" aria-label="Run actions">
+        <button
+          className="jp-mod-styled clarion-Button"
+          title="Copy the run id"
+          onClick={() => actions.copy(run.run_id)}
+        >
+          <code>{run.run_id}</code> Copy id
+        </button>
+        {!isTerminal(run) && (
+          <button
+            className="jp-mod-styled jp-mod-warn clarion-Button"
+            onClick={() => act(model.api.cancel(run.run_id))}
+          >
+            Cancel
+          </button>
+        )}
+        <button
+          className="jp-mod-styled clarion-Button"
+          title="Run the same workflow again with the same inputs"
+          onClick={() =>
+            act(model.api.runWorkflow(run.workflow_id, run.inputs).then(answer => actions.openRun(answer.run_id)))
+          }
+        >
+          Re-run
+        </button>
+        <button
+          className="jp-mod-styled clarion-Button"
+          title="A new notebook with %clarion show"
+          onClick={() => actions.openInNotebook(run.run_id)}
+        >
+          Open in a notebook
+        </button>
+      </div>
+      {actionError && <ErrorMessage message={actionError} />}
+      <dl className="clarion-Facts">
+        <dt>Started</dt>
+        <dd>{formatTime(run.started_at ?? run.created_at)}</dd>
+        <dt>Duration</dt>
+        <dd>{formatDuration(runDuration(run.started_at, run.finished_at))}</dd>
+        {run.usage.prompt_tokens + run.usage.completion_tokens > 0 && (
+          <>
+            <dt>Tokens</dt>
+            <dd>
+              {run.usage.prompt_tokens} in · {run.usage.completion_tokens} out {formatCost(run.usage.cost_usd)}
+            </dd>
+          </>
+        )}
+      </dl>
+      {Object.keys(run.inputs).length > 0 && (
+        <details className="clarion-Section">
+          <summary>Inputs</summary>
+          <Json value={run.inputs} />
+        </details>
+      )}
+      {run.error && (
+        <div className="clarion-RunError" role="alert">
+          <strong>{run.error.code}</strong>: {run.error.message}
+        </div>
+      )}
+      <AgentReply run={run} />
+      {(run.approvals ?? []).map(approval => (
+        <ApprovalCard key={approval.step_key} run={run} approval={approval} api={model.api} onError={setActionError} />
+      ))}
+      <div className="clarion-Graph" role="list" aria-label="Steps">
+        {stages.map((stage, index) => (
+          <div
+            key={index}
+            className={`clarion-Stage${stage.parallel ? ' clarion-Stage-parallel' : ''}`}
+            title={stage.parallel ? 'parallel group' : undefined}
+          >
+            {stage.lanes.map(lane => (
+              <LaneNode key={lane.id} lane={lane} selected={chosen} onSelect={setSelected} />
+            ))}
+          </div>
+        ))}
+      </div>
+      {step && <StepPanel step={step} model={model} />}
+      {run.outputs && Object.keys(run.outputs).length > 0 && (
+        <details className="clarion-Section" open>
+          <summary>Outputs</summary>
+          <Json value={run.outputs} />
+        </details>
+      )}
+    </div>
+  );
+}
+
+/** An agent run's reply, as v2 showed it: its summary (or its text) above the diff. */
+function AgentReply({ run }: { run: WorkflowRun }): JSX.Element | null {
+  const reply = run.steps.find(s => s.key === 'reply' && s.output);
+  if (!reply || run.workflow_id !== AGENT_RUN_WORKFLOW) {
+    return null;
+  }
+  const summary = reply.output.json?.summary ?? reply.output.text;
+  return (
+    <section className="clarion-Reply" aria-label="The agent's reply">
+      <div className="clarion-Label">Reply{reply.output.model ? ` · ${reply.output.model}` : ''}</div>
+      <div className="clarion-ReplyText">{typeof summary === 'string' ? summary : JSON.stringify(summary)}</div>
+    </section>
+  );
+}
+
+function LaneNode({
+  lane,
+  selected,
+  onSelect
+}: {
+  lane: Lane;
+  selected: string | null;
+  onSelect: (key: string) => void;
+}): JSX.Element {
+  const status = laneStatus(lane);
+  const node = (key: string, label: string, state: string, step: StepRun | null, extra = ''): JSX.Element => (
+    <button
+      className={`clarion-Node clarion-Node-${state}${selected === key ? ' clarion-mod-selected' : ''}${extra}`}
+      data-step={key}
+      data-status={state}
+      role="listitem"
+      aria-label={`${label}: ${state}`}
+      onClick={() => onSelect(key)}
+    >
+      <span className="clarion-NodeName">{label}</span>
+      <span className="clarion-NodeMeta">
+        {state}
+        {step && step.attempt > 1 ? ` · attempt ${step.attempt}` : ''}
+        {step?.duration_ms !== null && step?.duration_ms !== undefined ? ` · ${formatDuration(step.duration_ms)}` : ''}
+      </span>
+    </button>
+  );
+  if (!lane.mapped) {
+    return <div className="clarion-Lane">{node(lane.id, lane.id, status, lane.step)}</div>;
+  }
+  return (
+    <div className="clarion-Lane clarion-Lane-map" data-map={lane.id}>
+      {node(lane.id, `${lane.id} (for each)`, status, lane.step)}
+      <div className="clarion-Items">
+        {lane.items.map(item => node(item.key, `[${item.item_index}]`, item.status, item, ' clarion-Node-item'))}
+      </div>
+    </div>
+  );
+}
+
+function StepPanel({ step, model }: { step: StepRun; model: RunModel }): JSX.Element {
+  const attempts = model.extras.attempts[step.key] ?? [];
+  const text = model.extras.text[step.key];
+  const decision = model.extras.decisions[step.key];
+  return (
+    <section className="clarion-StepPanel" aria-label={`Step ${step.key}`} data-step-panel={step.key}>
+      <h3>
+        {step.key} <StatusBadge status={step.status} />
+      </h3>
+      <dl className="clarion-Facts">
+        {step.started_at && (
+          <>
+            <dt>Started</dt>
+            <dd>{formatTime(step.started_at)}</dd>
+          </>
+        )}
+        {step.duration_ms !== null && (
+          <>
+            <dt>Duration</dt>
+            <dd>{formatDuration(step.duration_ms)}</dd>
+          </>
+        )}
+        {step.attempt > 0 && (
+          <>
+            <dt>Attempt</dt>
+            <dd>{step.attempt}</dd>
+          </>
+        )}
+        {step.usage && (
+          <>
+            <dt>Tokens</dt>
+            <dd>
+              {step.usage.prompt_tokens} in · {step.usage.completion_tokens} out {formatCost(step.usage.cost_usd)}
+            </dd>
+          </>
+        )}
+      </dl>
+      {decision && (
+        <p className="clarion-Muted">
+          {decision.decision}
+          {decision.by ? ` by ${decision.by}` : ''}
+          {decision.comment ? `: ${decision.comment}` : ''}
+        </p>
+      )}
+      {attempts.length > 1 && (
+        <table className="clarion-Attempts">
+          <thead>
+            <tr>
+              <th>Attempt</th>
+              <th>Status</th>
+              <th>Duration</th>
+              <th>Error</th>
+            </tr>
+          </thead>
+          <tbody>
+            {attempts.map(a => (
+              <tr key={a.attempt}>
+                <td>{a.attempt}</td>
+                <td>
+                  <StatusBadge status={a.status} />
+                </td>
+                <td>{formatDuration(a.duration_ms)}</td>
+                <td>{a.error?.message ?? ''}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+      {step.error && (
+        <div className="clarion-RunError" role="alert">
+          <strong>{step.error.code}</strong>: {step.error.message}
+          {Object.keys(step.error).some(k => k !== 'code' && k !== 'message') && (
+            <Json value={Object.fromEntries(Object.entries(step.error).filter(([k]) => k !== 'code' && k !== 'message'))} />
+          )}
+        </div>
+      )}
+      {text !== undefined && (
+        <div className="clarion-Section">
+          <div className="clarion-Label">Streamed text</div>
+          <pre className="clarion-Stream" aria-live="polite">
+            {text}
+          </pre>
+        </div>
+      )}
+      {step.output !== null && step.output !== undefined && (
+        <div className="clarion-Section">
+          <div className="clarion-Label">Output</div>
+          <Json value={step.output} />
+        </div>
+      )}
+    </section>
+  );
+}
+
+function ApprovalCard({
+  run,
+  approval,
+  api,
+  onError
+}: {
+  run: WorkflowRun;
+  approval: Approval;
+  api: ClarionApi;
+  onError: (message: string | null) => void;
+}): JSX.Element {
+  const [comment, setComment] = React.useState('');
+  const [busy, setBusy] = React.useState(false);
+  const applies = approval.step_key === 'apply';
+  const decide = (decision: 'approve' | 'reject'): void => {
+    setBusy(true);
+    onError(null);
+    api
+      .decide(run.run_id, approval.step_key, decision, comment)
+      .catch((error: ApiError) => onError(error.message))
+      .finally(() => setBusy(false));
+  };
+  return (
+    <section className="clarion-Approval" aria-label={`Review of ${approval.step_key}`} data-approval={approval.step_key}>
+      <h3>
+        {applies ? 'Review the changes' : `Step ${approval.step_key} waits for your decision`}
+      </h3>
+      {approval.message && <p>{approval.message}</p>}
+      <DiffView preview={approval.preview} />
+      <div className="clarion-Toolbar">
+        <input
+          className="jp-mod-styled clarion-Comment"
+          placeholder="Comment (optional)"
+          aria-label="Comment"
+          value={comment}
+          onChange={e => setComment(e.target.value)}
+        />
+        <button className="jp-mod-styled jp-mod-accept clarion-Button" disabled={busy} onClick={() => decide('approve')}>
+          {applies ? 'Apply' : 'Approve'}
+        </button>
+        <button className="jp-mod-styled jp-mod-reject clarion-Button" disabled={busy} onClick={() => decide('reject')}>
+          {applies ? 'Discard' : 'Reject'}
+        </button>
+      </div>
+    </section>
+  );
+}

@@ -1,0 +1,171 @@
+/**
+ * Edit as YAML: a JupyterLab code editor in a main-area tab that saves through
+ * `PUT /api/v3/workflows/{id}` and lists the server's validation problems under the text,
+ * each naming its step and field (a click on one with a line number moves the cursor there).
+ */
+import { MainAreaWidget, ToolbarButton } from '@jupyterlab/apputils';
+import { CodeEditor, CodeEditorWrapper, IEditorServices } from '@jupyterlab/codeeditor';
+import { ReactWidget, saveIcon } from '@jupyterlab/ui-components';
+import { Signal } from '@lumino/signaling';
+import { Panel } from '@lumino/widgets';
+import { dump } from 'js-yaml';
+import * as React from 'react';
+
+import { ApiError, ClarionApi } from './api';
+import { useSignal } from './common';
+import { Problem, WorkflowDocument } from './protocol';
+
+/** The text to edit: the YAML as it was saved, or the stored document as YAML. */
+export function yamlOf(workflow: WorkflowDocument): string {
+  if (workflow.source) {
+    return workflow.source;
+  }
+  const { source: _source, created_at: _created, updated_at: _updated, ...doc } = workflow;
+  return dump(doc, { lineWidth: 100, noRefs: true });
+}
+
+class Status {
+  problems: Problem[] = [];
+  message: string | null = null;
+  saved = false;
+  changed = new Signal<this, void>(this);
+  set(problems: Problem[], message: string | null, saved: boolean): void {
+    this.problems = problems;
+    this.message = message;
+    this.saved = saved;
+    this.changed.emit();
+  }
+}
+
+/** The 1-based line a problem points at: its `line N`, or the line that declares its step. */
+export function problemLine(problem: Problem, text: string): number | null {
+  const explicit = /line (\d+)/.exec(problem.loc)?.[1];
+  if (explicit) {
+    return Number(explicit);
+  }
+  if (!problem.step) {
+    return null;
+  }
+  const name = problem.step.replace(/\[\d+\]$/, '').replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const declaration = new RegExp(`^\\s*(-\\s+)?id:\\s*['"]?${name}['"]?\\s*(#.*)?$`);
+  const index = text.split('\n').findIndex(line => declaration.test(line));
+  return index < 0 ? null : index + 1;
+}
+
+function ProblemList({
+  status,
+  text,
+  onGo
+}: {
+  status: Status;
+  text: () => string;
+  onGo: (line: number) => void;
+}): JSX.Element | null {
+  useSignal(status.changed);
+  if (status.saved) {
+    return (
+      <div className="clarion-Saved" role="status">
+        Saved.
+      </div>
+    );
+  }
+  if (!status.message && status.problems.length === 0) {
+    return null;
+  }
+  return (
+    <div className="clarion-Problems" role="alert">
+      {status.message && <div className="clarion-ProblemsHead">{status.message}</div>}
+      <ul>
+        {status.problems.map((p, i) => {
+          const line = problemLine(p, text());
+          return (
+            <li key={i}>
+              <button
+                className="clarion-Link"
+                onClick={() => line && onGo(line)}
+                disabled={!line}
+                title={line ? `Go to line ${line}` : undefined}
+              >
+                {p.loc}
+                {line ? ` (line ${line})` : ''}
+              </button>{' '}
+              {p.message}
+            </li>
+          );
+        })}
+      </ul>
+    </div>
+  );
+}
+
+export class WorkflowEditor extends MainAreaWidget<Panel> {
+  private _editor: CodeEditorWrapper;
+  private _status = new Status();
+
+  constructor(
+    readonly api: ClarionApi,
+    readonly workflowId: string,
+    text: string,
+    services: IEditorServices
+  ) {
+    // A plain panel laid out by CSS (a column: the editor stretches, the problems take their height).
+    const content = new Panel();
+    content.addClass('clarion-EditorContent');
+    super({ content });
+    this.id = `clarion-workflow-${workflowId}`;
+    this.title.label = `${workflowId}.yaml`;
+    this.title.caption = `Workflow ${workflowId} (saved through the Clarion API)`;
+    this.title.closable = true;
+    this.addClass('clarion-WorkflowEditor');
+    const model = new CodeEditor.Model({ mimeType: 'text/x-yaml' });
+    model.sharedModel.setSource(text);
+    this._editor = new CodeEditorWrapper({ model, factory: services.factoryService.newDocumentEditor });
+    this._editor.addClass('clarion-YamlEditor');
+    const problems = ReactWidget.create(<ProblemList status={this._status} text={() => this.text} onGo={line => this.goTo(line)} />);
+    problems.addClass('clarion-ProblemsWidget');
+    content.addWidget(this._editor);
+    content.addWidget(problems);
+    this.toolbar.addItem(
+      'save',
+      new ToolbarButton({ icon: saveIcon, label: 'Save', tooltip: 'Validate and save (Ctrl+S)', onClick: () => void this.save() })
+    );
+    model.sharedModel.changed.connect(() => {
+      if (this._status.saved) {
+        this._status.set([], null, false);
+      }
+    });
+    this.node.addEventListener('keydown', event => {
+      if ((event.ctrlKey || event.metaKey) && event.key === 's') {
+        event.preventDefault();
+        event.stopPropagation();
+        void this.save();
+      }
+    });
+  }
+
+  get text(): string {
+    return this._editor.model.sharedModel.getSource();
+  }
+
+  async save(): Promise<boolean> {
+    try {
+      await this.api.saveWorkflowYaml(this.workflowId, this.text);
+      this._status.set([], null, true);
+      return true;
+    } catch (error) {
+      const e = error as ApiError;
+      this._status.set(e.problems ?? [], e.message, false);
+      return false;
+    }
+  }
+
+  goTo(line: number): void {
+    const editor = this._editor.editor;
+    editor.setCursorPosition({ line: Math.max(0, line - 1), column: 0 });
+    editor.focus();
+  }
+
+  protected onActivateRequest(): void {
+    this._editor.editor.focus();
+  }
+}

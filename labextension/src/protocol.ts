@@ -1,0 +1,206 @@
+/**
+ * The v3 protocol's fixed vocabulary, mirrored from `clarion_jupyter/core/protocol.py`
+ * (tests/test_labextension_protocol.py keeps the two equal), and the API's documents.
+ */
+
+export enum RunStatus {
+  queued = 'queued',
+  running = 'running',
+  waiting = 'waiting',
+  succeeded = 'succeeded',
+  failed = 'failed',
+  cancelled = 'cancelled'
+}
+
+export enum StepStatus {
+  pending = 'pending',
+  waiting = 'waiting',
+  running = 'running',
+  retrying = 'retrying',
+  succeeded = 'succeeded',
+  failed = 'failed',
+  skipped = 'skipped',
+  cancelled = 'cancelled'
+}
+
+export enum EventType {
+  run_queued = 'run_queued',
+  run_started = 'run_started',
+  step_started = 'step_started',
+  step_retrying = 'step_retrying',
+  step_completed = 'step_completed',
+  step_failed = 'step_failed',
+  step_skipped = 'step_skipped',
+  llm_token = 'llm_token',
+  approval_requested = 'approval_requested',
+  approval_granted = 'approval_granted',
+  approval_rejected = 'approval_rejected',
+  workflow_succeeded = 'workflow_succeeded',
+  workflow_failed = 'workflow_failed',
+  workflow_cancelled = 'workflow_cancelled'
+}
+
+export enum CloseCode {
+  done = 1000,
+  going_away = 1001,
+  internal_error = 1011,
+  overflow = 4008,
+  not_found = 4404
+}
+
+export const TERMINAL_RUN: ReadonlySet<string> = new Set([
+  RunStatus.succeeded,
+  RunStatus.failed,
+  RunStatus.cancelled
+]);
+
+export const TERMINAL_EVENTS: Readonly<Record<string, RunStatus>> = {
+  [EventType.workflow_succeeded]: RunStatus.succeeded,
+  [EventType.workflow_failed]: RunStatus.failed,
+  [EventType.workflow_cancelled]: RunStatus.cancelled
+};
+
+export type JSONValue = any;
+
+export interface ClarionEvent {
+  seq: number;
+  type: EventType | string;
+  run_id: string;
+  step_id: string | null;
+  ts: string;
+  data: Record<string, any>;
+}
+
+export interface RunError {
+  code: string;
+  message: string;
+  [key: string]: any;
+}
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  cost_usd: number | null;
+}
+
+export interface StepRun {
+  key: string;
+  step_id: string;
+  item_index: number | null;
+  attempt: number;
+  status: StepStatus | string;
+  started_at: string | null;
+  finished_at: string | null;
+  duration_ms: number | null;
+  output: JSONValue;
+  error: RunError | null;
+  usage: Usage | null;
+}
+
+export interface Approval {
+  step_key: string;
+  preview: JSONValue;
+  message: string | null;
+  requested_at: string;
+}
+
+export interface WorkflowRun {
+  run_id: string;
+  workflow_id: string;
+  workflow_name: string;
+  status: RunStatus | string;
+  inputs: Record<string, JSONValue>;
+  outputs: Record<string, JSONValue> | null;
+  error: RunError | null;
+  idempotency_key?: string | null;
+  created_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+  usage: Usage;
+  last_seq: number;
+  steps: StepRun[];
+  approvals?: Approval[];
+}
+
+export interface InputSpec {
+  type?: 'string' | 'number' | 'integer' | 'boolean' | 'array' | 'object';
+  default?: JSONValue;
+  description?: string | null;
+}
+
+export interface StepDoc {
+  id: string;
+  task: string;
+  name?: string | null;
+  needs?: string[] | null;
+  for_each?: JSONValue;
+  approval?: JSONValue;
+}
+
+export interface ParallelDoc {
+  parallel: StepDoc[];
+}
+
+export interface WorkflowDocument {
+  id: string;
+  name: string;
+  description?: string | null;
+  inputs?: Record<string, InputSpec>;
+  steps: (StepDoc | ParallelDoc)[];
+  outputs?: Record<string, JSONValue>;
+  source?: string;
+  created_at?: string;
+  updated_at?: string;
+}
+
+export interface UserVariable {
+  name: string;
+  description?: string | null;
+  required?: boolean;
+  default?: JSONValue;
+}
+
+export interface Agent {
+  id: string;
+  name: string;
+  description: string | null;
+  model: string;
+  system_prompt: string;
+  parameters: Record<string, JSONValue>;
+  user_variables: UserVariable[];
+  api_key_env: string | null;
+  [key: string]: any;
+}
+
+export interface ImportProblem {
+  source: string;
+  message: string;
+}
+
+export interface ImportReport {
+  agents: Agent[];
+  errors: ImportProblem[];
+  warnings: ImportProblem[];
+  dry_run?: boolean;
+  changes?: { id: string; action: string; model: string; fields: string[] }[];
+  /** The environment variables the imported agents read their key from (keys are never imported). */
+  api_keys?: { env: string; agents: string[]; set: boolean }[];
+  /** v2's run history, when a clarion.db was imported. */
+  runs?: { workflow_id: string; found: number; imported: number; already_imported: number };
+}
+
+export interface Problem {
+  loc: string;
+  message: string;
+  step?: string;
+  field?: string;
+}
+
+export type ApplyMode = 'review' | 'auto' | 'never';
+
+export interface AgentRunRequest {
+  prompt: string;
+  variables: Record<string, string>;
+  files: string[];
+  apply: ApplyMode;
+}

@@ -1,0 +1,216 @@
+/**
+ * The Runs view: a virtualised list (only the rows in sight are in the DOM, so 10,000 runs
+ * scroll as fast as 10), with status and workflow filters; the next page is fetched as the
+ * end comes into sight.
+ */
+import * as React from 'react';
+
+import { ErrorMessage, StatusBadge, formatCost, formatDuration, formatTime, runDuration, useSignal } from './common';
+import { RunStatus, StepStatus, TERMINAL_RUN, WorkflowDocument, WorkflowRun } from './protocol';
+import { RunsModel } from './runs';
+
+export const ROW_HEIGHT = 48;
+const OVERSCAN = 8;
+
+export function RunsView({
+  model,
+  workflows,
+  onOpen
+}: {
+  model: RunsModel;
+  workflows: WorkflowDocument[];
+  onOpen: (runId: string) => void;
+}): JSX.Element {
+  useSignal(model.changed);
+  const filter = model.filter;
+  return (
+    <div className="clarion-RunsView">
+      <div className="clarion-Filters">
+        <label>
+          <span className="clarion-Label">Status</span>
+          <select
+            className="jp-mod-styled"
+            aria-label="Filter by status"
+            value={filter.status ?? ''}
+            onChange={e => void model.setFilter({ ...filter, status: e.target.value || undefined })}
+          >
+            <option value="">all</option>
+            {Object.values(RunStatus).map(status => (
+              <option key={status} value={status}>
+                {status}
+              </option>
+            ))}
+          </select>
+        </label>
+        <label>
+          <span className="clarion-Label">Workflow</span>
+          <select
+            className="jp-mod-styled"
+            aria-label="Filter by workflow"
+            value={filter.workflow_id ?? ''}
+            onChange={e => void model.setFilter({ ...filter, workflow_id: e.target.value || undefined })}
+          >
+            <option value="">all</option>
+            {workflows.map(w => (
+              <option key={w.id} value={w.id}>
+                {w.name}
+              </option>
+            ))}
+          </select>
+        </label>
+      </div>
+      {model.error && <ErrorMessage message={model.error} onRetry={() => void model.reload()} />}
+      <VirtualRuns model={model} onOpen={onOpen} />
+    </div>
+  );
+}
+
+function VirtualRuns({ model, onOpen }: { model: RunsModel; onOpen: (runId: string) => void }): JSX.Element {
+  const runs = model.runs;
+  const box = React.useRef<HTMLDivElement>(null);
+  const [scrollTop, setScrollTop] = React.useState(0);
+  const [height, setHeight] = React.useState(600);
+  const [focused, setFocused] = React.useState(0);
+  React.useEffect(() => {
+    const element = box.current;
+    if (!element) {
+      return;
+    }
+    const observer = new ResizeObserver(() => setHeight(element.clientHeight || 600));
+    observer.observe(element);
+    return () => observer.disconnect();
+  }, []);
+  const first = Math.max(0, Math.floor(scrollTop / ROW_HEIGHT) - OVERSCAN);
+  const last = Math.min(runs.length, Math.ceil((scrollTop + height) / ROW_HEIGHT) + OVERSCAN);
+  React.useEffect(() => {
+    if (last >= runs.length - OVERSCAN && model.hasMore && !model.loading) {
+      void model.loadMore();
+    }
+  }, [last, runs.length, model.hasMore, model.loading]);
+
+  const focusRow = (index: number): void => {
+    const clamped = Math.max(0, Math.min(runs.length - 1, index));
+    setFocused(clamped);
+    const element = box.current;
+    if (!element) {
+      return;
+    }
+    const top = clamped * ROW_HEIGHT;
+    if (top < element.scrollTop) {
+      element.scrollTop = top;
+    } else if (top + ROW_HEIGHT > element.scrollTop + element.clientHeight) {
+      element.scrollTop = top + ROW_HEIGHT - element.clientHeight;
+    }
+    requestAnimationFrame(() => element.querySelector<HTMLElement>(`[data-index="${clamped}"]`)?.focus());
+  };
+  const onKeyDown = (event: React.KeyboardEvent): void => {
+    const moves: Record<string, number> = {
+      ArrowDown: focused + 1,
+      ArrowUp: focused - 1,
+      PageDown: focused + Math.floor(height / ROW_HEIGHT),
+      PageUp: focused - Math.floor(height / ROW_HEIGHT),
+      Home: 0,
+      End: runs.length - 1
+    };
+    if (event.key in moves) {
+      event.preventDefault();
+      focusRow(moves[event.key]);
+    } else if (event.key === 'Enter' && runs[focused]) {
+      event.preventDefault();
+      onOpen(runs[focused].run_id);
+    }
+  };
+
+  if (runs.length === 0) {
+    return (
+      <div className="clarion-Empty" ref={box}>
+        {model.loading ? 'Loading runs…' : 'No runs yet. Start one from the Workflows or Agents tab.'}
+      </div>
+    );
+  }
+  const rows: JSX.Element[] = [];
+  for (let index = first; index < last; index++) {
+    const run = runs[index];
+    rows.push(
+      <RunRow
+        key={run.run_id}
+        run={run}
+        index={index}
+        tabIndex={index === Math.min(focused, runs.length - 1) ? 0 : -1}
+        onOpen={onOpen}
+        onFocus={() => setFocused(index)}
+      />
+    );
+  }
+  return (
+    <div
+      className="clarion-RunList"
+      ref={box}
+      role="listbox"
+      aria-label="Runs"
+      onScroll={e => setScrollTop((e.target as HTMLDivElement).scrollTop)}
+      onKeyDown={onKeyDown}
+    >
+      <div style={{ height: runs.length * ROW_HEIGHT + (model.hasMore ? ROW_HEIGHT : 0), position: 'relative' }}>
+        {rows}
+        {model.hasMore && (
+          <div className="clarion-MoreRow clarion-Muted" style={{ top: runs.length * ROW_HEIGHT }}>
+            Loading more…
+          </div>
+        )}
+      </div>
+    </div>
+  );
+}
+
+const RunRow = React.memo(function RunRow({
+  run,
+  index,
+  tabIndex,
+  onOpen,
+  onFocus
+}: {
+  run: WorkflowRun;
+  index: number;
+  tabIndex: number;
+  onOpen: (runId: string) => void;
+  onFocus: () => void;
+}): JSX.Element {
+  // Steps seen live (a run loaded from a page has none): what an active run is doing now.
+  const done = run.steps.filter(s => s.status === StepStatus.succeeded).length;
+  const current = run.steps.filter(s => s.status === StepStatus.running || s.status === StepStatus.waiting).pop();
+  const active = !TERMINAL_RUN.has(run.status);
+  return (
+    <div
+      className="clarion-RunRow"
+      data-steps-done={done}
+      role="option"
+      aria-selected={false}
+      tabIndex={tabIndex}
+      data-index={index}
+      data-run-id={run.run_id}
+      data-status={run.status}
+      style={{ top: index * ROW_HEIGHT }}
+      onClick={() => onOpen(run.run_id)}
+      onFocus={onFocus}
+    >
+      <div className="clarion-RunRowMain">
+        <StatusBadge status={run.status} />
+        <span className="clarion-RunName">{run.workflow_name || run.workflow_id}</span>
+        {active && (current || done > 0) && (
+          <span className="clarion-RunProgress clarion-Muted">
+            {current ? `${current.key} ${current.status}` : ''}
+            {current && done ? ' · ' : ''}
+            {done ? `${done} done` : ''}
+          </span>
+        )}
+      </div>
+      <div className="clarion-RunRowMeta">
+        <span>{formatTime(run.started_at ?? run.created_at)}</span>
+        <span>{formatDuration(runDuration(run.started_at, run.finished_at))}</span>
+        <span>{formatCost(run.usage?.cost_usd)}</span>
+        <code className="clarion-Muted">{run.run_id.slice(-8)}</code>
+      </div>
+    </div>
+  );
+});

@@ -1,0 +1,61 @@
+"""What the UI tests do in the page, named as a user would say it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clarion_jupyter.testing.browser import open_lab
+
+SIDEBAR_TAB = "li.lm-TabBar-tab[data-id='clarion-sidebar']"
+SIDEBAR = "#clarion-sidebar"
+
+
+async def open_sidebar(browser: Any, server: Any, tab: str = "Runs") -> Any:
+    """JupyterLab with the Clarion sidebar open on ``tab``, its live socket connected."""
+    page = await open_lab(browser, server)
+    await page.wait_for_selector(SIDEBAR_TAB)
+    # Lab restores the last layout, so the panel may be open already: a click would close it.
+    if "lm-mod-current" not in (await page.get_attribute(SIDEBAR_TAB, "class") or ""):
+        await page.click(SIDEBAR_TAB)
+    await page.wait_for_selector(f"{SIDEBAR} .clarion-Connection-open", timeout=30_000)
+    await show_tab(page, tab)
+    return page
+
+
+async def show_tab(page: Any, tab: str) -> None:
+    await page.click(f"{SIDEBAR} [role=tab]:has-text('{tab}')")
+
+
+def run_detail(run_id: str) -> str:
+    return f".clarion-RunDetail[data-run-id='{run_id}']"
+
+
+async def wait_status(page: Any, selector: str, status: str, timeout: float = 30_000) -> None:
+    await page.wait_for_selector(f"{selector}[data-status='{status}']", timeout=timeout)
+
+
+def console_errors(page: Any) -> list[str]:
+    return list(page.console_errors)
+
+
+async def select_in_file_browser(page: Any, *path: str) -> None:
+    """Opens the file browser and selects ``path`` (folders are entered by double-click)."""
+    tab = "li.lm-TabBar-tab[data-id='filebrowser']"
+    if "lm-mod-current" not in (await page.get_attribute(tab, "class") or ""):
+        await page.click(tab)
+    await page.click(".jp-BreadCrumbs-home")
+    await page.click("#filebrowser [data-jp-item-name='refresh']")  # files made on disk just now
+    for folder in path[:-1]:
+        await page.dblclick(f".jp-DirListing-item .jp-DirListing-itemText span:text-is('{folder}')")
+    item = f".jp-DirListing-item .jp-DirListing-itemText span:text-is('{path[-1]}')"
+    await page.wait_for_selector(item)
+    await page.click(item)
+    await page.wait_for_selector(
+        f".jp-DirListing-item.jp-mod-selected .jp-DirListing-itemText span:text-is('{path[-1]}')"
+    )
+
+
+async def show_sidebar(page: Any, tab: str) -> None:
+    if "lm-mod-current" not in (await page.get_attribute(SIDEBAR_TAB, "class") or ""):
+        await page.click(SIDEBAR_TAB)
+    await show_tab(page, tab)
