@@ -889,3 +889,46 @@ async def test_closing_over_a_dead_database_gives_up_instead_of_hanging(tmp_path
     assert asyncio.get_running_loop().time() - started < 2
     assert "No space left" in (writer.last_error or "")
     await db.close()
+
+
+class RefusingStore(DuckDBRunStore):
+    """The real store, refusing (as for a bug in what it holds) every batch with a record of one run."""
+
+    def __init__(self, db: Database, refused: str) -> None:
+        super().__init__(db)
+        self.refused = refused
+
+    async def write(self, batch: Batch, *, submission: bool = False) -> None:
+        if self.refused in batch.runs or any(e.run_id == self.refused for e in batch.events):
+            raise duckdb.ConstraintException(f"refused a record of {self.refused}")
+        await super().write(batch, submission=submission)
+
+
+async def test_a_run_whose_records_the_database_refuses_fails_alone_and_nothing_of_it_is_announced(
+    tmp_path: Path,
+) -> None:
+    async with open_db(tmp_path / "db.duckdb") as db:
+        store = RefusingStore(db, refused="bad")
+        announced: list[tuple[str, int]] = []
+        unstorable: list[tuple[str, str]] = []
+        writer = GroupCommitWriter(
+            store,
+            lambda events: announced.extend((e.run_id, e.seq) for e in events),
+            on_unstorable=lambda run_id, error: unstorable.append((run_id, error)),
+        )
+        writer.start()
+        try:
+            writer.add_run(run_record("good"))
+            writer.add_run(run_record("bad"))
+            writer.add_event(event("good", 1))
+            writer.add_event(event("bad", 1))
+            await writer.flush()
+            writer.add_event(event("good", 2))
+            await writer.flush()
+        finally:
+            await writer.close()
+        assert announced == [("good", 1), ("good", 2)]
+        assert [run_id for run_id, _ in unstorable] == ["bad"] and "refused a record of bad" in unstorable[0][1]
+        assert writer.unstorable_runs == ["bad"]
+        assert [e.seq for e in await store.events("good")] == [1, 2]
+        assert await store.events("bad") == []

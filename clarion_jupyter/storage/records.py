@@ -144,5 +144,16 @@ class Batch:
         """Copies of the records as this batch writes them (the engine goes on changing its own)."""
         return [copy.copy(r) for r in self.runs.values()], [copy.copy(s) for s in self.steps.values()]
 
+    def split_by_run(self) -> dict[str, Batch]:
+        """One batch per run, in this batch's order (to store every run a bad record does not touch)."""
+        parts: dict[str, Batch] = {}
+        for run_id, run in self.runs.items():
+            parts.setdefault(run_id, Batch()).runs[run_id] = run
+        for key, step in self.steps.items():
+            parts.setdefault(step.run_id, Batch()).steps[key] = step
+        for event in self.events:
+            parts.setdefault(event.run_id, Batch()).events.append(event)
+        return parts
+
     def __bool__(self) -> bool:
         return bool(self.runs or self.steps or self.events)

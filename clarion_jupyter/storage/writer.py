@@ -4,7 +4,14 @@ A commit flushes to disk and costs milliseconds, so the engine never waits for o
 transition. It hands records and events to :class:`GroupCommitWriter` and carries on; the
 writer commits whatever has accumulated while the previous commit ran, and only then
 hands the events of that batch to ``on_committed`` (which announces them). Nothing is
-announced before it is durable, and nothing is dropped: a failing commit is retried.
+announced before it is durable.
+
+A commit that fails for a passing reason (a full disk, a lock) is retried for as long as it
+lasts. One the database refuses for what it holds (a bug: values are checked JSON inside
+the steps) is retried a few times, then split by run, so that every other run's work is
+stored and announced; the runs whose own records are refused are handed to
+``on_unstorable``, which ends them ``failed`` with the storage error (the engine does; it is
+also in health), and their refused transitions are never announced.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ class GroupCommitWriter:
         on_committed: Callable[[list[Event]], None],
         on_stored: Callable[[list[RunRecord], list[StepRecord]], None] | None = None,
         *,
+        on_unstorable: Callable[[str, str], None] = lambda _run_id, _error: None,
         submissions: bool = False,
     ) -> None:
         """``on_stored`` gets copies of the records each commit made durable, before the
@@ -53,6 +61,7 @@ class GroupCommitWriter:
         self._submissions = submissions
         self._on_committed = on_committed
         self._on_stored = on_stored
+        self._on_unstorable = on_unstorable
         self._pending = Batch()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -61,7 +70,8 @@ class GroupCommitWriter:
         self._committed = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.batches = 0
-        self.dropped_batches = 0
+        self.unstorable_runs: list[str] = []
+        """Runs whose transitions the database refused (each ended ``failed``), newest last."""
         self.last_error: str | None = None
 
     def start(self) -> None:
@@ -115,36 +125,56 @@ class GroupCommitWriter:
                 continue
             batch, self._pending = self._pending, Batch()
             target = self._added
-            snapshot = batch.snapshot() if self._on_stored is not None else None
-            if await self._commit(batch):
+            for committed, snapshot in await self._commit_or_isolate(batch):
                 self.batches += 1
-                if snapshot is not None:
+                if self._on_stored is not None:
                     self._on_stored(*snapshot)
-                self._on_committed(batch.events)
+                self._on_committed(committed.events)
             self._committed = target
             self._release(target)
             if self._pending or self._closing:
                 self._wake.set()
 
-    async def _commit(self, batch: Batch) -> bool:
-        """Commit, retrying transient failures (a full disk, a lock) for as long as they last.
+    async def _commit_or_isolate(self, batch: Batch) -> list[tuple[Batch, tuple[list[RunRecord], list[StepRecord]]]]:
+        """The batches stored, each with copies of its records as stored (the engine goes on
+        changing its own): the whole batch, or, when the database refuses it for good, each
+        run's part that it takes."""
+        snapshot = batch.snapshot()
+        error = await self._commit(batch)
+        if error is None:
+            return [(batch, snapshot)]
+        parts = batch.split_by_run()
+        if len(parts) == 1:
+            self._unstorable(next(iter(parts)), error)
+            return []
+        stored = []
+        for run_id, part in parts.items():
+            part_snapshot = part.snapshot()
+            part_error = await self._commit(part)
+            if part_error is None:
+                stored.append((part, part_snapshot))
+            else:
+                self._unstorable(run_id, part_error)
+        return stored
 
-        A batch that the database refuses for what it contains is a bug, and retrying it
-        forever would stall every run: after a few attempts it is set aside, loudly, and
-        its events are not announced (they were never stored).
-        """
+    def _unstorable(self, run_id: str, error: str) -> None:
+        log.critical("the transitions of run %s could not be stored and were not announced: %s", run_id, error)
+        self.unstorable_runs = [*self.unstorable_runs[-99:], run_id]
+        self._on_unstorable(run_id, error)
+
+    async def _commit(self, batch: Batch) -> str | None:
+        """Commit, retrying transient failures (a full disk, a lock) for as long as they last;
+        None once stored, or the error of a batch the database refuses for what it holds."""
         delay, attempt = 0.05, 0
         while True:
             attempt += 1
             try:
                 await self._store.write(batch, submission=self._submissions)
-                return True
+                return None
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if is_permanent(exc) and attempt >= PERMANENT_ATTEMPTS:
-                    self.dropped_batches += 1
-                    log.critical("a batch of %d events could not be stored and was dropped: %s", len(batch.events), exc)
-                    return False
+                    return self.last_error
                 log.exception("commit of %d events failed; retrying in %.2f s", len(batch.events), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -110,8 +110,12 @@ class Engine:
         except BaseException:
             await self._db.close()  # release the threads; the file was never opened
             raise
-        self._writer = GroupCommitWriter(self.runs, self.bus.publish, self._views.stored)
-        self._submissions = GroupCommitWriter(self.runs, self.bus.publish, self._views.stored, submissions=True)
+        self._writer = GroupCommitWriter(
+            self.runs, self.bus.publish, self._views.stored, on_unstorable=self._unstorable
+        )
+        self._submissions = GroupCommitWriter(
+            self.runs, self.bus.publish, self._views.stored, on_unstorable=self._unstorable, submissions=True
+        )
         self._writer.start()
         self._submissions.start()
         self._queue = make_queue(self.queue_url, maxsize=max(64, self._workers * 16))
@@ -238,6 +242,13 @@ class Engine:
             executor.started.set()  # never leave a decision waiting on a run that ended early
             self._active.pop(run_id, None)
             self._tasks.pop(run_id, None)
+
+    def _unstorable(self, run_id: str, error: str) -> None:
+        """The database refused this run's transitions: it ends ``failed`` with that error, in
+        a record small enough to store, rather than go on with a state nobody can read back."""
+        executor = self._active.get(run_id)
+        if executor is not None:
+            executor.abort({"code": "storage", "message": f"the run's state could not be stored: {error}"})
 
     async def resume(self, run_ids: list[str] | None = None) -> list[str]:
         """Restart interrupted runs; finished steps keep their outputs and do not run again."""
@@ -431,7 +442,7 @@ class Engine:
                 "kind": "duckdb",
                 "path": str(Path(self.db_path)),
                 "commits": sum(w.batches for w in writers),
-                "dropped_batches": sum(w.dropped_batches for w in writers),
+                "unstorable_runs": [r for w in writers for r in w.unstorable_runs],
                 "last_error": next((w.last_error for w in writers if w.last_error), None),
                 "unprojected_commits": self.runs.unprojected,
                 "projection_error": self.runs.projection_error,
