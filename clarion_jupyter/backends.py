@@ -111,21 +111,21 @@ class EmbeddedBackend:
 
     async def save_workflow(self, workflow: Workflow) -> None:
         try:
-            await self.engine.workflows.create(workflow.to_document())
+            await self.engine.create_workflow(workflow.to_document())
         except Conflict:
-            await self.engine.workflows.replace(workflow.id, workflow.to_document())
+            await self.engine.replace_workflow(workflow.id, workflow.to_document())
 
     async def query(self, sql: str) -> dict[str, Any]:
         return (await self.engine.query(sql)).as_dict()
 
     async def save_agent(self, doc: dict[str, Any]) -> None:
         try:
-            await self.engine.agents.create(doc)
+            await self.engine.create_agent(doc)
         except Conflict:
-            await self.engine.agents.replace(doc["id"], doc)
+            await self.engine.replace_agent(doc["id"], doc)
 
     async def list_workflows(self) -> list[dict[str, Any]]:
-        return [stored.doc for stored in await self.engine.workflows.list()]
+        return [stored.doc for stored in await self.engine.list_workflows()]
 
 
 class ServerBackend:

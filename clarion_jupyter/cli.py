@@ -22,6 +22,7 @@ from .agent.migration import summary_lines
 from .backends import Backend, open_backend
 from .core.errors import ClarionError, ValidationFailed
 from .core.protocol import EventType, RunStatus
+from .core.secrets import DEFAULT_SECRET_ENV_PATTERN, SecretPolicy
 from .settings import configured_traits
 from .storage.records import Event
 from .task.base import DEFAULT_MAX_OUTPUT_BYTES
@@ -183,6 +184,7 @@ def _engine(args: argparse.Namespace) -> Engine:
         allow_shell=traits.get("allow_shell", True),
         max_output_bytes=traits.get("max_output_bytes", DEFAULT_MAX_OUTPUT_BYTES),
         max_steps=traits.get("max_steps", DEFAULT_MAX_STEPS),
+        secrets=SecretPolicy(traits.get("secret_env_pattern", DEFAULT_SECRET_ENV_PATTERN)),
     )
 
 

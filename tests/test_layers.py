@@ -8,6 +8,7 @@ lazy upward import is still an upward dependency.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,19 @@ def test_a_sideways_import_is_reported(tmp_path: Path) -> None:
 @pytest.mark.parametrize("room", sorted(LAYERS))
 def test_every_room_exists(room: str) -> None:
     assert (PACKAGE / room).is_dir() or (PACKAGE / f"{room}.py").is_file()
+
+
+TRANSPORTS = [PACKAGE / "server", PACKAGE / "notebook", PACKAGE / "cli.py", PACKAGE / "backends.py"]
+ENGINE_INSIDES = re.compile(r"engine(?:\(\)\))?\.(agents|workflows|registry|bus|runs|_db|validator)\b")
+
+
+def test_transports_use_the_engine_facade_only() -> None:
+    """Handlers, sockets, the CLI and the notebook call Engine methods, never its services."""
+    files = [f for t in TRANSPORTS for f in ([t] if t.is_file() else sorted(t.rglob("*.py")))]
+    reaching = [
+        f"{f.relative_to(PACKAGE.parent)}:{n}: {line.strip()}"
+        for f in files
+        for n, line in enumerate(f.read_text().splitlines(), 1)
+        if ENGINE_INSIDES.search(line)
+    ]
+    assert reaching == []

@@ -12,7 +12,6 @@ import asyncio
 import gc
 import logging
 import re
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from jupyter_server.extension.application import ExtensionApp
@@ -125,7 +124,8 @@ class ClarionExtension(ExtensionApp):
 
     def initialize_settings(self) -> None:
         """Create (but do not open) the engine: the server's event loop is not running yet."""
-        configure_logging(self.log_format, self.serverapp.log, SecretPolicy(self.secret_env_pattern))
+        secrets = SecretPolicy(self.secret_env_pattern)
+        configure_logging(self.log_format, self.serverapp.log, secrets)
         self.engine = Engine(
             self.db_path,
             workers=self.workers,
@@ -134,10 +134,8 @@ class ClarionExtension(ExtensionApp):
             allow_shell=self.allow_shell,
             max_output_bytes=self.max_output_bytes,
             max_steps=self.max_steps,
+            secrets=secrets,
         )
-        secrets = SecretPolicy(self.secret_env_pattern)
-        self.engine.settings = replace(self.engine.settings, secrets=secrets)
-        self.engine.agents.secrets = secrets
         self.sockets: set[EventSocket] = set()
         self._starting: asyncio.Future[None] | None = None
         self._warming: asyncio.Future[None] | None = None
@@ -176,7 +174,7 @@ class ClarionExtension(ExtensionApp):
         """With agents defined, LLM calls are coming: import litellm now, in a thread, so the
         first call neither waits seconds for it nor (as an import on the loop would) freezes the server."""
         try:
-            if await self.engine.agents.list():
+            if await self.engine.list_agents():
                 await load_litellm()
         except Exception:  # a failed warm-up only means the first call imports it instead
             log.warning("warming up litellm failed", exc_info=True)

@@ -47,10 +47,12 @@ class DocumentHandler(ClarionHandler):
     """Agents and workflows have the same CRUD; they differ in their service and JSON form."""
 
     kind: str
-    """The engine's service attribute, the URL segment and the list's key: agents or workflows."""
+    """The URL segment and the list's key: ``agents`` or ``workflows``."""
 
-    async def service(self) -> Any:
-        return getattr(await self.engine(), self.kind)
+    async def call(self, action: str, *args: Any) -> Any:
+        """``Engine.<action>_agent(...)`` or ``_workflow`` (``list_agents`` for the collection)."""
+        name = f"list_{self.kind}" if action == "list" else f"{action}_{self.kind[:-1]}"
+        return await getattr(await self.engine(), name)(*args)
 
     def serialise(self, item: Any) -> dict[str, Any]:
         raise NotImplementedError
@@ -63,13 +65,13 @@ class CollectionHandler(DocumentHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        items = await (await self.service()).list()
+        items = await self.call("list")
         self.reply({self.kind: [self.serialise(item) for item in items]})
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        item = await (await self.service()).create(self.source())
+        item = await self.call("create", self.source())
         self.reply(self.serialise(item), 201, self.api_url(self.kind, item.id))
 
 
@@ -77,17 +79,17 @@ class ItemHandler(DocumentHandler):
     @web.authenticated
     @authorized
     async def get(self, item_id: str) -> None:
-        self.reply(self.serialise(await (await self.service()).get(item_id)))
+        self.reply(self.serialise(await self.call("get", item_id)))
 
     @web.authenticated
     @authorized
     async def put(self, item_id: str) -> None:
-        self.reply(self.serialise(await (await self.service()).replace(item_id, self.source())))
+        self.reply(self.serialise(await self.call("replace", item_id, self.source())))
 
     @web.authenticated
     @authorized
     async def delete(self, item_id: str) -> None:
-        await (await self.service()).delete(item_id)
+        await self.call("delete", item_id)
         self.set_status(204)
         self.finish()
 
@@ -185,7 +187,7 @@ class WorkflowRunHandler(ClarionHandler):
     async def post(self, workflow_id: str) -> None:
         engine = await self.engine()
         request = self.run_request()
-        await self.require_terminal_permission(await engine.workflows.get(workflow_id))
+        await self.require_terminal_permission(await engine.get_workflow(workflow_id))
         run_id = await engine.submit_saved(workflow_id, request.inputs, idempotency_key=request.idempotency_key)
         self.reply({"run_id": run_id, "status": RunStatus.queued.value}, 202, self.api_url("runs", run_id))
 
@@ -285,9 +287,7 @@ class TasksHandler(ClarionHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        engine = await self.engine()
-        tasks = [t for t in engine.registry.describe() if engine.settings.allow_shell or t["name"] != "shell"]
-        self.reply({"tasks": tasks})
+        self.reply({"tasks": (await self.engine()).task_types()})
 
 
 class OpenAPIHandler(ClarionHandler):

@@ -21,12 +21,13 @@ from ..agent.service import AgentService
 from ..core.errors import Conflict, NotFound, Problem, ValidationFailed
 from ..core.ids import new_run_id
 from ..core.protocol import EventType, RunStatus
+from ..core.secrets import SecretPolicy
 from ..core.workspace import Workspace, WorkspacePathError
 from ..storage.database import Database, default_db_path
 from ..storage.duckdb_store import DuckDBDocumentStore, DuckDBRunStore
 from ..storage.protocols import ActiveRun
 from ..storage.query import MAX_ROWS, TIMEOUT_S, QueryResult, run_query
-from ..storage.records import Event, RunRecord, utcnow
+from ..storage.records import Event, RunRecord, StoredDocument, utcnow
 from ..storage.writer import GroupCommitWriter
 from ..task.base import DEFAULT_MAX_OUTPUT_BYTES, TaskFailed, TaskSettings
 from ..task.builtin.llm_call import LLMCallConfig, LLMCallTask, prepare_request
@@ -36,7 +37,7 @@ from ..task.queues import make_queue
 from ..task.registry import TaskRegistry
 from ..task.worker import Worker
 from .agent_run import AGENT_RUN_WORKFLOW, AGENT_RUN_WORKFLOW_ID, AgentRunRequest
-from .bus import EventBus
+from .bus import EventBus, Subscription
 from .compiler import Plan, compile_workflow
 from .executor import RunExecutor
 from .models import WorkflowRun, parse_workflow
@@ -59,6 +60,7 @@ class Engine:
         workspace_root: str | os.PathLike[str] = ".",
         queue_url: str = "local",
         allow_shell: bool = True,
+        secrets: SecretPolicy | None = None,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         max_steps: int | None = DEFAULT_MAX_STEPS,
         registry: TaskRegistry | None = None,
@@ -67,14 +69,16 @@ class Engine:
         self.db_path = str(db_path or default_db_path())
         self.workspace = Workspace(workspace_root)
         self.registry = registry or TaskRegistry.from_entry_points()
-        self.settings = TaskSettings(allow_shell=allow_shell, max_output_bytes=max_output_bytes)
+        self.settings = TaskSettings(
+            allow_shell=allow_shell, max_output_bytes=max_output_bytes, secrets=secrets or SecretPolicy()
+        )
         self.queue_url = queue_url
         self.validator = WorkflowValidator(self.registry, max_steps=max_steps, allow_shell=allow_shell)
         self._workers = workers
         self._run_workers = run_workers
         self._db = Database(self.db_path)
         self.runs = DuckDBRunStore(self._db)
-        self.agents = AgentService(DuckDBDocumentStore(self._db, "agents"))
+        self.agents = AgentService(DuckDBDocumentStore(self._db, "agents"), self.settings.secrets)
         self.workflows = WorkflowService(
             DuckDBDocumentStore(self._db, "workflows", with_source=True), self.runs, self.validator
         )
@@ -322,6 +326,43 @@ class Engine:
 
     async def list_agents(self) -> list[Agent]:
         return await self.agents.list()
+
+    async def get_agent(self, agent_id: str) -> Agent:
+        return await self.agents.get(agent_id)
+
+    async def create_agent(self, doc: dict[str, Any] | Agent) -> Agent:
+        return await self.agents.create(doc)
+
+    async def replace_agent(self, agent_id: str, doc: dict[str, Any] | Agent) -> Agent:
+        return await self.agents.replace(agent_id, doc)
+
+    async def delete_agent(self, agent_id: str) -> None:
+        await self.agents.delete(agent_id)
+
+    # -- saved workflows ---------------------------------------------------------------
+
+    async def list_workflows(self) -> list[StoredDocument]:
+        return await self.workflows.list()
+
+    async def get_workflow(self, workflow_id: str) -> StoredDocument:
+        return await self.workflows.get(workflow_id)
+
+    async def create_workflow(self, source: str | bytes | dict[str, Any]) -> StoredDocument:
+        return await self.workflows.create(source)
+
+    async def replace_workflow(self, workflow_id: str, source: str | bytes | dict[str, Any]) -> StoredDocument:
+        return await self.workflows.replace(workflow_id, source)
+
+    async def delete_workflow(self, workflow_id: str) -> None:
+        await self.workflows.delete(workflow_id)
+
+    def task_types(self) -> list[dict[str, Any]]:
+        """The task types workflows may use here, with their config schemas (``shell`` only when allowed)."""
+        return [t for t in self.registry.describe() if self.settings.allow_shell or t["name"] != "shell"]
+
+    def watch(self, maxsize: int = 0) -> Subscription:
+        """Every run's live events, as they are stored (for the sidebar's list); close it when done."""
+        return self.bus.subscribe(None, maxsize)
 
     # -- agent runs ----------------------------------------------------------------
 
