@@ -173,3 +173,8 @@ def test_status_read_by_subscript_counts_as_a_status_read() -> None:
     refs = compile_value("{{ steps['a']['status'] }} {{ steps.b['status'] }} {{ steps.c.status }}").refs
     assert refs.status_only == {"a", "b", "c"}
     assert refs.outputs == frozenset()
+
+
+def test_an_expression_followed_by_a_newline_renders_as_text_keeping_the_newline() -> None:
+    assert compile_value("{{ name }}\n").render({"name": "a.txt"}) == "a.txt\n"
+    assert compile_value(" {{ items }} ").render({"items": [1, 2]}) == [1, 2]

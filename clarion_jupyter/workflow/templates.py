@@ -23,7 +23,9 @@ from jinja2 import TemplateSyntaxError, nodes
 from ..core.sandbox import budget, environment
 
 CONTEXT_NAMES = frozenset({"inputs", "steps", "item", "run"})
-_SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.DOTALL)
+_SINGLE_EXPRESSION = re.compile(r"^[ \t]*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}[ \t]*\Z", re.DOTALL)
+"""A whole value that is one expression (spaces around it allowed, not line breaks: text such
+as ``"{{ x }}\\n"`` or a YAML block scalar keeps its newline and renders as text)."""
 
 Renderer = Callable[[dict[str, Any]], Any]
 
