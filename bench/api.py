@@ -8,6 +8,8 @@ B  WebSocket delivery latency (event `ts` -> received by the client, p50/p99) wh
    clients on /ws/runs; B-burst starts them all at once
 C  p99 latency of Jupyter's own GET /api/status while the engine runs --steps-per-s echo
    steps per second (chain workflows submitted at a steady rate), for --seconds
+approval  from POST /api/v3/runs/{id}/approvals/{step} (approve) to the step's step_started
+   event arriving on /ws/runs (p50/p99), over --approvals runs waiting at once
 hostile  the worst latency of GET /api/status while each hostile input is processed (a YAML
    alias bomb, deep JSON, a 5,000-digit integer, costly templates, a template typo, a
    ReDoS content_regex, the first llm_call of the server, ...), one after another
@@ -43,7 +45,13 @@ from tornado.websocket import websocket_connect
 from clarion_jupyter.client.client import Client
 from clarion_jupyter.testing.server import JupyterServerProcess
 
-TARGETS_MS = {"post_run_p99": 25, "get_run_p99": 15, "ws_delivery_p99": 20, "api_status_p99": 30, "hostile_max": 100}
+TARGETS_MS = {"post_run_p99": 25, "get_run_p99": 15, "ws_delivery_p99": 20, "api_status_p99": 30, "hostile_max": 100,
+              "approval_to_start_p99": 20}  # fmt: skip
+GATED = {
+    "id": "bench-gated",
+    "name": "Bench gated",
+    "steps": [{"id": "gate", "task": "echo", "approval": True, "with": {"value": 1}}],
+}
 ECHO = {"id": "bench-echo", "name": "Bench echo", "steps": [{"id": "echo", "task": "echo", "with": {"value": 1}}]}
 
 
@@ -277,6 +285,34 @@ async def bench_hostile(server: JupyterServerProcess, client: Client) -> dict[st
     return {"inputs": results, "api_status_worst_ms": worst, "target_api_status_max_ms": TARGETS_MS["hostile_max"]}
 
 
+async def bench_approvals(client: Client, runs: int) -> dict[str, Any]:
+    """Approve runs one at a time and time each approval until its step has started."""
+    await client.create_workflow(GATED)
+    run_ids = [await client.run(GATED["id"], {}) for _ in range(runs)]
+    while len((await client.list_runs(status="waiting", limit=500))["runs"]) < runs:
+        await asyncio.sleep(0.05)
+    started: dict[str, asyncio.Future[float]] = {}
+
+    async def follow() -> None:
+        async for event in client.watch():
+            if event["type"] == "step_started" and event["run_id"] in started:
+                started[event["run_id"]].set_result(time.perf_counter())
+
+    watcher = asyncio.ensure_future(follow())
+    await asyncio.sleep(0.5)  # the socket is open
+    samples = []
+    try:
+        for run_id in run_ids:
+            started[run_id] = asyncio.get_running_loop().create_future()
+            sent = time.perf_counter()
+            await client.approve(run_id, "gate")
+            samples.append(await asyncio.wait_for(started[run_id], 10) - sent)
+    finally:
+        watcher.cancel()
+    return {"approval_to_step_started": percentiles(samples), "runs": runs,
+            "target_p99_ms": TARGETS_MS["approval_to_start_p99"]}  # fmt: skip
+
+
 async def measured(server: JupyterServerProcess, name: str, workload: Awaitable[dict[str, Any]]) -> dict[str, Any]:
     """Run one workload and print its line, with wall time and the CPU each process spent on it.
 
@@ -329,6 +365,7 @@ async def main(args: argparse.Namespace) -> None:
         "B": lambda server, client: bench_websocket(server, client, args.ws_runs, args.ws_sockets, args.ws_spread_s),
         "B-burst": lambda server, client: bench_websocket(server, client, args.ws_runs, args.ws_sockets, 0.0),
         "C": lambda server, client: bench_status_under_load(server, client, args.seconds, args.steps_per_s),
+        "approval": lambda server, client: bench_approvals(client, args.approvals),
         "hostile": bench_hostile,
     }
     for name in args.only.split(","):
@@ -339,7 +376,8 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="A,A-paced,B,B-burst,C,hostile", help="workloads to run, in order")
+    parser.add_argument("--only", default="A,A-paced,B,B-burst,C,approval,hostile", help="workloads to run, in order")
+    parser.add_argument("--approvals", type=int, default=200, help="waiting runs approved in workload approval")
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs of each workload; above 1, a line of their medians follows"
     )

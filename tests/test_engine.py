@@ -714,7 +714,7 @@ async def test_a_submit_is_stored_without_waiting_for_the_busy_main_writer(tmp_p
             while not gate.is_set():
                 time.sleep(0.01)
 
-        busy = asyncio.ensure_future(engine._db.write(hold_the_writer))
+        busy = asyncio.ensure_future(engine.storage._db.write(hold_the_writer))
         run_id = await engine.submit(workflow(echo("a", 1)))
         assert not busy.done(), "submit waited for the main writer"
         assert [e.type for e in await engine.events(run_id)] == ["run_queued"]  # stored, and nothing more yet
@@ -729,7 +729,7 @@ async def test_a_runs_later_transitions_are_stored_only_after_its_queued_state(t
         run_ids = await asyncio.gather(*(engine.submit(workflow(echo("a", i))) for i in range(20)))
         for run_id in run_ids:
             await engine.wait(run_id)
-        journal_order = engine._db._con.execute(
+        journal_order = engine.storage._db._con.execute(
             "SELECT run_id, list((row->>'seq')::INTEGER ORDER BY id) FROM run_journal WHERE kind = 'event'"
             " GROUP BY run_id"
         ).fetchall()

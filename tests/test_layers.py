@@ -117,3 +117,26 @@ def test_transports_use_the_engine_facade_only() -> None:
         if ENGINE_INSIDES.search(line)
     ]
     assert reaching == []
+
+
+def _modules_imported(path: Path) -> set[str]:
+    """The top-level names of every module a file imports (absolute imports)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_only_storage_knows_duckdb() -> None:
+    """DuckDB's types and errors stay behind the storage protocols, so another store plugs in
+    through ``Engine(storage=...)`` without a change elsewhere."""
+    outside = [
+        str(path.relative_to(PACKAGE.parent))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.relative_to(PACKAGE).parts[0] != "storage" and "duckdb" in _modules_imported(path)
+    ]
+    assert outside == []
+    assert "duckdb" in _modules_imported(PACKAGE / "storage" / "database.py")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -23,6 +24,7 @@ from ..core.errors import Conflict
 from ..core.protocol import ACTIVE_RUN_STATUSES
 from .database import Database
 from .protocols import ActiveRun, RunPage
+from .query import MAX_ROWS, TIMEOUT_S, QueryResult, run_query
 from .records import Batch, Event, RunRecord, StepRecord, StoredDocument, utcnow
 
 log = logging.getLogger(__name__)
@@ -600,3 +602,41 @@ class DuckDBDocumentStore:
             " ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at"
         )
         await self._db.write(lambda cursor: cursor.execute(sql, [ids, texts, _naive(utcnow())]))
+
+
+class DuckDBStorage:
+    """The embedded storage: one DuckDB file, opened read-write by this process alone."""
+
+    kind = "duckdb"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._db = Database(self.path)
+        self.runs = DuckDBRunStore(self._db)
+        self.agents = DuckDBDocumentStore(self._db, "agents")
+        self.workflows = DuckDBDocumentStore(self._db, "workflows", with_source=True)
+
+    async def open(self) -> None:
+        try:
+            await self._db.start()
+            await self.runs.recover()
+        except BaseException:
+            await self._db.close()  # release the threads; the file was never opened
+            raise
+
+    async def close(self) -> None:
+        await self.runs.close()
+        await self._db.close()
+
+    async def query(self, sql: str, max_rows: int = MAX_ROWS, timeout_s: float = TIMEOUT_S) -> QueryResult:
+        """The journal is projected first, so the views see every committed run."""
+        await self.runs.project()
+        return await self._db.read(run_query, sql, max_rows, timeout_s)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "path": self.path,
+            "unprojected_commits": self.runs.unprojected,
+            "projection_error": self.runs.projection_error,
+        }

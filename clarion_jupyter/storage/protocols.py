@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+from .query import QueryResult
 from .records import Batch, Event, RunRecord, StepRecord, StoredDocument
 
 
@@ -65,3 +66,27 @@ class RunStore(Protocol):
 
     async def existing_runs(self, run_ids: list[str]) -> set[str]:
         """Which of ``run_ids`` are stored."""
+
+
+class Storage(Protocol):
+    """Everything the engine keeps: its run store, its agent and workflow stores, and the
+    read-only history SQL. :class:`~.duckdb_store.DuckDBStorage` is the one implementation;
+    another (a server database) plugs in here without touching ``workflow/``."""
+
+    path: str
+    """Where it keeps things (a file, a URL), for messages, health and the CLI's server lookup."""
+    runs: RunStore
+    agents: DocumentStore
+    workflows: DocumentStore
+
+    async def open(self) -> None:
+        """Open and make stored state whole (after a crash too), before any write."""
+
+    async def close(self) -> None:
+        """Finish deferred work and release everything; nothing is written after this."""
+
+    async def query(self, sql: str, max_rows: int, timeout_s: float) -> QueryResult:
+        """One read-only statement over the history views, seeing every committed run."""
+
+    def health(self) -> dict[str, Any]:
+        """The storage's part of ``GET /api/v3/health`` (its kind, backlog, last error)."""

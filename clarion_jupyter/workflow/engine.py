@@ -12,7 +12,6 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from ..agent.migration import V2ImportReport, V2Migration
@@ -23,10 +22,10 @@ from ..core.ids import new_run_id
 from ..core.protocol import EventType, RunStatus
 from ..core.secrets import SecretPolicy
 from ..core.workspace import Workspace, WorkspacePathError
-from ..storage.database import Database, default_db_path
-from ..storage.duckdb_store import DuckDBDocumentStore, DuckDBRunStore
-from ..storage.protocols import ActiveRun
-from ..storage.query import MAX_ROWS, TIMEOUT_S, QueryResult, run_query
+from ..storage.database import default_db_path
+from ..storage.duckdb_store import DuckDBStorage
+from ..storage.protocols import ActiveRun, Storage
+from ..storage.query import MAX_ROWS, TIMEOUT_S, QueryResult
 from ..storage.records import Event, RunRecord, StoredDocument, utcnow
 from ..storage.writer import GroupCommitWriter
 from ..task.base import DEFAULT_MAX_OUTPUT_BYTES, TaskFailed, TaskSettings
@@ -65,7 +64,9 @@ class Engine:
         max_steps: int | None = DEFAULT_MAX_STEPS,
         registry: TaskRegistry | None = None,
         run_workers: bool = True,
+        storage: Storage | None = None,
     ) -> None:
+        """``storage`` defaults to the DuckDB file at ``db_path``."""
         self.db_path = str(db_path or default_db_path())
         self.workspace = Workspace(workspace_root)
         self.registry = registry or TaskRegistry.from_entry_points()
@@ -76,12 +77,10 @@ class Engine:
         self.validator = WorkflowValidator(self.registry, max_steps=max_steps, allow_shell=allow_shell)
         self._workers = workers
         self._run_workers = run_workers
-        self._db = Database(self.db_path)
-        self.runs = DuckDBRunStore(self._db)
-        self.agents = AgentService(DuckDBDocumentStore(self._db, "agents"), self.settings.secrets)
-        self.workflows = WorkflowService(
-            DuckDBDocumentStore(self._db, "workflows", with_source=True), self.runs, self.validator
-        )
+        self.storage: Storage = storage or DuckDBStorage(self.db_path)
+        self.runs = self.storage.runs
+        self.agents = AgentService(self.storage.agents, self.settings.secrets)
+        self.workflows = WorkflowService(self.storage.workflows, self.runs, self.validator)
         self._previewer = Previewer(self.registry, self.workspace, self.settings)
         self.bus = EventBus()
         self._views = RunViews()
@@ -108,12 +107,7 @@ class Engine:
         await self.stop()
 
     async def start(self) -> None:
-        try:
-            await self._db.start()
-            await self.runs.recover()
-        except BaseException:
-            await self._db.close()  # release the threads; the file was never opened
-            raise
+        await self.storage.open()
         self._writer = GroupCommitWriter(
             self.runs, self.bus.publish, self._views.stored, on_unstorable=self._unstorable
         )
@@ -149,9 +143,8 @@ class Engine:
             await asyncio.gather(self._router, return_exceptions=True)
         await self._submissions.close()
         await self._writer.close()
-        await self.runs.close()
         await self._queue.close()
-        await self._db.close()
+        await self.storage.close()
 
     async def _route_results(self) -> None:
         async for result in self._queue.results():
@@ -480,13 +473,10 @@ class Engine:
         writers = [w for w in (self._writer, self._submissions) if w is not None]
         return {
             "storage": {
-                "kind": "duckdb",
-                "path": str(Path(self.db_path)),
+                **self.storage.health(),
                 "commits": sum(w.batches for w in writers),
                 "unstorable_runs": [r for w in writers for r in w.unstorable_runs],
                 "last_error": next((w.last_error for w in writers if w.last_error), None),
-                "unprojected_commits": self.runs.unprojected,
-                "projection_error": self.runs.projection_error,
             },
             "queue": {
                 "url": self.queue_url,
@@ -507,5 +497,4 @@ class Engine:
         """One read-only SQL statement over the history views (``runs``, ``steps``, ``events``,
         ``llm_calls``); the journal is projected first, so every committed run is seen."""
         self._require_started()
-        await self.runs.project()
-        return await self._db.read(run_query, sql, max_rows, timeout_s)
+        return await self.storage.query(sql, max_rows, timeout_s)
