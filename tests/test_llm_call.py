@@ -326,3 +326,19 @@ async def test_a_symlink_loop_in_the_context_is_skipped_and_named_in_the_steps_c
     assert out["text"] == "ok"
     assert out["context"]["files"] == ["app.py"]
     assert [s["path"] for s in out["context"]["skipped"]] == ["loop.py"]
+
+
+async def test_a_schema_written_for_strict_mode_is_requested_as_strict(key: str, tmp_path: Path) -> None:
+    strict = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["label", "tags"],
+        "properties": {"label": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}},
+    }
+    with OpenAIStubServer(reply='{"label": "bug", "tags": []}') as server:
+        await call(stub_agent(server, key), tmp_path, prompt="classify", response_format=strict)
+        assert server.last_request["response_format"]["json_schema"] == {
+            "name": "output",
+            "schema": strict,
+            "strict": True,
+        }

@@ -280,7 +280,26 @@ def _system_template(text: str) -> Template:
 
 
 def _json_schema_format(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+    """A schema written for strict mode (as Clarion v2 sent every reply schema) is sent as
+    strict, so providers that support it enforce it; any other is sent as a plain schema."""
+    json_schema: dict[str, Any] = {"name": "output", "schema": schema}
+    if _strict_shaped(schema):
+        json_schema["strict"] = True
+    return {"type": "json_schema", "json_schema": json_schema}
+
+
+def _strict_shaped(schema: Any) -> bool:
+    """Every object closed (``additionalProperties: false``) with every property required."""
+    if not isinstance(schema, dict):
+        return True
+    properties = schema.get("properties")
+    if schema.get("type") == "object" or properties is not None:
+        if schema.get("additionalProperties") is not False:
+            return False
+        if set(schema.get("required") or []) != set(properties or {}):
+            return False
+    children = [*(properties or {}).values(), schema.get("items")]
+    return all(_strict_shaped(child) for child in children if child is not None)
 
 
 def _schema_validator(schema: dict[str, Any]) -> Validator:
