@@ -163,10 +163,12 @@ class RunExecutor:
         timer = self._approval_timers.pop(key, None)
         if timer is not None:
             timer.cancel()
+        reason = f"rejected by {by or 'a reviewer'}" + (f": {comment}" if comment else "")
+        # Posted before the event is added, so the run acts on it (its step_started joins the
+        # pending batch) before the writer wakes: decision and start then share one commit.
+        self._inbox.put_nowait(_Decision(key, approve, reason))
         kind = EventType.approval_granted if approve else EventType.approval_rejected
         self._emit(kind, key, {"by": by, "comment": comment})
-        reason = f"rejected by {by or 'a reviewer'}" + (f": {comment}" if comment else "")
-        self._inbox.put_nowait(_Decision(key, approve, reason))
         return True
 
     @property
