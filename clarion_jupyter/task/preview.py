@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..core.workspace import Workspace, WorkspacePathError
-from .base import TaskContext, TaskFailed, TaskSettings, config_problems
+from .base import TaskFailed, TaskSettings, config_problems
 from .queue import Job
 from .registry import TaskRegistry
 
@@ -32,16 +32,7 @@ class Previewer:
             config = task_type.Config.model_validate(job.config)
         except ValidationError as exc:
             raise TaskFailed(config_problems(exc), retryable=False) from None
-        ctx = TaskContext(
-            run_id=job.run_id,
-            step_id=job.step_id,
-            key=job.key,
-            attempt=job.attempt,
-            workspace=self._workspace,
-            settings=self._settings,
-            resources=job.resources,
-        )
         try:
-            return await task_type().preview(config, ctx)
+            return await task_type().preview(config, job.context(self._workspace, self._settings))
         except WorkspacePathError as exc:
             raise TaskFailed(str(exc), retryable=False) from exc

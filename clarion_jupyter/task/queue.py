@@ -11,6 +11,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
+from ..core.workspace import Workspace
+from .base import TaskContext, TaskSettings
+
 
 @dataclass(slots=True)
 class Job:
@@ -30,6 +33,23 @@ class Job:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def context(
+        self, workspace: Workspace, settings: TaskSettings, emit: Callable[[str, dict[str, Any]], None] | None = None
+    ) -> TaskContext:
+        """What the task sees of this job, where it runs (a worker) or is previewed (the engine)."""
+        ctx = TaskContext(
+            run_id=self.run_id,
+            step_id=self.step_id,
+            key=self.key,
+            attempt=self.attempt,
+            workspace=workspace,
+            settings=settings,
+            resources=self.resources,
+        )
+        if emit is not None:
+            ctx.emit = emit
+        return ctx
 
 
 @dataclass(slots=True)

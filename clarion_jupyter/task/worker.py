@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from ..core.secrets import SecretMasker
 from ..core.workspace import Workspace, WorkspacePathError
-from .base import TaskContext, TaskFailed, TaskSettings, config_problems
+from .base import TaskFailed, TaskSettings, config_problems
 from .queue import Delivery, Job, JobResult, Queue
 from .registry import TaskRegistry
 
@@ -108,16 +108,7 @@ class Worker:
             config = task_type.Config.model_validate(job.config)
         except ValidationError as exc:
             return self._failure(job, "invalid_config", config_problems(exc), False)
-        ctx = TaskContext(
-            run_id=job.run_id,
-            step_id=job.step_id,
-            key=job.key,
-            attempt=job.attempt,
-            workspace=self._workspace,
-            settings=self._settings,
-            resources=job.resources,
-            emit=lambda type_, data: self._progress(job, type_, data),
-        )
+        ctx = job.context(self._workspace, self._settings, emit=lambda type_, data: self._progress(job, type_, data))
         try:
             async with asyncio.timeout(job.timeout_s):
                 output = await task_type().run(config, ctx)
