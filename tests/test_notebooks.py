@@ -22,6 +22,7 @@ import pytest
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from traitlets import Bool
 
 from clarion_jupyter.testing.server import JupyterServerProcess
 
@@ -31,7 +32,10 @@ pytestmark = pytest.mark.timeout(300)
 
 
 class ServerKernel(AsyncKernelManager):
-    """A kernel the Jupyter server started: this process only connects to it."""
+    """A kernel the Jupyter server started: this process only connects to it (and so never
+    asks a provisioner it does not have whether the process lives)."""
+
+    owns_kernel = Bool(False)
 
     @property
     def has_kernel(self) -> bool:
