@@ -5,7 +5,8 @@ can stand in for litellm. :class:`LiteLLMProvider` imports litellm lazily, in a 
 (:func:`load_litellm`): the import takes seconds of CPU and, unless the bundled cost map is
 selected first, goes to the network, so it may neither happen when the server or the CLI
 starts nor run on the event loop, where it would freeze the server for its whole duration.
-A host that expects LLM calls may warm it up early with :func:`load_litellm`.
+Even in a thread, parts of the import hold the GIL for a tenth of a second at a time, so a
+server runs it in a child process instead (:mod:`.host`).
 
 API keys come from environment variables named by the agent, are read at call time and go
 to litellm only; error messages are scrubbed of the key because some providers quote the
@@ -70,6 +71,10 @@ class LLMProvider(Protocol):
         """Run one chat completion; with ``request.stream``, ``on_token`` gets every text delta."""
         ...
 
+    async def warm(self) -> None:
+        """Get ready for calls that are coming (load the SDK), without holding up the caller's loop."""
+        ...
+
     async def aclose(self) -> None:
         """Release what the provider holds on the running event loop, before the loop closes."""
         ...
@@ -83,7 +88,10 @@ class LiteLLMProvider:
     """The default provider: every model litellm supports, through ``litellm.acompletion``."""
 
     async def complete(self, request: LLMRequest, on_token: TokenCallback | None = None) -> LLMResult:
-        api_key = read_api_key(request.api_key_env)
+        return await self.call(request, read_api_key(request.api_key_env), on_token)
+
+    async def call(self, request: LLMRequest, api_key: str | None, on_token: TokenCallback | None = None) -> LLMResult:
+        """:meth:`complete` with the key already read (by the process that owns the environment)."""
         litellm = await load_litellm()
         kwargs = _completion_kwargs(request, api_key)
         try:
@@ -94,6 +102,9 @@ class LiteLLMProvider:
             error = provider_error(exc, secret=api_key)
         # raised outside the handler so the original, whose text may quote the key, is not chained
         raise error
+
+    async def warm(self) -> None:
+        await load_litellm()
 
     async def aclose(self) -> None:
         """Let litellm's background logging of finished calls settle, on the loop that is ending.

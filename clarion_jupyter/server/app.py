@@ -21,7 +21,6 @@ from .._version import __version__
 from ..core.errors import ClarionError
 from ..core.protocol import CloseCode
 from ..core.secrets import DEFAULT_SECRET_ENV_PATTERN, SecretPolicy
-from ..llm.provider import load_litellm
 from ..storage.database import default_db_path
 from ..task.base import DEFAULT_MAX_OUTPUT_BYTES
 from ..workflow.engine import Engine
@@ -171,13 +170,10 @@ class ClarionExtension(ExtensionApp):
             self._warming = asyncio.ensure_future(self._warm_up_llm())
 
     async def _warm_up_llm(self) -> None:
-        """With agents defined, LLM calls are coming: import litellm now, in a thread, so the
-        first call neither waits seconds for it nor (as an import on the loop would) freezes the server."""
         try:
-            if await self.engine.list_agents():
-                await load_litellm()
-        except Exception:  # a failed warm-up only means the first call imports it instead
-            log.warning("warming up litellm failed", exc_info=True)
+            await self.engine.warm_up_llm()
+        except Exception:  # a failed warm-up only means the first call starts the provider instead
+            log.warning("warming up the LLM provider failed", exc_info=True)
 
     def _fail(self, message: str, details: Any = None, code: str = "unavailable") -> None:
         self._down = (message, details, code)

@@ -15,6 +15,7 @@ concurrency, not the model), can fail the first ``fail_first`` requests with
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import uuid
@@ -107,6 +108,11 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], stub: OpenAIStubServer) -> None:
         super().__init__(address, handler)
         self.stub = stub
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (a cancelled or killed caller) is expected, not an error to print."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -376,6 +376,12 @@ class Engine:
         await self._install_agent_run()
         return await self.submit_saved(AGENT_RUN_WORKFLOW_ID, request.inputs(agent_id))
 
+    async def warm_up_llm(self) -> None:
+        """With agents defined, LLM calls are coming: start the provider now (litellm's import
+        takes seconds, in its own process), so the first call does not wait for it."""
+        if await self.list_agents():
+            await LLMCallTask.provider.warm()
+
     async def prompt_agent(self, agent_id: str, request: AgentRunRequest) -> dict[str, Any]:
         """The exact messages an agent run would send, and their token count; no model call."""
         agent = await self.agents.get(agent_id)

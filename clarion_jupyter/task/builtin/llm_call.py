@@ -33,13 +33,14 @@ from ...core.protocol import EventType
 from ...core.sandbox import environment
 from ...core.secrets import SecretMasker
 from ...core.workspace import Workspace, WorkspacePathError
-from ...llm.provider import LiteLLMProvider, LLMProvider, LLMRequest, ProviderError
+from ...llm.host import ProcessProvider
+from ...llm.provider import LLMProvider, LLMRequest, ProviderError
 from ..base import Task, TaskConfig, TaskContext, TaskFailed
 
 if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
-DEFAULT_PROVIDER: LLMProvider = LiteLLMProvider()
+DEFAULT_PROVIDER: LLMProvider = ProcessProvider()
 
 _JSON_FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*[ \t]*\n(?P<body>.*?)\n?```\s*$", re.DOTALL)
 

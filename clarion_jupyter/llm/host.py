@@ -1,0 +1,236 @@
+"""ProcessProvider: litellm in a child process, so the process that calls models never imports it.
+
+Importing litellm costs seconds of CPU, and parts of it (pydantic schema builds, the cost
+map's JSON) are C calls that hold the GIL for a tenth of a second at a time: even in a
+thread, the import stalls the Jupyter server's event loop. Every call also spends
+milliseconds of Python in litellm. In a child process neither touches the caller's loop.
+
+The child (:func:`main`) speaks JSON lines on its stdin and stdout:
+
+- to the child: ``{"id", "op": "complete" | "count", "request", "api_key"}`` and ``{"id", "op": "cancel"}``;
+- from the child: ``{"id", "token"}`` per streamed delta, then ``{"id", "result"}`` or ``{"id", "error"}``.
+
+The key is read from the caller's environment at call time (a notebook may export it after
+the child started) and goes to the child over the pipe only. One child serves every event
+loop of the process: pipes are read and written by threads, and each answer is handed to
+the loop that asked. A child that dies fails its calls as retryable; the next call starts
+another. It exits when its stdin closes, so it never outlives its parent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import IO, Any
+
+from .provider import LiteLLMProvider, LLMRequest, LLMResult, ProviderError, TokenCallback, read_api_key
+
+
+@dataclass(slots=True)
+class _Call:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    on_token: TokenCallback | None = None
+
+
+class _Child:
+    """One child process, its pipes' threads, and the calls it has been asked."""
+
+    def __init__(self, on_exit: Callable[[_Child], None]) -> None:
+        environment = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", f"import asyncio, {__name__} as host; asyncio.run(host.main())"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=environment,
+        )
+        self.outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.calls: dict[int, _Call] = {}
+        self.open = True
+        self._on_exit = on_exit
+        threading.Thread(target=self._write, daemon=True, name="clarion-llm-host-in").start()
+        threading.Thread(target=self._read, daemon=True, name="clarion-llm-host-out").start()
+
+    def _write(self) -> None:
+        """Writes in a thread: a prompt of megabytes fills the pipe, and must not block a loop."""
+        pipe = self.process.stdin
+        assert pipe is not None
+        try:
+            while (line := self.outbox.get()) is not None:
+                pipe.write(line)
+                pipe.flush()
+        except (BrokenPipeError, ValueError):  # the child is gone: its reader fails the calls
+            pass
+        finally:
+            pipe.close()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            message = json.loads(line)
+            call = self.calls.get(message["id"])
+            if call is not None:
+                _deliver(call, message)
+        code = self.process.wait()
+        self._on_exit(self)
+        ended = ProviderError(f"the LLM host process ended (exit code {code})", retryable=True)
+        for call in list(self.calls.values()):
+            _deliver(call, {"error": _error_dict(ended)})
+
+
+class ProcessProvider:
+    """The default provider: :class:`LiteLLMProvider`, run by a child process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._child: _Child | None = None
+        self._ids = itertools.count(1)
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id; None before the first call and after it ended."""
+        child = self._child
+        return None if child is None else child.process.pid
+
+    async def warm(self) -> None:
+        """Start the child, which imports litellm at once, while the caller's loop keeps serving."""
+        await asyncio.to_thread(self._start)
+
+    async def complete(self, request: LLMRequest, on_token: TokenCallback | None = None) -> LLMResult:
+        api_key = read_api_key(request.api_key_env)
+        return LLMResult(**await self._ask("complete", request, api_key, on_token))
+
+    async def count_tokens(self, request: LLMRequest) -> int:
+        return int(await self._ask("count", request))
+
+    async def aclose(self) -> None:
+        """Nothing of the child is bound to the caller's loop: it serves the next loop too."""
+
+    def close(self) -> None:
+        """Stop the child now (it also stops by itself when this process exits)."""
+        with self._lock:
+            child, self._child = self._child, None
+        if child is not None:
+            child.outbox.put(None)
+
+    async def _ask(
+        self, op: str, request: LLMRequest, api_key: str | None = None, on_token: TokenCallback | None = None
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        call_id = next(self._ids)
+        call = _Call(loop, loop.create_future(), on_token)
+        line = _line({"id": call_id, "op": op, "request": asdict(request), "api_key": api_key})
+        while (child := self._send(call_id, call, line)) is None:
+            await asyncio.to_thread(self._start)
+        try:
+            return await call.future
+        except asyncio.CancelledError:
+            child.outbox.put(_line({"id": call_id, "op": "cancel"}))
+            raise
+        finally:
+            child.calls.pop(call_id, None)
+
+    def _send(self, call_id: int, call: _Call, line: bytes) -> _Child | None:
+        """Registered and queued under the lock, so a child that ends meanwhile fails the call."""
+        with self._lock:
+            child = self._child
+            if child is None or not child.open:
+                return None
+            child.calls[call_id] = call
+            child.outbox.put(line)
+            return child
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._child is None:
+                self._child = _Child(self._ended)
+
+    def _ended(self, child: _Child) -> None:
+        with self._lock:
+            child.open = False
+            if self._child is child:
+                self._child = None
+
+
+def _line(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, ensure_ascii=False).encode() + b"\n"
+
+
+def _deliver(call: _Call, message: dict[str, Any]) -> None:
+    """Hand a message to the loop that made the call (dropped when that loop has closed)."""
+    with contextlib.suppress(RuntimeError):
+        call.loop.call_soon_threadsafe(_settle, call, message)
+
+
+def _settle(call: _Call, message: dict[str, Any]) -> None:
+    if call.future.done():
+        return
+    if "token" in message:
+        if call.on_token is not None:
+            call.on_token(message["token"])
+    elif "error" in message:
+        call.future.set_exception(ProviderError(**message["error"]))
+    else:
+        call.future.set_result(message["result"])
+
+
+def _error_dict(error: ProviderError) -> dict[str, Any]:
+    return {"message": error.message, "retryable": error.retryable, "status_code": error.status_code}
+
+
+async def _serve(requests: asyncio.StreamReader, replies: IO[bytes]) -> None:
+    """The child's side: runs each call as a task, answering in the order results come."""
+    provider = LiteLLMProvider()
+    running: dict[int, asyncio.Task[None]] = {}
+
+    def send(message: dict[str, Any]) -> None:
+        replies.write(_line(message))
+        replies.flush()
+
+    async def answer(call_id: int, op: str, request: LLMRequest, api_key: str | None) -> None:
+        try:
+            if op == "count":
+                send({"id": call_id, "result": await provider.count_tokens(request)})
+            else:
+                result = await provider.call(request, api_key, lambda token: send({"id": call_id, "token": token}))
+                send({"id": call_id, "result": asdict(result)})
+        except ProviderError as exc:
+            send({"id": call_id, "error": _error_dict(exc)})
+        except Exception as exc:
+            send({"id": call_id, "error": _error_dict(ProviderError(f"{type(exc).__name__}: {exc}", retryable=True))})
+        finally:
+            running.pop(call_id, None)
+
+    warming = asyncio.ensure_future(provider.warm())
+    while line := await requests.readline():
+        message = json.loads(line)
+        if message["op"] == "cancel":
+            if (task := running.get(message["id"])) is not None:
+                task.cancel()
+            continue
+        request = LLMRequest(**message["request"])
+        running[message["id"]] = asyncio.create_task(answer(message["id"], message["op"], request, message["api_key"]))
+    for task in running.values():
+        task.cancel()
+    await asyncio.gather(warming, *running.values(), return_exceptions=True)
+    await provider.aclose()
+
+
+async def main() -> None:
+    """The child process."""
+    # The protocol keeps the real stdout; anything a library prints goes to stderr instead.
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    loop = asyncio.get_running_loop()
+    requests = asyncio.StreamReader(limit=2**31)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(requests), sys.stdin)
+    await _serve(requests, replies)

@@ -1,0 +1,130 @@
+"""The LLM provider runs litellm in a child process: the caller's process never imports it,
+and a child that dies or a call that is cancelled costs only that call."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from clarion_jupyter.llm.host import ProcessProvider
+from clarion_jupyter.llm.provider import LLMRequest, ProviderError
+from clarion_jupyter.testing import OpenAIStubServer
+
+KEY_ENV = "CLARION_HOST_TEST_API_KEY"
+
+
+def ask(stub: OpenAIStubServer, **fields: object) -> LLMRequest:
+    return LLMRequest(
+        model="openai/fake",
+        messages=[{"role": "user", "content": "hi"}],
+        api_base=stub.url,
+        api_key_env=KEY_ENV,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def provider() -> Iterator[ProcessProvider]:
+    hosted = ProcessProvider()
+    yield hosted
+    hosted.close()
+
+
+@pytest.fixture
+def stub(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIStubServer]:
+    monkeypatch.setenv(KEY_ENV, "sk-first-key-1111")
+    with OpenAIStubServer(reply="Hello from the stub, in several pieces.", chunk_chars=5) as server:
+        yield server
+
+
+def test_the_calling_process_never_imports_litellm(tmp_path) -> None:
+    script = (
+        "import asyncio, sys\n"
+        "from clarion_jupyter.llm.host import ProcessProvider\n"
+        "from clarion_jupyter.llm.provider import LLMRequest\n"
+        "request = LLMRequest(model='openai/gpt-4o', messages=[{'role': 'user', 'content': 'hi'}],\n"
+        "                     parameters={'mock_response': 'pong'})\n"
+        "print(asyncio.run(ProcessProvider().complete(request)).text, 'litellm' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.stdout.split() == ["pong", "False"], done.stderr
+
+
+async def test_streamed_deltas_arrive_in_order_before_the_result(provider, stub) -> None:
+    deltas: list[str] = []
+    result = await provider.complete(ask(stub, stream=True), on_token=deltas.append)
+    assert len(deltas) > 1
+    assert "".join(deltas) == result.text == "Hello from the stub, in several pieces."
+    assert result.usage["completion_tokens"] > 0
+
+
+async def test_the_key_is_read_from_the_callers_environment_at_each_call(provider, stub, monkeypatch) -> None:
+    stub.api_key = "sk-first-key-1111"
+    await provider.complete(ask(stub))
+    monkeypatch.setenv(KEY_ENV, "sk-second-key-2222")
+    stub.api_key = "sk-second-key-2222"
+    assert (await provider.complete(ask(stub))).text.startswith("Hello")
+
+
+async def test_a_missing_key_fails_in_the_caller_naming_the_variable(provider, stub, monkeypatch) -> None:
+    monkeypatch.delenv(KEY_ENV)
+    with pytest.raises(ProviderError, match=KEY_ENV) as failure:
+        await provider.complete(ask(stub))
+    assert failure.value.retryable is False
+    assert provider.pid is None, "a call that cannot be made starts no child"
+
+
+async def test_provider_errors_keep_their_status_and_retryability(provider, stub) -> None:
+    stub.fail_first, stub.fail_status = 1, 429
+    with pytest.raises(ProviderError) as failure:
+        await provider.complete(ask(stub))
+    assert (failure.value.status_code, failure.value.retryable) == (429, True)
+
+
+async def test_a_child_that_dies_fails_its_calls_as_retryable_and_the_next_call_starts_another(provider, stub) -> None:
+    await provider.warm()
+    first = provider.pid
+    assert first is not None
+    stub.delay_s = 30
+    call = asyncio.ensure_future(provider.complete(ask(stub)))
+    while stub.request_count == 0:
+        await asyncio.sleep(0.02)
+    os.kill(first, signal.SIGKILL)
+    with pytest.raises(ProviderError, match="ended") as failure:
+        await asyncio.wait_for(call, 10)
+    assert failure.value.retryable is True
+    stub.delay_s = 0
+    assert (await provider.complete(ask(stub))).text.startswith("Hello")
+    assert provider.pid not in (None, first)
+
+
+async def test_a_cancelled_call_leaves_the_child_serving_others(provider, stub) -> None:
+    stub.delay_s = 30
+    slow = asyncio.ensure_future(provider.complete(ask(stub)))
+    while stub.request_count == 0:
+        await asyncio.sleep(0.02)
+    slow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    stub.delay_s = 0
+    assert (await asyncio.wait_for(provider.complete(ask(stub)), 10)).text.startswith("Hello")
+
+
+def test_one_child_serves_every_event_loop_of_the_process(provider, stub) -> None:
+    async def call() -> int | None:
+        await provider.complete(ask(stub))
+        return provider.pid
+
+    first = asyncio.run(call())
+    assert asyncio.run(call()) == first is not None
+
+
+async def test_prompt_tokens_are_counted_by_the_child(provider) -> None:
+    messages = [{"role": "user", "content": "one two three four five six seven"}]
+    assert await provider.count_tokens(LLMRequest(model="gpt-4o", messages=messages)) > 5
