@@ -3,11 +3,13 @@ secret, and the values of such variables never appear in what Clarion stores, st
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+from urllib.parse import quote
 
 import pytest
-from conftest_server import create_workflow, start_run, wait_run
+from conftest_server import create_workflow, start_run, wait_event, wait_run
 
 from clarion_jupyter.testing.openai_server import OpenAIStubServer
 
@@ -114,3 +116,83 @@ async def test_log_records_are_masked(api, secret_env, capsys):
     logging.getLogger("clarion_jupyter.test").error("the key is %s", SECRET)
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert json.loads(line)["message"] == "the key is ***"
+
+
+async def test_a_secret_given_as_a_run_input_is_masked_in_the_stored_run_and_its_events(api, secret_env):
+    workflow = {
+        "id": "pass-key",
+        "name": "Pass key",
+        "inputs": {"key": {"type": "string"}},
+        "steps": [{"id": "use", "task": "echo", "with": {"value": "{{ inputs.key | length }}"}}],
+        "outputs": {"key": "{{ inputs.key }}"},
+    }
+    await create_workflow(api, workflow)
+    run = await wait_run(api, await start_run(api, "pass-key", inputs={"key": SECRET}))
+    assert run["status"] == "succeeded", run
+    assert run["steps"][0]["output"] == {"value": len(SECRET)}, "the step itself saw the real value"
+    assert run["inputs"] == {"key": "***"} and run["outputs"] == {"key": "***"}
+    events = (await api("GET", "runs", run["run_id"], "events")).body["events"]
+    assert events[0]["type"] == "run_queued" and events[0]["data"]["inputs"] == {"key": "***"}
+    assert SECRET not in json.dumps([run, events, (await api("GET", "runs")).body])
+
+
+async def test_an_approval_preview_masks_a_secret_the_file_would_hold(api, secret_env):
+    workflow = {
+        "id": "write-key",
+        "name": "Write key",
+        "inputs": {"key": {"type": "string"}},
+        "steps": [
+            {
+                "id": "save",
+                "task": "file_write",
+                "approval": True,
+                "with": {"path": "settings.env", "content": "API_KEY={{ inputs.key }}\n"},
+            }
+        ],
+    }
+    await create_workflow(api, workflow)
+    run_id = await start_run(api, "write-key", inputs={"key": SECRET})
+    await wait_event(api, run_id, "approval_requested")
+    waiting = (await api("GET", "runs", run_id)).body
+    events = (await api("GET", "runs", run_id, "events")).body["events"]
+    requested = next(e for e in events if e["type"] == "approval_requested")
+    assert "API_KEY=***" in json.dumps(requested["data"]["preview"])
+    assert SECRET not in json.dumps([waiting, events])
+
+
+async def test_a_secret_printed_base64_or_url_encoded_is_masked(api, secret_env):
+    encoded = {
+        "base64": base64.b64encode(f"user:{SECRET}".encode()).decode(),
+        "url": "https://example.test/?key=" + quote(SECRET + "/x", safe=""),
+    }
+    workflow = {
+        "id": "encoded",
+        "name": "Encoded",
+        "inputs": {"forms": {"type": "object"}},
+        "steps": [{"id": "show", "task": "echo", "with": {"value": "{{ inputs.forms }}"}}],
+    }
+    await create_workflow(api, workflow)
+    run = await wait_run(api, await start_run(api, "encoded", inputs={"forms": encoded}))
+    stored = json.dumps(run)
+    shown = run["steps"][0]["output"]["value"]
+    assert "***" in shown["base64"] and "***" in shown["url"]
+    for form in encoded.values():
+        assert form not in stored
+
+
+async def test_a_key_too_short_to_be_masked_is_refused_at_the_call(api, monkeypatch):
+    monkeypatch.setenv("SHORT_API_KEY", "abc")
+    with OpenAIStubServer(reply="hi") as stub:
+        assert (await api("POST", "agents", body=agent(api_base=stub.url, api_key_env="SHORT_API_KEY"))).status == 201
+        await create_workflow(
+            api,
+            {
+                "id": "short",
+                "name": "Short",
+                "steps": [{"id": "ask", "task": "llm_call", "with": {"agent": "leaky", "prompt": "hi"}}],
+            },
+        )
+        run = await wait_run(api, await start_run(api, "short"))
+        assert stub.request_count == 0
+    assert run["status"] == "failed"
+    assert "SHORT_API_KEY holds 3 characters" in run["steps"][0]["error"]["message"]

@@ -8,21 +8,29 @@ could be sent to any host. :class:`SecretPolicy` is that rule: only names matchi
 Whatever a step returns may still contain a secret (a reply that echoes its bearer token, a
 shell command that prints its environment). :class:`SecretMasker` replaces the value of every
 set variable whose name matches the policy with ``***`` in what leaves a worker (outputs,
-errors, progress events) and in log records, the way CI systems mask their secrets.
+errors, progress events), in everything the engine stores and announces (its group-commit
+writer masks each batch: run inputs, approval previews, errors) and in log records, the way
+CI systems mask their secrets. Like theirs, it also masks the forms a secret is most often
+printed in: base64 (at each of the three alignments inside a longer encoding), URL
+percent-encoding and JSON string escaping.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+from urllib.parse import quote
 
 DEFAULT_SECRET_ENV_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(_API_KEY|_KEY|_TOKEN)$"
 MASK = "***"
 MIN_SECRET_LENGTH = 4
-"""Shorter values are not masked: masking ``1`` or ``on`` everywhere would garble every output."""
+"""Shorter values are not masked (masking ``1`` or ``on`` everywhere would garble every
+output), so they may not be an agent's key either."""
 
 
 class SecretPolicy:
@@ -40,6 +48,19 @@ class SecretPolicy:
             f"environment variable {name} may not be used as an API key: its name must match "
             f"{self.pattern} (the server's ClarionExtension.secret_env_pattern)"
         )
+
+    def key_problem(self, name: str, environ: Mapping[str, str] | None = None) -> str | None:
+        """Why the variable ``name`` cannot be used as a key now (None: it can, or it is unset,
+        which the provider reports itself)."""
+        if not self.allows(name):
+            return self.refusal(name)
+        value = (os.environ if environ is None else environ).get(name)
+        if value and len(value) < MIN_SECRET_LENGTH:
+            return (
+                f"environment variable {name} holds {len(value)} characters: too short to be masked "
+                f"in what Clarion stores, so it may not be used as an API key (at least {MIN_SECRET_LENGTH})"
+            )
+        return None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SecretPolicy) and other.pattern == self.pattern
@@ -72,9 +93,15 @@ class SecretMasker:
         )
         if values != self._values:
             self._values = values
-            ordered = sorted(values, key=len, reverse=True)  # longest first: a key containing another
+            forms = {form for value in values for form in _printed_forms(value) if len(form) >= MIN_SECRET_LENGTH}
+            ordered = sorted(forms, key=len, reverse=True)  # longest first: a key containing another
             self._regex = re.compile("|".join(map(re.escape, ordered))) if ordered else None
         return self._regex
+
+    def masking(self) -> Callable[[Any], Any] | None:
+        """:meth:`mask` for the secrets set now, or None when there are none (nothing to do)."""
+        regex = self._pattern()
+        return None if regex is None else lambda value: _mask(value, regex)
 
     @property
     def longest(self) -> int:
@@ -91,6 +118,22 @@ class SecretMasker:
         """``value`` with every secret inside its strings (keys included) replaced by ``***``."""
         regex = self._pattern()
         return value if regex is None else _mask(value, regex)
+
+
+def _printed_forms(value: str) -> Iterator[str]:
+    """The value, and how it looks base64-, URL- or JSON-encoded.
+
+    Inside a longer base64 text, the value's bytes start at any of three alignments; for each,
+    only the characters that depend on the value alone are kept (the first and last ones also
+    carry bits of the neighbouring bytes)."""
+    yield value
+    yield quote(value, safe="")
+    yield json.dumps(value)[1:-1]
+    raw = value.encode()
+    for shift, dropped in ((0, 0), (1, 2), (2, 3)):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            encoded = encode(b"\0" * shift + raw).decode().rstrip("=")[dropped:]
+            yield encoded if (shift + len(raw)) % 3 == 0 else encoded[:-1]
 
 
 def _mask(value: Any, regex: re.Pattern[str]) -> Any:

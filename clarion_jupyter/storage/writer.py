@@ -12,16 +12,23 @@ the steps) is retried a few times, then split by run, so that every other run's 
 stored and announced; the runs whose own records are refused are handed to
 ``on_unstorable``, which ends them ``failed`` with the storage error (the engine does; it is
 also in health), and their refused transitions are never announced.
+
+Every batch passes here on its way to disk and to listeners, so this is also where secret
+values are masked in what the engine itself built (run inputs and outputs, approval
+previews, errors, event data), besides what the workers already masked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import duckdb
 
+from ..core.secrets import SecretMasker
 from .protocols import RunStore
 from .records import Batch, Event, RunRecord, StepRecord
 
@@ -53,6 +60,7 @@ class GroupCommitWriter:
         *,
         on_unstorable: Callable[[str, str], None] = lambda _run_id, _error: None,
         submissions: bool = False,
+        masker: SecretMasker | None = None,
     ) -> None:
         """``on_stored`` gets copies of the records each commit made durable, before the
         batch's events are announced (so a reader of that state never runs behind them).
@@ -62,6 +70,7 @@ class GroupCommitWriter:
         self._on_committed = on_committed
         self._on_stored = on_stored
         self._on_unstorable = on_unstorable
+        self._masker = masker or SecretMasker()
         self._pending = Batch()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -123,7 +132,7 @@ class GroupCommitWriter:
                 if self._closing:
                     return
                 continue
-            batch, self._pending = self._pending, Batch()
+            batch, self._pending = _masked(self._pending, self._masker), Batch()
             target = self._added
             for committed, snapshot in await self._commit_or_isolate(batch):
                 self.batches += 1
@@ -188,3 +197,22 @@ class GroupCommitWriter:
             else:
                 still.append((target, future))
         self._waiters = still
+
+
+def _masked(batch: Batch, masker: SecretMasker) -> Batch:
+    """The batch with secret values masked, as copies (the engine's own records keep theirs)."""
+    mask = masker.masking()
+    if mask is None:
+        return batch
+    replace: Callable[..., Any] = dataclasses.replace
+    return Batch(
+        runs={
+            key: replace(run, inputs=mask(run.inputs), outputs=mask(run.outputs), error=mask(run.error))
+            for key, run in batch.runs.items()
+        },
+        steps={
+            key: replace(step, output=mask(step.output), error=mask(step.error), approval=mask(step.approval))
+            for key, step in batch.steps.items()
+        },
+        events=[replace(event, data=mask(event.data)) for event in batch.events],
+    )

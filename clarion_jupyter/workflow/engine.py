@@ -20,7 +20,7 @@ from ..agent.service import AgentService
 from ..core.errors import Conflict, NotFound, Problem, ValidationFailed
 from ..core.ids import new_run_id
 from ..core.protocol import EventType, RunStatus
-from ..core.secrets import SecretPolicy
+from ..core.secrets import SecretMasker, SecretPolicy
 from ..core.workspace import Workspace, WorkspacePathError
 from ..storage.database import default_db_path
 from ..storage.duckdb_store import DuckDBStorage
@@ -108,11 +108,17 @@ class Engine:
 
     async def start(self) -> None:
         await self.storage.open()
+        masker = SecretMasker(self.settings.secrets)
         self._writer = GroupCommitWriter(
-            self.runs, self.bus.publish, self._views.stored, on_unstorable=self._unstorable
+            self.runs, self.bus.publish, self._views.stored, on_unstorable=self._unstorable, masker=masker
         )
         self._submissions = GroupCommitWriter(
-            self.runs, self.bus.publish, self._views.stored, on_unstorable=self._unstorable, submissions=True
+            self.runs,
+            self.bus.publish,
+            self._views.stored,
+            on_unstorable=self._unstorable,
+            submissions=True,
+            masker=masker,
         )
         self._writer.start()
         self._submissions.start()

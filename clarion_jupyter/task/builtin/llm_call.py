@@ -91,8 +91,8 @@ class LLMCallTask(Task):
 
     async def run(self, config: LLMCallConfig, ctx: TaskContext) -> dict[str, Any]:
         agent = _agent(ctx)
-        if agent.api_key_env is not None and not ctx.settings.secrets.allows(agent.api_key_env):
-            raise TaskFailed(ctx.settings.secrets.refusal(agent.api_key_env), retryable=False)
+        if agent.api_key_env is not None and (problem := ctx.settings.secrets.key_problem(agent.api_key_env)):
+            raise TaskFailed(problem, retryable=False)
         schema = config.response_format or agent.output_schema
         validator = _schema_validator(schema) if schema is not None else None
         request, context = await prepare_call(agent, config, ctx.workspace)
