@@ -98,6 +98,10 @@ async def test_an_undefined_value_inside_the_outputs_fails_the_run_naming_the_ou
         "{{ [1]|batch(10**9, 0)|list }}",
         "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
         "{% set ns = namespace(x='ab') %}{% for i in range(60) %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}",
+        "{{ ('a www.example.com ' * 500000) | urlize }}",
+        "{{ ('<b>x</b> ' * 1000000) | striptags }}",
+        "{{ ('ab' * 4000000) | sort | join }}",
+        "{{ range(100000) | map('string') | list | unique | list }}",
     ],
 )
 async def test_a_costly_template_fails_its_step_within_budget_and_never_holds_the_loop(api, jp_fetch, template):
