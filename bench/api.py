@@ -220,6 +220,11 @@ BOMB = (
     "name: bomb\nsteps:\n  - id: s\n    task: echo\n    with:\n      v0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
     + "".join(f"      v{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9))
 )
+BIG_YAML = "name: big\nsteps:\n" + "".join(
+    f"  - id: s{i}\n    task: echo\n    description: {'lorem ipsum ' * 400}\n    with: {{value: {i}}}\n"
+    for i in range(400)
+)
+"""A valid 2 MB workflow: YAML is parsed in Python, so its seconds must not be spent on the loop."""
 
 
 def one_step(workflow_id: str, task: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -257,6 +262,7 @@ async def bench_hostile(server: JupyterServerProcess, client: Client) -> dict[st
     inputs: dict[str, Callable[[], Awaitable[str]]] = {
         "first_llm_call": lambda: run(llm_step("first-llm", "plain")),
         "yaml_alias_bomb": lambda: post("workflows", BOMB, "application/yaml"),
+        "yaml_2mb_workflow": lambda: post("workflows", BIG_YAML, "application/yaml"),
         "yaml_self_alias": lambda: post("workflows", "name: x\nsteps: &x [*x]\n", "application/yaml"),
         "json_900_deep": lambda: post("workflows", "[" * 900 + "]" * 900),
         "json_5000_digits": lambda: post("workflows", '{"name": "x", "steps": [{"id": "s", "task": "echo", "with": {"value": ' + "9" * 5000 + "}}]}"),

@@ -158,3 +158,24 @@ def test_generated_nesting_huge_numbers_and_yaml_tags_never_get_a_5xx(server, en
     assert status < 500, doc
     if status >= 400:
         assert doc["error"]["code"] and doc["error"]["message"]
+
+
+def large_yaml_workflow(chars: int) -> str:
+    """A valid workflow of ``chars`` characters: many steps with long descriptions."""
+    step = "  - id: s{i}\n    task: echo\n    description: {text}\n    with: {{value: {i}}}\n"
+    count = 400
+    text = "lorem ipsum " * (chars // count // 12)
+    return "name: big\nsteps:\n" + "".join(step.format(i=i, text=text) for i in range(count))
+
+
+@pytest.mark.parametrize("as_yaml", [True, False], ids=["yaml", "json"])
+async def test_a_multi_megabyte_workflow_is_saved_without_holding_the_loop(api, as_yaml):
+    import yaml
+
+    text = large_yaml_workflow(2_000_000)
+    body = text if as_yaml else json.dumps(yaml.safe_load(text))
+    async with LoopProbe() as probe:
+        reply = await api("POST", "workflows", body=body, headers=dict(YAML) if as_yaml else None)
+    assert reply.status == 201, reply.body
+    assert len(reply.body["steps"]) == 400
+    assert probe.max_busy_s < 0.1, str(probe)

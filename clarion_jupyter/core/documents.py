@@ -10,11 +10,12 @@ lists, strings, finite numbers, booleans, null) whose nesting is bounded.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from yaml.nodes import MappingNode, Node, SequenceNode
@@ -24,6 +25,11 @@ MAX_DEPTH = 100
 MAX_YAML_NODES = 200_000
 """Most values a YAML document may expand to, counting every use of an alias."""
 MAX_INT_DIGITS = 100
+INLINE_PARSE_CHARS = 64 * 1024
+"""Documents up to this size are read on the caller's event loop, where they take under a
+millisecond or so; larger ones in a thread (YAML is parsed in Python: 2 MB take seconds)."""
+
+T = TypeVar("T")
 
 
 class DocumentError(ValueError):
@@ -168,6 +174,14 @@ def _check_flow_depth(text: str) -> None:
         raise DocumentRefused(f"nested deeper than {MAX_DEPTH} levels")
     if skeleton.count("[") + skeleton.count("{") > MAX_DEPTH:
         raise DocumentRefused(f"nested deeper than {MAX_DEPTH} levels (or brackets left open)")
+
+
+async def off_loop(size: int, read: Callable[..., T], *args: Any) -> T:
+    """``read(*args)``, in a thread when the document is ``size`` characters or more, so that
+    the loop keeps serving (pure-Python parsing gives up the GIL every few milliseconds)."""
+    if size <= INLINE_PARSE_CHARS:
+        return read(*args)
+    return await asyncio.to_thread(read, *args)
 
 
 def load_yaml(text: str) -> Any:

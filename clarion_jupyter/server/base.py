@@ -19,7 +19,7 @@ from jupyter_server.utils import url_path_join
 from pydantic import BaseModel, ValidationError
 from tornado import httputil, web
 
-from ..core.documents import DocumentError, load_json, load_yaml
+from ..core.documents import DocumentError, load_json, load_yaml, off_loop
 from ..core.errors import BadRequest, ClarionError, ValidationFailed
 from ..workflow.models import pydantic_problems
 
@@ -147,23 +147,24 @@ class ClarionHandler(ClarionHandlerMixin, APIHandler):
         except UnicodeDecodeError:
             raise BadRequest("the request body is not UTF-8 text") from None
 
-    def body_document(self, *, required: bool = True) -> dict[str, Any]:
+    async def body_document(self, *, required: bool = True) -> dict[str, Any]:
         """The body as a mapping: YAML with a YAML content type, JSON otherwise; 400 if malformed or
-        beyond the bounds of :mod:`..core.documents` (nesting, aliases, number sizes, non-JSON types)."""
+        beyond the bounds of :mod:`..core.documents` (nesting, aliases, number sizes, non-JSON types).
+        A large body is parsed in a thread."""
         text = self.body_text()
         if not required and not text.strip():
             return {}
         try:
-            doc = load_yaml(text) if self.media_type in YAML_TYPES else load_json(text)
+            doc = await off_loop(len(text), load_yaml if self.media_type in YAML_TYPES else load_json, text)
         except DocumentError as exc:
             raise BadRequest(f"the request body is {exc}", details={"where": exc.where}) from None
         if not isinstance(doc, dict):
             raise BadRequest("the request body must be an object (a mapping)")
         return doc
 
-    def body_model(self, model: type[M], what: str, doc: dict[str, Any] | None = None) -> M:
+    async def body_model(self, model: type[M], what: str, doc: dict[str, Any] | None = None) -> M:
         """The body (or ``doc``) validated by a pydantic model; problems name their fields (422)."""
-        doc = self.body_document(required=False) if doc is None else doc
+        doc = await self.body_document(required=False) if doc is None else doc
         try:
             return model.model_validate(doc)
         except ValidationError as exc:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tornado import web
 
 from ..agent.models import Agent
-from ..core.documents import DocumentError, DocumentRefused, load_any
+from ..core.documents import DocumentError, DocumentRefused, load_any, off_loop
 from ..core.errors import BadRequest, Forbidden, NotFound, Problem, ValidationFailed
 from ..core.protocol import RunStatus
 from ..storage.records import StoredDocument, isoformat
@@ -57,8 +57,8 @@ class DocumentHandler(ClarionHandler):
     def serialise(self, item: Any) -> dict[str, Any]:
         raise NotImplementedError
 
-    def source(self) -> str | dict[str, Any]:
-        return self.body_document()
+    async def source(self) -> str | dict[str, Any]:
+        return await self.body_document()
 
 
 class CollectionHandler(DocumentHandler):
@@ -71,7 +71,7 @@ class CollectionHandler(DocumentHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        item = await self.call("create", self.source())
+        item = await self.call("create", await self.source())
         self.reply(self.serialise(item), 201, self.api_url(self.kind, item.id))
 
 
@@ -84,7 +84,7 @@ class ItemHandler(DocumentHandler):
     @web.authenticated
     @authorized
     async def put(self, item_id: str) -> None:
-        self.reply(self.serialise(await self.call("replace", item_id, self.source())))
+        self.reply(self.serialise(await self.call("replace", item_id, await self.source())))
 
     @web.authenticated
     @authorized
@@ -109,9 +109,9 @@ class WorkflowDocuments(DocumentHandler):
         extra = {"source": item.source} if item.source is not None else {}
         return {**item.doc, **extra, "created_at": isoformat(item.created_at), "updated_at": isoformat(item.updated_at)}
 
-    def source(self) -> str | dict[str, Any]:
+    async def source(self) -> str | dict[str, Any]:
         """YAML bodies go on as text (after a syntax check) so the service keeps the source."""
-        doc = self.body_document()
+        doc = await self.body_document()
         return self.body_text() if self.media_type in YAML_TYPES else doc
 
 
@@ -145,7 +145,9 @@ class AgentImportHandler(ClarionHandler):
         else:
             text = self.body_text(accept=DOCUMENT_TYPES | {"text/plain"})
             try:
-                load_any(text)  # the bounds of every document body; syntax errors are the importer's to report
+                await off_loop(
+                    len(text), load_any, text
+                )  # the bounds of every document body; syntax errors are the importer's to report
             except DocumentRefused as exc:
                 raise BadRequest(f"the request body is {exc}", details={"where": exc.where}) from None
             except DocumentError:
@@ -164,7 +166,7 @@ class AgentRunHandler(ClarionHandler):
     @web.authenticated
     @authorized
     async def post(self, agent_id: str) -> None:
-        request = self.body_model(AgentRunRequest, "agent run")
+        request = await self.body_model(AgentRunRequest, "agent run")
         run_id = await (await self.engine()).run_agent(agent_id, request)
         self.reply({"run_id": run_id, "status": RunStatus.queued.value}, 202, self.api_url("runs", run_id))
 
@@ -175,7 +177,7 @@ class AgentPromptHandler(ClarionHandler):
     @web.authenticated
     @authorized
     async def post(self, agent_id: str) -> None:
-        request = self.body_model(AgentRunRequest, "agent prompt")
+        request = await self.body_model(AgentRunRequest, "agent prompt")
         self.reply(await (await self.engine()).prompt_agent(agent_id, request))
 
 
@@ -186,7 +188,7 @@ class WorkflowRunHandler(ClarionHandler):
     @authorized
     async def post(self, workflow_id: str) -> None:
         engine = await self.engine()
-        request = self.run_request()
+        request = await self.run_request()
         await self.require_terminal_permission(await engine.get_workflow(workflow_id))
         run_id = await engine.submit_saved(workflow_id, request.inputs, idempotency_key=request.idempotency_key)
         self.reply({"run_id": run_id, "status": RunStatus.queued.value}, 202, self.api_url("runs", run_id))
@@ -203,15 +205,15 @@ class WorkflowRunHandler(ClarionHandler):
                 details={"workflow_id": stored.id, "permission": "execute terminals"},
             )
 
-    def run_request(self) -> RunRequest:
+    async def run_request(self) -> RunRequest:
         """The body, with the ``Idempotency-Key`` header standing in for ``idempotency_key``."""
-        doc = self.body_document(required=False)
+        doc = await self.body_document(required=False)
         header = self.request.headers.get("Idempotency-Key")
         if header:
             if doc.get("idempotency_key") not in (None, header):
                 raise BadRequest("the Idempotency-Key header and the body's idempotency_key differ")
             doc = {**doc, "idempotency_key": header}
-        return self.body_model(RunRequest, "run request", doc)
+        return await self.body_model(RunRequest, "run request", doc)
 
 
 class RunsHandler(ClarionHandler):
@@ -265,7 +267,7 @@ class RunApprovalHandler(ClarionHandler):
     @web.authenticated
     @authorized
     async def post(self, run_id: str, step_key: str) -> None:
-        request = self.body_model(DecisionRequest, "decision")
+        request = await self.body_model(DecisionRequest, "decision")
         engine = await self.engine()
         decided = await engine.decide(
             run_id, step_key, request.decision == "approve", by=self.user_name, comment=request.comment
@@ -313,7 +315,7 @@ class QueryHandler(ClarionHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        request = self.body_model(QueryRequest, "query request", self.body_document())
+        request = await self.body_model(QueryRequest, "query request", await self.body_document())
         self.reply((await (await self.engine()).query(request.sql)).as_dict())
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from ..core.documents import off_loop
 from ..core.errors import Conflict, NotFound
 from ..storage.protocols import RunStore, WorkflowStore
 from ..storage.records import StoredDocument
@@ -22,6 +24,10 @@ class WorkflowService:
     def validate(self, source: str | bytes | dict[str, Any] | Workflow) -> Workflow:
         return self._validator.compile(source).workflow
 
+    async def _validated(self, source: str | bytes | dict[str, Any]) -> Workflow:
+        """Saving is rare and a document can be megabytes of YAML: parsed and compiled in a thread."""
+        return await asyncio.to_thread(self.validate, source)
+
     async def list(self) -> list[StoredDocument]:
         return await self._store.list()
 
@@ -33,16 +39,15 @@ class WorkflowService:
         return stored
 
     async def create(self, source: str | bytes | dict[str, Any]) -> StoredDocument:
-        workflow = self.validate(source)
+        workflow = await self._validated(source)
         stored = self._cache[workflow.id] = await self._store.create(
             workflow.id, workflow.to_document(), _source_text(source)
         )
         return stored
 
     async def replace(self, workflow_id: str, source: str | bytes | dict[str, Any]) -> StoredDocument:
-        data = load_document(source)
-        data = {**data, "id": workflow_id}
-        workflow = self.validate(data)
+        data = await off_loop(_size(source), load_document, source)
+        workflow = await self._validated({**data, "id": workflow_id})
         await self.get(workflow_id)
         stored = self._cache[workflow_id] = await self._store.replace(
             workflow_id, workflow.to_document(), _source_text(source)
@@ -75,3 +80,7 @@ def _source_text(source: str | bytes | dict[str, Any]) -> str | None:
     if isinstance(source, bytes):
         return source.decode("utf-8", errors="replace")
     return source if isinstance(source, str) else None
+
+
+def _size(source: str | bytes | dict[str, Any]) -> int:
+    return len(source) if isinstance(source, (str, bytes)) else 0
