@@ -493,6 +493,15 @@ async def test_every_run_has_gap_free_events_and_exactly_one_terminal_event(tmp_
     assert [log[-1].type for log in logs.values()] == ["workflow_succeeded", "workflow_failed", "workflow_cancelled"]
 
 
+async def test_the_run_document_names_the_newest_event_it_includes(tmp_path: Path) -> None:
+    async with engine_at(tmp_path) as engine:
+        run = await run_to_end(engine, workflow(echo("a", 1), echo("b", 2)))
+        events = await engine.events(run.run_id)
+        assert run.last_seq == events[-1].seq > 1
+    async with engine_at(tmp_path) as engine:  # a new engine reads the run from the database
+        assert (await engine.get_run(run.run_id)).last_seq == events[-1].seq
+
+
 async def test_subscribe_since_replays_only_later_events_then_follows_live(tmp_path: Path) -> None:
     doc = workflow(shell("gate", "while [ ! -f go ]; do sleep 0.02; done"), echo("after", 1))
     async with engine_at(tmp_path) as engine:

@@ -490,11 +490,14 @@ class DuckDBRunStore:
         for row in rows:
             run = _run_from_row(row)
             steps = cursor.execute(f"{_STEPS_OF_RUN} ORDER BY key, attempt", [run.run_id]).fetchall()
-            (last_seq,) = cursor.execute(
-                "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", [run.run_id]
-            ).fetchone()
-            active.append(ActiveRun(run=run, steps=[_step_from_row(s) for s in steps], last_seq=last_seq))
+            active.append(
+                ActiveRun(run=run, steps=[_step_from_row(s) for s in steps], last_seq=_last_seq(cursor, run.run_id))
+            )
         return active
+
+    async def last_seq(self, run_id: str) -> int:
+        await self.project()
+        return await self._db.read(_last_seq, run_id)
 
     async def count_active(self, workflow_id: str) -> int:
         await self.project()
@@ -640,3 +643,8 @@ class DuckDBStorage:
             "unprojected_commits": self.runs.unprojected,
             "projection_error": self.runs.projection_error,
         }
+
+
+def _last_seq(cursor: duckdb.DuckDBPyConnection, run_id: str) -> int:
+    (seq,) = cursor.execute("SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", [run_id]).fetchone()
+    return int(seq)

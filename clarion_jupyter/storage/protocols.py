@@ -52,6 +52,9 @@ class RunStore(Protocol):
         Submissions (new runs, nothing else) may commit concurrently with other batches."""
 
     async def get_run(self, run_id: str) -> tuple[RunRecord, list[StepRecord]] | None: ...
+    async def last_seq(self, run_id: str) -> int:
+        """The seq of the run's newest stored event (0: none), where a follower resumes from."""
+
     async def list_runs(
         self, workflow_id: str | None, status: str | None, limit: int, cursor: str | None
     ) -> RunPage: ...

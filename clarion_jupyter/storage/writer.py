@@ -56,14 +56,14 @@ class GroupCommitWriter:
         self,
         store: RunStore,
         on_committed: Callable[[list[Event]], None],
-        on_stored: Callable[[list[RunRecord], list[StepRecord]], None] | None = None,
+        on_stored: Callable[[list[RunRecord], list[StepRecord], list[Event]], None] | None = None,
         *,
         on_unstorable: Callable[[str, str], None] = lambda _run_id, _error: None,
         submissions: bool = False,
         masker: SecretMasker | None = None,
     ) -> None:
-        """``on_stored`` gets copies of the records each commit made durable, before the
-        batch's events are announced (so a reader of that state never runs behind them).
+        """``on_stored`` gets copies of the records each commit made durable, and its events,
+        before they are announced (so a reader of that state never runs behind them).
         A ``submissions`` writer carries only new runs, and commits beside the main one."""
         self._store = store
         self._submissions = submissions
@@ -137,7 +137,7 @@ class GroupCommitWriter:
             for committed, snapshot in await self._commit_or_isolate(batch):
                 self.batches += 1
                 if self._on_stored is not None:
-                    self._on_stored(*snapshot)
+                    self._on_stored(*snapshot, committed.events)
                 self._on_committed(committed.events)
             self._committed = target
             self._release(target)

@@ -279,7 +279,7 @@ class Engine:
                 Event(active.last_seq + 1, EventType.workflow_failed, run.run_id, None, utcnow(), {"error": run.error})
             )
             return None
-        self._views.seed(run, active.steps)
+        self._views.seed(run, active.steps, active.last_seq)
         return self._executor(plan, run, last_seq=active.last_seq, prior=active.steps)
 
     def _executor(self, plan: Plan, run: RunRecord, **resumed: Any) -> RunExecutor:
@@ -429,7 +429,7 @@ class Engine:
         found = await self.runs.get_run(run_id)
         if found is None:
             raise NotFound(f"run '{run_id}' not found", details={"run_id": run_id})
-        return run_document(*found)
+        return run_document(*found, await self.runs.last_seq(run_id))
 
     async def list_runs(
         self, *, workflow_id: str | None = None, status: str | None = None, limit: int = 50, cursor: str | None = None

@@ -7,8 +7,9 @@ from ..storage.records import RunRecord, StepRecord, duration_ms, latest_attempt
 from .models import PendingApproval, StepRun, Usage, WorkflowRun
 
 
-def run_document(run: RunRecord, steps: list[StepRecord]) -> WorkflowRun:
-    """One entry per step execution (its latest attempt), in the order they started."""
+def run_document(run: RunRecord, steps: list[StepRecord], last_seq: int = 0) -> WorkflowRun:
+    """One entry per step execution (its latest attempt), in the order they started; ``last_seq``
+    is the newest stored event's, where a client that read this document follows on from."""
     latest = latest_attempts(steps).values()
     return WorkflowRun(
         run_id=run.run_id,
@@ -23,6 +24,7 @@ def run_document(run: RunRecord, steps: list[StepRecord]) -> WorkflowRun:
         started_at=run.started_at,
         finished_at=run.finished_at,
         usage=Usage(**(run.usage or {})),
+        last_seq=last_seq,
         steps=[_step(r) for r in latest],
         approvals=[
             PendingApproval(step_key=r.key, **r.approval)

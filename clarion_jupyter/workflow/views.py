@@ -13,17 +13,18 @@ import copy
 from collections import OrderedDict
 from datetime import datetime
 
-from ..storage.records import RunRecord, StepRecord
+from ..storage.records import Event, RunRecord, StepRecord
 from .models import WorkflowRun
 from .runs import run_document
 
 
 class _View:
-    __slots__ = ("run", "steps")
+    __slots__ = ("last_seq", "run", "steps")
 
     def __init__(self, run: RunRecord) -> None:
         self.run = run
         self.steps: dict[str, StepRecord] = {}
+        self.last_seq = 0
 
 
 class RunViews:
@@ -31,7 +32,7 @@ class RunViews:
         self._maxsize = maxsize
         self._views: OrderedDict[str, _View] = OrderedDict()
 
-    def stored(self, runs: list[RunRecord], steps: list[StepRecord]) -> None:
+    def stored(self, runs: list[RunRecord], steps: list[StepRecord], events: list[Event]) -> None:
         for run in runs:
             view = self._views.get(run.run_id)
             if view is None:
@@ -45,12 +46,17 @@ class RunViews:
             current = view.steps.get(step.key)
             if current is None or step.attempt >= current.attempt:
                 view.steps[step.key] = step
+        for event in events:
+            view = self._views.get(event.run_id)
+            if view is not None and event.seq > view.last_seq:
+                view.last_seq = event.seq
         while len(self._views) > self._maxsize:
             self._views.popitem(last=False)
 
-    def seed(self, run: RunRecord, steps: list[StepRecord]) -> None:
+    def seed(self, run: RunRecord, steps: list[StepRecord], last_seq: int) -> None:
         """Start from what the database holds (a resumed run); copies, as the engine goes on."""
-        self.stored([copy.copy(run)], [copy.copy(s) for s in steps])
+        self.stored([copy.copy(run)], [copy.copy(s) for s in steps], [])
+        self._views[run.run_id].last_seq = last_seq
 
     def document(self, run_id: str) -> WorkflowRun | None:
         view = self._views.get(run_id)
@@ -58,7 +64,7 @@ class RunViews:
             return None
         self._views.move_to_end(run_id)
         steps = sorted(view.steps.values(), key=_started_order)
-        return run_document(view.run, steps)
+        return run_document(view.run, steps, view.last_seq)
 
 
 def _started_order(step: StepRecord) -> tuple[bool, datetime | None, str, int]:
