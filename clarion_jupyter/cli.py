@@ -32,7 +32,7 @@ from .workflow.engine import Engine
 from .workflow.models import Workflow, WorkflowRun, parse_workflow
 from .workflow.validation import DEFAULT_MAX_STEPS, WorkflowValidator
 
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_WAITING, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 class Style:
@@ -233,12 +233,19 @@ async def _follow(backend: Backend, run_id: str, progress: Progress | None, sinc
 
 
 def _finish(run: WorkflowRun, progress: Progress | None) -> int:
-    """Exit 0 when the run succeeded or waits for a decision, 1 when it failed or was cancelled."""
+    """Exit 0 only when the run succeeded; 3 while it waits for a decision (a script must not go
+    on as if it were done), 1 when it failed or was cancelled."""
     if progress:
         progress.summary(run)
     else:
         dump_json(run.model_dump(mode="json"))
-    return 0 if run.status in (RunStatus.succeeded, RunStatus.waiting) else EXIT_FAILED
+    return _exit_code([run])
+
+
+def _exit_code(runs: list[WorkflowRun]) -> int:
+    if any(r.status != RunStatus.succeeded and r.status != RunStatus.waiting for r in runs):
+        return EXIT_FAILED
+    return EXIT_WAITING if any(r.status == RunStatus.waiting for r in runs) else 0
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
@@ -303,7 +310,7 @@ async def cmd_resume(args: argparse.Namespace) -> int:
     progress = Progress(sys.stdout)
     for run in runs:
         progress.summary(run)
-    return 0 if all(r.status in (RunStatus.succeeded, RunStatus.waiting) for r in runs) else EXIT_FAILED
+    return _exit_code(runs)
 
 
 async def cmd_agent_run(args: argparse.Namespace) -> int:
@@ -395,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     add("validate", cmd_validate, "check a workflow file and list every problem").add_argument("file")
-    run = add("run", cmd_run, "run a workflow file with live progress; exit code 0 only on success")
+    run = add(
+        "run", cmd_run, "run a workflow file with live progress; exit code 0 on success, 3 while it waits for approval"
+    )
     run.add_argument("file")
     run.add_argument(
         "--input", "-i", action="append", default=[], metavar="KEY=VALUE", help="a workflow input (repeatable)"

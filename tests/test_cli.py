@@ -376,7 +376,7 @@ async def test_agent_run_pauses_with_the_diff_and_approve_applies_it(tmp_path: P
     await make_editor(tmp_path)
     (tmp_path / "README.md").write_text("# readme\n")
     paused = clarion(tmp_path, "agent", "run", "basic_editor", "Create hello.txt saying hi", "--file", "README.md")
-    assert paused.returncode == 0, paused.stderr
+    assert paused.returncode == 3, "waiting for approval is not success" + paused.stderr
     run_id = started_run(paused)
     assert "step apply waits for approval" in paused.stdout
     assert "+++ b/hello.txt" in paused.stdout and "+hi" in paused.stdout

@@ -86,7 +86,7 @@ async def test_every_command_goes_through_the_server_that_holds_the_database(tmp
     assert imported.returncode == 0, imported.stderr
     assert "using the Jupyter server" in imported.stderr and "created code" in imported.stdout
     assert "basic_editor" in listed.stdout.split() and len(listed.stdout.splitlines()) == 2
-    assert started.returncode == 0 and json.loads(started.stdout)["status"] == "waiting"
+    assert started.returncode == 3 and json.loads(started.stdout)["status"] == "waiting"
     assert untouched and written == "hi"
     assert approved.returncode == 0, approved.stderr
     assert "✓ apply" in approved.stdout and f"run {run_id} succeeded" in approved.stdout
