@@ -27,7 +27,7 @@ from .settings import configured_traits
 from .storage.records import Event
 from .task.base import DEFAULT_MAX_OUTPUT_BYTES
 from .task.registry import TaskRegistry
-from .workflow.agent_run import AgentRunRequest
+from .workflow.agent_run import AGENT_REPLY_STEP, AgentRunRequest
 from .workflow.engine import Engine
 from .workflow.models import Workflow, WorkflowRun, parse_workflow
 from .workflow.validation import DEFAULT_MAX_STEPS, WorkflowValidator
@@ -242,6 +242,37 @@ def _finish(run: WorkflowRun, progress: Progress | None) -> int:
     return _exit_code([run])
 
 
+class ReplyProgress(Progress):
+    """An agent run's progress, with the agent's reply printed as it streams in. A structured
+    (JSON) reply is not echoed piece by piece: its summary is printed once it is complete."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._reply = ""
+        self._printed = 0
+
+    def event(self, event: Event) -> None:
+        if event.step_id != AGENT_REPLY_STEP:
+            super().event(event)
+        elif event.type == EventType.llm_token:
+            self._reply += event.data.get("text", "")
+            if not self._reply.lstrip().startswith(("{", "[", "`")):
+                print(self._reply[self._printed :], end="", file=self.out, flush=True)
+                self._printed = len(self._reply)
+        elif event.type == EventType.step_completed:
+            output = event.data.get("output") or {}
+            structured = output.get("json") if isinstance(output.get("json"), dict) else None
+            if structured is not None:
+                print(structured.get("summary") or structured.get("message") or "", file=self.out)
+            elif not self._printed:
+                print(output.get("text", ""), file=self.out)
+            else:
+                print(file=self.out)
+            super().event(event)
+        elif event.type != EventType.step_started:
+            super().event(event)
+
+
 def _exit_code(runs: list[WorkflowRun]) -> int:
     if any(r.status != RunStatus.succeeded and r.status != RunStatus.waiting for r in runs):
         return EXIT_FAILED
@@ -319,12 +350,10 @@ async def cmd_agent_run(args: argparse.Namespace) -> int:
     )
     async with _backend(args) as backend:
         run_id = await backend.run_agent(args.agent, request)
-        progress = None if args.json else Progress(sys.stdout)
+        progress = None if args.json else ReplyProgress(sys.stdout)
         if progress:
             print(f"run {run_id}: agent {args.agent}", flush=True)
         run = await _follow(backend, run_id, progress)
-    if progress and run.outputs and run.outputs.get("text"):
-        print(run.outputs["text"])
     return _finish(run, progress)
 
 

@@ -372,6 +372,26 @@ def started_run(result: subprocess.CompletedProcess[str]) -> str:
     return match.group(1)
 
 
+async def test_agent_run_prints_the_reply_as_it_streams_in_before_the_step_ends(tmp_path: Path) -> None:
+    reply = "Durability means a finished step is never run again."
+    async with Engine(tmp_path / "x.duckdb", workspace_root=tmp_path) as engine:
+        await engine.agents.create(
+            {"id": "writer", "name": "Writer", "model": "openai/gpt-4o-mini", "parameters": {"mock_response": reply}}
+        )
+    result = clarion(tmp_path, "agent", "run", "writer", "Explain durability")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines.count(reply) == 1, result.stdout
+    assert lines.index(reply) < next(i for i, line in enumerate(lines) if "reply" in line and "succeeded" in line)
+
+
+async def test_a_structured_reply_is_summarised_not_echoed_as_json(tmp_path: Path) -> None:
+    await make_editor(tmp_path)
+    result = clarion(tmp_path, "agent", "run", "basic_editor", "Create hello.txt", "--apply", "never")
+    assert result.returncode == 0, result.stderr
+    assert "hello" in result.stdout.splitlines() and "file_changes" not in result.stdout
+
+
 async def test_agent_run_pauses_with_the_diff_and_approve_applies_it(tmp_path: Path) -> None:
     await make_editor(tmp_path)
     (tmp_path / "README.md").write_text("# readme\n")

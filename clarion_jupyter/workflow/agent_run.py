@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 AGENT_RUN_WORKFLOW_ID = "agent-run"
+AGENT_REPLY_STEP = "reply"
 
 _FILE_CHANGES = "(steps.reply.output.get('json') or {}).get('file_changes') or []"
 AGENT_RUN_WORKFLOW: dict[str, Any] = {
@@ -34,13 +35,14 @@ AGENT_RUN_WORKFLOW: dict[str, Any] = {
     },
     "steps": [
         {
-            "id": "reply",
+            "id": AGENT_REPLY_STEP,
             "task": "llm_call",
             "with": {
                 "agent": "{{ inputs.agent }}",
                 "prompt": "{{ inputs.prompt }}",
                 "variables": "{{ inputs.variables }}",
                 "files": "{{ inputs.files }}",
+                "stream": True,
             },
         },
         {
