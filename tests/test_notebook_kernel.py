@@ -81,3 +81,23 @@ async def test_the_extension_loads_from_the_kernel_config(tmp_path: Path) -> Non
     finally:
         client.stop_channels()
         await manager.shutdown_kernel(now=True)
+
+
+async def test_a_kernel_that_shuts_down_stops_its_embedded_engine_cleanly(tmp_path: Path) -> None:
+    manager, client = await start_kernel(tmp_path)
+    try:
+        await execute(client, "%load_ext clarion_jupyter")
+        reply, text = await execute(
+            client, "%%clarion\nname: Hello\nsteps:\n  - {id: hi, task: echo, with: {value: 1}}\n"
+        )
+        assert reply["status"] == "ok" and "succeeded" in text, text
+    finally:
+        client.stop_channels()
+        await manager.shutdown_kernel()
+    # A clean close folds the journal into the tables and checkpoints: no write-ahead log is left.
+    assert not (tmp_path / "k.duckdb.wal").exists()
+    import duckdb
+
+    with duckdb.connect(str(tmp_path / "k.duckdb"), read_only=True) as db:
+        assert db.execute("SELECT count(*) FROM run_journal").fetchone() == (0,)
+        assert db.execute("SELECT status FROM runs").fetchall() == [("succeeded",)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import threading
 from dataclasses import asdict, is_dataclass
 from typing import Any, NoReturn
 
@@ -129,6 +130,15 @@ class ClarionMagics(Magics):
         self.loop = BackgroundLoop()
         embedded = Session(self.loop)
         self.sessions = {True: embedded, False: Session(self.loop, embedded=embedded)}
+        # Before the interpreter shuts thread pools down (``atexit`` is too late: the engine's
+        # close needs them), so a kernel that exits stops its embedded engine cleanly. This is
+        # the hook concurrent.futures itself uses; its callbacks run newest first.
+        threading._register_atexit(self.close)
+
+    def close(self) -> None:
+        """Stop the embedded engine (its journal folded in, the database checkpointed) and the client."""
+        for session in (self.sessions[False], self.sessions[True]):
+            session.close()
 
     def session(self, local: bool = False) -> Session:
         """The kernel's server, else the embedded engine; with ``local``, the embedded engine."""

@@ -99,9 +99,9 @@ class Session:
     def close(self) -> None:
         """Stop the embedded engine cleanly (its journal reaches the tables) or close the client.
 
-        Not called at exit: by then Python has shut the engine's thread pools down. Nothing
-        is lost for that: every transition is in the journal, which the next start folds in,
-        and runs still in flight resume there."""
+        Called as the kernel exits. A kernel killed outright loses nothing either: every
+        transition is in the journal, which the next start folds in, and runs still in flight
+        resume there."""
         backend, self._backend = self._backend, None
         borrowed = self.embedded is not None and self.where is not None and self.where.kind == "embedded"
         if backend is not None and not borrowed:
