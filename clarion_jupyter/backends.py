@@ -10,6 +10,7 @@ engine's own types, so a command is written once.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -18,9 +19,8 @@ from typing import Any, Protocol
 from .agent.importer import AGENT_FILE_SUFFIXES, source_files
 from .agent.migration import DATABASE_SUFFIXES
 from .agent.models import Agent
-from .agent.v2db import is_sqlite_file
 from .client import ClarionAPIError, Client, find_server
-from .core.errors import Conflict, DatabaseLocked
+from .core.errors import Conflict, DatabaseLocked, NotFound
 from .storage.records import Event
 from .workflow.agent_run import AgentRunRequest
 from .workflow.engine import Engine
@@ -179,15 +179,13 @@ class ServerBackend:
         return [Agent.model_validate(a) for a in await self.client.list_agents()]
 
     async def import_agents(self, path: str, *, dry_run: bool = False) -> dict[str, Any]:
-        """Upload what ``path`` holds: each ``clarion.db`` as bytes, every agent and provider file
-        together as one multi-document body (so provider configs still resolve the agents' models)."""
-        files = source_files(Path(path), AGENT_FILE_SUFFIXES | DATABASE_SUFFIXES) or []
-        databases = [file for file, _ in files if is_sqlite_file(file)]
-        texts = [file.read_text(encoding="utf-8", errors="replace") for file, _ in files if file not in databases]
-        reports = [await self.client.import_agents(db.read_bytes(), dry_run=dry_run) for db in databases]
-        if texts:
-            reports.append(await self.client.import_agents("\n---\n".join(texts), dry_run=dry_run))
-        return _merged(reports, dry_run)
+        """Upload every file the embedded import would read at ``path``, in one request, named
+        as there (so the report is the same, and provider configs resolve across files)."""
+        files = source_files(Path(path), AGENT_FILE_SUFFIXES | DATABASE_SUFFIXES)
+        if files is None:
+            raise NotFound(f"{path}: no such file or folder", details={"path": path})
+        uploads = await asyncio.to_thread(lambda: [(name, file.read_bytes()) for file, name in files])
+        return await self.client.import_agents(uploads, dry_run=dry_run)
 
     async def interrupted(self) -> list[str]:
         """The server resumed its interrupted runs when it started: the active ones are going on."""
@@ -227,31 +225,6 @@ class ServerBackend:
 def _event(doc: dict[str, Any]) -> Event:
     ts = datetime.fromisoformat(doc["ts"].replace("Z", "+00:00"))
     return Event(doc["seq"], doc["type"], doc["run_id"], doc.get("step_id"), ts, doc.get("data") or {})
-
-
-def _merged(reports: list[dict[str, Any]], dry_run: bool) -> dict[str, Any]:
-    merged: dict[str, Any] = {
-        "dry_run": dry_run,
-        "agents": [],
-        "changes": [],
-        "api_keys": [],
-        "errors": [],
-        "warnings": [],
-    }
-    runs = {"workflow_id": "", "found": 0, "imported": 0, "already_imported": 0}
-    keys: dict[str, dict[str, Any]] = {}
-    for report in reports:
-        for name in ("agents", "changes", "errors", "warnings"):
-            merged[name] += report.get(name, [])
-        for key in report.get("api_keys", []):
-            entry = keys.setdefault(key["env"], {**key, "agents": []})
-            entry["agents"] += [a for a in key["agents"] if a not in entry["agents"]]
-        for name in ("found", "imported", "already_imported"):
-            runs[name] += report["runs"][name]
-        runs["workflow_id"] = report["runs"]["workflow_id"]
-    merged["api_keys"] = list(keys.values())
-    merged["runs"] = runs
-    return merged
 
 
 def _local_user() -> str | None:

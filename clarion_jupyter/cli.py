@@ -71,6 +71,8 @@ DIFF_COLOURS = (("+++", "1"), ("---", "1"), ("+", "32"), ("-", "31"), ("@@", "36
 class Progress:
     """One line per step transition: mark, step, status, duration and the reason, if any."""
 
+    show_outputs = True
+
     def __init__(self, stream: TextIO) -> None:
         self.out = stream
         self.style = Style(stream)
@@ -134,7 +136,7 @@ class Progress:
         print(self.style(f"run {run.run_id} {run.status.value}{took}{tokens}{cost}", colour), file=self.out)
         if run.error:
             print(f"  error: {run.error.get('message')}", file=self.out)
-        if run.outputs:
+        if run.outputs and self.show_outputs:
             print("  outputs: " + json.dumps(run.outputs, default=str)[:2000], file=self.out)
 
 
@@ -244,7 +246,10 @@ def _finish(run: WorkflowRun, progress: Progress | None) -> int:
 
 class ReplyProgress(Progress):
     """An agent run's progress, with the agent's reply printed as it streams in. A structured
-    (JSON) reply is not echoed piece by piece: its summary is printed once it is complete."""
+    (JSON) reply is not echoed piece by piece: its summary is printed once it is complete. The
+    run's outputs are that reply again, so they are not printed at the end."""
+
+    show_outputs = False
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)

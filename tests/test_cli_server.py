@@ -91,3 +91,17 @@ async def test_every_command_goes_through_the_server_that_holds_the_database(tmp
     assert approved.returncode == 0, approved.stderr
     assert "✓ apply" in approved.stdout and f"run {run_id} succeeded" in approved.stdout
     assert resumed.returncode == 0 and "no interrupted runs" in resumed.stdout
+
+
+async def test_a_folder_imported_through_the_server_names_each_file_in_the_report(tmp_path: Path) -> None:
+    folder = tmp_path / "v2" / "agents"
+    folder.mkdir(parents=True)
+    (folder / "reviewer.yaml").write_text(V2_AGENT.read_text())
+    (folder / "broken.yaml").write_text("name: [unclosed\n")
+    with JupyterServerProcess(tmp_path / "server") as server:
+        await server.wait_ready()
+        imported = await asyncio.to_thread(clarion, server, "agents", "import", str(tmp_path / "v2"), "--verbose")
+    assert "using the Jupyter server" in imported.stderr
+    output = imported.stdout + imported.stderr
+    assert "agents/reviewer.yaml" in output and "agents/broken.yaml" in output, output
+    assert "request body" not in output

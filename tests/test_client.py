@@ -240,3 +240,10 @@ async def test_iter_runs_follows_cursors(client: Client) -> None:
     assert listed == started[::-1]  # newest first, every page
     assert [run["run_id"] async for run in client.iter_runs(page_size=2)] == [other, *started[::-1]]
     assert [run["run_id"] async for run in client.iter_runs(status="failed")] == []
+
+
+async def test_a_folder_uploaded_as_files_is_imported_with_each_file_named_in_the_report(client: Client) -> None:
+    good = b"name: Folder reviewer\nmodel: openai/gpt-4o\nsystem_prompt: Review.\n"
+    report = await client.import_agents([("agents/reviewer.yaml", good), ("agents/broken.yaml", b"name: [unclosed\n")])
+    assert [(c["id"], c["source"]) for c in report["changes"]] == [("folder-reviewer", "agents/reviewer.yaml")]
+    assert [e["source"] for e in report["errors"]] == ["agents/broken.yaml"]

@@ -109,6 +109,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+Upload = tuple[str, bytes]
+"""A file sent to the server: its name (relative to the folder it came from) and content."""
+ImportSource = str | os.PathLike[str] | bytes | list[Upload]
+
+
 @dataclass(slots=True)
 class _Found:
     """What a source held, before anything is stored."""
@@ -125,9 +130,10 @@ class V2Migration:
         self._agents = agents
         self._runs = runs
 
-    async def run(self, source: str | os.PathLike[str] | bytes, *, dry_run: bool = False) -> V2ImportReport:
-        """Import ``source``: a path (file or folder) or an uploaded body (a ``clarion.db``'s
-        bytes, or the text of agent documents). Reading and converting happen off the loop."""
+    async def run(self, source: ImportSource, *, dry_run: bool = False) -> V2ImportReport:
+        """Import ``source``: a path (file or folder), an uploaded body (a ``clarion.db``'s
+        bytes, or the text of agent documents), or uploaded files (a folder sent as a form).
+        Reading and converting happen off the loop."""
         found, documents, history = await asyncio.to_thread(_read_all, source)
         report = V2ImportReport(dry_run=dry_run, errors=found.errors + documents.errors, warnings=documents.warnings)
         report.warnings += history.warnings
@@ -160,7 +166,7 @@ class V2Migration:
             counts.already_imported = counts.found - counts.imported
 
 
-def _read_all(source: str | os.PathLike[str] | bytes) -> tuple[_Found, ImportReport, ImportedRuns]:
+def _read_all(source: ImportSource) -> tuple[_Found, ImportReport, ImportedRuns]:
     """Blocking: read every v2 store in ``source``, convert its agents and runs."""
     found = _find(source)
     db_texts = [text for db in found.databases for text in db.agent_texts]
@@ -180,16 +186,14 @@ def _read_all(source: str | os.PathLike[str] | bytes) -> tuple[_Found, ImportRep
     return found, documents, history
 
 
-def _find(source: str | os.PathLike[str] | bytes) -> _Found:
+def _find(source: ImportSource) -> _Found:
     found = _Found()
     if isinstance(source, bytes):
-        if is_sqlite(source):
-            found.databases.append(read_v2_database(source, "upload"))
-        else:
-            try:
-                found.texts.append((source.decode("utf-8"), "request body"))
-            except UnicodeDecodeError:
-                found.errors.append(ImportProblem("request body", "neither a v2 clarion.db nor UTF-8 text"))
+        _add_upload(found, "upload" if is_sqlite(source) else "request body", source)
+        return found
+    if isinstance(source, list):
+        for name, content in source:
+            _add_upload(found, name, content)
         return found
     candidates = source_files(Path(source).expanduser(), AGENT_FILE_SUFFIXES | DATABASE_SUFFIXES)
     if candidates is None:
@@ -204,6 +208,16 @@ def _find(source: str | os.PathLike[str] | bytes) -> _Found:
         except (OSError, UnicodeDecodeError) as exc:
             found.errors.append(ImportProblem(name, f"cannot read the file: {exc}"))
     return found
+
+
+def _add_upload(found: _Found, name: str, content: bytes) -> None:
+    if is_sqlite(content):
+        found.databases.append(read_v2_database(content, name))
+        return
+    try:
+        found.texts.append((content.decode("utf-8"), name))
+    except UnicodeDecodeError:
+        found.errors.append(ImportProblem(name, "neither a v2 clarion.db nor UTF-8 text"))
 
 
 def _changed_fields(before: Agent | None, after: Agent) -> list[str]:

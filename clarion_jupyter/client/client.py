@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
@@ -155,13 +156,21 @@ class Client:
     async def delete_agent(self, agent_id: str) -> None:
         await self._request("DELETE", _path("api/v3/agents", agent_id))
 
-    async def import_agents(self, source: str | bytes, *, dry_run: bool = False) -> dict[str, Any]:
-        """Import Clarion v2 data: agent documents (YAML or JSON text) or a ``clarion.db`` (bytes)."""
-        content_type = "application/octet-stream" if isinstance(source, bytes) else "text/plain"
+    async def import_agents(
+        self, source: str | bytes | Sequence[tuple[str, bytes]], *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Import Clarion v2 data: agent documents (YAML or JSON text), a ``clarion.db`` (bytes),
+        or several files as ``(name, content)`` (a folder: the report names each file)."""
+        body: str | bytes
+        if isinstance(source, str):
+            body, content_type = source, "text/plain"
+        elif isinstance(source, bytes):
+            body, content_type = source, "application/octet-stream"
+        else:
+            boundary = uuid.uuid4().hex
+            body, content_type = _multipart(source, boundary), f"multipart/form-data; boundary={boundary}"
         params = {"dry_run": "true"} if dry_run else None
-        return await self._request(
-            "POST", "api/v3/agents/import", params=params, body=source, content_type=content_type
-        )
+        return await self._request("POST", "api/v3/agents/import", params=params, body=body, content_type=content_type)
 
     # -- workflows ---------------------------------------------------------------
 
@@ -390,3 +399,17 @@ def _decode(response: HTTPResponse) -> Any:
     if response.code == 204 or not response.body:
         return None
     return json.loads(response.body)
+
+
+def _multipart(files: Sequence[tuple[str, bytes]], boundary: str) -> bytes:
+    """A form upload of ``files``, one part each, as a browser sends a folder (names may hold
+    any character but a line break: quotes and backslashes are escaped)."""
+    parts = []
+    for name, content in files:
+        quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        )
+        parts.append(head.encode() + content + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()

@@ -133,15 +133,23 @@ class WorkflowHandler(WorkflowDocuments, ItemHandler):
 
 class AgentImportHandler(ClarionHandler):
     """Clarion v2 data in the body: agent documents (YAML blocks, JSON profiles, the v2 agent
-    list) as text, or a ``clarion.db`` as ``application/octet-stream`` (agents and run history).
+    list) as text, a ``clarion.db`` as ``application/octet-stream`` (agents and run history),
+    or several such files as ``multipart/form-data`` (a folder: the report names each file).
     ``?dry_run=true`` reports what would change and changes nothing."""
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
         dry_run = self.get_query_argument("dry_run", "false").lower() in ("1", "true", "yes")
+        body: bytes | list[tuple[str, bytes]]
         if self.media_type == "application/octet-stream":
-            body: str | bytes = self.request.body
+            body = self.request.body
+        elif self.media_type == "multipart/form-data":
+            # Each file's documents are read with the same bounds by the importer, and a file
+            # beyond them is that file's error (reported), not the whole upload's.
+            body = [(part.filename or name, part.body) for name, parts in self.request.files.items() for part in parts]
+            if not body:
+                raise BadRequest("the multipart body holds no file parts")
         else:
             text = self.body_text(accept=DOCUMENT_TYPES | {"text/plain"})
             try:

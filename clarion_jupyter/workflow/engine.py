@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-from ..agent.migration import V2ImportReport, V2Migration
+from ..agent.migration import ImportSource, V2ImportReport, V2Migration
 from ..agent.models import Agent
 from ..agent.service import AgentService
 from ..core.errors import Conflict, NotFound, Problem, ValidationFailed
@@ -498,9 +498,9 @@ class Engine:
             "active_runs": self.active_runs,
         }
 
-    async def import_v2(self, source: str | os.PathLike[str] | bytes, *, dry_run: bool = False) -> V2ImportReport:
+    async def import_v2(self, source: ImportSource, *, dry_run: bool = False) -> V2ImportReport:
         """Import what Clarion v2 left (a ``clarion.db``, its YAML store, exported agent files,
-        or an uploaded body): agents created or updated in place, run history as finished runs."""
+        an uploaded body, or uploaded files): agents created or updated in place, run history as finished runs."""
         return await V2Migration(self.agents, self.runs).run(source, dry_run=dry_run)
 
     # -- history -----------------------------------------------------------------
