@@ -253,6 +253,7 @@ class BrokerQueue(ABC):
     async def consume(self) -> AsyncIterator[Delivery]:
         async with self._job_source() as take:
             while True:
+                _stop_if_cancelled()
                 handle, data = await self._retrying("taking jobs", take) or (None, None)
                 if handle is None:
                     continue
@@ -278,6 +279,7 @@ class BrokerQueue(ABC):
 
     async def results(self) -> AsyncIterator[JobResult]:
         while True:
+            _stop_if_cancelled()
             batch = await self._retrying("reading results", self._take_results)
             for _handle, data in batch:
                 result = self._decoded(decode_result, data)
@@ -293,7 +295,8 @@ class BrokerQueue(ABC):
         self._cancel_callbacks.append(callback)
 
     def health(self) -> dict[str, Any]:
-        if time.monotonic() - self._backlog_at > BACKLOG_MAX_AGE_S and self._measuring is None:
+        stale = self._background and time.monotonic() - self._backlog_at > BACKLOG_MAX_AGE_S
+        if stale and self._measuring is None:
             self._measuring = asyncio.get_running_loop().create_task(self._measure_backlog())
         return {
             "kind": self.kind,
@@ -356,3 +359,11 @@ class BrokerQueue(ABC):
             self._backlog = None
         finally:
             self._measuring = None
+
+
+def _stop_if_cancelled() -> None:
+    """A wait inside a client library can swallow a cancellation (nats-py's fetch does, when
+    its ``asyncio.wait_for`` races a reply); a loop that went on after one would never stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

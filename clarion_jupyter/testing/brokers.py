@@ -168,7 +168,8 @@ class WorkerProcess:
         return self.process.returncode
 
     async def stop(self, signum: int = signal.SIGTERM, timeout: float = READY_TIMEOUT_S) -> int:
-        """Signal the worker and wait for it to exit (SIGKILL if it does not in time)."""
+        """Signal the worker and wait for it to exit; one that does not in time is killed, and
+        that is an error (a worker must stop on SIGTERM)."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signum)
             try:
@@ -176,6 +177,7 @@ class WorkerProcess:
             except TimeoutError:
                 self.process.kill()
                 self.process.wait()
+                raise
         return self.process.returncode if self.process else 0
 
     def peak_rss_mb(self) -> float:
