@@ -8,6 +8,7 @@ own Jupyter config; the engine runs in the test's loop, or in a real Jupyter ser
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest_server import Api, create_workflow, start_run, wait_run
 
 from clarion_jupyter import Engine
 from clarion_jupyter.core.errors import BadRequest, QueueUnavailable
@@ -364,3 +366,54 @@ async def test_an_engine_on_an_unreachable_broker_fails_to_start_naming_the_url(
         assert (
             await finish(local, {"name": "ok", "steps": [{"id": "e", "task": "echo", "with": {"value": 1}}]})
         ).status == "succeeded"
+
+
+# -- a real Jupyter server -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clarion_traits(tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The server's traits: its queue on this test's broker, unless the test's marker names another."""
+    marker = request.node.get_closest_marker("clarion")
+    traits = {"db_path": str(tmp_path / "clarion.duckdb"), "workers": 4, **(marker.kwargs if marker else {})}
+    if "queue_url" not in traits:
+        traits["queue_url"] = request.getfixturevalue("broker").url
+    return traits
+
+
+async def test_the_jupyter_server_runs_a_workflow_through_the_broker_and_a_worker(
+    api: Api, broker: BrokerProcess, clarion_traits: dict[str, Any], jp_root_dir: Path, tmp_path: Path
+) -> None:
+    workflow = {
+        "id": "through-broker",
+        "name": "Through the broker",
+        "steps": [
+            {"id": "write", "task": "file_write", "with": {"path": "out.txt", "content": "written remotely"}},
+            shell("count", "wc -c < out.txt"),
+        ],
+        "outputs": {"bytes": "{{ steps.count.output.stdout | trim }}"},
+    }
+    async with WorkerProcess(clarion_traits["queue_url"], tmp_path, workspace=jp_root_dir) as worker:
+        await worker.wait_ready()
+        run_id = await start_run(api, await create_workflow(api, workflow))
+        run = await wait_run(api, run_id)
+        health = (await api("GET", "health")).body
+
+    assert run["status"] == "succeeded", run["error"]
+    assert run["outputs"] == {"bytes": "16"}
+    assert (jp_root_dir / "out.txt").read_text() == "written remotely"
+    assert health["queue"]["kind"] == broker.kind
+    assert health["queue"]["url"] == broker.url
+    assert health["queue"]["backlog"] == 0
+
+
+@pytest.mark.clarion(queue_url="redis://:hunter2@127.0.0.1:9/0")
+async def test_a_jupyter_server_whose_broker_is_unreachable_answers_503_naming_it(api: Api) -> None:
+    reply = await api("GET", "health")
+
+    assert reply.status == 503
+    assert reply.body["status"] == "stopped"
+    assert reply.body["error"]["code"] == "queue_unavailable"
+    assert "cannot reach the redis broker at redis://:***@127.0.0.1:9/0" in reply.body["error"]["message"]
+    assert "hunter2" not in json.dumps(reply.body)
+    assert (await api("GET", "runs")).status == 503
