@@ -67,15 +67,15 @@ def step(run: WorkflowRun, key: str) -> Any:
 async def test_a_worker_process_runs_the_steps_of_an_engine_with_a_broker(
     broker: BrokerProcess, tmp_path: Path
 ) -> None:
+    workflow = {
+        "name": "remote",
+        "steps": [
+            {"id": "greet", "task": "echo", "with": {"value": "hello"}},
+            shell("where", "echo $PPID"),
+        ],
+        "outputs": {"greeting": "{{ steps.greet.output.value }}", "pid": "{{ steps.where.output.stdout }}"},
+    }
     async with engine_on(broker, tmp_path) as engine:
-        workflow = {
-            "name": "remote",
-            "steps": [
-                {"id": "greet", "task": "echo", "with": {"value": "hello"}},
-                shell("where", "echo $PPID"),
-            ],
-            "outputs": {"greeting": "{{ steps.greet.output.value }}", "pid": "{{ steps.where.output.stdout }}"},
-        }
         async with WorkerProcess(broker.url, tmp_path) as worker:
             await worker.wait_ready()
             run = await finish(engine, workflow)
@@ -87,11 +87,11 @@ async def test_a_worker_process_runs_the_steps_of_an_engine_with_a_broker(
 
 
 async def test_two_workers_share_the_jobs(broker: BrokerProcess, tmp_path: Path) -> None:
+    workflow = {
+        "name": "wide",
+        "steps": [{"parallel": [shell(f"p{i}", "sleep 0.3; echo $PPID") for i in range(6)]}],
+    }
     async with engine_on(broker, tmp_path) as engine:
-        workflow = {
-            "name": "wide",
-            "steps": [{"parallel": [shell(f"p{i}", "sleep 0.3; echo $PPID") for i in range(6)]}],
-        }
         async with (
             WorkerProcess(broker.url, tmp_path, name="one") as one,
             WorkerProcess(broker.url, tmp_path, name="two") as two,
@@ -125,9 +125,9 @@ async def test_a_job_of_a_killed_worker_is_redelivered_to_another_after_the_visi
 
 async def test_a_worker_stopped_by_sigterm_gives_its_job_back_at_once(broker: BrokerProcess, tmp_path: Path) -> None:
     """No waiting for the visibility timeout (30 s here): the stopping worker gives the job back."""
+    starts = tmp_path / "starts.log"
+    workflow = {"name": "handover", "steps": [shell("work", "echo started >> starts.log; sleep 1")]}
     async with engine_on(broker, tmp_path) as engine:
-        starts = tmp_path / "starts.log"
-        workflow = {"name": "handover", "steps": [shell("work", "echo started >> starts.log; sleep 1")]}
         leaving = WorkerProcess(broker.url, tmp_path, name="leaving").start()
         run_id = await engine.submit(workflow)
         await until(starts.exists)
@@ -141,15 +141,15 @@ async def test_a_worker_stopped_by_sigterm_gives_its_job_back_at_once(broker: Br
 
 
 async def test_a_duplicate_result_is_ignored(broker: BrokerProcess, tmp_path: Path) -> None:
+    workflow = {
+        "name": "dup",
+        "steps": [
+            {"id": "first", "task": "echo", "with": {"value": "original"}},
+            shell("second", "while [ ! -e go ]; do sleep 0.02; done"),
+        ],
+        "outputs": {"first": "{{ steps.first.output.value }}"},
+    }
     async with engine_on(broker, tmp_path) as engine:
-        workflow = {
-            "name": "dup",
-            "steps": [
-                {"id": "first", "task": "echo", "with": {"value": "original"}},
-                shell("second", "while [ ! -e go ]; do sleep 0.02; done"),
-            ],
-            "outputs": {"first": "{{ steps.first.output.value }}"},
-        }
         forger = make_queue(broker.url)
         await forger.start()
         async with WorkerProcess(broker.url, tmp_path):
@@ -175,9 +175,9 @@ async def test_a_duplicate_result_is_ignored(broker: BrokerProcess, tmp_path: Pa
 async def test_cancel_reaches_a_remote_worker_and_kills_its_shell_command(
     broker: BrokerProcess, tmp_path: Path
 ) -> None:
+    workflow = {"name": "long", "steps": [shell("nap", "echo $$ > nap.pid && exec sleep 30")]}
+    pid_file = tmp_path / "nap.pid"
     async with engine_on(broker, tmp_path) as engine:
-        workflow = {"name": "long", "steps": [shell("nap", "echo $$ > nap.pid && exec sleep 30")]}
-        pid_file = tmp_path / "nap.pid"
         async with WorkerProcess(broker.url, tmp_path):
             run_id = await engine.submit(workflow)
             await until(lambda: pid_file.exists() and pid_file.read_text().strip())
@@ -234,10 +234,10 @@ async def test_an_engine_restart_while_a_worker_holds_a_job_loses_nothing(
 async def test_the_worker_masks_secrets_by_the_configured_secret_env_pattern(
     broker: BrokerProcess, tmp_path: Path
 ) -> None:
+    workflow = {"name": "env", "steps": [shell("show", 'printf "%s %s" "$SHOP_PASSPHRASE" "$OTHER_API_KEY"')]}
+    env = {"SHOP_PASSPHRASE": "correct-horse", "OTHER_API_KEY": "not-a-secret-here"}
+    traits = {"secret_env_pattern": "^SHOP_PASSPHRASE$"}
     async with engine_on(broker, tmp_path) as engine:
-        workflow = {"name": "env", "steps": [shell("show", 'printf "%s %s" "$SHOP_PASSPHRASE" "$OTHER_API_KEY"')]}
-        env = {"SHOP_PASSPHRASE": "correct-horse", "OTHER_API_KEY": "not-a-secret-here"}
-        traits = {"secret_env_pattern": "^SHOP_PASSPHRASE$"}
         async with WorkerProcess(broker.url, tmp_path, traits=traits, env=env):
             run = await finish(engine, workflow)
 
@@ -265,8 +265,8 @@ async def test_the_worker_refuses_api_keys_outside_the_configured_secret_env_pat
 
 
 async def test_the_worker_refuses_shell_steps_when_allow_shell_is_false(broker: BrokerProcess, tmp_path: Path) -> None:
+    workflow = {"name": "sh", "steps": [shell("touch", "touch made-it")]}
     async with engine_on(broker, tmp_path) as engine:
-        workflow = {"name": "sh", "steps": [shell("touch", "touch made-it")]}
         async with WorkerProcess(broker.url, tmp_path, traits={"allow_shell": False}):
             run = await finish(engine, workflow)
 

@@ -36,6 +36,9 @@ redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
 return 1
 """
 """Check the bound and add in one step, so concurrent producers cannot overshoot it together."""
+MAX_CONNECTIONS = 512
+"""Connections a queue opens at most (a worker slot's blocking read holds one); beyond it a
+command waits for a free one rather than failing. A URL's ``max_connections`` overrides it."""
 
 
 class RedisQueue(BrokerQueue):
@@ -59,7 +62,8 @@ class RedisQueue(BrokerQueue):
         self._pubsub: Any = None
 
     async def _connect(self) -> None:
-        self._redis = aioredis.from_url(self.client_url)
+        pool = aioredis.BlockingConnectionPool.from_url(self.client_url, max_connections=MAX_CONNECTIONS, timeout=None)
+        self._redis = aioredis.Redis(connection_pool=pool)
         await self._redis.ping()
         for stream, group in ((self._jobs, WORKERS), (self._results, ENGINE)):
             try:
