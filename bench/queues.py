@@ -1,5 +1,8 @@
 """Queue benchmarks: what a broker costs per step, local vs Redis vs NATS; one JSON line per queue.
 
+(Named ``queues.py``: a ``queue.py`` in bench/ would shadow the standard library's ``queue``
+for every script run from here.)
+
 For each queue: an engine with persistence on, and the steps run by one worker with M slots
 (for ``local``, the engine's own in-process workers; for Redis and NATS, one ``clarion
 worker`` process on a real broker started for the benchmark, as in tests/test_scaleout.py).
@@ -8,27 +11,26 @@ worker`` process on a real broker started for the benchmark, as in tests/test_sc
   waits for the one before: (t(chain of 50) - t(chain of 1)) / 49, so a run's fixed cost is
   left out. This is a step's round trip: engine → queue → worker → queue → engine.
 - ``steps_per_s``: N concurrent runs of a 10-step echo chain, all steps over the wall time.
+- ``failed_runs``, ``first_error``: runs of the throughput workload that did not succeed
+  (their repetition is not timed). Seen on a loaded machine: a full garbage collection of
+  100+ ms during a template's evaluation exceeds the template's 50 ms wall-clock budget.
 - ``engine_peak_rss_mb`` / ``worker_peak_rss_mb``: peak resident memory of the engine
   process (each queue is measured in a fresh process) and of the worker process.
 
-Usage: python bench/queue.py [--only local,redis,nats] [--runs N] [--slots M] [--repeat R]
+Usage: python bench/queues.py [--only local,redis,nats] [--runs N] [--slots M] [--repeat R]
 """
 
 from __future__ import annotations
 
-import sys
-
-# Run as `python bench/queue.py`, this file's folder heads the import path, and its name would
-# shadow the standard library's `queue` (which concurrent.futures imports): drop the folder.
-sys.path.pop(0)
-
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -40,25 +42,10 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from clarion_jupyter import Engine
 from clarion_jupyter.testing.brokers import BROKERS, WorkerProcess
+from clarion_jupyter.testing.workloads import chain, timed_run
 
 QUEUES = ("local", "redis", "nats")
 CHAIN, THROUGHPUT_CHAIN = 50, 10
-
-
-def chain(n: int) -> dict[str, Any]:
-    steps = [{"id": "s0", "task": "echo", "with": {"value": 0}}]
-    steps += [
-        {"id": f"s{i}", "task": "echo", "with": {"value": f"{{{{ steps.s{i - 1}.output.value + 1 }}}}"}}
-        for i in range(1, n)
-    ]
-    return {"name": f"chain-{n}", "steps": steps}
-
-
-async def timed_run(engine: Engine, workflow: dict[str, Any]) -> float:
-    start = time.perf_counter()
-    run = await engine.wait(await engine.submit(workflow))
-    assert run.status == "succeeded", run.error
-    return time.perf_counter() - start
 
 
 @asynccontextmanager
@@ -82,17 +69,20 @@ async def measure(kind: str, runs: int, slots: int, repeat: int) -> dict[str, An
     with tempfile.TemporaryDirectory() as tmp:
         async with setup(kind, Path(tmp), slots) as (engine, worker):
             await timed_run(engine, chain(5))  # warm up: imports, connections, compiled templates
+            gc.freeze()  # as the server does once its engine runs: full collections skip what lives on
             long = statistics.median([await timed_run(engine, chain(CHAIN)) for _ in range(repeat)])
             short = statistics.median([await timed_run(engine, chain(1)) for _ in range(repeat)])
-            best = float("inf")
+            best, failed = float("inf"), []
             workflow = chain(THROUGHPUT_CHAIN)
             for _ in range(repeat):
                 start = time.perf_counter()
                 ids = await asyncio.gather(*(engine.submit(workflow) for _ in range(runs)))
                 results = await asyncio.gather(*(engine.wait(i) for i in ids))
-                failed = [r.error for r in results if r.status != "succeeded"]
-                assert not failed, failed[:3]
-                best = min(best, time.perf_counter() - start)
+                errors = [r.error for r in results if r.status != "succeeded"]
+                if errors:  # a repetition with failed runs ended early: its time does not count
+                    failed += errors
+                else:
+                    best = min(best, time.perf_counter() - start)
             return {
                 "queue": kind,
                 "slots": slots,
@@ -100,7 +90,9 @@ async def measure(kind: str, runs: int, slots: int, repeat: int) -> dict[str, An
                 "run_fixed_ms": round(short * 1000, 2),
                 "runs": runs,
                 "steps": runs * THROUGHPUT_CHAIN,
-                "steps_per_s": round(runs * THROUGHPUT_CHAIN / best),
+                "steps_per_s": round(runs * THROUGHPUT_CHAIN / best) if best < float("inf") else None,
+                "failed_runs": len(failed),
+                "first_error": failed[0]["message"] if failed else None,
                 "engine_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "worker_peak_rss_mb": round(worker.peak_rss_mb(), 1) if worker else None,
             }
