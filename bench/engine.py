@@ -28,15 +28,7 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from clarion_jupyter import Agent, Engine
-
-
-def chain(n: int) -> dict[str, Any]:
-    steps = [{"id": "s0", "task": "echo", "with": {"value": 0}}]
-    steps += [
-        {"id": f"s{i}", "task": "echo", "with": {"value": f"{{{{ steps.s{i - 1}.output.value + 1 }}}}"}}
-        for i in range(1, n)
-    ]
-    return {"name": f"chain-{n}", "steps": steps}
+from clarion_jupyter.testing.workloads import chain, timed_run
 
 
 def fan_out(n: int) -> dict[str, Any]:
@@ -51,13 +43,6 @@ def peak_rss_mb() -> float:
 
 def emit(name: str, **values: Any) -> None:
     print(json.dumps({"workload": name, **values, "peak_rss_mb": round(peak_rss_mb(), 1)}), flush=True)
-
-
-async def timed_run(engine: Engine, workflow: dict[str, Any]) -> float:
-    start = time.perf_counter()
-    run = await engine.wait(await engine.submit(workflow))
-    assert run.status == "succeeded", run.error
-    return time.perf_counter() - start
 
 
 async def w1(engine: Engine, repeat: int) -> None:

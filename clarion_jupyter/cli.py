@@ -22,10 +22,8 @@ from .agent.migration import summary_lines
 from .backends import Backend, open_backend
 from .core.errors import ClarionError, ValidationFailed
 from .core.protocol import EventType, RunStatus
-from .core.secrets import DEFAULT_SECRET_ENV_PATTERN, SecretPolicy
-from .settings import configured_traits
+from .settings import configured_traits, task_settings
 from .storage.records import Event
-from .task.base import DEFAULT_MAX_OUTPUT_BYTES
 from .task.registry import TaskRegistry
 from .workflow.agent_run import AGENT_REPLY_STEP, AgentRunRequest
 from .workflow.engine import Engine
@@ -179,15 +177,20 @@ def dump_json(document: Any) -> None:
 def _engine(args: argparse.Namespace) -> Engine:
     """An engine as the server extension is configured (its traits), the command line winning."""
     traits = configured_traits()
+    settings = task_settings(traits)
     return Engine(
         db_path=args.db or traits.get("db_path") or None,
         workers=args.workers or traits.get("workers", 8),
-        workspace_root=args.workspace or traits.get("workspace_root") or ".",
-        allow_shell=traits.get("allow_shell", True),
-        max_output_bytes=traits.get("max_output_bytes", DEFAULT_MAX_OUTPUT_BYTES),
+        workspace_root=_workspace_root(args, traits),
+        allow_shell=settings.allow_shell,
+        max_output_bytes=settings.max_output_bytes,
         max_steps=traits.get("max_steps", DEFAULT_MAX_STEPS),
-        secrets=SecretPolicy(traits.get("secret_env_pattern", DEFAULT_SECRET_ENV_PATTERN)),
+        secrets=settings.secrets,
     )
+
+
+def _workspace_root(args: argparse.Namespace, traits: dict[str, Any]) -> str:
+    return args.workspace or traits.get("workspace_root") or "."
 
 
 async def cmd_validate(args: argparse.Namespace) -> int:
@@ -405,9 +408,24 @@ async def cmd_agents_list(args: argparse.Namespace) -> int:
 
 
 async def cmd_worker(args: argparse.Namespace) -> int:
+    """Run steps from the broker until SIGINT or SIGTERM, with the server's configured policy."""
     from .task.worker import run_worker
 
-    await run_worker(args.queue, workers=args.workers, workspace_root=args.workspace)
+    traits = configured_traits()
+    workers = args.workers or traits.get("workers", 8)
+    workspace = _workspace_root(args, traits)
+
+    def ready(queue: Any) -> None:
+        if args.verbose:
+            health = queue.health()
+            print(
+                f"(connected to {health['kind']} at {health['url']}, prefix {health['prefix']}: "
+                f"{workers} slot(s), workspace {Path(workspace).resolve()})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    await run_worker(args.queue, task_settings(traits), workers=workers, workspace_root=workspace, ready=ready)
     return 0
 
 
@@ -419,7 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="DuckDB file (default: $CLARION_DB or the server extension's file)",
     )
     common.add_argument("--workers", type=int, help="concurrent steps (default: the extension's workers, or 8)")
-    common.add_argument("--workspace", help="workspace root for file and shell steps (default: the current folder)")
+    common.add_argument(
+        "--workspace",
+        "--workspace-root",
+        dest="workspace",
+        help="workspace root for file and shell steps (default: the extension's workspace_root, or the current folder)",
+    )
     common.add_argument("--json", action="store_true", help="print the API's JSON document")
     common.add_argument(
         "--verbose", "-v", action="store_true", help="say whether the embedded engine or a running server is used"
@@ -449,8 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=int, default=20)
     add("show", cmd_show, "show one run with its steps").add_argument("run_id")
     add("resume", cmd_resume, "finish runs that a crash interrupted").add_argument("run_id", nargs="?")
-    add("worker", cmd_worker, "process step jobs from a broker queue").add_argument(
-        "--queue", required=True, help="redis://... or nats://..."
+    add("worker", cmd_worker, "run step jobs from a broker queue until SIGINT or SIGTERM").add_argument(
+        "--queue",
+        required=True,
+        help="the server's queue_url: redis://HOST:6379/0 or nats://HOST:4222, with ?prefix=...&visibility_timeout=S",
     )
     agent = sub.add_parser("agent", help="run an agent").add_subparsers(dest="agent_command", required=True)
     agent_run = add(

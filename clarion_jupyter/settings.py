@@ -8,11 +8,16 @@ same database, without importing the server (which takes seconds).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from traitlets.config import Config
 from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader, PyFileConfigLoader
+
+from .core.errors import BadRequest
+from .core.secrets import DEFAULT_SECRET_ENV_PATTERN, SecretPolicy
+from .task.base import DEFAULT_MAX_OUTPUT_BYTES, TaskSettings
 
 CONFIG_NAME = "jupyter_server_config"
 SECTION = "ClarionExtension"
@@ -31,6 +36,24 @@ def configured_traits(cwd: str | Path = ".") -> dict[str, Any]:
             except ConfigFileNotFound:
                 continue
     return dict(config[SECTION]) if SECTION in config else {}
+
+
+def task_settings(traits: dict[str, Any]) -> TaskSettings:
+    """The policy the server applies to every step (``allow_shell``, ``max_output_bytes``,
+    ``secret_env_pattern``), from its traits: for the CLI's embedded engine and for
+    ``clarion worker``, which must judge and mask a step exactly as the server's own workers."""
+    pattern = traits.get("secret_env_pattern", DEFAULT_SECRET_ENV_PATTERN)
+    try:
+        secrets = SecretPolicy(pattern)
+    except re.error as exc:
+        raise BadRequest(
+            f"ClarionExtension.secret_env_pattern {pattern!r} is not a valid regular expression: {exc}"
+        ) from None
+    return TaskSettings(
+        allow_shell=traits.get("allow_shell", True),
+        max_output_bytes=traits.get("max_output_bytes", DEFAULT_MAX_OUTPUT_BYTES),
+        secrets=secrets,
+    )
 
 
 def _loaders(folder: Path) -> list[JSONFileConfigLoader | PyFileConfigLoader]:

@@ -86,3 +86,10 @@ class DatabaseLocked(ClarionError):
 
     code = "database_locked"
     status = 409
+
+
+class QueueUnavailable(ClarionError):
+    """The queue's broker (Redis, NATS) cannot be reached: nothing can run until it can."""
+
+    code = "queue_unavailable"
+    status = 503

@@ -23,6 +23,7 @@ from ..core.protocol import CloseCode
 from ..core.secrets import DEFAULT_SECRET_ENV_PATTERN, SecretPolicy
 from ..storage.database import default_db_path
 from ..task.base import DEFAULT_MAX_OUTPUT_BYTES
+from ..task.broker import redact
 from ..workflow.engine import Engine
 from ..workflow.validation import DEFAULT_MAX_STEPS
 from .base import EXTENSION_NAME
@@ -196,7 +197,7 @@ class ClarionExtension(ExtensionApp):
                 "status": "stopped",
                 "version": __version__,
                 "storage": {"kind": "duckdb", "path": self.engine.db_path},
-                "queue": {"url": self.queue_url},
+                "queue": {"url": redact(self.queue_url)},
                 **exc.as_dict(),
             }
         return 200, {"status": "ok", "version": __version__, **engine.health()}

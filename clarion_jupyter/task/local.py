@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from .queue import Delivery, Job, JobResult
 
@@ -49,3 +50,6 @@ class LocalQueue:
 
     def on_cancel(self, callback: Callable[[str], None]) -> None:
         self._cancel_callbacks.append(callback)
+
+    def health(self) -> dict[str, Any]:
+        return {"kind": "local", "url": self.url, "max_pending": self._jobs.maxsize, "backlog": self._jobs.qsize()}

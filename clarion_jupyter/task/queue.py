@@ -103,3 +103,6 @@ class Queue(Protocol):
 
     def on_cancel(self, callback: Callable[[str], None]) -> None:
         """Worker side: be told of :meth:`cancel` calls."""
+
+    def health(self) -> dict[str, Any]:
+        """``kind``, ``url`` (no password), ``backlog`` (jobs waiting or running, when known), ..."""

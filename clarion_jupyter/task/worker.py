@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections import OrderedDict, defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
+from ..core.errors import BadRequest
 from ..core.secrets import SecretMasker
 from ..core.workspace import Workspace, WorkspacePathError
 from .base import TaskFailed, TaskSettings, config_problems
@@ -70,7 +73,10 @@ class Worker:
 
     async def _slot(self) -> None:
         async for delivery in self._queue.consume():
-            await self._handle(delivery)
+            try:
+                await self._handle(delivery)
+            except Exception:  # the job stays unacked, so it is delivered again; the slot goes on
+                log.exception("step %s could not be handled", delivery.job.id)
 
     async def _handle(self, delivery: Delivery) -> None:
         job = delivery.job
@@ -162,22 +168,44 @@ def _error(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return error
 
 
-async def run_worker(queue_url: str, workers: int = 8, workspace_root: str = ".", allow_shell: bool = True) -> None:
-    """``clarion worker``: serve a broker queue until cancelled (Ctrl-C)."""
+async def run_worker(
+    queue_url: str,
+    settings: TaskSettings,
+    *,
+    workers: int = 8,
+    workspace_root: str = ".",
+    ready: Callable[[Queue], None] | None = None,
+) -> None:
+    """``clarion worker``: serve a broker queue until SIGINT or SIGTERM.
+
+    ``settings`` are the server's (its traits: shell allowed, output cap, which variables are
+    secrets), so a step is judged and masked here as it would be in the server. On a signal,
+    running steps are stopped (their processes killed) and their jobs given back unreported,
+    so another worker runs them at once. ``ready`` is told once jobs are being taken."""
     from .queues import make_queue
 
+    if queue_url in ("", "local"):
+        raise BadRequest("clarion worker needs a broker URL (redis://... or nats://...): local jobs run in the server")
     queue = make_queue(queue_url)
     await queue.start()
-    worker = Worker(
-        queue,
-        TaskRegistry.from_entry_points(),
-        Workspace(workspace_root),
-        TaskSettings(allow_shell=allow_shell),
-        workers,
-    )
-    await worker.start()
+    worker = Worker(queue, TaskRegistry.from_entry_points(), Workspace(workspace_root), settings, workers)
     try:
-        await asyncio.Event().wait()
+        await worker.start()
+        if ready is not None:
+            ready(queue)
+        await _signalled(signal.SIGINT, signal.SIGTERM)
     finally:
         await worker.stop()
         await queue.close()
+
+
+async def _signalled(*signums: signal.Signals) -> None:
+    loop = asyncio.get_running_loop()
+    received = asyncio.Event()
+    for signum in signums:
+        loop.add_signal_handler(signum, received.set)
+    try:
+        await received.wait()
+    finally:
+        for signum in signums:
+            loop.remove_signal_handler(signum)

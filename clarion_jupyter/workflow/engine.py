@@ -29,6 +29,7 @@ from ..storage.query import MAX_ROWS, TIMEOUT_S, QueryResult
 from ..storage.records import Event, RunRecord, StoredDocument, utcnow
 from ..storage.writer import GroupCommitWriter
 from ..task.base import DEFAULT_MAX_OUTPUT_BYTES, TaskFailed, TaskSettings
+from ..task.broker import redact
 from ..task.builtin.llm_call import LLMCallConfig, LLMCallTask, prepare_request
 from ..task.preview import Previewer
 from ..task.queue import Queue
@@ -63,10 +64,12 @@ class Engine:
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         max_steps: int | None = DEFAULT_MAX_STEPS,
         registry: TaskRegistry | None = None,
-        run_workers: bool = True,
+        run_workers: bool | None = None,
         storage: Storage | None = None,
     ) -> None:
-        """``storage`` defaults to the DuckDB file at ``db_path``."""
+        """``storage`` defaults to the DuckDB file at ``db_path``. ``run_workers``: whether this
+        process runs steps itself (default: only with the local queue; a broker's jobs go to
+        ``clarion worker`` processes)."""
         self.db_path = str(db_path or default_db_path())
         self.workspace = Workspace(workspace_root)
         self.registry = registry or TaskRegistry.from_entry_points()
@@ -76,7 +79,7 @@ class Engine:
         self.queue_url = queue_url
         self.validator = WorkflowValidator(self.registry, max_steps=max_steps, allow_shell=allow_shell)
         self._workers = workers
-        self._run_workers = run_workers
+        self._run_workers = queue_url in ("", "local") if run_workers is None else run_workers
         self.storage: Storage = storage or DuckDBStorage(self.db_path)
         self.runs = self.storage.runs
         self.agents = AgentService(self.storage.agents, self.settings.secrets)
@@ -107,7 +110,14 @@ class Engine:
         await self.stop()
 
     async def start(self) -> None:
-        await self.storage.open()
+        # The broker first: when it cannot be reached, nothing else was opened.
+        self._queue = make_queue(self.queue_url, maxsize=max(64, self._workers * 16))
+        await self._queue.start()
+        try:
+            await self.storage.open()
+        except BaseException:
+            await self._queue.close()
+            raise
         masker = SecretMasker(self.settings.secrets)
         self._writer = GroupCommitWriter(
             self.runs, self.bus.publish, self._views.stored, on_unstorable=self._unstorable, masker=masker
@@ -122,8 +132,6 @@ class Engine:
         )
         self._writer.start()
         self._submissions.start()
-        self._queue = make_queue(self.queue_url, maxsize=max(64, self._workers * 16))
-        await self._queue.start()
         if self._run_workers:
             self._worker = Worker(self._queue, self.registry, self.workspace, self.settings, self._workers)
             await self._worker.start()
@@ -491,8 +499,8 @@ class Engine:
                 "last_error": next((w.last_error for w in writers if w.last_error), None),
             },
             "queue": {
-                "url": self.queue_url,
-                "workers": self._workers,
+                **(self._queue.health() if self._queue else {"url": redact(self.queue_url)}),
+                "workers": self._workers if self._worker else 0,
                 "busy": self._worker.busy if self._worker else 0,
             },
             "active_runs": self.active_runs,

@@ -1,0 +1,211 @@
+"""NatsQueue: step jobs in a JetStream work-queue stream, results in another, cancels on core NATS.
+
+Names, under the URL's ``prefix`` (``nats://host:4222?prefix=clarion``):
+
+- stream ``{prefix}_jobs`` (subject ``{prefix}.jobs``, work-queue retention: a job is gone
+  once acked; ``max_msgs`` = ``max_pending`` with discard-new, so a full stream refuses a
+  job and ``put`` waits and offers it again) and its durable pull consumer ``workers``, with
+  explicit acks and ``ack_wait`` = the visibility timeout: a job not acked in time (its
+  worker died) is redelivered; a worker marks its running jobs in progress to keep them.
+- stream ``{prefix}_results`` (subject ``{prefix}.results``) and the engine's durable push
+  consumer ``engine``: results wait there while no engine runs, and one that was delivered
+  but not acked comes again.
+- core subject ``{prefix}.cancel``: every worker hears which run was cancelled.
+
+nats-py's ``drain()`` hangs after a pull ``fetch`` timed out, so pull subscriptions are
+unsubscribed and the connection closed instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StreamConfig
+
+from .broker import CONNECT_TIMEOUT_S, DEFAULT_MAX_PENDING, RESULT_BATCH, BrokerQueue, Raw, TakeJob, Unreachable
+from .queue import Delivery
+
+log = logging.getLogger(__name__)
+WORKERS, ENGINE = "workers", "engine"
+FETCH_WAIT_S = 1.0
+"""How long a worker slot's pull (or the engine's wait for results) lasts before it is made again."""
+RESULTS_ACK_WAIT_S = 30.0
+STREAM_FULL = 10077
+"""JetStream's error code for "maximum messages exceeded" (a discard-new stream at its bound)."""
+
+
+class NatsQueue(BrokerQueue):
+    kind = "nats"
+    transient = (
+        nats.errors.ConnectionClosedError,
+        nats.errors.ConnectionReconnectingError,
+        nats.errors.TimeoutError,
+        nats.errors.NoRespondersError,
+        nats.errors.FlushTimeoutError,
+        nats.errors.StaleConnectionError,
+        nats.errors.OutboundBufferLimitError,
+        nats.js.errors.ServiceUnavailableError,
+    )
+
+    def __init__(self, url: str, max_pending: int | None = None) -> None:
+        super().__init__(url, max_pending)
+        prefix = self.options.prefix
+        self._jobs_stream, self._jobs_subject = f"{prefix}_jobs", f"{prefix}.jobs"
+        self._results_stream, self._results_subject = f"{prefix}_results", f"{prefix}.results"
+        self._cancel_subject = f"{prefix}.cancel"
+        self._nc: nats.NATS | None = None
+        self._results_sub: Any = None
+        self._connected = False
+
+    async def _connect(self) -> None:
+        errors: list[Exception] = []
+
+        async def on_error(exc: Exception) -> None:
+            # Connection errors are retried by nats-py; say so once connected, not with its traceback.
+            errors.append(exc)
+            if self._connected:
+                log.warning("nats %s: %s", self.url, exc or type(exc).__name__)
+
+        try:
+            self._nc = await asyncio.wait_for(
+                nats.connect(
+                    self.client_url,
+                    connect_timeout=CONNECT_TIMEOUT_S / 2,
+                    reconnect_time_wait=1,
+                    max_reconnect_attempts=-1,
+                    error_cb=on_error,
+                ),
+                CONNECT_TIMEOUT_S,
+            )
+        except TimeoutError:
+            raise Unreachable(str(errors[-1]) if errors else "") from None
+        self._connected = True
+        self._js = self._nc.jetstream()
+        await self._ensure_stream(
+            StreamConfig(
+                name=self._jobs_stream,
+                subjects=[self._jobs_subject],
+                retention=RetentionPolicy.WORK_QUEUE,
+                max_msgs=self.max_pending if self.sets_bound else DEFAULT_MAX_PENDING,
+                discard=DiscardPolicy.NEW,
+            ),
+            update=self.sets_bound,
+        )
+        await self._ensure_stream(
+            StreamConfig(
+                name=self._results_stream, subjects=[self._results_subject], retention=RetentionPolicy.WORK_QUEUE
+            ),
+            update=False,
+        )
+        await self._js.add_consumer(
+            self._jobs_stream,
+            ConsumerConfig(
+                durable_name=WORKERS,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.options.visibility_timeout,
+                max_deliver=-1,
+                max_ack_pending=-1,
+            ),
+        )
+        await self._nc.subscribe(self._cancel_subject, cb=self._on_cancel_message)
+
+    async def _ensure_stream(self, config: StreamConfig, update: bool) -> None:
+        """Create the stream, or, when ``update`` (the engine's bound), bring its limits to ``config``."""
+        try:
+            await self._js.add_stream(config)
+        except nats.js.errors.BadRequestError:  # it exists with another configuration
+            if update:
+                await self._js.update_stream(config)
+
+    async def _disconnect(self) -> None:
+        if self._nc is None:
+            return
+        if self._results_sub is not None:
+            with suppress(*self.transient):
+                await self._results_sub.unsubscribe()
+        if self._nc.is_connected:
+            with suppress(*self.transient):
+                await self._nc.flush(timeout=1)  # acks and give-backs are buffered publishes
+        await self._nc.close()
+        self._nc = None
+
+    async def _on_cancel_message(self, message: Msg) -> None:
+        self._cancelled(message.data.decode())
+
+    @asynccontextmanager
+    async def _job_source(self) -> AsyncIterator[TakeJob]:
+        subscription = await self._js.pull_subscribe_bind(WORKERS, stream=self._jobs_stream)
+
+        async def take() -> Raw | None:
+            try:
+                [message] = await subscription.fetch(1, timeout=FETCH_WAIT_S)
+            except nats.errors.TimeoutError:
+                return None
+            return message, message.data
+
+        try:
+            yield take
+        finally:
+            with suppress(*self.transient):
+                await subscription.unsubscribe()
+
+    async def _offer(self, data: bytes) -> bool:
+        try:
+            await self._js.publish(self._jobs_subject, data, stream=self._jobs_stream)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == STREAM_FULL:
+                return False
+            raise
+        return True
+
+    async def _ack(self, handle: Any) -> None:
+        await handle.ack()
+
+    async def _give_back(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            await delivery.tag.nak()
+
+    async def _touch(self, handles: list[Any]) -> None:
+        for message in handles:
+            await message.in_progress()
+
+    async def _publish_result(self, data: bytes) -> None:
+        await self._js.publish(self._results_subject, data, stream=self._results_stream)
+
+    async def _take_results(self) -> list[Raw]:
+        """Results are pushed to the one engine as they come (a pull of many would wait for the
+        batch to fill); those already here join the first, up to a batch."""
+        if self._results_sub is None:
+            self._results_sub = await self._js.subscribe(
+                self._results_subject,
+                durable=ENGINE,
+                stream=self._results_stream,
+                manual_ack=True,
+                config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=RESULTS_ACK_WAIT_S, max_deliver=-1),
+            )
+        subscription = self._results_sub
+        try:
+            messages = [await subscription.next_msg(timeout=FETCH_WAIT_S)]
+        except nats.errors.TimeoutError:
+            return []
+        for _ in range(min(subscription.pending_msgs, RESULT_BATCH - 1)):
+            messages.append(await subscription.next_msg())
+        return [(message, message.data) for message in messages]
+
+    async def _ack_results(self, handles: list[Any]) -> None:
+        for message in handles:
+            await message.ack()
+
+    async def _publish_cancel(self, run_id: str) -> None:
+        await self._nc.publish(self._cancel_subject, run_id.encode())
+
+    async def _count_backlog(self) -> int:
+        return (await self._js.stream_info(self._jobs_stream)).state.messages

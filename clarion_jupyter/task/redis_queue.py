@@ -1,0 +1,169 @@
+"""RedisQueue: step jobs in a Redis Stream read by a consumer group of workers.
+
+Keys, under the URL's ``prefix`` (``redis://host:6379/0?prefix=clarion``):
+
+- ``{prefix}:jobs``: the job stream; group ``workers`` (XREADGROUP), every worker process one
+  consumer. A job stays in the group's pending list until acked (XACK, then XDEL: the stream
+  holds only jobs waiting or running, so its length is the backlog that ``put`` bounds). A
+  worker keeps its running jobs' idle time low (XCLAIM to itself); a job idle longer than
+  the visibility timeout belonged to a dead worker, and the next worker looking takes it
+  over (XAUTOCLAIM).
+- ``{prefix}:results``: results and progress; group ``engine``, one consumer, also ``engine``,
+  so a restarted engine first reads what it had been given but not acked.
+- ``{prefix}:cancel``: a pub/sub channel; every worker hears which run was cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from .broker import RESULT_BATCH, BrokerQueue, Raw, TakeJob, encode
+from .queue import Delivery
+
+WORKERS, ENGINE = "workers", "engine"
+OFFER = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
+return 1
+"""
+"""Check the bound and add in one step, so concurrent producers cannot overshoot it together."""
+MAX_CONNECTIONS = 512
+"""Connections a queue opens at most (a worker slot's blocking read holds one); beyond it a
+command waits for a free one rather than failing. A URL's ``max_connections`` overrides it."""
+
+
+class RedisQueue(BrokerQueue):
+    kind = "redis"
+    transient = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError)
+    client_params = True
+
+    def __init__(self, url: str, max_pending: int | None = None) -> None:
+        super().__init__(url, max_pending)
+        prefix = self.options.prefix
+        self._jobs, self._results, self._channel = f"{prefix}:jobs", f"{prefix}:results", f"{prefix}:cancel"
+        self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._visibility_ms = int(self.options.visibility_timeout * 1000)
+        self._block_ms = max(min(1000, self._visibility_ms // 2), 1)
+        """How long a read waits for a new job: idle slots look for abandoned jobs this often."""
+        self._reclaim_due = 0.0
+        self._results_from = "0"
+        """The engine reads its own unacked results first (from before a restart), then new ones (``>``)."""
+        self._consumed = False
+        self._redis: aioredis.Redis | None = None
+        self._pubsub: Any = None
+
+    async def _connect(self) -> None:
+        pool = aioredis.BlockingConnectionPool.from_url(self.client_url, max_connections=MAX_CONNECTIONS, timeout=None)
+        self._redis = aioredis.Redis(connection_pool=pool)
+        await self._redis.ping()
+        for stream, group in ((self._jobs, WORKERS), (self._results, ENGINE)):
+            try:
+                await self._redis.xgroup_create(stream, group, id="0", mkstream=True)
+            except redis.exceptions.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._offer_script = self._redis.register_script(OFFER)
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(self._channel)
+        self._spawn(self._listen())
+
+    async def _disconnect(self) -> None:
+        if self._redis is None:
+            return
+        if self._consumed:
+            await self._forget_consumer()
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+        await self._redis.aclose()
+        self._redis = None
+
+    async def _forget_consumer(self) -> None:
+        """Leave the group once nothing is pending for this worker (deleting it earlier would lose those jobs)."""
+        if not await self._redis.xpending_range(self._jobs, WORKERS, "-", "+", 1, consumername=self._consumer):
+            await self._redis.xgroup_delconsumer(self._jobs, WORKERS, self._consumer)
+
+    async def _listen(self) -> None:
+        async def listen() -> None:
+            async for message in self._pubsub.listen():
+                if message["type"] == "message":
+                    self._cancelled(message["data"].decode())
+
+        while True:
+            await self._retrying("listening for cancels", listen)
+
+    @asynccontextmanager
+    async def _job_source(self) -> AsyncIterator[TakeJob]:
+        self._consumed = True
+        yield self._next_job
+
+    async def _next_job(self) -> Raw | None:
+        loop_time = asyncio.get_running_loop().time()
+        if loop_time >= self._reclaim_due:
+            self._reclaim_due = loop_time + self.options.visibility_timeout / 2
+            _next, claimed, _deleted = await self._redis.xautoclaim(
+                self._jobs, WORKERS, self._consumer, min_idle_time=self._visibility_ms, count=1
+            )
+            if claimed:
+                self._reclaim_due = loop_time  # a dead worker may have left more
+                return _raw(claimed[0], b"job")
+        reply = await self._redis.xreadgroup(WORKERS, self._consumer, {self._jobs: ">"}, count=1, block=self._block_ms)
+        return _raw(reply[0][1][0], b"job") if reply and reply[0][1] else None
+
+    async def _offer(self, data: bytes) -> bool:
+        return bool(await self._offer_script(keys=[self._jobs], args=[self.max_pending, data]))
+
+    async def _ack(self, handle: Any) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await pipe.xack(self._jobs, WORKERS, handle).xdel(self._jobs, handle).execute()
+
+    async def _give_back(self, deliveries: list[Delivery]) -> None:
+        ids = [d.tag for d in deliveries]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for delivery in deliveries:
+                pipe.xadd(self._jobs, {"job": encode(delivery.job)})
+            await pipe.xack(self._jobs, WORKERS, *ids).xdel(self._jobs, *ids).execute()
+
+    async def _touch(self, handles: list[Any]) -> None:
+        await self._redis.xclaim(self._jobs, WORKERS, self._consumer, min_idle_time=0, message_ids=handles, justid=True)
+
+    async def _publish_result(self, data: bytes) -> None:
+        await self._redis.xadd(self._results, {"result": data})
+
+    async def _take_results(self) -> list[Raw]:
+        new = self._results_from == ">"
+        reply = await self._redis.xreadgroup(
+            ENGINE,
+            ENGINE,
+            {self._results: self._results_from},
+            count=RESULT_BATCH,
+            block=self._block_ms if new else None,
+        )
+        entries = reply[0][1] if reply else []
+        if not new and not entries:
+            self._results_from = ">"
+        return [_raw(entry, b"result") for entry in entries]
+
+    async def _ack_results(self, handles: list[Any]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await pipe.xack(self._results, ENGINE, *handles).xdel(self._results, *handles).execute()
+
+    async def _publish_cancel(self, run_id: str) -> None:
+        await self._redis.publish(self._channel, run_id)
+
+    async def _count_backlog(self) -> int:
+        return await self._redis.xlen(self._jobs)
+
+
+def _raw(entry: tuple[bytes, dict[bytes, bytes] | None], field: bytes) -> Raw:
+    """A stream entry as (id, body); an entry deleted after it was delivered has no fields."""
+    entry_id, fields = entry
+    return entry_id, (fields or {}).get(field)
