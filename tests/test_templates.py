@@ -3,6 +3,8 @@ single expression, text otherwise, compiled once per source text."""
 
 from __future__ import annotations
 
+import gc
+import time
 from typing import Any
 
 import pytest
@@ -178,3 +180,23 @@ def test_status_read_by_subscript_counts_as_a_status_read() -> None:
 def test_an_expression_followed_by_a_newline_renders_as_text_keeping_the_newline() -> None:
     assert compile_value("{{ name }}\n").render({"name": "a.txt"}) == "a.txt\n"
     assert compile_value(" {{ items }} ").render({"items": [1, 2]}) == [1, 2]
+
+
+class Collector:
+    """Stands in for the collector kicking in mid-template: a full collection on attribute access."""
+
+    @property
+    def pause(self) -> str:
+        gc.collect()
+        return "done"
+
+
+def test_a_garbage_collection_inside_a_template_does_not_count_against_its_budget() -> None:
+    live = [[] for _ in range(1_500_000)]  # a big heap makes a full collection slow
+    for item in live:
+        item.append(item)
+    started = time.perf_counter()
+    template = "{% for i in range(3) %}{{ c.pause if loop.first else i }}{% endfor %}"  # ticks after the pause
+    assert render(template, {"c": Collector()}) == "done12"
+    assert time.perf_counter() - started > 0.05, "the collection must outlast the budget to prove anything"
+    del live
