@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
+from opentelemetry.trace import Tracer
+
 from ..agent.migration import ImportSource, V2ImportReport, V2Migration
 from ..agent.models import Agent
 from ..agent.service import AgentService
@@ -43,6 +45,7 @@ from .executor import RunExecutor
 from .models import WorkflowRun, parse_workflow
 from .runs import run_document
 from .service import WorkflowService
+from .telemetry import Telemetry
 from .validation import DEFAULT_MAX_STEPS, WorkflowSource, WorkflowValidator
 from .views import RunViews
 
@@ -66,10 +69,12 @@ class Engine:
         registry: TaskRegistry | None = None,
         run_workers: bool | None = None,
         storage: Storage | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         """``storage`` defaults to the DuckDB file at ``db_path``. ``run_workers``: whether this
         process runs steps itself (default: only with the local queue; a broker's jobs go to
-        ``clarion worker`` processes)."""
+        ``clarion worker`` processes). ``tracer`` (OpenTelemetry's) defaults to the global
+        tracer provider's, which records nothing until the host sets up an SDK."""
         self.db_path = str(db_path or default_db_path())
         self.workspace = Workspace(workspace_root)
         self.registry = registry or TaskRegistry.from_entry_points()
@@ -86,6 +91,7 @@ class Engine:
         self.workflows = WorkflowService(self.storage.workflows, self.runs, self.validator)
         self._previewer = Previewer(self.registry, self.workspace, self.settings)
         self.bus = EventBus()
+        self._telemetry = Telemetry(tracer)
         self._views = RunViews()
         self._writer: GroupCommitWriter | None = None
         self._submissions: GroupCommitWriter | None = None
@@ -120,11 +126,11 @@ class Engine:
             raise
         masker = SecretMasker(self.settings.secrets)
         self._writer = GroupCommitWriter(
-            self.runs, self.bus.publish, self._views.stored, on_unstorable=self._unstorable, masker=masker
+            self.runs, self._published, self._views.stored, on_unstorable=self._unstorable, masker=masker
         )
         self._submissions = GroupCommitWriter(
             self.runs,
-            self.bus.publish,
+            self._published,
             self._views.stored,
             on_unstorable=self._unstorable,
             submissions=True,
@@ -159,6 +165,12 @@ class Engine:
         await self._writer.close()
         await self._queue.close()
         await self.storage.close()
+        self._telemetry.close()
+
+    def _published(self, events: list[Event]) -> None:
+        """Committed events: to their subscribers, and to the metrics and traces."""
+        self.bus.publish(events)
+        self._telemetry.observe(events)
 
     async def _route_results(self) -> None:
         async for result in self._queue.results():

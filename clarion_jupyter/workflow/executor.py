@@ -183,7 +183,9 @@ class RunExecutor:
         self.run.started_at = self.run.started_at or utcnow()
         self._context["run"]["started_at"] = self.run.started_at
         self._writer.add_run(self.run)
-        self._emit(EventType.run_started, None, {"resumed": True} if resumed else {})
+        self._emit(
+            EventType.run_started, None, {"workflow_id": self.run.workflow_id, **({"resumed": True} if resumed else {})}
+        )
         ready = self._restore() if resumed else [n for n, count in self._waiting.items() if count == 0]
         try:
             await self._begin_all(ready)
