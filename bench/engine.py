@@ -104,7 +104,7 @@ async def w4(engine: Engine, repeat: int) -> None:
     )
     try:
         url = stub.stdout.readline().strip()
-        os.environ["CLARION_BENCH_KEY"] = "x"
+        os.environ["CLARION_BENCH_KEY"] = "bench-key"
         await engine.agents.upsert(
             Agent(id="stub", name="stub", model="openai/gpt-4o-mini", api_base=url, api_key_env="CLARION_BENCH_KEY")
         )
