@@ -72,7 +72,7 @@ class BudgetExceeded(SecurityError):
 
 
 class _Collections(threading.local):
-    """CPU time this thread spent in garbage collection (``gc.callbacks`` run in its thread)."""
+    """Time this thread spent in garbage collection (``gc.callbacks`` run in its thread)."""
 
     total = 0.0
     started = 0.0
@@ -83,9 +83,9 @@ _collections = _Collections()
 
 def _time_collections(phase: str, _info: dict[str, Any]) -> None:
     if phase == "start":
-        _collections.started = time.thread_time()
+        _collections.started = time.perf_counter()
     else:
-        _collections.total += time.thread_time() - _collections.started
+        _collections.total += time.perf_counter() - _collections.started
 
 
 gc.callbacks.append(_time_collections)
@@ -96,17 +96,30 @@ def _work_time() -> float:
 
 
 class _Meter:
-    __slots__ = ("budget", "start")
+    """Checks are frequent (every call, attribute, loop iteration): most compare the cheap wall
+    clock, which never runs slower than the thread's CPU time; only once wall time passes the
+    budget is the work itself measured, and the wall deadline moved by what is left of it."""
+
+    __slots__ = ("budget", "start", "wall_deadline")
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
         self.start = _work_time()
+        self.wall_deadline = time.monotonic() + budget.time_s
 
     def remaining(self) -> float:
-        return self.budget.time_s - (_work_time() - self.start)
+        """A lower bound of the time left: what the wall clock leaves, or, once that ran out,
+        what the work itself left (and the wall deadline moves by it)."""
+        left = self.wall_deadline - time.monotonic()
+        return left if left >= 0 else self.work_left()
+
+    def work_left(self) -> float:
+        left = self.budget.time_s - (_work_time() - self.start)
+        self.wall_deadline = time.monotonic() + max(left, 0)
+        return left
 
     def tick(self) -> None:
-        if self.remaining() < 0:
+        if time.monotonic() > self.wall_deadline and self.work_left() < 0:
             raise BudgetExceeded(f"template evaluation took longer than its budget of {self.budget.time_s:g} s")
 
     def size(self, size: int, what: str) -> None:
@@ -240,7 +253,7 @@ def _check_work(meter: _Meter, name: str, value: Any) -> None:
     if speed is None:
         return
     needed = len(value) / speed
-    if needed > meter.remaining():
+    if needed > meter.remaining() and needed > meter.work_left():
         raise BudgetExceeded(
             f"{name} over {len(value):,} {'characters' if isinstance(value, str) else 'items'} would take "
             f"longer than the template budget of {meter.budget.time_s:g} s"

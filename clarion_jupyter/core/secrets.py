@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -72,11 +73,25 @@ class SecretPolicy:
         return f"SecretPolicy({self.pattern!r})"
 
 
+ENVIRONMENT_TTL_S = 1.0
+_scans: dict[str, tuple[float, frozenset[str]]] = {}
+"""The secret values of the process's environment, by policy pattern, with when they were read."""
+
+
+def reread_environment() -> None:
+    """Make every masker read the environment again before it next masks."""
+    _scans.clear()
+
+
 class SecretMasker:
     """Masks the current values of the secret environment variables in text and JSON data.
 
-    The environment is read at every call (cheaply: the compiled pattern is rebuilt only when
-    the set of values changes), so a key exported after the server started is masked too.
+    A key exported after the server started is masked too. Reading the whole environment
+    costs ~0.1 ms, and masking happens several times per step, so the process's environment
+    is read again at most every :data:`ENVIRONMENT_TTL_S`, and at once after
+    :func:`reread_environment`, which every step that hands secrets on (an LLM call reading its
+    key, a shell command given the environment) calls first: a value a step can print is
+    always known by then. The compiled pattern is rebuilt only when the values change.
     """
 
     def __init__(self, policy: SecretPolicy | None = None, environ: Mapping[str, str] | None = None) -> None:
@@ -85,12 +100,24 @@ class SecretMasker:
         self._values: frozenset[str] = frozenset()
         self._regex: re.Pattern[str] | None = None
 
-    def _pattern(self) -> re.Pattern[str] | None:
-        values = frozenset(
+    def _scan(self) -> frozenset[str]:
+        return frozenset(
             value
             for name, value in self._environ.items()
             if len(value) >= MIN_SECRET_LENGTH and self.policy.allows(name)
         )
+
+    def _current(self) -> frozenset[str]:
+        if self._environ is not os.environ:
+            return self._scan()
+        now = time.monotonic()
+        scanned = _scans.get(self.policy.pattern)
+        if scanned is None or now - scanned[0] > ENVIRONMENT_TTL_S:
+            scanned = _scans[self.policy.pattern] = (now, self._scan())
+        return scanned[1]
+
+    def _pattern(self) -> re.Pattern[str] | None:
+        values = self._current()
         if values != self._values:
             self._values = values
             forms = {form for value in values for form in _printed_forms(value) if len(form) >= MIN_SECRET_LENGTH}

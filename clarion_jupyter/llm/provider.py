@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
 
+from ..core.secrets import reread_environment
+
 TokenCallback = Callable[[str], None]
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
@@ -135,6 +137,7 @@ def read_api_key(env_name: str | None) -> str | None:
     """The key from the named environment variable; the error names the variable, never a value."""
     if env_name is None:
         return None
+    reread_environment()  # the key's value is masked in whatever the call returns
     value = os.environ.get(env_name)
     if not value:
         raise ProviderError(f"environment variable {env_name} (the agent's api_key_env) is not set", retryable=False)

@@ -20,6 +20,7 @@ from typing import Any
 from jinja2 import Undefined
 
 from ..core.protocol import STEP_DONE, EventType, RunStatus, StepStatus
+from ..core.secrets import reread_environment
 from ..storage.records import (
     Event,
     RunRecord,
@@ -136,6 +137,7 @@ class RunExecutor:
         """Record the new run through the engine's ``submissions`` writer, which commits
         beside the busy main one. The engine calls this once and starts :meth:`execute`
         only once that is stored, so no later transition of the run can be stored first."""
+        reread_environment()  # its inputs are masked as they are stored: against the secrets set now
         submissions.add_run(self.run)
         self._emit(
             EventType.run_queued, None, {"workflow_id": self.run.workflow_id, "inputs": self.run.inputs}, submissions

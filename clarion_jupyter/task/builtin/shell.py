@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import Field
 
+from ...core.secrets import reread_environment
 from ...core.workspace import Workspace
 from ..base import Task, TaskConfig, TaskContext, TaskFailed, TaskSettings
 from .files import confine
@@ -183,6 +184,7 @@ class ShellTask(Task):
 
     @staticmethod
     async def _spawn(config: ShellConfig, cwd: str) -> asyncio.subprocess.Process:
+        reread_environment()  # the command gets the environment: its values are masked in its output
         try:
             return await asyncio.create_subprocess_shell(
                 config.command,
