@@ -77,7 +77,7 @@ async def test_a_missing_key_fails_in_the_caller_naming_the_variable(provider, s
     with pytest.raises(ProviderError, match=KEY_ENV) as failure:
         await provider.complete(ask(stub))
     assert failure.value.retryable is False
-    assert provider.pid is None, "a call that cannot be made starts no child"
+    assert provider.pids == [], "a call that cannot be made starts no child"
 
 
 async def test_provider_errors_keep_their_status_and_retryability(provider, stub) -> None:
@@ -89,8 +89,7 @@ async def test_provider_errors_keep_their_status_and_retryability(provider, stub
 
 async def test_a_child_that_dies_fails_its_calls_as_retryable_and_the_next_call_starts_another(provider, stub) -> None:
     await provider.warm()
-    first = provider.pid
-    assert first is not None
+    (first,) = provider.pids
     stub.delay_s = 30
     call = asyncio.ensure_future(provider.complete(ask(stub)))
     while stub.request_count == 0:
@@ -101,7 +100,7 @@ async def test_a_child_that_dies_fails_its_calls_as_retryable_and_the_next_call_
     assert failure.value.retryable is True
     stub.delay_s = 0
     assert (await provider.complete(ask(stub))).text.startswith("Hello")
-    assert provider.pid not in (None, first)
+    assert provider.pids and first not in provider.pids
 
 
 async def test_a_cancelled_call_leaves_the_child_serving_others(provider, stub) -> None:
@@ -117,14 +116,27 @@ async def test_a_cancelled_call_leaves_the_child_serving_others(provider, stub) 
 
 
 def test_one_child_serves_every_event_loop_of_the_process(provider, stub) -> None:
-    async def call() -> int | None:
+    async def call() -> list[int]:
         await provider.complete(ask(stub))
-        return provider.pid
+        return provider.pids
 
     first = asyncio.run(call())
-    assert asyncio.run(call()) == first is not None
+    assert asyncio.run(call()) == first and len(first) == 1
 
 
 async def test_prompt_tokens_are_counted_by_the_child(provider) -> None:
     messages = [{"role": "user", "content": "one two three four five six seven"}]
     assert await provider.count_tokens(LLMRequest(model="gpt-4o", messages=messages)) > 5
+
+
+async def test_another_child_starts_only_when_every_child_is_busy(stub) -> None:
+    provider = ProcessProvider(max_processes=2)
+    try:
+        await provider.complete(ask(stub))
+        assert len(provider.pids) == 1, "light use needs one child"
+        stub.delay_s = 1.0
+        replies = await asyncio.wait_for(asyncio.gather(*(provider.complete(ask(stub)) for _ in range(10))), 60)
+        assert all(reply.text.startswith("Hello") for reply in replies)
+        assert len(provider.pids) == 2
+    finally:
+        provider.close()

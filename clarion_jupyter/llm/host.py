@@ -55,7 +55,6 @@ class _Child:
         )
         self.outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.calls: dict[int, _Call] = {}
-        self.open = True
         self._on_exit = on_exit
         threading.Thread(target=self._write, daemon=True, name="clarion-llm-host-in").start()
         threading.Thread(target=self._read, daemon=True, name="clarion-llm-host-out").start()
@@ -87,22 +86,32 @@ class _Child:
             _deliver(call, {"error": _error_dict(ended)})
 
 
-class ProcessProvider:
-    """The default provider: :class:`LiteLLMProvider`, run by a child process."""
+BUSY_CALLS = 4
+"""Calls in flight per child before another child is worth starting (litellm's own work,
+~9 ms of CPU per call, makes one child a bottleneck on a busy machine)."""
 
-    def __init__(self) -> None:
+
+class ProcessProvider:
+    """The default provider: :class:`LiteLLMProvider`, run by child processes.
+
+    One child serves light use; when every child has :data:`BUSY_CALLS` calls in flight,
+    another starts (up to ``max_processes``, by default the number of CPUs, at most 4: each
+    holds litellm's ~150 MB), and each call goes to the child with the fewest in flight.
+    """
+
+    def __init__(self, max_processes: int | None = None) -> None:
+        self.max_processes = max_processes or min(os.cpu_count() or 1, 4)
         self._lock = threading.Lock()
-        self._child: _Child | None = None
+        self._children: list[_Child] = []
         self._ids = itertools.count(1)
 
     @property
-    def pid(self) -> int | None:
-        """The child's process id; None before the first call and after it ended."""
-        child = self._child
-        return None if child is None else child.process.pid
+    def pids(self) -> list[int]:
+        """The children's process ids (none before the first call)."""
+        return [child.process.pid for child in self._children]
 
     async def warm(self) -> None:
-        """Start the child, which imports litellm at once, while the caller's loop keeps serving."""
+        """Start a child, which imports litellm at once, while the caller's loop keeps serving."""
         await asyncio.to_thread(self._start)
 
     async def complete(self, request: LLMRequest, on_token: TokenCallback | None = None) -> LLMResult:
@@ -113,13 +122,13 @@ class ProcessProvider:
         return int(await self._ask("count", request))
 
     async def aclose(self) -> None:
-        """Nothing of the child is bound to the caller's loop: it serves the next loop too."""
+        """Nothing of the children is bound to the caller's loop: they serve the next loop too."""
 
     def close(self) -> None:
-        """Stop the child now (it also stops by itself when this process exits)."""
+        """Stop the children now (they also stop by themselves when this process exits)."""
         with self._lock:
-            child, self._child = self._child, None
-        if child is not None:
+            children, self._children = self._children, []
+        for child in children:
             child.outbox.put(None)
 
     async def _ask(
@@ -140,25 +149,27 @@ class ProcessProvider:
             child.calls.pop(call_id, None)
 
     def _send(self, call_id: int, call: _Call, line: bytes) -> _Child | None:
-        """Registered and queued under the lock, so a child that ends meanwhile fails the call."""
+        """Registered and queued under the lock, so a child that ends meanwhile fails the call;
+        None when a child should be started first."""
         with self._lock:
-            child = self._child
-            if child is None or not child.open:
+            child = min(self._children, key=lambda c: len(c.calls), default=None)
+            if child is None or (len(child.calls) >= BUSY_CALLS and len(self._children) < self.max_processes):
                 return None
             child.calls[call_id] = call
             child.outbox.put(line)
             return child
 
     def _start(self) -> None:
+        """Start a child unless one has room for more calls (or all that may run do)."""
         with self._lock:
-            if self._child is None:
-                self._child = _Child(self._ended)
+            idle = any(len(child.calls) < BUSY_CALLS for child in self._children)
+            if not idle and len(self._children) < self.max_processes:
+                self._children.append(_Child(self._ended))
 
     def _ended(self, child: _Child) -> None:
         with self._lock:
-            child.open = False
-            if self._child is child:
-                self._child = None
+            if child in self._children:
+                self._children.remove(child)
 
 
 def _line(message: dict[str, Any]) -> bytes:
