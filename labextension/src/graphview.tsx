@@ -60,6 +60,9 @@ export function StepGraph({
   );
 }
 
+/** Room kept right of the rightmost channel. */
+const CHANNEL_ROOM = 8;
+
 interface Routes {
   routes: Route[];
   width: number;
@@ -90,9 +93,11 @@ function useRoutes(graph: React.RefObject<HTMLDivElement>, edges: Edge[]): Route
         stageOf.set(lane.dataset.lane!, index);
       })
     );
+    const drawn = routeEdges(latest.current, lanes, stageOf, stages.map(box));
+    // Channels may run past the stages' right edge: the SVG grows so the view scrolls to them.
     const next = {
-      routes: routeEdges(latest.current, lanes, stageOf, stages.map(box)),
-      width: root.scrollWidth,
+      routes: drawn,
+      width: Math.max(root.scrollWidth, ...drawn.map(route => Math.ceil(route.right) + CHANNEL_ROOM)),
       height: root.scrollHeight
     };
     setRoutes(previous => (JSON.stringify(previous) === JSON.stringify(next) ? previous : next));

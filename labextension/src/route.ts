@@ -22,6 +22,8 @@ export interface Route {
   line: string;
   /** The SVG path of the arrowhead at the target's top. */
   head: string;
+  /** The rightmost x the route reaches. */
+  right: number;
 }
 
 /** How far right of the stages it passes the first channel runs, and how far apart channels are. */
@@ -51,7 +53,8 @@ export function routeEdges(
     const head = `M${tx - HEAD},${ty - HEAD * 1.5} L${tx},${ty} L${tx + HEAD},${ty - HEAD * 1.5} Z`;
     if (adjacent(edge)) {
       const bend = (ty - sy) / 2;
-      return { edge, head, line: `M${sx},${sy} C${sx},${sy + bend} ${tx},${ty - bend} ${tx},${ty}` };
+      const line = `M${sx},${sy} C${sx},${sy + bend} ${tx},${ty - bend} ${tx},${ty}`;
+      return { edge, head, line, right: Math.max(sx, tx + HEAD) };
     }
     const from = stageOf.get(edge.from)!;
     const to = stageOf.get(edge.to)!;
@@ -67,7 +70,7 @@ export function routeEdges(
       [tx, above],
       [tx, ty]
     ];
-    return { edge, head, line: rounded(points) };
+    return { edge, head, line: rounded(points), right: x };
   });
 }
 
