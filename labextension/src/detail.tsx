@@ -120,6 +120,12 @@ export function RunDetail({ model, actions }: { model: RunModel; actions: IRunAc
       {(run.approvals ?? []).map(approval => (
         <ApprovalCard key={approval.step_key} run={run} approval={approval} api={model.api} onError={setActionError} />
       ))}
+      {workflow?.updated_at && Date.parse(workflow.updated_at) > Date.parse(run.created_at) && (
+        <div className="clarion-Notice" role="note">
+          The steps are laid out from workflow {workflow.id} as saved at {formatTime(workflow.updated_at)}, which is newer
+          than this run: the version it ran may have had other steps.
+        </div>
+      )}
       <StepGraph stages={stages} edges={edges} selected={chosen} onSelect={setSelected} />
       {step && <StepPanel step={step} model={model} />}
       {run.outputs && Object.keys(run.outputs).length > 0 && (
