@@ -3,7 +3,7 @@
  * `PUT /api/v3/workflows/{id}` and shows the server's validation problems twice: in the
  * editor as lint diagnostics (a gutter marker and an underline at the line each points at,
  * cleared once a save succeeds), and as a list under the text, each naming its step and
- * field (a click on one moves the cursor to its line).
+ * field (a click on one moves the cursor to the marked place).
  */
 import { lintGutter, setDiagnostics } from '@codemirror/lint';
 import { MainAreaWidget, ToolbarButton } from '@jupyterlab/apputils';
@@ -17,7 +17,7 @@ import * as React from 'react';
 
 import { ApiError, ClarionApi } from './api';
 import { useSignal } from './common';
-import { problemDiagnostics, problemPlace } from './diagnostics';
+import { Place, problemDiagnostics, problemPlace } from './diagnostics';
 import { Problem, WorkflowDocument } from './protocol';
 
 /** The text to edit: the YAML as it was saved, or the stored document as YAML. */
@@ -49,7 +49,7 @@ function ProblemList({
 }: {
   status: Status;
   text: () => string;
-  onGo: (line: number) => void;
+  onGo: (place: Place) => void;
 }): JSX.Element | null {
   useSignal(status.changed);
   if (status.saved) {
@@ -67,11 +67,11 @@ function ProblemList({
       {status.message && <div className="clarion-ProblemsHead">{status.message}</div>}
       <ul>
         {status.problems.map((p, i) => {
-          const line = problemPlace(p, text().split('\n')).line;
+          const place = problemPlace(p, text().split('\n'));
           return (
             <li key={i}>
-              <button className="clarion-Link" onClick={() => onGo(line)} title={`Go to line ${line}`}>
-                {p.loc} (line {line})
+              <button className="clarion-Link" onClick={() => onGo(place)} title={`Go to line ${place.line}`}>
+                {p.loc} (line {place.line})
               </button>{' '}
               {p.message}
             </li>
@@ -108,7 +108,7 @@ export class WorkflowEditor extends MainAreaWidget<Panel> {
     if (this._editor.editor instanceof CodeMirrorEditor) {
       this._editor.editor.injectExtension(lintGutter());
     }
-    const problems = ReactWidget.create(<ProblemList status={this._status} text={() => this.text} onGo={line => this.goTo(line)} />);
+    const problems = ReactWidget.create(<ProblemList status={this._status} text={() => this.text} onGo={place => this.goTo(place)} />);
     problems.addClass('clarion-ProblemsWidget');
     content.addWidget(this._editor);
     content.addWidget(problems);
@@ -157,9 +157,9 @@ export class WorkflowEditor extends MainAreaWidget<Panel> {
     }
   }
 
-  goTo(line: number): void {
+  goTo({ line, from }: Place): void {
     const editor = this._editor.editor;
-    editor.setCursorPosition({ line: Math.max(0, line - 1), column: 0 });
+    editor.setCursorPosition({ line: Math.max(0, line - 1), column: from });
     editor.focus();
   }
 

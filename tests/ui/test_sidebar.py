@@ -185,6 +185,8 @@ async def test_edit_as_yaml_marks_the_servers_validation_errors_in_the_text_and_
         await page.wait_for_selector(".cm-tooltip-lint")
         await shots(page, "invalid-tooltip-dark")
         await change_theme(page, "JupyterLab Light")
+        await page.click(f"{editor} .clarion-Problems button:has-text('line {line}')")
+        assert await page.evaluate(CURSOR_LINE) == "    task: teleport"
 
         await page.click(f"{editor} .cm-content")
         await page.keyboard.press("Control+a")
@@ -196,6 +198,13 @@ async def test_edit_as_yaml_marks_the_servers_validation_errors_in_the_text_and_
         assert api(lab, "GET", "workflows/tour")["inputs"]["words"]["default"] == ["a", "b"]
         # The browser logs the refused PUT itself; nothing else may fail.
         assert [e for e in console_errors(page) if "status of 422" not in e] == []
+
+
+CURSOR_LINE = """() => {
+  const node = document.getSelection().anchorNode;
+  return (node.nodeType === Node.TEXT_NODE ? node.parentElement : node).closest('.cm-line').textContent;
+}"""
+"""The text of the editor line the cursor is on."""
 
 
 async def marked_line(page, editor: str) -> int:
