@@ -15,6 +15,8 @@ async def open_sidebar(browser: Any, server: Any, tab: str = "Runs") -> Any:
     page = await open_lab(browser, server)
     await page.wait_for_selector(SIDEBAR_TAB)
     # Lab restores the last layout, so the panel may be open already: a click would close it.
+    # The splash screen stays until that layout is restored (a click before may be undone).
+    await page.wait_for_selector("#jupyterlab-splash", state="detached")
     if "lm-mod-current" not in (await page.get_attribute(SIDEBAR_TAB, "class") or ""):
         await page.click(SIDEBAR_TAB)
     await page.wait_for_selector(f"{SIDEBAR} .clarion-Connection-open", timeout=30_000)
