@@ -8,7 +8,8 @@ import * as React from 'react';
 import { ApiError, ClarionApi } from './api';
 import { ErrorMessage, Json, StatusBadge, formatCost, formatDuration, formatTime, runDuration, useSignal } from './common';
 import { DiffView } from './diff';
-import { Lane, layoutGraph, laneStatus } from './graph';
+import { graphEdges, layoutGraph } from './graph';
+import { StepGraph } from './graphview';
 import { Approval, StepRun, WorkflowDocument, WorkflowRun } from './protocol';
 import { RunModel, isTerminal } from './run';
 
@@ -27,6 +28,7 @@ export function RunDetail({ model, actions }: { model: RunModel; actions: IRunAc
   const [workflow, setWorkflow] = React.useState<WorkflowDocument | null>(null);
   const [selected, setSelected] = React.useState<string | null>(null);
   const [actionError, setActionError] = React.useState<string | null>(null);
+  const edges = React.useMemo(() => graphEdges(workflow), [workflow]);
   const workflowId = run?.workflow_id;
   React.useEffect(() => {
     if (!workflowId) {
@@ -118,19 +120,13 @@ export function RunDetail({ model, actions }: { model: RunModel; actions: IRunAc
       {(run.approvals ?? []).map(approval => (
         <ApprovalCard key={approval.step_key} run={run} approval={approval} api={model.api} onError={setActionError} />
       ))}
-      <div className="clarion-Graph" role="list" aria-label="Steps">
-        {stages.map((stage, index) => (
-          <div
-            key={index}
-            className={`clarion-Stage${stage.parallel ? ' clarion-Stage-parallel' : ''}`}
-            title={stage.parallel ? 'parallel group' : undefined}
-          >
-            {stage.lanes.map(lane => (
-              <LaneNode key={lane.id} lane={lane} selected={chosen} onSelect={setSelected} />
-            ))}
-          </div>
-        ))}
-      </div>
+      {workflow?.updated_at && Date.parse(workflow.updated_at) > Date.parse(run.created_at) && (
+        <div className="clarion-Notice" role="note">
+          The steps are laid out from workflow {workflow.id} as saved at {formatTime(workflow.updated_at)}, which is newer
+          than this run: the version it ran may have had other steps.
+        </div>
+      )}
+      <StepGraph stages={stages} edges={edges} selected={chosen} onSelect={setSelected} />
       {step && <StepPanel step={step} model={model} />}
       {run.outputs && Object.keys(run.outputs).length > 0 && (
         <details className="clarion-Section" open>
@@ -154,46 +150,6 @@ function AgentReply({ run }: { run: WorkflowRun }): JSX.Element | null {
       <div className="clarion-Label">Reply{reply.output.model ? ` · ${reply.output.model}` : ''}</div>
       <div className="clarion-ReplyText">{typeof summary === 'string' ? summary : JSON.stringify(summary)}</div>
     </section>
-  );
-}
-
-function LaneNode({
-  lane,
-  selected,
-  onSelect
-}: {
-  lane: Lane;
-  selected: string | null;
-  onSelect: (key: string) => void;
-}): JSX.Element {
-  const status = laneStatus(lane);
-  const node = (key: string, label: string, state: string, step: StepRun | null, extra = ''): JSX.Element => (
-    <button
-      className={`clarion-Node clarion-Node-${state}${selected === key ? ' clarion-mod-selected' : ''}${extra}`}
-      data-step={key}
-      data-status={state}
-      role="listitem"
-      aria-label={`${label}: ${state}`}
-      onClick={() => onSelect(key)}
-    >
-      <span className="clarion-NodeName">{label}</span>
-      <span className="clarion-NodeMeta">
-        {state}
-        {step && step.attempt > 1 ? ` · attempt ${step.attempt}` : ''}
-        {step?.duration_ms !== null && step?.duration_ms !== undefined ? ` · ${formatDuration(step.duration_ms)}` : ''}
-      </span>
-    </button>
-  );
-  if (!lane.mapped) {
-    return <div className="clarion-Lane">{node(lane.id, lane.id, status, lane.step)}</div>;
-  }
-  return (
-    <div className="clarion-Lane clarion-Lane-map" data-map={lane.id}>
-      {node(lane.id, `${lane.id} (for each)`, status, lane.step)}
-      <div className="clarion-Items">
-        {lane.items.map(item => node(item.key, `[${item.item_index}]`, item.status, item, ' clarion-Node-item'))}
-      </div>
-    </div>
   );
 }
 

@@ -1,10 +1,14 @@
 /**
  * Edit as YAML: a JupyterLab code editor in a main-area tab that saves through
- * `PUT /api/v3/workflows/{id}` and lists the server's validation problems under the text,
- * each naming its step and field (a click on one with a line number moves the cursor there).
+ * `PUT /api/v3/workflows/{id}` and shows the server's validation problems twice: in the
+ * editor as lint diagnostics (a gutter marker and an underline at the line each points at,
+ * cleared once a save succeeds), and as a list under the text, each naming its step and
+ * field (a click on one moves the cursor to the marked place).
  */
+import { lintGutter, setDiagnostics } from '@codemirror/lint';
 import { MainAreaWidget, ToolbarButton } from '@jupyterlab/apputils';
 import { CodeEditor, CodeEditorWrapper, IEditorServices } from '@jupyterlab/codeeditor';
+import { CodeMirrorEditor } from '@jupyterlab/codemirror';
 import { ReactWidget, saveIcon } from '@jupyterlab/ui-components';
 import { Signal } from '@lumino/signaling';
 import { Panel } from '@lumino/widgets';
@@ -13,6 +17,7 @@ import * as React from 'react';
 
 import { ApiError, ClarionApi } from './api';
 import { useSignal } from './common';
+import { Place, problemDiagnostics, problemPlace } from './diagnostics';
 import { Problem, WorkflowDocument } from './protocol';
 
 /** The text to edit: the YAML as it was saved, or the stored document as YAML. */
@@ -37,21 +42,6 @@ class Status {
   }
 }
 
-/** The 1-based line a problem points at: its `line N`, or the line that declares its step. */
-export function problemLine(problem: Problem, text: string): number | null {
-  const explicit = /line (\d+)/.exec(problem.loc)?.[1];
-  if (explicit) {
-    return Number(explicit);
-  }
-  if (!problem.step) {
-    return null;
-  }
-  const name = problem.step.replace(/\[\d+\]$/, '').replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-  const declaration = new RegExp(`^\\s*(-\\s+)?id:\\s*['"]?${name}['"]?\\s*(#.*)?$`);
-  const index = text.split('\n').findIndex(line => declaration.test(line));
-  return index < 0 ? null : index + 1;
-}
-
 function ProblemList({
   status,
   text,
@@ -59,7 +49,7 @@ function ProblemList({
 }: {
   status: Status;
   text: () => string;
-  onGo: (line: number) => void;
+  onGo: (place: Place) => void;
 }): JSX.Element | null {
   useSignal(status.changed);
   if (status.saved) {
@@ -77,17 +67,11 @@ function ProblemList({
       {status.message && <div className="clarion-ProblemsHead">{status.message}</div>}
       <ul>
         {status.problems.map((p, i) => {
-          const line = problemLine(p, text());
+          const place = problemPlace(p, text().split('\n'));
           return (
             <li key={i}>
-              <button
-                className="clarion-Link"
-                onClick={() => line && onGo(line)}
-                disabled={!line}
-                title={line ? `Go to line ${line}` : undefined}
-              >
-                {p.loc}
-                {line ? ` (line ${line})` : ''}
+              <button className="clarion-Link" onClick={() => onGo(place)} title={`Go to line ${place.line}`}>
+                {p.loc} (line {place.line})
               </button>{' '}
               {p.message}
             </li>
@@ -121,7 +105,10 @@ export class WorkflowEditor extends MainAreaWidget<Panel> {
     model.sharedModel.setSource(text);
     this._editor = new CodeEditorWrapper({ model, factory: services.factoryService.newDocumentEditor });
     this._editor.addClass('clarion-YamlEditor');
-    const problems = ReactWidget.create(<ProblemList status={this._status} text={() => this.text} onGo={line => this.goTo(line)} />);
+    if (this._editor.editor instanceof CodeMirrorEditor) {
+      this._editor.editor.injectExtension(lintGutter());
+    }
+    const problems = ReactWidget.create(<ProblemList status={this._status} text={() => this.text} onGo={place => this.goTo(place)} />);
     problems.addClass('clarion-ProblemsWidget');
     content.addWidget(this._editor);
     content.addWidget(problems);
@@ -151,17 +138,28 @@ export class WorkflowEditor extends MainAreaWidget<Panel> {
     try {
       await this.api.saveWorkflowYaml(this.workflowId, this.text);
       this._status.set([], null, true);
+      this._mark([]);
       return true;
     } catch (error) {
       const e = error as ApiError;
       this._status.set(e.problems ?? [], e.message, false);
+      this._mark(e.problems ?? []);
       return false;
     }
   }
 
-  goTo(line: number): void {
+  /** Shows `problems` as the editor's lint diagnostics (none: clears them). */
+  private _mark(problems: Problem[]): void {
     const editor = this._editor.editor;
-    editor.setCursorPosition({ line: Math.max(0, line - 1), column: 0 });
+    if (editor instanceof CodeMirrorEditor) {
+      const view = editor.editor;
+      view.dispatch(setDiagnostics(view.state, problemDiagnostics(problems, view.state.doc)));
+    }
+  }
+
+  goTo({ line, from }: Place): void {
+    const editor = this._editor.editor;
+    editor.setCursorPosition({ line: Math.max(0, line - 1), column: from });
     editor.focus();
   }
 

@@ -132,7 +132,9 @@ export interface StepDoc {
   id: string;
   task: string;
   name?: string | null;
+  with?: Record<string, JSONValue>;
   needs?: string[] | null;
+  if?: string | boolean | null;
   for_each?: JSONValue;
   approval?: JSONValue;
 }

@@ -15,6 +15,8 @@ async def open_sidebar(browser: Any, server: Any, tab: str = "Runs") -> Any:
     page = await open_lab(browser, server)
     await page.wait_for_selector(SIDEBAR_TAB)
     # Lab restores the last layout, so the panel may be open already: a click would close it.
+    # The splash screen stays until that layout is restored (a click before may be undone).
+    await page.wait_for_selector("#jupyterlab-splash", state="detached")
     if "lm-mod-current" not in (await page.get_attribute(SIDEBAR_TAB, "class") or ""):
         await page.click(SIDEBAR_TAB)
     await page.wait_for_selector(f"{SIDEBAR} .clarion-Connection-open", timeout=30_000)
@@ -59,3 +61,13 @@ async def show_sidebar(page: Any, tab: str) -> None:
     if "lm-mod-current" not in (await page.get_attribute(SIDEBAR_TAB, "class") or ""):
         await page.click(SIDEBAR_TAB)
     await show_tab(page, tab)
+
+
+async def change_theme(page: Any, theme: str) -> None:
+    """Settings > Theme > ``theme``, as a user switches it (Lab restyles without a reload)."""
+    await page.click(".lm-MenuBar-itemLabel:text-is('Settings')")
+    await page.hover(".lm-Menu-itemLabel:text-is('Theme')")
+    await page.click(f".lm-Menu-itemLabel:text-is('{theme}')")
+    light = "true" if "Light" in theme else "false"
+    await page.wait_for_function(f"document.body.dataset.jpThemeLight === '{light}'")
+    await page.wait_for_selector("#jupyterlab-splash", state="detached")

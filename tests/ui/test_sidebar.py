@@ -7,11 +7,11 @@ import urllib.error
 
 import yaml
 
-from clarion_jupyter.testing.browser import chromium
+from clarion_jupyter.testing.browser import DARK_THEME, chromium
 
 from .conftest import api, wait_for_run
 from .flows import run_agent_and_apply
-from .pages import SIDEBAR, SIDEBAR_TAB, console_errors, open_sidebar, run_detail, show_tab, wait_status
+from .pages import SIDEBAR, SIDEBAR_TAB, change_theme, console_errors, open_sidebar, run_detail, show_tab, wait_status
 
 TOUR = """\
 id: tour
@@ -147,8 +147,12 @@ async def test_a_failed_run_shows_which_step_failed_and_why(lab, shots) -> None:
         assert console_errors(page) == []
 
 
-async def test_edit_as_yaml_shows_the_servers_validation_errors_inline_then_saves(lab, shots) -> None:
+async def test_edit_as_yaml_marks_the_servers_validation_errors_in_the_text_and_lists_them_then_saves(
+    lab, shots
+) -> None:
     save(lab, TOUR)
+    invalid = TOUR.replace("task: echo\n    for_each", "task: teleport\n    for_each")
+    line = invalid.splitlines().index("    task: teleport") + 1
     async with chromium() as browser:
         page = await open_sidebar(browser, lab, "Workflows")
         await page.click(f"{SIDEBAR} [data-workflow='tour'] button:has-text('Edit as YAML')")
@@ -159,23 +163,64 @@ async def test_edit_as_yaml_shows_the_servers_validation_errors_inline_then_save
 
         await page.click(f"{editor} .cm-content")
         await page.keyboard.press("Control+a")
-        await page.keyboard.insert_text(TOUR.replace("task: echo\n    for_each", "task: teleport\n    for_each"))
+        await page.keyboard.insert_text(invalid)
         await page.click(f"{editor} .jp-Toolbar-item:has-text('Save')")
         problems = await page.wait_for_selector(f"{editor} .clarion-Problems")
         text = await problems.inner_text()
-        assert "each" in text and "teleport" in text
-        await shots(page, "invalid")
+        assert "each" in text and "teleport" in text and f"(line {line})" in text
         assert api(lab, "GET", "workflows/tour")["steps"][2]["task"] == "echo"
+
+        marker = page.locator(f"{editor} .cm-lint-marker-error")
+        await marker.wait_for()
+        assert await marker.count() == 1
+        assert await page.inner_text(f"{editor} .cm-lintRange-error") == "task: teleport"
+        assert await marked_line(page, editor) == line
+        await shots(page, "invalid")
+        await marker.hover()
+        tooltip = await page.wait_for_selector(".cm-tooltip-lint")
+        assert "unknown task type 'teleport'" in await tooltip.inner_text()
+        await shots(page, "invalid-tooltip")
+        await change_theme(page, DARK_THEME)
+        await marker.hover()
+        await page.wait_for_selector(".cm-tooltip-lint")
+        await shots(page, "invalid-tooltip-dark")
+        await change_theme(page, "JupyterLab Light")
+        await page.click(f"{editor} .clarion-Problems button:has-text('line {line}')")
+        assert await page.evaluate(CURSOR_LINE) == "    task: teleport"
 
         await page.click(f"{editor} .cm-content")
         await page.keyboard.press("Control+a")
         await page.keyboard.insert_text(TOUR.replace("default: [a, b, c]", "default: [a, b]"))
         await page.keyboard.press("Control+s")
         await page.wait_for_selector(f"{editor} .clarion-Saved")
+        assert await page.locator(f"{editor} .cm-lint-marker-error, {editor} .cm-lintRange-error").count() == 0
         await shots(page, "saved")
         assert api(lab, "GET", "workflows/tour")["inputs"]["words"]["default"] == ["a", "b"]
         # The browser logs the refused PUT itself; nothing else may fail.
         assert [e for e in console_errors(page) if "status of 422" not in e] == []
+
+
+CURSOR_LINE = """() => {
+  const node = document.getSelection().anchorNode;
+  return (node.nodeType === Node.TEXT_NODE ? node.parentElement : node).closest('.cm-line').textContent;
+}"""
+"""The text of the editor line the cursor is on."""
+
+
+async def marked_line(page, editor: str) -> int:
+    """The 1-based number of the text line level with the lint gutter's marker."""
+    return await page.evaluate(
+        """editor => {
+          const marker = document.querySelector(editor + ' .cm-lint-marker-error').getBoundingClientRect();
+          const lines = [...document.querySelectorAll(editor + ' .cm-content .cm-line')];
+          const middle = marker.top + marker.height / 2;
+          return lines.findIndex(l => {
+            const r = l.getBoundingClientRect();
+            return r.top <= middle && middle < r.bottom;
+          }) + 1;
+        }""",
+        editor,
+    )
 
 
 async def test_the_runs_list_is_used_with_the_keyboard(lab, shots) -> None:
