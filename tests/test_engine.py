@@ -502,6 +502,16 @@ async def test_the_run_document_names_the_newest_event_it_includes(tmp_path: Pat
         assert (await engine.get_run(run.run_id)).last_seq == events[-1].seq
 
 
+async def test_the_run_document_holds_the_workflow_as_the_run_ran_it(tmp_path: Path) -> None:
+    async with engine_at(tmp_path) as engine:
+        await engine.create_workflow({"id": "w", **workflow(echo("a", 1))})
+        run = await asyncio.wait_for(engine.wait(await engine.submit_saved("w", {})), 20)
+        await engine.replace_workflow("w", workflow(echo("a", 1), echo("b", 2)))
+        assert [s["id"] for s in (await engine.get_run(run.run_id)).workflow["steps"]] == ["a"]
+        listed, _ = await engine.list_runs()
+        assert listed[0].workflow is None, "lists leave the snapshot out"
+
+
 async def test_subscribe_since_replays_only_later_events_then_follows_live(tmp_path: Path) -> None:
     doc = workflow(shell("gate", "while [ ! -f go ]; do sleep 0.02; done"), echo("after", 1))
     async with engine_at(tmp_path) as engine:

@@ -455,7 +455,7 @@ class Engine:
         self, *, workflow_id: str | None = None, status: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> tuple[list[WorkflowRun], str | None]:
         page = await self.runs.list_runs(workflow_id, status, limit, cursor)
-        return [run_document(r, []) for r in page.runs], page.next_cursor
+        return [run_document(r, [], with_workflow=False) for r in page.runs], page.next_cursor
 
     async def events(self, run_id: str, since: int = 0, limit: int | None = None) -> list[Event]:
         events = await self.runs.events(run_id, since, limit)

@@ -275,6 +275,8 @@ class WorkflowRun(BaseModel):
     finished_at: datetime | None = None
     usage: Usage = Field(default_factory=Usage)
     last_seq: int = 0
+    workflow: dict[str, Any] | None = None
+    """The document as this run ran it (its snapshot); in the document of one run, not in lists."""
     steps: list[StepRun] = Field(default_factory=list)
     approvals: list[PendingApproval] = Field(default_factory=list)
     """Steps waiting for a decision (``POST /api/v3/runs/{run_id}/approvals/{step_key}``)."""

@@ -7,9 +7,12 @@ from ..storage.records import RunRecord, StepRecord, duration_ms, latest_attempt
 from .models import PendingApproval, StepRun, Usage, WorkflowRun
 
 
-def run_document(run: RunRecord, steps: list[StepRecord], last_seq: int = 0) -> WorkflowRun:
+def run_document(
+    run: RunRecord, steps: list[StepRecord], last_seq: int = 0, *, with_workflow: bool = True
+) -> WorkflowRun:
     """One entry per step execution (its latest attempt), in the order they started; ``last_seq``
-    is the newest stored event's, where a client that read this document follows on from."""
+    is the newest stored event's, where a client that read this document follows on from.
+    Lists leave the workflow snapshot out (``with_workflow``): it can be large."""
     latest = latest_attempts(steps).values()
     return WorkflowRun(
         run_id=run.run_id,
@@ -25,6 +28,7 @@ def run_document(run: RunRecord, steps: list[StepRecord], last_seq: int = 0) -> 
         finished_at=run.finished_at,
         usage=Usage(**(run.usage or {})),
         last_seq=last_seq,
+        workflow=run.workflow if with_workflow else None,
         steps=[_step(r) for r in latest],
         approvals=[
             PendingApproval(step_key=r.key, **r.approval)

@@ -10,7 +10,7 @@ import { ErrorMessage, Json, StatusBadge, formatCost, formatDuration, formatTime
 import { DiffView } from './diff';
 import { graphEdges, layoutGraph } from './graph';
 import { StepGraph } from './graphview';
-import { Approval, StepRun, WorkflowDocument, WorkflowRun } from './protocol';
+import { Approval, StepRun, WorkflowRun } from './protocol';
 import { RunModel, isTerminal } from './run';
 
 /** The id of the built-in workflow behind `POST /api/v3/agents/{id}/run`. */
@@ -25,17 +25,11 @@ export interface IRunActions {
 export function RunDetail({ model, actions }: { model: RunModel; actions: IRunActions }): JSX.Element {
   useSignal(model.changed);
   const run = model.run;
-  const [workflow, setWorkflow] = React.useState<WorkflowDocument | null>(null);
   const [selected, setSelected] = React.useState<string | null>(null);
   const [actionError, setActionError] = React.useState<string | null>(null);
+  // The graph is the workflow as this run ran it (the run document's snapshot), whatever was saved since.
+  const workflow = run?.workflow ?? null;
   const edges = React.useMemo(() => graphEdges(workflow), [workflow]);
-  const workflowId = run?.workflow_id;
-  React.useEffect(() => {
-    if (!workflowId) {
-      return;
-    }
-    model.api.getWorkflow(workflowId).then(setWorkflow, () => setWorkflow(null));
-  }, [workflowId]);
 
   if (model.error) {
     return <ErrorMessage message={model.error} onRetry={() => void model.start()} />;
@@ -120,12 +114,6 @@ export function RunDetail({ model, actions }: { model: RunModel; actions: IRunAc
       {(run.approvals ?? []).map(approval => (
         <ApprovalCard key={approval.step_key} run={run} approval={approval} api={model.api} onError={setActionError} />
       ))}
-      {workflow?.updated_at && Date.parse(workflow.updated_at) > Date.parse(run.created_at) && (
-        <div className="clarion-Notice" role="note">
-          The steps are laid out from workflow {workflow.id} as saved at {formatTime(workflow.updated_at)}, which is newer
-          than this run: the version it ran may have had other steps.
-        </div>
-      )}
       <StepGraph stages={stages} edges={edges} selected={chosen} onSelect={setSelected} />
       {step && <StepPanel step={step} model={model} />}
       {run.outputs && Object.keys(run.outputs).length > 0 && (

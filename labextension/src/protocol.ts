@@ -118,6 +118,8 @@ export interface WorkflowRun {
   finished_at: string | null;
   usage: Usage;
   last_seq: number;
+  /** The workflow as this run ran it: in the document of one run, not in lists. */
+  workflow?: WorkflowDocument | null;
   steps: StepRun[];
   approvals?: Approval[];
 }
