@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Any
+
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from clarion_jupyter.testing.browser import open_lab
 
@@ -17,8 +20,13 @@ async def open_sidebar(browser: Any, server: Any, tab: str = "Runs") -> Any:
     # Lab restores the last layout, so the panel may be open already: a click would close it.
     # The splash screen stays until that layout is restored (a click before may be undone).
     await page.wait_for_selector("#jupyterlab-splash", state="detached")
-    if "lm-mod-current" not in (await page.get_attribute(SIDEBAR_TAB, "class") or ""):
+    # Under load Lab may still be settling its layout and undo a click: look, and click again.
+    for _ in range(3):
+        if await page.is_visible(SIDEBAR):
+            break
         await page.click(SIDEBAR_TAB)
+        with suppress(PlaywrightTimeout):
+            await page.wait_for_selector(SIDEBAR, state="visible", timeout=5_000)
     await page.wait_for_selector(f"{SIDEBAR} .clarion-Connection-open", timeout=30_000)
     await show_tab(page, tab)
     return page
