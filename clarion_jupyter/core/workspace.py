@@ -5,10 +5,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pathspec import GitIgnoreSpec
+
 MAX_PATH_BYTES = 4096
 """Linux's PATH_MAX: a longer path can never be opened, so it is refused up front."""
 MAX_NAME_BYTES = 255
 """Linux's NAME_MAX for one path component."""
+
+
+PROTECTED_GLOBS = (
+    ".git/", ".ssh/", ".gnupg/", ".aws/", ".env", ".env.*", ".envrc", "*.pem", "*.key", "*.p12", "*.pfx",
+    "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".netrc", ".npmrc", ".pypirc", ".git-credentials",
+)  # fmt: skip
+"""Paths that hold credentials or run code when a tool reads them (``.git/config``'s hooks and
+fsmonitor): never written by a file task, never sent to a model, unless a step opts in."""
+
+_PROTECTED = GitIgnoreSpec.from_lines(PROTECTED_GLOBS)
 
 
 class WorkspacePathError(ValueError):
@@ -46,6 +58,22 @@ class Workspace:
         if resolved != self.root and not resolved.is_relative_to(self.root):
             raise PathOutsideWorkspace(f"path '{path}' is outside the workspace")
         return resolved
+
+    def protected(self, path: str | os.PathLike[str], resolved: Path | None = None) -> str | None:
+        """The protected path that ``path`` names or leads to (through any symlink), else None.
+
+        Both the path as written and its resolved target are checked, case-folded, so neither
+        ``.GIT/config``, a link ``notes.txt -> .env`` nor a linked folder into ``.git`` gets by."""
+        resolved = resolved if resolved is not None else self.resolve(path)
+        candidate = Path(path).expanduser()
+        lexical = Path(os.path.normpath(candidate if candidate.is_absolute() else self.root / candidate))
+        for each in (lexical, resolved):
+            if each == self.root or not each.is_relative_to(self.root):
+                continue
+            rel = self.relative(each)
+            if _PROTECTED.match_file(rel.lower()):
+                return rel
+        return None
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix() if path != self.root else "."
