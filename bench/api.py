@@ -42,7 +42,7 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from clarion_jupyter.client.client import Client
+from clarion_jupyter.api import Client
 from clarion_jupyter.testing.server import JupyterServerProcess
 
 TARGETS_MS = {"post_run_p99": 25, "get_run_p99": 15, "ws_delivery_p99": 20, "api_status_p99": 30, "hostile_max": 100,

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from ui.conftest import start_lab
 from ui.pages import SIDEBAR, open_sidebar
 
-from clarion_jupyter.client.client import Client
+from clarion_jupyter.api import Client
 from clarion_jupyter.testing.browser import chromium
 
 STEPPED = {

@@ -18,6 +18,8 @@ from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader, Py
 from .core.errors import BadRequest
 from .core.secrets import DEFAULT_SECRET_ENV_PATTERN, SecretPolicy
 from .task.base import DEFAULT_MAX_OUTPUT_BYTES, TaskSettings
+from .workflow.engine import Engine
+from .workflow.validation import DEFAULT_MAX_STEPS
 
 CONFIG_NAME = "jupyter_server_config"
 SECTION = "ClarionExtension"
@@ -53,6 +55,25 @@ def task_settings(traits: dict[str, Any]) -> TaskSettings:
         allow_shell=traits.get("allow_shell", True),
         max_output_bytes=traits.get("max_output_bytes", DEFAULT_MAX_OUTPUT_BYTES),
         secrets=secrets,
+    )
+
+
+def configured_engine(
+    db_path: str | Path | None = None, *, workers: int | None = None, workspace_root: str | Path | None = None
+) -> Engine:
+    """An engine as the server extension is configured (its traits), the arguments winning:
+    the CLI's and the notebook's embedded engines judge, permit and mask a step exactly as the
+    server would, and open the same database."""
+    traits = configured_traits()
+    settings = task_settings(traits)
+    return Engine(
+        db_path=db_path or traits.get("db_path") or None,
+        workers=workers or traits.get("workers", 8),
+        workspace_root=workspace_root or traits.get("workspace_root") or ".",
+        allow_shell=settings.allow_shell,
+        max_output_bytes=settings.max_output_bytes,
+        max_steps=traits.get("max_steps", DEFAULT_MAX_STEPS),
+        secrets=settings.secrets,
     )
 
 

@@ -19,10 +19,9 @@ LAYERS: dict[str, int] = {
     "storage": 1,
     "llm": 2,
     "agent": 2,
-    "client": 2,
+    "api": 5,
     "task": 3,
     "workflow": 4,
-    "backends": 5,
     "settings": 5,
     "server": 6,
     "notebook": 6,
@@ -103,7 +102,7 @@ def test_every_room_exists(room: str) -> None:
     assert (PACKAGE / room).is_dir() or (PACKAGE / f"{room}.py").is_file()
 
 
-TRANSPORTS = [PACKAGE / "server", PACKAGE / "notebook", PACKAGE / "cli.py", PACKAGE / "backends.py"]
+TRANSPORTS = [PACKAGE / "server", PACKAGE / "notebook", PACKAGE / "cli", PACKAGE / "api"]
 ENGINE_INSIDES = re.compile(r"engine(?:\(\)\))?\.(agents|workflows|registry|bus|runs|_db|validator)\b")
 
 

@@ -108,7 +108,7 @@ async def test_a_waiting_step_is_an_event_on_its_runs_span(tmp_path: Path, spans
         run_id = await engine.submit(workflow)
         while (await engine.get_run(run_id)).status != "waiting":
             await asyncio.sleep(0.02)
-        await engine.decide(run_id, "g", approve=True)
+        await engine.approve(run_id, "g")
         await asyncio.wait_for(engine.wait(run_id), 20)
     root = next(span for span in exporter.get_finished_spans() if span.name == "clarion.run gated")
     assert [event.name for event in root.events] == ["approval_requested", "approval_granted"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import re
 import secrets
 import time
@@ -21,3 +22,12 @@ def slugify(name: str, fallback: str = "workflow") -> str:
 def new_run_id() -> str:
     """Time-ordered ids: sorting by id sorts by submission time, which makes paging cheap."""
     return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(7)}"
+
+
+def local_user() -> str | None:
+    """Who decides at this machine's terminal or kernel: the login name (None when unknown).
+    Through a server, decisions carry the Jupyter identity instead."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None

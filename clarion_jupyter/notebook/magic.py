@@ -23,7 +23,7 @@ from IPython.display import display
 from pydantic import ValidationError
 
 from ..agent.models import Agent
-from ..client import ClarionAPIError
+from ..api import save_agent, save_workflow
 from ..core.errors import ClarionError, ValidationFailed
 from ..core.protocol import RunStatus
 from ..workflow.agent_run import AgentRunRequest
@@ -170,10 +170,10 @@ class ClarionMagics(Magics):
         inputs = self._values(opts.input, "--input")
         workflow = parse_workflow(cell)
         session = self.session(opts.local)
-        backend = session.backend()
+        clarion = session.clarion()
         if opts.save:
-            self.loop.run(backend.save_workflow(workflow))
-        run_id = self.loop.run(backend.submit(workflow, inputs))
+            self.loop.run(save_workflow(clarion, workflow))
+        run_id = self.loop.run(clarion.submit(workflow, inputs))
         return self._present(Run(session, run_id, workflow=workflow), opts.no_wait, opts.name)
 
     def _agent_cell(self, args: list[str], cell: str) -> None:
@@ -182,13 +182,13 @@ class ClarionMagics(Magics):
         if not cell.strip():
             raise UsageError("%%clarion agent: the cell is the prompt, and it is empty")
         session = self.session(opts.local)
-        backend = session.backend()
+        clarion = session.clarion()
         doc = {"prompt": cell.strip(), "variables": variables, "files": opts.file, "apply": opts.apply}
         try:
             request = AgentRunRequest.model_validate(doc)
         except ValidationError as exc:
             raise ValidationFailed(pydantic_problems(exc, doc), what="agent run") from None
-        run_id = self.loop.run(backend.run_agent(opts.agent_id, request))
+        run_id = self.loop.run(clarion.run_agent(opts.agent_id, request))
         return self._present(Run(session, run_id, agent=True), opts.no_wait, opts.name)
 
     def _save_agent(self, args: list[str], cell: str) -> None:
@@ -198,7 +198,7 @@ class ClarionMagics(Magics):
             agent = Agent.model_validate(doc)
         except ValidationError as exc:
             raise ValidationFailed(pydantic_problems(exc, doc), what="agent") from None
-        self.loop.run(self.session(opts.local).backend().save_agent(agent.model_dump(mode="json")))
+        self.loop.run(save_agent(self.session(opts.local).clarion(), agent.model_dump(mode="json")))
         print(f"saved agent '{agent.id}' ({agent.model})")
 
     def _sql(self, args: list[str], cell: str | None) -> Any:
@@ -208,8 +208,8 @@ class ClarionMagics(Magics):
             raise UsageError(
                 "%clarion sql: give a query, e.g. %clarion sql SELECT status, count(*) FROM runs GROUP BY 1"
             )
-        result = self.loop.run(self.session(local).backend().query(sql))
-        return table(result["columns"], result["rows"], result["truncated"])
+        result = self.loop.run(self.session(local).clarion().query(sql))
+        return table(result.columns, result.rows, result.truncated)
 
     def _present(self, run: Run, no_wait: bool, name: str | None) -> None:
         """Show the live widget, leave the handle in ``_`` (and ``name``), and unless
@@ -256,13 +256,15 @@ class ClarionMagics(Magics):
             opts = RUN.parse_args(rest)
             session = self.session(opts.local)
             run_id = self.loop.run(
-                session.backend().submit_saved(opts.workflow_id, self._values(opts.input, "--input"))
+                session.clarion().submit_saved(opts.workflow_id, self._values(opts.input, "--input"))
             )
             return self._present(Run(session, run_id), opts.no_wait, opts.name)
         if command == "runs":
             opts = RUNS.parse_args(rest)
             runs, _ = self.loop.run(
-                self.session(opts.local).backend().list_runs(opts.workflow, opts.status, opts.limit)
+                self.session(opts.local)
+                .clarion()
+                .list_runs(workflow_id=opts.workflow, status=opts.status, limit=opts.limit)
             )
             columns = ["run_id", "workflow_id", "status", "created_at", "duration_s", "cost_usd"]
             rows = [[r.run_id, r.workflow_id, r.status.value, r.created_at.isoformat(timespec="seconds"),
@@ -271,24 +273,26 @@ class ClarionMagics(Magics):
         if command == "show":
             opts = SHOW.parse_args(rest)
             session = self.session(opts.local)
-            run = Run(session, opts.run_id)
-            run.state.load(self.loop.run(session.backend().get_run(opts.run_id)))
+            document = self.loop.run(session.clarion().get_run(opts.run_id))
+            run = Run(session, document.run_id)
+            run.state.load(document)
             return self._present(run, True, None)
         if command == "cancel":
             opts = CANCEL.parse_args(rest)
-            self.loop.run(self.session(opts.local).backend().cancel(opts.run_id))
+            self.loop.run(self.session(opts.local).clarion().cancel(opts.run_id))
             print(f"run {opts.run_id} cancelled")
             return None
         if command in DECIDE:
             opts = DECIDE[command].parse_args(rest)
-            backend = self.session(opts.local).backend()
-            self.loop.run(backend.decide(opts.run_id, opts.step, command == "approve", opts.comment))
+            clarion = self.session(opts.local).clarion()
+            decide = clarion.approve if command == "approve" else clarion.reject
+            self.loop.run(decide(opts.run_id, opts.step, comment=opts.comment))
             print(f"run {opts.run_id}: step {opts.step} {command}d")
             return None
         opts = LISTS[command].parse_args(rest)
-        backend = self.session(opts.local).backend()
+        clarion = self.session(opts.local).clarion()
         items = [
-            _plain(i) for i in self.loop.run(backend.list_agents() if command == "agents" else backend.list_workflows())
+            _plain(i) for i in self.loop.run(clarion.list_agents() if command == "agents" else clarion.list_workflows())
         ]
         columns = ["id", "name", "model", "description"] if command == "agents" else ["id", "name", "description"]
         return table(columns, [[item.get(c) for c in columns] for item in items])
@@ -360,13 +364,11 @@ def _plain(item: Any) -> dict[str, Any]:
 
 
 def _explain(exc: ClarionError) -> str:
-    """An error of the engine or the API as readable lines: every problem with its step and field."""
-    if isinstance(exc, ValidationFailed):
-        problems = [(p.loc, p.message) for p in exc.problems]
-    elif isinstance(exc, ClarionAPIError) and isinstance(exc.details, list):  # the same, as the API sends it
-        problems = [(p.get("loc", ""), p["message"]) for p in exc.details if isinstance(p, dict) and "message" in p]
-    else:
+    """An error of the engine or the API (the same classes) as readable lines: every problem
+    with its step and field."""
+    if not isinstance(exc, ValidationFailed):
         return exc.message
+    problems = [(p.loc, p.message) for p in exc.problems]
     head = exc.message.split(":", 1)[0]
     lines = "\n".join(f"  {loc}: {message}" for loc, message in problems)
     return f"{head}: {len(problems)} problem{'s' if len(problems) != 1 else ''}\n{lines}"

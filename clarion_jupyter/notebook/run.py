@@ -57,7 +57,7 @@ class Run:
     def document(self) -> WorkflowRun:
         """The run document (fetched again until the run has ended)."""
         if self._last_doc is None or not self._last_doc.status.terminal:
-            self._last_doc = self.session.loop.run(self.session.backend().get_run(self.run_id))
+            self._last_doc = self.session.loop.run(self.session.clarion().get_run(self.run_id))
         return self._last_doc
 
     @property
@@ -77,7 +77,7 @@ class Run:
         return self.document().steps
 
     def events(self) -> list[dict[str, Any]]:
-        return [event.as_dict() for event in self.session.loop.run(self.session.backend().events(self.run_id))]
+        return [event.as_dict() for event in self.session.loop.run(self.session.clarion().events(self.run_id))]
 
     def to_dataframe(self) -> Any:
         """The steps as a pandas DataFrame (one row per step execution)."""
@@ -90,13 +90,13 @@ class Run:
     # -- controls --------------------------------------------------------------------
 
     def cancel(self) -> None:
-        self.session.loop.run(self.session.backend().cancel(self.run_id))
+        self.session.loop.run(self.session.clarion().cancel(self.run_id))
 
     def approve(self, step: str, comment: str | None = None) -> None:
-        self.session.loop.run(self.session.backend().decide(self.run_id, step, True, comment))
+        self.session.loop.run(self.session.clarion().approve(self.run_id, step, comment=comment))
 
     def reject(self, step: str, comment: str | None = None) -> None:
-        self.session.loop.run(self.session.backend().decide(self.run_id, step, False, comment))
+        self.session.loop.run(self.session.clarion().reject(self.run_id, step, comment=comment))
 
     def wait(self, timeout: float | None = None) -> Run:
         """Block until the run ends (the kernel's interrupt stops waiting, not the run)."""
@@ -141,19 +141,19 @@ class Run:
     async def _run_follower(self) -> None:
         loop = asyncio.get_running_loop()
         self._throttle = Throttle(loop, self._flush, UPDATE_INTERVAL_S)
-        backend = self.session.backend()
+        clarion = self.session.clarion()
         changed = self._change_event()
         failures = 0
         while not self.state.status.terminal:
             try:
                 if self.state.last_seq == 0 and not self.state.workflow_name:
-                    self.state.load(await backend.get_run(self.run_id))
-                async for event in backend.subscribe(self.run_id, self.state.last_seq):
+                    self.state.load(await clarion.get_run(self.run_id))
+                async for event in clarion.subscribe(self.run_id, self.state.last_seq):
                     failures = 0
                     self._apply(event)
                     changed.set()
                 if not self.state.status.terminal:  # the stream ended early: the document knows
-                    self.state.load(await backend.get_run(self.run_id))
+                    self.state.load(await clarion.get_run(self.run_id))
             except ClarionError as exc:
                 if failures >= len(RECONNECT_DELAYS_S):
                     self.state.where = f"{self.state.where} (lost: {exc.message})"

@@ -1,7 +1,7 @@
 """Where the notebook's runs go: the kernel's own Jupyter server, or an engine in the kernel.
 
 Inside a kernel that a Jupyter server with the extension started, runs go to that server
-(through :class:`~clarion_jupyter.backends.ServerBackend`), so they are stored in its DuckDB
+(through its :class:`~clarion_jupyter.api.Client`), so they are stored in its DuckDB
 file and are the same runs the sidebar and REST clients see. The server is matched by the
 kernel's own id (from its connection file) rather than by folder, so two servers sharing a
 root are never confused, and it works under any ``base_url`` (JupyterHub's ``/user/<name>/``).
@@ -17,11 +17,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backends import Backend, EmbeddedBackend, ServerBackend
-from ..client import find_server
+from ..api import Clarion, find_server
 from ..core.errors import DatabaseLocked
+from ..settings import configured_engine
 from ..storage.database import default_db_path
-from ..workflow.engine import Engine
 from .loop import BackgroundLoop
 
 _KERNEL_FILE = re.compile(r"kernel-(?P<id>.+)\.json$")
@@ -42,7 +41,7 @@ def kernel_id() -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Where:
-    """Which backend a session uses, as the widget and the first message show it."""
+    """Where a session's runs go, as the widget and the first message show it."""
 
     kind: str
     """``server`` or ``embedded``."""
@@ -56,7 +55,7 @@ class Where:
 
 
 class Session:
-    """The backend of one kind of cell (default, or ``--local``), opened on first use."""
+    """The :class:`~clarion_jupyter.api.Clarion` of one kind of cell (default, or ``--local``), opened on first use."""
 
     def __init__(self, loop: BackgroundLoop, *, embedded: Session | None = None, db_path: str | None = None) -> None:
         """``embedded``: the kernel's embedded session, which a session without a server uses
@@ -65,36 +64,37 @@ class Session:
         self.embedded = embedded
         self.db_path = db_path
         self.where: Where | None = None
-        self._backend: Backend | None = None
+        self._clarion: Clarion | None = None
 
-    def backend(self) -> Backend:
-        if self._backend is None:
+    def clarion(self) -> Clarion:
+        if self._clarion is None:
             opened = self.loop.run(self._find_server() if self.embedded else self._start_engine())
             if opened is None:
-                self.embedded.backend()
-                opened = self.embedded._backend, self.embedded.where
+                self.embedded.clarion()
+                opened = self.embedded._clarion, self.embedded.where
             else:
                 print(f"Clarion: runs go to {opened[1]}.")
-            self._backend, self.where = opened
-        return self._backend
+            self._clarion, self.where = opened
+        return self._clarion
 
     @staticmethod
-    async def _find_server() -> tuple[Backend, Where] | None:
+    async def _find_server() -> tuple[Clarion, Where] | None:
         kernel = kernel_id()
         client = await find_server(kernel_id=kernel) if kernel else None
-        return None if client is None else (ServerBackend(client), Where("server", client.url))
+        return None if client is None else (client, Where("server", client.url))
 
-    async def _start_engine(self) -> tuple[Backend, Where]:
+    async def _start_engine(self) -> tuple[Clarion, Where]:
+        """An engine configured as the server's extension is (its traits), on the kernel's folder."""
         path = Path(self.db_path) if self.db_path else default_db_path()
-        engine = Engine(path, workspace_root=os.getcwd())
+        engine = configured_engine(path, workspace_root=os.getcwd())
         try:
             await engine.start()
         except DatabaseLocked:
             # The server (or another kernel) holds the shared file: this kernel gets one of its own.
             path = path.with_name(f"notebook-{os.getpid()}.duckdb")
-            engine = Engine(path, workspace_root=os.getcwd())
+            engine = configured_engine(path, workspace_root=os.getcwd())
             await engine.start()
-        return EmbeddedBackend(engine), Where("embedded", str(path))
+        return engine, Where("embedded", str(path))
 
     def close(self) -> None:
         """Stop the embedded engine cleanly (its journal reaches the tables) or close the client.
@@ -102,7 +102,7 @@ class Session:
         Called as the kernel exits. A kernel killed outright loses nothing either: every
         transition is in the journal, which the next start folds in, and runs still in flight
         resume there."""
-        backend, self._backend = self._backend, None
+        clarion, self._clarion = self._clarion, None
         borrowed = self.embedded is not None and self.where is not None and self.where.kind == "embedded"
-        if backend is not None and not borrowed:
-            self.loop.run(backend.close(), timeout=30)
+        if clarion is not None and not borrowed:
+            self.loop.run(clarion.aclose(), timeout=30)

@@ -172,9 +172,11 @@ class ClarionHandler(ClarionHandlerMixin, APIHandler):
 
     @property
     def user_name(self) -> str | None:
-        """Who is deciding or starting something, as Jupyter's identity provider names them."""
+        """Who is deciding or starting something, as Jupyter's identity provider names them to people:
+        ``display_name``, else ``name``, else ``username`` (which may be a random id)."""
         user = self.current_user
-        return getattr(user, "username", None) or (user if isinstance(user, str) else None)
+        named = getattr(user, "display_name", None) or getattr(user, "name", None) or getattr(user, "username", None)
+        return named or (user if isinstance(user, str) else None)
 
     def api_url(self, *parts: str) -> str:
         return url_path_join(self.base_url, "api/v3", *parts)

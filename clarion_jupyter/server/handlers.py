@@ -35,12 +35,47 @@ class RunRequest(BaseModel):
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
 
 
+class AdHocRunRequest(RunRequest):
+    """The body of ``POST /api/v3/runs``: a document to run as it is, without saving it."""
+
+    workflow: dict[str, Any] | str = Field(description="the workflow document, or its YAML text")
+
+
 class HealthHandler(ClarionHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
         status, doc = await self.clarion.health()
         self.reply(doc, status)
+
+
+class RunStarter(ClarionHandler):
+    """What starting a run needs, whether the document is saved or sent along."""
+
+    async def require_terminal_permission(self, doc: dict[str, Any], workflow_id: str | None) -> None:
+        """A ``shell`` step is code execution: running one needs what opening a terminal needs,
+        so Clarion never grants more than Jupyter's own authorizer does."""
+        if "shell" not in step_tasks(doc):
+            return
+        allowed = await ensure_async(self.authorizer.is_authorized(self, self.current_user, "execute", "terminals"))
+        if not allowed:
+            raise Forbidden(
+                "this workflow has shell steps: running it needs the permission to execute terminals",
+                details={"workflow_id": workflow_id, "permission": "execute terminals"},
+            )
+
+    async def run_request(self, model: type[RunRequest] = RunRequest) -> RunRequest:
+        """The body, with the ``Idempotency-Key`` header standing in for ``idempotency_key``."""
+        doc = await self.body_document(required=False)
+        header = self.request.headers.get("Idempotency-Key")
+        if header:
+            if doc.get("idempotency_key") not in (None, header):
+                raise BadRequest("the Idempotency-Key header and the body's idempotency_key differ")
+            doc = {**doc, "idempotency_key": header}
+        return await self.body_model(model, "run request", doc)
+
+    def started(self, run_id: str) -> None:
+        self.reply({"run_id": run_id, "status": RunStatus.queued.value}, 202, self.api_url("runs", run_id))
 
 
 class DocumentHandler(ClarionHandler):
@@ -168,15 +203,14 @@ class AgentImportHandler(ClarionHandler):
         self.reply(report.as_dict(), 200 if dry_run else 201)
 
 
-class AgentRunHandler(ClarionHandler):
+class AgentRunHandler(RunStarter):
     """An agent run (v2's main action) starts at once (202); follow it like any run."""
 
     @web.authenticated
     @authorized
     async def post(self, agent_id: str) -> None:
         request = await self.body_model(AgentRunRequest, "agent run")
-        run_id = await (await self.engine()).run_agent(agent_id, request)
-        self.reply({"run_id": run_id, "status": RunStatus.queued.value}, 202, self.api_url("runs", run_id))
+        self.started(await (await self.engine()).run_agent(agent_id, request))
 
 
 class AgentPromptHandler(ClarionHandler):
@@ -189,43 +223,22 @@ class AgentPromptHandler(ClarionHandler):
         self.reply(await (await self.engine()).prompt_agent(agent_id, request))
 
 
-class WorkflowRunHandler(ClarionHandler):
-    """Starts a run and answers at once (202); the work happens on the engine's workers."""
+class WorkflowRunHandler(RunStarter):
+    """Starts a run of a saved workflow and answers at once (202); the work happens on the engine's workers."""
 
     @web.authenticated
     @authorized
     async def post(self, workflow_id: str) -> None:
         engine = await self.engine()
         request = await self.run_request()
-        await self.require_terminal_permission(await engine.get_workflow(workflow_id))
-        run_id = await engine.submit_saved(workflow_id, request.inputs, idempotency_key=request.idempotency_key)
-        self.reply({"run_id": run_id, "status": RunStatus.queued.value}, 202, self.api_url("runs", run_id))
-
-    async def require_terminal_permission(self, stored: StoredDocument) -> None:
-        """A ``shell`` step is code execution: running one needs what opening a terminal needs,
-        so Clarion never grants more than Jupyter's own authorizer does."""
-        if "shell" not in step_tasks(stored.doc):
-            return
-        allowed = await ensure_async(self.authorizer.is_authorized(self, self.current_user, "execute", "terminals"))
-        if not allowed:
-            raise Forbidden(
-                "this workflow has shell steps: running it needs the permission to execute terminals",
-                details={"workflow_id": stored.id, "permission": "execute terminals"},
-            )
-
-    async def run_request(self) -> RunRequest:
-        """The body, with the ``Idempotency-Key`` header standing in for ``idempotency_key``."""
-        doc = await self.body_document(required=False)
-        header = self.request.headers.get("Idempotency-Key")
-        if header:
-            if doc.get("idempotency_key") not in (None, header):
-                raise BadRequest("the Idempotency-Key header and the body's idempotency_key differ")
-            doc = {**doc, "idempotency_key": header}
-        return await self.body_model(RunRequest, "run request", doc)
+        stored = await engine.get_workflow(workflow_id)
+        await self.require_terminal_permission(stored.doc, stored.id)
+        self.started(await engine.submit_saved(workflow_id, request.inputs, idempotency_key=request.idempotency_key))
 
 
-class RunsHandler(ClarionHandler):
-    """Newest first; ``next_cursor`` (null on the last page) is passed back as ``cursor``."""
+class RunsHandler(RunStarter):
+    """``GET`` lists runs, newest first (``next_cursor``, null on the last page, is passed back
+    as ``cursor``); ``POST`` runs a document without saving it (202), validated as a saved one."""
 
     @web.authenticated
     @authorized
@@ -233,13 +246,23 @@ class RunsHandler(ClarionHandler):
         status = self.get_query_argument("status", None)
         if status is not None and status not in RunStatus.__members__:
             raise BadRequest(f"unknown status '{status}'", details={"allowed": list(RunStatus.__members__)})
-        runs, next_cursor = await (await self.engine()).list_runs(
+        page = await (await self.engine()).list_runs(
             workflow_id=self.get_query_argument("workflow_id", None),
             status=status,
             limit=self.int_argument("limit", 50, 1, MAX_PAGE),
             cursor=self.get_query_argument("cursor", None),
         )
-        self.reply({"runs": [run.model_dump(mode="json") for run in runs], "next_cursor": next_cursor})
+        self.reply({"runs": [run.model_dump(mode="json") for run in page.runs], "next_cursor": page.next_cursor})
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        engine = await self.engine()
+        request = await self.run_request(AdHocRunRequest)
+        source = request.workflow
+        plan = await off_loop(len(source) if isinstance(source, str) else 0, engine.compile, source)
+        await self.require_terminal_permission(plan.document, plan.workflow.id)
+        self.started(await engine.submit(plan, request.inputs, idempotency_key=request.idempotency_key))
 
 
 class RunHandler(ClarionHandler):
@@ -277,10 +300,9 @@ class RunApprovalHandler(ClarionHandler):
     async def post(self, run_id: str, step_key: str) -> None:
         request = await self.body_model(DecisionRequest, "decision")
         engine = await self.engine()
-        decided = await engine.decide(
-            run_id, step_key, request.decision == "approve", by=self.user_name, comment=request.comment
-        )
-        self.reply(decided)
+        decide = engine.approve if request.decision == "approve" else engine.reject
+        decision = await decide(run_id, step_key, comment=request.comment, by=self.user_name)
+        self.reply(decision.model_dump(mode="json"))
 
 
 class RunEventsHandler(ClarionHandler):
@@ -297,7 +319,7 @@ class TasksHandler(ClarionHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.reply({"tasks": (await self.engine()).task_types()})
+        self.reply({"tasks": await (await self.engine()).task_types()})
 
 
 class OpenAPIHandler(ClarionHandler):

@@ -143,7 +143,7 @@ class AllRunsSocket(EventSocket):
 
     def events(self) -> AsyncIterator[Event]:
         # Subscribed here, synchronously, so no event published after the upgrade is missed.
-        self._live = self._engine.watch(self.clarion.ws_buffer)
+        self._live = self._engine.feed(self.clarion.ws_buffer)
         return _follow(self._live)
 
     def overflow_reason(self) -> str:

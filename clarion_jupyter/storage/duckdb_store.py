@@ -534,6 +534,11 @@ class DuckDBRunStore:
         rows = await self._db.read(lambda c: c.execute(_STORED_IDS, [run_ids]).fetchall())
         return {row[0] for row in rows}
 
+    async def run_ids_starting(self, prefix: str, limit: int = 2) -> list[str]:
+        await self.project()
+        sql = "SELECT run_id FROM runs WHERE starts_with(run_id, ?) ORDER BY run_id LIMIT ?"
+        return [row[0] for row in await self._db.read(lambda c: c.execute(sql, [prefix, limit]).fetchall())]
+
 
 class DuckDBDocumentStore:
     """Agents or workflows (``table``): JSON documents keyed by id."""

@@ -70,6 +70,9 @@ class RunStore(Protocol):
     async def existing_runs(self, run_ids: list[str]) -> set[str]:
         """Which of ``run_ids`` are stored."""
 
+    async def run_ids_starting(self, prefix: str, limit: int = 2) -> list[str]:
+        """Up to ``limit`` stored run ids that begin with ``prefix``, in order (how a short id is resolved)."""
+
 
 class Storage(Protocol):
     """Everything the engine keeps: its run store, its agent and workflow stores, and the

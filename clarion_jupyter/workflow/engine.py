@@ -20,7 +20,7 @@ from ..agent.migration import ImportSource, V2ImportReport, V2Migration
 from ..agent.models import Agent
 from ..agent.service import AgentService
 from ..core.errors import Conflict, NotFound, Problem, ValidationFailed
-from ..core.ids import new_run_id
+from ..core.ids import local_user, new_run_id
 from ..core.protocol import EventType, RunStatus
 from ..core.secrets import SecretMasker, SecretPolicy
 from ..core.workspace import Workspace, WorkspacePathError
@@ -42,7 +42,7 @@ from .agent_run import AGENT_RUN_WORKFLOW, AGENT_RUN_WORKFLOW_ID, AgentRunReques
 from .bus import EventBus, Subscription
 from .compiler import Plan, compile_workflow
 from .executor import RunExecutor
-from .models import WorkflowRun, parse_workflow
+from .models import Decision, RunPage, WorkflowRun, parse_workflow
 from .runs import run_document
 from .service import WorkflowService
 from .telemetry import Telemetry
@@ -50,6 +50,9 @@ from .validation import DEFAULT_MAX_STEPS, WorkflowSource, WorkflowValidator
 from .views import RunViews
 
 log = logging.getLogger(__name__)
+
+MIN_RUN_ID_PREFIX = 6
+"""How short a run id may be given (run ids are 26 characters; the first 12 are the time)."""
 
 
 class Engine:
@@ -148,6 +151,13 @@ class Engine:
         if self.resumed:
             log.info("resumed %d interrupted run(s)", len(self.resumed))
 
+    def __str__(self) -> str:
+        return f"an embedded engine on {self.db_path}"
+
+    async def aclose(self) -> None:
+        """:meth:`stop`, under the name every implementation of the interface shares."""
+        await self.stop()
+
     async def stop(self) -> None:
         """Stop without finishing runs: whatever is in flight resumes at the next start."""
         if not self.started:
@@ -185,13 +195,15 @@ class Engine:
 
     async def submit(
         self,
-        workflow: WorkflowSource,
+        workflow: WorkflowSource | Plan,
         inputs: dict[str, Any] | None = None,
         *,
         idempotency_key: str | None = None,
     ) -> str:
-        """Validate and start a run; returns its id once the run is durably queued."""
-        return await self._start(self.compile(workflow), inputs, idempotency_key)
+        """Validate and start a run of a document, without saving it; returns its id once the
+        run is durably queued. A :class:`Plan` from :meth:`compile` is not compiled again."""
+        plan = workflow if isinstance(workflow, Plan) else self.compile(workflow)
+        return await self._start(plan, inputs, idempotency_key)
 
     async def submit_saved(
         self, workflow_id: str, inputs: dict[str, Any] | None = None, *, idempotency_key: str | None = None
@@ -319,13 +331,24 @@ class Engine:
             f"run '{run_id}' already {run.status.value}", details={"run_id": run_id, "status": run.status.value}
         )
 
-    async def decide(
-        self, run_id: str, step_key: str, approve: bool, *, by: str | None = None, comment: str | None = None
-    ) -> dict[str, Any]:
-        """Approve or reject a step that is ``waiting``; answers once the decision is stored.
+    async def approve(
+        self, run_id: str, step_key: str, *, comment: str | None = None, by: str | None = None
+    ) -> Decision:
+        """Let a ``waiting`` step run; answers once the decision is stored. ``by``: who decided
+        (the server passes the Jupyter identity's name; embedded, the local user's).
 
         :class:`Conflict` when the step is not waiting (never asked, decided already, or the
         run ended), :class:`NotFound` when there is no such run."""
+        return await self._decide(run_id, step_key, True, by, comment)
+
+    async def reject(
+        self, run_id: str, step_key: str, *, comment: str | None = None, by: str | None = None
+    ) -> Decision:
+        """Refuse a ``waiting`` step: it fails, or is skipped when its approval says ``on_reject: skip``."""
+        return await self._decide(run_id, step_key, False, by, comment)
+
+    async def _decide(self, run_id: str, step_key: str, approve: bool, by: str | None, comment: str | None) -> Decision:
+        by = by if by is not None else local_user()
         executor = self._active.get(run_id)
         if executor is not None:
             await executor.started.wait()  # a run resumed just now takes back its waiting steps first
@@ -339,7 +362,7 @@ class Engine:
             )
         await self._writer.flush()
         decision = "approve" if approve else "reject"
-        return {"run_id": run_id, "step_key": step_key, "decision": decision, "by": by, "comment": comment}
+        return Decision(run_id=run_id, step_key=step_key, decision=decision, by=by, comment=comment)
 
     # -- agents ----------------------------------------------------------------------
 
@@ -375,11 +398,11 @@ class Engine:
     async def delete_workflow(self, workflow_id: str) -> None:
         await self.workflows.delete(workflow_id)
 
-    def task_types(self) -> list[dict[str, Any]]:
+    async def task_types(self) -> list[dict[str, Any]]:
         """The task types workflows may use here, with their config schemas (``shell`` only when allowed)."""
         return [t for t in self.registry.describe() if self.settings.allow_shell or t["name"] != "shell"]
 
-    def watch(self, maxsize: int = 0) -> Subscription:
+    def feed(self, maxsize: int = 0) -> Subscription:
         """Every run's live events, as they are stored (for the sidebar's list); close it when done."""
         return self.bus.subscribe(None, maxsize)
 
@@ -443,19 +466,27 @@ class Engine:
             await self.workflows.install(AGENT_RUN_WORKFLOW)
 
     async def get_run(self, run_id: str) -> WorkflowRun:
+        """The run document; a unique prefix of ``MIN_RUN_ID_PREFIX`` or more characters names a
+        run too (the CLI and the widgets show ids shortened), :class:`Conflict` if it is ambiguous."""
         view = self._views.document(run_id)
         if view is not None:
             return view
         found = await self.runs.get_run(run_id)
+        if found is None and len(run_id) >= MIN_RUN_ID_PREFIX:
+            matches = await self.runs.run_ids_starting(run_id)
+            if len(matches) > 1:
+                raise Conflict(f"run id '{run_id}' is ambiguous: give more of it", details={"matches": matches})
+            if matches:
+                return await self.get_run(matches[0])
         if found is None:
             raise NotFound(f"run '{run_id}' not found", details={"run_id": run_id})
         return run_document(*found, await self.runs.last_seq(run_id))
 
     async def list_runs(
         self, *, workflow_id: str | None = None, status: str | None = None, limit: int = 50, cursor: str | None = None
-    ) -> tuple[list[WorkflowRun], str | None]:
+    ) -> RunPage:
         page = await self.runs.list_runs(workflow_id, status, limit, cursor)
-        return [run_document(r, [], with_workflow=False) for r in page.runs], page.next_cursor
+        return RunPage([run_document(r, [], with_workflow=False) for r in page.runs], page.next_cursor)
 
     async def events(self, run_id: str, since: int = 0, limit: int | None = None) -> list[Event]:
         events = await self.runs.events(run_id, since, limit)
@@ -517,6 +548,10 @@ class Engine:
             },
             "active_runs": self.active_runs,
         }
+
+    async def import_agents(self, source: ImportSource, *, dry_run: bool = False) -> dict[str, Any]:
+        """:meth:`import_v2`'s report as ``POST /api/v3/agents/import`` answers it (what the interface returns)."""
+        return (await self.import_v2(source, dry_run=dry_run)).as_dict()
 
     async def import_v2(self, source: ImportSource, *, dry_run: bool = False) -> V2ImportReport:
         """Import what Clarion v2 left (a ``clarion.db``, its YAML store, exported agent files,

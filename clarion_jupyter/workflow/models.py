@@ -7,7 +7,7 @@ into a :class:`Workflow` and reports every problem with the step and field it co
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -280,3 +280,21 @@ class WorkflowRun(BaseModel):
     steps: list[StepRun] = Field(default_factory=list)
     approvals: list[PendingApproval] = Field(default_factory=list)
     """Steps waiting for a decision (``POST /api/v3/runs/{run_id}/approvals/{step_key}``)."""
+
+
+class RunPage(NamedTuple):
+    """One page of runs, newest first; ``next_cursor`` (None on the last page) asks for the next.
+    A tuple, so ``runs, cursor = await clarion.list_runs()`` reads as it always did."""
+
+    runs: list[WorkflowRun]
+    next_cursor: str | None
+
+
+class Decision(BaseModel):
+    """A person's stored decision on a step that waited for approval."""
+
+    run_id: str
+    step_key: str
+    decision: Literal["approve", "reject"]
+    by: str | None = None
+    comment: str | None = None

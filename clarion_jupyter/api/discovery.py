@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .client import ClarionAPIError, Client
+from .http import ClarionAPIError, Client
 
 
 def _root(info: dict[str, Any]) -> Path:

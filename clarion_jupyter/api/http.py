@@ -1,25 +1,28 @@
-"""A Python client for the Clarion v3 REST and WebSocket API.
+"""The HTTP implementation of :class:`~.interface.Clarion`: a Jupyter server's v3 REST and WebSocket API.
 
-The notebook magic, scripts and other tools use it to talk to the same server (and so the
-same runs) the JupyterLab sidebar shows. It is async-first and built on tornado, which
-every Jupyter installation already has, so it adds no dependency.
+The notebook magic, the CLI, scripts and other tools use it to talk to the same server (and
+so the same runs) the JupyterLab sidebar shows. It answers in the engine's own models and
+raises the engine's own exceptions (an API 409 is a :class:`~clarion_jupyter.core.errors.Conflict`,
+a 422 a :class:`~clarion_jupyter.core.errors.ValidationFailed` with its problems), so code
+written against the engine in process runs unchanged against a server. It is built on
+tornado, which every Jupyter installation already has, so it adds no dependency.
 
     async with Client("http://127.0.0.1:8888/", token="...") as clarion:
-        run_id = await clarion.run("triage", {"report": "bug.md"})
+        run_id = await clarion.submit_saved("triage", {"report": "bug.md"})
         async for event in clarion.subscribe(run_id):
-            print(event["seq"], event["type"], event["step_id"])
+            print(event.seq, event.type, event.step_id)
         run = await clarion.wait(run_id)
-
-Every error answer of the API raises :class:`ClarionAPIError` carrying the HTTP status and
-the API's stable error ``code``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
@@ -36,22 +39,32 @@ from tornado.websocket import (
     websocket_connect,
 )
 
-from ..core.errors import ClarionError
-from ..core.protocol import TERMINAL_EVENT_TYPES, CloseCode, RunStatus
+from ..agent.importer import AGENT_FILE_SUFFIXES, source_files
+from ..agent.migration import DATABASE_SUFFIXES
+from ..agent.models import Agent
+from ..core import errors
+from ..core.errors import ClarionError, Problem
+from ..core.protocol import TERMINAL_EVENT_TYPES, CloseCode
+from ..storage.query import QueryResult
+from ..storage.records import Event, StoredDocument
+from ..workflow.agent_run import AgentRunRequest
+from ..workflow.models import Decision, RunPage, Workflow, WorkflowRun
+from ..workflow.validation import WorkflowSource
 
 JsonDoc = Mapping[str, Any]
 
 
 class ClarionAPIError(ClarionError):
-    """An error answer of the Clarion API (or a failure to reach it).
+    """An error answer of the Clarion API, or a failure to reach it.
 
-    ``status`` is the HTTP status (599 when the server could not be reached) and ``code``
-    the API's stable error code (``not_found``, ``conflict``, ``invalid``, ...), so callers
-    branch on those rather than on message text.
+    ``status`` is the HTTP status (599 when the server could not be reached) and ``code`` the
+    API's stable error code. An answer whose code the engine raises itself arrives as that
+    engine exception too (see :func:`api_error`): ``except Conflict`` catches a 409 here as it
+    catches the engine's own, and ``except ClarionAPIError`` still catches every API answer.
     """
 
     def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
-        super().__init__(message, details)
+        ClarionError.__init__(self, message, details)  # not super(): an engine class may follow in the MRO
         self.status = status
         self.code = code
 
@@ -67,17 +80,44 @@ class ClarionAPIError(ClarionError):
             data = None
         if isinstance(data, dict) and isinstance(data.get("error"), dict):
             error = data["error"]
-            return cls(status, str(error.get("code", "error")), str(error.get("message", "")), error.get("details"))
+            return api_error(
+                status, str(error.get("code", "error")), str(error.get("message", "")), error.get("details")
+            )
         message = data.get("message") if isinstance(data, dict) and data.get("message") else reason
-        return cls(status, _GENERIC_CODES.get(status, "http_error"), str(message or f"HTTP {status}"))
+        return api_error(status, _GENERIC_CODES.get(status, "http_error"), str(message or f"HTTP {status}"))
 
 
 _GENERIC_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                   409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid"}  # fmt: skip
 
+_ENGINE_ERRORS: dict[str, type[ClarionError]] = {
+    cls.code: cls
+    for cls in (
+        errors.BadRequest, errors.Forbidden, errors.NotFound, errors.Conflict, errors.ValidationFailed,
+        errors.DatabaseLocked, errors.QueueUnavailable,
+    )
+}  # fmt: skip
+_API_ERRORS: dict[str, type[ClarionAPIError]] = {
+    code: type(f"API{cls.__name__}", (ClarionAPIError, cls), {"__doc__": f"{cls.__name__}, answered by the API."})
+    for code, cls in _ENGINE_ERRORS.items()
+}
+
+
+def api_error(status: int, code: str, message: str, details: Any = None) -> ClarionAPIError:
+    """The exception for one API error answer: the engine's own class for its codes (with a
+    :class:`ValidationFailed`'s problems rebuilt), else a plain :class:`ClarionAPIError`."""
+    error = _API_ERRORS.get(code, ClarionAPIError)(status, code, message, details)
+    if isinstance(error, errors.ValidationFailed):
+        error.problems = [
+            Problem(**{k: p.get(k) for k in ("loc", "message", "step", "field")})
+            for p in (details if isinstance(details, list) else [])
+            if isinstance(p, dict) and "loc" in p and "message" in p
+        ]
+    return error
+
 
 class Client:
-    """The Clarion API of one Jupyter server.
+    """The :class:`~.interface.Clarion` interface of one Jupyter server.
 
     ``url`` is the server's base URL including its ``base_url`` (``http://127.0.0.1:8888/``,
     ``https://hub.example.org/user/ada/``); ``token`` is the Jupyter token, sent as
@@ -105,6 +145,9 @@ class Client:
         self.reconnect_backoff = reconnect_backoff
         self._http: AsyncHTTPClient | None = None
 
+    def __str__(self) -> str:
+        return f"the Jupyter server at {self.url}"
+
     # -- lifecycle ---------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
@@ -120,6 +163,9 @@ class Client:
             self._http.close()
             self._http = None
 
+    async def aclose(self) -> None:
+        self.close()
+
     # -- server ------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:
@@ -129,42 +175,42 @@ class Client:
         """Whether this Jupyter server runs the kernel (how a kernel finds its own server)."""
         try:
             await self._request("GET", _path("api/kernels", kernel_id))
-        except ClarionAPIError as exc:
-            if exc.status == 404:
-                return False
-            raise
+        except errors.NotFound:
+            return False
         return True
 
-    async def tasks(self) -> list[dict[str, Any]]:
-        """Task types with their config JSON schemas."""
+    async def task_types(self) -> list[dict[str, Any]]:
         return (await self._request("GET", "api/v3/tasks"))["tasks"]
 
     # -- agents ------------------------------------------------------------------
 
-    async def list_agents(self) -> list[dict[str, Any]]:
-        return (await self._request("GET", "api/v3/agents"))["agents"]
+    async def list_agents(self) -> list[Agent]:
+        return [Agent.model_validate(a) for a in (await self._request("GET", "api/v3/agents"))["agents"]]
 
-    async def get_agent(self, agent_id: str) -> dict[str, Any]:
-        return await self._request("GET", _path("api/v3/agents", agent_id))
+    async def get_agent(self, agent_id: str) -> Agent:
+        return Agent.model_validate(await self._request("GET", _path("api/v3/agents", agent_id)))
 
-    async def create_agent(self, doc: JsonDoc) -> dict[str, Any]:
-        return await self._request("POST", "api/v3/agents", body=doc)
+    async def create_agent(self, doc: JsonDoc | Agent) -> Agent:
+        return Agent.model_validate(await self._request("POST", "api/v3/agents", body=_agent_body(doc)))
 
-    async def update_agent(self, agent_id: str, doc: JsonDoc) -> dict[str, Any]:
-        return await self._request("PUT", _path("api/v3/agents", agent_id), body=doc)
+    async def replace_agent(self, agent_id: str, doc: JsonDoc | Agent) -> Agent:
+        answer = await self._request("PUT", _path("api/v3/agents", agent_id), body=_agent_body(doc))
+        return Agent.model_validate(answer)
 
     async def delete_agent(self, agent_id: str) -> None:
         await self._request("DELETE", _path("api/v3/agents", agent_id))
 
     async def import_agents(
-        self, source: str | bytes | Sequence[tuple[str, bytes]], *, dry_run: bool = False
+        self, source: str | os.PathLike[str] | bytes | Sequence[tuple[str, bytes]], *, dry_run: bool = False
     ) -> dict[str, Any]:
-        """Import Clarion v2 data: agent documents (YAML or JSON text), a ``clarion.db`` (bytes),
-        or several files as ``(name, content)`` (a folder: the report names each file)."""
-        body: str | bytes
-        if isinstance(source, str):
-            body, content_type = source, "text/plain"
-        elif isinstance(source, bytes):
+        """Import Clarion v2 data: a path on this machine (a ``clarion.db``, agent files, or a
+        folder of them: every file the engine would read there is uploaded, named as there, so
+        the report is the same), a body (a ``clarion.db``'s bytes or documents' text as bytes),
+        or several files as ``(name, content)``."""
+        body: bytes
+        if isinstance(source, str | os.PathLike):
+            source = await asyncio.to_thread(_uploads, Path(source))
+        if isinstance(source, bytes):
             body, content_type = source, "application/octet-stream"
         else:
             boundary = uuid.uuid4().hex
@@ -172,99 +218,102 @@ class Client:
         params = {"dry_run": "true"} if dry_run else None
         return await self._request("POST", "api/v3/agents/import", params=params, body=body, content_type=content_type)
 
+    async def run_agent(self, agent_id: str, request: AgentRunRequest) -> str:
+        """Start an agent run; its run id (the run's ``apply`` step waits for approval when ``review``)."""
+        body = request.model_dump(mode="json")
+        return (await self._request("POST", _path("api/v3/agents", agent_id, "run"), body=body))["run_id"]
+
+    async def prompt_agent(self, agent_id: str, request: AgentRunRequest) -> dict[str, Any]:
+        """The exact messages an agent run would send and their token count, without calling the model."""
+        body = request.model_dump(mode="json", exclude={"apply"})
+        return await self._request("POST", _path("api/v3/agents", agent_id, "prompt"), body=body)
+
     # -- workflows ---------------------------------------------------------------
 
-    async def list_workflows(self) -> list[dict[str, Any]]:
-        return (await self._request("GET", "api/v3/workflows"))["workflows"]
+    async def list_workflows(self) -> list[StoredDocument]:
+        return [_stored(doc) for doc in (await self._request("GET", "api/v3/workflows"))["workflows"]]
 
-    async def get_workflow(self, workflow_id: str) -> dict[str, Any]:
-        return await self._request("GET", _path("api/v3/workflows", workflow_id))
+    async def get_workflow(self, workflow_id: str) -> StoredDocument:
+        return _stored(await self._request("GET", _path("api/v3/workflows", workflow_id)))
 
-    async def create_workflow(self, doc: JsonDoc | str) -> dict[str, Any]:
+    async def create_workflow(self, source: JsonDoc | str | bytes) -> StoredDocument:
         """Save a workflow given as a mapping or as YAML text (sent as YAML, so the server keeps the source)."""
-        return await self._request("POST", "api/v3/workflows", body=doc, content_type=_workflow_type(doc))
-
-    async def update_workflow(self, workflow_id: str, doc: JsonDoc | str) -> dict[str, Any]:
-        return await self._request(
-            "PUT", _path("api/v3/workflows", workflow_id), body=doc, content_type=_workflow_type(doc)
+        return _stored(
+            await self._request("POST", "api/v3/workflows", body=source, content_type=_workflow_type(source))
         )
+
+    async def replace_workflow(self, workflow_id: str, source: JsonDoc | str | bytes) -> StoredDocument:
+        path = _path("api/v3/workflows", workflow_id)
+        return _stored(await self._request("PUT", path, body=source, content_type=_workflow_type(source)))
 
     async def delete_workflow(self, workflow_id: str) -> None:
         await self._request("DELETE", _path("api/v3/workflows", workflow_id))
 
     # -- runs --------------------------------------------------------------------
 
-    async def run(self, workflow_id: str, inputs: JsonDoc | None = None, idempotency_key: str | None = None) -> str:
+    async def submit(
+        self, workflow: WorkflowSource, inputs: JsonDoc | None = None, *, idempotency_key: str | None = None
+    ) -> str:
+        """Run a document without saving it (``POST /api/v3/runs``); YAML text is sent as written."""
+        document = workflow.to_document() if isinstance(workflow, Workflow) else workflow
+        if isinstance(document, bytes):
+            document = document.decode()
+        body = _run_body(inputs, idempotency_key, workflow=document)
+        return (await self._request("POST", "api/v3/runs", body=body))["run_id"]
+
+    async def submit_saved(
+        self, workflow_id: str, inputs: JsonDoc | None = None, *, idempotency_key: str | None = None
+    ) -> str:
         """Start a run of a saved workflow; returns its id as soon as it is queued."""
-        body: dict[str, Any] = {"inputs": dict(inputs or {})}
-        if idempotency_key is not None:
-            body["idempotency_key"] = idempotency_key
+        body = _run_body(inputs, idempotency_key)
         return (await self._request("POST", _path("api/v3/workflows", workflow_id, "run"), body=body))["run_id"]
 
-    async def get_run(self, run_id: str) -> dict[str, Any]:
-        return await self._request("GET", _path("api/v3/runs", run_id))
+    async def get_run(self, run_id: str) -> WorkflowRun:
+        return WorkflowRun.model_validate(await self._request("GET", _path("api/v3/runs", run_id)))
 
     async def list_runs(
-        self, workflow_id: str | None = None, status: str | None = None, limit: int = 50, cursor: str | None = None
-    ) -> dict[str, Any]:
-        """One page, newest first: ``{"runs": [...], "next_cursor": str | None}``."""
+        self, *, workflow_id: str | None = None, status: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> RunPage:
         params = {"workflow_id": workflow_id, "status": status, "limit": limit, "cursor": cursor}
-        return await self._request("GET", "api/v3/runs", params=params)
+        page = await self._request("GET", "api/v3/runs", params=params)
+        return RunPage([WorkflowRun.model_validate(r) for r in page["runs"]], page["next_cursor"])
 
     async def iter_runs(
-        self, workflow_id: str | None = None, status: str | None = None, page_size: int = 50
-    ) -> AsyncIterator[dict[str, Any]]:
+        self, *, workflow_id: str | None = None, status: str | None = None, page_size: int = 50
+    ) -> AsyncIterator[WorkflowRun]:
         """Every matching run, newest first, fetching pages as the caller reads."""
         cursor: str | None = None
         while True:
-            page = await self.list_runs(workflow_id, status, page_size, cursor)
-            for run in page["runs"]:
+            runs, cursor = await self.list_runs(workflow_id=workflow_id, status=status, limit=page_size, cursor=cursor)
+            for run in runs:
                 yield run
-            cursor = page["next_cursor"]
             if not cursor:
                 return
 
-    async def cancel(self, run_id: str) -> dict[str, Any] | None:
+    async def cancel(self, run_id: str) -> None:
         """Ask the server to cancel a run; it ends shortly after with ``workflow_cancelled``."""
-        return await self._request("POST", _path("api/v3/runs", run_id, "cancel"))
+        await self._request("POST", _path("api/v3/runs", run_id, "cancel"))
 
-    async def run_agent(
-        self,
-        agent_id: str,
-        prompt: str,
-        *,
-        files: list[str] | None = None,
-        variables: JsonDoc | None = None,
-        apply: str = "review",
-    ) -> str:
-        """Start an agent run; its run id (the run's ``apply`` step waits for approval when ``review``)."""
-        body = {"prompt": prompt, "files": files or [], "variables": dict(variables or {}), "apply": apply}
-        return (await self._request("POST", _path("api/v3/agents", agent_id, "run"), body=body))["run_id"]
-
-    async def prompt_agent(
-        self, agent_id: str, prompt: str, *, files: list[str] | None = None, variables: JsonDoc | None = None
-    ) -> dict[str, Any]:
-        """The exact messages an agent run would send and their token count, without calling the model."""
-        body = {"prompt": prompt, "files": files or [], "variables": dict(variables or {})}
-        return await self._request("POST", _path("api/v3/agents", agent_id, "prompt"), body=body)
-
-    async def approve(self, run_id: str, step_key: str, comment: str | None = None) -> dict[str, Any]:
-        """Let a ``waiting`` step run (409 ``conflict`` when it is not waiting)."""
+    async def approve(self, run_id: str, step_key: str, *, comment: str | None = None) -> Decision:
+        """Let a ``waiting`` step run (:class:`Conflict` when it is not waiting)."""
         return await self._decide(run_id, step_key, "approve", comment)
 
-    async def reject(self, run_id: str, step_key: str, comment: str | None = None) -> dict[str, Any]:
+    async def reject(self, run_id: str, step_key: str, *, comment: str | None = None) -> Decision:
         """Refuse a ``waiting`` step: it fails, or is skipped when its approval says ``on_reject: skip``."""
         return await self._decide(run_id, step_key, "reject", comment)
 
-    async def _decide(self, run_id: str, step_key: str, decision: str, comment: str | None) -> dict[str, Any]:
+    async def _decide(self, run_id: str, step_key: str, decision: str, comment: str | None) -> Decision:
         body = {"decision": decision, **({"comment": comment} if comment is not None else {})}
-        return await self._request("POST", _path("api/v3/runs", run_id, "approvals", step_key), body=body)
+        path = _path("api/v3/runs", run_id, "approvals", step_key)
+        return Decision.model_validate(await self._request("POST", path, body=body))
 
-    async def events(self, run_id: str, since: int = 0) -> list[dict[str, Any]]:
+    async def events(self, run_id: str, since: int = 0, limit: int | None = None) -> list[Event]:
         """The run's stored events with ``seq > since``."""
-        return (await self._request("GET", _path("api/v3/runs", run_id, "events"), params={"since": since}))["events"]
+        params = {"since": since, "limit": limit}
+        answer = await self._request("GET", _path("api/v3/runs", run_id, "events"), params=params)
+        return [event_from_json(e) for e in answer["events"]]
 
-    async def subscribe(self, run_id: str, since: int = 0) -> AsyncIterator[dict[str, Any]]:
+    async def subscribe(self, run_id: str, since: int = 0) -> AsyncIterator[Event]:
         """The run's events with ``seq > since``, stored then live, ending after the terminal event.
 
         A dropped connection, or the server closing it because this client fell behind
@@ -279,21 +328,21 @@ class Client:
             progressed = False
             try:
                 while (message := await conn.read_message()) is not None:
-                    event = json.loads(message)
-                    if event["seq"] <= last:
+                    event = event_from_json(json.loads(message))
+                    if event.seq <= last:
                         continue  # delivery is at least once: a replay may overlap what we had
-                    last, progressed = event["seq"], True
+                    last, progressed = event.seq, True
                     yield event
-                    if event["type"] in TERMINAL_EVENT_TYPES:
+                    if event.type in TERMINAL_EVENT_TYPES:
                         return
             finally:
                 conn.close()
             if conn.close_code == CloseCode.not_found:
-                raise ClarionAPIError(404, "not_found", f"run '{run_id}' not found", {"run_id": run_id})
+                raise api_error(404, errors.NotFound.code, f"run '{run_id}' not found", {"run_id": run_id})
             failures = 0 if progressed else failures + 1
             await self._give_up_or_back_off(failures, f"subscription to run '{run_id}' closed ({conn.close_code})")
 
-    async def watch(self) -> AsyncIterator[dict[str, Any]]:
+    async def watch(self) -> AsyncIterator[Event]:
         """Every run's events as they are stored, for as long as the caller iterates (the
         sidebar's feed). It is live only: after a reconnect, fill a run's gap with
         :meth:`events` and the last ``seq`` seen for it."""
@@ -304,26 +353,27 @@ class Client:
             try:
                 while (message := await conn.read_message()) is not None:
                     progressed = True
-                    yield json.loads(message)
+                    yield event_from_json(json.loads(message))
             finally:
                 conn.close()
             failures = 0 if progressed else failures + 1
             await self._give_up_or_back_off(failures, f"the all-runs stream closed ({conn.close_code})")
 
-    async def wait(self, run_id: str) -> dict[str, Any]:
+    async def wait(self, run_id: str) -> WorkflowRun:
         """Follow the run until it ends; returns the final run document."""
         run = await self.get_run(run_id)
-        if not RunStatus(run["status"]).terminal:
-            async for _ in self.subscribe(run_id, since=run.get("last_seq") or 0):
+        if not run.status.terminal:
+            async for _ in self.subscribe(run_id, since=run.last_seq):
                 pass
             run = await self.get_run(run_id)
         return run
 
     # -- history -----------------------------------------------------------------
 
-    async def query(self, sql: str) -> dict[str, Any]:
-        """Read-only SQL over the run history views: ``{"columns", "rows", "truncated"}``."""
-        return await self._request("POST", "api/v3/query", body={"sql": sql})
+    async def query(self, sql: str) -> QueryResult:
+        """Read-only SQL over the run history views."""
+        answer = await self._request("POST", "api/v3/query", body={"sql": sql})
+        return QueryResult(answer["columns"], answer["rows"], answer["truncated"])
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -389,8 +439,45 @@ def _path(collection: str, item_id: str, *rest: str) -> str:
     return "/".join((collection, *(quote(part, safe="") for part in (item_id, *rest))))
 
 
-def _workflow_type(doc: JsonDoc | str) -> str:
-    return "application/yaml" if isinstance(doc, str) else "application/json"
+def _workflow_type(doc: JsonDoc | str | bytes) -> str:
+    return "application/yaml" if isinstance(doc, str | bytes) else "application/json"
+
+
+def _agent_body(doc: JsonDoc | Agent) -> JsonDoc:
+    return doc.model_dump(mode="json") if isinstance(doc, Agent) else doc
+
+
+def _run_body(inputs: JsonDoc | None, idempotency_key: str | None, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {**extra, "inputs": dict(inputs or {})}
+    if idempotency_key is not None:
+        body["idempotency_key"] = idempotency_key
+    return body
+
+
+def _uploads(path: Path) -> list[tuple[str, bytes]]:
+    """Blocking: every file an import of ``path`` reads, with its name relative to ``path``."""
+    files = source_files(path.expanduser(), AGENT_FILE_SUFFIXES | DATABASE_SUFFIXES)
+    if files is None:
+        raise errors.NotFound(f"{path}: no such file or folder", details={"path": str(path)})
+    return [(name, file.read_bytes()) for file, name in files]
+
+
+def _stored(doc: dict[str, Any]) -> StoredDocument:
+    """A saved workflow as the API serialises it: the document with its source and timestamps beside it."""
+    doc = dict(doc)
+    created, updated, source = doc.pop("created_at"), doc.pop("updated_at"), doc.pop("source", None)
+    return StoredDocument(doc["id"], doc, _timestamp(created), _timestamp(updated), source)
+
+
+def _timestamp(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def event_from_json(doc: dict[str, Any]) -> Event:
+    """An event message (REST or WebSocket) as the engine's own :class:`Event`."""
+    return Event(
+        doc["seq"], doc["type"], doc["run_id"], doc.get("step_id"), _timestamp(doc["ts"]), doc.get("data") or {}
+    )
 
 
 def _decode(response: HTTPResponse) -> Any:

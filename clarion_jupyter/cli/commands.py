@@ -1,0 +1,288 @@
+"""The ``clarion`` commands: each one a coroutine on the :class:`~clarion_jupyter.api.Clarion`
+interface, so it runs the same on the embedded engine and through a running server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..agent.migration import summary_lines
+from ..api import Clarion, connect, save_workflow
+from ..core.errors import ClarionError
+from ..core.protocol import EventType, RunStatus
+from ..settings import configured_engine, configured_traits, task_settings
+from ..task.registry import TaskRegistry
+from ..workflow.agent_run import AgentRunRequest
+from ..workflow.engine import Engine
+from ..workflow.models import Workflow, WorkflowRun, parse_workflow
+from ..workflow.validation import DEFAULT_MAX_STEPS, WorkflowValidator
+from .render import RUN_COLOURS, Progress, ReplyProgress, Style, dump_json
+
+EXIT_FAILED, EXIT_USAGE, EXIT_WAITING, EXIT_INTERRUPTED = 1, 2, 3, 130
+
+
+def parse_pairs(pairs: list[str], flag: str, typed: Callable[[str], bool] = lambda _key: False) -> dict[str, Any]:
+    """``k=v`` pairs; values of ``typed`` keys are read as YAML (``3``, ``[a, b]``, ``true``)."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ClarionError(f"{flag} expects key=value, got {pair!r}")
+        values[key] = value
+        if typed(key) and value:
+            with suppress(yaml.YAMLError):
+                values[key] = yaml.safe_load(value)
+    return values
+
+
+def parse_inputs(pairs: list[str], workflow: Workflow) -> dict[str, Any]:
+    """Workflow inputs: strings as given, other declared types (and undeclared names) as YAML."""
+
+    def typed(key: str) -> bool:
+        spec = workflow.inputs.get(key)
+        return spec is None or spec.type != "string"
+
+    return parse_pairs(pairs, "--input", typed)
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    """An engine as the server extension is configured (its traits), the command line winning."""
+    return configured_engine(args.db, workers=args.workers, workspace_root=args.workspace)
+
+
+def _workspace_root(args: argparse.Namespace, traits: dict[str, Any]) -> str:
+    return args.workspace or traits.get("workspace_root") or "."
+
+
+async def cmd_validate(args: argparse.Namespace) -> int:
+    traits = configured_traits()
+    validator = WorkflowValidator(
+        TaskRegistry.from_entry_points(),
+        max_steps=traits.get("max_steps", DEFAULT_MAX_STEPS),
+        allow_shell=traits.get("allow_shell", True),
+    )
+    plan = validator.compile(Path(args.file).read_text())
+    workflow = plan.workflow
+    print(f"ok: workflow '{workflow.id}' ({len(plan.nodes)} steps, inputs: {', '.join(workflow.inputs) or 'none'})")
+    return 0
+
+
+@asynccontextmanager
+async def _clarion(args: argparse.Namespace) -> AsyncIterator[Clarion]:
+    clarion = await connect(_engine(args))
+    if args.verbose:
+        print(f"(using {clarion})", file=sys.stderr)
+    try:
+        yield clarion
+    finally:
+        await clarion.aclose()
+
+
+async def _follow(clarion: Clarion, run_id: str, progress: Progress | None, since: int = 0) -> WorkflowRun:
+    """Print the run's events until it ends, or waits for a person (then the CLI's part is done:
+    the run stays waiting, durably, until ``clarion approve`` or ``reject``)."""
+    asked: set[str] = set()
+    try:
+        async for event in clarion.subscribe(run_id, since):
+            if progress:
+                progress.event(event)
+            if event.type == EventType.approval_requested:
+                asked.add(event.step_id)
+            elif event.type in (EventType.approval_granted, EventType.approval_rejected):
+                asked.discard(event.step_id)
+            if asked and (run := await clarion.get_run(run_id)).status == RunStatus.waiting:
+                return run
+    except asyncio.CancelledError:
+        await clarion.cancel(run_id)
+        await clarion.wait(run_id)  # stopped and stored before the engine closes
+        raise
+    return await clarion.get_run(run_id)
+
+
+def _finish(run: WorkflowRun, progress: Progress | None) -> int:
+    """Exit 0 only when the run succeeded; 3 while it waits for a decision (a script must not go
+    on as if it were done), 1 when it failed or was cancelled."""
+    if progress:
+        progress.summary(run)
+    else:
+        dump_json(run.model_dump(mode="json"))
+    return _exit_code([run])
+
+
+def _exit_code(runs: list[WorkflowRun]) -> int:
+    if any(r.status != RunStatus.succeeded and r.status != RunStatus.waiting for r in runs):
+        return EXIT_FAILED
+    return EXIT_WAITING if any(r.status == RunStatus.waiting for r in runs) else 0
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    workflow = parse_workflow(Path(args.file).read_text())
+    inputs = parse_inputs(args.input, workflow)
+    async with _clarion(args) as clarion:
+        if args.save:
+            await save_workflow(clarion, workflow)
+        run_id = await clarion.submit(workflow, inputs)
+        progress = None if args.json else Progress(sys.stdout)
+        if progress:
+            print(f"run {run_id}: {workflow.name}", flush=True)
+        run = await _follow(clarion, run_id, progress)
+    return _finish(run, progress)
+
+
+async def cmd_runs(args: argparse.Namespace) -> int:
+    async with _clarion(args) as clarion:
+        runs, cursor = await clarion.list_runs(workflow_id=args.workflow, status=args.status, limit=args.limit)
+    if args.json:
+        dump_json({"runs": [r.model_dump(mode="json") for r in runs], "next_cursor": cursor})
+        return 0
+    style = Style(sys.stdout)
+    for run in runs:
+        colour = RUN_COLOURS.get(run.status, "36")
+        created = run.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{run.run_id}  {created}  {style(f'{run.status.value:<10}', colour)}  {run.workflow_id}")
+    if not runs:
+        print("no runs")
+    return 0
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    async with _clarion(args) as clarion:
+        run = await clarion.get_run(args.run_id)
+        events = [] if args.json else await clarion.events(run.run_id)
+    if args.json:
+        dump_json(run.model_dump(mode="json"))
+        return 0
+    print(f"run {run.run_id}: {run.workflow_name} ({run.workflow_id})")
+    progress = Progress(sys.stdout)
+    for event in events:
+        if event.type != EventType.step_started:
+            progress.event(event)
+    progress.summary(run)
+    return 0
+
+
+async def cmd_resume(args: argparse.Namespace) -> int:
+    """An engine start resumes what a crash interrupted; this follows those runs to their end."""
+    async with _clarion(args) as clarion:
+        if args.run_id:
+            run = await clarion.get_run(args.run_id)
+            if run.status.terminal:
+                print(f"run {run.run_id} is {run.status.value}: nothing to resume")
+                return 0 if run.status == RunStatus.succeeded else EXIT_FAILED
+            run_ids = [run.run_id]
+        else:
+            run_ids = await _unfinished(clarion)
+        if not run_ids:
+            print("no interrupted runs")
+            return 0
+        runs = await asyncio.gather(*(_follow(clarion, r, None) for r in run_ids))
+    progress = Progress(sys.stdout)
+    for run in runs:
+        progress.summary(run)
+    return _exit_code(runs)
+
+
+async def cmd_agent_run(args: argparse.Namespace) -> int:
+    request = AgentRunRequest(
+        prompt=args.prompt, files=args.file, variables=parse_pairs(args.var, "--var"), apply=args.apply
+    )
+    async with _clarion(args) as clarion:
+        run_id = await clarion.run_agent(args.agent, request)
+        progress = None if args.json else ReplyProgress(sys.stdout)
+        if progress:
+            print(f"run {run_id}: agent {args.agent}", flush=True)
+        run = await _follow(clarion, run_id, progress)
+    return _finish(run, progress)
+
+
+async def _decide(args: argparse.Namespace, approve: bool) -> int:
+    async with _clarion(args) as clarion:
+        run = await clarion.get_run(args.run_id)
+        decide = clarion.approve if approve else clarion.reject
+        await decide(run.run_id, args.step, comment=args.comment)
+        progress = None if args.json else Progress(sys.stdout)
+        run = await _follow(clarion, run.run_id, progress, run.last_seq)
+    return _finish(run, progress)
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel a run and follow it to its end (its running steps are stopped, processes killed)."""
+    async with _clarion(args) as clarion:
+        run = await clarion.get_run(args.run_id)
+        await clarion.cancel(run.run_id)
+        run = await _follow(clarion, run.run_id, None if args.json else Progress(sys.stdout), run.last_seq)
+    if args.json:
+        dump_json(run.model_dump(mode="json"))
+    else:
+        Progress(sys.stdout).summary(run)
+    return 0 if run.status == RunStatus.cancelled else EXIT_FAILED
+
+
+async def _unfinished(clarion: Clarion) -> list[str]:
+    """Runs a crash left unfinished: an engine's start resumed them, so they are the active ones."""
+    run_ids = []
+    for status in (RunStatus.running, RunStatus.waiting, RunStatus.queued):
+        run_ids += [r.run_id for r in (await clarion.list_runs(status=status.value, limit=500)).runs]
+    return run_ids
+
+
+async def cmd_approve(args: argparse.Namespace) -> int:
+    return await _decide(args, approve=True)
+
+
+async def cmd_reject(args: argparse.Namespace) -> int:
+    return await _decide(args, approve=False)
+
+
+async def cmd_agents_import(args: argparse.Namespace) -> int:
+    async with _clarion(args) as clarion:
+        report = await clarion.import_agents(Path(args.path), dry_run=args.dry_run)
+    if args.json:
+        dump_json(report)
+    else:
+        print("\n".join(summary_lines(report)))
+        for warning in report["warnings"]:
+            print(f"warning: {warning['source']}: {warning['message']}", file=sys.stderr)
+        for error in report["errors"]:
+            print(f"error: {error['source']}: {error['message']}", file=sys.stderr)
+    return EXIT_FAILED if report["errors"] else 0
+
+
+async def cmd_agents_list(args: argparse.Namespace) -> int:
+    async with _clarion(args) as clarion:
+        agents = await clarion.list_agents()
+    if args.json:
+        dump_json([a.model_dump(mode="json") for a in agents])
+    else:
+        for agent in agents:
+            print(f"{agent.id:<24} {agent.model}")
+    return 0
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    """Run steps from the broker until SIGINT or SIGTERM, with the server's configured policy."""
+    from .task.worker import run_worker
+
+    traits = configured_traits()
+    workers = args.workers or traits.get("workers", 8)
+    workspace = _workspace_root(args, traits)
+
+    def ready(queue: Any) -> None:
+        if args.verbose:
+            health = queue.health()
+            print(
+                f"(connected to {health['kind']} at {health['url']}, prefix {health['prefix']}: "
+                f"{workers} slot(s), workspace {Path(workspace).resolve()})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    await run_worker(args.queue, task_settings(traits), workers=workers, workspace_root=workspace, ready=ready)
+    return 0
