@@ -46,6 +46,20 @@ async def test_run_goes_through_the_server_that_holds_the_database(tmp_path: Pat
     assert json.loads(shown.stdout)["outputs"] == {"doubled": 42}
 
 
+async def test_a_run_through_the_server_saves_the_file_only_when_asked(tmp_path: Path) -> None:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(FLOW)
+    with JupyterServerProcess(tmp_path / "server") as server:
+        await server.wait_ready()
+        plain = await asyncio.to_thread(clarion, server, "run", str(flow), "--input", "n=1")
+        after_plain = [w["id"] for w in (await server.request("GET", "workflows"))["workflows"]]
+        saving = await asyncio.to_thread(clarion, server, "run", str(flow), "--input", "n=2", "--save")
+        saved = await server.request("GET", "workflows/from-cli")
+    assert plain.returncode == saving.returncode == 0, plain.stderr + saving.stderr
+    assert "from-cli" not in after_plain
+    assert saved["source"] == FLOW
+
+
 async def test_without_a_server_for_that_file_the_lock_error_stands(tmp_path: Path) -> None:
     flow = tmp_path / "flow.yaml"
     flow.write_text(FLOW)

@@ -43,6 +43,8 @@ CONTRACT = [
     ("put", "/api/v3/workflows/{workflow_id}"),
     ("delete", "/api/v3/workflows/{workflow_id}"),
     ("post", "/api/v3/workflows/{workflow_id}/run"),
+    ("post", "/api/v3/runs"),
+    ("post", "/api/v3/runs/{run_id}/approvals/{step_key}"),
     ("get", "/api/v3/runs/{run_id}"),
     ("get", "/api/v3/runs"),
     ("post", "/api/v3/runs/{run_id}/cancel"),

@@ -59,3 +59,10 @@ async def test_the_task_list_has_no_shell_when_shell_is_off(api):
 async def test_the_task_list_has_shell_when_shell_is_on(api):
     names = {task["name"] for task in (await api("GET", "tasks")).body["tasks"]}
     assert "shell" in names
+
+
+async def test_an_ad_hoc_shell_run_needs_the_terminal_permission_too(no_terminals, api):
+    reply = await api("POST", "runs", body={"workflow": SLEEPY_WORKFLOW})
+    assert reply.status == 403
+    assert "terminals" in reply.body["error"]["message"]
+    assert (await api("GET", "runs")).body["runs"] == []

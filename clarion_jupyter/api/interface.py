@@ -98,9 +98,10 @@ class Clarion(Protocol):
         """Let go: an engine stops (what is in flight resumes at its next start), a client disconnects."""
 
 
-async def save_workflow(clarion: Clarion, workflow: Workflow) -> StoredDocument:
-    """Create, or replace the workflow saved under the same id (what ``--save`` asks for)."""
-    document = workflow.to_document()
+async def save_workflow(clarion: Clarion, workflow: Workflow, source: str | None = None) -> StoredDocument:
+    """Create, or replace the workflow saved under the same id (what ``--save`` asks for);
+    ``source``, the YAML text it was parsed from, is kept as written (comments and all)."""
+    document = source if source is not None else workflow.to_document()
     try:
         return await clarion.create_workflow(document)
     except Conflict:

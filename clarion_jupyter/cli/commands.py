@@ -123,11 +123,12 @@ def _exit_code(runs: list[WorkflowRun]) -> int:
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
-    workflow = parse_workflow(Path(args.file).read_text())
+    text = Path(args.file).read_text()
+    workflow = parse_workflow(text)
     inputs = parse_inputs(args.input, workflow)
     async with _clarion(args) as clarion:
         if args.save:
-            await save_workflow(clarion, workflow)
+            await save_workflow(clarion, workflow, text)
         run_id = await clarion.submit(workflow, inputs)
         progress = None if args.json else Progress(sys.stdout)
         if progress:

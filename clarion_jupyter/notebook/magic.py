@@ -172,7 +172,7 @@ class ClarionMagics(Magics):
         session = self.session(opts.local)
         clarion = session.clarion()
         if opts.save:
-            self.loop.run(save_workflow(clarion, workflow))
+            self.loop.run(save_workflow(clarion, workflow, cell))
         run_id = self.loop.run(clarion.submit(workflow, inputs))
         return self._present(Run(session, run_id, workflow=workflow), opts.no_wait, opts.name)
 
