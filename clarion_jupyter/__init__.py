@@ -26,7 +26,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """``Client`` loads the HTTP stack on first use, not on every import of the package."""
     if name == "Client":
-        from .client.client import Client
+        from .api.http import Client
 
         return Client
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -435,3 +435,52 @@ def test_validate_applies_the_extension_configuration(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert "step 'shout' field 'task': shell steps are disabled" in result.stderr
+
+
+# -- cancel, short ids, pipes ----------------------------------------------------------------
+
+
+async def interrupted_run(tmp_path: Path) -> str:
+    """A run that an engine stop left running (its shell step was cut off), as a crash would."""
+    long = write(tmp_path, "long.yaml", 'name: Long\nsteps:\n  - {id: wait, task: shell, with: {command: "sleep 30"}}\n')
+    async with Engine(tmp_path / "x.duckdb", workspace_root=tmp_path) as engine:
+        run_id = await engine.submit(Path(long).read_text())
+        async for event in engine.subscribe(run_id):
+            if event.type == "step_started":
+                break
+    return run_id
+
+
+async def test_cancel_stops_a_run_named_by_a_short_prefix_and_exits_zero(tmp_path: Path) -> None:
+    run_id = await interrupted_run(tmp_path)
+    result = clarion(tmp_path, "cancel", run_id[:-6])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"run {run_id} cancelled" in result.stdout
+    shown = json.loads(clarion(tmp_path, "show", run_id[:-6], "--json").stdout)
+    assert (shown["run_id"], shown["status"]) == (run_id, "cancelled")
+
+
+async def test_cancel_of_a_finished_run_says_so_and_exits_one(tmp_path: Path) -> None:
+    [run_id] = await make_runs(tmp_path, 1)
+    result = clarion(tmp_path, "cancel", run_id)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: run '{run_id}' already succeeded"
+
+
+async def test_an_ambiguous_short_id_asks_for_more_of_it(tmp_path: Path) -> None:
+    run_ids = await make_runs(tmp_path, 2)
+    shared = os.path.commonprefix(run_ids)
+    assert len(shared) >= 6  # run ids begin with the time
+    result = clarion(tmp_path, "show", shared)
+    assert result.returncode == 1
+    assert f"run id '{shared}' is ambiguous" in result.stderr
+
+
+async def test_a_reader_that_closes_the_pipe_early_gets_no_traceback(tmp_path: Path) -> None:
+    await make_runs(tmp_path, 3)
+    command = [sys.executable, "-m", "clarion_jupyter.cli", "runs", "--db", str(tmp_path / "x.duckdb")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    proc.stdout.close()  # like `clarion runs | head -0`: the reader is gone before anything is written
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err

@@ -65,6 +65,11 @@ def _violations(package_dir: Path = PACKAGE) -> list[str]:
         if room is None:
             continue
         for line, target in _imports(path, package_dir):
+            if target in ("clarion_jupyter", "clarion_jupyter.__init__"):
+                # The package root re-exports Engine and Client: importing it from a room is an
+                # import of the top floors in disguise.
+                problems.append(f"{rel}.py:{line}: {room} (floor {LAYERS[room]}) imports the package root")
+                continue
             other = _room(target)
             if other is None or other == room:
                 continue
@@ -95,6 +100,28 @@ def test_a_sideways_import_is_reported(tmp_path: Path) -> None:
     llm.mkdir(parents=True)
     (llm / "provider.py").write_text("from clarion_jupyter.agent.models import Agent\n")
     assert len(_violations(tmp_path / "clarion_jupyter")) == 1
+
+
+def test_an_import_of_the_package_root_inside_a_room_is_reported(tmp_path: Path) -> None:
+    storage = tmp_path / "clarion_jupyter" / "storage"
+    storage.mkdir(parents=True)
+    (storage / "store.py").write_text("def load():\n    from clarion_jupyter import Engine\n")
+    assert _violations(tmp_path / "clarion_jupyter") == [
+        "clarion_jupyter/storage/store.py:2: storage (floor 1) imports the package root"
+    ]
+
+
+OUTSIDE_THE_FLOORS = {"__init__.py", "_version.py", "labextension", "__pycache__"}
+"""The package root, its version, and the built sidebar (no Python)."""
+
+
+def test_every_module_of_the_package_is_on_a_floor() -> None:
+    unplaced = [
+        entry.name
+        for entry in PACKAGE.iterdir()
+        if entry.name not in OUTSIDE_THE_FLOORS and entry.name.removesuffix(".py") not in LAYERS
+    ]
+    assert unplaced == [], f"add these to LAYERS (and CONTRIBUTING's table): {unplaced}"
 
 
 @pytest.mark.parametrize("room", sorted(LAYERS))

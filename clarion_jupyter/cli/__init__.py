@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return asyncio.run(args.handler(args))
+        code = asyncio.run(args.handler(args))
+        sys.stdout.flush()  # here, where a reader that went away is handled, not at the interpreter's exit
+        return code
     except BrokenPipeError:
         # The reader went away (``clarion runs | head``): what it wanted was printed. Point
         # stdout at nothing, so the interpreter's final flush does not fail again.
