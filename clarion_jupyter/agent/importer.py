@@ -100,6 +100,8 @@ SECRET_KEYS = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class ImportProblem:
+    """One thing an import could not use, named by where it was found, so a bad file costs only itself."""
+
     source: str
     """The file (relative to the imported folder) and, for multi-document files, the document."""
     message: str
@@ -116,6 +118,8 @@ class ProviderConfig:
 
 @dataclass(slots=True)
 class ImportReport:
+    """What reading v2 documents gave: the agents converted, and what was refused or doubtful, per source."""
+
     agents: list[Agent] = field(default_factory=list)
     errors: list[ImportProblem] = field(default_factory=list)
     warnings: list[ImportProblem] = field(default_factory=list)

@@ -33,6 +33,8 @@ _SOURCE_RANK = {"db": 2, ".json": 1}
 
 @dataclass(slots=True)
 class AgentChange:
+    """What an import does to one agent (created, updated with which fields, unchanged), shown before and after a dry run."""
+
     id: str
     name: str
     model: str
@@ -45,6 +47,8 @@ class AgentChange:
 
 @dataclass(slots=True)
 class RunHistory:
+    """How much of v2's run history an import found, and how much of it was new."""
+
     workflow_id: str = V2_RUN_WORKFLOW_ID
     found: int = 0
     imported: int = 0
@@ -53,6 +57,8 @@ class RunHistory:
 
 @dataclass(slots=True)
 class V2ImportReport:
+    """Everything one import did or would do, the same for a path, an upload and a dry run, so the CLI, the API and the sidebar report alike."""
+
     dry_run: bool
     agents: list[Agent] = field(default_factory=list)
     changes: list[AgentChange] = field(default_factory=list)

@@ -47,6 +47,8 @@ _STATUSES = {"success": RunStatus.succeeded, "error": RunStatus.failed}
 
 @dataclass(slots=True)
 class ImportedRuns:
+    """v2 runs converted to v3's records, ready to be stored in one transaction with their steps and events."""
+
     runs: list[RunRecord] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)

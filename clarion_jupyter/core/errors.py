@@ -43,6 +43,8 @@ class ClarionError(Exception):
 
 
 class BadRequest(ClarionError):
+    """The request itself is malformed (a body that is not JSON, a bad query argument): 400."""
+
     code = "bad_request"
     status = 400
 
@@ -55,11 +57,15 @@ class Forbidden(ClarionError):
 
 
 class NotFound(ClarionError):
+    """No such run, agent or workflow: 404, so callers can tell a typo from a failure."""
+
     code = "not_found"
     status = 404
 
 
 class Conflict(ClarionError):
+    """The request is sound but the state forbids it now (decided already, run ended, id taken): 409."""
+
     code = "conflict"
     status = 409
 

@@ -12,6 +12,8 @@ from enum import IntEnum, StrEnum
 
 
 class RunStatus(StrEnum):
+    """A run's lifecycle, defined once: the engine, the API, the client and the sidebar compare against these, never against strings."""
+
     queued = "queued"
     running = "running"
     waiting = "waiting"
@@ -35,6 +37,8 @@ ACTIVE_RUN_STATUSES = tuple(s.value for s in RunStatus if s.active)
 
 
 class StepStatus(StrEnum):
+    """A step execution's lifecycle (one per step, ``for_each`` item and attempt), defined once for every door."""
+
     pending = "pending"
     waiting = "waiting"
     """Ready, but held for an approval."""
@@ -54,6 +58,8 @@ STEP_DONE = frozenset({StepStatus.succeeded, StepStatus.failed, StepStatus.skipp
 
 
 class EventType(StrEnum):
+    """Every kind of stored event: the contract a client folds into run state, so a type outside it is never stored."""
+
     run_queued = "run_queued"
     run_started = "run_started"
     step_started = "step_started"

@@ -125,6 +125,8 @@ SUBCOMMANDS = ("runs", "show", "cancel", "approve", "reject", "agents", "workflo
 
 @magics_class
 class ClarionMagics(Magics):
+    """``%%clarion`` and ``%clarion``: a notebook's door to the interface, with one background loop per kernel so cells can block without blocking widgets' comms."""
+
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self.loop = BackgroundLoop()

@@ -41,11 +41,15 @@ INTERNAL_ERROR = "internal server error (the details are in the server log)"
 
 
 class PayloadTooLarge(ClarionError):
+    """A body over the server's limit: refused before it is parsed, so one request cannot exhaust memory."""
+
     code = "payload_too_large"
     status = 413
 
 
 class UnsupportedMediaType(ClarionError):
+    """A body in a media type the endpoint does not read: 415, rather than a guess at its syntax."""
+
     code = "unsupported_media_type"
     status = 415
 

@@ -42,6 +42,8 @@ class AdHocRunRequest(RunRequest):
 
 
 class HealthHandler(ClarionHandler):
+    """``GET /api/v3/health``: storage, queue and broker state, for probes and for ``find_server`` to recognise the extension."""
+
     @web.authenticated
     @authorized
     async def get(self) -> None:
@@ -97,6 +99,8 @@ class DocumentHandler(ClarionHandler):
 
 
 class CollectionHandler(DocumentHandler):
+    """``GET`` lists, ``POST`` creates: the collection half of agents' and workflows' identical CRUD."""
+
     @web.authenticated
     @authorized
     async def get(self) -> None:
@@ -111,6 +115,8 @@ class CollectionHandler(DocumentHandler):
 
 
 class ItemHandler(DocumentHandler):
+    """``GET``, ``PUT`` and ``DELETE`` of one document: the item half of the shared CRUD."""
+
     @web.authenticated
     @authorized
     async def get(self, item_id: str) -> None:
@@ -130,6 +136,8 @@ class ItemHandler(DocumentHandler):
 
 
 class AgentDocuments(DocumentHandler):
+    """Agents as the API shows them: the validated model as JSON (a key variable's name, never a key)."""
+
     kind = "agents"
 
     def serialise(self, item: Agent) -> dict[str, Any]:
@@ -137,6 +145,8 @@ class AgentDocuments(DocumentHandler):
 
 
 class WorkflowDocuments(DocumentHandler):
+    """Workflows as the API shows them: the document, its source text and its timestamps."""
+
     kind = "workflows"
 
     def serialise(self, item: StoredDocument) -> dict[str, Any]:
@@ -266,6 +276,8 @@ class RunsHandler(RunStarter):
 
 
 class RunHandler(ClarionHandler):
+    """``GET /api/v3/runs/{run_id}``: the run document (a unique id prefix names it too)."""
+
     @web.authenticated
     @authorized
     async def get(self, run_id: str) -> None:
@@ -306,6 +318,8 @@ class RunApprovalHandler(ClarionHandler):
 
 
 class RunEventsHandler(ClarionHandler):
+    """``GET /api/v3/runs/{run_id}/events?since=N``: stored events, for clients that poll or fill a gap."""
+
     @web.authenticated
     @authorized
     async def get(self, run_id: str) -> None:
@@ -323,6 +337,8 @@ class TasksHandler(ClarionHandler):
 
 
 class OpenAPIHandler(ClarionHandler):
+    """``GET /api/v3/openapi.yaml``: the spec this server answers by, behind the same auth as the API."""
+
     @web.authenticated
     @authorized
     async def get(self) -> None:

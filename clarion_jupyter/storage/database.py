@@ -96,6 +96,8 @@ def connect(path: str | Path) -> duckdb.DuckDBPyConnection:
 
 
 class Database:
+    """The one DuckDB connection of the process, with a writer thread, a submission thread and reader cursors, so no query runs on the event loop and writes never interleave."""
+
     def __init__(self, path: str | Path, readers: int = 2) -> None:
         self.path = str(path)
         self._con: duckdb.DuckDBPyConnection | None = None

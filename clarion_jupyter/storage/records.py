@@ -68,6 +68,8 @@ class Event:
 
 @dataclass(slots=True)
 class RunRecord:
+    """A run as stored: the row the engine keeps current in memory and writes through the group commit."""
+
     run_id: str
     workflow_id: str
     workflow_name: str

@@ -52,6 +52,8 @@ def is_permanent(exc: BaseException) -> bool:
 
 
 class GroupCommitWriter:
+    """Collects transitions and events and commits them together every few milliseconds: durability at a DuckDB commit's cost per batch, not per transition, and nothing is announced before it is stored."""
+
     def __init__(
         self,
         store: RunStore,

@@ -55,6 +55,8 @@ class TaskSettings:
 
 @dataclass(slots=True)
 class TaskContext:
+    """What a task may know of where it runs (the run, the step, the attempt, the workspace), and nothing of the engine."""
+
     run_id: str
     step_id: str
     key: str

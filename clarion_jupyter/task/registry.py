@@ -13,6 +13,8 @@ ENTRY_POINT_GROUP = "clarion_jupyter.tasks"
 
 
 class TaskRegistry:
+    """The task types a workflow may name, from the ``clarion_jupyter.tasks`` entry points, so third-party tasks plug in without touching the engine."""
+
     def __init__(self, tasks: dict[str, type[Task]] | None = None) -> None:
         self._tasks: dict[str, type[Task]] = dict(tasks or {})
 

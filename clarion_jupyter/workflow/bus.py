@@ -52,6 +52,8 @@ class Subscription:
 
 
 class EventBus:
+    """Hands committed events to in-process subscribers (sockets, waits, the CLI), per run and for all runs; bounded queues keep a slow reader from holding the engine."""
+
     def __init__(self) -> None:
         self._by_run: dict[str, set[Subscription]] = defaultdict(set)
         self._all: set[Subscription] = set()

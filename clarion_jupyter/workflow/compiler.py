@@ -22,6 +22,8 @@ from .templates import CONTEXT_NAMES, CompiledValue, TemplateError, compile_valu
 
 @dataclass(slots=True)
 class Node:
+    """One step compiled: its task class, its templates parsed once, and what it waits for, so executing it needs no parsing."""
+
     step: Step
     task: type[Task]
     config: CompiledValue
@@ -42,6 +44,8 @@ class Node:
 
 @dataclass(slots=True)
 class Plan:
+    """A workflow compiled and validated once: the DAG the executor walks, reused by every run of the same document."""
+
     workflow: Workflow
     nodes: dict[str, Node]
     outputs: CompiledValue

@@ -14,6 +14,8 @@ from .validation import WorkflowValidator
 
 
 class WorkflowService:
+    """Saved workflows: validated by the one judge on save, cached by id, and refused deletion while runs of them are active."""
+
     def __init__(self, store: WorkflowStore, runs: RunStore, validator: WorkflowValidator) -> None:
         self._store = store
         self._runs = runs

@@ -72,6 +72,8 @@ class References:
 
 @dataclass(slots=True)
 class CompiledValue:
+    """A config value with its templates compiled once, and the references they read, which the compiler turns into dependencies."""
+
     render: Renderer
     refs: References = field(default_factory=References)
     constant: bool = True

@@ -28,6 +28,8 @@ class _View:
 
 
 class RunViews:
+    """The committed state of recent runs in memory, fed by the writer after each commit, so reads of live runs cost no query."""
+
     def __init__(self, maxsize: int = 2000) -> None:
         self._maxsize = maxsize
         self._views: OrderedDict[str, _View] = OrderedDict()

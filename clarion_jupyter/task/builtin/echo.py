@@ -6,6 +6,8 @@ from ..base import Task, TaskConfig, TaskContext
 
 
 class EchoConfig(TaskConfig):
+    """``echo``'s one field: any JSON value, templated."""
+
     value: Any = None
 
 

@@ -29,6 +29,8 @@ _CHUNK = 64 * 1024
 
 
 class ShellConfig(TaskConfig):
+    """A shell step's command and limits, validated before it runs; ``cwd`` is confined to the workspace."""
+
     command: str = Field(min_length=1, description="Shell command line, run by /bin/sh.")
     cwd: str | None = Field(None, description="Working directory, relative to the workspace root (default: the root).")
     env: dict[str, str] = Field(default_factory=dict, description="Environment variables, merged over the server's.")
