@@ -239,12 +239,10 @@ class _View:
         columns = ", ".join(f'"{c}"::JSON AS "{c}"' if t == "JSON" else f'"{c}"' for c, t in self.columns)
         return f"CREATE TEMP VIEW {self.name} AS SELECT {columns} FROM {source}"
 
-    def engine_query(self, db: str, read: set[str] | None) -> str:
+    def engine_query(self, db: str, read: set[str]) -> str:
         """The engine's query of the view (its tables in schema ``db``), with the columns not in
-        ``read`` (None: all) as NULLs."""
-        columns = ", ".join(
-            f'"{c}"' if read is None or c in read else f'NULL::{_arrow_type(t)} AS "{c}"' for c, t in self.columns
-        )
+        ``read`` as NULLs."""
+        columns = ", ".join(f'"{c}"' if c in read else f'NULL::{_arrow_type(t)} AS "{c}"' for c, t in self.columns)
         return f"SELECT {columns} FROM ({VIEWS[self.name].format(db=db)})"
 
 
@@ -319,11 +317,12 @@ class HistorySandbox:
             con = self._cursor()
             stack.callback(con.close)
             for view in self._views:
-                con.register(
-                    view.stream,
-                    _LiveView(self._engine_cursor, view.engine_query(self._db, read.get(view.name)), opened),
-                )
-                con.execute(view.over(view.stream))
+                if view.name in read:
+                    live = _LiveView(self._engine_cursor, view.engine_query(self._db, read[view.name]), opened)
+                    con.register(view.stream, live)
+                    con.execute(view.over(view.stream))
+                else:  # not scanned by the plan: its empty table binds the same and costs the engine nothing
+                    con.execute(view.over(view.table))
             timer = threading.Timer(timeout_s, con.interrupt)
             timer.start()
             try:
@@ -338,17 +337,18 @@ class HistorySandbox:
                 timer.cancel()
         raise AssertionError("unreachable")
 
-    def _columns_read(self, planner: duckdb.DuckDBPyConnection, sql: str) -> dict[str, set[str] | None]:
+    def _columns_read(self, planner: duckdb.DuckDBPyConnection, sql: str) -> dict[str, set[str]]:
         """Which columns of each view the statement reads, from DuckDB's own plan of it over
-        the empty tables; a view it does not scan reads none. Planning also binds the
-        statement, so an unknown column is reported here, before anything is streamed."""
+        the empty tables (the same optimizer plans it over the streams); a view the plan does
+        not scan is left out. Planning also binds the statement, so an unknown column is
+        reported here, before anything is streamed."""
         for view in self._views:
             planner.execute(view.over(view.table))
         try:
             plan = planner.execute(f"EXPLAIN (FORMAT JSON) {sql}").fetchall()
         except duckdb.Error as exc:
             raise QueryFailed(str(exc).splitlines()[0], details={"sql": sql}) from None
-        read: dict[str, set[str] | None] = {view.name: set() for view in self._views}
+        read: dict[str, set[str]] = {}
         by_table = {f"memory.main.{view.table}": view for view in self._views}
         for node in _nodes([json.loads(text) for _, text in plan]):
             info = node.get("extra_info")
@@ -361,9 +361,7 @@ class HistorySandbox:
                 info["Filters"] if isinstance(info.get("Filters"), list) else [info.get("Filters") or ""]
             )
             names |= {c for c, _ in view.columns if re.search(rf"\b{re.escape(c)}\b", filters)}
-            columns = read[view.name]
-            if columns is not None:
-                columns |= names
+            read.setdefault(view.name, set()).update(names)
         return read
 
     @staticmethod
