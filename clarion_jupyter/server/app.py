@@ -22,6 +22,7 @@ from ..core.errors import ClarionError
 from ..core.protocol import CloseCode
 from ..core.secrets import DEFAULT_SECRET_ENV_PATTERN, SecretPolicy
 from ..storage.database import default_db_path
+from ..storage.query import MAX_BYTES
 from ..task.base import DEFAULT_MAX_OUTPUT_BYTES
 from ..task.broker import redact
 from ..workflow.engine import Engine
@@ -91,6 +92,12 @@ class ClarionExtension(ExtensionApp):
         "hold secrets. Only such a variable may be an agent's api_key_env (an agent also chooses the "
         "api_base its key is sent to), and the value of every set variable that matches is masked as "
         "*** in everything Clarion stores, streams or logs. Default: names ending in _API_KEY, _KEY or _TOKEN.",
+    ).tag(config=True)
+    max_query_bytes = Integer(
+        MAX_BYTES,
+        min=1,
+        help="Largest answer of POST /api/v3/query, in bytes of JSON (default 20 MB): rows are "
+        "fetched from DuckDB until the next would pass it, and the answer says truncated: true.",
     ).tag(config=True)
     ws_ping_interval_s = Float(
         30.0, min=0.0, help="Seconds between WebSocket pings that keep idle connections alive (0: no pings)."

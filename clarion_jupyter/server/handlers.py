@@ -356,13 +356,17 @@ class QueryRequest(BaseModel):
 
 
 class QueryHandler(ClarionHandler):
-    """Read-only SQL over the run history views; a refused or failing statement is a 400."""
+    """Read-only SQL over the run history views; a refused or failing statement is a 400.
+    The answer is capped at the ``max_query_bytes`` trait, and arrives encoded (on the query's
+    thread), so a large one costs the event loop no encoding."""
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
         request = await self.body_model(QueryRequest, "query request", await self.body_document())
-        self.reply((await (await self.engine()).query(request.sql)).as_dict())
+        result = await (await self.engine()).query(request.sql, max_bytes=self.clarion.max_query_bytes)
+        self.set_header("Content-Type", "application/json")
+        self.finish(result.to_json())
 
 
 class UnknownPathHandler(ClarionHandler):

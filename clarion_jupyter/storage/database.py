@@ -4,8 +4,9 @@ DuckDB allows one read-write process per file, and each statement has a fixed co
 around a millisecond, so every call goes through a thread: writes through one dedicated
 writer thread (so its transactions never interleave), new runs' single-statement commits
 through a submitter thread and long maintenance transactions through a third (so that
-neither waits behind the other writes), and reads through a small pool of reader threads,
-each with its own cursor.
+neither waits behind the other writes), reads through a small pool of reader threads,
+each with its own cursor, and users' history queries through a pool of their own (so the
+engine's reads never queue behind a slow query).
 """
 
 from __future__ import annotations
@@ -96,15 +97,18 @@ def connect(path: str | Path) -> duckdb.DuckDBPyConnection:
 
 
 class Database:
-    """The one DuckDB connection of the process, with a writer thread, a submission thread and reader cursors, so no query runs on the event loop and writes never interleave."""
+    """The one DuckDB connection of the process, with a writer thread, a submission thread, reader
+    cursors and the history queries' own threads, so no query runs on the event loop, writes never
+    interleave, and a slow history query never holds up the engine's reads."""
 
-    def __init__(self, path: str | Path, readers: int = 2) -> None:
+    def __init__(self, path: str | Path, readers: int = 2, queries: int = 2) -> None:
         self.path = str(path)
         self._con: duckdb.DuckDBPyConnection | None = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="clarion-db-writer")
         self._submitter = ThreadPoolExecutor(1, thread_name_prefix="clarion-db-submitter")
         self._maintainer = ThreadPoolExecutor(1, thread_name_prefix="clarion-db-maintainer")
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="clarion-db-reader")
+        self._queries = ThreadPoolExecutor(queries, thread_name_prefix="clarion-db-query")
         self._local = threading.local()
 
     def open(self) -> None:
@@ -119,7 +123,7 @@ class Database:
         """Let every other thread finish its call first: DuckDB refuses to close a connection
         that a reader or the maintenance thread is still using."""
         loop = asyncio.get_running_loop()
-        for pool in (self._readers, self._maintainer, self._submitter):
+        for pool in (self._queries, self._readers, self._maintainer, self._submitter):
             await loop.run_in_executor(None, pool.shutdown, True)
         await loop.run_in_executor(self._writer, self._close)
         self._writer.shutdown(wait=True)
@@ -136,6 +140,17 @@ class Database:
         if cursor is None:
             cursor = self._local.cursor = self._con.cursor()
         return cursor
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor of the caller's own (who closes it), for reads on threads outside the pools."""
+        if self._con is None:
+            raise RuntimeError("database is not open")
+        return self._con.cursor()
+
+    async def query(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the query threads: as many queries run at once as there are
+        threads, the rest wait their turn there, and none takes a reader thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._queries, fn, *args)
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()

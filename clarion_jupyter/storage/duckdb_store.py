@@ -24,7 +24,7 @@ from ..core.errors import Conflict
 from ..core.protocol import ACTIVE_RUN_STATUSES
 from .database import Database
 from .protocols import ActiveRun, RunPage
-from .query import MAX_ROWS, TIMEOUT_S, QueryResult, run_query
+from .query import MAX_BYTES, MAX_ROWS, TIMEOUT_S, HistorySandbox, QueryResult
 from .records import Batch, Event, RunRecord, StepRecord, StoredDocument, utcnow
 
 log = logging.getLogger(__name__)
@@ -623,23 +623,33 @@ class DuckDBStorage:
         self.runs = DuckDBRunStore(self._db)
         self.agents = DuckDBDocumentStore(self._db, "agents")
         self.workflows = DuckDBDocumentStore(self._db, "workflows", with_source=True)
+        self._sandbox: HistorySandbox | None = None
 
     async def open(self) -> None:
         try:
             await self._db.start()
             await self.runs.recover()
+            self._sandbox = await self._db.query(HistorySandbox, self._db.cursor)
         except BaseException:
             await self._db.close()  # release the threads; the file was never opened
             raise
 
     async def close(self) -> None:
         await self.runs.close()
-        await self._db.close()
+        await self._db.close()  # waits for running queries, whose streams read the database
+        if self._sandbox is not None:
+            self._sandbox.close()
+            self._sandbox = None
 
-    async def query(self, sql: str, max_rows: int = MAX_ROWS, timeout_s: float = TIMEOUT_S) -> QueryResult:
-        """The journal is projected first, so the views see every committed run."""
+    async def query(
+        self, sql: str, max_rows: int = MAX_ROWS, timeout_s: float = TIMEOUT_S, max_bytes: int = MAX_BYTES
+    ) -> QueryResult:
+        """The journal is projected first, so the views see every committed run; the statement
+        runs in the sandbox, on the query threads."""
+        if self._sandbox is None:
+            raise RuntimeError("storage is not open")
         await self.runs.project()
-        return await self._db.read(run_query, sql, max_rows, timeout_s)
+        return await self._db.query(self._sandbox.run, sql, max_rows, max_bytes, timeout_s)
 
     def health(self) -> dict[str, Any]:
         return {

@@ -91,8 +91,9 @@ class Storage(Protocol):
     async def close(self) -> None:
         """Finish deferred work and release everything; nothing is written after this."""
 
-    async def query(self, sql: str, max_rows: int, timeout_s: float) -> QueryResult:
-        """One read-only statement over the history views, seeing every committed run."""
+    async def query(self, sql: str, max_rows: int, timeout_s: float, max_bytes: int) -> QueryResult:
+        """One read-only statement over the history views, seeing every committed run; at
+        most ``max_rows`` rows and ``max_bytes`` of JSON come back."""
 
     def health(self) -> dict[str, Any]:
         """The storage's part of ``GET /api/v3/health`` (its kind, backlog, last error)."""

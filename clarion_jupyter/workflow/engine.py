@@ -27,7 +27,7 @@ from ..core.workspace import Workspace, WorkspacePathError
 from ..storage.database import default_db_path
 from ..storage.duckdb_store import DuckDBStorage
 from ..storage.protocols import ActiveRun, Storage
-from ..storage.query import MAX_ROWS, TIMEOUT_S, QueryResult
+from ..storage.query import MAX_BYTES, MAX_ROWS, TIMEOUT_S, QueryResult
 from ..storage.records import Event, RunRecord, StoredDocument, utcnow
 from ..storage.writer import GroupCommitWriter
 from ..task.base import DEFAULT_MAX_OUTPUT_BYTES, TaskFailed, TaskSettings
@@ -560,8 +560,10 @@ class Engine:
 
     # -- history -----------------------------------------------------------------
 
-    async def query(self, sql: str, *, max_rows: int = MAX_ROWS, timeout_s: float = TIMEOUT_S) -> QueryResult:
+    async def query(
+        self, sql: str, *, max_rows: int = MAX_ROWS, timeout_s: float = TIMEOUT_S, max_bytes: int = MAX_BYTES
+    ) -> QueryResult:
         """One read-only SQL statement over the history views (``runs``, ``steps``, ``events``,
         ``llm_calls``); the journal is projected first, so every committed run is seen."""
         self._require_started()
-        return await self.storage.query(sql, max_rows, timeout_s)
+        return await self.storage.query(sql, max_rows, timeout_s, max_bytes)
