@@ -56,3 +56,12 @@ async def until(condition: Any, timeout: float = RUN_TIMEOUT_S) -> None:
 
 def step(run: WorkflowRun, key: str) -> Any:
     return next(s for s in run.steps if s.key == key)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from broker_support import RUN_TIMEOUT_S, broker, engine_on, finish, queue_secret, shell, step, until
+from broker_support import RUN_TIMEOUT_S, alive, broker, engine_on, finish, queue_secret, shell, step, until
 from prometheus_client import REGISTRY
 
 from clarion_jupyter.testing.brokers import BrokerProcess, TcpProxy, WorkerProcess
@@ -24,14 +24,6 @@ __all__ = ["broker", "queue_secret"]  # fixtures, used by name
 
 pytestmark = pytest.mark.timeout(60)
 RUNNER = Path(__file__).parent / "support" / "run_workflow.py"
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 async def test_runs_finish_after_the_broker_restarts_without_its_data(broker: BrokerProcess, tmp_path: Path) -> None:
@@ -98,10 +90,10 @@ async def test_a_cancel_sent_while_a_worker_is_cut_off_stops_its_step_once_it_is
         await engine.cancel(run_id)
         run = await asyncio.wait_for(engine.wait(run_id), 10)
         await asyncio.sleep(1.5)  # the broadcast is long gone
-        assert _running(pid)
+        assert alive(pid)
         link.heal()
         healed = asyncio.get_running_loop().time()
-        await until(lambda: not _running(pid), timeout=10)
+        await until(lambda: not alive(pid), timeout=10)
         stopped_after = asyncio.get_running_loop().time() - healed
 
     assert run.status == "cancelled"

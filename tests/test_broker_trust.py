@@ -17,6 +17,7 @@ import nats
 import pytest
 import redis.asyncio as aioredis
 from broker_support import SECRET_ENV, broker, engine_on, finish, queue_secret, shell, until
+from prometheus_client import REGISTRY
 
 from clarion_jupyter import Engine
 from clarion_jupyter.core.errors import QueueUnavailable
@@ -128,6 +129,7 @@ async def test_forged_results_and_events_are_dropped_and_counted_by_the_engine(
         health = engine.health()
 
     assert health["queue"]["dropped"] == {"unsigned": 1, "event_type": 3, "not_awaited": 1}
+    assert REGISTRY.get_sample_value("clarion_queue_dropped_messages", {"reason": "event_type"}) == 3
     assert [e.type for e in rest] == [EventType.step_completed, EventType.workflow_succeeded]
     assert run.outputs == {"out": "real\n"}
 

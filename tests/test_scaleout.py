@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker_support import RUN_TIMEOUT_S, broker, engine_on, finish, queue_secret, shell, step, until
+from broker_support import RUN_TIMEOUT_S, alive, broker, engine_on, finish, queue_secret, shell, step, until
 from conftest_server import Api, create_workflow, start_run, wait_run
 
 from clarion_jupyter import Engine
@@ -89,9 +89,12 @@ async def test_a_job_of_a_killed_worker_is_redelivered_to_another_after_the_visi
         async with WorkerProcess(url, tmp_path, name="rescuer"):
             run = await asyncio.wait_for(engine.wait(run_id), RUN_TIMEOUT_S)
 
+        completed = [e for e in await engine.events(run_id) if e.type == EventType.step_completed]
+
     assert run.status == "succeeded", run.error
     assert starts.read_text().splitlines() == ["started", "started"]  # ran once more, on the rescuer
     assert step(run, "work").attempt == 1  # the same job delivered again, not a retry
+    assert completed[0].data["deliveries"] == 2  # the step's record says its job was redelivered
 
 
 async def test_a_worker_stopped_by_sigterm_gives_its_job_back_at_once(broker: BrokerProcess, tmp_path: Path) -> None:
@@ -155,17 +158,9 @@ async def test_cancel_reaches_a_remote_worker_and_kills_its_shell_command(
             pid = int(pid_file.read_text())
             await engine.cancel(run_id)
             run = await asyncio.wait_for(engine.wait(run_id), RUN_TIMEOUT_S)
-            await until(lambda: not _running(pid), timeout=10)
+            await until(lambda: not alive(pid), timeout=10)
 
         assert run.status == "cancelled"
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 async def test_an_engine_restart_while_a_worker_holds_a_job_adopts_it_and_runs_it_once(
