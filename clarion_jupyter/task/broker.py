@@ -533,15 +533,11 @@ class BrokerQueue(ABC):
         if job is None:
             await self._quietly("dropping a job", self._ack(handle))
             return None
-        names = [f"done.{job.nonce}", f"cancel.{job.run_id}"]
-        done, cancelled = await self._retrying("checking a job", lambda: self._state_get(names))
+        done, cancelled, took = await self._retrying("checking a job", lambda: self._job_state(job))
         if done == self._signer.tag("done", job.nonce):
             self._drop("job", "replayed")
             await self._quietly("dropping a job", self._ack(handle))
             return None
-        took = await self._retrying(
-            "counting deliveries", lambda: self._state_append(f"took.{job.nonce}", self.identity.encode())
-        )
         if len(took) > self.options.max_deliveries:
             await self._lost_too_often(job, handle, [worker.decode(errors="replace") for worker in took[:-1]])
             return None
@@ -562,9 +558,19 @@ class BrokerQueue(ABC):
         await self._finished(job, handle)
 
     async def _finished(self, job: Job, handle: Any) -> None:
-        done = {f"done.{job.nonce}": self._signer.tag("done", job.nonce)}
-        await self._quietly("recording a finished job", self._state_set(done, delete=(f"took.{job.nonce}",)))
-        await self._quietly("acking a job", self._ack(handle))
+        await self._quietly("acking a job", self._ack_done(handle, job.nonce, self._signer.tag("done", job.nonce)))
+
+    # -- state round trips a broker may do in one ------------------------------------------------
+
+    async def _job_state(self, job: Job) -> tuple[bytes | None, bytes | None, list[bytes]]:
+        """A job's ``done`` and ``cancel`` records, and its deliveries after counting this one."""
+        done, cancelled = await self._state_get([f"done.{job.nonce}", f"cancel.{job.run_id}"])
+        return done, cancelled, await self._state_append(f"took.{job.nonce}", self.identity.encode())
+
+    async def _ack_done(self, handle: Any, nonce: str, tag: bytes) -> None:
+        """Record the job as done (so a replay of it is refused), then take it off the broker."""
+        await self._state_set({f"done.{nonce}": tag}, delete=(f"took.{nonce}",))
+        await self._ack(handle)
 
     async def _handed_back(self, deliveries: list[Delivery]) -> None:
         """Given back by a worker that stops: not a lost delivery, so it is not counted as one."""

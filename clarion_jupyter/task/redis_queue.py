@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from .broker import RESULT_BATCH, STATE_TTL_S, BrokerQueue, Raw, TakeJob
-from .queue import Delivery
+from .queue import Delivery, Job
 
 WORKERS, ENGINE = "workers", "engine"
 OFFER = """
@@ -134,6 +134,19 @@ class RedisQueue(BrokerQueue):
 
     async def _ack(self, handle: Any) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
+            await pipe.xack(self._jobs, WORKERS, handle).xdel(self._jobs, handle).execute()
+
+    async def _job_state(self, job: Job) -> tuple[bytes | None, bytes | None, list[bytes]]:
+        took = f"{self._state}took.{job.nonce}"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.mget([f"{self._state}done.{job.nonce}", f"{self._state}cancel.{job.run_id}"])
+            pipe.rpush(took, self.identity).expire(took, int(STATE_TTL_S)).lrange(took, 0, -1)
+            (done, cancelled), *_, items = await pipe.execute()
+        return done, cancelled, items
+
+    async def _ack_done(self, handle: Any, nonce: str, tag: bytes) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(f"{self._state}done.{nonce}", tag, ex=int(STATE_TTL_S)).delete(f"{self._state}took.{nonce}")
             await pipe.xack(self._jobs, WORKERS, handle).xdel(self._jobs, handle).execute()
 
     async def _give_back(self, deliveries: list[tuple[Delivery, bytes]]) -> None:
