@@ -73,6 +73,26 @@ async def test_a_step_that_kills_its_worker_fails_as_worker_lost_after_max_deliv
     assert step(run, "poison").attempt == 1  # the step's own retry (none) decides what follows
 
 
+async def test_a_worker_lost_attempt_counts_against_the_steps_retry(broker: BrokerProcess, tmp_path: Path) -> None:
+    url = f"{broker.url}?visibility_timeout=1&max_deliveries=1"
+    retry = {"max_attempts": 2, "backoff_s": 0}
+    workflow = {"name": "poison", "steps": [shell("poison", "kill -9 $PPID; sleep 5", retry=retry)]}
+    async with engine_on(broker, tmp_path, url) as engine:
+        workers = [WorkerProcess(url, tmp_path, name=f"w{i}").start() for i in range(3)]
+        try:
+            await asyncio.gather(*(worker.wait_ready() for worker in workers))
+            run = await finish(engine, workflow)
+        finally:
+            for worker in workers:
+                await worker.stop(signal.SIGKILL)
+        events = [(e.type, e.data.get("attempt")) for e in await engine.events(run.run_id) if e.step_id == "poison"]
+
+    assert run.status == "failed"
+    assert step(run, "poison").attempt == 2
+    assert step(run, "poison").error["code"] == "worker_lost"
+    assert ("step_retrying", 1) in events
+
+
 async def test_a_cancel_sent_while_a_worker_is_cut_off_stops_its_step_once_it_is_back(
     broker: BrokerProcess, tmp_path: Path
 ) -> None:
