@@ -28,6 +28,7 @@ import gc
 import json
 import os
 import resource
+import secrets
 import statistics
 import subprocess
 import sys
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("CLARION_QUEUE_SECRET", secrets.token_hex(32))  # signs the broker's messages
 
 from clarion_jupyter import Engine
 from clarion_jupyter.testing.brokers import BROKERS, WorkerProcess

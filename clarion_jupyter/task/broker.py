@@ -20,21 +20,28 @@ results. Both brokers give the same guarantees, so the machinery for them lives 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
+import os
+import secrets
+import socket
 import time
 from abc import ABC, abstractmethod
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..core.errors import BadRequest, QueueUnavailable
+from ..core.protocol import EventType
 from .base import config_problems
-from .queue import Delivery, Job, JobResult
+from .queue import Delivery, Job, JobResult, job_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,8 +50,12 @@ DEFAULT_MAX_PENDING = 1000
 CONNECT_TIMEOUT_S = 5.0
 """How long ``start`` tries to reach the broker before it says it cannot."""
 RESULT_BATCH = 256
-BACKLOG_MAX_AGE_S = 1.0
-"""Health shows the backlog as measured at most this long ago (measured when asked, in the background)."""
+WATCH_S = 1.0
+"""How often a queue checks its broker: reachable (health, backlog), state lost, runs cancelled."""
+STATE_TTL_S = 7 * 24 * 3600.0
+"""How long the broker keeps a finished job's record; a job message older than that is refused."""
+MIN_SECRET_CHARS = 16
+CANCELS_KEPT = 10_000
 PUT_POLL_S = (0.005, 0.25)
 """First and longest pause between offers of a job while the queue is full."""
 _SECRET_PARAMS = ("pass", "token", "secret", "key")
@@ -69,6 +80,14 @@ class BrokerOptions(BaseModel):
     )
     max_pending: int | None = Field(
         None, ge=1, description="Most jobs waiting or running at once; beyond it `put` waits (default: the engine's)."
+    )
+    max_deliveries: int = Field(
+        3, ge=1, description="Deliveries of a job whose workers were lost, after which its step fails (`worker_lost`)."
+    )
+    secret_env: str = Field(
+        "CLARION_QUEUE_SECRET",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        description="The environment variable holding the secret that signs every message.",
     )
 
 
@@ -123,25 +142,101 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def encode(message: Job | JobResult) -> bytes:
-    return json.dumps(message.as_dict(), separators=(",", ":"), default=_json_default).encode()
+def canonical(message: Job | JobResult) -> bytes:
+    """The JSON a message is signed as: sorted keys, no spaces, ASCII only."""
+    return json.dumps(message.as_dict(), sort_keys=True, separators=(",", ":"), default=_json_default).encode()
+
+
+class Rejected(Exception):
+    """A message that is not ours to act on; ``reason`` is one of :data:`DROP_REASONS`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+DROP_REASONS = ("unsigned", "bad_signature", "unreadable", "expired", "replayed", "not_sent", "event_type")
+"""Why a broker message was dropped (health ``dropped`` and the ``clarion_queue_dropped`` metric)."""
+PROGRESS_EVENT_TYPES = frozenset({EventType.llm_token})
+"""What a progress message may carry: the events only a running task knows of. Everything
+else (a step's or run's state, an approval) is the engine's to decide and record."""
+WIRE_PREFIX = b"clarion1"
+
+
+class Signer:
+    """HMAC-SHA256 with the queue's shared secret over ``kind``, time and canonical JSON.
+
+    The wire form is ``clarion1.<kind>.<unix ms>.<hex mac>.<json>``: the kind keeps a signed
+    result from being passed off as a job (or a cancel), the time lets a worker refuse a job
+    older than the records that would tell it the job already ran."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def seal(self, kind: str, body: bytes) -> bytes:
+        stamp = str(int(time.time() * 1000)).encode()
+        return b".".join((WIRE_PREFIX, kind.encode(), stamp, self._mac(kind.encode(), stamp, body).encode(), body))
+
+    def open(self, kind: str, data: bytes, max_age_s: float | None = None) -> bytes:
+        """The body of a message of ``kind`` this secret signed, else :class:`Rejected`."""
+        parts = data.split(b".", 4)
+        if len(parts) != 5 or parts[0] != WIRE_PREFIX:
+            raise Rejected("unsigned")
+        _, got_kind, stamp, mac, body = parts
+        if got_kind != kind.encode() or not hmac.compare_digest(mac, self._mac(got_kind, stamp, body).encode()):
+            raise Rejected("bad_signature")
+        if max_age_s is not None and time.time() - int(stamp) / 1000 > max_age_s:
+            raise Rejected("expired")
+        return body
+
+    def tag(self, kind: str, name: str) -> bytes:
+        """A value for a state record, so only a holder of the secret can make one count."""
+        return self._mac(kind.encode(), b"0", name.encode()).encode()
+
+    def _mac(self, kind: bytes, stamp: bytes, body: bytes) -> str:
+        return hmac.new(self._secret, b"\n".join((kind, stamp, body)), hashlib.sha256).hexdigest()
+
+
+def signer_from_env(url: str, options: BrokerOptions) -> Signer:
+    """The queue's signer, from the variable ``secret_env`` names; refuses to go on without one."""
+    secret = os.environ.get(options.secret_env, "")
+    if len(secret) < MIN_SECRET_CHARS:
+        problem = "is not set" if not secret else f"is shorter than {MIN_SECRET_CHARS} characters"
+        raise QueueUnavailable(
+            f"queue_url {redact(url)!r}: the shared secret that signs broker messages {problem}: set the "
+            f"environment variable {options.secret_env} to the same random value for the server and every "
+            f"worker, e.g. export {options.secret_env}=$(openssl rand -hex 32)",
+            details={"queue_url": redact(url), "secret_env": options.secret_env},
+        )
+    return Signer(secret.encode())
+
+
+def decode_job(body: bytes) -> Job:
+    return Job(**json.loads(body))
+
+
+def decode_result(body: bytes) -> JobResult:
+    result = JobResult(**json.loads(body))
+    if result.kind not in ("ok", "error", "progress"):
+        raise ValueError(f"unknown kind of result {result.kind!r}")
+    if result.kind == "progress" and (
+        result.event_type not in PROGRESS_EVENT_TYPES or not isinstance(result.data, dict)
+    ):
+        raise Rejected("event_type")
+    return result
 
 
 def encode_result(result: JobResult) -> bytes:
     """A result as sent; an output that is not JSON fails its step (as the engine would) rather than the worker."""
     try:
-        return encode(result)
+        return canonical(result)
     except (TypeError, ValueError, RecursionError) as exc:
         error = {"code": "output", "message": f"the step's output is not JSON: {exc}"}
-        return encode(JobResult(result.run_id, result.key, result.attempt, "error", error=error, retryable=False))
-
-
-def decode_job(data: bytes) -> Job:
-    return Job(**json.loads(data))
-
-
-def decode_result(data: bytes) -> JobResult:
-    return JobResult(**json.loads(data))
+        return canonical(
+            JobResult(
+                result.run_id, result.key, result.attempt, "error", error=error, retryable=False, nonce=result.nonce
+            )
+        )
 
 
 class Unreachable(Exception):
@@ -151,11 +246,15 @@ class Unreachable(Exception):
 class BrokerQueue(ABC):
     """The :class:`~.queue.Queue` protocol over a broker; subclasses implement the broker calls.
 
-    Jobs a worker has taken and not yet acked are *held*; :meth:`close` gives them back."""
+    Jobs a worker has taken and not yet acked are *held*; :meth:`close` gives them back.
+    Besides its streams a broker keeps small *state* records, named ``done.<nonce>``,
+    ``took.<nonce>``, ``cancel.<run_id>`` and ``epoch``, that expire after :data:`STATE_TTL_S`."""
 
     kind: ClassVar[str]
     transient: ClassVar[tuple[type[BaseException], ...]]
     """Errors meaning the broker is away for now: the operation waits and tries again."""
+    broker_errors: ClassVar[tuple[type[BaseException], ...]]
+    """Every error the client library raises: a loop logs it, backs off and goes on."""
     client_params: ClassVar[bool] = False
 
     def __init__(self, url: str, max_pending: int | None = None) -> None:
@@ -164,18 +263,40 @@ class BrokerQueue(ABC):
         self.url = redact(url)
         self.sets_bound = self.options.max_pending is not None or max_pending is not None
         self.max_pending = self.options.max_pending or max_pending or DEFAULT_MAX_PENDING
+        self.identity = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        """This process among the broker's clients (a Redis consumer name; the workers a lost job names)."""
+        self.dropped: Counter[str] = Counter()
+        self._signer: Signer | None = None
         self._held: dict[int, Delivery] = {}
+        self._awaited: dict[str, str] = {}
+        """Engine side: the nonce of every job whose result is awaited, by job id."""
+        self._resend: dict[str, Job] = {}
+        """Engine side: the jobs awaited that a broker which lost its state must be sent again."""
+        self._stock: dict[str, tuple[str, Job | None]] = {}
+        """Engine side: what :meth:`take_stock` found in the broker and no run adopted yet."""
+        self._epoch: bytes | None = None
         self._cancel_callbacks: list[Callable[[str], None]] = []
+        self._cancels_heard: OrderedDict[str, None] = OrderedDict()
         self._background: list[asyncio.Task[None]] = []
         self._backlog: int | None = None
-        self._backlog_at = 0.0
-        self._measuring: asyncio.Task[None] | None = None
+        self._down_since: datetime | None = None
+        self._down_error = ""
 
     # -- what each broker implements -----------------------------------------------------
 
     @abstractmethod
     async def _connect(self) -> None:
-        """Connect, create streams / groups / consumers that are missing, subscribe to cancels."""
+        """Connect, :meth:`_ensure` what is missing, subscribe to cancels."""
+
+    @abstractmethod
+    async def _ensure(self) -> None:
+        """Create the streams, groups, consumers and state store that are missing (a broker
+        restarted without persistence has none of them)."""
+
+    @staticmethod
+    @abstractmethod
+    def _lost(exc: BaseException) -> bool:
+        """Whether ``exc`` says a stream, group or consumer is missing (see :meth:`_ensure`)."""
 
     @abstractmethod
     async def _disconnect(self) -> None: ...
@@ -192,8 +313,8 @@ class BrokerQueue(ABC):
     async def _ack(self, handle: Any) -> None: ...
 
     @abstractmethod
-    async def _give_back(self, deliveries: list[Delivery]) -> None:
-        """Make held jobs deliverable again at once."""
+    async def _give_back(self, deliveries: list[tuple[Delivery, bytes]]) -> None:
+        """Make held jobs (with their signed message) deliverable again at once."""
 
     @abstractmethod
     async def _touch(self, handles: list[Any]) -> None:
@@ -210,19 +331,39 @@ class BrokerQueue(ABC):
     async def _ack_results(self, handles: list[Any]) -> None: ...
 
     @abstractmethod
-    async def _publish_cancel(self, run_id: str) -> None: ...
+    async def _publish_cancel(self, data: bytes) -> None: ...
 
     @abstractmethod
     async def _count_backlog(self) -> int:
         """Jobs waiting or running."""
 
+    @abstractmethod
+    async def _scan(self) -> tuple[list[bytes], list[bytes]]:
+        """Every job message and every result message the broker holds, without taking them."""
+
+    @abstractmethod
+    async def _state_get(self, names: list[str]) -> list[bytes | None]:
+        """State records by name (None: there is none, or the store itself is gone)."""
+
+    @abstractmethod
+    async def _state_set(self, values: dict[str, bytes], delete: tuple[str, ...] = ()) -> None: ...
+
+    @abstractmethod
+    async def _state_append(self, name: str, value: bytes) -> list[bytes]:
+        """Append to a list record; the whole list after it."""
+
+    @abstractmethod
+    async def _state_remove(self, name: str, value: bytes) -> None:
+        """Remove one ``value`` from a list record."""
+
     # -- the Queue protocol ----------------------------------------------------------------
 
     async def start(self) -> None:
+        self._signer = signer_from_env(self.url, self.options)
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await self._connect()
-                self._backlog, self._backlog_at = await self._count_backlog(), time.monotonic()
+                self._backlog = await self._count_backlog()
         except (Unreachable, TimeoutError, *self.transient) as exc:
             await self._quietly("disconnecting", self._disconnect())
             reason = str(exc) or f"no answer within {CONNECT_TIMEOUT_S:g} s"
@@ -230,21 +371,23 @@ class BrokerQueue(ABC):
                 f"cannot reach the {self.kind} broker at {self.url}: {reason}", details={"queue_url": self.url}
             ) from None
         self._spawn(self._keep_held())
+        self._spawn(self._watch())
         log.info("queue connected to %s (prefix %s)", self.url, self.options.prefix)
 
     async def close(self) -> None:
-        for task in [*self._background, *([self._measuring] if self._measuring else [])]:
+        for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background = []
         held, self._held = list(self._held.values()), {}
         if held:
             log.info("giving %d unfinished job(s) back to %s", len(held), self.url)
-            await self._quietly("giving jobs back", asyncio.wait_for(self._give_back(held), CONNECT_TIMEOUT_S))
+            await self._quietly("giving jobs back", asyncio.wait_for(self._handed_back(held), CONNECT_TIMEOUT_S))
         await self._quietly("disconnecting", self._disconnect())
 
     async def put(self, job: Job) -> None:
-        data = encode(job)
+        data = self._seal("job", canonical(job))
+        self._awaited[job.id], self._resend[job.id] = job.nonce, job
         pause, longest = PUT_POLL_S
         while not await self._retrying("queueing a job", lambda: self._offer(data)):
             await asyncio.sleep(pause)
@@ -257,24 +400,22 @@ class BrokerQueue(ABC):
                 handle, data = await self._retrying("taking jobs", take) or (None, None)
                 if handle is None:
                     continue
-                job = self._decoded(decode_job, data)
-                if job is None:  # unreadable: redelivering it would only fail again
-                    await self._quietly("dropping an unreadable job", self._ack(handle))
-                    continue
-                delivery = Delivery(job, handle)
-                self._held[id(delivery)] = delivery
-                yield delivery
+                delivery = await self._checked_in(handle, data)
+                if delivery is not None:
+                    self._held[id(delivery)] = delivery
+                    yield delivery
 
     async def ack(self, delivery: Delivery) -> None:
+        """The job is done: recorded so (a replay of it is refused), then taken off the broker."""
         self._held.pop(id(delivery), None)
-        await self._quietly("acking a job", self._ack(delivery.tag))
+        await self._finished(delivery.job, delivery.tag)
 
     async def nack(self, delivery: Delivery) -> None:
         self._held.pop(id(delivery), None)
-        await self._quietly("giving a job back", self._give_back([delivery]))
+        await self._quietly("giving a job back", self._handed_back([delivery]))
 
     async def report(self, result: JobResult) -> None:
-        data = encode_result(result)
+        data = self._seal("result", encode_result(result))
         await self._retrying("reporting a result", lambda: self._publish_result(data))
 
     async def results(self) -> AsyncIterator[JobResult]:
@@ -282,68 +423,209 @@ class BrokerQueue(ABC):
             _stop_if_cancelled()
             batch = await self._retrying("reading results", self._take_results)
             for _handle, data in batch:
-                result = self._decoded(decode_result, data)
+                result = self._accepted(data)
                 if result is not None:
                     yield result
             if batch:
                 await self._quietly("acking results", self._ack_results([handle for handle, _ in batch]))
 
     async def cancel(self, run_id: str) -> None:
-        await self._retrying("broadcasting a cancel", lambda: self._publish_cancel(run_id))
+        """Recorded as state first (a worker away now checks it when it is back), then broadcast."""
+        for jid in [j for j in self._awaited if j.startswith(f"{run_id}/")]:
+            self._awaited.pop(jid)
+            self._resend.pop(jid, None)
+        tag = self._signer.tag("cancel", run_id)
+        await self._retrying("recording a cancel", lambda: self._state_set({f"cancel.{run_id}": tag}))
+        data = self._seal("cancel", run_id.encode())
+        await self._retrying("broadcasting a cancel", lambda: self._publish_cancel(data))
 
     def on_cancel(self, callback: Callable[[str], None]) -> None:
         self._cancel_callbacks.append(callback)
 
+    async def take_stock(self) -> None:
+        """What the broker holds from before this engine started, by job id; and this engine's
+        mark (``epoch``), whose absence later means the broker lost its state."""
+        jobs, results = await self._retrying("taking stock of the broker", self._scan)
+        for data in jobs:
+            job = self._opened("job", data, decode_job)
+            if job is not None:
+                self._stock[job.id] = (job.nonce, job)
+        for data in results:
+            result = self._opened("result", data, decode_result)
+            if result is not None and result.kind != "progress":
+                self._stock.setdefault(result.job_id, (result.nonce, None))
+        self._epoch = secrets.token_hex(8).encode()
+        await self._retrying("marking the broker", lambda: self._state_set({"epoch": self._epoch}))
+        if self._stock:
+            log.info("%s holds %d job(s) from before this start", self.url, len(self._stock))
+
+    def adopt(self, run_id: str, key: str, attempt: int) -> bool:
+        jid = job_id(run_id, key, attempt)
+        found = self._stock.pop(jid, None)
+        if found is None:
+            return False
+        self._awaited[jid], job = found
+        if job is not None:
+            self._resend[jid] = job
+        return True
+
     def health(self) -> dict[str, Any]:
-        stale = self._background and time.monotonic() - self._backlog_at > BACKLOG_MAX_AGE_S
-        if stale and self._measuring is None:
-            self._measuring = asyncio.get_running_loop().create_task(self._measure_backlog())
         return {
             "kind": self.kind,
             "url": self.url,
             "prefix": self.options.prefix,
             "visibility_timeout_s": self.options.visibility_timeout,
             "max_pending": self.max_pending,
+            "max_deliveries": self.options.max_deliveries,
             "backlog": self._backlog,
+            "up": self._down_since is None,
+            "down_since": self._down_since.isoformat() if self._down_since else None,
+            "error": self._down_error or None,
+            "dropped": dict(self.dropped),
         }
 
-    # -- helpers for the subclasses ----------------------------------------------------------
+    # -- signing and checking ------------------------------------------------------------------
+
+    def _seal(self, kind: str, body: bytes) -> bytes:
+        if self._signer is None:
+            raise RuntimeError("the queue is not started")
+        return self._signer.seal(kind, body)
+
+    def _opened(
+        self, kind: str, data: bytes | None, decode: Callable[[bytes], T], max_age_s: float | None = None
+    ) -> T | None:
+        """The message if it is a well-formed ``kind`` signed with our secret; else dropped and counted."""
+        if data is None:  # deleted after it was delivered
+            return None
+        try:
+            return decode(self._signer.open(kind, data, max_age_s))
+        except Rejected as exc:
+            self._drop(kind, exc.reason)
+        except (ValueError, TypeError):
+            self._drop(kind, "unreadable")
+        return None
+
+    def _drop(self, kind: str, reason: str) -> None:
+        """Counted; logged without the content (it may be an attacker's), less often as they add up."""
+        self.dropped[reason] += 1
+        count = self.dropped[reason]
+        if count & (count - 1) == 0:
+            level = logging.DEBUG if reason == "not_awaited" else logging.WARNING
+            log.log(level, "dropped a %s message on %s: %s (%d so far)", kind, self.url, reason, count)
+
+    def _accepted(self, data: bytes | None) -> JobResult | None:
+        """A result is taken only for a job this engine sent (or adopted) and still awaits."""
+        result = self._opened("result", data, decode_result)
+        if result is None:
+            return None
+        if self._awaited.get(result.job_id) != result.nonce:
+            self._drop("result", "not_awaited")
+            return None
+        if result.kind != "progress":
+            del self._awaited[result.job_id]
+            self._resend.pop(result.job_id, None)
+        return result
+
+    async def _checked_in(self, handle: Any, data: bytes | None) -> Delivery | None:
+        """The delivery to run, or None: a message not ours, a job that already ran (a replay),
+        or one whose workers kept dying (failed as ``worker_lost`` instead)."""
+        job = self._opened("job", data, decode_job, max_age_s=STATE_TTL_S)
+        if job is None:
+            await self._quietly("dropping a job", self._ack(handle))
+            return None
+        done, cancelled, took = await self._retrying("checking a job", lambda: self._job_state(job))
+        if done == self._signer.tag("done", job.nonce):
+            self._drop("job", "replayed")
+            await self._quietly("dropping a job", self._ack(handle))
+            return None
+        if len(took) > self.options.max_deliveries:
+            await self._lost_too_often(job, handle, [worker.decode(errors="replace") for worker in took[:-1]])
+            return None
+        if cancelled == self._signer.tag("cancel", job.run_id):
+            self._cancelled(job.run_id)
+        return Delivery(job, handle, deliveries=len(took))
+
+    async def _lost_too_often(self, job: Job, handle: Any, workers: list[str]) -> None:
+        cap = self.options.max_deliveries
+        log.error("step %s was delivered %d times and lost its worker each time: failing it", job.id, len(workers))
+        error = {
+            "code": "worker_lost",
+            "message": f"the job was delivered {len(workers)} times and its worker was lost each time "
+            f"({', '.join(workers)}): the step may kill its worker (max_deliveries is {cap})",
+            "details": {"deliveries": len(workers), "workers": workers},
+        }
+        await self.report(job.result("error", error=error, retryable=True, deliveries=len(workers)))
+        await self._finished(job, handle)
+
+    async def _finished(self, job: Job, handle: Any) -> None:
+        await self._quietly("acking a job", self._ack_done(handle, job.nonce, self._signer.tag("done", job.nonce)))
+
+    # -- state round trips a broker may do in one ------------------------------------------------
+
+    async def _job_state(self, job: Job) -> tuple[bytes | None, bytes | None, list[bytes]]:
+        """A job's ``done`` and ``cancel`` records, and its deliveries after counting this one."""
+        done, cancelled = await self._state_get([f"done.{job.nonce}", f"cancel.{job.run_id}"])
+        return done, cancelled, await self._state_append(f"took.{job.nonce}", self.identity.encode())
+
+    async def _ack_done(self, handle: Any, nonce: str, tag: bytes) -> None:
+        """Record the job as done (so a replay of it is refused), then take it off the broker."""
+        await self._state_set({f"done.{nonce}": tag}, delete=(f"took.{nonce}",))
+        await self._ack(handle)
+
+    async def _handed_back(self, deliveries: list[Delivery]) -> None:
+        """Given back by a worker that stops: not a lost delivery, so it is not counted as one."""
+        for delivery in deliveries:
+            await self._state_remove(f"took.{delivery.job.nonce}", self.identity.encode())
+        await self._give_back([(d, self._seal("job", canonical(d.job))) for d in deliveries])
+
+    def _cancel_heard(self, data: bytes) -> None:
+        """A cancel broadcast (signed, else dropped)."""
+        run_id = self._opened("cancel", data, bytes.decode)
+        if run_id is not None:
+            self._cancelled(run_id)
 
     def _cancelled(self, run_id: str) -> None:
+        self._cancels_heard[run_id] = None
+        while len(self._cancels_heard) > CANCELS_KEPT:
+            self._cancels_heard.popitem(last=False)
         for callback in self._cancel_callbacks:
             callback(run_id)
+
+    # -- loops -------------------------------------------------------------------------------
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         self._background.append(asyncio.ensure_future(coro))
 
     async def _retrying(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
-        """``operation`` until the broker answers it (a broker restart is waited out)."""
+        """``operation`` until the broker answers it: a broker restart is waited out, streams
+        and groups it lost are made again, any other broker error is logged and tried again."""
         failures = 0
         while True:
             try:
                 return await operation()
-            except self.transient as exc:
+            except self.broker_errors as exc:
                 failures += 1
                 if failures == 1 or failures % 30 == 0:
                     log.warning("%s on %s failed (%s); retrying", what, self.url, exc or type(exc).__name__)
+                if self._lost(exc):
+                    await self._quietly("recreating the queue's streams", self._ensure())
+                elif isinstance(exc, self.transient):
+                    self._broker_down(exc)
                 await asyncio.sleep(min(0.05 * 2**failures, 2.0))
 
     async def _quietly(self, what: str, operation: Awaitable[Any]) -> None:
         """Best effort: what fails here is redelivered, or redone, by the at-least-once rules."""
         try:
             await operation
-        except (TimeoutError, *self.transient) as exc:
+        except (TimeoutError, *self.broker_errors) as exc:
             log.warning("%s on %s failed: %s", what, self.url, exc or type(exc).__name__)
 
-    @staticmethod
-    def _decoded(decode: Callable[[bytes], T], data: bytes | None) -> T | None:
-        if data is None:
-            return None
-        try:
-            return decode(data)
-        except (ValueError, TypeError) as exc:
-            log.error("dropping an unreadable queue message (%s): %.200r", exc, data)
-            return None
+    def _broker_down(self, exc: BaseException) -> None:
+        if self._down_since is None:
+            self._down_since = datetime.now(UTC)
+            log.warning("the %s broker at %s is unreachable: %s", self.kind, self.url, exc or type(exc).__name__)
+        self._down_error = str(exc) or type(exc).__name__
+        self._backlog = None
 
     async def _keep_held(self) -> None:
         while True:
@@ -351,14 +633,49 @@ class BrokerQueue(ABC):
             if self._held:
                 await self._quietly("extending running jobs", self._touch([d.tag for d in self._held.values()]))
 
-    async def _measure_backlog(self) -> None:
-        try:
-            self._backlog = await self._count_backlog()
-            self._backlog_at = time.monotonic()
-        except self.transient:
-            self._backlog = None
-        finally:
-            self._measuring = None
+    async def _watch(self) -> None:
+        """Every :data:`WATCH_S`: is the broker there (health), did it lose its state (the
+        engine rebuilds it and sends its awaited jobs again), was a running job's run cancelled
+        while this process did not hear it (a worker stops the job)."""
+        while True:
+            await asyncio.sleep(WATCH_S)
+            try:
+                async with asyncio.timeout(WATCH_S * 2):
+                    await self._check()
+            except (TimeoutError, *self.broker_errors) as exc:
+                if self._lost(exc):
+                    await self._quietly("recreating the queue's streams", self._ensure())
+                else:
+                    self._broker_down(exc)
+                continue
+            if self._down_since is not None:
+                log.warning("the %s broker at %s is reachable again", self.kind, self.url)
+                self._down_since, self._down_error = None, ""
+
+    async def _check(self) -> None:
+        if self._epoch is not None and (await self._state_get(["epoch"]))[0] is None:
+            await self._recover()
+        self._backlog = await self._count_backlog()
+        runs = sorted({d.job.run_id for d in self._held.values()} - self._cancels_heard.keys())
+        if runs:
+            tags = await self._state_get([f"cancel.{run_id}" for run_id in runs])
+            for run_id, tag in zip(runs, tags, strict=True):
+                if tag == self._signer.tag("cancel", run_id):
+                    self._cancelled(run_id)
+
+    async def _recover(self) -> None:
+        jobs = list(self._resend.values())
+        log.warning(
+            "the %s broker at %s lost the queue's state (restarted without persistence?): recreating it "
+            "and sending again the %d job(s) this engine waits for",
+            self.kind,
+            self.url,
+            len(jobs),
+        )
+        await self._ensure()
+        await self._state_set({"epoch": self._epoch})
+        for job in jobs:
+            await self.put(job)
 
 
 def _stop_if_cancelled() -> None:

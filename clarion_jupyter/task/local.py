@@ -51,5 +51,12 @@ class LocalQueue:
     def on_cancel(self, callback: Callable[[str], None]) -> None:
         self._cancel_callbacks.append(callback)
 
+    async def take_stock(self) -> None:
+        return None
+
+    def adopt(self, run_id: str, key: str, attempt: int) -> bool:
+        """An in-process queue holds nothing across a restart."""
+        return False
+
     def health(self) -> dict[str, Any]:
         return {"kind": "local", "url": self.url, "max_pending": self._jobs.maxsize, "backlog": self._jobs.qsize()}

@@ -11,6 +11,11 @@ Names, under the URL's ``prefix`` (``nats://host:4222?prefix=clarion``):
   consumer ``engine``: results wait there while no engine runs, and one that was delivered
   but not acked comes again.
 - core subject ``{prefix}.cancel``: every worker hears which run was cancelled.
+- key-value bucket ``{prefix}_state``: the state records (a ``took.*`` list is a JSON array).
+
+A JetStream that lost its streams (restarted on an empty store) is rebuilt by the first
+client that meets a missing stream or consumer; the engine, missing its ``epoch``, sends
+again the jobs it waits for.
 
 nats-py's ``drain()`` hangs after a pull ``fetch`` timed out, so pull subscriptions are
 unsubscribed and the connection closed instead.
@@ -19,6 +24,7 @@ unsubscribed and the connection closed instead.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -28,9 +34,19 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, KeyValueConfig, RetentionPolicy, StreamConfig
+from nats.js.kv import KeyValue
 
-from .broker import CONNECT_TIMEOUT_S, DEFAULT_MAX_PENDING, RESULT_BATCH, BrokerQueue, Raw, TakeJob, Unreachable
+from .broker import (
+    CONNECT_TIMEOUT_S,
+    DEFAULT_MAX_PENDING,
+    RESULT_BATCH,
+    STATE_TTL_S,
+    BrokerQueue,
+    Raw,
+    TakeJob,
+    Unreachable,
+)
 from .queue import Delivery
 
 log = logging.getLogger(__name__)
@@ -54,6 +70,7 @@ class NatsQueue(BrokerQueue):
         nats.errors.OutboundBufferLimitError,
         nats.js.errors.ServiceUnavailableError,
     )
+    broker_errors = (nats.errors.Error,)
 
     def __init__(self, url: str, max_pending: int | None = None) -> None:
         super().__init__(url, max_pending)
@@ -62,7 +79,9 @@ class NatsQueue(BrokerQueue):
         self._results_stream, self._results_subject = f"{prefix}_results", f"{prefix}.results"
         self._cancel_subject = f"{prefix}.cancel"
         self._nc: nats.NATS | None = None
+        self._state_bucket = f"{prefix}_state"
         self._results_sub: Any = None
+        self._kv: KeyValue | None = None
         self._connected = False
 
     async def _connect(self) -> None:
@@ -89,6 +108,10 @@ class NatsQueue(BrokerQueue):
             raise Unreachable(str(errors[-1]) if errors else "") from None
         self._connected = True
         self._js = self._nc.jetstream()
+        await self._ensure()
+        await self._nc.subscribe(self._cancel_subject, cb=self._on_cancel_message)
+
+    async def _ensure(self) -> None:
         await self._ensure_stream(
             StreamConfig(
                 name=self._jobs_stream,
@@ -115,7 +138,15 @@ class NatsQueue(BrokerQueue):
                 max_ack_pending=-1,
             ),
         )
-        await self._nc.subscribe(self._cancel_subject, cb=self._on_cancel_message)
+        self._kv = await self._js.create_key_value(KeyValueConfig(bucket=self._state_bucket, ttl=STATE_TTL_S))
+        if self._results_sub is not None:  # its consumer may be gone with the stream: subscribe anew
+            sub, self._results_sub = self._results_sub, None
+            with suppress(*self.broker_errors):
+                await sub.unsubscribe()
+
+    @staticmethod
+    def _lost(exc: BaseException) -> bool:
+        return isinstance(exc, nats.js.errors.NotFoundError)
 
     async def _ensure_stream(self, config: StreamConfig, update: bool) -> None:
         """Create the stream, or, when ``update`` (the engine's bound), bring its limits to ``config``."""
@@ -138,7 +169,7 @@ class NatsQueue(BrokerQueue):
         self._nc = None
 
     async def _on_cancel_message(self, message: Msg) -> None:
-        self._cancelled(message.data.decode())
+        self._cancel_heard(message.data)
 
     @asynccontextmanager
     async def _job_source(self) -> AsyncIterator[TakeJob]:
@@ -169,8 +200,8 @@ class NatsQueue(BrokerQueue):
     async def _ack(self, handle: Any) -> None:
         await handle.ack()
 
-    async def _give_back(self, deliveries: list[Delivery]) -> None:
-        for delivery in deliveries:
+    async def _give_back(self, deliveries: list[tuple[Delivery, bytes]]) -> None:
+        for delivery, _data in deliveries:
             await delivery.tag.nak()
 
     async def _touch(self, handles: list[Any]) -> None:
@@ -204,8 +235,63 @@ class NatsQueue(BrokerQueue):
         for message in handles:
             await message.ack()
 
-    async def _publish_cancel(self, run_id: str) -> None:
-        await self._nc.publish(self._cancel_subject, run_id.encode())
+    async def _publish_cancel(self, data: bytes) -> None:
+        await self._nc.publish(self._cancel_subject, data)
 
     async def _count_backlog(self) -> int:
         return (await self._js.stream_info(self._jobs_stream)).state.messages
+
+    async def _scan(self) -> tuple[list[bytes], list[bytes]]:
+        return await self._messages(self._jobs_stream), await self._messages(self._results_stream)
+
+    async def _messages(self, stream: str) -> list[bytes]:
+        """Every message a work-queue stream holds (acked ones are gone), read by sequence."""
+        state = (await self._js.stream_info(stream)).state
+        found = []
+        for seq in range(state.first_seq, state.last_seq + 1 if state.messages else state.first_seq):
+            with suppress(nats.js.errors.NotFoundError):
+                found.append((await self._js.get_msg(stream, seq)).data)
+        return found
+
+    async def _state_get(self, names: list[str]) -> list[bytes | None]:
+        values: list[bytes | None] = []
+        for name in names:
+            try:
+                values.append((await self._kv.get(name)).value)
+            except nats.js.errors.NotFoundError:  # no such key, or the bucket is gone
+                values.append(None)
+        return values
+
+    async def _state_set(self, values: dict[str, bytes], delete: tuple[str, ...] = ()) -> None:
+        for name, value in values.items():
+            await self._kv.put(name, value)
+        for name in delete:
+            await self._kv.delete(name)
+
+    async def _state_append(self, name: str, value: bytes) -> list[bytes]:
+        """Read, append, write back if nobody wrote between (else again)."""
+        while True:
+            try:
+                entry = await self._kv.get(name)
+                items, revision = json.loads(entry.value), entry.revision
+            except nats.js.errors.KeyNotFoundError:
+                items, revision = [], None
+            items.append(value.decode())
+            try:
+                if revision is None:
+                    await self._kv.create(name, json.dumps(items).encode())
+                else:
+                    await self._kv.update(name, json.dumps(items).encode(), last=revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            return [item.encode() for item in items]
+
+    async def _state_remove(self, name: str, value: bytes) -> None:
+        try:
+            entry = await self._kv.get(name)
+        except nats.js.errors.KeyNotFoundError:
+            return
+        items = json.loads(entry.value)
+        if value.decode() in items:
+            items.remove(value.decode())
+            await self._kv.put(name, json.dumps(items).encode())

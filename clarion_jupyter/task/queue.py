@@ -7,6 +7,7 @@ queues implement the same protocol, so the engine never knows where a step runs.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
@@ -25,11 +26,18 @@ class Job:
     config: dict[str, Any]
     timeout_s: float | None = None
     resources: dict[str, Any] = field(default_factory=dict)
+    nonce: str = field(default_factory=lambda: secrets.token_hex(12))
+    """Names this job among all jobs ever sent: a result must carry it to be accepted, and a
+    worker that finished it refuses it again (a replayed message)."""
 
     @property
     def id(self) -> str:
         """Results are de-duplicated by this: (run, step execution, attempt)."""
-        return f"{self.run_id}/{self.key}/{self.attempt}"
+        return job_id(self.run_id, self.key, self.attempt)
+
+    def result(self, kind: Literal["ok", "error", "progress"], **fields: Any) -> JobResult:
+        """A result or progress message for this job (it carries the job's identity and nonce)."""
+        return JobResult(self.run_id, self.key, self.attempt, kind, nonce=self.nonce, **fields)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +60,10 @@ class Job:
         return ctx
 
 
+def job_id(run_id: str, key: str, attempt: int) -> str:
+    return f"{run_id}/{key}/{attempt}"
+
+
 @dataclass(slots=True)
 class JobResult:
     """``kind`` is ``ok`` (output), ``error`` (error) or ``progress`` (an event to record)."""
@@ -65,6 +77,13 @@ class JobResult:
     retryable: bool = True
     event_type: str | None = None
     data: dict[str, Any] | None = None
+    nonce: str = ""
+    deliveries: int = 1
+    """How many times the broker handed this job to a worker (more than one: workers were lost)."""
+
+    @property
+    def job_id(self) -> str:
+        return job_id(self.run_id, self.key, self.attempt)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,6 +95,7 @@ class Delivery:
 
     job: Job
     tag: Any = None
+    deliveries: int = 1
 
 
 class Queue(Protocol):
@@ -103,6 +123,14 @@ class Queue(Protocol):
 
     def on_cancel(self, callback: Callable[[str], None]) -> None:
         """Worker side: be told of :meth:`cancel` calls."""
+
+    async def take_stock(self) -> None:
+        """Engine side, before resuming runs: learn which jobs the queue still holds (waiting,
+        running on a worker, or finished with a result not yet read), so they can be adopted."""
+
+    def adopt(self, run_id: str, key: str, attempt: int) -> bool:
+        """Whether the queue holds that job (found by :meth:`take_stock`); if so its result is
+        awaited as if this engine had sent it, and it must not be sent again."""
 
     def health(self) -> dict[str, Any]:
         """``kind``, ``url`` (no password), ``backlog`` (jobs waiting or running, when known), ..."""

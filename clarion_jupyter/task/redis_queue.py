@@ -11,14 +11,16 @@ Keys, under the URL's ``prefix`` (``redis://host:6379/0?prefix=clarion``):
 - ``{prefix}:results``: results and progress; group ``engine``, one consumer, also ``engine``,
   so a restarted engine first reads what it had been given but not acked.
 - ``{prefix}:cancel``: a pub/sub channel; every worker hears which run was cancelled.
+- ``{prefix}:state:{name}``: the state records (strings, and lists for ``took.*``), with a TTL.
+
+Redis restarted without persistence comes back empty: the first command that meets
+``NOGROUP`` makes the groups again (``XGROUP CREATE ... MKSTREAM``), and the engine, missing
+its ``epoch``, sends again the jobs it waits for.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,8 +28,8 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from .broker import RESULT_BATCH, BrokerQueue, Raw, TakeJob, encode
-from .queue import Delivery
+from .broker import RESULT_BATCH, STATE_TTL_S, BrokerQueue, Raw, TakeJob
+from .queue import Delivery, Job
 
 WORKERS, ENGINE = "workers", "engine"
 OFFER = """
@@ -44,13 +46,15 @@ command waits for a free one rather than failing. A URL's ``max_connections`` ov
 class RedisQueue(BrokerQueue):
     kind = "redis"
     transient = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError)
+    broker_errors = (redis.exceptions.RedisError, ConnectionError)
     client_params = True
 
     def __init__(self, url: str, max_pending: int | None = None) -> None:
         super().__init__(url, max_pending)
         prefix = self.options.prefix
         self._jobs, self._results, self._channel = f"{prefix}:jobs", f"{prefix}:results", f"{prefix}:cancel"
-        self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._consumer = self.identity
+        self._state = f"{prefix}:state:"
         self._visibility_ms = int(self.options.visibility_timeout * 1000)
         self._block_ms = max(min(1000, self._visibility_ms // 2), 1)
         """How long a read waits for a new job: idle slots look for abandoned jobs this often."""
@@ -65,16 +69,23 @@ class RedisQueue(BrokerQueue):
         pool = aioredis.BlockingConnectionPool.from_url(self.client_url, max_connections=MAX_CONNECTIONS, timeout=None)
         self._redis = aioredis.Redis(connection_pool=pool)
         await self._redis.ping()
+        await self._ensure()
+        self._offer_script = self._redis.register_script(OFFER)
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(self._channel)
+        self._spawn(self._listen())
+
+    async def _ensure(self) -> None:
         for stream, group in ((self._jobs, WORKERS), (self._results, ENGINE)):
             try:
                 await self._redis.xgroup_create(stream, group, id="0", mkstream=True)
             except redis.exceptions.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-        self._offer_script = self._redis.register_script(OFFER)
-        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(self._channel)
-        self._spawn(self._listen())
+
+    @staticmethod
+    def _lost(exc: BaseException) -> bool:
+        return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith("NOGROUP")
 
     async def _disconnect(self) -> None:
         if self._redis is None:
@@ -95,7 +106,7 @@ class RedisQueue(BrokerQueue):
         async def listen() -> None:
             async for message in self._pubsub.listen():
                 if message["type"] == "message":
-                    self._cancelled(message["data"].decode())
+                    self._cancel_heard(message["data"])
 
         while True:
             await self._retrying("listening for cancels", listen)
@@ -125,11 +136,24 @@ class RedisQueue(BrokerQueue):
         async with self._redis.pipeline(transaction=False) as pipe:
             await pipe.xack(self._jobs, WORKERS, handle).xdel(self._jobs, handle).execute()
 
-    async def _give_back(self, deliveries: list[Delivery]) -> None:
-        ids = [d.tag for d in deliveries]
+    async def _job_state(self, job: Job) -> tuple[bytes | None, bytes | None, list[bytes]]:
+        took = f"{self._state}took.{job.nonce}"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.mget([f"{self._state}done.{job.nonce}", f"{self._state}cancel.{job.run_id}"])
+            pipe.rpush(took, self.identity).expire(took, int(STATE_TTL_S)).lrange(took, 0, -1)
+            (done, cancelled), *_, items = await pipe.execute()
+        return done, cancelled, items
+
+    async def _ack_done(self, handle: Any, nonce: str, tag: bytes) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(f"{self._state}done.{nonce}", tag, ex=int(STATE_TTL_S)).delete(f"{self._state}took.{nonce}")
+            await pipe.xack(self._jobs, WORKERS, handle).xdel(self._jobs, handle).execute()
+
+    async def _give_back(self, deliveries: list[tuple[Delivery, bytes]]) -> None:
+        ids = [d.tag for d, _ in deliveries]
         async with self._redis.pipeline(transaction=True) as pipe:
-            for delivery in deliveries:
-                pipe.xadd(self._jobs, {"job": encode(delivery.job)})
+            for _delivery, data in deliveries:
+                pipe.xadd(self._jobs, {"job": data})
             await pipe.xack(self._jobs, WORKERS, *ids).xdel(self._jobs, *ids).execute()
 
     async def _touch(self, handles: list[Any]) -> None:
@@ -156,11 +180,35 @@ class RedisQueue(BrokerQueue):
         async with self._redis.pipeline(transaction=False) as pipe:
             await pipe.xack(self._results, ENGINE, *handles).xdel(self._results, *handles).execute()
 
-    async def _publish_cancel(self, run_id: str) -> None:
-        await self._redis.publish(self._channel, run_id)
+    async def _publish_cancel(self, data: bytes) -> None:
+        await self._redis.publish(self._channel, data)
 
     async def _count_backlog(self) -> int:
         return await self._redis.xlen(self._jobs)
+
+    async def _scan(self) -> tuple[list[bytes], list[bytes]]:
+        jobs, results = await asyncio.gather(self._redis.xrange(self._jobs), self._redis.xrange(self._results))
+        return [_raw(e, b"job")[1] for e in jobs], [_raw(e, b"result")[1] for e in results]
+
+    async def _state_get(self, names: list[str]) -> list[bytes | None]:
+        return await self._redis.mget([self._state + name for name in names])
+
+    async def _state_set(self, values: dict[str, bytes], delete: tuple[str, ...] = ()) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name, value in values.items():
+                pipe.set(self._state + name, value, ex=int(STATE_TTL_S))
+            if delete:
+                pipe.delete(*[self._state + name for name in delete])
+            await pipe.execute()
+
+    async def _state_append(self, name: str, value: bytes) -> list[bytes]:
+        key = self._state + name
+        async with self._redis.pipeline(transaction=True) as pipe:
+            *_, items = await pipe.rpush(key, value).expire(key, int(STATE_TTL_S)).lrange(key, 0, -1).execute()
+        return items
+
+    async def _state_remove(self, name: str, value: bytes) -> None:
+        await self._redis.lrem(self._state + name, 1, value)
 
 
 def _raw(entry: tuple[bytes, dict[bytes, bytes] | None], field: bytes) -> Raw:

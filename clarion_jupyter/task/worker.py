@@ -103,6 +103,7 @@ class Worker:
         progress = self._sends.pop(job.id, None)
         if progress is not None:
             await progress
+        result.deliveries = delivery.deliveries
         await self._queue.report(self._masked(result))
         await self._queue.ack(delivery)
 
@@ -127,7 +128,7 @@ class Worker:
         except Exception as exc:
             log.debug("step %s raised", job.id, exc_info=True)
             return self._failure(job, "task_error", f"{type(exc).__name__}: {exc}", True)
-        return JobResult(job.run_id, job.key, job.attempt, "ok", output=output)
+        return job.result("ok", output=output)
 
     def _masked(self, result: JobResult) -> JobResult:
         """What leaves the worker carries no secret value (outputs, errors, progress data), and
@@ -144,13 +145,11 @@ class Worker:
 
     @staticmethod
     def _failure(job: Job, code: str, message: str, retryable: bool, details: Any = None) -> JobResult:
-        return JobResult(
-            job.run_id, job.key, job.attempt, "error", error=_error(code, message, details), retryable=retryable
-        )
+        return job.result("error", error=_error(code, message, details), retryable=retryable)
 
     def _progress(self, job: Job, type_: str, data: dict[str, Any]) -> None:
         """Send a progress message without blocking the task, in order, before the result."""
-        message = JobResult(job.run_id, job.key, job.attempt, "progress", event_type=type_, data=data)
+        message = job.result("progress", event_type=type_, data=data)
         previous = self._sends.get(job.id)
 
         async def send() -> None:

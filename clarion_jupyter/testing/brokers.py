@@ -74,6 +74,16 @@ class BrokerProcess:
             self.process.kill()
             self.process.wait()
 
+    def restart(self, *, wipe: bool = False) -> BrokerProcess:
+        """Stop and start again on the same port; ``wipe``: with nothing of what it stored."""
+        self.stop()
+        if wipe:
+            self.wipe()
+        return self.start()
+
+    def wipe(self) -> None:
+        """Forget what the broker stored (an in-memory broker forgets it by stopping)."""
+
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
@@ -112,10 +122,75 @@ class NatsServer(BrokerProcess):
     def command(self) -> list[str]:
         beside = Path(sys.executable).parent / "nats-server"
         binary = str(beside) if beside.exists() else shutil.which("nats-server") or "nats-server"
-        return [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.workdir / "jetstream")]
+        return [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)]
+
+    @property
+    def store(self) -> Path:
+        return self.workdir / "jetstream"
+
+    def wipe(self) -> None:
+        shutil.rmtree(self.store, ignore_errors=True)
 
 
 BROKERS: dict[str, type[BrokerProcess]] = {"redis": RedisServer, "nats": NatsServer}
+
+
+class TcpProxy:
+    """A TCP relay on a free port to ``port``, run on the test's loop, that can be :meth:`cut`
+    (every connection dropped, new ones refused) and :meth:`heal` ed: a network partition
+    between one client (a worker) and its broker, while the others still reach it."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.cut_off = False
+
+    def url(self, broker_url: str) -> str:
+        return broker_url.replace(f":{self.target}", f":{self.port}", 1)
+
+    async def __aenter__(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cut()
+        self._server.close()
+        await self._server.wait_closed()
+
+    def cut(self) -> None:
+        self.cut_off = True
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    def heal(self) -> None:
+        self.cut_off = False
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut_off:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
 
 
 class WorkerProcess:

@@ -31,7 +31,7 @@ from ..storage.query import MAX_BYTES, MAX_ROWS, TIMEOUT_S, QueryResult
 from ..storage.records import Event, RunRecord, StoredDocument, utcnow
 from ..storage.writer import GroupCommitWriter
 from ..task.base import DEFAULT_MAX_OUTPUT_BYTES, TaskFailed, TaskSettings
-from ..task.broker import redact
+from ..task.broker import DROP_REASONS, redact
 from ..task.builtin.llm_call import LLMCallConfig, LLMCallTask, prepare_request
 from ..task.preview import Previewer
 from ..task.queue import Queue
@@ -122,6 +122,7 @@ class Engine:
         # The broker first: when it cannot be reached, nothing else was opened.
         self._queue = make_queue(self.queue_url, maxsize=max(64, self._workers * 16))
         await self._queue.start()
+        self._telemetry.watch_queue(self._queue.health, DROP_REASONS)
         try:
             await self.storage.open()
         except BaseException:
@@ -144,10 +145,12 @@ class Engine:
         if self._run_workers:
             self._worker = Worker(self._queue, self.registry, self.workspace, self.settings, self._workers)
             await self._worker.start()
-        self._router = asyncio.create_task(self._route_results(), name="clarion-results")
         self.started = True
         await self._install_agent_run()
+        await self._queue.take_stock()  # jobs still in a broker are adopted by the runs resumed now, not sent again
         self.resumed = await self.resume()
+        # Results are routed once the resumed runs can take them (an adopted job's may be waiting).
+        self._router = asyncio.create_task(self._route_results(), name="clarion-results")
         if self.resumed:
             log.info("resumed %d interrupted run(s)", len(self.resumed))
 
@@ -533,8 +536,11 @@ class Engine:
             raise RuntimeError("the engine is not started: use `async with Engine(...)` or `await engine.start()`")
 
     def health(self) -> dict[str, Any]:
+        """``status`` is ``degraded`` while the broker cannot be reached (runs wait for it)."""
         writers = [w for w in (self._writer, self._submissions) if w is not None]
+        queue = self._queue.health() if self._queue else {"url": redact(self.queue_url)}
         return {
+            "status": "ok" if queue.get("up", True) else "degraded",
             "storage": {
                 **self.storage.health(),
                 "commits": sum(w.batches for w in writers),
@@ -542,7 +548,7 @@ class Engine:
                 "last_error": next((w.last_error for w in writers if w.last_error), None),
             },
             "queue": {
-                **(self._queue.health() if self._queue else {"url": redact(self.queue_url)}),
+                **queue,
                 "workers": self._workers if self._worker else 0,
                 "busy": self._worker.busy if self._worker else 0,
             },

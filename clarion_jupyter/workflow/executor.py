@@ -86,6 +86,8 @@ class _Execution:
     """Approved once, it runs (and retries) without asking again."""
     held: Job | None = None
     """While waiting for approval: the job that runs once approved."""
+    adopted: bool = False
+    """Its job, sent before a restart, is still in the broker: its result is awaited, not sent again."""
 
 
 class RunExecutor:
@@ -262,14 +264,20 @@ class RunExecutor:
 
     def _execution(self, node: Node, key: str, item_index: int | None, item: Any = None) -> _Execution:
         prior = self._prior.get(key)
-        if prior is not None and prior.status == StepStatus.running:
+        adopted = (
+            prior is not None
+            and prior.status == StepStatus.running
+            and self._queue.adopt(self.run.run_id, key, prior.attempt)
+        )
+        if prior is not None and prior.status == StepStatus.running and not adopted:
             # Interrupted by a crash or a stop: this attempt ends here, the next one follows.
             prior.status, prior.finished_at = StepStatus.failed, utcnow()
             prior.error = _error("interrupted", "the engine stopped during this attempt")
             self._writer.add_step(prior)
         execution = _Execution(node, key, item_index, item, next_attempt=prior.attempt + 1 if prior else 1)
-        if prior is not None and prior.status == StepStatus.waiting:
-            execution.record = prior  # still waiting for its decision: the same attempt goes on waiting
+        if prior is not None and prior.status in (StepStatus.waiting, StepStatus.running):
+            execution.record = prior  # still waiting for its decision, or still in the broker: the same attempt goes on
+            execution.adopted = adopted
         self._executions[key] = execution
         return execution
 
@@ -328,6 +336,12 @@ class RunExecutor:
 
     async def _dispatch(self, execution: _Execution) -> list[str]:
         node = execution.node
+        if execution.adopted:
+            execution.adopted = False
+            if execution.item_index is None:
+                self._status[node.id] = StepStatus.running
+            self._running.add(execution.key)
+            return []
         context = self._context if execution.item_index is None else self._item_context(execution.item)
         still_waiting = execution.record is not None and execution.record.status == StepStatus.waiting
         attempt = execution.record.attempt if still_waiting else execution.next_attempt
@@ -350,19 +364,22 @@ class RunExecutor:
         if still_waiting:
             self._hold(execution, job)
             return []
-        if not execution.approved and self._asks_approval(node, context):
+        # Sent before a restart whose record of it was lost: the broker still holds it.
+        held = self._queue.adopt(self.run.run_id, execution.key, attempt)
+        if not held and not execution.approved and self._asks_approval(node, context):
             return await self._request_approval(execution, job)
         execution.record = self._record(execution.key, node.id, execution.item_index, attempt, StepStatus.running)
-        await self._start(execution, job)
+        await self._start(execution, job, send=not held)
         return []
 
-    async def _start(self, execution: _Execution, job: Job) -> None:
+    async def _start(self, execution: _Execution, job: Job, send: bool = True) -> None:
         data: dict[str, Any] = {"attempt": job.attempt, "task": job.task}
         if execution.item_index is not None:
             data["item_index"] = execution.item_index
         self._emit(EventType.step_started, execution.key, data)
         self._running.add(execution.key)
-        await self._queue.put(job)
+        if send:
+            await self._queue.put(job)
 
     # -- approvals -----------------------------------------------------------------
 
@@ -475,12 +492,12 @@ class RunExecutor:
             return
         self._running.discard(result.key)
         if result.kind == "ok":
-            ready = self._attempt_succeeded(execution, result.output)
+            ready = self._attempt_succeeded(execution, result.output, result.deliveries)
         else:
             ready = self._attempt_failed(execution, result.error or _error("failed", "failed"), result.retryable)
         await self._begin_all(ready)
 
-    def _attempt_succeeded(self, execution: _Execution, output: Any) -> list[str]:
+    def _attempt_succeeded(self, execution: _Execution, output: Any, deliveries: int = 1) -> list[str]:
         try:
             _check_storable({"output": output}, "output", self._max_output_bytes)
         except TemplateError as exc:
@@ -495,6 +512,8 @@ class RunExecutor:
         data = {"attempt": record.attempt, "duration_ms": _ms(record), "output": output}
         if record.usage:
             data["usage"] = record.usage
+        if deliveries > 1:  # its job went to workers that were lost before this one
+            data["deliveries"] = deliveries
         self._emit(EventType.step_completed, execution.key, data)
         if execution.item_index is not None:
             return self._child_done(execution, StepStatus.succeeded, output, None)

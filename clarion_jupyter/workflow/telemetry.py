@@ -11,8 +11,10 @@ span per run, with a child span per step attempt, timed from the events' timesta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
@@ -40,6 +42,14 @@ RETRIES = Counter("clarion_step_retries", "Step attempts that failed and will be
 APPROVALS_WAITING = Gauge("clarion_approvals_waiting", "Steps waiting for a person's decision.")
 LLM_TOKENS = Counter("clarion_llm_tokens", "Tokens of LLM steps, by kind.", ["kind"])
 LLM_COST = Counter("clarion_llm_cost_usd", "Cost of LLM steps, where litellm could price the model.")
+QUEUE_UP = Gauge(
+    "clarion_queue_up", "1 while the engine's queue reaches its broker (the local queue always does), else 0."
+)
+QUEUE_DROPPED = Gauge(
+    "clarion_queue_dropped_messages",
+    "Broker messages the engine's queue dropped since it started (unsigned, badly signed, replayed, ...), by reason.",
+    ["reason"],
+)
 
 _RUN_END = {
     EventType.workflow_succeeded: "succeeded",
@@ -87,6 +97,15 @@ class Telemetry:
                 run.span.add_event(event.type, {"step": event.step_id or ""}, _ns(event.ts))
             elif event.type in _RUN_END:
                 self._end(run, event)
+
+    @staticmethod
+    def watch_queue(health: Callable[[], dict[str, Any]], reasons: tuple[str, ...]) -> None:
+        """The queue metrics, read from the queue's health when scraped (so never stale)."""
+        QUEUE_UP.set_function(lambda: 1.0 if health().get("up", True) else 0.0)
+        for reason in reasons:
+            QUEUE_DROPPED.labels(reason=reason).set_function(
+                lambda reason=reason: health().get("dropped", {}).get(reason, 0)
+            )
 
     def close(self) -> None:
         """End the spans of runs still in flight (they resume, in a new span, at the next start)."""
