@@ -25,6 +25,7 @@ class Job:
     config: dict[str, Any]
     timeout_s: float | None = None
     resources: dict[str, Any] = field(default_factory=dict)
+    allow_protected: bool = False
 
     @property
     def id(self) -> str:
@@ -46,6 +47,7 @@ class Job:
             workspace=workspace,
             settings=settings,
             resources=self.resources,
+            allow_protected=self.allow_protected,
         )
         if emit is not None:
             ctx.emit = emit
