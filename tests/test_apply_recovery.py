@@ -24,6 +24,7 @@ import pytest
 from clarion_jupyter.core.workspace import Workspace
 from clarion_jupyter.task.base import TaskContext, TaskFailed
 from clarion_jupyter.task.builtin.files import FileWriteTask
+from clarion_jupyter.testing.server import JupyterServerProcess
 
 N = 200  # each of N rounds: 3 creates, 1 modify, 1 delete
 
@@ -32,11 +33,11 @@ def _change_set() -> list[dict[str, Any]]:
     changes: list[dict[str, Any]] = []
     for i in range(N):
         changes += [
-            {"action": "create", "path": f"proj/new_{i:04d}.txt", "new_content": f"new {i}\n" * 50},
+            {"action": "create", "path": f"proj/new_{i:04d}.txt", "new_content": f"new {i}\n"},
             {"action": "create", "path": f"proj/fresh/a_{i:04d}.txt", "new_content": f"fresh {i}\n"},
             {"action": "create", "path": f"proj/fresh/deep/b_{i:04d}.txt", "new_content": f"deep {i}\n"},
             {"action": "modify", "path": f"proj/mod_{i:04d}.txt", "new_content": f"modified {i}\n"},
-            {"action": "delete", "path": f"proj/del_{i:04d}.txt"},
+            {"action": "delete", "path": f"proj/del_{i:04d}.txt", "new_content": ""},
         ]
     return changes
 
@@ -179,3 +180,74 @@ async def test_a_failed_write_rolls_back_and_leaves_no_intent(tmp_path: Path, pr
         await _retry(root, attempt=1)
     assert {path: entry for path, entry in _snapshot(root).items() if path != "proj/fresh"} == pristine
     assert not [p for p in _intent(root).iterdir() if p.is_dir()]
+
+
+# --------------------------------------------------------------------------- on a real server
+
+
+def _workflow(apply: str) -> dict[str, Any]:
+    """An agent run's apply step as a document: the change set, asked for (``review``) or not (``auto``)."""
+    step: dict[str, Any] = {"id": "apply", "task": "file_write", "with": {"changes": _change_set()}}
+    if apply == "review":
+        step["approval"] = {"message": "Apply the agent's file changes?"}
+    return {
+        "id": "large-apply",
+        "name": "Large apply",
+        "steps": [step],
+        "outputs": {"applied": "{{ steps.apply.status == 'succeeded' }}"},
+    }
+
+
+async def _until(server: JupyterServerProcess, run_id: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    for _ in range(1200):
+        run = await server.request("GET", f"runs/{run_id}")
+        if done(run):
+            return run
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"run {run_id} never got there: {run['status']}\n{server.log_tail()}")
+
+
+def _step_events(events: list[dict[str, Any]], step: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["step_id"] == step]
+
+
+@pytest.mark.parametrize("apply", ["auto", "review"])
+async def test_a_server_killed_during_a_large_apply_ends_with_every_change_after_the_restart(
+    tmp_path: Path, apply: str, applied: dict[str, Any]
+) -> None:
+    db_path, workdir = tmp_path / "clarion.duckdb", tmp_path / "server"
+    first = JupyterServerProcess(workdir, db_path).start()
+    root = first.root
+    try:
+        await first.wait_ready()
+        _seed(root)
+        await first.request("POST", "workflows", _workflow(apply))
+        run_id = (await first.request("POST", "workflows/large-apply/run", {}))["run_id"]
+        if apply == "review":
+            await _until(first, run_id, lambda run: run["status"] == "waiting")
+            await first.request("POST", f"runs/{run_id}/approvals/apply", {"decision": "approve"})
+        await _until(
+            first, run_id, lambda run: KILL_POINTS["half-applied"](root) or run["status"] not in ("queued", "running")
+        )
+        assert KILL_POINTS["half-applied"](root), "the run ended before its apply was half done"
+    finally:
+        first.kill()
+    assert _snapshot(root) != applied  # killed with the apply half done
+    second = JupyterServerProcess(workdir, db_path).start()
+    try:
+        await second.wait_ready()
+        run = await _until(second, run_id, lambda run: run["status"] in ("succeeded", "failed", "waiting"))
+        assert run["status"] == "succeeded", run
+        assert run["outputs"]["applied"] is True
+        assert _snapshot(root) == applied
+        apply_step = next(s for s in run["steps"] if s["key"] == "apply")
+        assert apply_step["output"]["recovery"]["action"] == "rolled_back"
+        events = _step_events((await second.request("GET", f"runs/{run_id}/events"))["events"], "apply")
+        started = [e for e in events if e["type"] == "step_started"]
+        assert [e["data"]["attempt"] for e in started] == [1, 2]
+        if apply == "review":  # approved once, before the crash: the new attempt does not ask again
+            assert [e["type"] for e in events].count("approval_requested") == 1
+            assert started[1]["data"]["approval"]["approved"] is True
+        assert not list(root.rglob("*.clarion-tmp"))
+    finally:
+        second.kill()
