@@ -13,23 +13,33 @@ from clarion_jupyter.task.base import TaskContext, TaskFailed, TaskSettings
 from clarion_jupyter.task.builtin.files import FileReadTask, FileWriteTask
 
 
-def _ctx(root: Path, **settings: Any) -> TaskContext:
+def _ctx(root: Path, allow_protected: bool = False, **settings: Any) -> TaskContext:
     return TaskContext(
-        run_id="r", step_id="s", key="s", attempt=1, workspace=Workspace(root), settings=TaskSettings(**settings)
-    )
+        run_id="r", step_id="s", key="s", attempt=1, workspace=Workspace(root), settings=TaskSettings(**settings),
+        allow_protected=allow_protected,
+    )  # fmt: skip
 
 
-async def _read(root: Path, **with_: Any) -> dict[str, Any]:
-    return await FileReadTask().run(FileReadTask.Config(**with_), _ctx(root))
+async def _read(root: Path, allow_protected: bool = False, **with_: Any) -> dict[str, Any]:
+    return await FileReadTask().run(FileReadTask.Config(**with_), _ctx(root, allow_protected))
 
 
-async def _write(root: Path, **with_: Any) -> dict[str, Any]:
-    return await FileWriteTask().run(FileWriteTask.Config(**with_), _ctx(root))
+async def _write(root: Path, allow_protected: bool = False, **with_: Any) -> dict[str, Any]:
+    return await FileWriteTask().run(FileWriteTask.Config(**with_), _ctx(root, allow_protected))
+
+
+async def _preview(root: Path, allow_protected: bool = False, **with_: Any) -> dict[str, Any]:
+    return await FileWriteTask().preview(FileWriteTask.Config(**with_), _ctx(root, allow_protected))
 
 
 def _snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every path under root with its bytes (None for directories): "nothing changed" means equal snapshots."""
-    return {p.relative_to(root).as_posix(): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+    """Every path under root with its bytes (None for directories), Clarion's own folder left out:
+    "nothing changed" means equal snapshots."""
+    return {
+        p.relative_to(root).as_posix(): None if p.is_dir() else p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if ".clarion" not in p.relative_to(root).parts
+    }
 
 
 # --------------------------------------------------------------------------- file_read
@@ -120,9 +130,11 @@ async def test_write_overwrite_keeps_file_permissions(tmp_path: Path) -> None:
     assert script.stat().st_mode & 0o777 == 0o755
 
 
-async def test_write_leaves_no_temp_files(tmp_path: Path) -> None:
+async def test_write_leaves_no_temp_files_and_no_open_intent(tmp_path: Path) -> None:
     await _write(tmp_path, path="a.txt", content="x")
-    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+    assert _snapshot(tmp_path) == {"a.txt": b"x"}
+    assert not list(tmp_path.glob(".clarion/intents/*/intent.json"))
+    assert not list(tmp_path.glob(".clarion/intents/*/backups/*"))
 
 
 async def test_write_append_adds_to_the_end(tmp_path: Path) -> None:
@@ -289,10 +301,10 @@ async def test_changes_create_modify_and_delete(tmp_path: Path) -> None:
     [
         {"action": "modify", "path": "missing.txt", "new_content": "x"},
         {"action": "delete", "path": "missing.txt"},
-        {"action": "create", "path": "m.txt", "new_content": "exists already"},
         {"action": "create", "path": "../outside.txt", "new_content": "x"},
+        {"action": "modify", "path": ".git/config", "new_content": "[core]\n\tfsmonitor = touch /tmp/x\n"},
     ],
-    ids=["modify-missing", "delete-missing", "create-existing", "outside"],
+    ids=["modify-missing", "delete-missing", "outside", "protected"],
 )
 async def test_changes_with_one_bad_entry_change_nothing(tmp_path: Path, bad: dict[str, Any]) -> None:
     root = tmp_path / "ws"
@@ -371,3 +383,110 @@ async def test_changes_touching_a_file_twice_are_refused(tmp_path: Path) -> None
 def test_write_config_validation(with_: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         FileWriteTask.Config(**with_)
+
+
+async def test_changes_create_of_an_existing_file_is_applied_as_a_modify(tmp_path: Path) -> None:
+    (tmp_path / "hello.txt").write_text("old\n")
+    changes = [{"action": "create", "path": "hello.txt", "new_content": "new\n"}]
+    (file,) = (await _preview(tmp_path, changes=changes))["files"]
+    assert file["action"] == "modify" and "-old\n+new\n" in file["diff"]
+    out = await _write(tmp_path, changes=changes)
+    assert out["written"] == [{"path": "hello.txt", "action": "modify", "bytes": 4}]
+    assert (tmp_path / "hello.txt").read_text() == "new\n"
+
+
+async def test_a_change_to_the_current_content_is_shown_and_reported_unchanged(tmp_path: Path) -> None:
+    (tmp_path / "same.txt").write_text("same\n")
+    before = (tmp_path / "same.txt").stat().st_mtime_ns
+    changes = [{"action": "modify", "path": "same.txt", "new_content": "same\n"}]
+    (file,) = (await _preview(tmp_path, changes=changes))["files"]
+    assert file == {"path": "same.txt", "action": "unchanged", "diff": ""}
+    out = await _write(tmp_path, changes=changes)
+    assert out["written"] == [{"path": "same.txt", "action": "unchanged", "bytes": 5}]
+    assert (tmp_path / "same.txt").stat().st_mtime_ns == before
+
+
+async def test_changes_made_from_stale_content_are_a_conflict_and_write_nothing(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("edited since\n")
+    changes = [
+        {"action": "create", "path": "b.txt", "new_content": "b\n"},
+        {"action": "modify", "path": "a.txt", "new_content": "mine\n", "original_content": "what I saw\n"},
+    ]
+    with pytest.raises(TaskFailed, match=r"conflict: 'a\.txt' changed") as info:
+        await _write(tmp_path, changes=changes)
+    assert info.value.details == {"path": "a.txt", "conflict": True}
+    assert _snapshot(tmp_path) == {"a.txt": b"edited since\n"}
+
+
+# --------------------------------------------------------------------------- protected paths
+
+HOSTILE = "[core]\n\tfsmonitor = touch /tmp/x\n"
+
+
+@pytest.mark.parametrize(
+    "with_",
+    [
+        {"path": ".git/config", "content": HOSTILE},
+        {"patch": "--- a/.git/config\n+++ b/.git/config\n@@ -1 +1 @@\n-[core]\n+[core] # x\n"},
+        {"changes": [{"action": "create", "path": "ok.txt", "new_content": "x"},
+                     {"action": "modify", "path": ".git/config", "new_content": HOSTILE}]},
+    ],
+    ids=["content", "patch", "changes"],
+)  # fmt: skip
+async def test_a_write_into_git_fails_before_anything_is_written(tmp_path: Path, with_: dict[str, Any]) -> None:
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "config").write_text("[core]\n")
+    before = _snapshot(tmp_path)
+    for attempt in (_preview, _write):
+        with pytest.raises(TaskFailed, match=r"'\.git/config' is a protected path.*allow_protected: true") as info:
+            await attempt(tmp_path, **with_)
+        assert info.value.retryable is False
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "path", [".GIT/config", "sub/.git/hooks/pre-commit", ".git", ".env", ".env.local", "deploy/id_rsa", ".ssh/config",
+             "certs/server.KEY"],
+)  # fmt: skip
+async def test_protected_paths_are_refused_at_any_depth_and_case(tmp_path: Path, path: str) -> None:
+    with pytest.raises(TaskFailed, match="protected path"):
+        await _write(tmp_path, path=path, content="x")
+    assert _snapshot(tmp_path) == {}
+
+
+async def test_a_symlink_into_git_is_refused(tmp_path: Path) -> None:
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "config").write_text("[core]\n")
+    (tmp_path / "notes.txt").symlink_to(".git/config")
+    (tmp_path / "meta").symlink_to(".git")
+    for path in ("notes.txt", "meta/hooks/post-checkout"):
+        with pytest.raises(TaskFailed, match=r"'\.git/.*' is a protected path"):
+            await _write(tmp_path, path=path, content=HOSTILE)
+    assert (tmp_path / ".git" / "config").read_text() == "[core]\n"
+    assert not (tmp_path / ".git" / "hooks").exists()
+
+
+async def test_allow_protected_writes_and_the_preview_says_so_loudly(tmp_path: Path) -> None:
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "config").write_text("[core]\n")
+    changes = [{"action": "modify", "path": ".git/config", "new_content": "[core]\n\tbare = false\n"}]
+    preview = await _preview(tmp_path, allow_protected=True, changes=changes)
+    assert preview["files"][0]["protected"] is True
+    assert preview["warning"].startswith("PROTECTED PATHS: this step writes .git/config")
+    await _write(tmp_path, allow_protected=True, changes=changes)
+    assert (tmp_path / ".git" / "config").read_text() == "[core]\n\tbare = false\n"
+
+
+async def test_clarions_own_folder_is_refused_even_with_allow_protected(tmp_path: Path) -> None:
+    for path in (".clarion/intents/x/intent.json", ".Clarion/notes"):
+        with pytest.raises(TaskFailed, match="inside Clarion's own folder, which no step may write"):
+            await _write(tmp_path, allow_protected=True, path=path, content="{}")
+    with pytest.raises(TaskFailed, match="which no step may read"):
+        await _read(tmp_path, allow_protected=True, path=".clarion/intents/lock")
+
+
+async def test_reading_a_credential_file_needs_allow_protected(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("API_KEY=sk-123\n")
+    with pytest.raises(TaskFailed, match=r"'\.env' is a protected path \(\.git/ or credentials\): refused to read"):
+        await _read(tmp_path, path=".env")
+    assert (await _read(tmp_path, allow_protected=True, path=".env"))["content"] == "API_KEY=sk-123\n"

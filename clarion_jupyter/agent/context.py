@@ -25,11 +25,11 @@ from typing import Any
 import regex
 from pathspec import GitIgnoreSpec
 
-from ..core.workspace import PathOutsideWorkspace, Workspace
+from ..core.workspace import INTERNAL_DIR, PathOutsideWorkspace, Workspace
 from .gomatch import go_match
 from .models import CodebaseContext
 
-SKIPPED_DIRS = frozenset({".git", "node_modules", ".venv", "__pycache__"})
+SKIPPED_DIRS = frozenset({".git", INTERNAL_DIR, "node_modules", ".venv", "__pycache__"})
 """Never useful to a model and often huge; skipped whatever the globs say."""
 
 V2_SKIPPED_DIRS = SKIPPED_DIRS | {"dist", "build", ".vscode", ".idea", "target", "venv"}

@@ -13,14 +13,20 @@ MAX_NAME_BYTES = 255
 """Linux's NAME_MAX for one path component."""
 
 
+INTERNAL_DIR = ".clarion"
+"""Clarion's own folder in the workspace (the intents and backups of file applies): no step
+reads or writes it, whatever it allows, and no model is sent it."""
+
 PROTECTED_GLOBS = (
-    ".git/", ".ssh/", ".gnupg/", ".aws/", ".env", ".env.*", ".envrc", "*.pem", "*.key", "*.p12", "*.pfx",
+    INTERNAL_DIR, ".git", ".ssh/", ".gnupg/", ".aws/", ".env", ".env.*", ".envrc", "*.pem", "*.key", "*.p12", "*.pfx",
     "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".netrc", ".npmrc", ".pypirc", ".git-credentials",
 )  # fmt: skip
 """Paths that hold credentials or run code when a tool reads them (``.git/config``'s hooks and
-fsmonitor): never written by a file task, never sent to a model, unless a step opts in."""
+fsmonitor; a ``.git`` file naming another git dir): never read nor written by a file task,
+never sent to a model, unless a step opts in (``.clarion`` not even then)."""
 
 _PROTECTED = GitIgnoreSpec.from_lines(PROTECTED_GLOBS)
+_INTERNAL = GitIgnoreSpec.from_lines([INTERNAL_DIR])
 
 
 class WorkspacePathError(ValueError):
@@ -64,6 +70,13 @@ class Workspace:
 
         Both the path as written and its resolved target are checked, case-folded, so neither
         ``.GIT/config``, a link ``notes.txt -> .env`` nor a linked folder into ``.git`` gets by."""
+        return self._matching(_PROTECTED, path, resolved)
+
+    def internal(self, path: str | os.PathLike[str], resolved: Path | None = None) -> str | None:
+        """Like :meth:`protected`, for :data:`INTERNAL_DIR` alone: what no opt-in opens."""
+        return self._matching(_INTERNAL, path, resolved)
+
+    def _matching(self, spec: GitIgnoreSpec, path: str | os.PathLike[str], resolved: Path | None) -> str | None:
         resolved = resolved if resolved is not None else self.resolve(path)
         candidate = Path(path).expanduser()
         lexical = Path(os.path.normpath(candidate if candidate.is_absolute() else self.root / candidate))
@@ -71,7 +84,7 @@ class Workspace:
             if each == self.root or not each.is_relative_to(self.root):
                 continue
             rel = self.relative(each)
-            if _PROTECTED.match_file(rel.lower()):
+            if spec.match_file(rel.lower()):
                 return rel
         return None
 

@@ -64,6 +64,8 @@ class TaskContext:
     workspace: Workspace
     settings: TaskSettings = field(default_factory=TaskSettings)
     resources: dict[str, Any] = field(default_factory=dict)
+    allow_protected: bool = False
+    """The step says ``allow_protected: true``: file tasks may touch ``.git/`` and credential files."""
     emit: Callable[[str, dict[str, Any]], None] = lambda _type, _data: None
 
 
@@ -87,3 +89,8 @@ class Task:
         the diff against the files as they are now). Raising :class:`TaskFailed` fails the
         step at once: what cannot be previewed would fail to run too."""
         return {"kind": "config", "config": config.model_dump(mode="json", by_alias=True, exclude_none=True)}
+
+    @classmethod
+    async def recover(cls, workspace: Workspace) -> None:
+        """Called when a worker starts, before it takes jobs: settle what a killed process left
+        half done in ``workspace`` (``file_write`` rolls back its unfinished applies)."""

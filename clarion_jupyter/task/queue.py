@@ -26,6 +26,8 @@ class Job:
     config: dict[str, Any]
     timeout_s: float | None = None
     resources: dict[str, Any] = field(default_factory=dict)
+    allow_protected: bool = False
+    """The step opted in to writing protected paths (``allow_protected: true``)."""
     nonce: str = field(default_factory=lambda: secrets.token_hex(12))
     """Names this job among all jobs ever sent: a result must carry it to be accepted, and a
     worker that finished it refuses it again (a replayed message)."""
@@ -54,6 +56,7 @@ class Job:
             workspace=workspace,
             settings=settings,
             resources=self.resources,
+            allow_protected=self.allow_protected,
         )
         if emit is not None:
             ctx.emit = emit

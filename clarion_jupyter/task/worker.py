@@ -50,6 +50,8 @@ class Worker:
         queue.on_cancel(self.cancel_run)
 
     async def start(self) -> None:
+        for name in self._registry.names():
+            await self._registry.get(name).recover(self._workspace)
         self._slots = [asyncio.create_task(self._slot(), name=f"clarion-worker-{i}") for i in range(self._concurrency)]
 
     async def stop(self) -> None:

@@ -61,6 +61,7 @@ class _Decision:
     key: str
     approve: bool
     reason: str
+    by: str | None
 
 
 @dataclass(slots=True)
@@ -84,6 +85,10 @@ class _Execution:
     record: StepRecord | None = None
     approved: bool = False
     """Approved once, it runs (and retries) without asking again."""
+    approval: dict[str, Any] | None = None
+    """Once approved: the request and its decision, stored on every later attempt, so that a
+    restart runs the step again without asking (its first run may have acted already)."""
+    approved_before_restart: bool = False
     held: Job | None = None
     """While waiting for approval: the job that runs once approved."""
     adopted: bool = False
@@ -170,7 +175,7 @@ class RunExecutor:
         reason = f"rejected by {by or 'a reviewer'}" + (f": {comment}" if comment else "")
         # Posted before the event is added, so the run acts on it (its step_started joins the
         # pending batch) before the writer wakes: decision and start then share one commit.
-        self._inbox.put_nowait(_Decision(key, approve, reason))
+        self._inbox.put_nowait(_Decision(key, approve, reason, by))
         kind = EventType.approval_granted if approve else EventType.approval_rejected
         self._emit(kind, key, {"by": by, "comment": comment})
         return True
@@ -278,6 +283,9 @@ class RunExecutor:
         if prior is not None and prior.status in (StepStatus.waiting, StepStatus.running):
             execution.record = prior  # still waiting for its decision, or still in the broker: the same attempt goes on
             execution.adopted = adopted
+        elif prior is not None and (prior.approval or {}).get("decision", {}).get("approved"):
+            execution.approved = execution.approved_before_restart = True
+            execution.approval = prior.approval
         self._executions[key] = execution
         return execution
 
@@ -359,8 +367,9 @@ class RunExecutor:
                 )
             return self._attempt_failed(execution, _error("template", str(exc)), retryable=False)
         job = Job(
-            self.run.run_id, execution.key, node.id, attempt, node.step.task, config, node.step.timeout_s, resources
-        )
+            self.run.run_id, execution.key, node.id, attempt, node.step.task, config, node.step.timeout_s, resources,
+            allow_protected=node.step.allow_protected,
+        )  # fmt: skip
         if still_waiting:
             self._hold(execution, job)
             return []
@@ -368,7 +377,9 @@ class RunExecutor:
         held = self._queue.adopt(self.run.run_id, execution.key, attempt)
         if not held and not execution.approved and self._asks_approval(node, context):
             return await self._request_approval(execution, job)
-        execution.record = self._record(execution.key, node.id, execution.item_index, attempt, StepStatus.running)
+        execution.record = self._record(
+            execution.key, node.id, execution.item_index, attempt, StepStatus.running, approval=execution.approval
+        )
         await self._start(execution, job, send=not held)
         return []
 
@@ -376,6 +387,13 @@ class RunExecutor:
         data: dict[str, Any] = {"attempt": job.attempt, "task": job.task}
         if execution.item_index is not None:
             data["item_index"] = execution.item_index
+        if execution.approved_before_restart:
+            execution.approved_before_restart = False
+            decided = execution.approval["decision"]
+            data["approval"] = {
+                **decided,
+                "message": "approved before the engine restarted: runs again as a new attempt, without asking again",
+            }
         self._emit(EventType.step_started, execution.key, data)
         self._running.add(execution.key)
         if send:
@@ -407,9 +425,10 @@ class RunExecutor:
             error = _error("preview_failed", f"the approval preview could not be built: {_message(exc)}")
             return self._attempt_failed(execution, error, retryable=False)
         record = self._record(execution.key, node.id, execution.item_index, job.attempt, StepStatus.waiting)
+        message = _with_warning(policy.message, preview)
         record.approval = {
             "preview": preview,
-            "message": policy.message,
+            "message": message,
             "requested_at": isoformat(record.started_at),
             "timeout_s": policy.timeout_s,
         }
@@ -418,7 +437,7 @@ class RunExecutor:
         self._emit(
             EventType.approval_requested,
             execution.key,
-            {"attempt": job.attempt, "preview": preview, "message": policy.message, "timeout_s": policy.timeout_s},
+            {"attempt": job.attempt, "preview": preview, "message": message, "timeout_s": policy.timeout_s},
         )
         self._hold(execution, job)
         return []
@@ -445,6 +464,8 @@ class RunExecutor:
         record = execution.record
         if decision.approve:
             execution.approved = True
+            decided = {"approved": True, "by": decision.by, "at": isoformat(utcnow())}
+            record.approval = execution.approval = {**(record.approval or {}), "decision": decided}
             record.status, record.started_at = StepStatus.running, utcnow()
             self._writer.add_step(record)
             if execution.item_index is None:
@@ -683,12 +704,20 @@ class RunExecutor:
 
     # -- records -----------------------------------------------------------------
 
-    def _record(self, key: str, step_id: str, item_index: int | None, attempt: int, status: StepStatus) -> StepRecord:
+    def _record(
+        self,
+        key: str,
+        step_id: str,
+        item_index: int | None,
+        attempt: int,
+        status: StepStatus,
+        approval: dict[str, Any] | None = None,
+    ) -> StepRecord:
         now = utcnow()
         record = StepRecord(
             run_id=self.run.run_id, key=key, step_id=step_id, item_index=item_index, attempt=attempt,
             status=status, started_at=now if status != StepStatus.skipped else None,
-            finished_at=now if status in STEP_DONE else None,
+            finished_at=now if status in STEP_DONE else None, approval=approval,
         )  # fmt: skip
         self._writer.add_step(record)
         return record
@@ -718,6 +747,15 @@ def _usage_of(output: Any) -> dict[str, Any] | None:
         "completion_tokens": usage.get("completion_tokens") or 0,
         "cost_usd": output.get("cost_usd"),
     }
+
+
+def _with_warning(message: str | None, preview: Any) -> str | None:
+    """The message a person deciding sees, led by the preview's warning (e.g. protected paths):
+    every client shows the message, not every one knows the preview's fields."""
+    warning = preview.get("warning") if isinstance(preview, dict) else None
+    if not isinstance(warning, str):
+        return message
+    return f"⚠ {warning}" + (f"\n\n{message}" if message else "")
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
     Tag,
     ValidationError,
     model_validator,
@@ -110,6 +111,11 @@ class Step(_Strict):
     timeout_s: float | None = Field(None, gt=0)
     continue_on_error: bool = False
     approval: Annotated[ApprovalPolicy | None, BeforeValidator(_approval_policy)] = None
+    allow_protected: StrictBool = Field(
+        False,
+        description="Let file tasks touch `.git/` and credential files (`.env*`, keys, `.ssh/`). "
+        "A literal of the document, never a template, so no step output can turn it on.",
+    )
 
 
 class ParallelGroup(_Strict):

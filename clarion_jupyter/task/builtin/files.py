@@ -1,12 +1,18 @@
 """Built-in file tasks: ``file_read`` and ``file_write``.
 
 Both are confined to the workspace (``..``, absolute paths elsewhere and symlinks out are
-refused). ``file_write`` is all or nothing in every form: it resolves every path, checks
-every precondition and computes every new file body before it touches the disk, writes each
-file atomically (temp file + ``os.replace``), and if a write still fails midway it restores
-what it already changed. A failed step therefore never leaves a half-applied change set for
-the retry, or the human, to untangle. All disk access happens in a worker thread so a slow
-filesystem never stalls the engine's event loop.
+refused), and to its ordinary files: ``.git/`` and the credential set
+(:data:`~clarion_jupyter.core.workspace.PROTECTED_GLOBS`) only for a step that says
+``allow_protected: true``, Clarion's own ``.clarion/`` never. A ``.git/config`` can run
+commands at the next ``git status`` and a read ``.env`` ends up in the run history, so a
+read needs the opt-in as much as a write does.
+
+``file_write`` is all or nothing in every form: it resolves every path, checks every
+precondition and computes every new file body before it touches the disk, then applies
+through the :mod:`.journal` (a durable intent with copies of what it replaces), so neither
+a failed write nor a killed process leaves a half-applied change set for the retry, or the
+human, to untangle. All disk access happens in a worker thread so a slow filesystem never
+stalls the engine's event loop.
 """
 
 from __future__ import annotations
@@ -16,11 +22,8 @@ import codecs
 import difflib
 import os
 import re
-import secrets
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +33,7 @@ from whatthepatch.exceptions import WhatThePatchException
 
 from ...core.workspace import Workspace, WorkspacePathError
 from ..base import Task, TaskConfig, TaskContext, TaskFailed
+from .journal import Journal, Planned, fingerprint, intent_id
 
 
 def confine(workspace: Workspace, path: str) -> Path:
@@ -39,6 +43,24 @@ def confine(workspace: Workspace, path: str) -> Path:
         return workspace.resolve(path)
     except WorkspacePathError as exc:
         raise TaskFailed(str(exc), details={"path": path}, retryable=False) from exc
+
+
+def confine_file(workspace: Workspace, path: str, *, allow_protected: bool, verb: str = "write") -> Path:
+    """:func:`confine`, and a permanent failure for a protected file the step did not allow,
+    or for Clarion's own folder (that no step may touch)."""
+    target = confine(workspace, path)
+    internal = workspace.internal(path, target)
+    if internal is not None:
+        message = f"'{internal}' is inside Clarion's own folder, which no step may {verb}"
+        raise TaskFailed(message, details={"path": internal, "protected": True}, retryable=False)
+    protected = None if allow_protected else workspace.protected(path, target)
+    if protected is not None:
+        message = (
+            f"'{protected}' is a protected path (.git/ or credentials): refused to {verb} it; "
+            "a step that must do so says `allow_protected: true`"
+        )
+        raise TaskFailed(message, details={"path": protected, "protected": True}, retryable=False)
+    return target
 
 
 # --------------------------------------------------------------------------- file_read
@@ -74,11 +96,12 @@ class FileReadTask(Task):
 
     async def run(self, config: FileReadConfig, ctx: TaskContext) -> dict[str, Any]:
         limit = ctx.settings.max_output_bytes if config.max_bytes is None else config.max_bytes
-        return await asyncio.to_thread(_read_file, ctx.workspace, config.path, config.encoding, limit)
+        return await asyncio.to_thread(_read_file, ctx, config.path, config.encoding, limit)
 
 
-def _read_file(workspace: Workspace, path: str, encoding: str, limit: int) -> dict[str, Any]:
-    target = confine(workspace, path)
+def _read_file(ctx: TaskContext, path: str, encoding: str, limit: int) -> dict[str, Any]:
+    workspace = ctx.workspace
+    target = confine_file(workspace, path, allow_protected=ctx.allow_protected, verb="read")
     rel = workspace.relative(target)
     _check_state(target, rel, must_exist=True)
     with target.open("rb") as handle:
@@ -149,16 +172,11 @@ class FileWriteConfig(TaskConfig):
 
 
 @dataclass(frozen=True, slots=True)
-class _Planned:
-    """One file's new state, computed before anything is written."""
+class _Where:
+    """Where a change set applies, and whether its step may touch protected paths."""
 
-    target: Path
-    rel: str
-    action: str
-    data: bytes | None  # None deletes the file
-
-    def report(self) -> dict[str, Any]:
-        return {"path": self.rel, "action": self.action, "bytes": 0 if self.data is None else len(self.data)}
+    workspace: Workspace
+    allow_protected: bool
 
 
 def _check_state(target: Path, rel: str, *, must_exist: bool | None) -> None:
@@ -189,16 +207,24 @@ def _fixed(text: str | None) -> NewText:
     return lambda _target, _rel: text
 
 
-def _plan(workspace: Workspace, path: str, action: str, must_exist: bool | None, new_text: NewText) -> _Planned:
-    """Resolve and check one target, then compute its new content (reading the old one if needed)."""
-    target = confine(workspace, path)
-    rel = workspace.relative(target)
+def _plan(where: _Where, path: str, action: str, must_exist: bool | None, new_text: NewText) -> Planned:
+    """Resolve and check one target, then compute its new content (reading the old one if needed).
+
+    A ``create`` of a file that exists (allowed only where ``must_exist`` is None: an agent's
+    change list, whose entries carry the whole new content) is the modify it amounts to, and
+    a new content equal to the current one is reported unchanged and never written."""
+    target = confine_file(where.workspace, path, allow_protected=where.allow_protected)
+    rel = where.workspace.relative(target)
     _check_state(target, rel, must_exist=must_exist)
     text = new_text(target, rel)
-    return _Planned(target, rel, action, None if text is None else text.encode("utf-8"))
+    data = None if text is None else text.encode("utf-8")
+    exists = target.exists()
+    if action == "create" and exists:
+        action = "modify"
+    return Planned(target, rel, action, data, unchanged=exists and data is not None and target.read_bytes() == data)
 
 
-def _plan_content(config: FileWriteConfig, workspace: Workspace) -> list[_Planned]:
+def _plan_content(config: FileWriteConfig, where: _Where) -> list[Planned]:
     assert config.path is not None and config.content is not None  # ensured by the validator
     content = config.content
 
@@ -206,20 +232,23 @@ def _plan_content(config: FileWriteConfig, workspace: Workspace) -> list[_Planne
         return (_read_text(target, rel) if target.exists() else "") + content
 
     if config.mode == "append":
-        return [_plan(workspace, config.path, "append", None, appended)]
+        return [_plan(where, config.path, "append", None, appended)]
     must_exist = False if config.mode == "create" else None
-    return [_plan(workspace, config.path, config.mode, must_exist, _fixed(content))]
+    return [_plan(where, config.path, config.mode, must_exist, _fixed(content))]
 
 
-def _plan_changes(changes: list[FileChange], workspace: Workspace) -> list[_Planned]:
-    return [_plan(workspace, c.path, c.action, c.action != "create", _unchanged_since(c)) for c in changes]
+def _plan_changes(changes: list[FileChange], where: _Where) -> list[Planned]:
+    """A ``create`` may find its file (v2 applied it as a modify); ``modify`` and ``delete`` must."""
+    return [
+        _plan(where, c.path, c.action, None if c.action == "create" else True, _unchanged_since(c)) for c in changes
+    ]
 
 
 def _unchanged_since(change: FileChange) -> NewText:
     """The change's new text, provided the file still has the content the change was made from."""
 
     def new_text(target: Path, rel: str) -> str | None:
-        if change.original_content is not None and change.action != "create":
+        if change.original_content is not None and target.exists():
             current = _read_text(target, rel)
             if current != change.original_content:
                 message = f"conflict: '{rel}' changed since the change was proposed; nothing was written"
@@ -304,7 +333,7 @@ def _apply_file_diff(diff: _FileDiff, old_text: str, rel: str) -> str:
     return newline.join(lines) + (newline if keeps_final_newline else "")
 
 
-def _plan_file_diff(diff: _FileDiff, path: str | None, workspace: Workspace) -> _Planned:
+def _plan_file_diff(diff: _FileDiff, path: str | None, where: _Where) -> Planned:
     """Plan one file's patch: created (old is /dev/null), deleted (new is /dev/null) or patched."""
     creates = diff.has_header and diff.old_path is None
     deletes = diff.has_header and diff.new_path is None
@@ -322,10 +351,10 @@ def _plan_file_diff(diff: _FileDiff, path: str | None, workspace: Workspace) -> 
         return None if deletes else patched
 
     action = "create" if creates else "delete" if deletes else "patch"
-    return _plan(workspace, target, action, not creates, new_text)
+    return _plan(where, target, action, not creates, new_text)
 
 
-def _plan_patch(config: FileWriteConfig, workspace: Workspace) -> list[_Planned]:
+def _plan_patch(config: FileWriteConfig, where: _Where) -> list[Planned]:
     assert config.patch is not None  # ensured by the validator
     diffs = _split_file_diffs(config.patch)
     if not diffs:
@@ -333,77 +362,13 @@ def _plan_patch(config: FileWriteConfig, workspace: Workspace) -> list[_Planned]
     if config.path is not None and len(diffs) > 1:
         message = f"patch for `path` '{config.path}' touches {len(diffs)} files; drop `path` to apply them all"
         raise TaskFailed(message, retryable=False)
-    return [_plan_file_diff(diff, config.path, workspace) for diff in diffs]
+    return [_plan_file_diff(diff, config.path, where) for diff in diffs]
 
 
-# --------------------------------------------------------------------------- committing
+# --------------------------------------------------------------------------- applying
 
 
-def _atomic_write(target: Path, data: bytes, mode: int | None) -> None:
-    """Write via a temp file in the same directory and ``os.replace``: readers see old or new, never half."""
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(temp, mode)  # keep e.g. the executable bit of a patched script
-        os.replace(temp, target)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-
-
-def _restore(target: Path, backup: tuple[bytes, int] | None) -> None:
-    if backup is None:
-        target.unlink(missing_ok=True)
-    else:
-        _atomic_write(target, *backup)
-
-
-class _Transaction:
-    """Applies planned writes in order, remembering how to undo each so a failure changes nothing."""
-
-    def __init__(self) -> None:
-        self._undo: list[Callable[[], None]] = []
-
-    def apply(self, plan: _Planned) -> None:
-        try:
-            self._apply(plan)
-        except OSError as exc:
-            message = f"writing '{plan.rel}' failed, so no file was changed: {exc}"
-            raise TaskFailed(message, details={"path": plan.rel}) from exc
-
-    def _apply(self, plan: _Planned) -> None:
-        target = plan.target
-        backup = (target.read_bytes(), target.stat().st_mode & 0o7777) if target.exists() else None
-        if plan.data is not None:
-            self._make_parents(target.parent)
-        self._undo.append(partial(_restore, target, backup))
-        if plan.data is None:
-            target.unlink()
-        else:
-            _atomic_write(target, plan.data, backup[1] if backup else None)
-
-    def _make_parents(self, directory: Path) -> None:
-        missing: list[Path] = []
-        while not directory.exists():
-            missing.append(directory)
-            directory = directory.parent
-        for folder in reversed(missing):
-            folder.mkdir()
-            self._undo.append(folder.rmdir)
-
-    def rollback(self) -> None:
-        for undo in reversed(self._undo):
-            with suppress(OSError):
-                undo()
-
-
-def _check_unique(plans: list[_Planned]) -> None:
+def _check_unique(plans: list[Planned]) -> None:
     """Two edits of one file in a change set would make "all or nothing" ambiguous."""
     seen: set[Path] = set()
     for plan in plans:
@@ -412,47 +377,64 @@ def _check_unique(plans: list[_Planned]) -> None:
         seen.add(plan.target)
 
 
-def _commit(plans: list[_Planned]) -> None:
-    transaction = _Transaction()
-    try:
-        for plan in plans:
-            transaction.apply(plan)
-    except BaseException:
-        transaction.rollback()
-        raise
-
-
-def _planned(config: FileWriteConfig, workspace: Workspace) -> list[_Planned]:
+def _planned(config: FileWriteConfig, where: _Where) -> list[Planned]:
     """Every file's new state, every precondition checked, nothing written yet."""
     if config.changes is not None:
-        plans = _plan_changes(config.changes, workspace)
+        plans = _plan_changes(config.changes, where)
     elif config.patch is not None:
-        plans = _plan_patch(config, workspace)
+        plans = _plan_patch(config, where)
     else:
-        plans = _plan_content(config, workspace)
+        plans = _plan_content(config, where)
     _check_unique(plans)
     return plans
 
 
-def _write_files(config: FileWriteConfig, workspace: Workspace) -> dict[str, Any]:
-    plans = _planned(config, workspace)
-    _commit(plans)
-    return {"written": [plan.report() for plan in plans]}
+def _write_files(config: FileWriteConfig, ctx: TaskContext) -> dict[str, Any]:
+    """Apply through the journal, after settling what an interrupted attempt of this step left."""
+    journal = Journal(ctx.workspace)
+    ident, print_ = intent_id(ctx.run_id, ctx.key), fingerprint(config.model_dump(mode="json"))
+    with journal.locked():
+        previous = journal.previous(ident)
+        if previous is not None and previous.output is not None and previous.fingerprint == print_:
+            message = "an earlier attempt had applied every change before it was cut off; nothing was written again"
+            return {**previous.output, "recovery": {"action": "already_applied", "message": message}}
+        plans = _planned(config, _Where(ctx.workspace, ctx.allow_protected))
+        journal.apply(ident, print_, plans)
+        output: dict[str, Any] = {"written": [plan.report() for plan in plans]}
+        if previous is not None and previous.rolled_back is not None:
+            count = len(previous.rolled_back)
+            message = f"an interrupted apply of {count} file(s) was rolled back, then every change was applied"
+            output["recovery"] = {"action": "rolled_back", "files": count, "message": message}
+        journal.done(ident, print_, output)
+    return output
 
 
-def _diff_files(config: FileWriteConfig, workspace: Workspace) -> dict[str, Any]:
-    """The unified diff of every planned change against the file as it is now."""
+def _diff_files(config: FileWriteConfig, ctx: TaskContext) -> dict[str, Any]:
+    """The unified diff of every planned change against the file as it is now, protected
+    paths (when the step allows them) flagged on the file and in a warning."""
     files = []
-    for plan in _planned(config, workspace):
+    workspace = ctx.workspace
+    for plan in _planned(config, _Where(workspace, ctx.allow_protected)):
         exists = plan.target.exists()
         old = plan.target.read_bytes().decode("utf-8", errors="replace") if exists else ""
         new = "" if plan.data is None else plan.data.decode("utf-8")
-        action = "delete" if plan.data is None else "modify" if exists else "create"
+        action = "unchanged" if plan.unchanged else "delete" if plan.data is None else "modify" if exists else "create"
         before = f"a/{plan.rel}" if exists else "/dev/null"
         after = "/dev/null" if plan.data is None else f"b/{plan.rel}"
         lines = difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True), before, after)
-        files.append({"path": plan.rel, "action": action, "diff": "".join(lines)})
-    return {"kind": "diff", "files": files, "diff": "".join(f["diff"] for f in files)}
+        entry: dict[str, Any] = {"path": plan.rel, "action": action, "diff": "".join(lines)}
+        if workspace.protected(plan.rel, plan.target) is not None:
+            entry["protected"] = True
+        files.append(entry)
+    preview: dict[str, Any] = {"kind": "diff", "files": files, "diff": "".join(f["diff"] for f in files)}
+    protected = [f["path"] for f in files if f.get("protected") and f["action"] != "unchanged"]
+    if protected:
+        preview["warning"] = (
+            f"PROTECTED PATHS: this step writes {', '.join(protected)}, allowed only because it says "
+            "`allow_protected: true`. Files in .git/ can run commands at the next git command; "
+            "credential files hold secrets. Approve only if you expected exactly this."
+        )
+    return preview
 
 
 class FileWriteTask(Task):
@@ -468,7 +450,11 @@ class FileWriteTask(Task):
     )
 
     async def run(self, config: FileWriteConfig, ctx: TaskContext) -> dict[str, Any]:
-        return await asyncio.to_thread(_write_files, config, ctx.workspace)
+        return await asyncio.to_thread(_write_files, config, ctx)
 
     async def preview(self, config: FileWriteConfig, ctx: TaskContext) -> dict[str, Any]:
-        return await asyncio.to_thread(_diff_files, config, ctx.workspace)
+        return await asyncio.to_thread(_diff_files, config, ctx)
+
+    @classmethod
+    async def recover(cls, workspace: Workspace) -> None:
+        await asyncio.to_thread(Journal(workspace).recover_all)
