@@ -111,6 +111,28 @@ def test_an_import_of_the_package_root_inside_a_room_is_reported(tmp_path: Path)
     ]
 
 
+def _exists(target: str) -> bool:
+    """Whether a dotted package path names a module, a package, or a name in one."""
+    path = PACKAGE.parent.joinpath(*target.split("."))
+    parent = path.parent
+    return (
+        path.with_suffix(".py").is_file()
+        or (path / "__init__.py").is_file()
+        or (parent.with_suffix(".py").is_file() or (parent / "__init__.py").is_file())
+    )
+
+
+def test_every_import_inside_the_package_names_a_module_that_exists() -> None:
+    """A lazy import with one dot too few fails only when its line runs: find it here instead."""
+    missing = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}: {target}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for line, target in _imports(path)
+        if not _exists(target)
+    ]
+    assert missing == []
+
+
 OUTSIDE_THE_FLOORS = {"__init__.py", "_version.py", "labextension", "__pycache__"}
 """The package root, its version, and the built sidebar (no Python)."""
 

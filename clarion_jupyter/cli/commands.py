@@ -269,7 +269,7 @@ async def cmd_agents_list(args: argparse.Namespace) -> int:
 
 async def cmd_worker(args: argparse.Namespace) -> int:
     """Run steps from the broker until SIGINT or SIGTERM, with the server's configured policy."""
-    from .task.worker import run_worker
+    from ..task.worker import run_worker
 
     traits = configured_traits()
     workers = args.workers or traits.get("workers", 8)
