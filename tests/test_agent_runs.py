@@ -12,28 +12,7 @@ import pytest
 from conftest_server import Api, wait_event, wait_run
 
 from clarion_jupyter.testing import OpenAIStubServer
-
-FILE_OPERATIONS_SCHEMA = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["summary", "file_changes"],
-    "properties": {
-        "summary": {"type": "string"},
-        "file_changes": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["action", "path", "new_content"],
-                "properties": {
-                    "action": {"type": "string", "enum": ["create", "modify", "delete"]},
-                    "path": {"type": "string"},
-                    "new_content": {"type": "string"},
-                },
-            },
-        },
-    },
-}
+from clarion_jupyter.workflow.agent_run import FILE_OPERATIONS_SCHEMA
 
 
 def editor(changes: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
