@@ -464,3 +464,11 @@ async def test_an_offered_schema_keeps_a_prose_reply_as_text(stub: OpenAIStubSer
 async def test_an_offered_schema_fails_a_json_reply_that_does_not_match_saying_where(tmp_path: Path) -> None:
     with pytest.raises(TaskFailed, match="reply does not match the output schema at label"):
         await call(mock_agent('{"label": "question"}'), tmp_path, prompt="x", default_response_format=SCHEMA)
+
+
+async def test_a_step_model_of_another_provider_may_not_take_the_agents_key(
+    stub: OpenAIStubServer, key: str, tmp_path: Path
+) -> None:
+    with pytest.raises(TaskFailed, match=r"goes to another provider than agent 'stub'.*CLARION_TEST_LLM_KEY"):
+        await call(stub_agent(stub, key), tmp_path, prompt="hi", model="openrouter/some-model")
+    assert stub.request_count == 0

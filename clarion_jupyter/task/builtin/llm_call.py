@@ -134,6 +134,8 @@ class LLMCallTask(Task):
         key_env = config.api_key_env or agent.api_key_env
         if key_env is not None and (problem := ctx.settings.secrets.key_problem(key_env)):
             raise TaskFailed(problem, retryable=False)
+        if (problem := _model_leaves_the_agents_provider(agent, config)) is not None:
+            raise TaskFailed(problem, retryable=False)
         demanded = config.response_format or agent.output_schema
         schema = demanded or config.default_response_format
         validator = _schema_validator(schema) if schema is not None else None
@@ -306,6 +308,24 @@ async def prepare_call(
     if cap is None:
         cap = await _default_context_cap(provider, model) if files else DEFAULT_MAX_CONTEXT_TOKENS
     return PreparedCall(request, selection, files, file_tokens, cap)
+
+
+def _model_leaves_the_agents_provider(agent: Agent, config: LLMCallConfig) -> str | None:
+    """A step's model with another provider prefix than the agent's would take the agent's key
+    to that provider: allowed only when the step names its own key (None: no such problem)."""
+    if config.model is None or agent.api_key_env is None or config.api_key_env is not None:
+        return None
+    if _provider_prefix(config.model) == _provider_prefix(agent.model):
+        return None
+    return (
+        f"model '{config.model}' goes to another provider than agent '{agent.id}' ({agent.model}), "
+        f"which would get the agent's key ({agent.api_key_env}): name the key for it in this step's api_key_env"
+    )
+
+
+def _provider_prefix(model: str) -> str | None:
+    """litellm's provider prefix (``openrouter`` of ``openrouter/x``); None for a bare name."""
+    return model.split("/", 1)[0] if "/" in model else None
 
 
 def _host(agent: Agent, config: LLMCallConfig, parameters: dict[str, Any]) -> str | None:
