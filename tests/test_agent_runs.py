@@ -12,6 +12,7 @@ import pytest
 from conftest_server import Api, wait_event, wait_run
 
 from clarion_jupyter.testing import OpenAIStubServer
+from clarion_jupyter.testing.clarion_v2 import go_json, v2_agent
 from clarion_jupyter.workflow.agent_run import FILE_OPERATIONS_SCHEMA
 
 
@@ -256,3 +257,29 @@ async def test_discarding_the_changes_ends_the_run_succeeded_with_apply_skipped(
     assert run["status"] == "succeeded" and run["outputs"]["applied"] is False
     assert {s["key"]: s["status"] for s in run["steps"]}["apply"] == "skipped"
     assert not (workspace / "hello.txt").exists()
+
+
+async def test_an_imported_v2_agent_with_only_excludes_is_bounded_and_previewed_before_any_call(
+    api: Api, workspace: Path
+) -> None:
+    """Clarion v2's `include_globs: []` with excludes selects the whole root: the generated part
+    of a Jupyter root stays out, and what is left is over the cap, said before the run calls."""
+    (workspace / ".ipynb_checkpoints").mkdir()
+    (workspace / ".ipynb_checkpoints" / "analysis-checkpoint.ipynb").write_text('{"cells": []}')
+    (workspace / "lab" / "static").mkdir(parents=True)
+    (workspace / "lab" / "static" / "remoteEntry.js.map").write_text('{"mappings": "' + "AAAA;" * 40_000 + '"}')
+    (workspace / "yarn.lock").write_text("# yarn lockfile v1\n" * 500)
+    (workspace / "data.csv").write_text("id,value\n" + "".join(f"{i},{i * 7 % 13}\n" for i in range(60_000)))
+    v2 = v2_agent("importer", "Importer", exclude_globs=["*.md"], model="gpt-4o-mini")
+    assert (await api("POST", "agents", "import", body=go_json(v2))).status == 201
+
+    preview = (await api("POST", "agents", "importer", "prompt", body={"prompt": "One-line fix"})).body["context"]
+
+    assert [f["path"] for f in preview["files"]] == ["data.csv"]
+    assert preview["max_tokens"] == 64_000 and preview["tokens"] > preview["max_tokens"]
+    assert "data.csv" in preview["problem"]
+    run = await wait_run(
+        api, (await api("POST", "agents", "importer", "run", body={"prompt": "One-line fix"})).body["run_id"]
+    )
+    reply = {s["key"]: s for s in run["steps"]}["reply"]
+    assert run["status"] == "failed" and reply["error"]["message"] == preview["problem"]  # not the model's 401
