@@ -105,6 +105,7 @@ class ProcessProvider:
         self._lock = threading.Lock()
         self._children: list[_Child] = []
         self._ids = itertools.count(1)
+        self._windows: dict[str, int | None] = {}
 
     @property
     def pids(self) -> list[int]:
@@ -127,8 +128,11 @@ class ProcessProvider:
         return [int(n) for n in await self._ask({"op": "count_texts", "model": model, "texts": texts})]
 
     async def max_input_tokens(self, model: str) -> int | None:
-        window = await self._ask({"op": "window", "model": model})
-        return int(window) if window is not None else None
+        """Asked once per model: litellm's model map does not change while a process runs."""
+        if model not in self._windows:
+            window = await self._ask({"op": "window", "model": model})
+            self._windows[model] = int(window) if window is not None else None
+        return self._windows[model]
 
     async def aclose(self) -> None:
         """Nothing of the children is bound to the caller's loop: they serve the next loop too."""

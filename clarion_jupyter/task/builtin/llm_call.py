@@ -139,7 +139,10 @@ class LLMCallTask(Task):
         demanded = config.response_format or agent.output_schema
         schema = demanded or config.default_response_format
         validator = _schema_validator(schema) if schema is not None else None
-        prepared = await prepare_call(agent, config, ctx.workspace, self.provider)
+        try:
+            prepared = await prepare_call(agent, config, ctx.workspace, self.provider)
+        except ProviderError as exc:  # counting tokens goes to the provider's process too
+            raise _failed(exc) from None
         if (problem := prepared.over_budget()) is not None:
             raise TaskFailed(problem, details=prepared.context_report(), retryable=False)
         request = prepared.request
@@ -155,7 +158,7 @@ class LLMCallTask(Task):
         try:
             result = await self.provider.complete(request, on_token=tokens)
         except ProviderError as exc:
-            raise TaskFailed(exc.message, details={"status_code": exc.status_code}, retryable=exc.retryable) from None
+            raise _failed(exc) from None
         finally:
             if tokens is not None:
                 tokens.flush(final=True)
@@ -226,6 +229,10 @@ class TokenCoalescer:
         if text:
             self._last_emit = time.monotonic()
             self._emit(text)
+
+
+def _failed(error: ProviderError) -> TaskFailed:
+    return TaskFailed(error.message, details={"status_code": error.status_code}, retryable=error.retryable)
 
 
 def _agent(ctx: TaskContext) -> Agent:
@@ -305,9 +312,7 @@ async def prepare_call(
     )
     file_tokens = await provider.count_text_tokens(model, [fenced(f) for f in files]) if files else []
     cap = agent.context.max_tokens if agent.context is not None else None
-    if cap is None:
-        cap = await _default_context_cap(provider, model) if files else DEFAULT_MAX_CONTEXT_TOKENS
-    return PreparedCall(request, selection, files, file_tokens, cap)
+    return PreparedCall(request, selection, files, file_tokens, cap or await _default_context_cap(provider, model))
 
 
 def _model_leaves_the_agents_provider(agent: Agent, config: LLMCallConfig) -> str | None:
