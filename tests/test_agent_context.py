@@ -261,3 +261,45 @@ async def test_v2_content_regex_and_file_cap_apply_after_the_globs(tmp_path: Pat
     ws = make_tree(tmp_path, V2_TREE)
     ctx = CodebaseContext(glob_syntax="v2", include_globs=["*/*/*.go"], content_regex="^package api$", max_files=1)
     assert await paths(ctx, ws) == ["internal/api/server.go"]
+
+
+# --- what a context never sends: credentials at their target, generated files by default ------
+
+
+async def test_a_credential_file_and_a_link_to_it_are_left_out_and_reported(tmp_path: Path) -> None:
+    ws = make_tree(tmp_path, {".env": "OPENAI_API_KEY=sk-live\n", "app.py": "print('hi')\n"})
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "notes.txt").symlink_to("../.env")
+
+    selection = await gather_context(CodebaseContext(), ws)
+
+    assert [f.path for f in selection.files] == ["app.py"]
+    assert {s.path: s.reason for s in selection.skipped} == {
+        ".env": "holds credentials: never sent to a model (.env)",
+        "sub/notes.txt": "holds credentials: never sent to a model (.env)",
+    }
+
+
+GENERATED_TREE = {
+    "src/app.py": "print('hi')\n",
+    ".ipynb_checkpoints/nb-checkpoint.ipynb": "{}",
+    "static/remoteEntry.js.map": '{"mappings": "AAAA"}',
+    "static/vendor.min.js": "!function(){}",
+    "yarn.lock": "# yarn lockfile v1\n",
+    "package-lock.json": "{}",
+    "dist/pkg-1.0.tar.gz": "not really",
+    "build/lib/app.py": "print('hi')\n",
+    "pkg.egg-info/PKG-INFO": "Name: pkg\n",
+}
+
+
+async def test_checkpoints_build_output_source_maps_and_lock_files_are_left_out_by_default(tmp_path: Path) -> None:
+    ws = make_tree(tmp_path, GENERATED_TREE)
+    assert await paths(CodebaseContext(exclude_globs=["*.md"]), ws) == ["src/app.py"]
+    assert await paths(CodebaseContext(include_globs=["*.map", "*.lock"]), ws) == []
+
+
+async def test_default_excludes_can_be_turned_off(tmp_path: Path) -> None:
+    ws = make_tree(tmp_path, GENERATED_TREE)
+    selected = await paths(CodebaseContext(include_globs=["*.lock"], default_excludes=False), ws)
+    assert selected == ["yarn.lock"]

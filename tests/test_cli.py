@@ -408,12 +408,13 @@ async def test_agent_run_pauses_with_the_diff_and_approve_applies_it(tmp_path: P
     assert (tmp_path / "hello.txt").read_text() == "hi\n"
 
 
-async def test_reject_writes_nothing_and_exits_one(tmp_path: Path) -> None:
+async def test_reject_discards_the_changes_and_the_run_succeeds(tmp_path: Path) -> None:
     await make_editor(tmp_path)
     run_id = started_run(clarion(tmp_path, "agent", "run", "basic_editor", "Create hello.txt"))
     rejected = clarion(tmp_path, "reject", run_id, "apply", "--comment", "not now")
-    assert rejected.returncode == 1
-    assert "✗ apply" in rejected.stdout and "not now" in rejected.stdout
+    assert rejected.returncode == 0, rejected.stdout + rejected.stderr
+    assert re.search(r"– apply\s+skipped\s+rejected by \S+: not now", rejected.stdout), rejected.stdout
+    assert f"run {run_id} succeeded" in rejected.stdout and '"applied": false' in rejected.stdout
     assert not (tmp_path / "hello.txt").exists()
     again = clarion(tmp_path, "approve", run_id, "apply")
     assert again.returncode == 1 and "not waiting for approval" in again.stderr

@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from clarion_jupyter.agent.models import Agent, CodebaseContext, UserVariable
 from clarion_jupyter.core.workspace import Workspace
-from clarion_jupyter.task.base import TaskContext, TaskFailed
+from clarion_jupyter.llm.provider import NO_KEY
+from clarion_jupyter.task.base import TaskContext, TaskFailed, TaskSettings
 from clarion_jupyter.task.builtin.llm_call import (
     DEFAULT_PROVIDER,
     LLMCallConfig,
@@ -65,13 +66,16 @@ def stub_agent(server: OpenAIStubServer, key_env: str, **fields: Any) -> Agent:
     return Agent(name="Stub", model="openai/fake", api_base=server.url, api_key_env=key_env, **fields)
 
 
-async def call(agent: Agent, tmp_path: Path, events: Events | None = None, **config: Any) -> dict[str, Any]:
+async def call(
+    agent: Agent, tmp_path: Path, events: Events | None = None, settings: TaskSettings | None = None, **config: Any
+) -> dict[str, Any]:
     ctx = TaskContext(
         run_id="r",
         step_id="s",
         key="s",
         attempt=1,
         workspace=Workspace(tmp_path),
+        settings=settings or TaskSettings(),
         resources={"agent": agent.model_dump()},
         emit=events or Events(),
     )
@@ -342,3 +346,129 @@ async def test_a_schema_written_for_strict_mode_is_requested_as_strict(key: str,
             "schema": strict,
             "strict": True,
         }
+
+
+# --- what reaches the model, and where the key goes -------------------------------------------
+
+
+async def test_a_streamed_reply_is_stopped_once_it_passes_max_output_bytes(key: str, tmp_path: Path) -> None:
+    events = Events()
+    with OpenAIStubServer(reply="x" * 200_000, chunk_chars=100) as server, pytest.raises(TaskFailed) as info:
+        await call(
+            stub_agent(server, key), tmp_path, events, TaskSettings(max_output_bytes=5_000), prompt="hi", stream=True
+        )
+    assert info.value.message == "the reply passed max_output_bytes (5000 bytes) while streaming: the call was stopped"
+    assert info.value.retryable is False
+    assert len("".join(events.tokens())) <= 5_000
+
+
+async def test_a_whole_reply_larger_than_max_output_bytes_is_refused(key: str, tmp_path: Path) -> None:
+    with OpenAIStubServer(reply="y" * 20_000) as server, pytest.raises(TaskFailed) as info:
+        await call(stub_agent(server, key), tmp_path, settings=TaskSettings(max_output_bytes=5_000), prompt="hi")
+    assert info.value.message == "the reply passed max_output_bytes (5000 bytes) in one piece: it was refused"
+
+
+async def test_an_agent_naming_no_key_sends_none_of_the_environments_keys(
+    stub: OpenAIStubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)  # litellm's own fallback for openai/ models
+    agent = Agent(name="Local", model="openai/local", api_base=stub.url)
+
+    out = await call(agent, tmp_path, prompt="hi")
+
+    assert out["text"] == "The stub says hello."  # a local server that needs no key still answers
+    assert SECRET not in json.dumps(stub.last_headers)
+    assert stub.last_headers["authorization"] == f"Bearer {NO_KEY}"
+
+
+async def test_a_provider_refusing_the_missing_key_is_told_to_set_api_key_env(tmp_path: Path) -> None:
+    with OpenAIStubServer(api_key="sk-needed") as server, pytest.raises(TaskFailed) as info:
+        await call(Agent(name="Keyless", model="openai/x", api_base=server.url), tmp_path, prompt="hi")
+    assert info.value.message.startswith("AuthenticationError")
+    assert "the agent names no api_key_env" in info.value.message
+
+
+def test_a_step_may_not_send_the_agents_key_to_another_host() -> None:
+    with pytest.raises(ValidationError, match=r"parameters\.api_base would send the agent's API key to another host"):
+        LLMCallConfig(agent="a", prompt="x", parameters={"api_base": "https://elsewhere.example/v1"})
+    with pytest.raises(ValidationError, match=r"parameters\.base_url"):
+        LLMCallConfig(agent="a", prompt="x", parameters={"base_url": "https://elsewhere.example/v1"})
+
+
+async def test_a_step_naming_its_own_key_may_call_another_host(
+    stub: OpenAIStubServer, key: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CLARION_OTHER_HOST_KEY", "sk-other-host-7777")
+    agent = Agent(name="Remote", model="openai/x", api_base="http://127.0.0.1:9/v1", api_key_env=key)
+
+    await call(agent, tmp_path, prompt="hi", parameters={"api_base": stub.url}, api_key_env="CLARION_OTHER_HOST_KEY")
+
+    assert stub.last_headers["authorization"] == "Bearer sk-other-host-7777"
+
+
+async def test_a_context_over_its_token_cap_fails_before_any_call_naming_the_largest_files(
+    stub: OpenAIStubServer, key: str, tmp_path: Path
+) -> None:
+    (tmp_path / "big.py").write_text("value = 1\n" * 2_000)
+    (tmp_path / "small.py").write_text("x = 1\n")
+    agent = stub_agent(stub, key, context=CodebaseContext(include_globs=["*.py"], max_tokens=1_000))
+
+    with pytest.raises(TaskFailed) as info:
+        await call(agent, tmp_path, prompt="Review")
+
+    message = info.value.message
+    assert message.startswith("the codebase context is ") and "tokens in 2 files, over its cap of 1,000" in message
+    assert message.index("big.py") < message.index("small.py")
+    assert "include_globs" in message
+    assert info.value.retryable is False and info.value.details["tokens"] > 1_000
+    assert stub.request_count == 0
+
+
+async def test_files_chosen_by_hand_count_against_the_context_cap(
+    stub: OpenAIStubServer, key: str, tmp_path: Path
+) -> None:
+    (tmp_path / "chosen.md").write_text("word " * 3_000)
+    agent = stub_agent(stub, key, context=CodebaseContext(include_globs=["*.py"], max_tokens=500))
+
+    with pytest.raises(TaskFailed, match=r"in 1 files, over its cap of 500.*chosen\.md"):
+        await call(agent, tmp_path, prompt="Review", files=["chosen.md"])
+    assert stub.request_count == 0
+
+
+async def test_the_default_context_cap_is_half_the_models_input_window(tmp_path: Path) -> None:
+    (tmp_path / "huge.txt").write_text("token " * 70_000)  # gpt-4o-mini: 128k window, so a 64k cap
+    agent = mock_agent("ok", context=CodebaseContext(max_bytes=None))
+
+    with pytest.raises(TaskFailed, match="over its cap of 64,000"):
+        await call(agent, tmp_path, prompt="Review")
+
+
+async def test_a_hand_picked_credential_file_fails_the_step_and_is_not_sent(
+    stub: OpenAIStubServer, key: str, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("OPENAI_API_KEY=sk-live\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "notes.txt").symlink_to("../.env")
+    for picked in (".env", "sub/notes.txt"):
+        with pytest.raises(TaskFailed, match=r"holds credentials \(\.env\): it is never sent to a model"):
+            await call(stub_agent(stub, key), tmp_path, prompt="Review", files=[picked])
+    assert stub.request_count == 0
+
+
+async def test_an_offered_schema_keeps_a_prose_reply_as_text(stub: OpenAIStubServer, key: str, tmp_path: Path) -> None:
+    out = await call(stub_agent(stub, key), tmp_path, prompt="hi", default_response_format=SCHEMA)
+    assert stub.last_request is not None and stub.last_request["response_format"]["json_schema"]["schema"] == SCHEMA
+    assert out["text"] == "The stub says hello." and out["json"] is None
+
+
+async def test_an_offered_schema_fails_a_json_reply_that_does_not_match_saying_where(tmp_path: Path) -> None:
+    with pytest.raises(TaskFailed, match="reply does not match the output schema at label"):
+        await call(mock_agent('{"label": "question"}'), tmp_path, prompt="x", default_response_format=SCHEMA)
+
+
+async def test_a_step_model_of_another_provider_may_not_take_the_agents_key(
+    stub: OpenAIStubServer, key: str, tmp_path: Path
+) -> None:
+    with pytest.raises(TaskFailed, match=r"goes to another provider than agent 'stub'.*CLARION_TEST_LLM_KEY"):
+        await call(stub_agent(stub, key), tmp_path, prompt="hi", model="openrouter/some-model")
+    assert stub.request_count == 0

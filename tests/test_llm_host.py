@@ -140,3 +140,10 @@ async def test_another_child_starts_only_when_every_child_is_busy(stub) -> None:
         assert len(provider.pids) == 2
     finally:
         provider.close()
+
+
+async def test_file_tokens_and_the_models_window_come_from_the_child(provider) -> None:
+    counts = await provider.count_text_tokens("gpt-4o", ["hello world " * 50, "", "x"])
+    assert counts[0] > 50 and counts[1] == 0 and counts[2] == 1
+    assert await provider.max_input_tokens("openai/gpt-4o-mini") == 128_000
+    assert await provider.max_input_tokens("openai/no-such-model") is None

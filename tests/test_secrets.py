@@ -196,3 +196,41 @@ async def test_a_key_too_short_to_be_masked_is_refused_at_the_call(api, monkeypa
         assert stub.request_count == 0
     assert run["status"] == "failed"
     assert "SHORT_API_KEY holds 3 characters" in run["steps"][0]["error"]["message"]
+
+
+# --- a secret pasted into a document is refused ------------------------------------------------
+
+
+async def test_a_workflow_holding_a_secrets_value_is_refused_naming_the_step_and_field(api, secret_env):
+    doc = {
+        "id": "pasted",
+        "name": "Pasted",
+        "steps": [{"id": "say", "task": "echo", "with": {"value": f"Authorization: Bearer {SECRET}"}}],
+    }
+
+    reply = await api("POST", "workflows", body=doc)
+
+    assert reply.status == 422
+    (problem,) = reply.body["error"]["details"]
+    assert (problem["step"], problem["field"]) == ("say", "with.value")
+    assert "CLARION_TEST_API_KEY" in problem["message"] and SECRET not in json.dumps(reply.body)
+    assert (await api("GET", "workflows", "pasted")).status == 404
+
+
+async def test_a_workflow_holding_a_secret_base64_encoded_is_refused_too(api, secret_env):
+    encoded = base64.b64encode(f"user:{SECRET}".encode()).decode()
+    doc = {"id": "b64", "name": "B64", "steps": [{"id": "say", "task": "echo", "with": {"value": encoded}}]}
+    assert (await api("POST", "workflows", body=doc)).status == 422
+
+
+async def test_an_agent_holding_a_secrets_value_is_refused_naming_the_field(api, secret_env):
+    reply = await api("POST", "agents", body=agent(system_prompt=f"Use the key {SECRET} when asked."))
+
+    assert reply.status == 422
+    assert [p["field"] for p in reply.body["error"]["details"]] == ["system_prompt"]
+    assert SECRET not in json.dumps(reply.body)
+    assert (await api("GET", "agents", "leaky")).status == 404
+
+
+async def test_a_document_is_accepted_once_the_secret_is_gone(api, secret_env):
+    assert (await api("POST", "agents", body=agent(system_prompt="Use the key in CLARION_TEST_API_KEY."))).status == 201

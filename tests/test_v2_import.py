@@ -228,6 +228,8 @@ async def test_filters_keep_v2_meaning_regex_no_file_limit_and_no_byte_cap(tmp_p
             "content_regex": "^package ",
             "max_files": None,
             "max_bytes": None,
+            "max_tokens": None,  # bounded all the same: by the model's window (see test_llm_call)
+            "default_excludes": True,
         }
 
 

@@ -7,6 +7,12 @@ that a prompt stays within budget however large the workspace. Selection is dete
 (sorted paths), so the same workspace gives the same prompt, which keeps runs reproducible
 and provider caches warm.
 
+Files that hold credentials (:meth:`Workspace.protected`: the path as written and the
+target it resolves to) never reach a model, whatever the globs say. Build output, source
+maps, lock files, notebook checkpoints and binary files are left out by default
+(:data:`DEFAULT_EXCLUDES`): they are large and tell a model nothing, so a context that only
+names what to exclude does not send a whole Jupyter root.
+
 Nothing in the workspace can break a step: an entry that cannot be read (a symlink loop,
 a broken link, a permission error, a content regex that runs too long) is left out and
 listed in :attr:`ContextSelection.skipped` with the reason, which the step reports.
@@ -25,7 +31,7 @@ from typing import Any
 import regex
 from pathspec import GitIgnoreSpec
 
-from ..core.workspace import INTERNAL_DIR, PathOutsideWorkspace, Workspace
+from ..core.workspace import INTERNAL_DIR, PathOutsideWorkspace, Workspace, WorkspacePathError
 from .gomatch import go_match
 from .models import CodebaseContext
 
@@ -35,17 +41,23 @@ SKIPPED_DIRS = frozenset({".git", INTERNAL_DIR, "node_modules", ".venv", "__pyca
 V2_SKIPPED_DIRS = SKIPPED_DIRS | {"dist", "build", ".vscode", ".idea", "target", "venv"}
 """The folders Clarion v2 never walked (its ``defaultIgnoreDirs``), for ``glob_syntax: v2``."""
 
-SECRET_GLOBS = (".env", ".env.*", "*.pem", "*.key", "id_rsa*", "id_ed25519*", ".netrc", ".npmrc", ".pypirc", "*.p12")
-"""Files that hold credentials are never sent to a model, whatever the globs say."""
+DEFAULT_EXCLUDES = (
+    ".ipynb_checkpoints/", "build/", "dist/", "out/", "target/", "coverage/", "htmlcov/", "*.egg-info/",
+    ".tox/", ".nox/", ".mypy_cache/", ".pytest_cache/", ".ruff_cache/", ".next/", ".nuxt/", ".cache/",
+    "*.map", "*.min.js", "*.min.css", "*.lock", "package-lock.json", "npm-shrinkwrap.json", "pnpm-lock.yaml",
+    "go.sum", "*.pyc", "*.so", "*.dylib", "*.dll", "*.exe", "*.whl", "*.zip", "*.tar", "*.gz", "*.parquet",
+)  # fmt: skip
+"""Generated, bundled or binary files: never context unless picked by hand, or the agent sets
+``context.default_excludes: false``. Checked on their own, so an include glob cannot pull them in."""
 
-_SECRETS = GitIgnoreSpec.from_lines(SECRET_GLOBS)
-"""Checked on its own, before the user's globs, so that no negation (``!.env``) can undo it."""
+_DEFAULT_EXCLUDES = GitIgnoreSpec.from_lines(DEFAULT_EXCLUDES)
 
 REGEX_TIMEOUT_S = 0.25
 """How long a user's ``content_regex`` may search one file; a pattern that backtracks
 catastrophically (``(a+)+$``) skips that file instead of holding the GIL for seconds."""
 
 CONTEXT_HEADING = "## Codebase Context"
+PROTECTED_REASON = "holds credentials: never sent to a model"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +65,11 @@ class ContextFile:
     path: str
     """Workspace-relative, posix separators."""
     content: str
+
+    @property
+    def size(self) -> int:
+        """Bytes of the text sent (UTF-8)."""
+        return len(self.content.encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +102,11 @@ def render_context(files: list[ContextFile]) -> str:
     """A "Codebase Context" section, one fenced block per file; empty when there are no files."""
     if not files:
         return ""
-    blocks = [_fenced(f) for f in files]
+    blocks = [fenced(f) for f in files]
     return "\n\n".join([CONTEXT_HEADING, *blocks])
 
 
-def _fenced(file: ContextFile) -> str:
+def fenced(file: ContextFile) -> str:
     """A fence longer than any backtick run in the content, so a file cannot close it early."""
     longest = max((len(run) for run in re.findall(r"`+", file.content)), default=0)
     fence = "`" * max(3, longest + 1)
@@ -106,7 +123,7 @@ def _gather(ctx: CodebaseContext, workspace: Workspace) -> ContextSelection:
     for rel in sorted(_walk(workspace.root, skipped_dirs, selection.skipped)):
         if ctx.max_files is not None and len(selection.files) >= ctx.max_files:
             break
-        if _SECRETS.match_file(rel) or not wanted(rel):
+        if not wanted(rel) or (ctx.default_excludes and _DEFAULT_EXCLUDES.match_file(rel)):
             continue
         data = _read(workspace, rel, budget, selection.skipped)
         if data is None:
@@ -162,15 +179,19 @@ def _read(workspace: Workspace, rel: str, budget: int | None, skipped: list[Skip
     """The file's bytes, or None when it leads outside, is binary, or does not fit ``budget``.
 
     A file too large for what is left of the budget is skipped rather than ending the
-    selection, so one big file early in the order does not starve the rest. Links that
-    cannot be followed and files that cannot be read are recorded in ``skipped``.
+    selection, so one big file early in the order does not starve the rest. Credential
+    files (also through a link), links that cannot be followed and files that cannot be
+    read are recorded in ``skipped``.
     """
     try:
         path = workspace.resolve(rel)
     except PathOutsideWorkspace:
         return None
-    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
-        skipped.append(SkippedEntry(rel, f"cannot follow the link: {_reason(exc)}"))
+    except WorkspacePathError as exc:  # a symlink loop, a folder on the way that cannot be read
+        skipped.append(SkippedEntry(rel, f"cannot follow the link: {exc}"))
+        return None
+    if (protected := workspace.protected(rel, path)) is not None:
+        skipped.append(SkippedEntry(rel, f"{PROTECTED_REASON} ({protected})"))
         return None
     try:
         if not path.exists():

@@ -41,6 +41,17 @@ class CodebaseContext(BaseModel):
     content_regex: str | None = None
     max_files: int | None = Field(50, ge=0, le=10_000, description="null: no limit")
     max_bytes: int | None = Field(200_000, ge=0, description="null: no limit")
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Cap on the context's tokens (files chosen by hand included); over it the step fails "
+        "before any call. null: half the model's input window, 100,000 when the model is unknown.",
+    )
+    default_excludes: bool = Field(
+        True,
+        description="Leave out build output, source maps, lock files, notebook checkpoints and binaries "
+        "(files picked by hand are always sent).",
+    )
 
     @field_validator("content_regex")
     @classmethod

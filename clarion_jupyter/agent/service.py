@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..core.errors import NotFound, Problem, ValidationFailed
-from ..core.secrets import SecretPolicy
+from ..core.secrets import SECRET_IN_DOCUMENT, SecretMasker, SecretPolicy
 from ..storage.protocols import AgentStore
 from .models import Agent
 
@@ -29,12 +29,19 @@ def validate_agent(doc: dict[str, Any] | Agent) -> Agent:
         raise ValidationFailed(problems, what="agent") from None
 
 
-def check_api_key_env(agent: Agent, policy: SecretPolicy) -> None:
+def check_secrets(agent: Agent, policy: SecretPolicy) -> None:
     """An agent chooses where its key is sent (``api_base``), so only variables that hold
-    secrets by name may be its key: never ``HOME`` or a database URL."""
+    secrets by name may be its key: never ``HOME`` or a database URL. And no field may hold
+    a secret's value: the document is stored, shown and sent to the model as written."""
     if agent.api_key_env is not None and not policy.allows(agent.api_key_env):
         message = policy.refusal(agent.api_key_env)
         raise ValidationFailed([Problem(loc="api_key_env", message=message, field="api_key_env")], what="agent")
+    if found := SecretMasker(policy).locate(agent.model_dump(mode="json")):
+        problems = []
+        for path, name in found:
+            field = ".".join(map(str, path)) or "agent"
+            problems.append(Problem(loc=field, message=SECRET_IN_DOCUMENT.format(name=name), field=field))
+        raise ValidationFailed(problems, what="agent")
 
 
 class AgentService:
@@ -55,7 +62,7 @@ class AgentService:
 
     async def create(self, doc: dict[str, Any] | Agent) -> Agent:
         agent = validate_agent(doc)
-        check_api_key_env(agent, self.secrets)
+        check_secrets(agent, self.secrets)
         await self._store.create(agent.id, agent.model_dump(mode="json"))
         self._cache.pop(agent.id, None)
         return agent
@@ -64,7 +71,7 @@ class AgentService:
         data = doc.model_dump(mode="json") if isinstance(doc, Agent) else dict(doc)
         data["id"] = agent_id
         agent = validate_agent(data)
-        check_api_key_env(agent, self.secrets)
+        check_secrets(agent, self.secrets)
         if await self._store.get(agent_id) is None:
             raise NotFound(f"agent '{agent_id}' not found", details={"id": agent_id})
         await self._store.replace(agent_id, agent.model_dump(mode="json"))
@@ -72,7 +79,7 @@ class AgentService:
         return agent
 
     async def upsert(self, agent: Agent) -> Agent:
-        check_api_key_env(agent, self.secrets)
+        check_secrets(agent, self.secrets)
         await self._store.replace(agent.id, agent.model_dump(mode="json"))
         self._cache.pop(agent.id, None)
         return agent
@@ -81,7 +88,7 @@ class AgentService:
         """Create or replace several agents at once (an import), in one transaction; every one
         must pass the ``api_key_env`` policy, or none is saved."""
         for agent in agents:
-            check_api_key_env(agent, self.secrets)
+            check_secrets(agent, self.secrets)
         await self._store.replace_many({agent.id: agent.model_dump(mode="json") for agent in agents})
         for agent in agents:
             self._cache.pop(agent.id, None)

@@ -13,6 +13,11 @@ writer masks each batch: run inputs, approval previews, errors) and in log recor
 CI systems mask their secrets. Like theirs, it also masks the forms a secret is most often
 printed in: base64 (at each of the three alignments inside a longer encoding), URL
 percent-encoding and JSON string escaping.
+
+Masking what is shown cannot help a secret pasted into a document (a workflow's prompt, an
+agent's system prompt): the document is stored, copied into every run's snapshot and sent
+to the model. :meth:`SecretMasker.locate` finds such values so that saving refuses them,
+naming the field and the variable, never the value.
 """
 
 from __future__ import annotations
@@ -146,6 +151,27 @@ class SecretMasker:
         regex = self._pattern()
         return value if regex is None else _mask(value, regex)
 
+    def locate(self, value: Any) -> list[tuple[tuple[str | int, ...], str]]:
+        """Where in ``value`` (a JSON document) the value of a set secret variable appears, in
+        any printed form, as (path, variable name) pairs; keys count as their mapping's path.
+        The environment is read afresh: a document is saved rarely, and a key exported a moment
+        ago must count."""
+        reread_environment()
+        regex = self._pattern()
+        if regex is None:
+            return []
+        owners = {
+            form: name
+            for name, secret in sorted(self._environ.items())
+            if len(secret) >= MIN_SECRET_LENGTH and self.policy.allows(name)
+            for form in _printed_forms(secret)
+        }
+        found: list[tuple[tuple[str | int, ...], str]] = []
+        for path, text in _strings(value, ()):
+            if (hit := regex.search(text)) is not None:
+                found.append((path, owners.get(hit.group(), "a secret variable")))
+        return found
+
 
 def _printed_forms(value: str) -> Iterator[str]:
     """The value, and how it looks base64-, URL- or JSON-encoded.
@@ -171,6 +197,26 @@ def _mask(value: Any, regex: re.Pattern[str]) -> Any:
     if isinstance(value, (list, tuple)):
         return [_mask(item, regex) for item in value]
     return value
+
+
+SECRET_IN_DOCUMENT = (
+    "holds the value of the secret variable {name}: documents are stored and shown as written "
+    "(in every run's snapshot too), so a secret may not be pasted into one; leave it in the "
+    "environment and name the variable (an agent's api_key_env)"
+)
+"""Why a document is refused, naming the variable (never its value)."""
+
+
+def _strings(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(key, path)
+            yield from _strings(item, (*path, key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _strings(item, (*path, index))
 
 
 class SecretLogFilter(logging.Filter):

@@ -56,11 +56,19 @@ class Workspace:
         self.root = Path(root).expanduser().resolve()
 
     def resolve(self, path: str | os.PathLike[str]) -> Path:
+        """The absolute, symlink-free path, confined to the root; every problem with the path
+        (``~nosuchuser``, a symlink loop, an unreadable folder on the way) is a
+        :class:`WorkspacePathError` naming it, so callers handle one error, never a bare
+        ``RuntimeError`` or ``OSError``."""
         _check_path(os.fspath(path))
-        candidate = Path(path).expanduser()
-        if not candidate.is_absolute():
-            candidate = self.root / candidate
-        resolved = candidate.resolve()
+        try:
+            candidate = Path(path).expanduser()
+            if not candidate.is_absolute():
+                candidate = self.root / candidate
+            resolved = candidate.resolve()
+        except (RuntimeError, OSError) as exc:  # RuntimeError: no such user, or a loop (Python < 3.13)
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise InvalidPath(f"path '{path}' cannot be resolved: {self.scrub(reason)}") from None
         if resolved != self.root and not resolved.is_relative_to(self.root):
             raise PathOutsideWorkspace(f"path '{path}' is outside the workspace")
         return resolved

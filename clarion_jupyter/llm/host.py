@@ -7,7 +7,8 @@ milliseconds of Python in litellm. In a child process neither touches the caller
 
 The child (:func:`main`) speaks JSON lines on its stdin and stdout:
 
-- to the child: ``{"id", "op": "complete" | "count", "request", "api_key"}`` and ``{"id", "op": "cancel"}``;
+- to the child: ``{"id", "op": "complete" | "count", "request", "api_key"}``, ``{"id", "op":
+  "count_texts", "model", "texts"}``, ``{"id", "op": "window", "model"}`` and ``{"id", "op": "cancel"}``;
 - from the child: ``{"id", "token"}`` per streamed delta, then ``{"id", "result"}`` or ``{"id", "error"}``.
 
 The key is read from the caller's environment at call time (a notebook may export it after
@@ -104,6 +105,7 @@ class ProcessProvider:
         self._lock = threading.Lock()
         self._children: list[_Child] = []
         self._ids = itertools.count(1)
+        self._windows: dict[str, int | None] = {}
 
     @property
     def pids(self) -> list[int]:
@@ -116,10 +118,21 @@ class ProcessProvider:
 
     async def complete(self, request: LLMRequest, on_token: TokenCallback | None = None) -> LLMResult:
         api_key = read_api_key(request.api_key_env)
-        return LLMResult(**await self._ask("complete", request, api_key, on_token))
+        message = {"op": "complete", "request": asdict(request), "api_key": api_key}
+        return LLMResult(**await self._ask(message, on_token))
 
     async def count_tokens(self, request: LLMRequest) -> int:
-        return int(await self._ask("count", request))
+        return int(await self._ask({"op": "count", "request": asdict(request)}))
+
+    async def count_text_tokens(self, model: str, texts: list[str]) -> list[int]:
+        return [int(n) for n in await self._ask({"op": "count_texts", "model": model, "texts": texts})]
+
+    async def max_input_tokens(self, model: str) -> int | None:
+        """Asked once per model: litellm's model map does not change while a process runs."""
+        if model not in self._windows:
+            window = await self._ask({"op": "window", "model": model})
+            self._windows[model] = int(window) if window is not None else None
+        return self._windows[model]
 
     async def aclose(self) -> None:
         """Nothing of the children is bound to the caller's loop: they serve the next loop too."""
@@ -131,13 +144,11 @@ class ProcessProvider:
         for child in children:
             child.outbox.put(None)
 
-    async def _ask(
-        self, op: str, request: LLMRequest, api_key: str | None = None, on_token: TokenCallback | None = None
-    ) -> Any:
+    async def _ask(self, message: dict[str, Any], on_token: TokenCallback | None = None) -> Any:
         loop = asyncio.get_running_loop()
         call_id = next(self._ids)
         call = _Call(loop, loop.create_future(), on_token)
-        line = _line({"id": call_id, "op": op, "request": asdict(request), "api_key": api_key})
+        line = _line({"id": call_id, **message})
         while (child := self._send(call_id, call, line)) is None:
             await asyncio.to_thread(self._start)
         try:
@@ -207,13 +218,21 @@ async def _serve(requests: asyncio.StreamReader, replies: IO[bytes]) -> None:
         replies.write(_line(message))
         replies.flush()
 
-    async def answer(call_id: int, op: str, request: LLMRequest, api_key: str | None) -> None:
+    async def perform(call_id: int, message: dict[str, Any]) -> Any:
+        op = message["op"]
+        if op == "count_texts":
+            return await provider.count_text_tokens(message["model"], message["texts"])
+        if op == "window":
+            return await provider.max_input_tokens(message["model"])
+        request = LLMRequest(**message["request"])
+        if op == "count":
+            return await provider.count_tokens(request)
+        result = await provider.call(request, message["api_key"], lambda token: send({"id": call_id, "token": token}))
+        return asdict(result)
+
+    async def answer(call_id: int, message: dict[str, Any]) -> None:
         try:
-            if op == "count":
-                send({"id": call_id, "result": await provider.count_tokens(request)})
-            else:
-                result = await provider.call(request, api_key, lambda token: send({"id": call_id, "token": token}))
-                send({"id": call_id, "result": asdict(result)})
+            send({"id": call_id, "result": await perform(call_id, message)})
         except ProviderError as exc:
             send({"id": call_id, "error": _error_dict(exc)})
         except Exception as exc:
@@ -228,8 +247,7 @@ async def _serve(requests: asyncio.StreamReader, replies: IO[bytes]) -> None:
             if (task := running.get(message["id"])) is not None:
                 task.cancel()
             continue
-        request = LLMRequest(**message["request"])
-        running[message["id"]] = asyncio.create_task(answer(message["id"], message["op"], request, message["api_key"]))
+        running[message["id"]] = asyncio.create_task(answer(message["id"], message))
     for task in running.values():
         task.cancel()
     await asyncio.gather(warming, *running.values(), return_exceptions=True)

@@ -9,8 +9,13 @@ Even in a thread, parts of the import hold the GIL for a tenth of a second at a 
 server runs it in a child process instead (:mod:`.host`).
 
 API keys come from environment variables named by the agent, are read at call time and go
-to litellm only; error messages are scrubbed of the key because some providers quote the
-key they rejected.
+to litellm only, always as an explicit ``api_key``: an agent that names no key sends none,
+although litellm would otherwise read the provider's usual variable (``OPENAI_API_KEY``)
+from the environment itself (see :data:`NO_KEY`). Error messages are scrubbed of the key
+because some providers quote the key they rejected.
+
+A reply is capped at ``max_output_bytes``: a stream is stopped as soon as its text passes
+the cap (each delta would otherwise be stored as an event), a whole reply is refused.
 """
 
 from __future__ import annotations
@@ -31,6 +36,13 @@ TokenCallback = Callable[[str], None]
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
 """Besides every 5xx: timeouts, conflicts, too early and rate limits are worth another try."""
 
+NO_KEY = "no-key-configured"
+"""The ``api_key`` of a call whose agent names no key. litellm treats an empty or missing key
+as "read the provider's usual variable" (``OPENAI_API_KEY``, ``OLLAMA_API_KEY``, ...) from the
+environment, so a key would reach a host its agent never chose; this placeholder is sent
+instead. Local servers that need no key (Ollama, an OpenAI-compatible server) ignore it; a
+provider that needs one answers 401, and the error says to set ``api_key_env``."""
+
 _LITELLM_PREFIX = re.compile(r"^litellm\.\w+:\s*")
 _REDACTED = "[REDACTED]"
 
@@ -46,6 +58,8 @@ class LLMRequest:
     api_key_env: str | None = None
     response_format: dict[str, Any] | None = None
     stream: bool = False
+    max_output_bytes: int | None = None
+    """The reply's text may not pass this many bytes (UTF-8): the call stops, a ProviderError."""
 
 
 @dataclass(slots=True)
@@ -85,6 +99,14 @@ class LLMProvider(Protocol):
         """Prompt tokens of ``request``'s messages for its model (the model's tokenizer, when known)."""
         ...
 
+    async def count_text_tokens(self, model: str, texts: list[str]) -> list[int]:
+        """Tokens of each text for ``model``'s tokenizer (one call for many files)."""
+        ...
+
+    async def max_input_tokens(self, model: str) -> int | None:
+        """The model's input window from litellm's model info; None when litellm does not know it."""
+        ...
+
 
 class LiteLLMProvider:
     """The default provider: every model litellm supports, through ``litellm.acompletion``."""
@@ -102,6 +124,10 @@ class LiteLLMProvider:
             return await _single(litellm, request, kwargs)
         except Exception as exc:
             error = provider_error(exc, secret=api_key)
+            if api_key is None and error.status_code == 401:
+                error.message += (
+                    " (the agent names no api_key_env, so no key was sent: set it to the variable that holds the key)"
+                )
         # raised outside the handler so the original, whose text may quote the key, is not chained
         raise error
 
@@ -132,6 +158,32 @@ class LiteLLMProvider:
 
         return await asyncio.to_thread(count)
 
+    async def count_text_tokens(self, model: str, texts: list[str]) -> list[int]:
+        def count() -> list[int]:
+            counter = _import_litellm().token_counter
+            return [int(counter(model=model, text=text)) if text else 0 for text in texts]
+
+        return await asyncio.to_thread(count)
+
+    async def max_input_tokens(self, model: str) -> int | None:
+        def window() -> int | None:
+            try:
+                info = _import_litellm().get_model_info(model)
+            except Exception:  # litellm raises for every model missing from its map
+                return None
+            value = info.get("max_input_tokens") or info.get("max_tokens")
+            return int(value) if value else None
+
+        return await asyncio.to_thread(window)
+
+
+class OutputTooLarge(Exception):
+    """The reply passed ``max_output_bytes``; raised inside the call, so the stream is closed."""
+
+    def __init__(self, limit: int, streamed: bool) -> None:
+        what = "while streaming: the call was stopped" if streamed else "in one piece: it was refused"
+        super().__init__(f"the reply passed max_output_bytes ({limit} bytes) {what}")
+
 
 def read_api_key(env_name: str | None) -> str | None:
     """The key from the named environment variable; the error names the variable, never a value."""
@@ -146,6 +198,8 @@ def read_api_key(env_name: str | None) -> str | None:
 
 def provider_error(exc: Exception, secret: str | None = None) -> ProviderError:
     """``type: message`` without litellm's prefixes or the API key; 5xx, 429 and network errors retry."""
+    if isinstance(exc, OutputTooLarge):  # the same request would give the same reply
+        return ProviderError(str(exc), retryable=False)
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) else None
     message = _LITELLM_PREFIX.sub("", str(getattr(exc, "message", None) or exc)).strip()
@@ -190,10 +244,13 @@ async def load_litellm() -> ModuleType:
 
 
 def _completion_kwargs(request: LLMRequest, api_key: str | None) -> dict[str, Any]:
-    """litellm kwargs; the SDK's own retries are off because the engine retries with backoff."""
+    """litellm kwargs; the SDK's own retries are off because the engine retries with backoff.
+
+    ``api_key`` is always given: the agent's key, or :data:`NO_KEY`, so that litellm never
+    falls back to a key of its own choosing from the environment."""
     kwargs: dict[str, Any] = {"max_retries": 0, **request.parameters}
-    kwargs |= {"model": request.model, "messages": request.messages}
-    optional = {"api_base": request.api_base, "api_key": api_key, "response_format": request.response_format}
+    kwargs |= {"model": request.model, "messages": request.messages, "api_key": api_key or NO_KEY}
+    optional = {"api_base": request.api_base, "response_format": request.response_format}
     kwargs |= {name: value for name, value in optional.items() if value is not None}
     if request.stream:
         kwargs |= {"stream": True, "stream_options": {"include_usage": True}}
@@ -202,8 +259,11 @@ def _completion_kwargs(request: LLMRequest, api_key: str | None) -> dict[str, An
 
 async def _single(litellm: ModuleType, request: LLMRequest, kwargs: dict[str, Any]) -> LLMResult:
     response = await litellm.acompletion(**kwargs)
+    text = response.choices[0].message.content or ""
+    if request.max_output_bytes is not None and len(text.encode()) > request.max_output_bytes:
+        raise OutputTooLarge(request.max_output_bytes, streamed=False)
     return LLMResult(
-        text=response.choices[0].message.content or "",
+        text=text,
         model=request.model,
         usage=_usage(getattr(response, "usage", None)),
         cost_usd=_response_cost(litellm, response),
@@ -223,16 +283,28 @@ def _response_cost(litellm: ModuleType, response: Any) -> float | None:
 async def _stream(
     litellm: ModuleType, request: LLMRequest, kwargs: dict[str, Any], on_token: TokenCallback | None
 ) -> LLMResult:
-    """Assemble the streamed text, passing each delta on; usage comes from the last chunk."""
+    """Assemble the streamed text, passing each delta on; usage comes from the last chunk.
+
+    The text is measured as it comes: a delta that takes it past ``max_output_bytes`` is
+    not passed on, and leaving the loop closes the stream (the HTTP response with it)."""
     parts: list[str] = []
     usage: Any = None
-    async for chunk in await litellm.acompletion(**kwargs):
-        usage = getattr(chunk, "usage", None) or usage
-        delta = chunk.choices[0].delta.content if chunk.choices else None
-        if delta:
-            parts.append(delta)
-            if on_token is not None:
-                on_token(delta)
+    size, limit = 0, request.max_output_bytes
+    stream = await litellm.acompletion(**kwargs)
+    try:
+        async for chunk in stream:
+            usage = getattr(chunk, "usage", None) or usage
+            delta = chunk.choices[0].delta.content if chunk.choices else None
+            if delta:
+                size += len(delta.encode())
+                if limit is not None and size > limit:
+                    raise OutputTooLarge(limit, streamed=True)
+                parts.append(delta)
+                if on_token is not None:
+                    on_token(delta)
+    finally:
+        if (close := getattr(stream, "aclose", None)) is not None:
+            await close()
     tokens = _usage(usage)
     return LLMResult(
         text="".join(parts),

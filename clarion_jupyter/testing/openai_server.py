@@ -7,7 +7,7 @@ and ``api_base=server.url``.
 
 It speaks ``POST /v1/chat/completions`` with plain JSON replies and SSE streaming (with a
 final usage chunk when ``stream_options.include_usage`` is set), counts requests, records
-the last request body, can sleep ``delay_s`` per request (benchmarks measure the engine's
+the last request body and headers (so tests can prove what was, and was not, sent), can sleep ``delay_s`` per request (benchmarks measure the engine's
 concurrency, not the model), can fail the first ``fail_first`` requests with
 ``fail_status`` (to exercise retries), and can demand an API key (to exercise auth errors).
 """
@@ -57,6 +57,8 @@ class OpenAIStubServer:
         self.chunk_chars = max(1, chunk_chars)
         self.request_count = 0
         self.last_request: dict[str, Any] | None = None
+        self.last_headers: dict[str, str] = {}
+        """The last request's headers, names lower-cased."""
         self._lock = threading.Lock()
         self._httpd = _Server((host, port), _Handler, self)
         self._thread: threading.Thread | None = None
@@ -90,11 +92,12 @@ class OpenAIStubServer:
     ) -> None:
         self.stop()
 
-    def _record(self, body: dict[str, Any]) -> int:
+    def _record(self, body: dict[str, Any], headers: dict[str, str]) -> int:
         """Count the request and return its 1-based number (decides the failure mode)."""
         with self._lock:
             self.request_count += 1
             self.last_request = body
+            self.last_headers = headers
             return self.request_count
 
     def _reply_text(self, body: dict[str, Any]) -> str:
@@ -131,7 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(HTTPStatus.BAD_REQUEST, "request body is not a JSON object", "invalid_request_error")
             return
         stub = self.server.stub
-        number = stub._record(body)
+        number = stub._record(body, {name.lower(): value for name, value in self.headers.items()})
         if stub.delay_s > 0:
             time.sleep(stub.delay_s)
         if not self._authorized(stub):

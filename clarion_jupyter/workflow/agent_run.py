@@ -4,7 +4,10 @@ then review and apply its file changes") as a run of one built-in, ordinary stor
 Step ``reply`` asks the agent (the files chosen by hand join its codebase context); when the
 reply holds file changes in the "File Operations" shape (``file_changes: [{action, path,
 new_content}]``), step ``apply`` writes them, all or nothing, after a person approved the
-diff when ``apply`` is ``review``. Because it is a stored workflow, its runs are listed,
+diff when ``apply`` is ``review``. An agent without an output schema of its own is asked for
+that shape (as Clarion v2's preset did), so its file changes are not lost as prose;
+discarding the changes (rejecting ``apply``) is a normal end: the run succeeds with
+``apply`` skipped and ``outputs.applied`` false. Because it is a stored workflow, its runs are listed,
 followed, approved and queried like any other run, in the sidebar, the notebook and REST.
 """
 
@@ -14,8 +17,38 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..task.builtin.llm_call import LLMCallConfig
+
 AGENT_RUN_WORKFLOW_ID = "agent-run"
 AGENT_REPLY_STEP = "reply"
+
+FILE_OPERATIONS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["summary", "file_changes"],
+    "properties": {
+        "summary": {"type": "string", "description": "A summary of the file changes to be performed."},
+        "file_changes": {
+            "type": "array",
+            "description": "A list of file modifications (empty when no file needs to change).",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["action", "path", "new_content"],
+                "properties": {
+                    "action": {"type": "string", "enum": ["create", "modify", "delete"]},
+                    "path": {"type": "string", "description": "The relative path to the file."},
+                    "new_content": {
+                        "type": "string",
+                        "description": "The new content for 'create' or 'modify' actions; empty for 'delete'.",
+                    },
+                },
+            },
+        },
+    },
+}
+"""Clarion v2's preset "File Operations" schema, written for strict mode (every property
+required, objects closed) so that providers that support it enforce it."""
 
 _FILE_CHANGES = "(steps.reply.output.get('json') or {}).get('file_changes') or []"
 AGENT_RUN_WORKFLOW: dict[str, Any] = {
@@ -43,13 +76,18 @@ AGENT_RUN_WORKFLOW: dict[str, Any] = {
                 "variables": "{{ inputs.variables }}",
                 "files": "{{ inputs.files }}",
                 "stream": True,
+                "default_response_format": FILE_OPERATIONS_SCHEMA,
             },
         },
         {
             "id": "apply",
             "task": "file_write",
             "if": f"{{{{ inputs.apply != 'never' and ({_FILE_CHANGES}) | length > 0 }}}}",
-            "approval": {"if": "{{ inputs.apply == 'review' }}", "message": "Apply the agent's file changes?"},
+            "approval": {
+                "if": "{{ inputs.apply == 'review' }}",
+                "message": "Apply the agent's file changes?",
+                "on_reject": "skip",
+            },
             "with": {"changes": f"{{{{ {_FILE_CHANGES} }}}}"},
         },
     ],
@@ -73,3 +111,9 @@ class AgentRunRequest(BaseModel):
 
     def inputs(self, agent_id: str) -> dict[str, Any]:
         return {"agent": agent_id, **self.model_dump()}
+
+    def reply_config(self, agent_id: str) -> LLMCallConfig:
+        """Step ``reply``'s config for this request: what ``/prompt`` prepares without a call."""
+        step = next(s for s in AGENT_RUN_WORKFLOW["steps"] if s["id"] == AGENT_REPLY_STEP)
+        fixed = {name: value for name, value in step["with"].items() if not isinstance(value, str)}
+        return LLMCallConfig(agent=agent_id, prompt=self.prompt, variables=self.variables, files=self.files, **fixed)

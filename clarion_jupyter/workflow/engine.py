@@ -23,7 +23,7 @@ from ..core.errors import Conflict, NotFound, Problem, ValidationFailed
 from ..core.ids import local_user, new_run_id
 from ..core.protocol import EventType, RunStatus
 from ..core.secrets import SecretMasker, SecretPolicy
-from ..core.workspace import Workspace, WorkspacePathError
+from ..core.workspace import Workspace
 from ..storage.database import default_db_path
 from ..storage.duckdb_store import DuckDBStorage
 from ..storage.protocols import ActiveRun, Storage
@@ -32,7 +32,7 @@ from ..storage.records import Event, RunRecord, StoredDocument, utcnow
 from ..storage.writer import GroupCommitWriter
 from ..task.base import DEFAULT_MAX_OUTPUT_BYTES, TaskFailed, TaskSettings
 from ..task.broker import DROP_REASONS, redact
-from ..task.builtin.llm_call import LLMCallConfig, LLMCallTask, prepare_request
+from ..task.builtin.llm_call import LLMCallTask, chosen_file_problem, prepare_call
 from ..task.preview import Previewer
 from ..task.queue import Queue
 from ..task.queues import make_queue
@@ -85,7 +85,9 @@ class Engine:
             allow_shell=allow_shell, max_output_bytes=max_output_bytes, secrets=secrets or SecretPolicy()
         )
         self.queue_url = queue_url
-        self.validator = WorkflowValidator(self.registry, max_steps=max_steps, allow_shell=allow_shell)
+        self.validator = WorkflowValidator(
+            self.registry, max_steps=max_steps, allow_shell=allow_shell, secrets=self.settings.secrets
+        )
         self._workers = workers
         self._run_workers = queue_url in ("", "local") if run_workers is None else run_workers
         self.storage: Storage = storage or DuckDBStorage(self.db_path)
@@ -435,34 +437,33 @@ class Engine:
             await LLMCallTask.provider.warm()
 
     async def prompt_agent(self, agent_id: str, request: AgentRunRequest) -> dict[str, Any]:
-        """The exact messages an agent run would send, and their token count; no model call."""
+        """The exact messages an agent run would send, their token count, and the codebase
+        context's files with their bytes and tokens, its total and its cap; no model call."""
         agent = await self.agents.get(agent_id)
-        config = LLMCallConfig(agent=agent_id, prompt=request.prompt, variables=request.variables, files=request.files)
+        if problems := await asyncio.to_thread(self._unreadable, request.files):
+            raise ValidationFailed(problems, what="agent prompt")
+        config = request.reply_config(agent_id)
         try:
-            prepared = await prepare_request(agent, config, self.workspace)
+            prepared = await prepare_call(agent, config, self.workspace, LLMCallTask.provider)
         except TaskFailed as exc:
             raise ValidationFailed([Problem(loc="request", message=exc.message)], what="agent prompt") from None
         return {
             "agent_id": agent_id,
-            "model": prepared.model,
-            "messages": prepared.messages,
-            "response_format": prepared.response_format,
-            "parameters": prepared.parameters,
-            "tokens": await LLMCallTask.provider.count_tokens(prepared),
+            "model": prepared.request.model,
+            "messages": prepared.request.messages,
+            "response_format": prepared.request.response_format,
+            "parameters": prepared.request.parameters,
+            "tokens": await LLMCallTask.provider.count_tokens(prepared.request),
+            "context": prepared.context_report(),
         }
 
     def _unreadable(self, files: list[str]) -> list[Problem]:
-        problems = []
-        for index, path in enumerate(files):
-            try:
-                problem = "" if self.workspace.resolve(path).is_file() else f"no file '{path}' in the workspace"
-            except WorkspacePathError as exc:  # outside the workspace, a NUL byte, a name too long
-                problem = str(exc)
-            except OSError as exc:
-                problem = f"{path!r} is not a usable path: {exc.strerror}"
-            if problem:
-                problems.append(Problem(loc=f"files.{index}", message=problem, field=f"files.{index}"))
-        return problems
+        """The files chosen by hand that cannot be sent (missing, outside, credentials), by index."""
+        return [
+            Problem(loc=f"files.{index}", message=problem, field=f"files.{index}")
+            for index, path in enumerate(files)
+            if (problem := chosen_file_problem(self.workspace, path)) is not None
+        ]
 
     async def _install_agent_run(self) -> None:
         if all(self.registry.get(task) for task in ("llm_call", "file_write")):

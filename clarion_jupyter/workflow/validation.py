@@ -2,7 +2,9 @@
 
 Shape, references, cycles and templates are the compiler's; the host's policy (how many
 steps a workflow may have, whether shell steps may run) is checked here, next to them, so a
-workflow that saves also runs, and ``clarion validate`` says what the server would.
+workflow that saves also runs, and ``clarion validate`` says what the server would. A document
+holding the value of a set secret variable is refused, naming the field: it would be stored,
+shown and copied into every run's snapshot unmasked.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.errors import Problem, ValidationFailed
+from ..core.secrets import SECRET_IN_DOCUMENT, SecretMasker, SecretPolicy
 from ..task.registry import TaskRegistry
 from .compiler import Plan, compile_workflow
 from .models import Workflow, parse_workflow
@@ -21,14 +24,26 @@ WorkflowSource = Workflow | dict[str, Any] | str | bytes
 
 
 class WorkflowValidator:
-    def __init__(self, registry: TaskRegistry, *, max_steps: int | None = DEFAULT_MAX_STEPS, allow_shell: bool = True):
+    def __init__(
+        self,
+        registry: TaskRegistry,
+        *,
+        max_steps: int | None = DEFAULT_MAX_STEPS,
+        allow_shell: bool = True,
+        secrets: SecretPolicy | None = None,
+    ):
         self.registry = registry
         self.max_steps = max_steps
         self.allow_shell = allow_shell
+        self._masker = SecretMasker(secrets)
 
     def compile(self, source: WorkflowSource) -> Plan:
         """The runnable plan of a document, or :class:`ValidationFailed` listing every problem."""
-        plan = compile_workflow(parse_workflow(source), self.registry, self.max_steps)
+        workflow = parse_workflow(source)
+        document = workflow.to_document()
+        if found := self._masker.locate(document):
+            raise ValidationFailed([_secret_problem(document, path, name) for path, name in found])
+        plan = compile_workflow(workflow, self.registry, self.max_steps)
         if not self.allow_shell:
             refused = [
                 Problem(
@@ -43,3 +58,14 @@ class WorkflowValidator:
             if refused:
                 raise ValidationFailed(refused)
         return plan
+
+
+def _secret_problem(document: dict[str, Any], path: tuple[str | int, ...], name: str) -> Problem:
+    """Located as the compiler locates: by step id and field inside the step, when in a step."""
+    message = SECRET_IN_DOCUMENT.format(name=name)
+    if len(path) >= 2 and path[0] == "steps" and isinstance(path[1], int):
+        step = str(document["steps"][path[1]].get("id"))
+        field = ".".join(map(str, path[2:])) or "step"
+        return Problem(loc=f"step '{step}' field '{field}'", message=message, step=step, field=field)
+    field = ".".join(map(str, path)) or "workflow"
+    return Problem(loc=field, message=message, field=field)

@@ -5,6 +5,13 @@ The engine resolves ``with.agent`` and hands the agent document over in
 the system prompt (a template over the caller's user variables), the parameters, the
 codebase context and the output schema; the step may override the model, parameters and
 schema for one call.
+
+What reaches the model is bounded before the call: the codebase context (files chosen by
+hand included) is counted with the model's tokenizer and the step fails, naming the largest
+files, when it passes the agent's ``context.max_tokens`` (by default half the model's input
+window). Credential files never go, also when chosen by hand. The key goes only where the
+agent says: a step may point the call at another host (``parameters.api_base``) only when it
+also names the key for it (``api_key_env``).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import json
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -27,8 +35,8 @@ from pydantic import (
     model_validator,
 )
 
-from ...agent.context import ContextFile, ContextSelection, gather_context, render_context
-from ...agent.models import Agent, refuse_api_key
+from ...agent.context import ContextFile, ContextSelection, fenced, gather_context, render_context
+from ...agent.models import ENV_NAME_PATTERN, Agent, refuse_api_key
 from ...core.protocol import EventType
 from ...core.sandbox import environment
 from ...core.secrets import SecretMasker
@@ -41,6 +49,16 @@ if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
 DEFAULT_PROVIDER: LLMProvider = ProcessProvider()
+
+DEFAULT_MAX_CONTEXT_TOKENS = 100_000
+"""The context's cap when the agent sets none and litellm does not know the model's window."""
+CONTEXT_WINDOW_SHARE = 0.5
+"""Of a known input window, the share the codebase context may fill by default: the rest is
+the system prompt, the conversation, the task and the reply."""
+LARGEST_SHOWN = 5
+
+KEY_DESTINATIONS = ("api_base", "base_url")
+"""The litellm parameters that choose the host a call (and so its key) goes to."""
 
 _JSON_FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*[ \t]*\n(?P<body>.*?)\n?```\s*$", re.DOTALL)
 
@@ -67,11 +85,33 @@ class LLMCallConfig(TaskConfig):
     )
     model: str | None = Field(None, min_length=1, description="litellm model string overriding the agent's.")
     parameters: dict[str, Any] = Field(default_factory=dict, description="Merged over the agent's parameters.")
+    api_key_env: str | None = Field(
+        None,
+        pattern=ENV_NAME_PATTERN,
+        description="The variable holding the key for this call instead of the agent's: needed to send "
+        "the call elsewhere with parameters.api_base.",
+    )
+    default_response_format: dict[str, Any] | None = Field(
+        None,
+        description="JSON schema asked for when neither response_format nor the agent's output_schema "
+        "gives one; a reply in prose is kept as text, a JSON reply must match.",
+    )
 
     @model_validator(mode="after")
     def _has_input(self) -> LLMCallConfig:
         if self.prompt is None and not self.messages:
             raise ValueError("give a prompt or messages")
+        return self
+
+    @model_validator(mode="after")
+    def _key_follows_host(self) -> LLMCallConfig:
+        """Another host than the agent's would get the agent's key, unless the step names its own."""
+        redirected = [name for name in KEY_DESTINATIONS if name in self.parameters]
+        if redirected and self.api_key_env is None:
+            raise ValueError(
+                f"parameters.{redirected[0]} would send the agent's API key to another host: "
+                "name the key for that host in this step's api_key_env, or set api_base on the agent"
+            )
         return self
 
     @field_validator("parameters")
@@ -91,11 +131,22 @@ class LLMCallTask(Task):
 
     async def run(self, config: LLMCallConfig, ctx: TaskContext) -> dict[str, Any]:
         agent = _agent(ctx)
-        if agent.api_key_env is not None and (problem := ctx.settings.secrets.key_problem(agent.api_key_env)):
+        key_env = config.api_key_env or agent.api_key_env
+        if key_env is not None and (problem := ctx.settings.secrets.key_problem(key_env)):
             raise TaskFailed(problem, retryable=False)
-        schema = config.response_format or agent.output_schema
+        if (problem := _model_leaves_the_agents_provider(agent, config)) is not None:
+            raise TaskFailed(problem, retryable=False)
+        demanded = config.response_format or agent.output_schema
+        schema = demanded or config.default_response_format
         validator = _schema_validator(schema) if schema is not None else None
-        request, context = await prepare_call(agent, config, ctx.workspace)
+        try:
+            prepared = await prepare_call(agent, config, ctx.workspace, self.provider)
+        except ProviderError as exc:  # counting tokens goes to the provider's process too
+            raise _failed(exc) from None
+        if (problem := prepared.over_budget()) is not None:
+            raise TaskFailed(problem, details=prepared.context_report(), retryable=False)
+        request = prepared.request
+        request.max_output_bytes = ctx.settings.max_output_bytes
         tokens = None
         if config.stream:
             masker = SecretMasker(ctx.settings.secrets)
@@ -107,7 +158,7 @@ class LLMCallTask(Task):
         try:
             result = await self.provider.complete(request, on_token=tokens)
         except ProviderError as exc:
-            raise TaskFailed(exc.message, details={"status_code": exc.status_code}, retryable=exc.retryable) from None
+            raise _failed(exc) from None
         finally:
             if tokens is not None:
                 tokens.flush(final=True)
@@ -118,9 +169,9 @@ class LLMCallTask(Task):
             "model": result.model,
         }
         if agent.context is not None:
-            output["context"] = context.summary()
+            output["context"] = prepared.selection.summary() | {"tokens": prepared.context_tokens}
         if validator is not None:
-            output["json"] = _parse_reply(result.text, validator)
+            output["json"] = _parse_reply(result.text, validator, required=demanded is not None)
         return output
 
 
@@ -180,6 +231,10 @@ class TokenCoalescer:
             self._emit(text)
 
 
+def _failed(error: ProviderError) -> TaskFailed:
+    return TaskFailed(error.message, details={"status_code": error.status_code}, retryable=error.retryable)
+
+
 def _agent(ctx: TaskContext) -> Agent:
     document = ctx.resources.get("agent")
     if document is None:
@@ -190,39 +245,111 @@ def _agent(ctx: TaskContext) -> Agent:
         raise TaskFailed(f"invalid agent document: {exc}", retryable=False) from None
 
 
-async def prepare_request(agent: Agent, config: LLMCallConfig, workspace: Workspace) -> LLMRequest:
-    """The exact request the step sends: also what ``POST /api/v3/agents/{id}/prompt`` shows."""
-    return (await prepare_call(agent, config, workspace))[0]
+@dataclass(slots=True)
+class PreparedCall:
+    """The exact request a step sends, and what its codebase context holds and costs: also
+    what ``POST /api/v3/agents/{id}/prompt`` shows."""
+
+    request: LLMRequest
+    selection: ContextSelection
+    """The files the agent's context selected, and the entries it left out, with why."""
+    files: list[ContextFile]
+    """Every file in the Codebase Context section: the selection's, then those chosen by hand."""
+    file_tokens: list[int]
+    max_tokens: int
+
+    @property
+    def context_tokens(self) -> int:
+        return sum(self.file_tokens)
+
+    def over_budget(self) -> str | None:
+        """Why the context may not be sent (None: it fits its cap), with how to narrow it."""
+        if self.context_tokens <= self.max_tokens:
+            return None
+        largest = sorted(zip(self.file_tokens, self.files, strict=True), key=lambda each: -each[0])[:LARGEST_SHOWN]
+        shown = ", ".join(f"{file.path} ({tokens:,} tokens)" for tokens, file in largest)
+        return (
+            f"the codebase context is {self.context_tokens:,} tokens in {len(self.files)} files, over its cap of "
+            f"{self.max_tokens:,} (context.max_tokens); largest: {shown}. Narrow it with the agent's "
+            "context.include_globs, exclude_globs, content_regex or max_files, or choose fewer files"
+        )
+
+    def context_report(self) -> dict[str, Any]:
+        """The files sent with their size and tokens, the entries left out, the total and the cap."""
+        return {
+            "files": [
+                {"path": file.path, "bytes": file.size, "tokens": tokens}
+                for file, tokens in zip(self.files, self.file_tokens, strict=True)
+            ],
+            "skipped": self.selection.summary()["skipped"],
+            "tokens": self.context_tokens,
+            "max_tokens": self.max_tokens,
+            "problem": self.over_budget(),
+        }
 
 
 async def prepare_call(
-    agent: Agent, config: LLMCallConfig, workspace: Workspace
-) -> tuple[LLMRequest, ContextSelection]:
-    """The request, and the codebase context it carries (files sent, entries skipped and why)."""
-    schema = config.response_format or agent.output_schema
-    context = await gather_context(agent.context, workspace) if agent.context is not None else ContextSelection()
-    request = LLMRequest(
-        model=config.model or agent.model,
-        messages=await _messages(agent, config, workspace, context),
-        parameters=agent.parameters | config.parameters,
-        api_base=agent.api_base,
-        api_key_env=agent.api_key_env,
-        response_format=_json_schema_format(schema) if schema is not None else None,
-        stream=config.stream,
-    )
-    return request, context
-
-
-async def _messages(
-    agent: Agent, config: LLMCallConfig, workspace: Workspace, context: ContextSelection
-) -> list[dict[str, Any]]:
-    """System prompt (+ codebase context), then the given conversation, then the prompt."""
-    system = render_system_prompt(agent, config.variables)
-    files = context.files
+    agent: Agent, config: LLMCallConfig, workspace: Workspace, provider: LLMProvider
+) -> PreparedCall:
+    """The request, and its codebase context counted with the model's tokenizer (by ``provider``)."""
+    schema = config.response_format or agent.output_schema or config.default_response_format
+    model = config.model or agent.model
+    selection = await gather_context(agent.context, workspace) if agent.context is not None else ContextSelection()
+    files = selection.files
     if config.files:
         chosen = await asyncio.to_thread(_read_chosen, workspace, config.files)
         selected = {f.path for f in files}
         files = [*files, *(f for f in chosen if f.path not in selected)]
+    parameters = agent.parameters | config.parameters
+    request = LLMRequest(
+        model=model,
+        messages=_messages(agent, config, files),
+        parameters=parameters,
+        api_base=_host(agent, config, parameters),
+        api_key_env=config.api_key_env or agent.api_key_env,
+        response_format=_json_schema_format(schema) if schema is not None else None,
+        stream=config.stream,
+    )
+    file_tokens = await provider.count_text_tokens(model, [fenced(f) for f in files]) if files else []
+    cap = agent.context.max_tokens if agent.context is not None else None
+    return PreparedCall(request, selection, files, file_tokens, cap or await _default_context_cap(provider, model))
+
+
+def _model_leaves_the_agents_provider(agent: Agent, config: LLMCallConfig) -> str | None:
+    """A step's model with another provider prefix than the agent's would take the agent's key
+    to that provider: allowed only when the step names its own key (None: no such problem)."""
+    if config.model is None or agent.api_key_env is None or config.api_key_env is not None:
+        return None
+    if _provider_prefix(config.model) == _provider_prefix(agent.model):
+        return None
+    return (
+        f"model '{config.model}' goes to another provider than agent '{agent.id}' ({agent.model}), "
+        f"which would get the agent's key ({agent.api_key_env}): name the key for it in this step's api_key_env"
+    )
+
+
+def _provider_prefix(model: str) -> str | None:
+    """litellm's provider prefix (``openrouter`` of ``openrouter/x``); None for a bare name."""
+    return model.split("/", 1)[0] if "/" in model else None
+
+
+def _host(agent: Agent, config: LLMCallConfig, parameters: dict[str, Any]) -> str | None:
+    """Where the call goes, taken out of ``parameters``: the step's host (allowed only with a
+    key of its own, see :meth:`LLMCallConfig._key_follows_host`), else the agent's."""
+    hosts = {name: parameters.pop(name) for name in KEY_DESTINATIONS if name in parameters}
+    chosen = next((config.parameters[name] for name in KEY_DESTINATIONS if name in config.parameters), None)
+    return chosen or agent.api_base or next(iter(hosts.values()), None)
+
+
+async def _default_context_cap(provider: LLMProvider, model: str) -> int:
+    """Half the model's input window, or :data:`DEFAULT_MAX_CONTEXT_TOKENS` when it is unknown."""
+    window = await provider.max_input_tokens(model)
+    return int(window * CONTEXT_WINDOW_SHARE) if window else DEFAULT_MAX_CONTEXT_TOKENS
+
+
+def _messages(agent: Agent, config: LLMCallConfig, files: list[ContextFile]) -> list[dict[str, Any]]:
+    """System prompt (+ codebase context), then the given conversation, then the prompt."""
+    system = render_system_prompt(agent, config.variables)
     section = render_context(files)
     system = "\n\n".join(part for part in (system, section) if part)
     messages = [{"role": "system", "content": system}] if system else []
@@ -232,17 +359,33 @@ async def _messages(
     return messages
 
 
+def chosen_file_problem(workspace: Workspace, path: str) -> str | None:
+    """Why a file chosen by hand cannot go to a model (None: it can): outside the workspace,
+    unresolvable, missing, or holding credentials (as named or through a link)."""
+    try:
+        target = workspace.resolve(path)
+        protected = workspace.protected(path, target)
+        if protected is not None:
+            return f"'{path}' holds credentials ({protected}): it is never sent to a model"
+        return None if target.is_file() else f"no file '{path}' in the workspace"
+    except WorkspacePathError as exc:  # outside the workspace, a loop, ~nosuchuser, a NUL byte
+        return str(exc)
+    except OSError as exc:
+        return f"'{path}' is not a usable path: {workspace.scrub(exc.strerror or str(exc))}"
+
+
 def _read_chosen(workspace: Workspace, paths: list[str]) -> list[ContextFile]:
-    """Files a person chose for this call: each must exist in the workspace and be text."""
+    """Files a person chose for this call: each must be a readable text file that may be sent."""
     chosen = []
     for path in paths:
+        if (problem := chosen_file_problem(workspace, path)) is not None:
+            raise TaskFailed(problem, details={"path": path}, retryable=False)
         try:
             target = workspace.resolve(path)
             data = target.read_bytes()
-        except WorkspacePathError as exc:
-            raise TaskFailed(str(exc), details={"path": path}, retryable=False) from None
-        except OSError as exc:
-            raise TaskFailed(f"cannot read '{path}': {exc.strerror}", details={"path": path}, retryable=False) from None
+        except (WorkspacePathError, OSError) as exc:  # changed since the check
+            reason = str(exc) if isinstance(exc, WorkspacePathError) else exc.strerror
+            raise TaskFailed(f"cannot read '{path}': {reason}", details={"path": path}, retryable=False) from None
         if b"\0" in data:
             raise TaskFailed(f"'{path}' is a binary file", details={"path": path}, retryable=False)
         chosen.append(ContextFile(path=workspace.relative(target), content=data.decode("utf-8", errors="replace")))
@@ -318,14 +461,20 @@ def _schema_validator(schema: dict[str, Any]) -> Validator:
     return cls(schema)
 
 
-def _parse_reply(text: str, validator: Validator) -> Any:
-    """The reply as JSON (a ```json fence is tolerated), validated against the schema."""
+def _parse_reply(text: str, validator: Validator, required: bool = True) -> Any:
+    """The reply as JSON (a ```json fence is tolerated), validated against the schema.
+
+    When the schema was only offered (``required=False``: the step's default, not the
+    agent's own), a reply in prose is kept as text (None); a reply that is JSON, or tries to
+    be, must still match, so changes that cannot be used are never dropped without a word."""
     from jsonschema.exceptions import best_match
 
-    fenced = _JSON_FENCE.match(text)
+    block = _JSON_FENCE.match(text)
     try:
-        value = json.loads(fenced.group("body") if fenced else text)
+        value = json.loads(block.group("body") if block else text)
     except json.JSONDecodeError as exc:
+        if not required and block is None and not text.lstrip().startswith(("{", "[")):
+            return None
         raise TaskFailed(f"reply is not valid JSON: {exc}", details={"text": text}, retryable=False) from None
     error = best_match(validator.iter_errors(value))
     if error is not None:
