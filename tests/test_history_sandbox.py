@@ -171,7 +171,9 @@ async def test_without_the_guard_settings_files_and_extensions_stay_shut(
 
 # -- the guard's CTE scoping, as a property ---------------------------------------------
 
-NAMES = st.sampled_from(["agents", "run_journal", "workflows", "runs", "steps", "x", "'/etc/hostname'"])
+SECRET_FILE = "'SECRET_FILE'"
+"""Stands for the path of a file holding the marker, filled in when a statement is tried."""
+NAMES = st.sampled_from(["agents", "run_journal", "workflows", "runs", "steps", "x", SECRET_FILE])
 
 
 def _ident(name: str) -> str:
@@ -199,10 +201,18 @@ def queries(depth: int = 3) -> st.SearchStrategy[str]:
 
 
 @pytest.fixture(scope="module")
+def secret_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("secret") / "secret.csv"
+    path.write_text(f"secret\n{MARKER}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
 def raw_database() -> duckdb.DuckDBPyConnection:
     """An unprotected DuckDB holding the internal tables (with the marker), the views as tables,
     and what the guard must know: whatever it lets through, DuckDB runs here without any
-    other protection, so an accepted statement that reached a table would show the marker."""
+    other protection, so an accepted statement that reached a table or the file would show
+    the marker."""
     con = duckdb.connect()
     for table in ("agents", "run_journal", "workflows"):
         con.execute(f"CREATE TABLE {table} AS SELECT '{MARKER}' AS secret")
@@ -213,7 +223,10 @@ def raw_database() -> duckdb.DuckDBPyConnection:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sql=queries())
-def test_whatever_the_guard_accepts_reads_no_internal_table(raw_database: duckdb.DuckDBPyConnection, sql: str) -> None:
+def test_whatever_the_guard_accepts_reads_no_internal_table_nor_file(
+    raw_database: duckdb.DuckDBPyConnection, secret_file: Path, sql: str
+) -> None:
+    sql = sql.replace(SECRET_FILE, f"'{secret_file}'").replace('"SECRET_FILE"', f'"{secret_file}"')
     try:
         check_query(raw_database, sql)
     except (QueryRefused, QueryFailed):
@@ -228,10 +241,11 @@ def test_whatever_the_guard_accepts_reads_no_internal_table(raw_database: duckdb
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sql=queries(depth=2))
 def test_whatever_the_sandbox_runs_without_the_guard_shows_no_secret(
-    tmp_path_factory: pytest.TempPathFactory, sql: str
+    tmp_path_factory: pytest.TempPathFactory, secret_file: Path, sql: str
 ) -> None:
     """The same nestings, with no guard at all, through a real engine's sandbox."""
     tmp_path = tmp_path_factory.mktemp("sandbox")
+    sql = sql.replace(SECRET_FILE, f"'{secret_file}'").replace('"SECRET_FILE"', f'"{secret_file}"')
 
     async def attempt() -> None:
         with pytest.MonkeyPatch.context() as patch:
@@ -241,7 +255,7 @@ def test_whatever_the_sandbox_runs_without_the_guard_shows_no_secret(
                     result = await engine.query(sql)
                 except QueryFailed:
                     return
-                assert MARKER not in result.to_json()
+                assert MARKER not in result.body.decode()
 
     asyncio.run(attempt())
 
@@ -282,7 +296,7 @@ async def test_streaming_only_the_columns_read_answers_as_the_views_do(tmp_path:
 async def test_a_300_mb_result_stops_at_the_byte_cap(tmp_path: Path) -> None:
     async with engine_with_secrets(tmp_path) as engine:
         result = await engine.query("SELECT repeat('x', 1000000) AS v FROM range(300)", max_bytes=20 * 1024 * 1024)
-    body = result.to_json()
+    body = result.body
     assert result.truncated
     assert 15 <= len(result.rows) <= 20
     assert len(body) <= 20 * 1024 * 1024
