@@ -71,6 +71,22 @@ async def test_a_cte_in_a_subquery_does_not_let_a_file_be_read_elsewhere(tmp_pat
         assert TOKEN not in json.dumps(refused.value.as_dict())
 
 
+@pytest.mark.parametrize("guarded", [True, False], ids=["guard", "sandbox_alone"])
+async def test_errors_do_not_tell_whether_a_path_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, guarded: bool
+) -> None:
+    existing, missing = runtime_file(tmp_path), tmp_path / "jpserver-9999.json"
+    if not guarded:
+        without_guard(monkeypatch)
+    async with engine_with_secrets(tmp_path) as engine:
+        messages = []
+        for path in (existing, missing):
+            with pytest.raises((QueryRefused, QueryFailed)) as refused:
+                await engine.query(f"SELECT * FROM read_json('{path}')")
+            messages.append(refused.value.message.replace(str(path), "PATH"))
+    assert messages[0] == messages[1]
+
+
 async def test_a_url_named_table_is_refused(tmp_path: Path) -> None:
     url = "http://127.0.0.1:9/data.csv"
     async with engine_with_secrets(tmp_path) as engine:
