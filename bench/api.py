@@ -12,7 +12,9 @@ approval  from POST /api/v3/runs/{id}/approvals/{step} (approve) to the step's s
    event arriving on /ws/runs (p50/p99), over --approvals runs waiting at once
 hostile  the worst latency of GET /api/status while each hostile input is processed (a YAML
    alias bomb, deep JSON, a 5,000-digit integer, costly templates, a template typo, a
-   ReDoS content_regex, the first llm_call of the server, ...), one after another
+   ReDoS content_regex, the first llm_call of the server, the SQL door's CTE and file
+   bypasses, a 300 MB query result, two slow queries beside the run list, a crafted v2
+   clarion.db, ...), one after another
 
 The server is a subprocess on 127.0.0.1 (a free port, a fresh token, a temporary root dir
 and DuckDB file) and is stopped at the end, also on errors and Ctrl-C. Client and server
@@ -31,6 +33,7 @@ import gc
 import json
 import os
 import random
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -43,6 +46,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from clarion_jupyter.api import Client
+from clarion_jupyter.testing.clarion_v2 import V2_MIGRATIONS
 from clarion_jupyter.testing.server import JupyterServerProcess
 
 TARGETS_MS = {"post_run_p99": 25, "get_run_p99": 15, "ws_delivery_p99": 20, "api_status_p99": 30, "hostile_max": 100,
@@ -111,7 +115,7 @@ async def bench_requests(client: Client, seconds: float, clients: int, rate: flo
 
     async def one_client() -> None:
         started = time.monotonic()
-        run_id = await timed(posts, client.run(ECHO["id"]))
+        run_id = await timed(posts, client.submit_saved(ECHO["id"]))
         await timed(gets, client.get_run(run_id))
         if rate:
             await asyncio.sleep(max(0.0, 1 / rate - (time.monotonic() - started)))
@@ -145,7 +149,7 @@ async def bench_websocket(
     A few runs go first, unmeasured, as in workload A: a fresh server's first runs take its
     cold paths (first template compiles, DuckDB's first appends), which happen once in a
     server's life, and would otherwise be a percent of the events measured here."""
-    for run_id in await asyncio.gather(*(client.run(WS_CHAIN["id"]) for _ in range(WARM_UP_RUNS))):
+    for run_id in await asyncio.gather(*(client.submit_saved(WS_CHAIN["id"]) for _ in range(WARM_UP_RUNS))):
         await client.wait(run_id)
     latencies: list[float] = []
     request = HTTPRequest(server.url.replace("http", "ws", 1) + "ws/runs", headers=server.headers)
@@ -164,7 +168,7 @@ async def bench_websocket(
 
         async def start(index: int) -> str:
             await asyncio.sleep(spread_s * index / runs)
-            return await client.run(WS_CHAIN["id"])
+            return await client.submit_saved(WS_CHAIN["id"])
 
         run_ids = await asyncio.gather(*(start(i) for i in range(runs)))
         await asyncio.wait_for(asyncio.gather(*listeners), 120)
@@ -192,7 +196,7 @@ async def bench_status_under_load(
         start = time.monotonic()
         while (elapsed := time.monotonic() - start) < seconds:
             while len(submitted) < elapsed * steps_per_s / steps_per_run:
-                submitted.append(asyncio.ensure_future(client.run(LOAD_CHAIN["id"])))
+                submitted.append(asyncio.ensure_future(client.submit_saved(LOAD_CHAIN["id"])))
             await asyncio.sleep(0.005)
 
     async def probe() -> None:
@@ -227,6 +231,25 @@ BIG_YAML = "name: big\nsteps:\n" + "".join(
 """A valid 2 MB workflow: YAML is parsed in Python, so its seconds must not be spent on the loop."""
 
 
+SLOW_QUERY = "SELECT count(*) FROM range(100000000000) a WHERE a.range % 7 = 3"
+"""Runs until the query time limit stops it."""
+
+
+def crafted_clarion_db(folder: Path) -> bytes:
+    """A v2 clarion.db whose ``agent_data`` is a generated column of 100 MB per read (issue #15)."""
+    path = folder / "crafted-clarion.db"
+    with sqlite3.connect(path) as con:
+        for statement in V2_MIGRATIONS[1:]:
+            con.execute(statement)
+        con.execute(
+            "CREATE TABLE agents (id TEXT PRIMARY KEY, agent_data TEXT GENERATED ALWAYS AS"
+            " (printf('%.*c', 100000000, 'x')) VIRTUAL, created_at DATETIME, updated_at DATETIME)"
+        )
+        con.executemany("INSERT INTO agents (id) VALUES (?)", [(f"a{i}",) for i in range(10)])
+    con.close()
+    return path.read_bytes()
+
+
 def one_step(workflow_id: str, task: str, config: dict[str, Any]) -> dict[str, Any]:
     return {"id": workflow_id, "name": workflow_id, "steps": [{"id": "s", "task": task, "with": config}]}
 
@@ -248,7 +271,7 @@ async def bench_hostile(server: JupyterServerProcess, client: Client) -> dict[st
     await client.create_agent({"id": "redos", "name": "ReDoS", "model": "openai/gpt-4o",
                                "context": {"include_globs": ["*.txt"], "content_regex": "(a+)+$"}})  # fmt: skip
 
-    async def post(path: str, body: str, content_type: str = "application/json") -> str:
+    async def post(path: str, body: str | bytes, content_type: str = "application/json") -> str:
         request = HTTPRequest(server.url + "api/v3/" + path, method="POST", body=body,
                               headers={**server.headers, "Content-Type": content_type})  # fmt: skip
         response = await http.fetch(request, raise_error=False)
@@ -256,8 +279,38 @@ async def bench_hostile(server: JupyterServerProcess, client: Client) -> dict[st
 
     async def run(workflow: dict[str, Any]) -> str:
         await client.create_workflow(workflow)
-        done = await asyncio.wait_for(client.wait(await client.run(workflow["id"])), 60)
+        done = await asyncio.wait_for(client.wait(await client.submit_saved(workflow["id"])), 60)
         return done["status"]
+
+    async def query(sql: str) -> str:
+        request = HTTPRequest(server.url + "api/v3/query", method="POST", body=json.dumps({"sql": sql}),
+                              headers={**server.headers, "Content-Type": "application/json"}, request_timeout=60)  # fmt: skip
+        response = await http.fetch(request, raise_error=False)
+        answer = json.loads(response.body)
+        shown = (
+            f"truncated={answer['truncated']}, {len(answer['rows'])} rows"
+            if response.code == 200
+            else answer["error"]["code"]
+        )
+        return f"HTTP {response.code} ({shown}, {len(response.body) / 1e6:.1f} MB)"
+
+    async def slow_queries_beside_the_run_list() -> str:
+        """Two queries that run until the time limit stops them, and the run list read meanwhile."""
+        lister = AsyncHTTPClient(force_instance=True, max_clients=2)
+        runs_request = HTTPRequest(server.url + "api/v3/runs", headers=server.headers)
+        slow = [asyncio.ensure_future(query(SLOW_QUERY)) for _ in range(2)]
+        listed: list[float] = []
+        try:
+            await asyncio.sleep(0.3)
+            while not all(q.done() for q in slow):
+                await timed(listed, lister.fetch(runs_request))
+                await asyncio.sleep(0.05)
+        finally:
+            lister.close()
+        return f"{', '.join(q.result() for q in slow)}; GET /api/v3/runs max {max(listed) * 1000:.1f} ms over {len(listed)}"
+
+    runtime = server.root / "jpserver-4242.json"
+    runtime.write_text(json.dumps({"token": "not-the-real-one"}))
 
     inputs: dict[str, Callable[[], Awaitable[str]]] = {
         "first_llm_call": lambda: run(llm_step("first-llm", "plain")),
@@ -275,6 +328,12 @@ async def bench_hostile(server: JupyterServerProcess, client: Client) -> dict[st
         "after_the_typo": lambda: run(one_step("after", "echo", {"value": 1})),
         "redos_content_regex": lambda: run(llm_step("redos-run", "redos")),
         "nul_path": lambda: run(one_step("nul", "file_read", {"path": "a\u0000b"})),
+        "query_cte_shadows_agents": lambda: query("WITH agents AS (SELECT * FROM agents) SELECT * FROM agents"),
+        "query_cte_file_read": lambda: query(f"SELECT * FROM (WITH \"{runtime}\" AS (SELECT 1) SELECT 1) x, '{runtime}'"),
+        "query_cte_url": lambda: query("SELECT * FROM (WITH \"http://127.0.0.1:9/x.csv\" AS (SELECT 1) SELECT 1) x, 'http://127.0.0.1:9/x.csv'"),
+        "query_300mb_result": lambda: query("SELECT repeat('x', 1000000) FROM range(300)"),
+        "two_slow_queries_and_run_list": slow_queries_beside_the_run_list,
+        "v2_db_generated_columns": lambda: post("agents/import", crafted_clarion_db(server.root), "application/octet-stream"),
     }  # fmt: skip
     results: dict[str, Any] = {}
     try:
@@ -294,15 +353,15 @@ async def bench_hostile(server: JupyterServerProcess, client: Client) -> dict[st
 async def bench_approvals(client: Client, runs: int) -> dict[str, Any]:
     """Approve runs one at a time and time each approval until its step has started."""
     await client.create_workflow(GATED)
-    run_ids = [await client.run(GATED["id"], {}) for _ in range(runs)]
-    while len((await client.list_runs(status="waiting", limit=500))["runs"]) < runs:
+    run_ids = [await client.submit_saved(GATED["id"], {}) for _ in range(runs)]
+    while len((await client.list_runs(status="waiting", limit=500)).runs) < runs:
         await asyncio.sleep(0.05)
     started: dict[str, asyncio.Future[float]] = {}
 
     async def follow() -> None:
         async for event in client.watch():
-            if event["type"] == "step_started" and event["run_id"] in started:
-                started[event["run_id"]].set_result(time.perf_counter())
+            if event.type == "step_started" and event.run_id in started:
+                started[event.run_id].set_result(time.perf_counter())
 
     watcher = asyncio.ensure_future(follow())
     await asyncio.sleep(0.5)  # the socket is open

@@ -25,7 +25,6 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -81,17 +80,13 @@ def percentiles(samples: list[float]) -> dict[str, float | None]:
     return {"p50": round(statistics.median(ordered), 1), "p99": round(p99, 1), "max": round(ordered[-1], 1)}
 
 
-def ts_ms(ts: str) -> float:
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000
-
-
 async def delivery(lab: Any, client: Client, runs: int) -> dict[str, Any]:
     async with chromium() as browser:
         page = await open_sidebar(browser, lab)
         await page.evaluate(RECORDER)
         run_ids = []
         for _ in range(runs):
-            run_id = await client.run(STEPPED["id"])
+            run_id = await client.submit_saved(STEPPED["id"])
             run_ids.append(run_id)
             await page.wait_for_selector(f"{SIDEBAR} .clarion-RunRow[data-run-id='{run_id}'][data-status='succeeded']")
         await page.wait_for_timeout(200)
@@ -102,13 +97,13 @@ async def delivery(lab: Any, client: Client, runs: int) -> dict[str, Any]:
             first_shown.setdefault((entry["run"], entry["done"]), entry["frame"])
     samples, missed = [], 0
     for run_id in run_ids:
-        completed = [e for e in await client.events(run_id) if e["type"] == "step_completed"]
+        completed = [e for e in await client.events(run_id) if e.type == "step_completed"]
         for done, event in enumerate(completed, start=1):
             frame = first_shown.get((run_id, done))
             if frame is None:
                 missed += 1  # the run ended in the same update: its row went straight to succeeded
             else:
-                samples.append(frame - ts_ms(event["ts"]))
+                samples.append(frame - event.ts.timestamp() * 1000)
     return {
         "workload": "delivery",
         "runs": runs,
@@ -128,13 +123,13 @@ async def seed(client: Client, count: int) -> None:
     async def submitter() -> None:
         while not queue.empty():
             queue.get_nowait()
-            await client.run(ECHO["id"])
+            await client.submit_saved(ECHO["id"])
 
     await asyncio.gather(*(submitter() for _ in range(16)))
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         pages = [await client.list_runs(status=status, limit=1) for status in ("queued", "running")]
-        if not any(page["runs"] for page in pages):
+        if not any(page.runs for page in pages):
             return
         await asyncio.sleep(0.5)
 

@@ -71,6 +71,22 @@ async def test_a_cte_in_a_subquery_does_not_let_a_file_be_read_elsewhere(tmp_pat
         assert TOKEN not in json.dumps(refused.value.as_dict())
 
 
+@pytest.mark.parametrize("guarded", [True, False], ids=["guard", "sandbox_alone"])
+async def test_errors_do_not_tell_whether_a_path_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, guarded: bool
+) -> None:
+    existing, missing = runtime_file(tmp_path), tmp_path / "jpserver-9999.json"
+    if not guarded:
+        without_guard(monkeypatch)
+    async with engine_with_secrets(tmp_path) as engine:
+        messages = []
+        for path in (existing, missing):
+            with pytest.raises((QueryRefused, QueryFailed)) as refused:
+                await engine.query(f"SELECT * FROM read_json('{path}')")
+            messages.append(refused.value.message.replace(str(path), "PATH"))
+    assert messages[0] == messages[1]
+
+
 async def test_a_url_named_table_is_refused(tmp_path: Path) -> None:
     url = "http://127.0.0.1:9/data.csv"
     async with engine_with_secrets(tmp_path) as engine:
@@ -171,7 +187,9 @@ async def test_without_the_guard_settings_files_and_extensions_stay_shut(
 
 # -- the guard's CTE scoping, as a property ---------------------------------------------
 
-NAMES = st.sampled_from(["agents", "run_journal", "workflows", "runs", "steps", "x", "'/etc/hostname'"])
+SECRET_FILE = "'SECRET_FILE'"
+"""Stands for the path of a file holding the marker, filled in when a statement is tried."""
+NAMES = st.sampled_from(["agents", "run_journal", "workflows", "runs", "steps", "x", SECRET_FILE])
 
 
 def _ident(name: str) -> str:
@@ -199,10 +217,18 @@ def queries(depth: int = 3) -> st.SearchStrategy[str]:
 
 
 @pytest.fixture(scope="module")
+def secret_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("secret") / "secret.csv"
+    path.write_text(f"secret\n{MARKER}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
 def raw_database() -> duckdb.DuckDBPyConnection:
     """An unprotected DuckDB holding the internal tables (with the marker), the views as tables,
     and what the guard must know: whatever it lets through, DuckDB runs here without any
-    other protection, so an accepted statement that reached a table would show the marker."""
+    other protection, so an accepted statement that reached a table or the file would show
+    the marker."""
     con = duckdb.connect()
     for table in ("agents", "run_journal", "workflows"):
         con.execute(f"CREATE TABLE {table} AS SELECT '{MARKER}' AS secret")
@@ -213,7 +239,10 @@ def raw_database() -> duckdb.DuckDBPyConnection:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sql=queries())
-def test_whatever_the_guard_accepts_reads_no_internal_table(raw_database: duckdb.DuckDBPyConnection, sql: str) -> None:
+def test_whatever_the_guard_accepts_reads_no_internal_table_nor_file(
+    raw_database: duckdb.DuckDBPyConnection, secret_file: Path, sql: str
+) -> None:
+    sql = sql.replace(SECRET_FILE, f"'{secret_file}'").replace('"SECRET_FILE"', f'"{secret_file}"')
     try:
         check_query(raw_database, sql)
     except (QueryRefused, QueryFailed):
@@ -228,10 +257,11 @@ def test_whatever_the_guard_accepts_reads_no_internal_table(raw_database: duckdb
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sql=queries(depth=2))
 def test_whatever_the_sandbox_runs_without_the_guard_shows_no_secret(
-    tmp_path_factory: pytest.TempPathFactory, sql: str
+    tmp_path_factory: pytest.TempPathFactory, secret_file: Path, sql: str
 ) -> None:
     """The same nestings, with no guard at all, through a real engine's sandbox."""
     tmp_path = tmp_path_factory.mktemp("sandbox")
+    sql = sql.replace(SECRET_FILE, f"'{secret_file}'").replace('"SECRET_FILE"', f'"{secret_file}"')
 
     async def attempt() -> None:
         with pytest.MonkeyPatch.context() as patch:
@@ -241,7 +271,7 @@ def test_whatever_the_sandbox_runs_without_the_guard_shows_no_secret(
                     result = await engine.query(sql)
                 except QueryFailed:
                     return
-                assert MARKER not in result.to_json()
+                assert MARKER not in result.body.decode()
 
     asyncio.run(attempt())
 
@@ -276,13 +306,23 @@ async def test_streaming_only_the_columns_read_answers_as_the_views_do(tmp_path:
     assert sandboxed == direct and sandboxed
 
 
+async def test_a_plan_whose_shape_is_not_understood_streams_every_view_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another DuckDB version may describe its plans differently: the answers stay right."""
+    monkeypatch.setattr(history.HistorySandbox, "_columns_read", lambda self, planner, sql: {})
+    async with engine_with_secrets(tmp_path) as engine:
+        result = await engine.query("SELECT count(*), count(inputs) FROM runs WHERE status = 'succeeded'")
+    assert result.rows == [[1, 1]]
+
+
 # -- bounded answers -------------------------------------------------------------------------
 
 
 async def test_a_300_mb_result_stops_at_the_byte_cap(tmp_path: Path) -> None:
     async with engine_with_secrets(tmp_path) as engine:
         result = await engine.query("SELECT repeat('x', 1000000) AS v FROM range(300)", max_bytes=20 * 1024 * 1024)
-    body = result.to_json()
+    body = result.body
     assert result.truncated
     assert 15 <= len(result.rows) <= 20
     assert len(body) <= 20 * 1024 * 1024

@@ -22,7 +22,7 @@ from ..storage.protocols import RunStore
 from .importer import AGENT_FILE_SUFFIXES, ImportProblem, ImportReport, import_texts, source_files
 from .models import Agent
 from .service import AgentService
-from .v2db import V2Database, is_sqlite, is_sqlite_file, read_v2_database
+from .v2db import IMPORT_THREAD, V2Database, is_sqlite, is_sqlite_file, read_v2_database
 from .v2runs import V2_RUN_WORKFLOW_ID, ImportedRuns, convert_runs
 
 Action = Literal["created", "updated", "unchanged"]
@@ -139,8 +139,8 @@ class V2Migration:
     async def run(self, source: ImportSource, *, dry_run: bool = False) -> V2ImportReport:
         """Import ``source``: a path (file or folder), an uploaded body (a ``clarion.db``'s
         bytes, or the text of agent documents), or uploaded files (a folder sent as a form).
-        Reading and converting happen off the loop."""
-        found, documents, history = await asyncio.to_thread(_read_all, source)
+        Reading and converting happen off the loop, on the import thread."""
+        found, documents, history = await asyncio.get_running_loop().run_in_executor(IMPORT_THREAD, _read_all, source)
         report = V2ImportReport(dry_run=dry_run, errors=found.errors + documents.errors, warnings=documents.warnings)
         report.warnings += history.warnings
         stored = {agent.id: agent for agent in await self._agents.list()}

@@ -366,7 +366,7 @@ class QueryHandler(ClarionHandler):
         request = await self.body_model(QueryRequest, "query request", await self.body_document())
         result = await (await self.engine()).query(request.sql, max_bytes=self.clarion.max_query_bytes)
         self.set_header("Content-Type", "application/json")
-        self.finish(result.to_json())
+        self.finish(result.body)
 
 
 class UnknownPathHandler(ClarionHandler):

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -624,12 +625,12 @@ class DuckDBStorage:
         self.agents = DuckDBDocumentStore(self._db, "agents")
         self.workflows = DuckDBDocumentStore(self._db, "workflows", with_source=True)
         self._sandbox: HistorySandbox | None = None
+        self._sandbox_made = threading.Lock()
 
     async def open(self) -> None:
         try:
             await self._db.start()
             await self.runs.recover()
-            self._sandbox = await self._db.query(HistorySandbox, self._db.cursor)
         except BaseException:
             await self._db.close()  # release the threads; the file was never opened
             raise
@@ -646,10 +647,16 @@ class DuckDBStorage:
     ) -> QueryResult:
         """The journal is projected first, so the views see every committed run; the statement
         runs in the sandbox, on the query threads."""
-        if self._sandbox is None:
-            raise RuntimeError("storage is not open")
         await self.runs.project()
-        return await self._db.query(self._sandbox.run, sql, max_rows, max_bytes, timeout_s)
+        return await self._db.query(self._run_query, sql, max_rows, max_bytes, timeout_s)
+
+    def _run_query(self, sql: str, max_rows: int, max_bytes: int, timeout_s: float) -> QueryResult:
+        """On a query thread: the sandbox is made on the first query (a CLI command or a kernel
+        that never queries does not pay for it)."""
+        with self._sandbox_made:
+            if self._sandbox is None:
+                self._sandbox = HistorySandbox(self._db.cursor)
+        return self._sandbox.run(sql, max_rows, max_bytes, timeout_s)
 
     def health(self) -> dict[str, Any]:
         return {

@@ -107,6 +107,9 @@ SANDBOX_CONFIG: dict[str, Any] = {
 one thread per query, bounded memory, and no way to change any of it (``lock_configuration``)."""
 FETCH_ROWS = 1024
 """Most rows taken from DuckDB at once (fewer when rows are large: see :meth:`HistorySandbox._fetch`)."""
+FETCH_BYTES = 1024 * 1024
+"""About the most bytes of rows taken from DuckDB at once: turning them into Python values
+holds the GIL for the whole call, which the event loop waits for (about 4 ms a megabyte)."""
 
 
 class QueryRefused(BadRequest):
@@ -126,18 +129,21 @@ class QueryResult:
     columns: list[str]
     rows: list[list[Any]]
     truncated: bool
-    encoded_rows: list[str] = field(default_factory=list, repr=False)
-    """Each row as JSON, encoded on the query's thread while it was fetched (that is how its
-    size was measured), so that the answer is assembled without encoding it again."""
+    encoded_rows: list[bytes] = field(default_factory=list, repr=False)
+    """Each row as JSON (ASCII: non-ASCII is escaped), encoded on the query's thread while it
+    was fetched, a row at a time (that is how its size was measured)."""
+    body: bytes = field(default=b"", repr=False)
+    """:meth:`as_dict` as UTF-8 JSON, joined from the encoded rows on the query's thread once
+    the rows are in: the API sends it as it is, so a 20 MB answer costs the event loop no work."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"columns": self.columns, "rows": self.rows, "truncated": self.truncated}
 
-    def to_json(self) -> str:
-        """:meth:`as_dict` as JSON text, joined from the encoded rows: a 20 MB answer costs
-        the event loop a string join, not a second encoding."""
-        head = json.dumps({"columns": self.columns, "truncated": self.truncated})
-        return f'{head[:-1]}, "rows": [{", ".join(self.encoded_rows)}]}}'
+    def seal(self) -> QueryResult:
+        """Build :attr:`body` (blocking: on the query's thread)."""
+        head = json.dumps({"columns": self.columns, "truncated": self.truncated})[:-1]
+        self.body = b"".join((head.encode(), b', "rows": [', b", ".join(self.encoded_rows), b"]}"))
+        return self
 
 
 def _refuse(message: str, **details: Any) -> QueryRefused:
@@ -246,6 +252,11 @@ class _View:
         return f"SELECT {columns} FROM ({VIEWS[self.name].format(db=db)})"
 
 
+def _close_all(cursors: list[duckdb.DuckDBPyConnection]) -> None:
+    for cursor in cursors:
+        cursor.close()
+
+
 def _arrow_type(duckdb_type: str) -> str:
     return "VARCHAR" if duckdb_type == "JSON" else duckdb_type
 
@@ -273,9 +284,7 @@ class HistorySandbox:
     ``cursor`` opens a new cursor on the engine's database (the caller closes it). Blocking:
     build it and call :meth:`run` on the query threads."""
 
-    def __init__(
-        self, cursor: Callable[[], duckdb.DuckDBPyConnection], memory_limit: str = SANDBOX_MEMORY_LIMIT
-    ) -> None:
+    def __init__(self, cursor: Callable[[], duckdb.DuckDBPyConnection]) -> None:
         self._engine_cursor = cursor
         engine = cursor()
         try:
@@ -290,11 +299,18 @@ class HistorySandbox:
             ]
         finally:
             engine.close()
-        self._con = duckdb.connect(":memory:", config={**SANDBOX_CONFIG, "memory_limit": memory_limit})
+        self._con = duckdb.connect(":memory:", config=SANDBOX_CONFIG)
         self._lock = threading.Lock()
         for view in self._views:
             columns = ", ".join(f'"{c}" {_arrow_type(t)}' for c, t in view.columns)
             self._con.execute(f"CREATE TABLE {view.table} ({columns})")
+        # Whether this DuckDB's plans say what they scan in the shape _columns_read reads; if
+        # not, every view is streamed whole (slower, and still right).
+        probe = self._cursor()
+        try:
+            self._plans_understood = self._columns_read(probe, "SELECT status FROM runs") == {"runs": {"status"}}
+        finally:
+            probe.close()
 
     def close(self) -> None:
         self._con.close()
@@ -309,11 +325,11 @@ class HistorySandbox:
         running after ``timeout_s`` is interrupted."""
         with ExitStack() as stack:
             opened: list[duckdb.DuckDBPyConnection] = []
-            stack.callback(lambda: [c.close() for c in opened])  # after the query's cursor, below
+            stack.callback(_close_all, opened)  # after the query's cursor, below
             planner = self._cursor()
             stack.callback(planner.close)
             check_query(planner, sql)
-            read = self._columns_read(planner, sql)
+            read = self._columns_read(planner, sql) if self._plans_understood else self._everything()
             con = self._cursor()
             stack.callback(con.close)
             for view in self._views:
@@ -327,7 +343,7 @@ class HistorySandbox:
             timer.start()
             try:
                 con.execute(sql)
-                return self._fetch(con, max_rows, max_bytes)
+                return self._fetch(con, max_rows, max_bytes).seal()
             except duckdb.InterruptException:
                 raise QueryFailed(f"the query took longer than {timeout_s:g} s and was stopped",
                                   details={"timeout_s": timeout_s}) from None  # fmt: skip
@@ -336,6 +352,9 @@ class HistorySandbox:
             finally:
                 timer.cancel()
         raise AssertionError("unreachable")
+
+    def _everything(self) -> dict[str, set[str]]:
+        return {view.name: {c for c, _ in view.columns} for view in self._views}
 
     def _columns_read(self, planner: duckdb.DuckDBPyConnection, sql: str) -> dict[str, set[str]]:
         """Which columns of each view the statement reads, from DuckDB's own plan of it over
@@ -367,21 +386,23 @@ class HistorySandbox:
     @staticmethod
     def _fetch(con: duckdb.DuckDBPyConnection, max_rows: int, max_bytes: int) -> QueryResult:
         """Rows a chunk at a time, each encoded as it comes, until the rows or bytes run out.
-        The first chunk is one row; later ones as many as the bytes left allow at the size of
-        the rows so far, so a result of huge values is taken a row at a time and stops at the cap."""
+        The first chunk is one row; later ones as many as :data:`FETCH_BYTES` and the bytes
+        left allow at the size of the rows so far, so a result of huge values is taken a row at
+        a time and stops at the cap."""
         description = con.description or []
         json_columns = [str(d[1]) == "JSON" for d in description]
         result = QueryResult([d[0] for d in description], [], False)
         size = 0
         while True:
-            fitting = (max_bytes - size) // max(1, size // len(result.rows)) if result.rows else 1
+            row_bytes = max(1, size // len(result.rows)) if result.rows else max_bytes
+            fitting = min(max_bytes - size, FETCH_BYTES) // row_bytes
             wanted = max(1, min(FETCH_ROWS, max_rows + 1 - len(result.rows), fitting))
             chunk = con.fetchmany(wanted)
             if not chunk:
                 return result
             for row in chunk:
                 values = [_json_value(v, is_json) for v, is_json in zip(row, json_columns, strict=True)]
-                text = json.dumps(values, default=str)
+                text = json.dumps(values, default=str).encode()
                 if len(result.rows) == max_rows or size + len(text) + 2 > max_bytes:
                     result.truncated = True
                     return result
