@@ -198,15 +198,6 @@ def _workflow(apply: str) -> dict[str, Any]:
     }
 
 
-async def _until(server: JupyterServerProcess, run_id: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    for _ in range(1200):
-        run = await server.request("GET", f"runs/{run_id}")
-        if done(run):
-            return run
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"run {run_id} never got there: {run['status']}\n{server.log_tail()}")
-
-
 def _step_events(events: list[dict[str, Any]], step: str) -> list[dict[str, Any]]:
     return [e for e in events if e["step_id"] == step]
 
@@ -224,10 +215,10 @@ async def test_a_server_killed_during_a_large_apply_ends_with_every_change_after
         await first.request("POST", "workflows", _workflow(apply))
         run_id = (await first.request("POST", "workflows/large-apply/run", {}))["run_id"]
         if apply == "review":
-            await _until(first, run_id, lambda run: run["status"] == "waiting")
+            await first.run_until(run_id, lambda run: run["status"] == "waiting")
             await first.request("POST", f"runs/{run_id}/approvals/apply", {"decision": "approve"})
-        await _until(
-            first, run_id, lambda run: KILL_POINTS["half-applied"](root) or run["status"] not in ("queued", "running")
+        await first.run_until(
+            run_id, lambda run: KILL_POINTS["half-applied"](root) or run["status"] not in ("queued", "running")
         )
         assert KILL_POINTS["half-applied"](root), "the run ended before its apply was half done"
     finally:
@@ -236,7 +227,7 @@ async def test_a_server_killed_during_a_large_apply_ends_with_every_change_after
     second = JupyterServerProcess(workdir, db_path).start()
     try:
         await second.wait_ready()
-        run = await _until(second, run_id, lambda run: run["status"] in ("succeeded", "failed", "waiting"))
+        run = await second.run_until(run_id, lambda run: run["status"] in ("succeeded", "failed", "waiting"))
         assert run["status"] == "succeeded", run
         assert run["outputs"]["applied"] is True
         assert _snapshot(root) == applied
