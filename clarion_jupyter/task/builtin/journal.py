@@ -111,10 +111,9 @@ class Journal:
     # -- applying ------------------------------------------------------------------------
 
     def apply(self, ident: str, print_: str, plans: list[Planned]) -> None:
-        """Write ``plans`` all or nothing (call with the lock held); a failed write is rolled back
-        and fails the step, retryably (a full disk may not stay full)."""
+        """Write ``plans`` all or nothing (call with the lock held, after :meth:`previous`); a
+        failed write is rolled back and fails the step, retryably (a full disk may not stay full)."""
         folder = self._folder / ident
-        self._discard(folder)
         dirs = _missing_dirs(plans, self._root)
         self._prepare(folder, ident, print_, plans, dirs)
         current = None
