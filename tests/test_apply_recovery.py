@@ -21,9 +21,11 @@ from typing import Any
 
 import pytest
 
+from clarion_jupyter import Engine
 from clarion_jupyter.core.workspace import Workspace
 from clarion_jupyter.task.base import TaskContext, TaskFailed
 from clarion_jupyter.task.builtin.files import FileWriteTask
+from clarion_jupyter.testing.brokers import RedisServer, WorkerProcess
 from clarion_jupyter.testing.server import JupyterServerProcess
 
 N = 200  # each of N rounds: 3 creates, 1 modify, 1 delete
@@ -242,3 +244,35 @@ async def test_a_server_killed_during_a_large_apply_ends_with_every_change_after
         assert not list(root.rglob("*.clarion-tmp"))
     finally:
         second.kill()
+
+
+# --------------------------------------------------------------------------- on a clarion worker
+
+
+async def test_a_worker_killed_during_a_large_apply_leaves_it_to_the_next_worker(
+    tmp_path: Path, applied: dict[str, Any]
+) -> None:
+    """The intent lives in the workspace, where the task runs: the worker that gets the job
+    next (its redelivery, after the visibility timeout) settles it, not the engine."""
+    root = tmp_path / "ws"
+    _seed(root)
+    with RedisServer(tmp_path) as broker:
+        url = f"{broker.url}?visibility_timeout=2"
+        async with Engine(tmp_path / "runs.duckdb", workspace_root=tmp_path / "engine", queue_url=url) as engine:
+            doomed = WorkerProcess(url, tmp_path, workspace=root, name="doomed").start()
+            try:
+                run_id = await engine.submit(_workflow("auto"))
+                deadline = time.monotonic() + 120
+                while not KILL_POINTS["half-applied"](root):
+                    assert time.monotonic() < deadline, doomed.log()
+                    await asyncio.sleep(0.005)
+            finally:
+                await doomed.stop(signal.SIGKILL)
+            assert _snapshot(root) != applied
+            async with WorkerProcess(url, tmp_path, workspace=root, name="rescuer"):
+                run = await asyncio.wait_for(engine.wait(run_id), 120)
+    assert run.status == "succeeded", run.error
+    assert _snapshot(root) == applied
+    (apply_step,) = run.steps
+    assert apply_step.attempt == 1  # the same job, delivered again
+    assert apply_step.output["recovery"]["action"] == "rolled_back"

@@ -92,6 +92,7 @@ class Journal:
     """The intents of one workspace."""
 
     def __init__(self, workspace: Workspace) -> None:
+        self._workspace = workspace
         self._root = workspace.root
         self._folder = workspace.root / INTENTS
 
@@ -218,7 +219,7 @@ class Journal:
         ident = intent["id"]
         with (folder / _BACKUPS).open("rb") as backups:
             for change in reversed(intent["changes"]):
-                target = self._root / change["path"]
+                target = self._workspace.resolve(change["path"])  # confined, should the intent be forged
                 _remove(_temp_path(target, ident))
                 if change["backup"] is None:  # the file did not exist before
                     _remove(target)
