@@ -25,6 +25,7 @@ from clarion_jupyter import Engine
 from clarion_jupyter.core.workspace import Workspace
 from clarion_jupyter.task.base import TaskContext, TaskFailed
 from clarion_jupyter.task.builtin.files import FileWriteTask
+from clarion_jupyter.task.builtin.journal import intent_id
 from clarion_jupyter.testing.brokers import RedisServer, WorkerProcess
 from clarion_jupyter.testing.server import JupyterServerProcess
 
@@ -182,6 +183,18 @@ async def test_a_failed_write_rolls_back_and_leaves_no_intent(tmp_path: Path, pr
         await _retry(root, attempt=1)
     assert {path: entry for path, entry in _snapshot(root).items() if path != "proj/fresh"} == pristine
     assert not [p for p in _intent(root).iterdir() if p.is_dir()]
+
+
+async def test_an_intent_that_cannot_be_recorded_fails_the_step_before_any_write(
+    tmp_path: Path, pristine: dict[str, Any]
+) -> None:
+    root = tmp_path / "ws"
+    _seed(root)
+    _intent(root).mkdir(parents=True)
+    (_intent(root) / intent_id("run-1", "apply")).write_text("a file where the intent's folder goes")
+    with pytest.raises(TaskFailed, match="recording the change set before applying it failed, so no file was changed"):
+        await _retry(root, attempt=1)
+    assert _snapshot(root) == pristine
 
 
 # --------------------------------------------------------------------------- on a real server

@@ -116,7 +116,13 @@ class Journal:
         failed write is rolled back and fails the step, retryably (a full disk may not stay full)."""
         folder = self._folder / ident
         dirs = _missing_dirs(plans, self._root)
-        self._prepare(folder, ident, print_, plans, dirs)
+        try:
+            self._prepare(folder, ident, print_, plans, dirs)
+        except OSError as exc:
+            self._discard(folder)
+            raise TaskFailed(
+                f"recording the change set before applying it failed, so no file was changed: {exc}"
+            ) from exc
         current = None
         try:
             for current in plans:
