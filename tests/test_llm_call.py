@@ -342,3 +342,10 @@ async def test_a_schema_written_for_strict_mode_is_requested_as_strict(key: str,
             "schema": strict,
             "strict": True,
         }
+
+
+async def test_a_file_of_clarions_own_folder_is_never_sent_even_when_chosen_by_hand(tmp_path: Path) -> None:
+    (tmp_path / ".clarion" / "intents").mkdir(parents=True)
+    (tmp_path / ".clarion" / "intents" / "lock").write_text("")
+    with pytest.raises(TaskFailed, match="inside Clarion's own folder, which is never sent to a model"):
+        await call(mock_agent("ok"), tmp_path, prompt="Review", files=[".clarion/intents/lock"])

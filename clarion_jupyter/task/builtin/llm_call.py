@@ -238,6 +238,12 @@ def _read_chosen(workspace: Workspace, paths: list[str]) -> list[ContextFile]:
     for path in paths:
         try:
             target = workspace.resolve(path)
+            if workspace.internal(path, target) is not None:  # apply intents and their backups
+                raise TaskFailed(
+                    f"'{path}' is inside Clarion's own folder, which is never sent to a model",
+                    details={"path": path},
+                    retryable=False,
+                )
             data = target.read_bytes()
         except WorkspacePathError as exc:
             raise TaskFailed(str(exc), details={"path": path}, retryable=False) from None
