@@ -197,6 +197,18 @@ async def test_an_intent_that_cannot_be_recorded_fails_the_step_before_any_write
     assert _snapshot(root) == pristine
 
 
+async def test_concurrent_applies_in_one_workspace_take_turns_and_all_land(tmp_path: Path) -> None:
+    workspace = Workspace(tmp_path)
+
+    async def write(i: int) -> dict[str, Any]:
+        ctx = TaskContext(run_id="run-1", step_id="w", key=f"w[{i}]", attempt=1, workspace=workspace)
+        return await FileWriteTask().run(FileWriteTask.Config(path=f"out/{i}.txt", content=f"{i}\n"), ctx)
+
+    outs = await asyncio.gather(*(write(i) for i in range(8)))
+    assert [out["written"][0]["path"] for out in outs] == [f"out/{i}.txt" for i in range(8)]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{i}.txt" for i in range(8))
+
+
 # --------------------------------------------------------------------------- on a real server
 
 
