@@ -89,6 +89,7 @@ async def test_tool_and_vcs_directories_are_never_walked(tmp_path: Path) -> None
         tmp_path,
         {
             ".git/config": "g",
+            ".clarion/intents/0a1b/done.json": "{}",
             "node_modules/x/index.js": "n",
             ".venv/lib/site.py": "v",
             "pkg/__pycache__/m.pyc.txt": "c",

@@ -21,9 +21,12 @@ from typing import Any
 
 import pytest
 
+from clarion_jupyter import Engine
 from clarion_jupyter.core.workspace import Workspace
 from clarion_jupyter.task.base import TaskContext, TaskFailed
 from clarion_jupyter.task.builtin.files import FileWriteTask
+from clarion_jupyter.task.builtin.journal import intent_id
+from clarion_jupyter.testing.brokers import RedisServer, WorkerProcess
 from clarion_jupyter.testing.server import JupyterServerProcess
 
 N = 200  # each of N rounds: 3 creates, 1 modify, 1 delete
@@ -182,6 +185,30 @@ async def test_a_failed_write_rolls_back_and_leaves_no_intent(tmp_path: Path, pr
     assert not [p for p in _intent(root).iterdir() if p.is_dir()]
 
 
+async def test_an_intent_that_cannot_be_recorded_fails_the_step_before_any_write(
+    tmp_path: Path, pristine: dict[str, Any]
+) -> None:
+    root = tmp_path / "ws"
+    _seed(root)
+    _intent(root).mkdir(parents=True)
+    (_intent(root) / intent_id("run-1", "apply")).write_text("a file where the intent's folder goes")
+    with pytest.raises(TaskFailed, match="recording the change set before applying it failed, so no file was changed"):
+        await _retry(root, attempt=1)
+    assert _snapshot(root) == pristine
+
+
+async def test_concurrent_applies_in_one_workspace_take_turns_and_all_land(tmp_path: Path) -> None:
+    workspace = Workspace(tmp_path)
+
+    async def write(i: int) -> dict[str, Any]:
+        ctx = TaskContext(run_id="run-1", step_id="w", key=f"w[{i}]", attempt=1, workspace=workspace)
+        return await FileWriteTask().run(FileWriteTask.Config(path=f"out/{i}.txt", content=f"{i}\n"), ctx)
+
+    outs = await asyncio.gather(*(write(i) for i in range(8)))
+    assert [out["written"][0]["path"] for out in outs] == [f"out/{i}.txt" for i in range(8)]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{i}.txt" for i in range(8))
+
+
 # --------------------------------------------------------------------------- on a real server
 
 
@@ -196,15 +223,6 @@ def _workflow(apply: str) -> dict[str, Any]:
         "steps": [step],
         "outputs": {"applied": "{{ steps.apply.status == 'succeeded' }}"},
     }
-
-
-async def _until(server: JupyterServerProcess, run_id: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    for _ in range(1200):
-        run = await server.request("GET", f"runs/{run_id}")
-        if done(run):
-            return run
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"run {run_id} never got there: {run['status']}\n{server.log_tail()}")
 
 
 def _step_events(events: list[dict[str, Any]], step: str) -> list[dict[str, Any]]:
@@ -224,10 +242,10 @@ async def test_a_server_killed_during_a_large_apply_ends_with_every_change_after
         await first.request("POST", "workflows", _workflow(apply))
         run_id = (await first.request("POST", "workflows/large-apply/run", {}))["run_id"]
         if apply == "review":
-            await _until(first, run_id, lambda run: run["status"] == "waiting")
+            await first.run_until(run_id, lambda run: run["status"] == "waiting")
             await first.request("POST", f"runs/{run_id}/approvals/apply", {"decision": "approve"})
-        await _until(
-            first, run_id, lambda run: KILL_POINTS["half-applied"](root) or run["status"] not in ("queued", "running")
+        await first.run_until(
+            run_id, lambda run: KILL_POINTS["half-applied"](root) or run["status"] not in ("queued", "running")
         )
         assert KILL_POINTS["half-applied"](root), "the run ended before its apply was half done"
     finally:
@@ -236,7 +254,7 @@ async def test_a_server_killed_during_a_large_apply_ends_with_every_change_after
     second = JupyterServerProcess(workdir, db_path).start()
     try:
         await second.wait_ready()
-        run = await _until(second, run_id, lambda run: run["status"] in ("succeeded", "failed", "waiting"))
+        run = await second.run_until(run_id, lambda run: run["status"] in ("succeeded", "failed", "waiting"))
         assert run["status"] == "succeeded", run
         assert run["outputs"]["applied"] is True
         assert _snapshot(root) == applied
@@ -251,3 +269,35 @@ async def test_a_server_killed_during_a_large_apply_ends_with_every_change_after
         assert not list(root.rglob("*.clarion-tmp"))
     finally:
         second.kill()
+
+
+# --------------------------------------------------------------------------- on a clarion worker
+
+
+async def test_a_worker_killed_during_a_large_apply_leaves_it_to_the_next_worker(
+    tmp_path: Path, applied: dict[str, Any]
+) -> None:
+    """The intent lives in the workspace, where the task runs: the worker that gets the job
+    next (its redelivery, after the visibility timeout) settles it, not the engine."""
+    root = tmp_path / "ws"
+    _seed(root)
+    with RedisServer(tmp_path) as broker:
+        url = f"{broker.url}?visibility_timeout=2"
+        async with Engine(tmp_path / "runs.duckdb", workspace_root=tmp_path / "engine", queue_url=url) as engine:
+            doomed = WorkerProcess(url, tmp_path, workspace=root, name="doomed").start()
+            try:
+                run_id = await engine.submit(_workflow("auto"))
+                deadline = time.monotonic() + 120
+                while not KILL_POINTS["half-applied"](root):
+                    assert time.monotonic() < deadline, doomed.log()
+                    await asyncio.sleep(0.005)
+            finally:
+                await doomed.stop(signal.SIGKILL)
+            assert _snapshot(root) != applied
+            async with WorkerProcess(url, tmp_path, workspace=root, name="rescuer"):
+                run = await asyncio.wait_for(engine.wait(run_id), 120)
+    assert run.status == "succeeded", run.error
+    assert _snapshot(root) == applied
+    (apply_step,) = run.steps
+    assert apply_step.attempt == 1  # the same job, delivered again
+    assert apply_step.output["recovery"]["action"] == "rolled_back"

@@ -244,46 +244,47 @@ async def test_a_run_killed_while_waiting_still_waits_with_its_preview_after_the
         second.kill()
 
 
-async def _until(server: JupyterServerProcess, run_id: str, done: Any) -> dict[str, Any]:
-    for _ in range(600):
-        run = await server.request("GET", f"runs/{run_id}")
-        if done(run):
-            return run
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"run {run_id} is still {run['status']}\n{server.log_tail()}")
+def _ended(run: dict[str, Any]) -> bool:
+    return run["status"] in ("succeeded", "failed", "waiting")
 
 
-async def _until_file(path: Path, text: str) -> None:
-    for _ in range(600):
-        if path.exists() and text in path.read_text():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{path.name} never held {text!r}")
-
-
-async def test_an_approved_step_cut_off_by_a_crash_runs_again_without_asking(tmp_path: Path) -> None:
+async def _decide_then_crash(
+    tmp_path: Path, doc: dict[str, Any], decisions: dict[str, str], ran: str
+) -> tuple[JupyterServerProcess, str]:
+    """Run ``doc``, decide its approvals, SIGKILL the server once ``ran.txt`` holds ``ran``
+    (an approved step is running), and start it again on the same database and files."""
     db_path, workdir = tmp_path / "clarion.duckdb", tmp_path / "server"
-    doc = {
-        "id": "ship",
-        "name": "Ship",
-        "steps": [
-            {"id": "ship", "task": "shell", "approval": True, "with": {"command": "echo ran >> ran.txt; sleep 2"}}
-        ],
-    }
     first = JupyterServerProcess(workdir, db_path).start()
     try:
         await first.wait_ready()
         await first.request("POST", "workflows", doc)
-        run_id = (await first.request("POST", "workflows/ship/run", {}))["run_id"]
-        await _until(first, run_id, lambda run: run["status"] == "waiting")
-        await first.request("POST", f"runs/{run_id}/approvals/ship", {"decision": "approve"})
-        await _until_file(first.root / "ran.txt", "ran")
+        run_id = (await first.request("POST", f"workflows/{doc['id']}/run", {}))["run_id"]
+        await first.run_until(run_id, lambda run: len(run["approvals"]) == len(decisions))
+        for key, decision in decisions.items():
+            await first.request("POST", f"runs/{run_id}/approvals/{key}", {"decision": decision})
+        marker = first.root / "ran.txt"
+        for _ in range(600):
+            if marker.exists() and ran in marker.read_text():
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError(f"ran.txt never held {ran!r}:\n{first.log_tail()}")
     finally:
         first.kill()
-    second = JupyterServerProcess(workdir, db_path).start()
+    return JupyterServerProcess(workdir, db_path).start(), run_id
+
+
+def _shell_step(word: str, **fields: Any) -> dict[str, Any]:
+    """A step that notes each run of it in ran.txt, then takes long enough to be cut off."""
+    return {"id": "ship", "task": "shell", "with": {"command": f"echo {word} >> ran.txt; sleep 2"}, **fields}
+
+
+async def test_an_approved_step_cut_off_by_a_crash_runs_again_without_asking(tmp_path: Path) -> None:
+    doc = {"id": "ship", "name": "Ship", "steps": [_shell_step("ran", approval=True)]}
+    second, run_id = await _decide_then_crash(tmp_path, doc, {"ship": "approve"}, "ran")
     try:
         await second.wait_ready()
-        run = await _until(second, run_id, lambda run: run["status"] in ("succeeded", "failed", "waiting"))
+        run = await second.run_until(run_id, _ended)
         assert run["status"] == "succeeded" and run["approvals"] == []
         events = [e for e in (await second.request("GET", f"runs/{run_id}/events"))["events"] if e["step_id"] == "ship"]
         assert [e["type"] for e in events].count("approval_requested") == 1
@@ -298,41 +299,15 @@ async def test_an_approved_step_cut_off_by_a_crash_runs_again_without_asking(tmp
 
 
 async def test_a_rejected_item_stays_rejected_after_a_crash(tmp_path: Path) -> None:
-    db_path, workdir = tmp_path / "clarion.duckdb", tmp_path / "server"
-    doc = {
-        "id": "per-item",
-        "name": "Per item",
-        "steps": [
-            {
-                "id": "ship",
-                "task": "shell",
-                "approval": {"on_reject": "skip"},
-                "for_each": ["a", "b"],
-                "with": {"command": "echo {{ item }} >> ran.txt; sleep 2"},
-            }
-        ],
-    }
-    first = JupyterServerProcess(workdir, db_path).start()
-    try:
-        await first.wait_ready()
-        await first.request("POST", "workflows", doc)
-        run_id = (await first.request("POST", "workflows/per-item/run", {}))["run_id"]
-        await _until(first, run_id, lambda run: len(run["approvals"]) == 2)
-        await first.request("POST", f"runs/{run_id}/approvals/ship[0]", {"decision": "reject", "comment": "not a"})
-        await first.request("POST", f"runs/{run_id}/approvals/ship[1]", {"decision": "approve"})
-        await _until_file(first.root / "ran.txt", "b")
-    finally:
-        first.kill()
-    second = JupyterServerProcess(workdir, db_path).start()
+    step = _shell_step("{{ item }}", approval={"on_reject": "skip"}, for_each=["a", "b"])
+    doc = {"id": "per-item", "name": "Per item", "steps": [step]}
+    second, run_id = await _decide_then_crash(tmp_path, doc, {"ship[0]": "reject", "ship[1]": "approve"}, "b")
     try:
         await second.wait_ready()
-        run = await _until(second, run_id, lambda run: run["status"] in ("succeeded", "failed", "waiting"))
+        run = await second.run_until(run_id, _ended)
         assert run["status"] == "succeeded" and run["approvals"] == []
-        assert {s["key"]: s["status"] for s in run["steps"]} == {
-            "ship": "succeeded",
-            "ship[0]": "skipped",
-            "ship[1]": "succeeded",
-        }
+        statuses = {s["key"]: s["status"] for s in run["steps"]}
+        assert statuses == {"ship": "succeeded", "ship[0]": "skipped", "ship[1]": "succeeded"}
         types = [e["type"] for e in (await second.request("GET", f"runs/{run_id}/events"))["events"]]
         assert types.count("approval_requested") == 2 and types.count("approval_rejected") == 1
         assert (second.root / "ran.txt").read_text() == "b\nb\n"

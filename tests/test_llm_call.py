@@ -472,3 +472,10 @@ async def test_a_step_model_of_another_provider_may_not_take_the_agents_key(
     with pytest.raises(TaskFailed, match=r"goes to another provider than agent 'stub'.*CLARION_TEST_LLM_KEY"):
         await call(stub_agent(stub, key), tmp_path, prompt="hi", model="openrouter/some-model")
     assert stub.request_count == 0
+
+
+async def test_a_file_of_clarions_own_folder_is_never_sent_even_when_chosen_by_hand(tmp_path: Path) -> None:
+    (tmp_path / ".clarion" / "intents").mkdir(parents=True)
+    (tmp_path / ".clarion" / "intents" / "lock").write_text("")
+    with pytest.raises(TaskFailed, match="inside Clarion's own folder, which is never sent to a model"):
+        await call(mock_agent("ok"), tmp_path, prompt="Review", files=[".clarion/intents/lock"])

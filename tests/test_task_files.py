@@ -134,7 +134,8 @@ async def test_write_leaves_no_temp_files_and_no_open_intent(tmp_path: Path) -> 
     await _write(tmp_path, path="a.txt", content="x")
     assert _snapshot(tmp_path) == {"a.txt": b"x"}
     assert not list(tmp_path.glob(".clarion/intents/*/intent.json"))
-    assert not list(tmp_path.glob(".clarion/intents/*/backups/*"))
+    assert not list(tmp_path.glob(".clarion/intents/*/backups.bin"))
+    assert (tmp_path / ".clarion" / ".gitignore").read_text().splitlines()[-1] == "*"  # git never shows it
 
 
 async def test_write_append_adds_to_the_end(tmp_path: Path) -> None:

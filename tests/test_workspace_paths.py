@@ -1,12 +1,15 @@
-"""Paths no filesystem can hold fail their step at once (no retries), and path errors never
-show where the server keeps its workspace."""
+"""Paths no filesystem can hold fail their step at once (no retries), path errors never
+show where the server keeps its workspace, and which paths are protected."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest_server import create_workflow, start_run, wait_run
+
+from clarion_jupyter.core.workspace import Workspace
 
 RETRIED = {"max_attempts": 3, "backoff_s": 0}
 
@@ -55,3 +58,41 @@ async def test_a_missing_directory_error_is_relative_to_the_workspace(api, clari
     run = await wait_run(api, await start_run(api, "paths"))
     assert "no/such/file.txt" in run["steps"][0]["error"]["message"]
     assert root not in json.dumps(run)
+
+
+@pytest.mark.parametrize(
+    ("path", "protected"),
+    [
+        (".git", ".git"),
+        (".git/config", ".git/config"),
+        ("sub/.GIT/hooks/pre-commit", "sub/.GIT/hooks/pre-commit"),
+        (".env.production", ".env.production"),
+        ("keys/deploy.PEM", "keys/deploy.PEM"),
+        (".clarion/intents/lock", ".clarion/intents/lock"),
+        (".gitignore", None),
+        (".github/workflows/ci.yml", None),
+        ("docs/environment.md", None),
+        ("src/keyboard.py", None),
+    ],
+)
+def test_protected_names_git_and_credentials_but_not_their_lookalikes(
+    tmp_path: Path, path: str, protected: str | None
+) -> None:
+    assert Workspace(tmp_path).protected(path) == protected
+
+
+def test_protected_follows_a_link_to_its_target(tmp_path: Path) -> None:
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "notes.txt").symlink_to(".git/config")
+    (tmp_path / "settings").symlink_to(".env")
+    workspace = Workspace(tmp_path)
+    assert workspace.protected("notes.txt") == ".git/config"
+    assert workspace.protected("settings") == ".env"
+    assert workspace.internal("notes.txt") is None
+
+
+def test_internal_is_clarions_own_folder_alone(tmp_path: Path) -> None:
+    workspace = Workspace(tmp_path)
+    assert workspace.internal(".Clarion/intents/x/intent.json") == ".Clarion/intents/x/intent.json"
+    assert workspace.internal(".git/config") is None
+    assert workspace.internal("clarion/notes.md") is None

@@ -102,7 +102,8 @@ class StepRecord:
     error: dict[str, Any] | None = None
     usage: dict[str, Any] | None = None
     approval: dict[str, Any] | None = None
-    """While ``waiting`` (and after): ``preview``, ``message``, ``requested_at``, ``timeout_s``."""
+    """While ``waiting`` (and after): ``preview``, ``message``, ``requested_at``, ``timeout_s``;
+    once approved also ``decision`` {approved, by, at}, which later attempts carry alone."""
 
 
 def latest_attempts(records: list[StepRecord]) -> dict[str, StepRecord]:

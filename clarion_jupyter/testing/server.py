@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -124,6 +125,18 @@ class JupyterServerProcess:
             except (ConnectionError, HTTPClientError):
                 await asyncio.sleep(0.1)
         raise RuntimeError(f"the server did not become ready in {timeout} s:\n{self.log_tail()}")
+
+    async def run_until(self, run_id: str, done: Callable[[dict[str, Any]], bool], timeout: float = 60) -> Any:
+        """Poll the run document until ``done(run)``; the document then, else an AssertionError."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            run = await self.request("GET", f"runs/{run_id}")
+            if done(run):
+                return run
+            if loop.time() > deadline:
+                raise AssertionError(f"run {run_id} is still {run['status']} after {timeout} s:\n{self.log_tail()}")
+            await asyncio.sleep(0.05)
 
     def stop(self, timeout: float = 20) -> int | None:
         """SIGTERM lets Jupyter stop the extension cleanly; SIGKILL if it hangs."""

@@ -86,9 +86,10 @@ class _Execution:
     approved: bool = False
     """Approved once, it runs (and retries) without asking again."""
     approval: dict[str, Any] | None = None
-    """Once approved: the request and its decision, stored on every later attempt, so that a
-    restart runs the step again without asking (its first run may have acted already)."""
+    """Once approved, ``{"decision": {approved, by, at}}``, stored on every later attempt, so
+    that a restart runs the step again without asking (its first run may have acted already)."""
     approved_before_restart: bool = False
+    """Its next ``step_started`` says that the decision was taken before a restart."""
     held: Job | None = None
     """While waiting for approval: the job that runs once approved."""
     adopted: bool = False
@@ -285,7 +286,7 @@ class RunExecutor:
             execution.adopted = adopted
         elif prior is not None and (prior.approval or {}).get("decision", {}).get("approved"):
             execution.approved = execution.approved_before_restart = True
-            execution.approval = prior.approval
+            execution.approval = {"decision": prior.approval["decision"]}
         self._executions[key] = execution
         return execution
 
@@ -465,7 +466,8 @@ class RunExecutor:
         if decision.approve:
             execution.approved = True
             decided = {"approved": True, "by": decision.by, "at": isoformat(utcnow())}
-            record.approval = execution.approval = {**(record.approval or {}), "decision": decided}
+            record.approval = {**(record.approval or {}), "decision": decided}
+            execution.approval = {"decision": decided}  # later attempts need the decision, not the preview
             record.status, record.started_at = StepStatus.running, utcnow()
             self._writer.add_step(record)
             if execution.item_index is None:

@@ -445,8 +445,11 @@ class FileWriteTask(Task):
     description = (
         "Write workspace files, all or nothing: `path` + `content` (`mode` overwrite/append/create), "
         "`patch` (unified diff; without `path` it may touch several files), or `changes` "
-        "[{action: create|modify|delete, path, new_content}]. Output: `written` [{path, action, bytes}], "
-        "`bytes` being the file's size after the write (0 when deleted)."
+        "[{action: create|modify|delete, path, new_content}] (a create of an existing file is a modify). "
+        "`.git/` and credential files need `allow_protected: true` on the step. Output: `written` "
+        "[{path, action, bytes}], `bytes` being the file's size after the write (0 when deleted), action "
+        "`unchanged` for a file that already had that content; `recovery` {action: rolled_back | "
+        "already_applied, message} when an earlier attempt was cut off mid-apply."
     )
 
     async def run(self, config: FileWriteConfig, ctx: TaskContext) -> dict[str, Any]:

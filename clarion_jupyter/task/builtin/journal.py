@@ -92,6 +92,7 @@ class Journal:
     """The intents of one workspace."""
 
     def __init__(self, workspace: Workspace) -> None:
+        self._workspace = workspace
         self._root = workspace.root
         self._folder = workspace.root / INTENTS
 
@@ -111,12 +112,17 @@ class Journal:
     # -- applying ------------------------------------------------------------------------
 
     def apply(self, ident: str, print_: str, plans: list[Planned]) -> None:
-        """Write ``plans`` all or nothing (call with the lock held); a failed write is rolled back
-        and fails the step, retryably (a full disk may not stay full)."""
+        """Write ``plans`` all or nothing (call with the lock held, after :meth:`previous`); a
+        failed write is rolled back and fails the step, retryably (a full disk may not stay full)."""
         folder = self._folder / ident
-        self._discard(folder)
         dirs = _missing_dirs(plans, self._root)
-        self._prepare(folder, ident, print_, plans, dirs)
+        try:
+            self._prepare(folder, ident, print_, plans, dirs)
+        except OSError as exc:
+            self._discard(folder)
+            raise TaskFailed(
+                f"recording the change set before applying it failed, so no file was changed: {exc}"
+            ) from exc
         current = None
         try:
             for current in plans:
@@ -219,7 +225,7 @@ class Journal:
         ident = intent["id"]
         with (folder / _BACKUPS).open("rb") as backups:
             for change in reversed(intent["changes"]):
-                target = self._root / change["path"]
+                target = self._workspace.resolve(change["path"])  # confined, should the intent be forged
                 _remove(_temp_path(target, ident))
                 if change["backup"] is None:  # the file did not exist before
                     _remove(target)

@@ -382,6 +382,12 @@ def _read_chosen(workspace: Workspace, paths: list[str]) -> list[ContextFile]:
             raise TaskFailed(problem, details={"path": path}, retryable=False)
         try:
             target = workspace.resolve(path)
+            if workspace.internal(path, target) is not None:  # apply intents and their backups
+                raise TaskFailed(
+                    f"'{path}' is inside Clarion's own folder, which is never sent to a model",
+                    details={"path": path},
+                    retryable=False,
+                )
             data = target.read_bytes()
         except (WorkspacePathError, OSError) as exc:  # changed since the check
             reason = str(exc) if isinstance(exc, WorkspacePathError) else exc.strerror
