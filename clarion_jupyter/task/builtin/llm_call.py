@@ -364,6 +364,8 @@ def chosen_file_problem(workspace: Workspace, path: str) -> str | None:
     unresolvable, missing, or holding credentials (as named or through a link)."""
     try:
         target = workspace.resolve(path)
+        if workspace.internal(path, target) is not None:  # apply intents and their backups
+            return f"'{path}' is inside Clarion's own folder, which is never sent to a model"
         protected = workspace.protected(path, target)
         if protected is not None:
             return f"'{path}' holds credentials ({protected}): it is never sent to a model"
@@ -382,12 +384,6 @@ def _read_chosen(workspace: Workspace, paths: list[str]) -> list[ContextFile]:
             raise TaskFailed(problem, details={"path": path}, retryable=False)
         try:
             target = workspace.resolve(path)
-            if workspace.internal(path, target) is not None:  # apply intents and their backups
-                raise TaskFailed(
-                    f"'{path}' is inside Clarion's own folder, which is never sent to a model",
-                    details={"path": path},
-                    retryable=False,
-                )
             data = target.read_bytes()
         except (WorkspacePathError, OSError) as exc:  # changed since the check
             reason = str(exc) if isinstance(exc, WorkspacePathError) else exc.strerror
