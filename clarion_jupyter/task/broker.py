@@ -32,6 +32,7 @@ from abc import ABC, abstractmethod
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -239,6 +240,16 @@ def encode_result(result: JobResult) -> bytes:
         )
 
 
+@dataclass(slots=True)
+class _Held:
+    """A job the broker held when the engine started: its nonce, the job if it was still
+    there (to send again should the broker lose it), whether its result was read already."""
+
+    nonce: str
+    job: Job | None = None
+    answered: bool = False
+
+
 class Unreachable(Exception):
     """Raised by a queue's ``_connect`` when the broker does not answer; the message says why."""
 
@@ -272,7 +283,7 @@ class BrokerQueue(ABC):
         """Engine side: the nonce of every job whose result is awaited, by job id."""
         self._resend: dict[str, Job] = {}
         """Engine side: the jobs awaited that a broker which lost its state must be sent again."""
-        self._stock: dict[str, tuple[str, Job | None]] = {}
+        self._stock: dict[str, _Held] = {}
         """Engine side: what :meth:`take_stock` found in the broker and no run adopted yet."""
         self._epoch: bytes | None = None
         self._cancel_callbacks: list[Callable[[str], None]] = []
@@ -449,11 +460,11 @@ class BrokerQueue(ABC):
         for data in jobs:
             job = self._opened("job", data, decode_job)
             if job is not None:
-                self._stock[job.id] = (job.nonce, job)
+                self._stock[job.id] = _Held(job.nonce, job)
         for data in results:
             result = self._opened("result", data, decode_result)
             if result is not None and result.kind != "progress":
-                self._stock.setdefault(result.job_id, (result.nonce, None))
+                self._stock.setdefault(result.job_id, _Held(result.nonce))
         self._epoch = secrets.token_hex(8).encode()
         await self._retrying("marking the broker", lambda: self._state_set({"epoch": self._epoch}))
         if self._stock:
@@ -464,9 +475,10 @@ class BrokerQueue(ABC):
         found = self._stock.pop(jid, None)
         if found is None:
             return False
-        self._awaited[jid], job = found
-        if job is not None:
-            self._resend[jid] = job
+        if not found.answered:
+            self._awaited[jid] = found.nonce
+            if found.job is not None:
+                self._resend[jid] = found.job
         return True
 
     def health(self) -> dict[str, Any]:
@@ -518,6 +530,12 @@ class BrokerQueue(ABC):
         result = self._opened("result", data, decode_result)
         if result is None:
             return None
+        held = self._stock.get(result.job_id)
+        if held is not None and held.nonce == result.nonce:
+            # Results are read while resumed runs still adopt their jobs: one found at the start
+            # goes to its run's inbox, where the adopting execution takes it.
+            held.answered |= result.kind != "progress"
+            return result
         if self._awaited.get(result.job_id) != result.nonce:
             self._drop("result", "not_awaited")
             return None
