@@ -4,17 +4,29 @@ A broker queue is the local queue's protocol stretched across processes: the eng
 jobs and reads results, ``clarion worker`` processes anywhere consume jobs and report
 results. Both brokers give the same guarantees, so the machinery for them lives here once:
 
-- the URL's own query parameters (``prefix``, ``visibility_timeout``, ``max_pending``), taken
-  out before the URL reaches the client library, and the URL as shown (password masked);
-- the wire format: a job or a result is one JSON document;
+- the URL's own query parameters (``prefix``, ``visibility_timeout``, ``max_pending``,
+  ``max_deliveries``, ``secret_env``), taken out before the URL reaches the client library,
+  and the URL as shown (password masked);
+- the wire format: every job, result, progress message and cancel is one canonical JSON
+  document signed with the shared secret (:class:`Signer`); what is not signed with it, a
+  job that already ran, a result for a job the engine does not await, or a progress message
+  carrying an event only the engine may record is dropped and counted (``dropped``);
 - at-least-once bookkeeping: the jobs a worker holds are kept from being redelivered while
   they run (touched every third of the visibility timeout, so only a dead worker's jobs go
   to others), and are given back when the worker stops, so another worker takes them at once;
   a batch of results is acked only when the engine asks for the next one, i.e. once it has
   taken them, so an engine that dies in between reads them again;
+- state records in the broker: each job's deliveries (past ``max_deliveries`` lost workers
+  its step fails, ``worker_lost``), finished jobs (a replay is refused), cancelled runs (a
+  worker checks them before a job and every second while it runs one), and the engine's
+  ``epoch``, whose loss means the broker lost everything: the engine makes the streams again
+  and sends again the jobs it awaits;
+- adoption: a starting engine takes stock of the jobs and results the broker holds, and the
+  runs it resumes take them over instead of sending new attempts;
 - backpressure: ``put`` waits while ``max_pending`` jobs are waiting or running; nothing is
   ever dropped or trimmed;
-- a broker that goes away makes the loops wait and retry (logged), never die.
+- a broker that goes away makes the loops wait and retry (logged), never die; health says
+  since when it is unreachable.
 """
 
 from __future__ import annotations
@@ -103,7 +115,10 @@ def redact(url: str) -> str:
         userinfo, _, host = netloc.rpartition("@")
         user, sep, _password = userinfo.partition(":")
         netloc = f"{user}:***@{host}" if sep else f"***@{host}"
-    query = [(k, "***" if any(s in k.lower() for s in _SECRET_PARAMS) else v) for k, v in parse_qsl(parts.query)]
+    query = [
+        (k, "***" if k not in OPTION_NAMES and any(s in k.lower() for s in _SECRET_PARAMS) else v)
+        for k, v in parse_qsl(parts.query)
+    ]
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
 
 
@@ -659,7 +674,7 @@ class BrokerQueue(ABC):
             await asyncio.sleep(WATCH_S)
             try:
                 async with asyncio.timeout(WATCH_S * 2):
-                    await self._check()
+                    lost = await self._check()
             except (TimeoutError, *self.broker_errors) as exc:
                 if self._lost(exc):
                     await self._quietly("recreating the queue's streams", self._ensure())
@@ -669,10 +684,13 @@ class BrokerQueue(ABC):
             if self._down_since is not None:
                 log.warning("the %s broker at %s is reachable again", self.kind, self.url)
                 self._down_since, self._down_error = None, ""
+            if lost:  # not within the check's time limit: sending many jobs again may take a while
+                await self._recover()
 
-    async def _check(self) -> None:
+    async def _check(self) -> bool:
+        """Whether the broker lost the engine's state (its ``epoch`` is gone)."""
         if self._epoch is not None and (await self._state_get(["epoch"]))[0] is None:
-            await self._recover()
+            return True
         self._backlog = await self._count_backlog()
         runs = sorted({d.job.run_id for d in self._held.values()} - self._cancels_heard.keys())
         if runs:
@@ -680,8 +698,11 @@ class BrokerQueue(ABC):
             for run_id, tag in zip(runs, tags, strict=True):
                 if tag == self._signer.tag("cancel", run_id):
                     self._cancelled(run_id)
+        return False
 
     async def _recover(self) -> None:
+        """Make the streams again and send every awaited job again; the ``epoch`` is marked
+        last, so a recovery cut short by another outage is done again in full."""
         jobs = list(self._resend.values())
         log.warning(
             "the %s broker at %s lost the queue's state (restarted without persistence?): recreating it "
@@ -690,10 +711,10 @@ class BrokerQueue(ABC):
             self.url,
             len(jobs),
         )
-        await self._ensure()
-        await self._state_set({"epoch": self._epoch})
+        await self._retrying("recreating the queue's streams", self._ensure)
         for job in jobs:
             await self.put(job)
+        await self._retrying("marking the broker", lambda: self._state_set({"epoch": self._epoch}))
 
 
 def _stop_if_cancelled() -> None:
