@@ -26,7 +26,9 @@ pytestmark = pytest.mark.timeout(60)
 RUNNER = Path(__file__).parent / "support" / "run_workflow.py"
 
 
-async def test_runs_finish_after_the_broker_restarts_without_its_data(broker: BrokerProcess, tmp_path: Path) -> None:
+async def test_runs_finish_after_the_broker_restarts_without_its_data(
+    broker: BrokerProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Redis without persistence (as the README runs it), or a JetStream on an empty store:
     streams, groups and consumers are gone; the queue makes them again and the engine sends
     again the jobs it waits for."""
@@ -46,6 +48,7 @@ async def test_runs_finish_after_the_broker_restarts_without_its_data(broker: Br
 
     assert [run.status for run in runs] == ["succeeded"] * 4, [run.error for run in runs]
     assert {run.outputs["out"] for run in runs} == {"done\n"}
+    assert "lost the queue's state (restarted without persistence?)" in caplog.text
 
 
 async def test_a_step_that_kills_its_worker_fails_as_worker_lost_after_max_deliveries(

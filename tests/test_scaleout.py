@@ -373,6 +373,21 @@ async def test_the_jupyter_server_runs_a_workflow_through_the_broker_and_a_worke
     assert health["queue"]["backlog"] == 0
 
 
+async def test_the_jupyter_servers_health_is_degraded_while_its_broker_is_down(
+    api: Api, broker: BrokerProcess, clarion_traits: dict[str, Any]
+) -> None:
+    assert (await api("GET", "health")).body["status"] == "ok"
+    broker.stop()
+    async with asyncio.timeout(10):
+        while (reply := await api("GET", "health")).body["status"] != "degraded":
+            await asyncio.sleep(0.1)
+
+    assert reply.status == 200  # the server itself still answers; runs wait for the broker
+    assert reply.body["queue"]["up"] is False
+    assert reply.body["queue"]["url"] == broker.url
+    assert reply.body["queue"]["down_since"].endswith("+00:00")
+
+
 @pytest.mark.clarion(queue_url="redis://:hunter2@127.0.0.1:9/0")
 async def test_a_jupyter_server_whose_broker_is_unreachable_answers_503_naming_it(api: Api) -> None:
     reply = await api("GET", "health")

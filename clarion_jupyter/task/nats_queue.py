@@ -70,7 +70,7 @@ class NatsQueue(BrokerQueue):
         nats.errors.OutboundBufferLimitError,
         nats.js.errors.ServiceUnavailableError,
     )
-    broker_errors = (nats.errors.Error,)
+    broker_errors = (nats.errors.Error, OSError)
 
     def __init__(self, url: str, max_pending: int | None = None) -> None:
         super().__init__(url, max_pending)
