@@ -301,6 +301,7 @@ class BrokerQueue(ABC):
         self._stock: dict[str, _Held] = {}
         """Engine side: what :meth:`take_stock` found in the broker and no run adopted yet."""
         self._epoch: bytes | None = None
+        self._epoch_marked = 0.0
         self._cancel_callbacks: list[Callable[[str], None]] = []
         self._cancels_heard: OrderedDict[str, None] = OrderedDict()
         self._background: list[asyncio.Task[None]] = []
@@ -481,7 +482,7 @@ class BrokerQueue(ABC):
             if result is not None and result.kind != "progress":
                 self._stock.setdefault(result.job_id, _Held(result.nonce))
         self._epoch = secrets.token_hex(8).encode()
-        await self._retrying("marking the broker", lambda: self._state_set({"epoch": self._epoch}))
+        await self._retrying("marking the broker", self._mark_epoch)
         if self._stock:
             log.info("%s holds %d job(s) from before this start", self.url, len(self._stock))
 
@@ -689,8 +690,11 @@ class BrokerQueue(ABC):
 
     async def _check(self) -> bool:
         """Whether the broker lost the engine's state (its ``epoch`` is gone)."""
-        if self._epoch is not None and (await self._state_get(["epoch"]))[0] is None:
-            return True
+        if self._epoch is not None:
+            if (await self._state_get(["epoch"]))[0] is None:
+                return True
+            if time.monotonic() - self._epoch_marked > STATE_TTL_S / 2:  # before it expires like any record
+                await self._mark_epoch()
         self._backlog = await self._count_backlog()
         runs = sorted({d.job.run_id for d in self._held.values()} - self._cancels_heard.keys())
         if runs:
@@ -714,7 +718,11 @@ class BrokerQueue(ABC):
         await self._retrying("recreating the queue's streams", self._ensure)
         for job in jobs:
             await self.put(job)
-        await self._retrying("marking the broker", lambda: self._state_set({"epoch": self._epoch}))
+        await self._retrying("marking the broker", self._mark_epoch)
+
+    async def _mark_epoch(self) -> None:
+        await self._state_set({"epoch": self._epoch})
+        self._epoch_marked = time.monotonic()
 
 
 def _stop_if_cancelled() -> None:
