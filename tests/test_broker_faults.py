@@ -123,6 +123,21 @@ async def test_a_cancel_sent_while_a_worker_is_cut_off_stops_its_step_once_it_is
     assert stopped_after < 6, worker.log()[-2000:]
 
 
+async def test_a_worker_started_after_a_cancel_does_not_run_the_cancelled_runs_queued_job(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    async with engine_on(broker, tmp_path) as engine:
+        run_id = await engine.submit({"name": "late", "steps": [shell("touch", "touch made-it")]})
+        await until(lambda: engine.health()["queue"]["backlog"] == 1, timeout=10)
+        await engine.cancel(run_id)  # nobody hears the broadcast: no worker runs yet
+        run = await asyncio.wait_for(engine.wait(run_id), 10)
+        async with WorkerProcess(broker.url, tmp_path):
+            await until(lambda: engine.health()["queue"]["backlog"] == 0, timeout=15)
+
+    assert run.status == "cancelled"
+    assert not (tmp_path / "made-it").exists()
+
+
 async def test_after_an_engine_sigkill_no_queued_job_runs_twice(broker: BrokerProcess, tmp_path: Path) -> None:
     """The killed engine's jobs are still in the broker (queued, or running on the worker):
     the restarted engine adopts them instead of sending new attempts."""
