@@ -18,6 +18,7 @@ import pytest
 from broker_support import RUN_TIMEOUT_S, alive, broker, engine_on, finish, queue_secret, shell, step, until
 from prometheus_client import REGISTRY
 
+from clarion_jupyter.core.protocol import EventType
 from clarion_jupyter.testing.brokers import BrokerProcess, TcpProxy, WorkerProcess
 
 __all__ = ["broker", "queue_secret"]  # fixtures, used by name
@@ -93,7 +94,7 @@ async def test_a_worker_lost_attempt_counts_against_the_steps_retry(broker: Brok
     assert run.status == "failed"
     assert step(run, "poison").attempt == 2
     assert step(run, "poison").error["code"] == "worker_lost"
-    assert ("step_retrying", 1) in events
+    assert (EventType.step_retrying, 1) in events
 
 
 async def test_a_cancel_sent_while_a_worker_is_cut_off_stops_its_step_once_it_is_back(
