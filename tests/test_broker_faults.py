@@ -18,6 +18,7 @@ import pytest
 from broker_support import RUN_TIMEOUT_S, alive, broker, engine_on, finish, queue_secret, shell, step, until
 from prometheus_client import REGISTRY
 
+from clarion_jupyter.core.protocol import EventType
 from clarion_jupyter.testing.brokers import BrokerProcess, TcpProxy, WorkerProcess
 
 __all__ = ["broker", "queue_secret"]  # fixtures, used by name
@@ -26,7 +27,9 @@ pytestmark = pytest.mark.timeout(60)
 RUNNER = Path(__file__).parent / "support" / "run_workflow.py"
 
 
-async def test_runs_finish_after_the_broker_restarts_without_its_data(broker: BrokerProcess, tmp_path: Path) -> None:
+async def test_runs_finish_after_the_broker_restarts_without_its_data(
+    broker: BrokerProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Redis without persistence (as the README runs it), or a JetStream on an empty store:
     streams, groups and consumers are gone; the queue makes them again and the engine sends
     again the jobs it waits for."""
@@ -46,6 +49,7 @@ async def test_runs_finish_after_the_broker_restarts_without_its_data(broker: Br
 
     assert [run.status for run in runs] == ["succeeded"] * 4, [run.error for run in runs]
     assert {run.outputs["out"] for run in runs} == {"done\n"}
+    assert "lost the queue's state (restarted without persistence?)" in caplog.text
 
 
 async def test_a_step_that_kills_its_worker_fails_as_worker_lost_after_max_deliveries(
@@ -90,7 +94,7 @@ async def test_a_worker_lost_attempt_counts_against_the_steps_retry(broker: Brok
     assert run.status == "failed"
     assert step(run, "poison").attempt == 2
     assert step(run, "poison").error["code"] == "worker_lost"
-    assert ("step_retrying", 1) in events
+    assert (EventType.step_retrying, 1) in events
 
 
 async def test_a_cancel_sent_while_a_worker_is_cut_off_stops_its_step_once_it_is_back(
@@ -118,6 +122,21 @@ async def test_a_cancel_sent_while_a_worker_is_cut_off_stops_its_step_once_it_is
 
     assert run.status == "cancelled"
     assert stopped_after < 6, worker.log()[-2000:]
+
+
+async def test_a_worker_started_after_a_cancel_does_not_run_the_cancelled_runs_queued_job(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    async with engine_on(broker, tmp_path) as engine:
+        run_id = await engine.submit({"name": "late", "steps": [shell("touch", "touch made-it")]})
+        await until(lambda: engine.health()["queue"]["backlog"] == 1, timeout=10)
+        await engine.cancel(run_id)  # nobody hears the broadcast: no worker runs yet
+        run = await asyncio.wait_for(engine.wait(run_id), 10)
+        async with WorkerProcess(broker.url, tmp_path):
+            await until(lambda: engine.health()["queue"]["backlog"] == 0, timeout=15)
+
+    assert run.status == "cancelled"
+    assert not (tmp_path / "made-it").exists()
 
 
 async def test_after_an_engine_sigkill_no_queued_job_runs_twice(broker: BrokerProcess, tmp_path: Path) -> None:

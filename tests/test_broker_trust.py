@@ -31,6 +31,10 @@ __all__ = ["broker", "queue_secret"]  # fixtures, used by name
 pytestmark = pytest.mark.timeout(60)
 
 
+FIELD = {"jobs": "job", "results": "result"}
+"""The Redis stream entry's field that holds the message."""
+
+
 class Forger:
     """Writes to a broker's job and result streams directly, and reads what they hold."""
 
@@ -41,7 +45,7 @@ class Forger:
     async def add(self, stream: str, data: bytes) -> None:
         if self.broker.kind == "redis":
             client = aioredis.from_url(self.broker.url)
-            await client.xadd(f"{self.prefix}:{stream}", {stream.rstrip("s"): data})
+            await client.xadd(f"{self.prefix}:{stream}", {FIELD[stream]: data})
             await client.aclose()
         else:
             client = await nats.connect(self.broker.url)
@@ -54,7 +58,7 @@ class Forger:
             client = aioredis.from_url(self.broker.url)
             entries = await client.xrange(f"{self.prefix}:{stream}")
             await client.aclose()
-            return [fields[stream.rstrip("s").encode()] for _, fields in entries]
+            return [fields[FIELD[stream].encode()] for _, fields in entries]
         client = await nats.connect(self.broker.url)
         js = client.jetstream()
         state = (await js.stream_info(f"{self.prefix}_{stream}")).state

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker_support import RUN_TIMEOUT_S, alive, broker, engine_on, finish, queue_secret, shell, step, until
+from broker_support import RUN_TIMEOUT_S, SECRET_ENV, alive, broker, engine_on, finish, queue_secret, shell, step, until
 from conftest_server import Api, create_workflow, start_run, wait_run
 
 from clarion_jupyter import Engine
@@ -373,6 +373,21 @@ async def test_the_jupyter_server_runs_a_workflow_through_the_broker_and_a_worke
     assert health["queue"]["backlog"] == 0
 
 
+async def test_the_jupyter_servers_health_is_degraded_while_its_broker_is_down(
+    api: Api, broker: BrokerProcess, clarion_traits: dict[str, Any]
+) -> None:
+    assert (await api("GET", "health")).body["status"] == "ok"
+    broker.stop()
+    async with asyncio.timeout(10):
+        while (reply := await api("GET", "health")).body["status"] != "degraded":
+            await asyncio.sleep(0.1)
+
+    assert reply.status == 200  # the server itself still answers; runs wait for the broker
+    assert reply.body["queue"]["up"] is False
+    assert reply.body["queue"]["url"] == broker.url
+    assert reply.body["queue"]["down_since"].endswith("+00:00")
+
+
 @pytest.mark.clarion(queue_url="redis://:hunter2@127.0.0.1:9/0")
 async def test_a_jupyter_server_whose_broker_is_unreachable_answers_503_naming_it(api: Api) -> None:
     reply = await api("GET", "health")
@@ -383,3 +398,18 @@ async def test_a_jupyter_server_whose_broker_is_unreachable_answers_503_naming_i
     assert "cannot reach the redis broker at redis://:***@127.0.0.1:9/0" in reply.body["error"]["message"]
     assert "hunter2" not in json.dumps(reply.body)
     assert (await api("GET", "runs")).status == 503
+
+
+@pytest.fixture
+def without_queue_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SECRET_ENV)
+
+
+async def test_a_jupyter_server_on_a_broker_without_the_secret_answers_503_saying_how_to_set_it(
+    without_queue_secret: None, api: Api, broker: BrokerProcess
+) -> None:
+    reply = await api("GET", "health")
+
+    assert reply.status == 503
+    assert reply.body["error"]["code"] == "queue_unavailable"
+    assert f"set the environment variable {SECRET_ENV}" in reply.body["error"]["message"]

@@ -4,17 +4,29 @@ A broker queue is the local queue's protocol stretched across processes: the eng
 jobs and reads results, ``clarion worker`` processes anywhere consume jobs and report
 results. Both brokers give the same guarantees, so the machinery for them lives here once:
 
-- the URL's own query parameters (``prefix``, ``visibility_timeout``, ``max_pending``), taken
-  out before the URL reaches the client library, and the URL as shown (password masked);
-- the wire format: a job or a result is one JSON document;
+- the URL's own query parameters (``prefix``, ``visibility_timeout``, ``max_pending``,
+  ``max_deliveries``, ``secret_env``), taken out before the URL reaches the client library,
+  and the URL as shown (password masked);
+- the wire format: every job, result, progress message and cancel is one canonical JSON
+  document signed with the shared secret (:class:`Signer`); what is not signed with it, a
+  job that already ran, a result for a job the engine does not await, or a progress message
+  carrying an event only the engine may record is dropped and counted (``dropped``);
 - at-least-once bookkeeping: the jobs a worker holds are kept from being redelivered while
   they run (touched every third of the visibility timeout, so only a dead worker's jobs go
   to others), and are given back when the worker stops, so another worker takes them at once;
   a batch of results is acked only when the engine asks for the next one, i.e. once it has
   taken them, so an engine that dies in between reads them again;
+- state records in the broker: each job's deliveries (past ``max_deliveries`` lost workers
+  its step fails, ``worker_lost``), finished jobs (a replay is refused), cancelled runs (a
+  worker checks them before a job and every second while it runs one), and the engine's
+  ``epoch``, whose loss means the broker lost everything: the engine makes the streams again
+  and sends again the jobs it awaits;
+- adoption: a starting engine takes stock of the jobs and results the broker holds, and the
+  runs it resumes take them over instead of sending new attempts;
 - backpressure: ``put`` waits while ``max_pending`` jobs are waiting or running; nothing is
   ever dropped or trimmed;
-- a broker that goes away makes the loops wait and retry (logged), never die.
+- a broker that goes away makes the loops wait and retry (logged), never die; health says
+  since when it is unreachable.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ from abc import ABC, abstractmethod
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -102,7 +115,10 @@ def redact(url: str) -> str:
         userinfo, _, host = netloc.rpartition("@")
         user, sep, _password = userinfo.partition(":")
         netloc = f"{user}:***@{host}" if sep else f"***@{host}"
-    query = [(k, "***" if any(s in k.lower() for s in _SECRET_PARAMS) else v) for k, v in parse_qsl(parts.query)]
+    query = [
+        (k, "***" if k not in OPTION_NAMES and any(s in k.lower() for s in _SECRET_PARAMS) else v)
+        for k, v in parse_qsl(parts.query)
+    ]
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
 
 
@@ -239,6 +255,16 @@ def encode_result(result: JobResult) -> bytes:
         )
 
 
+@dataclass(slots=True)
+class _Held:
+    """A job the broker held when the engine started: its nonce, the job if it was still
+    there (to send again should the broker lose it), whether its result was read already."""
+
+    nonce: str
+    job: Job | None = None
+    answered: bool = False
+
+
 class Unreachable(Exception):
     """Raised by a queue's ``_connect`` when the broker does not answer; the message says why."""
 
@@ -272,9 +298,10 @@ class BrokerQueue(ABC):
         """Engine side: the nonce of every job whose result is awaited, by job id."""
         self._resend: dict[str, Job] = {}
         """Engine side: the jobs awaited that a broker which lost its state must be sent again."""
-        self._stock: dict[str, tuple[str, Job | None]] = {}
+        self._stock: dict[str, _Held] = {}
         """Engine side: what :meth:`take_stock` found in the broker and no run adopted yet."""
         self._epoch: bytes | None = None
+        self._epoch_marked = 0.0
         self._cancel_callbacks: list[Callable[[str], None]] = []
         self._cancels_heard: OrderedDict[str, None] = OrderedDict()
         self._background: list[asyncio.Task[None]] = []
@@ -449,13 +476,13 @@ class BrokerQueue(ABC):
         for data in jobs:
             job = self._opened("job", data, decode_job)
             if job is not None:
-                self._stock[job.id] = (job.nonce, job)
+                self._stock[job.id] = _Held(job.nonce, job)
         for data in results:
             result = self._opened("result", data, decode_result)
             if result is not None and result.kind != "progress":
-                self._stock.setdefault(result.job_id, (result.nonce, None))
+                self._stock.setdefault(result.job_id, _Held(result.nonce))
         self._epoch = secrets.token_hex(8).encode()
-        await self._retrying("marking the broker", lambda: self._state_set({"epoch": self._epoch}))
+        await self._retrying("marking the broker", self._mark_epoch)
         if self._stock:
             log.info("%s holds %d job(s) from before this start", self.url, len(self._stock))
 
@@ -464,9 +491,10 @@ class BrokerQueue(ABC):
         found = self._stock.pop(jid, None)
         if found is None:
             return False
-        self._awaited[jid], job = found
-        if job is not None:
-            self._resend[jid] = job
+        if not found.answered:
+            self._awaited[jid] = found.nonce
+            if found.job is not None:
+                self._resend[jid] = found.job
         return True
 
     def health(self) -> dict[str, Any]:
@@ -518,6 +546,12 @@ class BrokerQueue(ABC):
         result = self._opened("result", data, decode_result)
         if result is None:
             return None
+        held = self._stock.get(result.job_id)
+        if held is not None and held.nonce == result.nonce:
+            # Results are read while resumed runs still adopt their jobs: one found at the start
+            # goes to its run's inbox, where the adopting execution takes it.
+            held.answered |= result.kind != "progress"
+            return result
         if self._awaited.get(result.job_id) != result.nonce:
             self._drop("result", "not_awaited")
             return None
@@ -641,7 +675,7 @@ class BrokerQueue(ABC):
             await asyncio.sleep(WATCH_S)
             try:
                 async with asyncio.timeout(WATCH_S * 2):
-                    await self._check()
+                    lost = await self._check()
             except (TimeoutError, *self.broker_errors) as exc:
                 if self._lost(exc):
                     await self._quietly("recreating the queue's streams", self._ensure())
@@ -651,10 +685,16 @@ class BrokerQueue(ABC):
             if self._down_since is not None:
                 log.warning("the %s broker at %s is reachable again", self.kind, self.url)
                 self._down_since, self._down_error = None, ""
+            if lost:  # not within the check's time limit: sending many jobs again may take a while
+                await self._recover()
 
-    async def _check(self) -> None:
-        if self._epoch is not None and (await self._state_get(["epoch"]))[0] is None:
-            await self._recover()
+    async def _check(self) -> bool:
+        """Whether the broker lost the engine's state (its ``epoch`` is gone)."""
+        if self._epoch is not None:
+            if (await self._state_get(["epoch"]))[0] is None:
+                return True
+            if time.monotonic() - self._epoch_marked > STATE_TTL_S / 2:  # before it expires like any record
+                await self._mark_epoch()
         self._backlog = await self._count_backlog()
         runs = sorted({d.job.run_id for d in self._held.values()} - self._cancels_heard.keys())
         if runs:
@@ -662,8 +702,11 @@ class BrokerQueue(ABC):
             for run_id, tag in zip(runs, tags, strict=True):
                 if tag == self._signer.tag("cancel", run_id):
                     self._cancelled(run_id)
+        return False
 
     async def _recover(self) -> None:
+        """Make the streams again and send every awaited job again; the ``epoch`` is marked
+        last, so a recovery cut short by another outage is done again in full."""
         jobs = list(self._resend.values())
         log.warning(
             "the %s broker at %s lost the queue's state (restarted without persistence?): recreating it "
@@ -672,10 +715,14 @@ class BrokerQueue(ABC):
             self.url,
             len(jobs),
         )
-        await self._ensure()
-        await self._state_set({"epoch": self._epoch})
+        await self._retrying("recreating the queue's streams", self._ensure)
         for job in jobs:
             await self.put(job)
+        await self._retrying("marking the broker", self._mark_epoch)
+
+    async def _mark_epoch(self) -> None:
+        await self._state_set({"epoch": self._epoch})
+        self._epoch_marked = time.monotonic()
 
 
 def _stop_if_cancelled() -> None:

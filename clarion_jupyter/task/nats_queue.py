@@ -70,7 +70,7 @@ class NatsQueue(BrokerQueue):
         nats.errors.OutboundBufferLimitError,
         nats.js.errors.ServiceUnavailableError,
     )
-    broker_errors = (nats.errors.Error,)
+    broker_errors = (nats.errors.Error, OSError)
 
     def __init__(self, url: str, max_pending: int | None = None) -> None:
         super().__init__(url, max_pending)
@@ -242,16 +242,22 @@ class NatsQueue(BrokerQueue):
         return (await self._js.stream_info(self._jobs_stream)).state.messages
 
     async def _scan(self) -> tuple[list[bytes], list[bytes]]:
-        return await self._messages(self._jobs_stream), await self._messages(self._results_stream)
+        return (
+            await self._messages(self._jobs_stream, self._jobs_subject),
+            await self._messages(self._results_stream, self._results_subject),
+        )
 
-    async def _messages(self, stream: str) -> list[bytes]:
-        """Every message a work-queue stream holds (acked ones are gone), read by sequence."""
-        state = (await self._js.stream_info(stream)).state
-        found = []
-        for seq in range(state.first_seq, state.last_seq + 1 if state.messages else state.first_seq):
-            with suppress(nats.js.errors.NotFoundError):
-                found.append((await self._js.get_msg(stream, seq)).data)
-        return found
+    async def _messages(self, stream: str, subject: str) -> list[bytes]:
+        """Every message a work-queue stream holds (acked ones are gone), each found as the
+        next one after the last, so the gaps acks leave cost nothing."""
+        found, seq = [], 1
+        while True:
+            try:
+                message = await self._js.get_msg(stream, seq=seq, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                return found
+            found.append(message.data)
+            seq = message.seq + 1
 
     async def _state_get(self, names: list[str]) -> list[bytes | None]:
         values: list[bytes | None] = []

@@ -136,4 +136,6 @@ class Queue(Protocol):
         awaited as if this engine had sent it, and it must not be sent again."""
 
     def health(self) -> dict[str, Any]:
-        """``kind``, ``url`` (no password), ``backlog`` (jobs waiting or running, when known), ..."""
+        """``kind``, ``url`` (no password), ``backlog`` (jobs waiting or running, when known), ...;
+        a broker queue also ``up`` (False: ``down_since`` and ``error`` say since when and why)
+        and ``dropped`` (messages refused, by reason)."""
