@@ -11,6 +11,8 @@ from clarion_jupyter.testing.browser import open_lab
 
 SIDEBAR_TAB = "li.lm-TabBar-tab[data-id='clarion-sidebar']"
 SIDEBAR = "#clarion-sidebar"
+DETAIL = ".jp-MainAreaWidget:not(.lm-mod-hidden) .clarion-RunDetail"
+"""The run detail in front (Lab restores the run tabs a page had open: the others are hidden)."""
 
 
 async def open_sidebar(browser: Any, server: Any, tab: str = "Runs") -> Any:
