@@ -19,7 +19,7 @@ import { WorkflowEditor, yamlOf } from './editor';
 import { TERMINAL_RUN, WorkflowRun } from './protocol';
 import { RunModel } from './run';
 import { RunDetailWidget } from './runtab';
-import { runTitle } from './runtitle';
+import { AGENT_RUN_WORKFLOW, runTitle } from './runtitle';
 import { ClarionSidebar } from './sidebar';
 import { Tab } from './sidebarstate';
 
@@ -106,6 +106,7 @@ export function addCommands(parts: IClarionParts): void {
   const runIdOf = (args: ReadonlyPartialJSONObject): string =>
     String(args.runId ?? runs.currentWidget?.model.runId ?? '');
   const workflowItems = (): [string, string][] => (controller.workflows ?? []).map(w => [w.id, w.name]);
+  const deletableItems = (): [string, string][] => workflowItems().filter(([id]) => id !== AGENT_RUN_WORKFLOW);
   const agentItems = (): [string, string][] => (controller.agents ?? []).map(a => [a.id, a.name]);
   const knownRun = async (runId: string): Promise<WorkflowRun> =>
     runs.find(w => w.model.runId === runId)?.model.run ?? controller.runs.get(runId) ?? api.getRun(runId);
@@ -153,6 +154,20 @@ export function addCommands(parts: IClarionParts): void {
       const existing = runs.find(w => w.model.runId === runId);
       if (existing) {
         shell.activateById(existing.id);
+        return;
+      }
+      // A tab Lab restores may be of a run deleted since: no tab for it, a word instead.
+      const gone = await api.getRun(runId).then(
+        () => false,
+        (error: ApiError) => error.status === 404
+      );
+      if (gone) {
+        Notification.warning(`Run ${runId} no longer exists: it was deleted.`, { autoClose: 5000 });
+        return;
+      }
+      const opened = runs.find(w => w.model.runId === runId); // by a click while we asked
+      if (opened) {
+        shell.activateById(opened.id);
         return;
       }
       const widget = new RunDetailWidget(new RunModel(api, runId), runActions, services, icon);
@@ -287,7 +302,7 @@ export function addCommands(parts: IClarionParts): void {
     label: 'Clarion: Delete Workflow…',
     icon: deleteIcon,
     execute: async args => {
-      const id = String(args.id ?? '') || (await pick('Delete which workflow?', workflowItems()));
+      const id = String(args.id ?? '') || (await pick('Delete which workflow?', deletableItems()));
       const workflow = controller.workflows?.find(w => w.id === id);
       if (!id || !(await confirm('Delete this workflow?', `${workflow?.name ?? id} (${id}). Its finished runs stay in the Runs list.`, 'Delete'))) {
         return;

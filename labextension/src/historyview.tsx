@@ -3,7 +3,7 @@
  * scroll as fast as 10), with status and workflow filters and the deletion of the finished
  * runs they select; the next page is fetched as the end comes into sight.
  */
-import { UseSignal } from '@jupyterlab/ui-components';
+import { UseSignal, deleteIcon } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
 import { ErrorMessage, StatusBadge, formatCost, formatDuration, formatTime, runDuration, useNow } from './common';
@@ -86,12 +86,13 @@ function HistoryBody({
           </select>
         </label>
         <button
-          className="jp-mod-styled jp-mod-reject clarion-Small clarion-DeleteFinished"
-          title="Delete the finished runs these filters select"
+          className="jp-Button jp-mod-minimal clarion-DeleteFinished"
+          title="Delete the finished runs these filters select…"
+          aria-label="Delete the finished runs these filters select"
           disabled={!model.runs.some(run => TERMINAL_RUN.has(run.status))}
           onClick={actions.deleteFinished}
         >
-          Delete finished…
+          <deleteIcon.react tag="span" height="16px" width="16px" />
         </button>
       </div>
       {model.error && <ErrorMessage message={model.error} onRetry={() => void model.reload()} />}

@@ -28,7 +28,7 @@ export class RunNotifier {
     private readonly _settings: ClarionSettings,
     private readonly _open: (runId: string) => void
   ) {
-    _controller.event.connect((_, event) => this._told(event));
+    _controller.event.connect((_, event) => void this._told(event));
   }
 
   /** A run this Lab started: its end and its approvals are notified. */
@@ -36,7 +36,7 @@ export class RunNotifier {
     this._watched.add(runId);
   }
 
-  private _told(event: ClarionEvent): void {
+  private async _told(event: ClarionEvent): Promise<void> {
     const told = TOLD[event.type];
     if (!told || !this._watched.has(event.run_id)) {
       return;
@@ -48,7 +48,9 @@ export class RunNotifier {
       return;
     }
     const [kind, what] = told;
-    const run = this._controller.runs.get(event.run_id);
+    // A run just started may not be in the list yet (or is filtered out of it): its document names it.
+    const run =
+      this._controller.runs.get(event.run_id) ?? (await this._controller.api.getRun(event.run_id).catch(() => null));
     const name = run ? runTitle(run, this._controller.agents) : `Run ${event.run_id.slice(-8)}`;
     const step = event.type === EventType.approval_requested && event.step_id ? ` (step ${event.step_id})` : '';
     Notification.emit(`Clarion: ${name} ${what}${step}`, kind, {

@@ -8,6 +8,7 @@ import * as React from 'react';
 import { ApiError, ClarionApi } from './api';
 import { ErrorMessage } from './common';
 import { InputSpec, WorkflowDocument } from './protocol';
+import { AGENT_RUN_WORKFLOW } from './runtitle';
 
 export function WorkflowsView({
   api,
@@ -69,14 +70,16 @@ export function WorkflowsView({
             <button className="jp-mod-styled clarion-Small" onClick={() => onEdit(workflow.id)}>
               Edit as YAML
             </button>
-            <button
-              className="jp-mod-styled jp-mod-reject clarion-Small"
-              aria-label={`Delete ${workflow.name}`}
-              title="Delete this workflow (its finished runs stay)"
-              onClick={() => onDelete(workflow.id)}
-            >
-              Delete
-            </button>
+            {workflow.id !== AGENT_RUN_WORKFLOW && (
+              <button
+                className="jp-mod-styled jp-mod-reject clarion-Small"
+                aria-label={`Delete ${workflow.name}`}
+                title="Delete this workflow (its finished runs stay)"
+                onClick={() => onDelete(workflow.id)}
+              >
+                Delete
+              </button>
+            )}
           </div>
           {workflow.description && <div className="clarion-Muted">{workflow.description}</div>}
           {open === workflow.id && (

@@ -81,3 +81,28 @@ async def change_theme(page: Any, theme: str) -> None:
     light = "true" if "Light" in theme else "false"
     await page.wait_for_function(f"document.body.dataset.jpThemeLight === '{light}'")
     await page.wait_for_selector("#jupyterlab-splash", state="detached")
+
+
+async def confirm_dialog(page: Any, button: str = "Delete") -> str:
+    """Lab's confirmation dialog: its text, once ``button`` was pressed."""
+    dialog = page.locator(".jp-Dialog")
+    await dialog.wait_for()
+    text = await dialog.inner_text()
+    await dialog.locator(f".jp-Dialog-button:has-text('{button}')").click()
+    await dialog.wait_for(state="detached")
+    return text
+
+
+async def open_palette(page: Any, query: str) -> None:
+    """View > Activate Command Palette, then ``query`` typed into it."""
+    await page.click(".lm-MenuBar-itemLabel:text-is('View')")
+    await page.click(".lm-Menu-itemLabel:text-is('Activate Command Palette')")
+    await page.fill(".lm-CommandPalette-input", query)
+
+
+async def run_command(page: Any, label: str) -> None:
+    """Runs a command from Lab's command palette, by its label, as a user would."""
+    await open_palette(page, label)
+    first = page.locator(".lm-CommandPalette-item.lm-mod-active .lm-CommandPalette-itemLabel")
+    assert await first.inner_text() == label
+    await page.keyboard.press("Enter")

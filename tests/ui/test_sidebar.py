@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import urllib.error
-
-import yaml
-
 from clarion_jupyter.testing.browser import DARK_THEME, chromium
 
-from .conftest import api, wait_for_run
+from .conftest import api, save, wait_for_run
 from .flows import run_agent_and_apply
 from .pages import (
     DETAIL,
@@ -54,17 +49,6 @@ BROKEN = {
         {"id": "after", "task": "echo", "with": {"value": "never"}},
     ],
 }
-
-
-def save(lab, doc: dict | str) -> None:
-    """Creates or replaces a workflow (the module's tests share one server)."""
-    workflow_id = (yaml.safe_load(doc) if isinstance(doc, str) else doc)["id"]
-    with contextlib.suppress(urllib.error.HTTPError):
-        api(lab, "DELETE", f"workflows/{workflow_id}")
-    if isinstance(doc, str):
-        api(lab, "POST", "workflows", yaml=doc)
-    else:
-        api(lab, "POST", "workflows", doc)
 
 
 async def test_sidebar_opens_on_its_three_views(lab, shots) -> None:
