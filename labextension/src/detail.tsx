@@ -34,33 +34,19 @@ export interface IRunServices {
   agents(): Agent[] | null;
 }
 
-export function RunDetail({
-  model,
-  actions,
-  services
-}: {
+interface IRunDetailProps {
   model: RunModel;
   actions: IRunActions;
   services: IRunServices;
-}): JSX.Element {
+}
+
+export function RunDetail(props: IRunDetailProps): JSX.Element {
   return (
-    <UseSignal signal={model.changed}>
-      {() => <RunDetailBody model={model} run={model.run} actions={actions} services={services} />}
-    </UseSignal>
+    <UseSignal signal={props.model.changed}>{() => <RunDetailBody {...props} run={props.model.run} />}</UseSignal>
   );
 }
 
-function RunDetailBody({
-  model,
-  run,
-  actions,
-  services
-}: {
-  model: RunModel;
-  run: WorkflowRun | null;
-  actions: IRunActions;
-  services: IRunServices;
-}): JSX.Element {
+function RunDetailBody({ model, run, actions, services }: IRunDetailProps & { run: WorkflowRun | null }): JSX.Element {
   const [selected, setSelected] = React.useState<string | null>(null);
   const [actionError, setActionError] = React.useState<string | null>(null);
   const now = useNow(run !== null && !isTerminal(run));

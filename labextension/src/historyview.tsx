@@ -20,71 +20,34 @@ export interface IHistoryActions {
   deleteFinished(): void;
 }
 
-export function HistoryView({
-  model,
-  workflows,
-  agents,
-  actions
-}: {
+interface IHistoryProps {
   model: RunHistory;
   workflows: WorkflowDocument[];
   agents: Agent[] | null;
   actions: IHistoryActions;
-}): JSX.Element {
-  return (
-    <UseSignal signal={model.changed}>
-      {() => <HistoryBody model={model} workflows={workflows} agents={agents} actions={actions} />}
-    </UseSignal>
-  );
 }
 
-function HistoryBody({
-  model,
-  workflows,
-  agents,
-  actions
-}: {
-  model: RunHistory;
-  workflows: WorkflowDocument[];
-  agents: Agent[] | null;
-  actions: IHistoryActions;
-}): JSX.Element {
+export function HistoryView(props: IHistoryProps): JSX.Element {
+  return <UseSignal signal={props.model.changed}>{() => <HistoryBody {...props} />}</UseSignal>;
+}
+
+function HistoryBody({ model, workflows, agents, actions }: IHistoryProps): JSX.Element {
   const filter = model.filter;
   return (
     <div className="clarion-RunsView">
       <div className="clarion-Filters">
-        <label>
-          <span className="clarion-Label">Status</span>
-          <select
-            className="jp-mod-styled"
-            aria-label="Filter by status"
-            value={filter.status ?? ''}
-            onChange={e => void model.setFilter({ ...filter, status: e.target.value || undefined })}
-          >
-            <option value="">all</option>
-            {Object.values(RunStatus).map(status => (
-              <option key={status} value={status}>
-                {status}
-              </option>
-            ))}
-          </select>
-        </label>
-        <label>
-          <span className="clarion-Label">Workflow</span>
-          <select
-            className="jp-mod-styled"
-            aria-label="Filter by workflow"
-            value={filter.workflow_id ?? ''}
-            onChange={e => void model.setFilter({ ...filter, workflow_id: e.target.value || undefined })}
-          >
-            <option value="">all</option>
-            {workflows.map(w => (
-              <option key={w.id} value={w.id}>
-                {w.name}
-              </option>
-            ))}
-          </select>
-        </label>
+        <FilterSelect
+          label="Status"
+          value={filter.status}
+          options={Object.values(RunStatus).map(status => [status, status])}
+          onChange={status => void model.setFilter({ ...filter, status })}
+        />
+        <FilterSelect
+          label="Workflow"
+          value={filter.workflow_id}
+          options={workflows.map(w => [w.id, w.name])}
+          onChange={workflow_id => void model.setFilter({ ...filter, workflow_id })}
+        />
         <button
           className="jp-Button jp-mod-minimal clarion-DeleteFinished"
           title="Delete the finished runs these filters select…"
@@ -98,6 +61,38 @@ function HistoryBody({
       {model.error && <ErrorMessage message={model.error} onRetry={() => void model.reload()} />}
       <VirtualRuns model={model} agents={agents} onOpen={actions.open} />
     </div>
+  );
+}
+
+/** One filter of the list: "all", or one of `options` ([value, label]). */
+function FilterSelect({
+  label,
+  value,
+  options,
+  onChange
+}: {
+  label: string;
+  value: string | undefined;
+  options: [string, string][];
+  onChange: (value: string | undefined) => void;
+}): JSX.Element {
+  return (
+    <label>
+      <span className="clarion-Label">{label}</span>
+      <select
+        className="jp-mod-styled"
+        aria-label={`Filter by ${label.toLowerCase()}`}
+        value={value ?? ''}
+        onChange={e => onChange(e.target.value || undefined)}
+      >
+        <option value="">all</option>
+        {options.map(([id, text]) => (
+          <option key={id} value={id}>
+            {text}
+          </option>
+        ))}
+      </select>
+    </label>
   );
 }
 

@@ -106,6 +106,13 @@ def wait_for_run(server: Lab, run_id: str, statuses: set[str], timeout: float = 
     raise AssertionError(f"run {run_id} is still {run['status']}")
 
 
+def finished_run(server: Lab, workflow_id: str, status: str = "succeeded", inputs: dict | None = None) -> str:
+    """A run of ``workflow_id`` started through the API, once it has ended as ``status``."""
+    run_id = api(server, "POST", f"workflows/{workflow_id}/run", {"inputs": inputs or {}})["run_id"]
+    wait_for_run(server, run_id, {status})
+    return run_id
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """One JupyterLab for the module's tests (each test seeds what it needs under its own ids)."""

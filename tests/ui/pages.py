@@ -7,7 +7,7 @@ from typing import Any
 
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from clarion_jupyter.testing.browser import open_lab
+from clarion_jupyter.testing.browser import DARK_THEME, open_lab
 
 SIDEBAR_TAB = "li.lm-TabBar-tab[data-id='clarion-sidebar']"
 SIDEBAR = "#clarion-sidebar"
@@ -106,3 +106,18 @@ async def run_command(page: Any, label: str) -> None:
     first = page.locator(".lm-CommandPalette-item.lm-mod-active .lm-CommandPalette-itemLabel")
     assert await first.inner_text() == label
     await page.keyboard.press("Enter")
+
+
+async def shot_in_dark(page: Any, shots: Any, state: str) -> None:
+    """``shots(page, state)`` in the dark theme, then back to the light one."""
+    await change_theme(page, DARK_THEME)
+    await shots(page, state)
+    await change_theme(page, "JupyterLab Light")
+
+
+async def open_run_form(page: Any, workflow_id: str) -> str:
+    """Opens the Run form of a workflow in the Workflows view; the form's item selector."""
+    item = f"{SIDEBAR} [data-workflow='{workflow_id}']"
+    await page.click(f"{item} button:has-text('Run')")
+    await page.wait_for_selector(f"{item} form")
+    return item

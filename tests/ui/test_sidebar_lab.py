@@ -15,7 +15,7 @@ import pytest
 
 from clarion_jupyter.testing.browser import DARK_THEME, chromium
 
-from .conftest import api, save, wait_for_run
+from .conftest import api, finished_run, save, wait_for_run
 from .flows import coder_agent
 from .pages import (
     DETAIL,
@@ -24,10 +24,12 @@ from .pages import (
     confirm_dialog,
     console_errors,
     open_palette,
+    open_run_form,
     open_sidebar,
     run_command,
     run_detail,
     select_in_file_browser,
+    shot_in_dark,
     show_tab,
     wait_status,
 )
@@ -86,8 +88,8 @@ async def test_a_cancelled_runs_stopped_step_shows_cancelled_and_its_tab_is_rest
     save(lab, NAP)
     async with chromium() as browser:
         page = await open_sidebar(browser, lab, "Workflows")
-        await page.click(f"{SIDEBAR} [data-workflow='nap'] button:has-text('Run')")
-        await page.click(f"{SIDEBAR} [data-workflow='nap'] button:has-text('Start run')")
+        item = await open_run_form(page, "nap")
+        await page.click(f"{item} button:has-text('Start run')")
         await page.wait_for_selector(f"{DETAIL} .clarion-Node[data-step='sleep'][data-status='running']")
         run_id = await page.get_attribute(DETAIL, "data-run-id")
         duration = page.locator(f"{run_detail(run_id)} [data-duration]")
@@ -111,16 +113,13 @@ async def test_a_cancelled_runs_stopped_step_shows_cancelled_and_its_tab_is_rest
         assert await page.get_attribute(node, "data-status") == "cancelled"
         assert await page.locator(f"{run_detail(run_id)} [data-status='running']").count() == 0
         await shots(page, "cancelled-after-reload")
-        await change_theme(page, DARK_THEME)
-        await shots(page, "cancelled-after-reload-dark")
-        await change_theme(page, "JupyterLab Light")
+        await shot_in_dark(page, shots, "cancelled-after-reload-dark")
         assert console_errors(page) == []
 
 
 async def test_a_finished_run_is_deleted_from_its_detail_after_lab_asks_to_confirm(lab, shots) -> None:
     save(lab, QUICK)
-    run_id = api(lab, "POST", "workflows/quick/run", {})["run_id"]
-    wait_for_run(lab, run_id, {"succeeded"})
+    run_id = finished_run(lab, "quick")
     async with chromium() as browser:
         page = await open_sidebar(browser, lab)
         row = f"{SIDEBAR} .clarion-RunRow[data-run-id='{run_id}']"
@@ -143,10 +142,8 @@ async def test_a_finished_run_is_deleted_from_its_detail_after_lab_asks_to_confi
 async def test_the_finished_runs_the_filter_selects_are_deleted_and_the_others_stay(lab, shots) -> None:
     save(lab, QUICK)
     save(lab, OTHER)
-    mine = [api(lab, "POST", "workflows/quick/run", {})["run_id"] for _ in range(2)]
-    other = api(lab, "POST", "workflows/other/run", {})["run_id"]
-    for run_id in [*mine, other]:
-        wait_for_run(lab, run_id, {"succeeded"})
+    mine = [finished_run(lab, "quick") for _ in range(2)]
+    other = finished_run(lab, "other")
     async with chromium() as browser:
         page = await open_sidebar(browser, lab)
         await page.select_option(f"{SIDEBAR} select[aria-label='Filter by workflow']", "quick")
@@ -177,9 +174,7 @@ async def test_a_workflow_is_deleted_from_the_workflows_list_after_confirming(la
         await confirm_dialog(page)
         await page.wait_for_selector(item, state="detached")
         await shots(page, "deleted")
-        await change_theme(page, DARK_THEME)
-        await shots(page, "deleted-dark")
-        await change_theme(page, "JupyterLab Light")
+        await shot_in_dark(page, shots, "deleted-dark")
         assert "other" not in [w["id"] for w in api(lab, "GET", "workflows")["workflows"]]
         assert console_errors(page) == []
 
@@ -188,8 +183,7 @@ async def test_a_run_started_here_is_notified_when_it_ends_and_the_notification_
     save(lab, QUICK)
     async with chromium() as browser:
         page = await open_sidebar(browser, lab, "Workflows")
-        item = f"{SIDEBAR} [data-workflow='quick']"
-        await page.click(f"{item} button:has-text('Run')")
+        item = await open_run_form(page, "quick")
         await page.fill(f"{item} textarea", "- x\n- y\n")
         await page.click(f"{item} button:has-text('Start run')")
         await page.wait_for_selector(f"{DETAIL}[data-status='succeeded']")
@@ -198,9 +192,7 @@ async def test_a_run_started_here_is_notified_when_it_ends_and_the_notification_
         toast = page.locator(".jp-Notification-Toast-success:has-text('Quick succeeded')")
         await toast.wait_for()
         await shots(page, "notified")
-        await change_theme(page, DARK_THEME)
-        await shots(page, "notified-dark")
-        await change_theme(page, "JupyterLab Light")
+        await shot_in_dark(page, shots, "notified-dark")
         await page.click(f"li.lm-TabBar-tab[data-id='clarion-run-{run_id}'] .lm-TabBar-tabCloseIcon")
         await page.wait_for_selector(run_detail(run_id), state="detached")
         await toast.locator("button:has-text('Open')").click()
@@ -215,8 +207,8 @@ async def test_lab_settings_turn_notifications_off_and_choose_what_the_agent_for
     try:
         async with chromium() as browser:
             page = await open_sidebar(browser, lab, "Workflows")
-            await page.click(f"{SIDEBAR} [data-workflow='quick'] button:has-text('Run')")
-            await page.click(f"{SIDEBAR} [data-workflow='quick'] button:has-text('Start run')")
+            item = await open_run_form(page, "quick")
+            await page.click(f"{item} button:has-text('Start run')")
             await page.wait_for_selector(f"{DETAIL}[data-status='succeeded']")
             await page.wait_for_timeout(1000)
             assert await page.locator(".jp-Notification-Toast-success:has-text('Quick')").count() == 0
@@ -290,11 +282,13 @@ async def test_the_file_browser_runs_a_workflow_file_and_an_agent_on_the_selecti
         await select_in_file_browser(page, "notes.py")
         await page.click(".jp-DirListing-item.jp-mod-selected", button="right")
         await page.click(".lm-Menu-itemLabel:text-is('Run agent on these files')")
+        agent_form = f"{SIDEBAR} form[aria-label='Run Scribe']"
+        # With other tests' agents on this server, Lab asks which one: ours.
+        await page.wait_for_selector(f".jp-Dialog, {agent_form}")
         dialog = page.locator(".jp-Dialog")
-        if await dialog.count():  # other tests' agents are on this server too: choose ours
+        if await dialog.count():
             await dialog.locator("select").select_option(label="Scribe (scribe)")
             await dialog.locator(".jp-Dialog-button:has-text('OK')").click()
-        agent_form = f"{SIDEBAR} form[aria-label='Run Scribe']"
         await page.wait_for_selector(agent_form)
         assert await page.inner_text(f"{agent_form} [aria-label='Files to send']") == "notes.py\n×"
         await shots(page, "agent-form-from-context-menu")

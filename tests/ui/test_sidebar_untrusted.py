@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from clarion_jupyter.testing.browser import DARK_THEME, chromium
+from clarion_jupyter.testing.browser import chromium
 
 from .conftest import api, wait_for_run
 from .flows import FILE_OPERATIONS
-from .pages import DETAIL, SIDEBAR, change_theme, open_sidebar, run_detail, show_tab, wait_status
+from .pages import DETAIL, SIDEBAR, open_run_form, open_sidebar, run_detail, shot_in_dark, show_tab, wait_status
 
 PAYLOADS = (
     "<script>alert(1)</script>",
@@ -88,8 +88,7 @@ async def test_payloads_in_workflows_steps_approvals_and_errors_show_as_text_and
     api(lab, "POST", "workflows", WORKFLOW)
     async with chromium() as browser:
         page, dialogs = await open_watched(browser, lab, "Workflows")
-        item = f"{SIDEBAR} [data-workflow='hostile']"
-        await page.click(f"{item} button:has-text('Run')")
+        item = await open_run_form(page, "hostile")
         text = await page.inner_text(item)
         assert f"Notes {HOSTILE}" in text and f"Described as {HOSTILE}" in text and f"Topic {HOSTILE}" in text
         await shots(page, "workflow-form")
@@ -119,9 +118,7 @@ async def test_payloads_in_workflows_steps_approvals_and_errors_show_as_text_and
         await shots(page, "step-error")
         await show_tab(page, "Runs")
         assert f"Notes {HOSTILE}" in await page.inner_text(f"{SIDEBAR} .clarion-RunRow[data-run-id='{run_id}']")
-        await change_theme(page, DARK_THEME)
-        await shots(page, "step-error-dark")
-        await change_theme(page, "JupyterLab Light")
+        await shot_in_dark(page, shots, "step-error-dark")
         assert await page.evaluate(LEFTOVERS) == NOTHING_LEFT
         assert dialogs == []
 
@@ -151,8 +148,6 @@ async def test_an_agents_markdown_reply_is_sanitised_and_its_names_and_diff_are_
         diff = await page.inner_text(card)
         assert HOSTILE_FILE in diff and f"+{HOSTILE}" in diff
         await shots(page, "reply-and-diff")
-        await change_theme(page, DARK_THEME)
-        await shots(page, "reply-and-diff-dark")
-        await change_theme(page, "JupyterLab Light")
+        await shot_in_dark(page, shots, "reply-and-diff-dark")
         assert await page.evaluate(LEFTOVERS) == NOTHING_LEFT
         assert dialogs == []
