@@ -18,6 +18,7 @@ import { ClarionController } from './controller';
 import { WorkflowEditor } from './editor';
 import { RunNotifier } from './notifier';
 import { RunDetailWidget } from './runtab';
+import { runTitle } from './runtitle';
 import { ClarionSettings, PLUGIN_ID } from './settings';
 import { ClarionSidebar } from './sidebar';
 import clarionSvg from '../style/clarion.svg';
@@ -47,7 +48,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const editors = new WidgetTracker<WorkflowEditor>({ namespace: 'clarion-workflow' });
 
     const openRun = (runId: string): void => void commands.execute(CommandIDs.openRun, { runId });
-    const notifier = new RunNotifier(controller, settings, openRun);
+    // A run just started may not be in the list yet (or is filtered out of it): its document names it.
+    const nameOf = async (runId: string): Promise<string> => {
+      const run = controller.runs.get(runId) ?? (await api.getRun(runId).catch(() => null));
+      return run ? runTitle(run, controller.agents) : `Run ${runId.slice(-8)}`;
+    };
+    const notifier = new RunNotifier(controller.event, nameOf, settings, openRun);
     const started = (runId: string): void => {
       notifier.watch(runId);
       openRun(runId);

@@ -5,10 +5,9 @@
  * `notifications` setting is on. The message is text: Lab's toasts do not render HTML.
  */
 import { Notification } from '@jupyterlab/apputils';
+import { ISignal } from '@lumino/signaling';
 
-import { ClarionController } from './controller';
 import { ClarionEvent, EventType } from './protocol';
-import { runTitle } from './runtitle';
 import { ClarionSettings } from './settings';
 
 type Kind = 'success' | 'error' | 'warning' | 'info';
@@ -23,12 +22,18 @@ const TOLD: Record<string, [Kind, string]> = {
 export class RunNotifier {
   private _watched = new Set<string>();
 
+  /**
+   * @param events every event of `WS /ws/runs`
+   * @param nameOf what a run is called (its workflow, or its agent)
+   * @param open opens a run's tab
+   */
   constructor(
-    private readonly _controller: ClarionController,
-    private readonly _settings: ClarionSettings,
+    events: ISignal<unknown, ClarionEvent>,
+    private readonly _nameOf: (runId: string) => Promise<string>,
+    private readonly _settings: Pick<ClarionSettings, 'notifications'>,
     private readonly _open: (runId: string) => void
   ) {
-    _controller.event.connect((_, event) => void this._told(event));
+    events.connect((_, event) => void this._told(event));
   }
 
   /** A run this Lab started: its end and its approvals are notified. */
@@ -48,10 +53,7 @@ export class RunNotifier {
       return;
     }
     const [kind, what] = told;
-    // A run just started may not be in the list yet (or is filtered out of it): its document names it.
-    const run =
-      this._controller.runs.get(event.run_id) ?? (await this._controller.api.getRun(event.run_id).catch(() => null));
-    const name = run ? runTitle(run, this._controller.agents) : `Run ${event.run_id.slice(-8)}`;
+    const name = await this._nameOf(event.run_id);
     const step = event.type === EventType.approval_requested && event.step_id ? ` (step ${event.step_id})` : '';
     Notification.emit(`Clarion: ${name} ${what}${step}`, kind, {
       autoClose: kind === 'success' || kind === 'info' ? 8000 : false,

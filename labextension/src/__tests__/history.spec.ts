@@ -45,6 +45,19 @@ describe('RunHistory', () => {
     expect(model.runs[249].run_id).toBe(id(1));
   });
 
+  it('drops deleted runs from the list (no event tells of a deletion)', async () => {
+    const runs = [1, 2, 3].map(n => runDoc(id(n), { status: RunStatus.succeeded }));
+    const model = new RunHistory(new ClarionApi(serverWith(runs).settings()));
+    await model.reload();
+    let changes = 0;
+    model.changed.connect(() => changes++);
+    model.remove([id(2), 'unknown']);
+    expect(model.runs.map(r => r.run_id)).toEqual([id(3), id(1)]);
+    expect(model.get(id(2))).toBeUndefined();
+    model.remove(['unknown']);
+    expect(changes).toBe(1);
+  });
+
   it('a new run announced on the socket is fetched once and placed first', async () => {
     const runs = [runDoc(id(1)), runDoc(id(2))];
     const server = serverWith(runs);
