@@ -56,7 +56,7 @@ export function WorkflowsView({
           <div className="clarion-ItemText">
             <span className="clarion-ItemName">{workflow.name}</span>
             <span className="clarion-Muted">
-              {workflow.id} · {countSteps(workflow)} steps
+              {workflow.id} · {countSteps(workflow)} step{countSteps(workflow) === 1 ? '' : 's'}
             </span>
           </div>
           <div className="clarion-ItemActions">
