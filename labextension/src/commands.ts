@@ -295,8 +295,9 @@ export function addCommands(parts: IClarionParts): void {
     label: 'Clarion: Save Workflow',
     caption: 'Validate and save through the Clarion API',
     icon: saveIcon,
-    isEnabled: () => editors.currentWidget !== null,
-    execute: () => editors.currentWidget?.save()
+    // The editor in front only: a notebook in front keeps Lab's own Save.
+    isEnabled: () => editors.currentWidget !== null && editors.currentWidget === shell.currentWidget,
+    execute: () => (editors.currentWidget === shell.currentWidget ? editors.currentWidget?.save() : undefined)
   });
   commands.addCommand(CommandIDs.deleteWorkflow, {
     label: 'Clarion: Delete Workflow…',
