@@ -141,6 +141,70 @@ async def test_delete_workflow(api):
     assert (await api("GET", "workflows", "echo")).status == 404
 
 
+async def test_delete_run_removes_it_with_its_events(api):
+    await create_workflow(api, ECHO_WORKFLOW)
+    run_id = await start_run(api, "echo")
+    await wait_run(api, run_id)
+    assert (await api("DELETE", "runs", run_id)).status == 204
+    assert (await api("GET", "runs", run_id)).status == 404
+    assert (await api("GET", "runs", run_id, "events")).status == 404
+    assert (await api("GET", "runs")).body["runs"] == []
+
+
+async def test_delete_run_unknown_is_404(api):
+    reply = await api("DELETE", "runs", "01NOSUCHRUN")
+    assert reply.status == 404
+    assert reply.body["error"]["code"] == "not_found"
+
+
+async def test_delete_run_not_finished_is_409_and_keeps_it(api):
+    await create_workflow(api, SLEEP_30_WORKFLOW)
+    run_id = await start_run(api, "long")
+    await wait_event(api, run_id, "step_started", "nap")
+    reply = await api("DELETE", "runs", run_id)
+    assert reply.status == 409
+    assert reply.body["error"]["code"] == "conflict"
+    assert (await api("GET", "runs", run_id)).status == 200
+    await api("POST", "runs", run_id, "cancel")
+    await wait_run(api, run_id)
+
+
+async def test_delete_runs_by_filter_deletes_only_the_finished_matching_ones(api):
+    await create_workflow(api, ECHO_WORKFLOW)
+    await create_workflow(api, {**ECHO_WORKFLOW, "id": "echo2", "name": "Echo 2"})
+    await create_workflow(api, SLEEP_30_WORKFLOW)
+    mine = [await wait_run(api, await start_run(api, "echo")) for _ in range(2)]
+    other = await wait_run(api, await start_run(api, "echo2"))
+    active = await start_run(api, "long")
+    await wait_event(api, active, "step_started", "nap")
+
+    reply = await api("DELETE", "runs", params={"workflow_id": "echo", "status": "succeeded"})
+    assert reply.status == 200
+    assert reply.body == {"deleted": 2}
+    assert all([(await api("GET", "runs", run["run_id"])).status == 404 for run in mine])
+    assert (await api("GET", "runs", other["run_id"])).status == 200
+    assert (await api("DELETE", "runs", params={"workflow_id": "long"})).body == {"deleted": 0}
+    assert (await api("GET", "runs", active)).body["status"] == "running"
+    await api("POST", "runs", active, "cancel")
+    await wait_run(api, active)
+
+
+async def test_delete_runs_without_a_filter_needs_all_true(api):
+    await create_workflow(api, ECHO_WORKFLOW)
+    await wait_run(api, await start_run(api, "echo"))
+    refused = await api("DELETE", "runs")
+    assert refused.status == 400
+    assert "all=true" in refused.body["error"]["message"]
+    assert (await api("DELETE", "runs", params={"all": "true"})).body == {"deleted": 1}
+    assert (await api("GET", "runs")).body["runs"] == []
+
+
+async def test_delete_runs_with_an_unknown_status_is_400(api):
+    reply = await api("DELETE", "runs", params={"status": "finished"})
+    assert reply.status == 400
+    assert reply.body["error"]["details"]["allowed"]
+
+
 async def test_same_idempotency_key_gives_the_same_run(api):
     await create_workflow(api, ECHO_WORKFLOW)
     first = await api("POST", "workflows", "echo", "run", body={"idempotency_key": "k1"})

@@ -932,3 +932,34 @@ async def test_a_run_whose_records_the_database_refuses_fails_alone_and_nothing_
         assert writer.unstorable_runs == ["bad"]
         assert [e.seq for e in await store.events("good")] == [1, 2]
         assert await store.events("bad") == []
+
+
+async def test_deleting_finished_runs_removes_their_rows_from_every_table_and_keeps_active_ones(tmp_path: Path) -> None:
+    done = run_record("r1", status="succeeded", finished_at=T0)
+    active = run_record("r2", status="running")
+    other = run_record("r3", workflow_id="other", status="failed", finished_at=T0)
+    records = [
+        (run, step_record(run.run_id), event(run.run_id, 1), event(run.run_id, 2, "step_completed"))
+        for run in (done, active, other)
+    ]
+    async with open_db(tmp_path / "db.duckdb") as db:
+        store = DuckDBRunStore(db, projection_interval_s=3600)
+        await store.write(batch(*[r for group in records for r in group]))
+        await store.project()
+        await store.write(batch(event("r1", 3, "workflow_succeeded", None)))  # only in the journal so far
+
+        assert await store.delete_finished(workflow_id="wf") == ["r1"]
+
+        def rows(cursor: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
+            tables = ("runs", "step_runs", "events", "run_journal")
+            return {t: sorted({r[0] for r in cursor.execute(f"SELECT run_id FROM {t}").fetchall()}) for t in tables}
+
+        assert await db.read(rows) == {
+            "runs": ["r2", "r3"],
+            "step_runs": ["r2", "r3"],
+            "events": ["r2", "r3"],
+            "run_journal": [],
+        }
+        assert await store.events("r1") == []
+        assert await store.delete_finished() == ["r3"]
+        assert await store.get_run("r2") is not None

@@ -253,12 +253,9 @@ class RunsHandler(RunStarter):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        status = self.get_query_argument("status", None)
-        if status is not None and status not in RunStatus.__members__:
-            raise BadRequest(f"unknown status '{status}'", details={"allowed": list(RunStatus.__members__)})
         page = await (await self.engine()).list_runs(
             workflow_id=self.get_query_argument("workflow_id", None),
-            status=status,
+            status=self.status_argument(),
             limit=self.int_argument("limit", 50, 1, MAX_PAGE),
             cursor=self.get_query_argument("cursor", None),
         )
@@ -274,6 +271,24 @@ class RunsHandler(RunStarter):
         await self.require_terminal_permission(plan.document, plan.workflow.id)
         self.started(await engine.submit(plan, request.inputs, idempotency_key=request.idempotency_key))
 
+    @web.authenticated
+    @authorized
+    async def delete(self) -> None:
+        """Deletes the finished runs matching ``workflow_id`` and ``status``; all of them only with ``all=true``."""
+        workflow_id, status = self.get_query_argument("workflow_id", None), self.status_argument()
+        if workflow_id is None and status is None and self.get_query_argument("all", "false") != "true":
+            raise BadRequest(
+                "give workflow_id or status to choose the runs to delete, or all=true for every finished run"
+            )
+        deleted = await (await self.engine()).delete_runs(workflow_id=workflow_id, status=status)
+        self.reply({"deleted": deleted})
+
+    def status_argument(self) -> str | None:
+        status = self.get_query_argument("status", None)
+        if status is not None and status not in RunStatus.__members__:
+            raise BadRequest(f"unknown status '{status}'", details={"allowed": list(RunStatus.__members__)})
+        return status
+
 
 class RunHandler(ClarionHandler):
     """``GET /api/v3/runs/{run_id}``: the run document (a unique id prefix names it too)."""
@@ -283,6 +298,14 @@ class RunHandler(ClarionHandler):
     async def get(self, run_id: str) -> None:
         run = await (await self.engine()).get_run(run_id)
         self.reply(run.model_dump(mode="json"))
+
+    @web.authenticated
+    @authorized
+    async def delete(self, run_id: str) -> None:
+        """204; 409 while the run has not finished (cancel it first)."""
+        await (await self.engine()).delete_runs(run_id=run_id)
+        self.set_status(204)
+        self.finish()
 
 
 class RunCancelHandler(ClarionHandler):

@@ -202,6 +202,12 @@ _IMPORT_FINISHED = tuple(
 )
 """Finished runs imported from elsewhere: rows already stored stay as they are."""
 _STORED_IDS = "SELECT run_id FROM runs WHERE run_id IN (SELECT unnest($1::VARCHAR[]))"
+_FINISHED_RUNS = "SELECT run_id FROM runs WHERE status NOT IN (SELECT unnest($1::VARCHAR[]))"
+_DELETE_RUN_ROWS = tuple(
+    f"DELETE FROM {table} WHERE run_id IN (SELECT unnest($1::VARCHAR[]))"
+    for table in ("run_journal", EVENTS.name, STEPS.name, RUNS.name)
+)
+"""Every row a run has, in every table that holds one (snapshots are shared by digest and stay)."""
 PROJECTION_INTERVAL_S = 1.0
 """How long journaled state may wait to reach the tables when nothing reads them."""
 
@@ -529,6 +535,32 @@ class DuckDBRunStore:
         for sql, table in zip(_IMPORT_FINISHED, columns, strict=True):
             if table:
                 cursor.execute(sql, table)
+
+    async def delete_finished(
+        self, *, run_id: str | None = None, workflow_id: str | None = None, status: str | None = None
+    ) -> list[str]:
+        """Delete the finished runs matching every filter given, with all their rows, in one
+        transaction; answers their ids. A run still active is never matched. Serialised with
+        the projection (which writes the same tables) and folded first, so no row of a
+        deleted run is left in the journal to come back."""
+        await self.project()
+        async with self._projecting:
+            return await self._db.maintain(self._delete_finished, run_id, workflow_id, status)
+
+    @staticmethod
+    def _delete_finished(
+        cursor: duckdb.DuckDBPyConnection, run_id: str | None, workflow_id: str | None, status: str | None
+    ) -> list[str]:
+        sql, params = _FINISHED_RUNS, [list(ACTIVE_RUN_STATUSES)]
+        for column, value in (("run_id", run_id), ("workflow_id", workflow_id), ("status", status)):
+            if value is not None:
+                params.append(value)
+                sql += f" AND {column} = ${len(params)}"
+        run_ids = [row[0] for row in cursor.execute(sql, params).fetchall()]
+        if run_ids:
+            for statement in _DELETE_RUN_ROWS:
+                cursor.execute(statement, [run_ids])
+        return run_ids
 
     async def existing_runs(self, run_ids: list[str]) -> set[str]:
         await self.project()

@@ -67,6 +67,12 @@ class RunStore(Protocol):
         """Store runs that finished elsewhere (Clarion v2 history), with their steps and events,
         in one transaction; runs already stored are left as they are. Returns how many were new."""
 
+    async def delete_finished(
+        self, *, run_id: str | None = None, workflow_id: str | None = None, status: str | None = None
+    ) -> list[str]:
+        """Delete the finished runs matching every filter given (none: every finished run),
+        with their step attempts, events and journal rows; answers the ids deleted."""
+
     async def existing_runs(self, run_ids: list[str]) -> set[str]:
         """Which of ``run_ids`` are stored."""
 

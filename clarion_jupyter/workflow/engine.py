@@ -336,6 +336,23 @@ class Engine:
             f"run '{run_id}' already {run.status.value}", details={"run_id": run_id, "status": run.status.value}
         )
 
+    async def delete_runs(
+        self, *, run_id: str | None = None, workflow_id: str | None = None, status: str | None = None
+    ) -> int:
+        """Delete finished runs with all they stored; answers how many. One run (``run_id``):
+        :class:`NotFound` when unknown, :class:`Conflict` while it has not finished."""
+        if run_id is not None:
+            run = await self.get_run(run_id)
+            run_id = run.run_id  # a unique prefix named it
+            if not run.status.terminal:
+                raise Conflict(
+                    f"run '{run_id}' is {run.status.value}: cancel it first, or wait for it to finish",
+                    details={"run_id": run_id, "status": run.status.value},
+                )
+        deleted = await self.runs.delete_finished(run_id=run_id, workflow_id=workflow_id, status=status)
+        self._views.forget(deleted)
+        return len(deleted)
+
     async def approve(
         self, run_id: str, step_key: str, *, comment: str | None = None, by: str | None = None
     ) -> Decision:

@@ -60,6 +60,11 @@ class RunViews:
         self.stored([copy.copy(run)], [copy.copy(s) for s in steps], [])
         self._views[run.run_id].last_seq = last_seq
 
+    def forget(self, run_ids: list[str]) -> None:
+        """Runs deleted from the database: reads must not find them here either."""
+        for run_id in run_ids:
+            self._views.pop(run_id, None)
+
     def document(self, run_id: str) -> WorkflowRun | None:
         view = self._views.get(run_id)
         if view is None:

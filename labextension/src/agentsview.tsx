@@ -19,6 +19,11 @@ export function AgentsView({
   api,
   agents,
   error,
+  open,
+  formKey,
+  imports,
+  defaultApply,
+  onToggle,
   onReload,
   selectedFiles,
   onStarted
@@ -26,16 +31,23 @@ export function AgentsView({
   api: ClarionApi;
   agents: Agent[] | null;
   error: string | null;
+  /** The agent whose Run agent form is open. */
+  open: string | null;
+  /** Changes when a form is asked for again (it then starts afresh, with the files selected now). */
+  formKey: number;
+  /** Counts the requests to import: each opens the file chooser. */
+  imports: number;
+  /** What the form proposes for applying the file changes (the extension's setting). */
+  defaultApply: ApplyMode;
+  onToggle: (id: string) => void;
   onReload: () => void;
   /** The paths selected in the file browser now. */
   selectedFiles: () => string[];
   onStarted: (runId: string) => void;
 }): JSX.Element {
-  const [chosen, setChosen] = React.useState<string | null>(null);
-  const agent = agents?.find(a => a.id === chosen) ?? null;
   return (
     <div className="clarion-AgentsView">
-      <ImportBox api={api} onImported={onReload} />
+      <ImportBox api={api} imports={imports} onImported={onReload} />
       {error && <ErrorMessage message={error} onRetry={onReload} />}
       {agents === null && !error && <div className="clarion-Empty">Loading agents…</div>}
       {agents !== null && agents.length === 0 && (
@@ -54,15 +66,22 @@ export function AgentsView({
               <div className="clarion-ItemActions">
                 <button
                   className="jp-mod-styled jp-mod-accept clarion-Small"
-                  aria-expanded={chosen === a.id}
-                  onClick={() => setChosen(chosen === a.id ? null : a.id)}
+                  aria-expanded={open === a.id}
+                  onClick={() => onToggle(a.id)}
                 >
                   Run agent
                 </button>
               </div>
               {a.description && <div className="clarion-Muted">{a.description}</div>}
-              {agent?.id === a.id && (
-                <RunAgentForm api={api} agent={a} selectedFiles={selectedFiles} onStarted={onStarted} />
+              {open === a.id && (
+                <RunAgentForm
+                  key={formKey}
+                  api={api}
+                  agent={a}
+                  defaultApply={defaultApply}
+                  selectedFiles={selectedFiles}
+                  onStarted={onStarted}
+                />
               )}
             </li>
           ))}
@@ -72,8 +91,15 @@ export function AgentsView({
   );
 }
 
-function ImportBox({ api, onImported }: { api: ClarionApi; onImported: () => void }): JSX.Element {
+function ImportBox({ api, imports, onImported }: { api: ClarionApi; imports: number; onImported: () => void }): JSX.Element {
   const input = React.useRef<HTMLInputElement>(null);
+  const asked = React.useRef(imports);
+  React.useEffect(() => {
+    if (imports !== asked.current) {
+      asked.current = imports;
+      input.current?.click();
+    }
+  }, [imports]);
   const [reports, setReports] = React.useState<{ name: string; report?: ImportReport; error?: string }[]>([]);
   const [busy, setBusy] = React.useState(false);
   const upload = async (files: FileList | null): Promise<void> => {
@@ -148,11 +174,13 @@ function ImportBox({ api, onImported }: { api: ClarionApi; onImported: () => voi
 function RunAgentForm({
   api,
   agent,
+  defaultApply,
   selectedFiles,
   onStarted
 }: {
   api: ClarionApi;
   agent: Agent;
+  defaultApply: ApplyMode;
   selectedFiles: () => string[];
   onStarted: (runId: string) => void;
 }): JSX.Element {
@@ -161,7 +189,7 @@ function RunAgentForm({
   const [variables, setVariables] = React.useState<Record<string, string>>(() =>
     Object.fromEntries(agent.user_variables.map(v => [v.name, v.default === undefined ? '' : String(v.default)]))
   );
-  const [apply, setApply] = React.useState<ApplyMode>('review');
+  const [apply, setApply] = React.useState<ApplyMode>(defaultApply);
   const [error, setError] = React.useState<string | null>(null);
   const [busy, setBusy] = React.useState(false);
   const submit = (event: React.FormEvent): void => {

@@ -114,22 +114,36 @@ export class ClarionApi {
     return this.request('PUT', `workflows/${encodeURIComponent(id)}`, { text: yaml, type: 'application/yaml' });
   }
 
+  /** Creates a workflow from YAML text (409 when the id is taken); a 422 carries every problem. */
+  createWorkflowYaml(yaml: string): Promise<WorkflowDocument> {
+    return this.request('POST', 'workflows', { text: yaml, type: 'application/yaml' });
+  }
+
+  deleteWorkflow(id: string): Promise<null> {
+    return this.request('DELETE', `workflows/${encodeURIComponent(id)}`);
+  }
+
   runWorkflow(id: string, inputs: Record<string, unknown>): Promise<{ run_id: string; status: string }> {
     return this.request('POST', `workflows/${encodeURIComponent(id)}/run`, { json: { inputs } });
   }
 
   listRuns(query: RunsQuery = {}): Promise<RunsPage> {
-    const params: string[] = [];
-    for (const [name, value] of Object.entries(query)) {
-      if (value !== undefined && value !== null && value !== '') {
-        params.push(`${name}=${encodeURIComponent(String(value))}`);
-      }
-    }
-    return this.request('GET', params.length ? `runs?${params.join('&')}` : 'runs');
+    return this.request('GET', `runs${queryString(query)}`);
   }
 
   getRun(runId: string): Promise<WorkflowRun> {
     return this.request('GET', `runs/${encodeURIComponent(runId)}`);
+  }
+
+  /** A finished run, with its steps and events (409 while it has not finished). */
+  deleteRun(runId: string): Promise<null> {
+    return this.request('DELETE', `runs/${encodeURIComponent(runId)}`);
+  }
+
+  /** The finished runs `filter` selects; every finished run only with an empty filter. */
+  async deleteRuns(filter: { workflow_id?: string; status?: string }): Promise<number> {
+    const query = queryString({ ...filter, all: filter.workflow_id || filter.status ? undefined : 'true' });
+    return (await this.request<{ deleted: number }>('DELETE', `runs${query}`)).deleted;
   }
 
   async events(runId: string, since: number): Promise<ClarionEvent[]> {
@@ -166,6 +180,17 @@ export class ClarionApi {
   runAgent(agentId: string, request: AgentRunRequest): Promise<{ run_id: string }> {
     return this.request('POST', `agents/${encodeURIComponent(agentId)}/run`, { json: request });
   }
+}
+
+/** `?a=1&b=2` of the parameters that have a value ('' when none has). */
+function queryString(query: object): string {
+  const params: string[] = [];
+  for (const [name, value] of Object.entries(query)) {
+    if (value !== undefined && value !== null && value !== '') {
+      params.push(`${name}=${encodeURIComponent(String(value))}`);
+    }
+  }
+  return params.length ? `?${params.join('&')}` : '';
 }
 
 export function importType(name: string): string {

@@ -1,29 +1,42 @@
-/** Small pieces every view shares: re-render on a signal, status badges, formatting. */
-import { ISignal } from '@lumino/signaling';
+/** Small pieces every view shares: status badges, a ticking clock, formatting. */
+import { LabIcon, checkIcon, closeIcon, runningIcon, stopIcon, userIcon } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
-/** Re-renders the component each time `signal` fires. */
-export function useSignal(signal: ISignal<any, any> | null | undefined): number {
-  const [tick, setTick] = React.useState(0);
-  React.useEffect(() => {
-    if (!signal) {
-      return;
-    }
-    const slot = (): void => setTick(t => t + 1);
-    signal.connect(slot);
-    return () => {
-      signal.disconnect(slot);
-    };
-  }, [signal]);
-  return tick;
-}
+/**
+ * The statuses drawn with an icon of Lab's own set beside their name (a font glyph such as
+ * an hourglass is an empty box where the font lacks it, as Chromium's default fonts do).
+ */
+const STATUS_ICONS: Record<string, LabIcon> = {
+  waiting: userIcon,
+  running: runningIcon,
+  retrying: runningIcon,
+  succeeded: checkIcon,
+  failed: closeIcon,
+  cancelled: stopIcon
+};
 
 export function StatusBadge({ status }: { status: string }): JSX.Element {
+  const icon = STATUS_ICONS[status];
   return (
     <span className={`clarion-Status clarion-Status-${status}`} data-status={status}>
+      {icon && <icon.react className="clarion-StatusIcon" tag="span" height="12px" width="12px" />}
       {status}
     </span>
   );
+}
+
+/** Now, re-read every second while `live` (a run going on), so durations count up as it runs. */
+export function useNow(live: boolean): number {
+  const [now, setNow] = React.useState(() => Date.now());
+  React.useEffect(() => {
+    if (!live) {
+      return;
+    }
+    setNow(Date.now());
+    const timer = window.setInterval(() => setNow(Date.now()), 1000);
+    return () => window.clearInterval(timer);
+  }, [live]);
+  return now;
 }
 
 export function ErrorMessage({ message, onRetry }: { message: string; onRetry?: () => void }): JSX.Element {

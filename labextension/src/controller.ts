@@ -8,10 +8,10 @@ import { ISignal, Signal } from '@lumino/signaling';
 import { ApiError, ClarionApi } from './api';
 import { ConnectionState, EventStream } from './events';
 import { Agent, ClarionEvent, WorkflowDocument } from './protocol';
-import { RunsModel, WaitingModel } from './runs';
+import { RunHistory, WaitingModel } from './history';
 
 export class ClarionController {
-  readonly runs: RunsModel;
+  readonly runs: RunHistory;
   readonly waiting: WaitingModel;
   workflows: WorkflowDocument[] | null = null;
   agents: Agent[] | null = null;
@@ -24,7 +24,7 @@ export class ClarionController {
   private _event = new Signal<this, ClarionEvent>(this);
 
   constructor(readonly api: ClarionApi) {
-    this.runs = new RunsModel(api);
+    this.runs = new RunHistory(api);
     this.waiting = new WaitingModel(api);
   }
 

@@ -1,32 +1,55 @@
 /**
  * Run detail: the step graph coloured live, each step's attempts, timing, output, error and
  * streamed LLM text, the review of waiting steps (the diff, Approve / Reject), and the run's
- * actions (cancel, re-run, copy id, open in a notebook).
+ * actions (cancel, re-run, delete, copy id, open in a notebook). Everything the server sent
+ * is text in the DOM, except the agent's reply: untrusted Markdown, through Lab's sanitizer.
  */
+import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
+import { UseSignal } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
 import { ApiError, ClarionApi } from './api';
-import { ErrorMessage, Json, StatusBadge, formatCost, formatDuration, formatTime, runDuration, useSignal } from './common';
+import { ErrorMessage, Json, StatusBadge, formatCost, formatDuration, formatTime, runDuration, useNow } from './common';
 import { DiffView } from './diff';
 import { graphEdges, layoutGraph } from './graph';
 import { StepGraph } from './graphview';
-import { Approval, StepRun, WorkflowRun } from './protocol';
+import { UntrustedMarkdown } from './markdown';
+import { Agent, Approval, StepRun, WorkflowRun } from './protocol';
 import { RunModel, isTerminal } from './run';
-
-/** The id of the built-in workflow behind `POST /api/v3/agents/{id}/run`. */
-export const AGENT_RUN_WORKFLOW = 'agent-run';
+import { AGENT_RUN_WORKFLOW, runTitle } from './runtitle';
+import { settledStatus, settledSteps } from './settled';
 
 export interface IRunActions {
   openRun(runId: string): void;
   openInNotebook(runId: string): void;
   copy(text: string): void;
+  rerun(run: WorkflowRun): Promise<unknown>;
+  /** Asks for a confirmation first; resolves once the run is deleted (false: it was not). */
+  deleteRun(run: WorkflowRun): Promise<boolean>;
 }
 
-export function RunDetail({ model, actions }: { model: RunModel; actions: IRunActions }): JSX.Element {
-  useSignal(model.changed);
-  const run = model.run;
+/** What the detail view reads beside its run: the agents (for names) and Lab's renderers. */
+export interface IRunServices {
+  rendermime: IRenderMimeRegistry | null;
+  agents(): Agent[] | null;
+}
+
+interface IRunDetailProps {
+  model: RunModel;
+  actions: IRunActions;
+  services: IRunServices;
+}
+
+export function RunDetail(props: IRunDetailProps): JSX.Element {
+  return (
+    <UseSignal signal={props.model.changed}>{() => <RunDetailBody {...props} run={props.model.run} />}</UseSignal>
+  );
+}
+
+function RunDetailBody({ model, run, actions, services }: IRunDetailProps & { run: WorkflowRun | null }): JSX.Element {
   const [selected, setSelected] = React.useState<string | null>(null);
   const [actionError, setActionError] = React.useState<string | null>(null);
+  const now = useNow(run !== null && !isTerminal(run));
   // The graph is the workflow as this run ran it (the run document's snapshot), whatever was saved since.
   const workflow = run?.workflow ?? null;
   const edges = React.useMemo(() => graphEdges(workflow), [workflow]);
@@ -41,13 +64,14 @@ export function RunDetail({ model, actions }: { model: RunModel; actions: IRunAc
     setActionError(null);
     promise.catch((error: Error) => setActionError(error.message));
   };
-  const stages = layoutGraph(workflow, run.steps);
+  const steps = settledSteps(run);
+  const stages = layoutGraph(workflow, steps);
   const chosen = selected ?? run.approvals?.[0]?.step_key ?? null;
-  const step = run.steps.find(s => s.key === chosen) ?? null;
+  const step = steps.find(s => s.key === chosen) ?? null;
   return (
     <div className="clarion-RunDetail" data-run-id={run.run_id} data-status={run.status}>
       <div className="clarion-RunHeader">
-        <h2 className="clarion-RunTitle">{run.workflow_name || run.workflow_id}</h2>
+        <h2 className="clarion-RunTitle">{runTitle(run, services.agents())}</h2>
         <StatusBadge status={run.status} />
         {model.connection === 'reconnecting' && <span className="clarion-Muted">reconnecting…</span>}
       </div>
@@ -70,9 +94,7 @@ export function RunDetail({ model, actions }: { model: RunModel; actions: IRunAc
         <button
           className="jp-mod-styled clarion-Button"
           title="Run the same workflow again with the same inputs"
-          onClick={() =>
-            act(model.api.runWorkflow(run.workflow_id, run.inputs).then(answer => actions.openRun(answer.run_id)))
-          }
+          onClick={() => act(actions.rerun(run))}
         >
           Re-run
         </button>
@@ -83,13 +105,22 @@ export function RunDetail({ model, actions }: { model: RunModel; actions: IRunAc
         >
           Open in a notebook
         </button>
+        {isTerminal(run) && (
+          <button
+            className="jp-mod-styled jp-mod-reject clarion-Button"
+            title="Delete this run with its steps and events"
+            onClick={() => act(actions.deleteRun(run))}
+          >
+            Delete
+          </button>
+        )}
       </div>
       {actionError && <ErrorMessage message={actionError} />}
       <dl className="clarion-Facts">
         <dt>Started</dt>
         <dd>{formatTime(run.started_at ?? run.created_at)}</dd>
         <dt>Duration</dt>
-        <dd>{formatDuration(runDuration(run.started_at, run.finished_at))}</dd>
+        <dd data-duration>{formatDuration(runDuration(run.started_at, run.finished_at, now))}</dd>
         {run.usage.prompt_tokens + run.usage.completion_tokens > 0 && (
           <>
             <dt>Tokens</dt>
@@ -110,7 +141,7 @@ export function RunDetail({ model, actions }: { model: RunModel; actions: IRunAc
           <strong>{run.error.code}</strong>: {run.error.message}
         </div>
       )}
-      <AgentReply run={run} />
+      <AgentReply run={run} rendermime={services.rendermime} />
       {(run.approvals ?? []).map(approval => (
         <ApprovalCard key={approval.step_key} run={run} approval={approval} api={model.api} onError={setActionError} />
       ))}
@@ -127,7 +158,7 @@ export function RunDetail({ model, actions }: { model: RunModel; actions: IRunAc
 }
 
 /** An agent run's reply, as v2 showed it: its summary (or its text) above the diff. */
-function AgentReply({ run }: { run: WorkflowRun }): JSX.Element | null {
+function AgentReply({ run, rendermime }: { run: WorkflowRun; rendermime: IRenderMimeRegistry | null }): JSX.Element | null {
   const reply = run.steps.find(s => s.key === 'reply' && s.output);
   if (!reply || run.workflow_id !== AGENT_RUN_WORKFLOW) {
     return null;
@@ -136,7 +167,7 @@ function AgentReply({ run }: { run: WorkflowRun }): JSX.Element | null {
   return (
     <section className="clarion-Reply" aria-label="The agent's reply">
       <div className="clarion-Label">Reply{reply.output.model ? ` · ${reply.output.model}` : ''}</div>
-      <div className="clarion-ReplyText">{typeof summary === 'string' ? summary : JSON.stringify(summary)}</div>
+      <UntrustedMarkdown text={typeof summary === 'string' ? summary : JSON.stringify(summary)} rendermime={rendermime} />
     </section>
   );
 }
@@ -200,7 +231,7 @@ function StepPanel({ step, model }: { step: StepRun; model: RunModel }): JSX.Ele
               <tr key={a.attempt}>
                 <td>{a.attempt}</td>
                 <td>
-                  <StatusBadge status={a.status} />
+                  <StatusBadge status={model.run ? settledStatus(model.run, a.status) : a.status} />
                 </td>
                 <td>{formatDuration(a.duration_ms)}</td>
                 <td>{a.error?.message ?? ''}</td>

@@ -9,14 +9,13 @@ import { lintGutter, setDiagnostics } from '@codemirror/lint';
 import { MainAreaWidget, ToolbarButton } from '@jupyterlab/apputils';
 import { CodeEditor, CodeEditorWrapper, IEditorServices } from '@jupyterlab/codeeditor';
 import { CodeMirrorEditor } from '@jupyterlab/codemirror';
-import { ReactWidget, saveIcon } from '@jupyterlab/ui-components';
+import { ReactWidget, UseSignal, saveIcon } from '@jupyterlab/ui-components';
 import { Signal } from '@lumino/signaling';
 import { Panel } from '@lumino/widgets';
 import { dump } from 'js-yaml';
 import * as React from 'react';
 
 import { ApiError, ClarionApi } from './api';
-import { useSignal } from './common';
 import { Place, problemDiagnostics, problemPlace } from './diagnostics';
 import { Problem, WorkflowDocument } from './protocol';
 
@@ -42,7 +41,11 @@ class Status {
   }
 }
 
-function ProblemList({
+function ProblemList(props: { status: Status; text: () => string; onGo: (place: Place) => void }): JSX.Element {
+  return <UseSignal signal={props.status.changed}>{() => <ProblemListBody {...props} />}</UseSignal>;
+}
+
+function ProblemListBody({
   status,
   text,
   onGo
@@ -51,7 +54,6 @@ function ProblemList({
   text: () => string;
   onGo: (place: Place) => void;
 }): JSX.Element | null {
-  useSignal(status.changed);
   if (status.saved) {
     return (
       <div className="clarion-Saved" role="status">
@@ -114,18 +116,11 @@ export class WorkflowEditor extends MainAreaWidget<Panel> {
     content.addWidget(problems);
     this.toolbar.addItem(
       'save',
-      new ToolbarButton({ icon: saveIcon, label: 'Save', tooltip: 'Validate and save (Ctrl+S)', onClick: () => void this.save() })
+      new ToolbarButton({ icon: saveIcon, label: 'Save', tooltip: 'Validate and save (Ctrl+S; Cmd+S on a Mac)', onClick: () => void this.save() })
     );
     model.sharedModel.changed.connect(() => {
       if (this._status.saved) {
         this._status.set([], null, false);
-      }
-    });
-    this.node.addEventListener('keydown', event => {
-      if ((event.ctrlKey || event.metaKey) && event.key === 's') {
-        event.preventDefault();
-        event.stopPropagation();
-        void this.save();
       }
     });
   }

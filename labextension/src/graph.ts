@@ -72,7 +72,7 @@ export function laneStatus(lane: Lane): string {
     return StepStatus.pending;
   }
   const statuses = new Set(lane.items.map(item => item.status));
-  for (const status of [StepStatus.failed, StepStatus.waiting, StepStatus.running, StepStatus.retrying]) {
+  for (const status of [StepStatus.failed, StepStatus.waiting, StepStatus.running, StepStatus.retrying, StepStatus.cancelled]) {
     if (statuses.has(status)) {
       return status;
     }

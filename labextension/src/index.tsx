@@ -1,158 +1,103 @@
 /**
  * The Clarion sidebar plugin: a left-area panel (Clarion icon, a badge for runs waiting for
- * approval), commands with palette entries, Run detail and workflow editor tabs.
+ * approval), commands with palette entries and file-browser context-menu items, run detail
+ * and workflow editor tabs that Lab tracks and restores on reload, notifications for the
+ * runs started here, and its settings in Lab's settings editor.
  */
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { Clipboard, ICommandPalette, MainAreaWidget, Notification } from '@jupyterlab/apputils';
+import { ICommandPalette, WidgetTracker } from '@jupyterlab/apputils';
 import { IEditorServices } from '@jupyterlab/codeeditor';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
-import { NotebookPanel } from '@jupyterlab/notebook';
-import { LabIcon, ReactWidget } from '@jupyterlab/ui-components';
-import * as React from 'react';
+import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
+import { LabIcon } from '@jupyterlab/ui-components';
 
 import { ClarionApi } from './api';
+import { CommandIDs, PALETTE_COMMANDS, addCommands } from './commands';
 import { ClarionController } from './controller';
-import { IRunActions, RunDetail } from './detail';
-import { WorkflowEditor, yamlOf } from './editor';
-import { RunModel } from './run';
+import { WorkflowEditor } from './editor';
+import { RunNotifier } from './notifier';
+import { RunDetailWidget } from './runtab';
+import { runTitle } from './runtitle';
+import { ClarionSettings, PLUGIN_ID } from './settings';
 import { ClarionSidebar } from './sidebar';
 import clarionSvg from '../style/clarion.svg';
 
 export const clarionIcon = new LabIcon({ name: 'clarion:logo', svgstr: clarionSvg });
 
-export namespace CommandIDs {
-  export const show = 'clarion:show-sidebar';
-  export const openRun = 'clarion:open-run';
-  export const editWorkflow = 'clarion:edit-workflow';
-  export const openInNotebook = 'clarion:open-run-in-notebook';
-  export const refresh = 'clarion:refresh';
-}
-
-class RunDetailWidget extends MainAreaWidget<ReactWidget> {
-  constructor(
-    readonly model: RunModel,
-    actions: IRunActions
-  ) {
-    const content = ReactWidget.create(<RunDetail model={model} actions={actions} />);
-    content.addClass('clarion-RunDetailContent');
-    super({ content });
-    this.id = `clarion-run-${model.runId}`;
-    this.title.label = `Run ${model.runId.slice(-8)}`;
-    this.title.icon = clarionIcon;
-    this.title.closable = true;
-    model.changed.connect(() => {
-      const run = model.run;
-      if (run) {
-        this.title.label = `${run.workflow_name || run.workflow_id} · ${run.status}`;
-        this.title.caption = `Run ${run.run_id}`;
-      }
-    });
-    void model.start();
-  }
-
-  dispose(): void {
-    this.model.dispose();
-    super.dispose();
-  }
-}
-
 const plugin: JupyterFrontEndPlugin<void> = {
-  id: '@clarion/sidebar:plugin',
+  id: PLUGIN_ID,
   description: 'Clarion: workflows, live runs, approvals and agent runs over the v3 API.',
   autoStart: true,
   requires: [IEditorServices],
-  optional: [ICommandPalette, ILayoutRestorer, IDefaultFileBrowser],
+  optional: [ICommandPalette, ILayoutRestorer, IDefaultFileBrowser, IRenderMimeRegistry, ISettingRegistry],
   activate: (
     app: JupyterFrontEnd,
     editorServices: IEditorServices,
     palette: ICommandPalette | null,
     restorer: ILayoutRestorer | null,
-    fileBrowser: IDefaultFileBrowser | null
+    fileBrowser: IDefaultFileBrowser | null,
+    rendermime: IRenderMimeRegistry | null,
+    settingRegistry: ISettingRegistry | null
   ) => {
     const api = new ClarionApi(app.serviceManager.serverSettings);
     const controller = new ClarionController(api);
+    const settings = new ClarionSettings();
     const { commands, shell } = app;
+    const runs = new WidgetTracker<RunDetailWidget>({ namespace: 'clarion-run' });
+    const editors = new WidgetTracker<WorkflowEditor>({ namespace: 'clarion-workflow' });
 
     const openRun = (runId: string): void => void commands.execute(CommandIDs.openRun, { runId });
+    // A run just started may not be in the list yet (or is filtered out of it): its document names it.
+    const nameOf = async (runId: string): Promise<string> => {
+      const run = controller.runs.get(runId) ?? (await api.getRun(runId).catch(() => null));
+      return run ? runTitle(run, controller.agents) : `Run ${runId.slice(-8)}`;
+    };
+    const notifier = new RunNotifier(controller.event, nameOf, settings, openRun);
+    const started = (runId: string): void => {
+      notifier.watch(runId);
+      openRun(runId);
+    };
     const selectedFiles = (): string[] =>
       fileBrowser ? Array.from(fileBrowser.selectedItems()).filter(i => i.type !== 'directory').map(i => i.path) : [];
-    const sidebar = new ClarionSidebar(controller, {
+    const sidebar = new ClarionSidebar(controller, settings, {
       openRun,
       editWorkflow: id => void commands.execute(CommandIDs.editWorkflow, { id }),
-      selectedFiles
+      deleteWorkflow: id => void commands.execute(CommandIDs.deleteWorkflow, { id }),
+      deleteFinishedRuns: () => void commands.execute(CommandIDs.deleteFinishedRuns),
+      selectedFiles,
+      started
     });
     sidebar.title.icon = clarionIcon;
     shell.add(sidebar, 'left', { rank: 600 });
-    restorer?.add(sidebar, sidebar.id);
 
-    const runActions: IRunActions = {
-      openRun,
-      openInNotebook: runId => void commands.execute(CommandIDs.openInNotebook, { runId }),
-      copy: text => {
-        Clipboard.copyToSystem(text);
-        Notification.info(`Copied ${text}`, { autoClose: 2000 });
-      }
-    };
-
-    commands.addCommand(CommandIDs.show, {
-      label: 'Clarion: Show Runs, Workflows and Agents',
-      icon: clarionIcon,
-      execute: () => shell.activateById(sidebar.id)
-    });
-    commands.addCommand(CommandIDs.refresh, {
-      label: 'Clarion: Refresh',
-      execute: () => controller.start()
-    });
-    commands.addCommand(CommandIDs.openRun, {
-      label: args => (args.runId ? `Clarion: Open Run ${args.runId}` : 'Clarion: Open Run'),
-      execute: args => {
-        const runId = String(args.runId ?? '');
-        if (!runId) {
-          return;
-        }
-        const existing = Array.from(shell.widgets('main')).find(w => w.id === `clarion-run-${runId}`);
-        if (existing) {
-          shell.activateById(existing.id);
-          return;
-        }
-        const widget = new RunDetailWidget(new RunModel(api, runId), runActions);
-        shell.add(widget, 'main');
-        shell.activateById(widget.id);
-      }
-    });
-    commands.addCommand(CommandIDs.editWorkflow, {
-      label: 'Clarion: Edit Workflow as YAML',
-      execute: async args => {
-        const id = String(args.id ?? '');
-        const existing = Array.from(shell.widgets('main')).find(w => w.id === `clarion-workflow-${id}`);
-        if (existing) {
-          shell.activateById(existing.id);
-          return;
-        }
-        try {
-          const workflow = await api.getWorkflow(id);
-          const editor = new WorkflowEditor(api, id, yamlOf(workflow), editorServices);
-          shell.add(editor, 'main');
-          shell.activateById(editor.id);
-        } catch (error) {
-          Notification.error(`Cannot open workflow ${id}: ${(error as Error).message}`);
-        }
-      }
-    });
-    commands.addCommand(CommandIDs.openInNotebook, {
-      label: 'Clarion: Open Run in a Notebook',
-      execute: async args => {
-        const runId = String(args.runId ?? '');
-        const panel = (await commands.execute('notebook:create-new', {})) as NotebookPanel;
-        await panel.context.ready;
-        const cell = panel.content.model?.cells.get(0);
-        cell?.sharedModel.setSource(`%load_ext clarion_jupyter\n%clarion show ${runId}`);
-      }
-    });
+    addCommands({
+      app, api, controller, sidebar, started, runs, editors, editorServices, rendermime, fileBrowser,
+      icon: clarionIcon
+    }); // prettier-ignore
     if (palette) {
-      for (const command of [CommandIDs.show, CommandIDs.refresh]) {
+      for (const command of PALETTE_COMMANDS) {
         palette.addItem({ command, category: 'Clarion' });
       }
+    }
+    if (restorer) {
+      restorer.add(sidebar, sidebar.id);
+      void restorer.restore(runs, {
+        command: CommandIDs.openRun,
+        args: widget => ({ runId: widget.model.runId }),
+        name: widget => widget.model.runId
+      });
+      void restorer.restore(editors, {
+        command: CommandIDs.editWorkflow,
+        args: widget => ({ id: widget.workflowId }),
+        name: widget => widget.workflowId
+      });
+    }
+    if (settingRegistry) {
+      settingRegistry
+        .load(PLUGIN_ID)
+        .then(loaded => settings.follow(loaded))
+        .catch(error => console.warn('Clarion: its settings could not be read, the defaults apply', error));
     }
     void app.restored.then(() => controller.start());
   }

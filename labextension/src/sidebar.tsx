@@ -1,31 +1,69 @@
 /** The sidebar panel: Workflows, Runs and Agents tabs over one controller. */
-import { ReactWidget } from '@jupyterlab/ui-components';
+import { ReactWidget, UseSignal } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
 import { AgentsView } from './agentsview';
-import { ErrorMessage, useSignal } from './common';
+import { ErrorMessage } from './common';
 import { ClarionController } from './controller';
-import { RunsView } from './runsview';
+import { HistoryView } from './historyview';
+import { ClarionSettings } from './settings';
+import { SidebarState, Tab } from './sidebarstate';
 import { WorkflowsView } from './workflowsview';
 
 export interface ISidebarActions {
   openRun(runId: string): void;
   editWorkflow(id: string): void;
+  /** Each asks for a confirmation first. */
+  deleteWorkflow(id: string): void;
+  deleteFinishedRuns(): void;
   selectedFiles(): string[];
+  /** A run started from this Lab: it is opened, and notified when it ends or waits. */
+  started(runId: string): void;
 }
 
-type Tab = 'workflows' | 'runs' | 'agents';
 const TABS: [Tab, string][] = [
   ['workflows', 'Workflows'],
   ['runs', 'Runs'],
   ['agents', 'Agents']
 ];
 
-function Sidebar({ controller, actions }: { controller: ClarionController; actions: ISidebarActions }): JSX.Element {
-  useSignal(controller.changed);
-  useSignal(controller.waiting.changed);
-  const [tab, setTab] = React.useState<Tab>('runs');
+interface ISidebarProps {
+  controller: ClarionController;
+  state: SidebarState;
+  settings: ClarionSettings;
+  actions: ISidebarActions;
+}
+
+function Sidebar(props: ISidebarProps): JSX.Element {
+  const { controller, state, settings } = props;
+  return (
+    <UseSignal signal={controller.changed}>
+      {() => (
+        <UseSignal signal={controller.waiting.changed}>
+          {() => (
+            <UseSignal signal={state.changed}>
+              {() => (
+                <UseSignal signal={settings.changed}>{() => <SidebarBody {...props} />}</UseSignal>
+              )}
+            </UseSignal>
+          )}
+        </UseSignal>
+      )}
+    </UseSignal>
+  );
+}
+
+function SidebarBody({ controller, state, settings, actions }: ISidebarProps): JSX.Element {
   const tabs = React.useRef<(HTMLButtonElement | null)[]>([]);
+  const tab = state.tab;
+  // Workflows and agents have no events: showing their tab reads them again.
+  React.useEffect(() => {
+    if (tab === 'workflows') {
+      void controller.reloadWorkflows();
+    } else if (tab === 'agents') {
+      void controller.reloadAgents();
+    }
+  }, [tab, state.requests]);
   if (controller.fatal) {
     return (
       <div className="clarion-Sidebar">
@@ -36,20 +74,11 @@ function Sidebar({ controller, actions }: { controller: ClarionController; actio
       </div>
     );
   }
-  /** Workflows and agents have no events: showing their tab reads them again. */
-  const select = (id: Tab): void => {
-    setTab(id);
-    if (id === 'workflows') {
-      void controller.reloadWorkflows();
-    } else if (id === 'agents') {
-      void controller.reloadAgents();
-    }
-  };
   const onTabKey = (event: React.KeyboardEvent, index: number): void => {
     const delta = event.key === 'ArrowRight' ? 1 : event.key === 'ArrowLeft' ? -1 : 0;
     if (delta) {
       const next = (index + delta + TABS.length) % TABS.length;
-      select(TABS[next][0]);
+      state.show(TABS[next][0]);
       tabs.current[next]?.focus();
     }
   };
@@ -78,7 +107,7 @@ function Sidebar({ controller, actions }: { controller: ClarionController; actio
             aria-controls={`clarion-panel-${id}`}
             tabIndex={tab === id ? 0 : -1}
             className={`clarion-Tab${tab === id ? ' clarion-mod-active' : ''}`}
-            onClick={() => select(id)}
+            onClick={() => state.show(id)}
             onKeyDown={e => onTabKey(e, index)}
           >
             {label}
@@ -96,22 +125,36 @@ function Sidebar({ controller, actions }: { controller: ClarionController; actio
             api={controller.api}
             workflows={controller.workflows}
             error={controller.workflowsError}
+            open={state.open}
+            formKey={state.requests}
+            onToggle={id => state.toggle('workflows', id)}
             onReload={() => void controller.reloadWorkflows()}
             onEdit={actions.editWorkflow}
-            onStarted={actions.openRun}
+            onDelete={actions.deleteWorkflow}
+            onStarted={actions.started}
           />
         )}
         {tab === 'runs' && (
-          <RunsView model={controller.runs} workflows={controller.workflows ?? []} onOpen={actions.openRun} />
+          <HistoryView
+            model={controller.runs}
+            workflows={controller.workflows ?? []}
+            agents={controller.agents}
+            actions={{ open: actions.openRun, deleteFinished: actions.deleteFinishedRuns }}
+          />
         )}
         {tab === 'agents' && (
           <AgentsView
             api={controller.api}
             agents={controller.agents}
             error={controller.agentsError}
+            open={state.open}
+            formKey={state.requests}
+            imports={state.imports}
+            defaultApply={settings.defaultApplyMode}
+            onToggle={id => state.toggle('agents', id)}
             onReload={() => void controller.reloadAgents()}
             selectedFiles={actions.selectedFiles}
-            onStarted={actions.openRun}
+            onStarted={actions.started}
           />
         )}
       </div>
@@ -120,8 +163,11 @@ function Sidebar({ controller, actions }: { controller: ClarionController; actio
 }
 
 export class ClarionSidebar extends ReactWidget {
+  readonly state = new SidebarState();
+
   constructor(
     readonly controller: ClarionController,
+    readonly settings: ClarionSettings,
     private readonly _actions: ISidebarActions
   ) {
     super();
@@ -140,6 +186,6 @@ export class ClarionSidebar extends ReactWidget {
   }
 
   render(): JSX.Element {
-    return <Sidebar controller={this.controller} actions={this._actions} />;
+    return <Sidebar controller={this.controller} state={this.state} settings={this.settings} actions={this._actions} />;
   }
 }

@@ -1,26 +1,40 @@
-/** The Workflows view: each stored workflow with Run (a form for its inputs) and Edit as YAML. */
+/**
+ * The Workflows view: each stored workflow with Run (a form for its inputs), Edit as YAML
+ * and Delete.
+ */
+import { CORE_SCHEMA, load } from 'js-yaml';
 import * as React from 'react';
 
 import { ApiError, ClarionApi } from './api';
 import { ErrorMessage } from './common';
 import { InputSpec, WorkflowDocument } from './protocol';
+import { AGENT_RUN_WORKFLOW } from './runtitle';
 
 export function WorkflowsView({
   api,
   workflows,
   error,
+  open,
+  formKey,
+  onToggle,
   onReload,
   onEdit,
+  onDelete,
   onStarted
 }: {
   api: ClarionApi;
   workflows: WorkflowDocument[] | null;
   error: string | null;
+  /** The workflow whose run form is open. */
+  open: string | null;
+  /** Changes when a form is asked for again (it then starts afresh). */
+  formKey: number;
+  onToggle: (id: string) => void;
   onReload: () => void;
   onEdit: (id: string) => void;
+  onDelete: (id: string) => void;
   onStarted: (runId: string) => void;
 }): JSX.Element {
-  const [open, setOpen] = React.useState<string | null>(null);
   if (error) {
     return <ErrorMessage message={error} onRetry={onReload} />;
   }
@@ -42,28 +56,39 @@ export function WorkflowsView({
           <div className="clarion-ItemText">
             <span className="clarion-ItemName">{workflow.name}</span>
             <span className="clarion-Muted">
-              {workflow.id} · {countSteps(workflow)} steps
+              {workflow.id} · {countSteps(workflow)} step{countSteps(workflow) === 1 ? '' : 's'}
             </span>
           </div>
           <div className="clarion-ItemActions">
             <button
               className="jp-mod-styled jp-mod-accept clarion-Small"
               aria-expanded={open === workflow.id}
-              onClick={() => setOpen(open === workflow.id ? null : workflow.id)}
+              onClick={() => onToggle(workflow.id)}
             >
               Run
             </button>
             <button className="jp-mod-styled clarion-Small" onClick={() => onEdit(workflow.id)}>
               Edit as YAML
             </button>
+            {workflow.id !== AGENT_RUN_WORKFLOW && (
+              <button
+                className="jp-mod-styled jp-mod-reject clarion-Small"
+                aria-label={`Delete ${workflow.name}`}
+                title="Delete this workflow (its finished runs stay)"
+                onClick={() => onDelete(workflow.id)}
+              >
+                Delete
+              </button>
+            )}
           </div>
           {workflow.description && <div className="clarion-Muted">{workflow.description}</div>}
           {open === workflow.id && (
             <RunForm
+              key={formKey}
               api={api}
               workflow={workflow}
               onStarted={runId => {
-                setOpen(null);
+                onToggle(workflow.id);
                 onStarted(runId);
               }}
             />
@@ -78,7 +103,7 @@ function countSteps(workflow: WorkflowDocument): number {
   return workflow.steps.reduce((n, entry) => n + ('parallel' in entry ? entry.parallel.length : 1), 0);
 }
 
-/** The text a field starts with: the default, JSON for arrays and objects. */
+/** The text a field starts with: the default, as JSON (which YAML reads too) for arrays and objects. */
 function initialText(spec: InputSpec): string {
   if (spec.default === undefined || spec.default === null) {
     return '';
@@ -86,7 +111,11 @@ function initialText(spec: InputSpec): string {
   return typeof spec.default === 'string' ? spec.default : JSON.stringify(spec.default);
 }
 
-/** A field's value as its declared type, or an error naming the input. */
+/**
+ * A field's value as its declared type, or an error naming the input. Arrays and objects
+ * are YAML, as in a `%%clarion` cell: flow (`[a, b]`, `{k: v}`, so JSON too) or block
+ * (`- a` a line); YAML's core schema, so a date stays a string.
+ */
 export function parseInput(name: string, spec: InputSpec, text: string, checked: boolean): unknown {
   switch (spec.type ?? 'string') {
     case 'boolean':
@@ -101,14 +130,15 @@ export function parseInput(name: string, spec: InputSpec, text: string, checked:
     }
     case 'array':
     case 'object': {
+      const shape = spec.type === 'array' ? 'an array ([a, b], or one "- item" a line)' : 'an object ({key: value}, or one "key: value" a line)';
       let value: unknown;
       try {
-        value = JSON.parse(text);
-      } catch {
-        throw new Error(`input '${name}' must be JSON (${spec.type === 'array' ? '[...]' : '{...}'})`);
+        value = load(text, { schema: CORE_SCHEMA });
+      } catch (error) {
+        throw new Error(`input '${name}' must be ${shape}: ${(error as Error).message.split('\n')[0]}`);
       }
       if (spec.type === 'array' ? !Array.isArray(value) : typeof value !== 'object' || Array.isArray(value) || !value) {
-        throw new Error(`input '${name}' must be ${spec.type === 'array' ? 'an array' : 'an object'}`);
+        throw new Error(`input '${name}' must be ${shape}`);
       }
       return value;
     }
@@ -182,7 +212,8 @@ function RunForm({
               <textarea
                 id={id}
                 className="jp-mod-styled"
-                rows={2}
+                rows={3}
+                placeholder={type === 'array' ? '[a, b] or one "- item" a line' : '{key: value} or one "key: value" a line'}
                 value={texts[name]}
                 onChange={e => setTexts({ ...texts, [name]: e.target.value })}
               />

@@ -7,6 +7,7 @@ of git; the path is printed), named ``<test>-<state>.png``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.error
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from clarion_jupyter.testing.browser import lab_server
 from clarion_jupyter.testing.server import JupyterServerProcess
@@ -68,6 +70,17 @@ def api(server: Lab, method: str, path: str, body: Any = None, *, yaml: str | No
     return json.loads(text) if text else None
 
 
+def save(lab, doc: dict | str) -> None:
+    """Creates or replaces a workflow (the module's tests share one server)."""
+    workflow_id = (yaml.safe_load(doc) if isinstance(doc, str) else doc)["id"]
+    with contextlib.suppress(urllib.error.HTTPError):
+        api(lab, "DELETE", f"workflows/{workflow_id}")
+    if isinstance(doc, str):
+        api(lab, "POST", "workflows", yaml=doc)
+    else:
+        api(lab, "POST", "workflows", doc)
+
+
 def wait_until_up(server: Lab, path: str = "api/v3/health", timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -91,6 +104,13 @@ def wait_for_run(server: Lab, run_id: str, statuses: set[str], timeout: float = 
             return run
         time.sleep(0.1)
     raise AssertionError(f"run {run_id} is still {run['status']}")
+
+
+def finished_run(server: Lab, workflow_id: str, status: str = "succeeded", inputs: dict | None = None) -> str:
+    """A run of ``workflow_id`` started through the API, once it has ended as ``status``."""
+    run_id = api(server, "POST", f"workflows/{workflow_id}/run", {"inputs": inputs or {}})["run_id"]
+    wait_for_run(server, run_id, {status})
+    return run_id
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from .conftest import Lab, Shots, api
-from .pages import SIDEBAR, run_detail, select_in_file_browser, show_sidebar, wait_status
+from .pages import DETAIL, SIDEBAR, run_detail, select_in_file_browser, show_sidebar, wait_status
 
 ORIGINAL = 'def greet(name):\n    print("hi " + name)\n'
 CHANGED = 'def greet(name: str) -> None:\n    print(f"hello {name}")\n'
@@ -65,7 +65,8 @@ async def run_agent_and_apply(page: Any, lab: Lab, shots: Shots) -> str:
     await shots(page, "agent-form")
     await page.click(f"{form} button[type=submit]")
 
-    detail = ".clarion-RunDetail"
+    # Lab restores the run tabs earlier tests left open: the one reviewing is this run's.
+    detail = f"{DETAIL}:has([data-approval='apply'])"
     card = f"{detail} [data-approval='apply']"
     await page.wait_for_selector(card, timeout=60_000)
     run_id = await page.get_attribute(detail, "data-run-id")

@@ -7,10 +7,12 @@ from typing import Any
 
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from clarion_jupyter.testing.browser import open_lab
+from clarion_jupyter.testing.browser import DARK_THEME, open_lab
 
 SIDEBAR_TAB = "li.lm-TabBar-tab[data-id='clarion-sidebar']"
 SIDEBAR = "#clarion-sidebar"
+DETAIL = ".jp-MainAreaWidget:not(.lm-mod-hidden) .clarion-RunDetail"
+"""The run detail in front (Lab restores the run tabs a page had open: the others are hidden)."""
 
 
 async def open_sidebar(browser: Any, server: Any, tab: str = "Runs") -> Any:
@@ -79,3 +81,43 @@ async def change_theme(page: Any, theme: str) -> None:
     light = "true" if "Light" in theme else "false"
     await page.wait_for_function(f"document.body.dataset.jpThemeLight === '{light}'")
     await page.wait_for_selector("#jupyterlab-splash", state="detached")
+
+
+async def confirm_dialog(page: Any, button: str = "Delete") -> str:
+    """Lab's confirmation dialog: its text, once ``button`` was pressed."""
+    dialog = page.locator(".jp-Dialog")
+    await dialog.wait_for()
+    text = await dialog.inner_text()
+    await dialog.locator(f".jp-Dialog-button:has-text('{button}')").click()
+    await dialog.wait_for(state="detached")
+    return text
+
+
+async def open_palette(page: Any, query: str) -> None:
+    """View > Activate Command Palette, then ``query`` typed into it."""
+    await page.click(".lm-MenuBar-itemLabel:text-is('View')")
+    await page.click(".lm-Menu-itemLabel:text-is('Activate Command Palette')")
+    await page.fill(".lm-CommandPalette-input", query)
+
+
+async def run_command(page: Any, label: str) -> None:
+    """Runs a command from Lab's command palette, by its label, as a user would."""
+    await open_palette(page, label)
+    first = page.locator(".lm-CommandPalette-item.lm-mod-active .lm-CommandPalette-itemLabel")
+    assert await first.inner_text() == label
+    await page.keyboard.press("Enter")
+
+
+async def shot_in_dark(page: Any, shots: Any, state: str) -> None:
+    """``shots(page, state)`` in the dark theme, then back to the light one."""
+    await change_theme(page, DARK_THEME)
+    await shots(page, state)
+    await change_theme(page, "JupyterLab Light")
+
+
+async def open_run_form(page: Any, workflow_id: str) -> str:
+    """Opens the Run form of a workflow in the Workflows view; the form's item selector."""
+    item = f"{SIDEBAR} [data-workflow='{workflow_id}']"
+    await page.click(f"{item} button:has-text('Run')")
+    await page.wait_for_selector(f"{item} form")
+    return item

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import urllib.error
-
-import yaml
-
 from clarion_jupyter.testing.browser import DARK_THEME, chromium
 
-from .conftest import api, wait_for_run
+from .conftest import api, save, wait_for_run
 from .flows import run_agent_and_apply
-from .pages import SIDEBAR, SIDEBAR_TAB, change_theme, console_errors, open_sidebar, run_detail, show_tab, wait_status
+from .pages import (
+    DETAIL,
+    SIDEBAR,
+    SIDEBAR_TAB,
+    change_theme,
+    console_errors,
+    open_sidebar,
+    run_detail,
+    show_tab,
+    wait_status,
+)
 
 TOUR = """\
 id: tour
@@ -46,17 +51,6 @@ BROKEN = {
 }
 
 
-def save(lab, doc: dict | str) -> None:
-    """Creates or replaces a workflow (the module's tests share one server)."""
-    workflow_id = (yaml.safe_load(doc) if isinstance(doc, str) else doc)["id"]
-    with contextlib.suppress(urllib.error.HTTPError):
-        api(lab, "DELETE", f"workflows/{workflow_id}")
-    if isinstance(doc, str):
-        api(lab, "POST", "workflows", yaml=doc)
-    else:
-        api(lab, "POST", "workflows", doc)
-
-
 async def test_sidebar_opens_on_its_three_views(lab, shots) -> None:
     async with chromium() as browser:
         page = await open_sidebar(browser, lab)
@@ -81,7 +75,7 @@ async def test_a_workflow_started_from_the_sidebar_turns_green_step_by_step(lab,
         await shots(page, "run-form")
         await page.click(f"{item} button:has-text('Start run')")
 
-        detail = ".clarion-RunDetail"
+        detail = DETAIL
         await page.wait_for_selector(f"{detail} .clarion-Node[data-step='start'][data-status='running']")
         await shots(page, "first-step-running")
         await page.wait_for_selector(f"{detail} .clarion-Node[data-step='left'][data-status='running']")
@@ -362,7 +356,7 @@ async def test_a_run_is_rerun_with_its_inputs_and_opened_in_a_notebook(lab, shot
         await page.click(f"{SIDEBAR} .clarion-RunRow[data-run-id='{first}']")
         await wait_status(page, run_detail(first), "succeeded")
         await page.click(f"{run_detail(first)} button:has-text('Re-run')")
-        again = page.locator(f".clarion-RunDetail:not([data-run-id='{first}'])")
+        again = page.locator(f"{DETAIL}:not([data-run-id='{first}'])")
         await again.wait_for()
         second = await again.get_attribute("data-run-id")
         assert api(lab, "GET", f"runs/{second}")["inputs"] == api(lab, "GET", f"runs/{first}")["inputs"]

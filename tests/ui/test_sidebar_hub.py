@@ -10,7 +10,7 @@ from clarion_jupyter.testing.browser import DARK_THEME, chromium
 
 from .conftest import Lab, api, start_lab
 from .flows import run_agent_and_apply
-from .pages import SIDEBAR, console_errors, open_sidebar, wait_status
+from .pages import DETAIL, SIDEBAR, console_errors, open_sidebar, wait_status
 
 HELLO = {
     "id": "hello",
@@ -42,7 +42,7 @@ async def test_under_a_base_url_in_the_dark_theme_a_workflow_runs_live(lab, shot
         await page.fill(f"{item} input[type=text]", "hub")
         await shots(page, "run-form")
         await page.click(f"{item} button:has-text('Start run')")
-        detail = ".clarion-RunDetail"
+        detail = DETAIL
         await page.wait_for_selector(f"{detail} .clarion-Node[data-step='pause'][data-status='running']")
         await shots(page, "running")
         await wait_status(page, detail, "succeeded")

@@ -28,6 +28,16 @@ describe('ClarionApi', () => {
     expect(query.has('status') || query.has('workflow_id')).toBe(false);
   });
 
+  it('deletes the finished runs a filter selects, and asks for all=true only without one', async () => {
+    server.on('DELETE', /\/api\/v3\/runs$/, () => ({ json: { deleted: 2 } }));
+    expect(await api.deleteRuns({ workflow_id: 'tour', status: undefined })).toBe(2);
+    await api.deleteRuns({});
+    const [filtered, all] = server.requests.map(r => new URL(r.url).searchParams);
+    expect(filtered.get('workflow_id')).toBe('tour');
+    expect(filtered.has('all') || filtered.has('status')).toBe(false);
+    expect(all.get('all')).toBe('true');
+  });
+
   it('sends the token and the XSRF cookie the way Lab does', async () => {
     document.cookie = '_xsrf=xsrf-value';
     server.on('POST', /\/runs\/r1\/cancel$/, () => ({ status: 202, json: { run_id: 'r1' } }));

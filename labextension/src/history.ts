@@ -12,18 +12,18 @@ import { ClarionApi } from './api';
 import { ClarionEvent, EventType, RunStatus, TERMINAL_EVENTS, WorkflowRun } from './protocol';
 import { reduceRun, isTerminal } from './run';
 
-export interface RunsFilter {
+export interface HistoryFilter {
   status?: string;
   workflow_id?: string;
 }
 
 export const PAGE_SIZE = 100;
 
-export class RunsModel {
+export class RunHistory {
   private _runs: WorkflowRun[] = [];
   private _byId = new Map<string, WorkflowRun>();
   private _cursor: string | null = null;
-  private _filter: RunsFilter = {};
+  private _filter: HistoryFilter = {};
   private _loading = false;
   private _error: string | null = null;
   private _pending = new Map<string, ClarionEvent[]>();
@@ -40,7 +40,7 @@ export class RunsModel {
     return this._runs;
   }
 
-  get filter(): RunsFilter {
+  get filter(): HistoryFilter {
     return this._filter;
   }
 
@@ -115,7 +115,7 @@ export class RunsModel {
     }
   }
 
-  setFilter(filter: RunsFilter): Promise<void> {
+  setFilter(filter: HistoryFilter): Promise<void> {
     this._filter = { ...filter };
     return this.reload();
   }
@@ -146,6 +146,17 @@ export class RunsModel {
       runs[index] = next;
       this._runs = runs;
     }
+    this._changed.emit();
+  }
+
+  /** Runs deleted: out of the list (the server sends no event for a deletion). */
+  remove(runIds: Iterable<string>): void {
+    const gone = new Set(runIds);
+    if (![...gone].some(id => this._byId.has(id))) {
+      return;
+    }
+    gone.forEach(id => this._byId.delete(id));
+    this._runs = this._runs.filter(run => !gone.has(run.run_id));
     this._changed.emit();
   }
 

@@ -1,71 +1,110 @@
 /**
  * The Runs view: a virtualised list (only the rows in sight are in the DOM, so 10,000 runs
- * scroll as fast as 10), with status and workflow filters; the next page is fetched as the
- * end comes into sight.
+ * scroll as fast as 10), with status and workflow filters and the deletion of the finished
+ * runs they select; the next page is fetched as the end comes into sight.
  */
+import { UseSignal, deleteIcon } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
-import { ErrorMessage, StatusBadge, formatCost, formatDuration, formatTime, runDuration, useSignal } from './common';
-import { RunStatus, StepStatus, TERMINAL_RUN, WorkflowDocument, WorkflowRun } from './protocol';
-import { RunsModel } from './runs';
+import { ErrorMessage, StatusBadge, formatCost, formatDuration, formatTime, runDuration, useNow } from './common';
+import { RunHistory } from './history';
+import { Agent, RunStatus, StepStatus, TERMINAL_RUN, WorkflowDocument, WorkflowRun } from './protocol';
+import { runTitle } from './runtitle';
 
 export const ROW_HEIGHT = 48;
 const OVERSCAN = 8;
 
-export function RunsView({
-  model,
-  workflows,
-  onOpen
-}: {
-  model: RunsModel;
+export interface IHistoryActions {
+  open(runId: string): void;
+  /** Deletes the finished runs the list's filter selects, after a confirmation. */
+  deleteFinished(): void;
+}
+
+interface IHistoryProps {
+  model: RunHistory;
   workflows: WorkflowDocument[];
-  onOpen: (runId: string) => void;
-}): JSX.Element {
-  useSignal(model.changed);
+  agents: Agent[] | null;
+  actions: IHistoryActions;
+}
+
+export function HistoryView(props: IHistoryProps): JSX.Element {
+  return <UseSignal signal={props.model.changed}>{() => <HistoryBody {...props} />}</UseSignal>;
+}
+
+function HistoryBody({ model, workflows, agents, actions }: IHistoryProps): JSX.Element {
   const filter = model.filter;
   return (
     <div className="clarion-RunsView">
       <div className="clarion-Filters">
-        <label>
-          <span className="clarion-Label">Status</span>
-          <select
-            className="jp-mod-styled"
-            aria-label="Filter by status"
-            value={filter.status ?? ''}
-            onChange={e => void model.setFilter({ ...filter, status: e.target.value || undefined })}
-          >
-            <option value="">all</option>
-            {Object.values(RunStatus).map(status => (
-              <option key={status} value={status}>
-                {status}
-              </option>
-            ))}
-          </select>
-        </label>
-        <label>
-          <span className="clarion-Label">Workflow</span>
-          <select
-            className="jp-mod-styled"
-            aria-label="Filter by workflow"
-            value={filter.workflow_id ?? ''}
-            onChange={e => void model.setFilter({ ...filter, workflow_id: e.target.value || undefined })}
-          >
-            <option value="">all</option>
-            {workflows.map(w => (
-              <option key={w.id} value={w.id}>
-                {w.name}
-              </option>
-            ))}
-          </select>
-        </label>
+        <FilterSelect
+          label="Status"
+          value={filter.status}
+          options={Object.values(RunStatus).map(status => [status, status])}
+          onChange={status => void model.setFilter({ ...filter, status })}
+        />
+        <FilterSelect
+          label="Workflow"
+          value={filter.workflow_id}
+          options={workflows.map(w => [w.id, w.name])}
+          onChange={workflow_id => void model.setFilter({ ...filter, workflow_id })}
+        />
+        <button
+          className="jp-Button jp-mod-minimal clarion-DeleteFinished"
+          title="Delete the finished runs these filters select…"
+          aria-label="Delete the finished runs these filters select"
+          disabled={!model.runs.some(run => TERMINAL_RUN.has(run.status))}
+          onClick={actions.deleteFinished}
+        >
+          <deleteIcon.react tag="span" height="16px" width="16px" />
+        </button>
       </div>
       {model.error && <ErrorMessage message={model.error} onRetry={() => void model.reload()} />}
-      <VirtualRuns model={model} onOpen={onOpen} />
+      <VirtualRuns model={model} agents={agents} onOpen={actions.open} />
     </div>
   );
 }
 
-function VirtualRuns({ model, onOpen }: { model: RunsModel; onOpen: (runId: string) => void }): JSX.Element {
+/** One filter of the list: "all", or one of `options` ([value, label]). */
+function FilterSelect({
+  label,
+  value,
+  options,
+  onChange
+}: {
+  label: string;
+  value: string | undefined;
+  options: [string, string][];
+  onChange: (value: string | undefined) => void;
+}): JSX.Element {
+  return (
+    <label>
+      <span className="clarion-Label">{label}</span>
+      <select
+        className="jp-mod-styled"
+        aria-label={`Filter by ${label.toLowerCase()}`}
+        value={value ?? ''}
+        onChange={e => onChange(e.target.value || undefined)}
+      >
+        <option value="">all</option>
+        {options.map(([id, text]) => (
+          <option key={id} value={id}>
+            {text}
+          </option>
+        ))}
+      </select>
+    </label>
+  );
+}
+
+function VirtualRuns({
+  model,
+  agents,
+  onOpen
+}: {
+  model: RunHistory;
+  agents: Agent[] | null;
+  onOpen: (runId: string) => void;
+}): JSX.Element {
   const runs = model.runs;
   const box = React.useRef<HTMLDivElement>(null);
   const [scrollTop, setScrollTop] = React.useState(0);
@@ -82,6 +121,8 @@ function VirtualRuns({ model, onOpen }: { model: RunsModel; onOpen: (runId: stri
   }, []);
   const first = Math.max(0, Math.floor(scrollTop / ROW_HEIGHT) - OVERSCAN);
   const last = Math.min(runs.length, Math.ceil((scrollTop + height) / ROW_HEIGHT) + OVERSCAN);
+  // One clock for the rows in sight: an active run's duration counts up (finished rows keep `now` 0 and stay memoised).
+  const now = useNow(runs.slice(first, last).some(run => !TERMINAL_RUN.has(run.status)));
   React.useEffect(() => {
     if (last >= runs.length - OVERSCAN && model.hasMore && !model.loading) {
       void model.loadMore();
@@ -131,10 +172,13 @@ function VirtualRuns({ model, onOpen }: { model: RunsModel; onOpen: (runId: stri
   const rows: JSX.Element[] = [];
   for (let index = first; index < last; index++) {
     const run = runs[index];
+    const active = !TERMINAL_RUN.has(run.status);
     rows.push(
       <RunRow
         key={run.run_id}
         run={run}
+        title={runTitle(run, agents)}
+        now={active ? now : 0}
         index={index}
         tabIndex={index === Math.min(focused, runs.length - 1) ? 0 : -1}
         onOpen={onOpen}
@@ -165,12 +209,17 @@ function VirtualRuns({ model, onOpen }: { model: RunsModel; onOpen: (runId: stri
 
 const RunRow = React.memo(function RunRow({
   run,
+  title,
+  now,
   index,
   tabIndex,
   onOpen,
   onFocus
 }: {
   run: WorkflowRun;
+  title: string;
+  /** The clock, for an active run's duration (0 for a finished one). */
+  now: number;
   index: number;
   tabIndex: number;
   onOpen: (runId: string) => void;
@@ -196,7 +245,9 @@ const RunRow = React.memo(function RunRow({
     >
       <div className="clarion-RunRowMain">
         <StatusBadge status={run.status} />
-        <span className="clarion-RunName">{run.workflow_name || run.workflow_id}</span>
+        <span className="clarion-RunName" title={title}>
+          {title}
+        </span>
         {active && (current || done > 0) && (
           <span className="clarion-RunProgress clarion-Muted">
             {current ? `${current.key} ${current.status}` : ''}
@@ -206,8 +257,8 @@ const RunRow = React.memo(function RunRow({
         )}
       </div>
       <div className="clarion-RunRowMeta">
-        <span>{formatTime(run.started_at ?? run.created_at)}</span>
-        <span>{formatDuration(runDuration(run.started_at, run.finished_at))}</span>
+        <span className="clarion-RunTime">{formatTime(run.started_at ?? run.created_at)}</span>
+        <span className="clarion-RunTime">{formatDuration(runDuration(run.started_at, run.finished_at, now || undefined))}</span>
         <span>{formatCost(run.usage?.cost_usd)}</span>
         <code className="clarion-Muted">{run.run_id.slice(-8)}</code>
       </div>

@@ -1,6 +1,6 @@
 import { ClarionApi } from '../api';
 import { EventType, RunStatus, WorkflowRun } from '../protocol';
-import { PAGE_SIZE, RunsModel, WaitingModel } from '../runs';
+import { PAGE_SIZE, RunHistory, WaitingModel } from '../history';
 import { event, runDoc } from './builders';
 import { FakeServer } from './fake';
 
@@ -31,10 +31,10 @@ function serverWith(runs: WorkflowRun[]): FakeServer {
 
 const flush = (): Promise<void> => new Promise(resolve => setTimeout(resolve, 0));
 
-describe('RunsModel', () => {
+describe('RunHistory', () => {
   it('pages through runs newest first with the cursor', async () => {
     const runs = Array.from({ length: 250 }, (_, i) => runDoc(id(i + 1), { status: RunStatus.succeeded }));
-    const model = new RunsModel(new ClarionApi(serverWith(runs).settings()));
+    const model = new RunHistory(new ClarionApi(serverWith(runs).settings()));
     await model.reload();
     expect(model.runs).toHaveLength(PAGE_SIZE);
     expect(model.runs[0].run_id).toBe(id(250));
@@ -45,10 +45,23 @@ describe('RunsModel', () => {
     expect(model.runs[249].run_id).toBe(id(1));
   });
 
+  it('drops deleted runs from the list (no event tells of a deletion)', async () => {
+    const runs = [1, 2, 3].map(n => runDoc(id(n), { status: RunStatus.succeeded }));
+    const model = new RunHistory(new ClarionApi(serverWith(runs).settings()));
+    await model.reload();
+    let changes = 0;
+    model.changed.connect(() => changes++);
+    model.remove([id(2), 'unknown']);
+    expect(model.runs.map(r => r.run_id)).toEqual([id(3), id(1)]);
+    expect(model.get(id(2))).toBeUndefined();
+    model.remove(['unknown']);
+    expect(changes).toBe(1);
+  });
+
   it('a new run announced on the socket is fetched once and placed first', async () => {
     const runs = [runDoc(id(1)), runDoc(id(2))];
     const server = serverWith(runs);
-    const model = new RunsModel(new ClarionApi(server.settings()));
+    const model = new RunHistory(new ClarionApi(server.settings()));
     await model.reload();
     runs.push(runDoc(id(3), { workflow_name: 'Fresh' }));
     model.apply(event(id(3), 1, EventType.run_queued));
@@ -63,7 +76,7 @@ describe('RunsModel', () => {
   it('a new run’s state comes from its stored events, and events during the fetch are not lost', async () => {
     const runs = [runDoc(id(1))];
     const server = serverWith(runs);
-    const model = new RunsModel(new ClarionApi(server.settings()));
+    const model = new RunHistory(new ClarionApi(server.settings()));
     await model.reload();
     runs.push(runDoc(id(2), { status: RunStatus.queued }));
     const stored = [event(id(2), 1, EventType.run_queued), event(id(2), 2, EventType.run_started)];
@@ -77,7 +90,7 @@ describe('RunsModel', () => {
   });
 
   it('updates a shown run’s status as its events arrive', async () => {
-    const model = new RunsModel(new ClarionApi(serverWith([runDoc(id(1), { status: RunStatus.running })]).settings()));
+    const model = new RunHistory(new ClarionApi(serverWith([runDoc(id(1), { status: RunStatus.running })]).settings()));
     await model.reload();
     model.apply(event(id(1), 5, EventType.workflow_succeeded, null, { usage: { prompt_tokens: 3, completion_tokens: 4, cost_usd: 0.01 } }));
     expect(model.runs[0]).toMatchObject({ status: RunStatus.succeeded, usage: { cost_usd: 0.01 } });
@@ -85,7 +98,7 @@ describe('RunsModel', () => {
 
   it('with a status filter, a run that leaves the status leaves the list', async () => {
     const runs = [runDoc(id(1), { status: RunStatus.waiting }), runDoc(id(2), { status: RunStatus.running })];
-    const model = new RunsModel(new ClarionApi(serverWith(runs).settings()));
+    const model = new RunHistory(new ClarionApi(serverWith(runs).settings()));
     await model.setFilter({ status: RunStatus.waiting });
     expect(model.runs.map(r => r.run_id)).toEqual([id(1)]);
     model.apply(event(id(1), 9, EventType.approval_granted, 'apply'));
@@ -95,7 +108,7 @@ describe('RunsModel', () => {
   it('catches up after a reconnect: the first page again, then missed events of active runs', async () => {
     const runs = [runDoc(id(1), { status: RunStatus.running })];
     const server = serverWith(runs);
-    const model = new RunsModel(new ClarionApi(server.settings()));
+    const model = new RunHistory(new ClarionApi(server.settings()));
     await model.reload();
     runs[0] = runDoc(id(1), { status: RunStatus.succeeded });
     server.on('GET', /\/events$/, () => ({ json: { events: [] } }));

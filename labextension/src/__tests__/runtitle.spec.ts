@@ -1,0 +1,21 @@
+import { Agent } from '../protocol';
+import { AGENT_RUN_WORKFLOW, runTitle } from '../runtitle';
+import { runDoc } from './builders';
+
+const coder = { id: 'coder', name: 'Coder' } as Agent;
+
+describe('runTitle', () => {
+  it("calls a workflow's run by the workflow's name", () => {
+    expect(runTitle(runDoc('r1'), [coder])).toBe('Tour');
+  });
+
+  it("calls an agent run by the agent's name, not the built-in workflow's", () => {
+    const run = runDoc('r1', { workflow_id: AGENT_RUN_WORKFLOW, workflow_name: 'Agent run', inputs: { agent: 'coder' } });
+    expect(runTitle(run, [coder])).toBe('Coder (agent)');
+  });
+
+  it('falls back to the agent id while the agents are not loaded (or it was deleted)', () => {
+    const run = runDoc('r1', { workflow_id: AGENT_RUN_WORKFLOW, workflow_name: 'Agent run', inputs: { agent: 'gone' } });
+    expect(runTitle(run, null)).toBe('gone (agent)');
+  });
+});
