@@ -30,7 +30,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 DEFAULT_SECRET_ENV_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(_API_KEY|_KEY|_TOKEN)$"
 MASK = "***"
@@ -237,3 +237,24 @@ class SecretLogFilter(logging.Filter):
             if masked_exc != text:
                 record.exc_info, record.exc_text = None, masked_exc
         return True
+
+
+_SECRET_PARAMS = ("pass", "token", "secret", "key")
+"""Query parameters whose values are credentials (``password=``, ``auth_token=``, ``api_key=``)."""
+
+
+def redact_url(url: str, *, keep: frozenset[str] = frozenset()) -> str:
+    """``url`` fit to show in health, logs and errors: the password or token in its user info
+    (also NATS's ``nats://TOKEN@host``) and credential-like query parameters masked; ``keep``
+    names parameters that only look like credentials."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, sep, _password = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if sep else f"***@{host}"
+    query = [
+        (k, "***" if k not in keep and any(s in k.lower() for s in _SECRET_PARAMS) else v)
+        for k, v in parse_qsl(parts.query)
+    ]
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))

@@ -53,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..core.errors import BadRequest, QueueUnavailable
 from ..core.protocol import EventType
+from ..core.secrets import redact_url
 from .base import config_problems
 from .queue import Delivery, Job, JobResult, job_id
 
@@ -71,7 +72,6 @@ MIN_SECRET_CHARS = 16
 CANCELS_KEPT = 10_000
 PUT_POLL_S = (0.005, 0.25)
 """First and longest pause between offers of a job while the queue is full."""
-_SECRET_PARAMS = ("pass", "token", "secret", "key")
 
 Raw = tuple[Any, bytes | None]
 """A message as a broker hands it over: its handle (for ack) and its body (None: deleted meanwhile)."""
@@ -108,18 +108,8 @@ OPTION_NAMES = frozenset(BrokerOptions.model_fields)
 
 
 def redact(url: str) -> str:
-    """``url`` fit to show: passwords and tokens (also NATS's ``nats://TOKEN@host``) masked."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        user, sep, _password = userinfo.partition(":")
-        netloc = f"{user}:***@{host}" if sep else f"***@{host}"
-    query = [
-        (k, "***" if k not in OPTION_NAMES and any(s in k.lower() for s in _SECRET_PARAMS) else v)
-        for k, v in parse_qsl(parts.query)
-    ]
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
+    """``url`` fit to show, this queue's own options (``secret_env`` names a variable) left as they are."""
+    return redact_url(url, keep=OPTION_NAMES)
 
 
 def split_url(url: str, *, client_params: bool) -> tuple[str, BrokerOptions]:
