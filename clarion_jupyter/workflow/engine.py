@@ -30,15 +30,15 @@ from ..storage.protocols import ActiveRun, Storage
 from ..storage.query import MAX_BYTES, MAX_ROWS, TIMEOUT_S, QueryResult
 from ..storage.records import Event, RunRecord, StoredDocument, utcnow
 from ..storage.writer import GroupCommitWriter
-from ..task.base import DEFAULT_MAX_OUTPUT_BYTES, TaskFailed, TaskSettings
+from ..task.base import DEFAULT_MAX_OUTPUT_BYTES, TaskSettings
 from ..task.broker import DROP_REASONS, redact
-from ..task.builtin.llm_call import LLMCallTask, chosen_file_problem, prepare_call
 from ..task.preview import Previewer
 from ..task.queue import Queue
 from ..task.queues import make_queue
 from ..task.registry import TaskRegistry
 from ..task.worker import Worker
-from .agent_run import AGENT_RUN_WORKFLOW, AGENT_RUN_WORKFLOW_ID, AgentRunRequest
+from .agent_run import AgentRunRequest
+from .agent_runs import AgentRuns
 from .bus import EventBus, Subscription
 from .compiler import Plan, compile_workflow
 from .executor import RunExecutor
@@ -94,6 +94,7 @@ class Engine:
         self.runs = self.storage.runs
         self.agents = AgentService(self.storage.agents, self.settings.secrets)
         self.workflows = WorkflowService(self.storage.workflows, self.runs, self.validator)
+        self._agent_runs = AgentRuns(self.agents, self.workflows, self.registry, self.workspace, self.submit_saved)
         self._previewer = Previewer(self.registry, self.workspace, self.settings)
         self.bus = EventBus()
         self._telemetry = Telemetry(tracer)
@@ -148,7 +149,7 @@ class Engine:
             self._worker = Worker(self._queue, self.registry, self.workspace, self.settings, self._workers)
             await self._worker.start()
         self.started = True
-        await self._install_agent_run()
+        await self._agent_runs.install()
         await self._queue.take_stock()  # jobs still in a broker are adopted by the runs resumed now, not sent again
         self.resumed = await self.resume()
         # Results are routed once the resumed runs can take them (an adopted job's may be waiting).
@@ -431,60 +432,18 @@ class Engine:
     # -- agent runs ----------------------------------------------------------------
 
     async def run_agent(self, agent_id: str, request: AgentRunRequest) -> str:
-        """Start an agent run (the built-in ``agent-run`` workflow); its id once durably queued.
-
-        What can be checked before the model is called is: the agent, its required user
-        variables and the chosen files, so a typo costs no tokens and names its field."""
-        agent = await self.agents.get(agent_id)
-        problems = [
-            Problem(loc=f"variables.{v.name}", message=f"required by agent '{agent_id}'", field=f"variables.{v.name}")
-            for v in agent.user_variables
-            if v.required and v.name not in request.variables
-        ]
-        problems += await asyncio.to_thread(self._unreadable, request.files)
-        if problems:
-            raise ValidationFailed(problems, what="agent run")
-        await self._install_agent_run()
-        return await self.submit_saved(AGENT_RUN_WORKFLOW_ID, request.inputs(agent_id))
+        """Start an agent run (the built-in ``agent-run`` workflow); its id once durably queued."""
+        return await self._agent_runs.start(agent_id, request)
 
     async def warm_up_llm(self) -> None:
         """With agents defined, LLM calls are coming: start the provider now (litellm's import
         takes seconds, in its own process), so the first call does not wait for it."""
-        if await self.list_agents():
-            await LLMCallTask.provider.warm()
+        await self._agent_runs.warm_up()
 
     async def prompt_agent(self, agent_id: str, request: AgentRunRequest) -> dict[str, Any]:
         """The exact messages an agent run would send, their token count, and the codebase
         context's files with their bytes and tokens, its total and its cap; no model call."""
-        agent = await self.agents.get(agent_id)
-        if problems := await asyncio.to_thread(self._unreadable, request.files):
-            raise ValidationFailed(problems, what="agent prompt")
-        config = request.reply_config(agent_id)
-        try:
-            prepared = await prepare_call(agent, config, self.workspace, LLMCallTask.provider)
-        except TaskFailed as exc:
-            raise ValidationFailed([Problem(loc="request", message=exc.message)], what="agent prompt") from None
-        return {
-            "agent_id": agent_id,
-            "model": prepared.request.model,
-            "messages": prepared.request.messages,
-            "response_format": prepared.request.response_format,
-            "parameters": prepared.request.parameters,
-            "tokens": await LLMCallTask.provider.count_tokens(prepared.request),
-            "context": prepared.context_report(),
-        }
-
-    def _unreadable(self, files: list[str]) -> list[Problem]:
-        """The files chosen by hand that cannot be sent (missing, outside, credentials), by index."""
-        return [
-            Problem(loc=f"files.{index}", message=problem, field=f"files.{index}")
-            for index, path in enumerate(files)
-            if (problem := chosen_file_problem(self.workspace, path)) is not None
-        ]
-
-    async def _install_agent_run(self) -> None:
-        if all(self.registry.get(task) for task in ("llm_call", "file_write")):
-            await self.workflows.install(AGENT_RUN_WORKFLOW)
+        return await self._agent_runs.prompt(agent_id, request)
 
     async def get_run(self, run_id: str) -> WorkflowRun:
         """The run document; a unique prefix of ``MIN_RUN_ID_PREFIX`` or more characters names a
