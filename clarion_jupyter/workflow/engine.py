@@ -45,6 +45,7 @@ from .executor import RunExecutor
 from .models import Decision, RunPage, WorkflowRun, parse_workflow
 from .runs import run_document
 from .service import WorkflowService
+from .supervisor import RunSupervisor
 from .telemetry import Telemetry
 from .validation import DEFAULT_MAX_STEPS, WorkflowSource, WorkflowValidator
 from .views import RunViews
@@ -104,9 +105,7 @@ class Engine:
         self._queue: Queue | None = None
         self._worker: Worker | None = None
         self._router: asyncio.Task[None] | None = None
-        self._active: dict[str, RunExecutor] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._idempotency: dict[tuple[str, str], str] = {}
+        self._runs_live = RunSupervisor()
         self._saved_plans: dict[str, tuple[datetime, Plan]] = {}
         """Compiled saved workflows by id, with the version (updated_at) they were compiled from."""
         self.started = False
@@ -169,9 +168,7 @@ class Engine:
         if not self.started:
             return
         self.started = False
-        for task in self._tasks.values():
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self._runs_live.stop()
         if self._worker is not None:
             await self._worker.stop()
         if self._router is not None:
@@ -190,7 +187,7 @@ class Engine:
 
     async def _route_results(self) -> None:
         async for result in self._queue.results():
-            executor = self._active.get(result.run_id)
+            executor = self._runs_live.get(result.run_id)
             if executor is not None:
                 executor.post(result)
 
@@ -230,7 +227,7 @@ class Engine:
                 return existing
         resolved = plan.resolve_inputs(inputs)
         await self._check_agents(plan)
-        if key is not None and (claimed := self._idempotency.get((workflow.id, key))) is not None:
+        if key is not None and (claimed := self._runs_live.claimed(workflow.id, key)) is not None:
             # A concurrent submit with the same key claimed it while we awaited the agent check.
             await self._submissions.flush()
             return claimed
@@ -240,21 +237,21 @@ class Engine:
             created_at=utcnow(), idempotency_key=key,
         )  # fmt: skip
         if key is not None:
-            self._idempotency[(workflow.id, key)] = run.run_id
+            self._runs_live.claim(workflow.id, key, run.run_id)
         executor = self._executor(plan, run)
-        self._active[run.run_id] = executor  # cancellable from here on
+        self._runs_live.track(executor)  # cancellable from here on
         executor.queued(self._submissions)
         await self._submissions.flush()
         if self.started:  # else the engine is stopping, and the next start resumes the stored run
-            self._launch(executor)
+            self._runs_live.launch(executor)
         return run.run_id
 
     async def _find_idempotent(self, workflow_id: str, key: str) -> str | None:
-        found = self._idempotency.get((workflow_id, key))
+        found = self._runs_live.claimed(workflow_id, key)
         if found is None:
             found = await self.runs.find_idempotent(workflow_id, key)
         # Re-check after the await: a concurrent submit with the same key may have won.
-        return self._idempotency.get((workflow_id, key)) or found
+        return self._runs_live.claimed(workflow_id, key) or found
 
     async def _check_agents(self, plan: Plan) -> None:
         problems = []
@@ -265,29 +262,10 @@ class Engine:
         if problems:
             raise ValidationFailed(problems)
 
-    def _launch(self, executor: RunExecutor) -> None:
-        run_id = executor.run.run_id
-        self._active[run_id] = executor
-        self._tasks[run_id] = asyncio.create_task(self._drive(executor), name=f"clarion-run-{run_id}")
-
-    async def _drive(self, executor: RunExecutor) -> None:
-        run_id = executor.run.run_id
-        try:
-            await executor.execute()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("run %s: engine error", run_id)
-            executor.abort({"code": "internal", "message": "internal engine error (see the server log)"})
-        finally:
-            executor.started.set()  # never leave a decision waiting on a run that ended early
-            self._active.pop(run_id, None)
-            self._tasks.pop(run_id, None)
-
     def _unstorable(self, run_id: str, error: str) -> None:
         """The database refused this run's transitions: it ends ``failed`` with that error, in
         a record small enough to store, rather than go on with a state nobody can read back."""
-        executor = self._active.get(run_id)
+        executor = self._runs_live.get(run_id)
         if executor is not None:
             executor.abort({"code": "storage", "message": f"the run's state could not be stored: {error}"})
 
@@ -296,11 +274,11 @@ class Engine:
         resumed = []
         for active in await self.runs.active_runs():
             run_id = active.run.run_id
-            if run_id in self._active or (run_ids is not None and run_id not in run_ids):
+            if run_id in self._runs_live or (run_ids is not None and run_id not in run_ids):
                 continue
             executor = self._resumed_executor(active)
             if executor is not None:
-                self._launch(executor)
+                self._runs_live.launch(executor)
                 resumed.append(run_id)
         return resumed
 
@@ -328,7 +306,7 @@ class Engine:
 
     async def cancel(self, run_id: str) -> None:
         """Cancel a queued or running run; running steps are stopped (processes killed)."""
-        executor = self._active.get(run_id)
+        executor = self._runs_live.get(run_id)
         if executor is not None:
             executor.cancel()
             return
@@ -372,7 +350,7 @@ class Engine:
 
     async def _decide(self, run_id: str, step_key: str, approve: bool, by: str | None, comment: str | None) -> Decision:
         by = by if by is not None else local_user()
-        executor = self._active.get(run_id)
+        executor = self._runs_live.get(run_id)
         if executor is not None:
             await executor.started.wait()  # a run resumed just now takes back its waiting steps first
         if executor is None or not executor.decide(step_key, approve, by, comment):
@@ -506,7 +484,7 @@ class Engine:
 
     @property
     def active_runs(self) -> int:
-        return len(self._active)
+        return len(self._runs_live)
 
     def _require_started(self) -> None:
         if not self.started:

@@ -1,0 +1,70 @@
+"""RunSupervisor: the engine's active runs, each one executor driven by one task.
+
+The façade starts, cancels, decides and reads runs; what it must know of the ones in flight
+(which executor drives a run, the task to cancel when the engine stops, which idempotency key
+a submission already claimed) lives here, so that the bookkeeping is one place and a run that
+ends, however it ends, leaves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .executor import RunExecutor
+
+log = logging.getLogger(__name__)
+
+
+class RunSupervisor:
+    """Active runs by id, and the idempotency keys claimed by submissions not yet stored."""
+
+    def __init__(self) -> None:
+        self._executors: dict[str, RunExecutor] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._claims: dict[tuple[str, str], str] = {}
+
+    def __len__(self) -> int:
+        return len(self._executors)
+
+    def __contains__(self, run_id: str) -> bool:
+        return run_id in self._executors
+
+    def get(self, run_id: str) -> RunExecutor | None:
+        return self._executors.get(run_id)
+
+    def track(self, executor: RunExecutor) -> None:
+        """Known from here on (cancellable, decidable), before it is launched."""
+        self._executors[executor.run.run_id] = executor
+
+    def launch(self, executor: RunExecutor) -> None:
+        run_id = executor.run.run_id
+        self._executors[run_id] = executor
+        self._tasks[run_id] = asyncio.create_task(self._drive(executor), name=f"clarion-run-{run_id}")
+
+    async def _drive(self, executor: RunExecutor) -> None:
+        run_id = executor.run.run_id
+        try:
+            await executor.execute()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("run %s: engine error", run_id)
+            executor.abort({"code": "internal", "message": "internal engine error (see the server log)"})
+        finally:
+            executor.started.set()  # never leave a decision waiting on a run that ended early
+            self._executors.pop(run_id, None)
+            self._tasks.pop(run_id, None)
+
+    async def stop(self) -> None:
+        """Cancel every run's task (their state stays stored: the next start resumes them)."""
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def claimed(self, workflow_id: str, key: str) -> str | None:
+        """The run a submission with this idempotency key already started in this process."""
+        return self._claims.get((workflow_id, key))
+
+    def claim(self, workflow_id: str, key: str, run_id: str) -> None:
+        self._claims[(workflow_id, key)] = run_id
