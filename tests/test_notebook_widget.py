@@ -90,6 +90,36 @@ def test_parallel_groups_and_for_each_items_are_shown_as_such(shell: Shell) -> N
     }  # fmt: skip
 
 
+def test_a_saved_workflow_run_by_id_shows_its_parallel_group_and_every_task_name(shell: Shell) -> None:
+    shell.cell("--save", GROUPS)
+    shell.line("run groups")
+    run = shell.last
+    html = run.widget.steps.value
+    assert html.count(">parallel<") == 1
+    assert re.search(r'data-key="left" data-status="succeeded" data-group="1"', html)
+    tasks = dict(re.findall(r'data-key="([^"]+)".*?data-role="task"[^>]*>(\w+)<', html))
+    assert tasks == {"start": "echo", "left": "echo", "right": "echo", "each": "echo",
+                     "each[0]": "echo", "each[1]": "echo", "each[2]": "echo"}  # fmt: skip
+
+
+def durations(widget: RunWidget) -> dict[str, str]:
+    return dict(re.findall(r'data-key="([^"]+)".*?data-role="duration"[^>]*>· ([^<]+)<', widget.steps.value))
+
+
+def test_a_running_steps_duration_ticks_and_every_time_stops_when_the_run_ends(shell: Shell) -> None:
+    shell.cell("--no-wait", SLOW)
+    run = shell.last
+    wait_for(lambda: run.state.steps["nap"].status == StepStatus.running)
+    wait_for(lambda: "nap" in durations(run.widget))
+    first = durations(run.widget)["nap"]
+    wait_for(lambda: durations(run.widget)["nap"] != first, timeout=5)
+    run.cancel()
+    run.wait(timeout=20)
+    ended = (run.widget.header.value, run.widget.steps.value)
+    time.sleep(2.2)
+    assert (run.widget.header.value, run.widget.steps.value) == ended
+
+
 def test_a_failure_shows_the_failed_step_its_error_and_the_run_error(shell: Shell) -> None:
     shell.cell("", FAILING)
     widget = shell.last.widget

@@ -99,10 +99,12 @@ def _dispatch_comm(kernel: Any, frames: list[Any]) -> bool:
     session = kernel.session
     try:
         idents, rest = session.feed_identities(frames, copy=False)
+        # A peek (content=False) does not record the signature: the kernel's own handler,
+        # which gets every other message, would refuse it as a replay.
+        if session.deserialize(rest, content=False, copy=False)["header"].get("msg_type") not in _COMM_MESSAGES:
+            return False
         message = session.deserialize(rest, content=True, copy=False)
     except Exception:  # not ours to judge: the kernel's own handler reports it
-        return False
-    if message["header"].get("msg_type") not in _COMM_MESSAGES:
         return False
     getattr(kernel.comm_manager, message["header"]["msg_type"])(kernel.shell_stream, idents, message)
     return True
