@@ -50,7 +50,8 @@ def agent_cell(agent_id: str, reply: Any, schema: bool) -> str:
 
 
 HOSTILE_WORKFLOW = f"""%%clarion
-name: {json.dumps("Hostile " + PAYLOAD)}
+id: hostile
+name: {json.dumps("Hostile <img src=x onerror=alert(1)> <script>alert(2)</script>")}
 steps:
   - id: shout
     task: shell
@@ -122,7 +123,7 @@ async def test_payloads_from_models_steps_and_documents_render_as_text_live_and_
                 await page.keyboard.press("Control+s")
                 await page.wait_for_timeout(1500)
                 await page.reload()
-                await page.wait_for_selector(".jp-Notebook .jp-Cell .jp-OutputArea", timeout=60_000)
+                await page.locator(".clarion-run-header").first.wait_for(timeout=60_000)
                 await page.wait_for_timeout(3000)
                 reopened = await rendered_safely(page)
             finally:

@@ -11,6 +11,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -376,3 +377,46 @@ def test_an_agent_reply_without_json_is_rendered_as_sanitised_markdown(shell: Sh
     assert "<h1>Title</h1>" in run.widget.reply.value and "<em>text</em>" in run.widget.reply.value
     assert not run.widget.reply_tree.outputs
     assert "<h1>Title</h1>" in run._repr_mimebundle_()["text/html"]
+
+
+class _Elements(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "img", "iframe", "svg", "object", "embed"):
+            self.found.append(tag)
+        for name, value in attrs:
+            if name.startswith("on") or (value or "").strip().lower().startswith("javascript:"):
+                self.found.append(f"{tag} {name}={value}")
+
+
+def dangerous_markup(html: str) -> list[str]:
+    """Elements and attributes of ``html`` that could run script (the parse a browser makes)."""
+    parser = _Elements()
+    parser.feed(html)
+    return parser.found
+
+
+HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)><details open ontoggle=alert(3)><a href='javascript:alert(4)'>x</a>"
+
+
+def test_payloads_in_outputs_errors_and_replies_stay_text_in_every_html_the_views_build(shell: Shell) -> None:
+    quoted = json.dumps(HOSTILE)
+    shell.cell("", f"name: {json.dumps('Hostile ' + HOSTILE[:60])}\nsteps:\n"
+               f"  - {{id: out, task: echo, with: {{value: {quoted}}}}}\n"
+               f"  - {{id: bad, task: shell, continue_on_error: true, with: {{command: {json.dumps(f'echo {quoted} >&2; exit 1')}}}}}\n")  # fmt: skip
+    workflow = shell.last
+    shell.cell("save-agent", f"id: writer\nname: Writer\nmodel: openai/gpt-4o-mini\nparameters: {{mock_response: {json.dumps(HOSTILE + ' [y](javascript:alert(5))')}}}")  # fmt: skip
+    shell.cell("agent writer --apply never", "Write something")
+    agent = shell.last
+    for run in (workflow, agent):
+        assert run.state.status == RunStatus.succeeded
+        run.refresh()
+        widget = run.widget
+        htmls = [run._repr_mimebundle_()["text/html"], run._repr_html_(), widget.header.value, widget.steps.value,
+                 widget.result.value, getattr(widget, "reply", widget.result).value]  # fmt: skip
+        for html in htmls:
+            assert not dangerous_markup(html), html
+    assert "&lt;img src=x onerror=alert(2)&gt;" in workflow.widget.steps.value
