@@ -247,7 +247,7 @@ def test_the_run_renders_as_html_and_text_where_widgets_cannot(shell: Shell) -> 
     run = shell.last
     bundle = run._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
-    assert "data-status='succeeded'" in bundle["text/html"]
+    assert 'data-status="succeeded"' in bundle["text/html"]
     assert "✓ three" in bundle["text/plain"]
     assert "succeeded" in run._repr_html_()
 

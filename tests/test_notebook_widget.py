@@ -8,7 +8,10 @@ import asyncio
 import itertools
 import json
 import re
+import threading
 import time
+from collections.abc import Callable
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -51,11 +54,11 @@ REPLY = "Durable runs, stored in DuckDB, streamed to the notebook as they happen
 
 def statuses(widget: RunWidget) -> dict[str, str]:
     """Step key -> status, as the rendered rows show them."""
-    return dict(re.findall(r"data-key='([^']+)' data-status='(\w+)'", widget.steps.value))
+    return dict(re.findall(r'data-key="([^"]+)" data-status="(\w+)"', widget.steps.value))
 
 
 def header_status(widget: RunWidget) -> str:
-    return re.search(r"clarion-run-header' data-status='(\w+)'", widget.header.value).group(1)
+    return re.search(r'clarion-run-header" data-status="(\w+)"', widget.header.value).group(1)
 
 
 def wait_for(condition: object, timeout: float = 20.0) -> None:
@@ -81,11 +84,41 @@ def test_parallel_groups_and_for_each_items_are_shown_as_such(shell: Shell) -> N
     widget = shell.last.widget
     html = widget.steps.value
     assert html.count(">parallel<") == 1
-    assert re.search(r"data-key='left'[^>]*border-left", html) and re.search(r"data-key='right'[^>]*border-left", html)
+    assert re.search(r'data-key="left"[^>]*border-left', html) and re.search(r'data-key="right"[^>]*border-left', html)
     assert "3/3 items" in html
     assert {k: v for k, v in statuses(widget).items() if k.startswith("each[")} == {
         "each[0]": "succeeded", "each[1]": "succeeded", "each[2]": "succeeded",
     }  # fmt: skip
+
+
+def test_a_saved_workflow_run_by_id_shows_its_parallel_group_and_every_task_name(shell: Shell) -> None:
+    shell.cell("--save", GROUPS)
+    shell.line("run groups")
+    run = shell.last
+    html = run.widget.steps.value
+    assert html.count(">parallel<") == 1
+    assert re.search(r'data-key="left" data-status="succeeded" data-group="1"', html)
+    tasks = dict(re.findall(r'data-key="([^"]+)".*?data-role="task"[^>]*>(\w+)<', html))
+    assert tasks == {"start": "echo", "left": "echo", "right": "echo", "each": "echo",
+                     "each[0]": "echo", "each[1]": "echo", "each[2]": "echo"}  # fmt: skip
+
+
+def durations(widget: RunWidget) -> dict[str, str]:
+    return dict(re.findall(r'data-key="([^"]+)".*?data-role="duration"[^>]*>· ([^<]+)<', widget.steps.value))
+
+
+def test_a_running_steps_duration_ticks_and_every_time_stops_when_the_run_ends(shell: Shell) -> None:
+    shell.cell("--no-wait", SLOW)
+    run = shell.last
+    wait_for(lambda: run.state.steps["nap"].status == StepStatus.running)
+    wait_for(lambda: "nap" in durations(run.widget))
+    first = durations(run.widget)["nap"]
+    wait_for(lambda: durations(run.widget)["nap"] != first, timeout=5)
+    run.cancel()
+    run.wait(timeout=20)
+    ended = (run.widget.header.value, run.widget.steps.value)
+    time.sleep(2.2)
+    assert (run.widget.header.value, run.widget.steps.value) == ended
 
 
 def test_a_failure_shows_the_failed_step_its_error_and_the_run_error(shell: Shell) -> None:
@@ -210,15 +243,46 @@ steps:
 """
 
 
-def test_a_waiting_step_shows_its_diff_and_the_cell_returns_so_the_buttons_work(
+def decide_when_waiting(shell: Shell, decide: Callable[[Run], None]) -> threading.Thread:
+    """Takes a decision from another thread once the cell's run waits (as a person would,
+    while the cell blocks)."""
+
+    def act() -> None:
+        wait_for(lambda: isinstance(shell.ip.user_ns.get("_"), Run) and shell.last.state.status == RunStatus.waiting)
+        wait_for(lambda: shell.last.widget.approvals.children)
+        decide(shell.last)
+
+    thread = threading.Thread(target=act, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_blocking_cell_waits_through_an_approval_taken_in_its_widget_and_goes_on_to_the_end(
     shell: Shell, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    clicker = decide_when_waiting(shell, lambda run: run.widget.approvals.children[0].children[2].children[0].click())
     shell.cell("", APPROVE)
+    clicker.join(5)
     run = shell.last
-    assert run.state.status == RunStatus.waiting
+    assert run.state.status == RunStatus.succeeded
     assert "waits for your decision on write" in capsys.readouterr().err
-    widget = run.widget
-    [box] = widget.approvals.children
+    assert (Path.cwd() / "greeting.txt").read_text().strip() == "hello"
+    assert statuses(run.widget)["write"] == "succeeded" and not run.widget.approvals.children
+
+
+def test_a_blocking_cell_goes_on_after_a_decision_taken_elsewhere(shell: Shell) -> None:
+    elsewhere = decide_when_waiting(shell, lambda run: Run(run.session, run.run_id).reject("write", comment="no"))
+    shell.cell("", APPROVE)
+    elsewhere.join(5)
+    assert shell.last.state.status == RunStatus.failed
+    assert not (Path.cwd() / "greeting.txt").exists()
+
+
+def test_a_waiting_step_shows_its_message_diff_and_approve_reject_buttons(shell: Shell) -> None:
+    shell.cell("--no-wait", APPROVE)
+    run = shell.last.wait(timeout=20, until="decision")
+    assert run.state.status == RunStatus.waiting
+    [box] = run.widget.approvals.children
     assert box.step_key == "write"
     message, preview, buttons = box.children
     assert "Write the greeting?" in message.value
@@ -227,14 +291,12 @@ def test_a_waiting_step_shows_its_diff_and_the_cell_returns_so_the_buttons_work(
     assert approve.description == "Approve write" and reject.description == "Reject"
     approve.click()
     assert run.wait(timeout=20).status == RunStatus.succeeded
-    assert (Path.cwd() / "greeting.txt").read_text().strip() == "hello"
-    wait_for(lambda: not widget.approvals.children)
-    assert statuses(widget)["write"] == "succeeded"
+    wait_for(lambda: not run.widget.approvals.children)
 
 
 def test_rejecting_from_the_widget_fails_the_step_with_the_reason(shell: Shell) -> None:
-    shell.cell("", APPROVE)
-    run = shell.last
+    shell.cell("--no-wait", APPROVE)
+    run = shell.last.wait(timeout=20, until="decision")
     run.widget.approvals.children[0].children[2].children[1].click()
     assert run.wait(timeout=20).status == RunStatus.failed
     assert not (Path.cwd() / "greeting.txt").exists()
@@ -243,12 +305,12 @@ def test_rejecting_from_the_widget_fails_the_step_with_the_reason(shell: Shell) 
 
 
 def test_approve_and_reject_through_the_run_handle_and_the_line_magic(shell: Shell) -> None:
-    shell.cell("", APPROVE)
-    first = shell.last
+    shell.cell("--no-wait", APPROVE)
+    first = shell.last.wait(timeout=20, until="decision")
     first.reject("write", comment="not today")
     assert first.wait(timeout=20).status == RunStatus.failed
-    shell.cell("", APPROVE)
-    second = shell.last
+    shell.cell("--no-wait", APPROVE)
+    second = shell.last.wait(timeout=20, until="decision")
     shell.line(f"approve {second.run_id} write --comment fine")
     assert second.wait(timeout=20).status == RunStatus.succeeded
     assert "approved: fine" in second.widget.steps.value or "approved" in second.widget.steps.value
@@ -273,12 +335,12 @@ def _coder(shell: Shell) -> None:
 
 def test_an_agent_cell_renders_the_reply_and_its_diff_with_apply_and_discard(shell: Shell) -> None:
     _coder(shell)
-    shell.cell("agent coder", "Add a greeting")
-    run = shell.last
+    shell.cell("agent coder --no-wait", "Add a greeting")
+    run = shell.last.wait(timeout=20, until="decision")
     widget = run.widget
     assert isinstance(widget, AgentWidget)
     assert run.state.status == RunStatus.waiting
-    [reply] = widget.reply.outputs
+    [reply] = widget.reply_tree.outputs
     assert reply["data"]["application/json"] == CODER_REPLY
     assert (
         "hello.py" in widget.changes.value
@@ -296,15 +358,15 @@ def test_an_agent_cell_renders_the_reply_and_its_diff_with_apply_and_discard(she
 
 def test_discard_rejects_the_apply_step_and_writes_nothing(shell: Shell) -> None:
     _coder(shell)
-    shell.cell("agent coder", "Add a greeting")
-    run = shell.last
+    shell.cell("agent coder --no-wait", "Add a greeting")
+    run = shell.last.wait(timeout=20, until="decision")
     run.widget.discard_button.click()
     run.wait(timeout=20)
     assert not (Path.cwd() / "hello.py").exists()
     wait_for(lambda: "discarded" in run.widget.changes.value)
 
 
-def test_an_agent_reply_without_json_is_rendered_as_markdown(shell: Shell) -> None:
+def test_an_agent_reply_without_json_is_rendered_as_sanitised_markdown(shell: Shell) -> None:
     shell.cell(
         "save-agent",
         'id: writer\nname: Writer\nmodel: openai/gpt-4o-mini\nparameters: {mock_response: "# Title\\n\\nSome *text*"}',
@@ -312,6 +374,49 @@ def test_an_agent_reply_without_json_is_rendered_as_markdown(shell: Shell) -> No
     shell.cell("agent writer --apply never", "Write something")
     run = shell.last
     assert run.state.status == RunStatus.succeeded
-    [reply] = run.widget.reply.outputs
-    assert reply["data"]["text/markdown"] == "# Title\n\nSome *text*"
-    assert "Title" in run._repr_mimebundle_()["text/html"]
+    assert "<h1>Title</h1>" in run.widget.reply.value and "<em>text</em>" in run.widget.reply.value
+    assert not run.widget.reply_tree.outputs
+    assert "<h1>Title</h1>" in run._repr_mimebundle_()["text/html"]
+
+
+class _Elements(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "img", "iframe", "svg", "object", "embed"):
+            self.found.append(tag)
+        for name, value in attrs:
+            if name.startswith("on") or (value or "").strip().lower().startswith("javascript:"):
+                self.found.append(f"{tag} {name}={value}")
+
+
+def dangerous_markup(html: str) -> list[str]:
+    """Elements and attributes of ``html`` that could run script (the parse a browser makes)."""
+    parser = _Elements()
+    parser.feed(html)
+    return parser.found
+
+
+HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)><details open ontoggle=alert(3)><a href='javascript:alert(4)'>x</a>"
+
+
+def test_payloads_in_outputs_errors_and_replies_stay_text_in_every_html_the_views_build(shell: Shell) -> None:
+    quoted = json.dumps(HOSTILE)
+    shell.cell("", f"name: {json.dumps('Hostile ' + HOSTILE[:60])}\nsteps:\n"
+               f"  - {{id: out, task: echo, with: {{value: {quoted}}}}}\n"
+               f"  - {{id: bad, task: shell, continue_on_error: true, with: {{command: {json.dumps(f'echo {quoted} >&2; exit 1')}}}}}\n")  # fmt: skip
+    workflow = shell.last
+    shell.cell("save-agent", f"id: writer\nname: Writer\nmodel: openai/gpt-4o-mini\nparameters: {{mock_response: {json.dumps(HOSTILE + ' [y](javascript:alert(5))')}}}")  # fmt: skip
+    shell.cell("agent writer --apply never", "Write something")
+    agent = shell.last
+    for run in (workflow, agent):
+        assert run.state.status == RunStatus.succeeded
+        run.refresh()
+        widget = run.widget
+        htmls = [run._repr_mimebundle_()["text/html"], run._repr_html_(), widget.header.value, widget.steps.value,
+                 widget.result.value, getattr(widget, "reply", widget.result).value]  # fmt: skip
+        for html in htmls:
+            assert not dangerous_markup(html), html
+    assert "&lt;img src=x onerror=alert(2)&gt;" in workflow.widget.steps.value

@@ -5,7 +5,9 @@
   so the notebook's runs are the server's runs (listed by ``GET /api/v3/runs``); also under
   a JupyterHub-style ``base_url``;
 * with no server at all (nbclient starting its own kernel, as papermill does): the magic runs
-  an embedded engine in the kernel on its own DuckDB file.
+  an embedded engine in the kernel on its own DuckDB file;
+* in an environment built exactly as ``scripts/start.sh`` builds it (``scripts/env.sh``'s
+  venv and ``pip install -e .``, no test extras): what the main job installs is enough.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
+from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
@@ -136,3 +140,38 @@ async def ready_under(server: JupyterServerProcess, base: str) -> None:
                 break
             await asyncio.sleep(0.1)
     raise RuntimeError(f"the server did not become ready:\n{server.log_tail()}")
+
+
+@pytest.mark.timeout(1200)
+async def test_every_notebook_runs_clean_with_only_what_the_start_command_installs(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    build = subprocess.run(
+        ["bash", "-c", 'source scripts/env.sh && pip_install -e "$ROOT"'],
+        cwd=REPO, env={**os.environ, "CLARION_VENV": str(venv)}, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout + build.stderr
+    installed = subprocess.run([venv / "bin" / "python", "-m", "pip", "list", "--format=freeze"],
+                               capture_output=True, text=True, check=True).stdout.lower()  # fmt: skip
+    assert "pytest" not in installed, "the start command's environment must not hold the test extras"
+    kernels = tmp_path / "kernels" / "start-env"
+    kernels.mkdir(parents=True)
+    (kernels / "kernel.json").write_text(json.dumps({
+        "argv": [str(venv / "bin" / "python"), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "start.sh environment", "language": "python",
+    }))  # fmt: skip
+    copy_examples(tmp_path)
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    env = {**os.environ, "CLARION_DB": str(tmp_path / "kernel.duckdb"), "JUPYTER_RUNTIME_DIR": str(runtime),
+           "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}  # fmt: skip
+    failures = {}
+    for path in NOTEBOOKS:
+        notebook = nbformat.read(path, as_version=4)
+        manager = AsyncKernelManager(kernel_name="start-env", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernels.parent)]))  # fmt: skip
+        try:
+            await NotebookClient(notebook, km=manager, timeout=120).async_execute(
+                cwd=str(tmp_path / "notebooks"), env=env
+            )
+        except Exception as exc:  # every notebook is tried: the failures are reported together
+            failures[path.name] = str(exc)[-2000:]
+    assert not failures, failures

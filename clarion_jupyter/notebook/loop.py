@@ -16,6 +16,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from . import comms
+
 T = TypeVar("T")
 
 
@@ -42,11 +44,11 @@ class BackgroundLoop:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` on the loop and wait for it. A KeyboardInterrupt (the kernel's interrupt)
-        cancels it and propagates."""
+        """Run ``coro`` on the loop and wait for it, the widgets' buttons acting meanwhile
+        (:mod:`.comms`). A KeyboardInterrupt (the kernel's interrupt) cancels it and propagates."""
         future = self.submit(coro)
         try:
-            return future.result(timeout)
+            return comms.wait(future, timeout)
         except BaseException:
             future.cancel()
             raise

@@ -215,7 +215,8 @@ class ClarionMagics(Magics):
 
     def _present(self, run: Run, no_wait: bool, name: str | None) -> None:
         """Show the live widget, leave the handle in ``_`` (and ``name``), and unless
-        ``no_wait`` block until the run ends or waits for a person's decision. An interrupt
+        ``no_wait`` block until the run ends, through the decisions it waits for (taken with the
+        widget's buttons, which act while the cell blocks, or anywhere else). An interrupt
         (the stop button, Ctrl-C) while the cell runs cancels the run."""
         if name:
             self.shell.user_ns[name] = run
@@ -225,7 +226,7 @@ class ClarionMagics(Magics):
             handle = display(run.widget, display_id=True)
             if no_wait:
                 return
-            self.loop.run(run._settled(stop_on_waiting=True))
+            self.loop.run(run._settled(stop_on_waiting=False, announce_waiting=True))
         except KeyboardInterrupt:
             print(f"Interrupted: cancelling run {run.run_id} …", file=sys.stderr)
             try:
@@ -234,10 +235,6 @@ class ClarionMagics(Magics):
             except ClarionError as exc:  # it ended meanwhile
                 print(f"(not cancelled: {exc.message})", file=sys.stderr)
         run.refresh()
-        if run.state.status == RunStatus.waiting:
-            keys = ", ".join(row.key for row in run.state.waiting)
-            print(f"Run {run.run_id} waits for your decision on {keys}: use the buttons, or "
-                  f"_.approve('{run.state.waiting[0].key}') / _.reject(...); then _.wait()", file=sys.stderr)  # fmt: skip
         if handle is not None:
             handle.update(run.widget)  # the final state, for a saved notebook and static viewers
 

@@ -2,15 +2,17 @@
 
 A Run follows its run's events on the background loop from the moment something needs them
 (its widget, :meth:`Run.wait`); the same :class:`~.state.RunState` feeds the widget, the
-``wait`` calls and the static renderings. If the event stream breaks (the server restarted,
-the network dropped), the follower reads the run document again and resumes from the last
-``seq`` it applied, so nothing is missed or counted twice.
+``wait`` calls, the handle's ``.status``, ``.outputs`` and ``.steps`` (no request while the
+follower holds the run) and the static renderings. Reconnecting is the client's job (the
+client resumes a dropped stream from the last ``seq`` it delivered, so nothing is missed or
+counted twice); when it gives up, the widget says the run's stream was lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ClarionError
@@ -24,7 +26,6 @@ if TYPE_CHECKING:
     from .session import Session
 
 log = logging.getLogger(__name__)
-RECONNECT_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class Run:
@@ -55,9 +56,15 @@ class Run:
         return self.state.workflow_id or self.document().workflow_id
 
     def document(self) -> WorkflowRun:
-        """The run document (fetched again until the run has ended)."""
+        """The run document: the one the events built while the follower holds the run (or
+        once it ended), else fetched."""
+        followed = self._follower is not None and not self._ended
+        held = self.state.document() if followed or self.state.status.terminal else None
+        if held is not None:
+            return held
         if self._last_doc is None or not self._last_doc.status.terminal:
             self._last_doc = self.session.loop.run(self.session.clarion().get_run(self.run_id))
+            self.state.load(self._last_doc)
         return self._last_doc
 
     @property
@@ -98,9 +105,12 @@ class Run:
     def reject(self, step: str, comment: str | None = None) -> None:
         self.session.loop.run(self.session.clarion().reject(self.run_id, step, comment=comment))
 
-    def wait(self, timeout: float | None = None) -> Run:
-        """Block until the run ends (the kernel's interrupt stops waiting, not the run)."""
-        self.session.loop.run(self._settled(stop_on_waiting=False), timeout)
+    def wait(self, timeout: float | None = None, *, until: str = "end") -> Run:
+        """Block until the run ends, or with ``until="decision"`` until it ends or waits for a
+        person's decision (the kernel's interrupt stops waiting, not the run)."""
+        if until not in ("end", "decision"):
+            raise ValueError(f"until must be 'end' or 'decision', not {until!r}")
+        self.session.loop.run(self._settled(stop_on_waiting=until == "decision"), timeout)
         return self
 
     async def wait_async(self) -> Run:
@@ -121,14 +131,27 @@ class Run:
         if self._follower is None:
             self._follower = self.session.loop.submit(self._run_follower())
 
-    async def _settled(self, stop_on_waiting: bool) -> None:
-        """Until the run ended (or, with ``stop_on_waiting``, waits for a person)."""
+    async def _settled(self, stop_on_waiting: bool, announce_waiting: bool = False) -> None:
+        """Until the run ended (or, with ``stop_on_waiting``, waits for a person); with
+        ``announce_waiting``, says once per decision asked for where to take it."""
         self._follow()
+        announced: set[str] = set()
         while True:
-            if self._ended or self.state.status.terminal:
+            if (
+                self._ended
+                or self.state.status.terminal
+                or (stop_on_waiting and self.state.status == RunStatus.waiting)
+            ):
+                if self._throttle is not None:
+                    self._throttle.now()  # the widget shows the state the wait returns on
                 return
-            if stop_on_waiting and self.state.status == RunStatus.waiting:
-                return
+            if self.state.status == RunStatus.waiting:
+                keys = [row.key for row in self.state.waiting if row.key not in announced]
+                if announce_waiting and keys:
+                    announced.update(keys)
+                    print(f"Run {self.run_id} waits for your decision on {', '.join(keys)}: use the buttons, "
+                          "the sidebar or `clarion approve`; this cell goes on once it is taken "
+                          "(interrupt it to cancel the run).", file=sys.stderr)  # fmt: skip
             changed = self._change_event()
             await changed.wait()
             changed.clear()
@@ -143,23 +166,15 @@ class Run:
         self._throttle = Throttle(loop, self._flush, UPDATE_INTERVAL_S)
         clarion = self.session.clarion()
         changed = self._change_event()
-        failures = 0
-        while not self.state.status.terminal:
-            try:
-                if self.state.last_seq == 0 and not self.state.workflow_name:
-                    self.state.load(await clarion.get_run(self.run_id))
+        try:
+            if self.state.last_seq == 0 and not self.state.workflow_name:
+                self.state.load(await clarion.get_run(self.run_id))
+            if not self.state.status.terminal:
                 async for event in clarion.subscribe(self.run_id, self.state.last_seq):
-                    failures = 0
                     self._apply(event)
                     changed.set()
-                if not self.state.status.terminal:  # the stream ended early: the document knows
-                    self.state.load(await clarion.get_run(self.run_id))
-            except ClarionError as exc:
-                if failures >= len(RECONNECT_DELAYS_S):
-                    self.state.where = f"{self.state.where} (lost: {exc.message})"
-                    break
-                await asyncio.sleep(RECONNECT_DELAYS_S[failures])
-                failures += 1
+        except ClarionError as exc:  # the client gave up reconnecting
+            self.state.where = f"{self.state.where} (stream lost: {exc.message})"
         self._ended = True
         changed.set()
         self._throttle.now()
@@ -183,8 +198,8 @@ class Run:
         if self._widget is None:
             return
         self._widget.refresh()
-        if not self.state.status.terminal and self._throttle is not None:
-            self._throttle.poke(TICK_S)  # the elapsed time ticks while nothing else happens
+        if not self._ended and not self.state.status.terminal and self._throttle is not None:
+            self._throttle.poke(TICK_S)  # times tick while the run is live, and stop when it ends
 
     # -- display ---------------------------------------------------------------------
 

@@ -1,32 +1,35 @@
 """What a run view shows, folded from the run's events, and its static renderings.
 
-:class:`RunState` is plain data: the widget, the ``Run`` handle's ``_repr_html_`` and its
-text form all render it, so a terminal, nbconvert, GitHub's viewer and a saved notebook
-show the same information as the live widget. Events are applied in ``seq`` order and an
-event already applied is ignored, so catching up after a reconnect (replaying from an
-earlier ``since``) never counts anything twice.
+:class:`RunState` holds the state of :func:`~clarion_jupyter.workflow.fold.fold` (the one
+fold the sidebar's reducer is tested against too) and the workflow's layout (step order,
+parallel groups, task names: from the document the cell ran, or the run's snapshot). The
+widget, the ``Run`` handle's ``_repr_html_`` and its text form all render it, so a terminal,
+nbconvert, GitHub's viewer and a saved notebook show what the live widget showed. Every
+piece of HTML is built with :mod:`.markup`: what a run holds is text, never markup.
 """
 
 from __future__ import annotations
 
-import html
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..core.protocol import EventType, RunStatus, StepStatus
+from ..core.protocol import RunStatus, StepStatus
 from ..storage.records import Event, utcnow
+from ..workflow.fold import State, fold, initial
 from ..workflow.models import Workflow, WorkflowRun
+from .markup import Markup, join, style, tag
 
 ROW_LIMIT = 200
 """Rows rendered at most (per run and per map); the rest are counted by status."""
 TEXT_LIMIT = 4000
 """Characters of a step's output or streamed text rendered at most."""
 ICONS = {
-    StepStatus.pending: "○", StepStatus.waiting: "⏸", StepStatus.running: "◔", StepStatus.retrying: "↻",
-    StepStatus.succeeded: "✓", StepStatus.failed: "✗", StepStatus.skipped: "↷", StepStatus.cancelled: "⊘",
+    StepStatus.pending: "○", StepStatus.waiting: "‖", StepStatus.running: "●", StepStatus.retrying: "↻",
+    StepStatus.succeeded: "✓", StepStatus.failed: "✗", StepStatus.skipped: "→", StepStatus.cancelled: "×",
 }  # fmt: skip
+"""Glyphs that every monospace font has (Chromium draws a missing one as an empty box)."""
 COLORS = {
     "pending": "#888", "queued": "#888", "waiting": "#d08700", "running": "#1a73e8", "retrying": "#d08700",
     "succeeded": "#1e8e3e", "failed": "#d93025", "skipped": "#888", "cancelled": "#888",
@@ -35,6 +38,8 @@ COLORS = {
 
 @dataclass(slots=True)
 class StepRow:
+    """One step (or ``for_each`` item) as the views show it."""
+
     key: str
     step_id: str
     status: StepStatus = StepStatus.pending
@@ -66,23 +71,50 @@ class StepRow:
             return None
         return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
 
+    def duration_s(self, now: datetime | None = None) -> float | None:
+        """Its duration; for a step still running, the time since it started (it ticks)."""
+        if self.duration_ms is not None and self.status.terminal:
+            return self.duration_ms / 1000
+        if self.started_at is not None and self.status in (StepStatus.running, StepStatus.retrying):
+            return max(0.0, ((now or utcnow()) - self.started_at).total_seconds())
+        return None if self.duration_ms is None else self.duration_ms / 1000
 
-@dataclass(slots=True)
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A step of the workflow's document: its place, task and parallel group."""
+
+    key: str
+    task: str | None
+    group: int | None
+
+
+def layout(document: dict[str, Any] | None) -> list[Slot]:
+    """The steps of a workflow document in its order, members of a ``parallel`` group marked."""
+    slots: list[Slot] = []
+    for index, entry in enumerate((document or {}).get("steps") or []):
+        members = entry.get("parallel") if isinstance(entry, dict) else None
+        for step in members if isinstance(members, list) else [entry]:
+            if isinstance(step, dict) and isinstance(step.get("id"), str):
+                slots.append(Slot(step["id"], step.get("task"), index if isinstance(members, list) else None))
+    return slots
+
+
 class RunState:
-    run_id: str
-    workflow_id: str = ""
-    workflow_name: str = ""
-    status: RunStatus = RunStatus.queued
-    where: str = ""
-    created_at: datetime | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    outputs: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    last_seq: int = 0
-    steps: dict[str, StepRow] = field(default_factory=dict)
-    children: dict[str, list[str]] = field(default_factory=dict)
-    """``for_each`` items' keys by their step's id."""
+    """The fold's state of one run plus the workflow's layout, and every rendering of them."""
+
+    def __init__(self, run_id: str, workflow_id: str = "", workflow_name: str = "", where: str = "") -> None:
+        self.run_id = run_id
+        self.where = where
+        self.slots: list[Slot] = []
+        self.fold: State = initial({
+            "run_id": run_id, "workflow_id": workflow_id, "workflow_name": workflow_name,
+            "status": RunStatus.queued.value, "inputs": {}, "outputs": None, "error": None,
+            "created_at": None, "started_at": None, "finished_at": None,
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": None},
+            "last_seq": 0, "steps": [], "approvals": [],
+        })  # fmt: skip
+        self._rows: tuple[int, dict[str, StepRow]] | None = None
 
     # -- building ------------------------------------------------------------------
 
@@ -90,127 +122,123 @@ class RunState:
     def for_workflow(cls, run_id: str, workflow: Workflow, where: str = "") -> RunState:
         """A state with a pending row per step, in the document's order (groups marked)."""
         state = cls(run_id, workflow.id, workflow.name, where=where)
-        for index, entry in enumerate(workflow.to_document().get("steps", [])):
-            members = entry.get("parallel") if isinstance(entry, dict) else None
-            for step in members if isinstance(members, list) else [entry]:
-                row = state.row(step["id"], step["id"])
-                row.task = step.get("task")
-                row.group = index if members else None
+        state.slots = layout(workflow.to_document())
         return state
 
-    def row(self, key: str, step_id: str | None = None, item_index: int | None = None) -> StepRow:
-        found = self.steps.get(key)
-        if found is None:
-            base = step_id or key.split("[", 1)[0]
-            found = self.steps[key] = StepRow(key, base, item_index=item_index)
-            if item_index is not None or key != base:
-                self.children.setdefault(base, []).append(key)
-                parent = self.steps.get(base)
-                found.task = parent.task if parent else None
-        return found
-
     def load(self, run: WorkflowRun) -> None:
-        """Take the state a run document shows (for a run already under way or finished)."""
-        self.workflow_id, self.workflow_name, self.status = run.workflow_id, run.workflow_name, run.status
-        self.created_at, self.started_at, self.finished_at = run.created_at, run.started_at, run.finished_at
-        self.outputs, self.error, self.last_seq = run.outputs, run.error, max(self.last_seq, run.last_seq)
-        for step in run.steps:
-            row = self.row(step.key, step.step_id, step.item_index)
-            row.status, row.attempt, row.output, row.error = step.status, step.attempt, step.output, step.error
-            row.started_at, row.finished_at, row.duration_ms = step.started_at, step.finished_at, step.duration_ms
-            if step.usage is not None:
-                row.prompt_tokens, row.completion_tokens = step.usage.prompt_tokens, step.usage.completion_tokens
-                row.cost_usd = step.usage.cost_usd
-        for approval in run.approvals:
-            row = self.row(approval.step_key)
-            row.status, row.preview, row.message = StepStatus.waiting, approval.preview, approval.message
+        """Take the state a run document shows (for a run already under way or finished),
+        and the layout of the workflow it ran, when the cell did not give one."""
+        if not self.slots:
+            self.slots = layout(run.workflow)
+        if run.last_seq >= self.last_seq:
+            self.fold = {**self.fold, "run": run.model_dump(mode="json", exclude={"workflow"})}
+            self._rows = None
 
     def apply(self, event: Event) -> bool:
         """Fold one event in; False when it was applied before (a replay after a reconnect)."""
-        if event.seq <= self.last_seq:
+        before = self.fold
+        self.fold = fold(before, event.as_dict())
+        if self.fold is before:
             return False
-        self.last_seq = event.seq
-        data = event.data or {}
-        try:
-            kind = EventType(event.type)
-        except ValueError:
-            return True  # a type this version does not know: counted, not shown
-        if event.step_id is None:
-            self._apply_run(kind, event.ts, data)
-        else:
-            self._apply_step(kind, self.row(event.step_id, item_index=data.get("item_index")), event.ts, data)
+        self._rows = None
         return True
 
-    def _apply_run(self, kind: EventType, ts: datetime, data: dict[str, Any]) -> None:
-        if kind == EventType.run_queued:
-            self.created_at = self.created_at or ts
-        elif kind == EventType.run_started:
-            self.status, self.started_at = RunStatus.running, self.started_at or ts
-        elif kind.terminal:
-            self.status = {EventType.workflow_succeeded: RunStatus.succeeded, EventType.workflow_failed: RunStatus.failed,
-                           EventType.workflow_cancelled: RunStatus.cancelled}[kind]  # fmt: skip
-            self.finished_at, self.outputs, self.error = ts, data.get("outputs"), data.get("error")
-            for row in self.steps.values():
-                if not row.status.terminal and self.status == RunStatus.cancelled:
-                    row.status = StepStatus.cancelled
+    # -- reading -------------------------------------------------------------------
 
-    def _apply_step(self, kind: EventType, row: StepRow, ts: datetime, data: dict[str, Any]) -> None:
-        if kind == EventType.step_started:
-            row.status, row.started_at, row.finished_at = StepStatus.running, ts, None
-            row.attempt = data.get("attempt", row.attempt + 1)
-            row.task = data.get("task", row.task)
-            row.items = data.get("items", row.items)
-            row.error = None
-            if self.status in (RunStatus.queued, RunStatus.waiting):
-                self.status = RunStatus.running
-        elif kind == EventType.step_retrying:
-            row.status, row.error = StepStatus.retrying, data.get("error")
-        elif kind in (EventType.step_completed, EventType.step_failed, EventType.step_skipped):
-            row.status = {EventType.step_completed: StepStatus.succeeded, EventType.step_failed: StepStatus.failed,
-                          EventType.step_skipped: StepStatus.skipped}[kind]  # fmt: skip
-            row.finished_at, row.duration_ms = ts, data.get("duration_ms", row.duration_ms)
-            row.output, row.error, row.reason = data.get("output", row.output), data.get("error"), data.get("reason")
-            usage = data.get("usage") or {}
+    @property
+    def run(self) -> dict[str, Any]:
+        return self.fold["run"]
+
+    @property
+    def status(self) -> RunStatus:
+        return RunStatus(self.run["status"])
+
+    @property
+    def last_seq(self) -> int:
+        return int(self.run.get("last_seq") or 0)
+
+    @property
+    def workflow_id(self) -> str:
+        return str(self.run.get("workflow_id") or "")
+
+    @property
+    def workflow_name(self) -> str:
+        return str(self.run.get("workflow_name") or "")
+
+    @property
+    def outputs(self) -> dict[str, Any] | None:
+        return self.run.get("outputs")
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        return self.run.get("error")
+
+    def document(self) -> WorkflowRun | None:
+        """The run document the events gave (None before its ``run_queued`` was seen)."""
+        if not self.run.get("created_at"):
+            return None
+        return WorkflowRun.model_validate(self.run)
+
+    @property
+    def steps(self) -> dict[str, StepRow]:
+        """Every row by key: the workflow's steps in order, then what only the events named."""
+        if self._rows is None or self._rows[0] != self.last_seq:
+            self._rows = (self.last_seq, self._build_rows())
+        return self._rows[1]
+
+    def _build_rows(self) -> dict[str, StepRow]:
+        extras = self.fold
+        rows = {slot.key: StepRow(slot.key, slot.key, task=slot.task, group=slot.group) for slot in self.slots}
+        approvals = {a["step_key"]: a for a in self.run.get("approvals") or []}
+        for step in self.run.get("steps") or []:
+            key = step["key"]
+            row = rows.get(key)
+            if row is None:
+                parent = rows.get(step["step_id"])
+                row = rows[key] = StepRow(key, step["step_id"], task=parent.task if parent else None)
+            usage = step.get("usage") or {}
+            row.status, row.attempt, row.item_index = StepStatus(step["status"]), step["attempt"], step["item_index"]
+            row.started_at, row.finished_at = _time(step.get("started_at")), _time(step.get("finished_at"))
+            row.duration_ms, row.output, row.error = step.get("duration_ms"), step.get("output"), step.get("error")
             if usage:
                 row.prompt_tokens, row.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
                 row.cost_usd = usage.get("cost_usd")
-            row.preview = None
-        elif kind == EventType.llm_token:
-            row.text += str(data.get("text", ""))
-        elif kind == EventType.approval_requested:
-            row.status, row.preview, row.message = StepStatus.waiting, data.get("preview"), data.get("message")
-            if not any(r.status == StepStatus.running for r in self.steps.values()):
-                self.status = RunStatus.waiting
-        elif kind in (EventType.approval_granted, EventType.approval_rejected):
-            row.decision = (
-                ("approved" if kind == EventType.approval_granted else "rejected")
-                + (f" by {data['by']}" if data.get("by") else "")
-                + (f": {data['comment']}" if data.get("comment") else "")
-            )
-            row.preview = None
-            if row.status == StepStatus.waiting:
-                row.status = StepStatus.pending
-            if self.status == RunStatus.waiting:
-                self.status = RunStatus.running
-
-    # -- reading -------------------------------------------------------------------
+        for key, row in rows.items():
+            row.text = extras["text"].get(key, "")
+            row.reason = extras["reasons"].get(key)
+            row.items = extras["items"].get(key)
+            decision = extras["decisions"].get(key)
+            if decision:
+                row.decision = (
+                    decision["decision"]
+                    + (f" by {decision['by']}" if decision.get("by") else "")
+                    + (f": {decision['comment']}" if decision.get("comment") else "")
+                )
+            if key in approvals:
+                row.preview, row.message = approvals[key].get("preview"), approvals[key].get("message")
+        return rows
 
     @property
     def waiting(self) -> list[StepRow]:
         return [row for row in self.steps.values() if row.status == StepStatus.waiting]
 
+    def children(self, row: StepRow) -> list[StepRow]:
+        """A ``for_each`` step's items."""
+        return [r for r in self.steps.values() if r.step_id == row.key and r.item_index is not None]
+
     def elapsed_s(self, now: datetime | None = None) -> float | None:
-        start = self.started_at or self.created_at
+        start = _time(self.run.get("started_at")) or _time(self.run.get("created_at"))
         if start is None:
             return None
-        end = self.finished_at or (None if self.status.terminal else now or utcnow())
+        end = _time(self.run.get("finished_at")) or (None if self.status.terminal else now or utcnow())
         return None if end is None else max(0.0, (end - start).total_seconds())
 
     def top_rows(self) -> list[StepRow]:
         """Rows of steps (``for_each`` items are under their step)."""
-        return [row for row in self.steps.values() if row.item_index is None and "[" not in row.key]
+        return [row for row in self.steps.values() if row.item_index is None]
 
-    def counts(self, rows: list[StepRow]) -> dict[str, int]:
+    @staticmethod
+    def counts(rows: list[StepRow]) -> dict[str, int]:
         found: dict[str, int] = {}
         for row in rows:
             found[row.status.value] = found.get(row.status.value, 0) + 1
@@ -218,36 +246,36 @@ class RunState:
 
     # -- rendering -------------------------------------------------------------------
 
-    def header_html(self, now: datetime | None = None) -> str:
+    def header_html(self, now: datetime | None = None) -> Markup:
         elapsed = self.elapsed_s(now)
         parts = [
-            f"<b>{_e(self.workflow_name or self.workflow_id or 'run')}</b>",
-            f"<code>{_e(self.run_id)}</code>",
+            tag("b", self.workflow_name or self.workflow_id or "run"),
+            tag("code", self.run_id),
             _badge(self.status.value),
-            f"<span data-role='elapsed'>{_seconds(elapsed)}</span>" if elapsed is not None else "",
-            f"<span style='opacity:.7'>on {_e(self.where)}</span>" if self.where else "",
+            tag("span", _seconds(elapsed), data_role="elapsed") if elapsed is not None else None,
+            tag("span", f"on {self.where}", style="opacity:.7") if self.where else None,
         ]
-        return f"<div class='clarion-run-header' data-status='{self.status.value}'>{' · '.join(p for p in parts if p)}</div>"
+        return tag("div", join(parts, " · "), class_="clarion-run-header", data_status=self.status.value)
 
-    def steps_html(self) -> str:
+    def steps_html(self, now: datetime | None = None) -> Markup:
         rows = self.top_rows()
         shown = rows[:ROW_LIMIT]
-        body = "".join(self._row_html(row, self._previous_group(rows, i)) for i, row in enumerate(shown))
+        body = [self._row_html(row, rows[i - 1].group if i else None, now) for i, row in enumerate(shown)]
         if len(rows) > len(shown):
-            body += _more(self.counts(rows[len(shown) :]))
-        return f"<div class='clarion-steps' style='font-family:var(--jp-code-font-family,monospace);font-size:12px'>{body}</div>"
+            body.append(_more(self.counts(rows[len(shown) :])))
+        return tag("div", *body, class_="clarion-steps",
+                   style=style(font_family="var(--jp-code-font-family,monospace)", font_size="12px"))  # fmt: skip
 
-    @staticmethod
-    def _previous_group(rows: list[StepRow], index: int) -> int | None:
-        return rows[index - 1].group if index else None
-
-    def _row_html(self, row: StepRow, previous_group: int | None) -> str:
-        children = [self.steps[k] for k in self.children.get(row.key, []) if k != row.key]
-        label = ""
+    def _row_html(self, row: StepRow, previous_group: int | None, now: datetime | None) -> Markup:
+        children = self.children(row)
+        label = None
         if row.group is not None and row.group != previous_group:
-            label = "<div style='opacity:.6;margin-top:2px'>parallel</div>"
-        indent = "border-left:2px solid var(--jp-border-color2,#ccc);padding-left:6px;" if row.group is not None else ""
-        details = self._details_html(row)
+            label = tag("div", "parallel", class_="clarion-group", style="opacity:.6;margin-top:2px")
+        indent = (
+            "border-left:2px solid var(--jp-border-color2,#ccc);padding-left:6px" if row.group is not None else None
+        )
+        details = [self._details_html(row)]
+        summary_extra = ""
         if children:
             counts = self.counts(children)
             total = row.items if row.items is not None else len(children)
@@ -255,43 +283,41 @@ class RunState:
             summary_extra = f" · {done}/{total} items" + "".join(
                 f" · {n} {k}" for k, n in sorted(counts.items()) if k != StepStatus.succeeded.value
             )
-            items = "".join(self._row_html(child, None) for child in children[:ROW_LIMIT])
+            items = [self._row_html(child, None, now) for child in children[:ROW_LIMIT]]
             if len(children) > ROW_LIMIT:
-                items += _more(self.counts(children[ROW_LIMIT:]))
-            details += f"<div style='padding-left:12px'>{items}</div>"
-        else:
-            summary_extra = ""
-        opened = " open" if row.text and row.status == StepStatus.running else ""
-        return (
-            f"{label}<details class='clarion-step' data-key='{_e(row.key)}' data-status='{row.status.value}'"
-            f" style='{indent}'{opened}><summary>{_row_summary(row)}{summary_extra}</summary>{details}</details>"
-        )
+                items.append(_more(self.counts(children[ROW_LIMIT:])))
+            details.append(tag("div", *items, style="padding-left:12px"))
+        summary = tag("summary", _row_summary(row, now), summary_extra)
+        return join([label, tag("details", summary, *details, class_="clarion-step", data_key=row.key,
+                                data_status=row.status.value, data_group=row.group, style=indent,
+                                open=bool(row.text and row.status == StepStatus.running))])  # fmt: skip
 
     @staticmethod
-    def _details_html(row: StepRow) -> str:
+    def _details_html(row: StepRow) -> Markup:
         parts = []
         if row.text:
             parts.append(_pre(row.text, "streamed"))
         if row.error:
             parts.append(_pre(row.error.get("message", row.error), "error", COLORS["failed"]))
         if row.reason:
-            parts.append(f"<div style='opacity:.7'>{_e(row.reason)}</div>")
+            parts.append(tag("div", row.reason, style="opacity:.7", data_role="reason"))
         if row.output is not None:
             parts.append(_pre(row.output, "output"))
         if row.decision:
-            parts.append(f"<div style='opacity:.7'>{_e(row.decision)}</div>")
-        return "".join(parts) or "<div style='opacity:.6'>no output yet</div>"
+            parts.append(tag("div", row.decision, style="opacity:.7", data_role="decision"))
+        return join(parts) or tag("div", "no output yet", style="opacity:.6")
 
-    def result_html(self) -> str:
+    def result_html(self) -> Markup:
         if self.status == RunStatus.succeeded and self.outputs:
-            return f"<div class='clarion-outputs'><b>outputs</b>{_pre(self.outputs, 'outputs')}</div>"
+            return tag("div", tag("b", "outputs"), _pre(self.outputs, "outputs"), class_="clarion-outputs")
         if self.error:
-            return f"<div class='clarion-error'>{_pre(self.error.get('message', self.error), 'error', COLORS['failed'])}</div>"
-        return ""
+            return tag("div", _pre(self.error.get("message", self.error), "error", COLORS["failed"]),
+                       class_="clarion-error")  # fmt: skip
+        return Markup()
 
-    def to_html(self) -> str:
+    def to_html(self) -> Markup:
         """The whole view as static HTML (the widget's fallback and a saved notebook's final state)."""
-        return f"<div class='clarion-run'>{self.header_html()}{self.steps_html()}{self.result_html()}</div>"
+        return tag("div", self.header_html(), self.steps_html(), self.result_html(), class_="clarion-run")
 
     def to_text(self) -> str:
         elapsed = self.elapsed_s()
@@ -300,7 +326,9 @@ class RunState:
             + (f" in {_seconds(elapsed)}" if elapsed is not None and self.status.terminal else "")
         ]
         for row in self.steps.values():
-            lines.append(f"  {ICONS[row.status]} {row.key:<24} {row.status.value:<10} {_duration(row)}".rstrip())
+            lines.append(
+                f"  {ICONS[row.status]} {row.key:<24} {row.status.value:<10} {_seconds(row.duration_s())}".rstrip()
+            )
         if self.outputs:
             lines.append(f"  outputs: {json.dumps(self.outputs, default=str)[:TEXT_LIMIT]}")
         if self.error:
@@ -308,16 +336,13 @@ class RunState:
         return "\n".join(lines)
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
 
 
-def _badge(status: str) -> str:
-    color = COLORS.get(status, "#888")
-    return (
-        f"<span class='clarion-badge' data-status='{status}' style='background:{color};color:#fff;"
-        f"border-radius:8px;padding:0 6px'>{status}</span>"
-    )
+def _badge(status: str) -> Markup:
+    return tag("span", status, class_="clarion-badge", data_status=status,
+               style=style(background=COLORS.get(status, "#888"), color="#fff", border_radius="8px", padding="0 6px"))  # fmt: skip
 
 
 def _seconds(value: float | None) -> str:
@@ -326,13 +351,9 @@ def _seconds(value: float | None) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
 
 
-def _duration(row: StepRow) -> str:
-    return "" if row.duration_ms is None else _seconds(row.duration_ms / 1000)
-
-
-def _row_summary(row: StepRow) -> str:
+def _row_summary(row: StepRow, now: datetime | None) -> Markup:
     color = COLORS[row.status.value]
-    bits = [_duration(row)]
+    bits = [_seconds(row.duration_s(now))]
     if row.attempt > 1:
         bits.append(f"attempt {row.attempt}")
     if row.tokens is not None:
@@ -340,23 +361,23 @@ def _row_summary(row: StepRow) -> str:
     if row.cost_usd is not None:
         bits.append(f"${row.cost_usd:.4f}")
     meta = " · ".join(b for b in bits if b)
-    return (
-        f"<span style='color:{color}'>{ICONS[row.status]}</span> <b>{_e(row.key)}</b>"
-        f" <span style='color:{color}'>{row.status.value}</span>"
-        + (f" <span style='opacity:.6'>{_e(row.task)}</span>" if row.task else "")
-        + (f" <span style='opacity:.8'>· {meta}</span>" if meta else "")
-    )
+    return join([
+        tag("span", ICONS[row.status], style=f"color:{color}", data_role="icon"), " ", tag("b", row.key), " ",
+        tag("span", row.status.value, style=f"color:{color}"),
+        join([" ", tag("span", row.task, style="opacity:.6", data_role="task")]) if row.task else None,
+        join([" ", tag("span", f"· {meta}", style="opacity:.8", data_role="duration")]) if meta else None,
+    ])  # fmt: skip
 
 
-def _pre(value: Any, role: str, color: str | None = None) -> str:
+def _pre(value: Any, role: str, color: str | None = None) -> Markup:
     text = value if isinstance(value, str) else json.dumps(value, indent=2, default=str)
     if len(text) > TEXT_LIMIT:
         text = text[:TEXT_LIMIT] + f"\n… ({len(text) - TEXT_LIMIT} more characters)"
-    style = "margin:2px 0;white-space:pre-wrap;max-height:20em;overflow:auto" + (f";color:{color}" if color else "")
-    return f"<pre data-role='{role}' style='{style}'>{_e(text)}</pre>"
+    return tag("pre", text, data_role=role,
+               style=style(margin="2px 0", white_space="pre-wrap", max_height="20em", overflow="auto", color=color))  # fmt: skip
 
 
-def _more(counts: dict[str, int]) -> str:
+def _more(counts: dict[str, int]) -> Markup:
     total = sum(counts.values())
     detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    return f"<div class='clarion-more' style='opacity:.7'>… and {total} more ({detail})</div>"
+    return tag("div", f"… and {total} more ({detail})", class_="clarion-more", style="opacity:.7")

@@ -12,7 +12,6 @@ not render (nbconvert, GitHub's viewer, a terminal).
 from __future__ import annotations
 
 import asyncio
-import html
 import json
 import time
 from collections.abc import Callable
@@ -21,6 +20,8 @@ from typing import Any, Protocol
 import ipywidgets as widgets
 
 from ..core.protocol import StepStatus
+from ..storage.records import utcnow
+from .markup import Markup, join, markdown, tag
 from .state import RunState, StepRow
 
 UPDATE_INTERVAL_S = 0.05
@@ -98,7 +99,7 @@ class RunWidget(widgets.VBox):
         """Render the state; only the parts that changed are sent."""
         state = self.state
         self._set(self.header, state.header_html())
-        self._set(self.steps, state.steps_html())
+        self._set(self.steps, state.steps_html(utcnow()))
         self._set(self.result, state.result_html())
         done = state.status.terminal
         if self.cancel_button.disabled != done:
@@ -109,10 +110,6 @@ class RunWidget(widgets.VBox):
             self._approval_keys = keys
             self.approvals.children = [self._approval_box(row) for row in state.waiting]
         self.updates += 1
-
-    def tick(self) -> None:
-        """Only the elapsed time changed."""
-        self._set(self.header, self.state.header_html())
 
     @staticmethod
     def _set(widget: widgets.HTML, value: str) -> None:
@@ -126,9 +123,7 @@ class RunWidget(widgets.VBox):
                                 layout=widgets.Layout(width="auto"))  # fmt: skip
         approve.on_click(lambda _: self._decide(approve, reject, lambda a: a.approve(row.key)))
         reject.on_click(lambda _: self._decide(approve, reject, lambda a: a.reject(row.key)))
-        message = f"<b>{html.escape(row.key)}</b> waits for approval" + (
-            f": {html.escape(row.message)}" if row.message else ""
-        )
+        message = join([tag("b", row.key), " waits for approval", f": {row.message}" if row.message else None])
         box = widgets.VBox(
             [widgets.HTML(message), widgets.HTML(preview_html(row.preview)), widgets.HBox([approve, reject])]
         )
@@ -146,7 +141,7 @@ class RunWidget(widgets.VBox):
         try:
             action(self.actions)
         except Exception as exc:  # shown on the widget: a button has no cell to raise into
-            self.message.value = f"<span style='color:#d93025'>{html.escape(str(exc))}</span>"
+            self.message.value = tag("span", str(exc), style="color:#d93025")
 
     # -- display ---------------------------------------------------------------
 
@@ -155,44 +150,38 @@ class RunWidget(widgets.VBox):
         return {**bundle, "text/html": self.state.to_html(), "text/plain": self.state.to_text()}
 
 
-def preview_html(preview: Any) -> str:
+def preview_html(preview: Any) -> Markup:
     """What a waiting step shows: a diff per file (create/modify/delete), a command, or its config."""
     if preview is None:
-        return ""
+        return Markup()
     if isinstance(preview, str):
         return diff_html(preview)
     if isinstance(preview, dict) and isinstance(preview.get("files"), list):
-        return "".join(_file_html(f) for f in preview["files"] if isinstance(f, dict)) or diff_html(
+        return join(_file_html(f) for f in preview["files"] if isinstance(f, dict)) or diff_html(
             str(preview.get("diff", ""))
         )
     if isinstance(preview, dict) and isinstance(preview.get("diff"), str):
         return diff_html(preview["diff"])
-    return f"<pre style='white-space:pre-wrap'>{html.escape(json.dumps(preview, indent=2, default=str))}</pre>"
+    return tag("pre", json.dumps(preview, indent=2, default=str), style="white-space:pre-wrap")
 
 
-def _file_html(change: dict[str, Any]) -> str:
+def _file_html(change: dict[str, Any]) -> Markup:
     action = str(change.get("action", "modify"))
     color = {"create": "#1e8e3e", "delete": "#d93025"}.get(action, "#1a73e8")
-    return (
-        f"<details open class='clarion-file' data-action='{html.escape(action)}'><summary>"
-        f"<span style='color:{color}'>{html.escape(action)}</span> <code>{html.escape(str(change.get('path', '')))}</code>"
-        f"</summary>{diff_html(str(change.get('diff', '')))}</details>"
-    )
+    summary = tag("summary", tag("span", action, style=f"color:{color}"), " ", tag("code", change.get("path", "")))
+    return tag("details", summary, diff_html(str(change.get("diff", ""))), open=True, class_="clarion-file",
+               data_action=action)  # fmt: skip
 
 
-def diff_html(diff: str) -> str:
+def diff_html(diff: str) -> Markup:
     lines = []
     for line in diff.splitlines():
         color = "#1e8e3e" if line.startswith("+") else "#d93025" if line.startswith("-") else None
         if line.startswith(("+++", "---", "@@")):
             color = "#888"
-        escaped = html.escape(line)
-        lines.append(f"<span style='color:{color}'>{escaped}</span>" if color else escaped)
-    return (
-        "<pre class='clarion-diff' style='font-size:12px;white-space:pre;overflow:auto;max-height:30em'>"
-        + "\n".join(lines)
-        + "</pre>"
-    )
+        lines.append(tag("span", line, style=f"color:{color}") if color else line)
+    return tag("pre", join(lines, "\n"), class_="clarion-diff",
+               style="font-size:12px;white-space:pre;overflow:auto;max-height:30em")  # fmt: skip
 
 
 class AgentWidget(RunWidget):
@@ -203,7 +192,8 @@ class AgentWidget(RunWidget):
     APPLY_STEP = "apply"
 
     def __init__(self, state: RunState, actions: RunActions | None = None) -> None:
-        self.reply = widgets.Output()
+        self.reply = widgets.HTML()
+        self.reply_tree = widgets.Output()
         self.changes = widgets.HTML()
         self.apply_button = widgets.Button(description="Apply", button_style="success", icon="check",
                                            layout=widgets.Layout(width="auto", display="none"))  # fmt: skip
@@ -214,7 +204,7 @@ class AgentWidget(RunWidget):
         self.apply_button.on_click(lambda _: self._decide_apply(lambda a: a.approve(self.APPLY_STEP)))
         self.discard_button.on_click(lambda _: self._decide_apply(lambda a: a.reject(self.APPLY_STEP)))
         self.children = [
-            widgets.HBox([self.header, self.cancel_button]), self.reply, self.changes,
+            widgets.HBox([self.header, self.cancel_button]), self.reply, self.reply_tree, self.changes,
             widgets.HBox([self.apply_button, self.discard_button]), self.steps, self.result, self.message,
         ]  # fmt: skip
 
@@ -235,37 +225,33 @@ class AgentWidget(RunWidget):
                 button.disabled = False
 
     def _show_reply(self, output: dict[str, Any]) -> None:
-        """The reply as display data the frontend renders: JSON as a collapsible tree, text as Markdown."""
+        """JSON as a collapsible tree (Lab's JSON viewer shows every value as text, and an
+        ``Output`` is a trusted area, so nothing but JSON goes in it); text as Markdown
+        converted to sanitised HTML here (in that trusted area, Lab would not sanitise it)."""
         data = output.get("json")
         if data is not None:
             bundle = {"application/json": data, "text/plain": json.dumps(data, indent=2, default=str)}
             metadata = {"application/json": {"expanded": False, "root": "reply"}}
+            self.reply_tree.outputs = ({"output_type": "display_data", "data": bundle, "metadata": metadata},)
         else:
-            text = str(output.get("text", ""))
-            bundle, metadata = {"text/markdown": text, "text/plain": text}, {}
-        self.reply.outputs = ({"output_type": "display_data", "data": bundle, "metadata": metadata},)
+            self.reply.value = reply_html(str(output.get("text", "")))
 
-    def _changes_html(self, reply: StepRow | None, apply: StepRow | None) -> str:
+    def _changes_html(self, reply: StepRow | None, apply: StepRow | None) -> Markup:
         if apply is not None and apply.preview is not None:
             return preview_html(apply.preview)
         if apply is not None and apply.status == StepStatus.succeeded:
             written = (apply.output or {}).get("written", [])
-            return (
-                "<div class='clarion-applied'>applied: "
-                + ", ".join(
-                    f"{html.escape(str(w.get('action', '')))} <code>{html.escape(str(w.get('path', '')))}</code>"
-                    for w in written
-                )
-                + "</div>"
-            )
+            files = join((join([w.get("action", ""), " ", tag("code", w.get("path", ""))]) for w in written), ", ")
+            return tag("div", "applied: ", files, class_="clarion-applied")
         if apply is not None and (apply.decision or "").startswith("rejected"):
-            return "<div class='clarion-discarded' style='opacity:.7'>file changes discarded</div>"
-        changes = ((reply.output or {}).get("json") or {}).get("file_changes") if reply else None
+            return tag("div", "file changes discarded", class_="clarion-discarded", style="opacity:.7")
+        data = (reply.output or {}).get("json") if reply and isinstance(reply.output, dict) else None
+        changes = data.get("file_changes") if isinstance(data, dict) else None
         if isinstance(changes, list) and changes:
             return preview_html({"files": [{"action": c.get("action"), "path": c.get("path"),
                                             "diff": "\n".join("+" + line for line in str(c.get("new_content", "")).splitlines())}
                                            for c in changes if isinstance(c, dict)]})  # fmt: skip
-        return ""
+        return Markup()
 
     def _decide_apply(self, action: Callable[[RunActions], None]) -> None:
         self.apply_button.disabled = self.discard_button.disabled = True
@@ -275,12 +261,11 @@ class AgentWidget(RunWidget):
         bundle = super()._repr_mimebundle_(**kwargs)
         reply = self.state.steps.get(self.REPLY_STEP)
         text = ((reply.output or {}).get("text") if reply else None) or ""
-        extra = (
-            f"<div class='clarion-reply'><pre style='white-space:pre-wrap'>{html.escape(text)}</pre></div>"
-            if text
-            else ""
-        )
-        return {
-            **bundle,
-            "text/html": extra + self._changes_html(reply, self.state.steps.get(self.APPLY_STEP)) + bundle["text/html"],
-        }
+        shown = tag("div", reply_html(text), class_="clarion-reply") if text else None
+        changes = self._changes_html(reply, self.state.steps.get(self.APPLY_STEP))
+        return {**bundle, "text/html": join([shown, changes, bundle["text/html"]])}
+
+
+def reply_html(text: str) -> Markup:
+    """A model's reply: its Markdown as sanitised HTML."""
+    return tag("div", markdown(text), class_="clarion-markdown jp-RenderedHTMLCommon")

@@ -15,6 +15,7 @@ import {
   StepStatus,
   TERMINAL_EVENTS,
   TERMINAL_RUN,
+  Usage,
   WorkflowRun
 } from './protocol';
 
@@ -28,15 +29,20 @@ export interface Attempt {
   error: any;
 }
 
-/** What the run document does not hold and the events do: attempts, streamed text, decisions. */
+/**
+ * What the run document does not hold and the events do: attempts, streamed text, decisions,
+ * why steps were skipped and how many items a `for_each` step maps over.
+ */
 export interface RunExtras {
   attempts: Record<string, Attempt[]>;
   text: Record<string, string>;
-  decisions: Record<string, { decision: 'approved' | 'rejected'; by?: string; comment?: string }>;
+  decisions: Record<string, { decision: 'approved' | 'rejected'; by?: string | null; comment?: string | null }>;
+  reasons: Record<string, string>;
+  items: Record<string, number>;
 }
 
 export function emptyExtras(): RunExtras {
-  return { attempts: {}, text: {}, decisions: {} };
+  return { attempts: {}, text: {}, decisions: {}, reasons: {}, items: {} };
 }
 
 function emptyStep(key: string): StepRun {
@@ -60,9 +66,36 @@ function durationBetween(start: string | null, end: string | null): number | nul
   return start && end ? Math.max(0, Date.parse(end) - Date.parse(start)) : null;
 }
 
+/** What a failed or cancelled run stops (the engine marks them `cancelled`). */
+const STOPPED: ReadonlySet<string> = new Set([StepStatus.running, StepStatus.retrying, StepStatus.waiting]);
+const ACTIVE: ReadonlySet<string> = new Set([StepStatus.running, StepStatus.retrying]);
+
+/**
+ * `waiting` while a step waits for a person and none runs (a `for_each` step is not itself
+ * running: its items are); else `running` once any step began.
+ */
+function liveStatus(run: WorkflowRun): string {
+  if (!(run.approvals ?? []).length) {
+    return run.steps.length ? RunStatus.running : run.status;
+  }
+  const parents = new Set(run.steps.filter(s => s.item_index !== null).map(s => s.step_id));
+  const active = run.steps.some(s => ACTIVE.has(s.status) && !parents.has(s.key));
+  return active ? RunStatus.running : RunStatus.waiting;
+}
+
+function addUsage(total: Usage | null | undefined, usage: Usage): Usage {
+  const cost = usage.cost_usd !== null && usage.cost_usd !== undefined ? (total?.cost_usd ?? 0) + usage.cost_usd : (total?.cost_usd ?? null);
+  return {
+    prompt_tokens: (total?.prompt_tokens ?? 0) + (usage.prompt_tokens ?? 0),
+    completion_tokens: (total?.completion_tokens ?? 0) + (usage.completion_tokens ?? 0),
+    cost_usd: cost
+  };
+}
+
 /**
  * The run after `event` (a new object when anything changed; the same one for an event
- * already applied, so replays after a reconnect change nothing).
+ * already applied, so replays after a reconnect change nothing). The same fold as
+ * `clarion_jupyter/workflow/fold.py`: both are tested against `tests/fixtures/folds/`.
  */
 export function reduceRun(run: WorkflowRun, event: ClarionEvent, extras?: RunExtras): WorkflowRun {
   if (event.run_id !== run.run_id || event.seq <= run.last_seq) {
@@ -71,21 +104,63 @@ export function reduceRun(run: WorkflowRun, event: ClarionEvent, extras?: RunExt
   const next: WorkflowRun = { ...run, last_seq: event.seq };
   const data = event.data ?? {};
   const key = event.step_id;
-  const step = (change: (s: StepRun) => Partial<StepRun>): void => {
-    if (key === null) {
-      return;
+  if (key === null) {
+    reduceRunEvent(next, event, data);
+  } else {
+    reduceStepEvent(next, key, event, data, extras);
+    if (!TERMINAL_RUN.has(next.status)) {
+      next.status = liveStatus(next);
     }
-    const steps = next.steps.slice();
-    let index = steps.findIndex(s => s.key === key);
-    if (index < 0) {
-      steps.push(emptyStep(key));
-      index = steps.length - 1;
-    }
-    steps[index] = { ...steps[index], ...change(steps[index]) };
-    next.steps = steps;
-  };
+  }
+  return next;
+}
+
+function reduceRunEvent(next: WorkflowRun, event: ClarionEvent, data: Record<string, any>): void {
+  switch (event.type) {
+    case EventType.run_queued:
+      next.status = RunStatus.queued;
+      next.created_at = next.created_at || event.ts;
+      if ('workflow_id' in data) {
+        next.workflow_id = data.workflow_id;
+      }
+      if ('inputs' in data) {
+        next.inputs = data.inputs;
+      }
+      break;
+    case EventType.run_started:
+      next.status = RunStatus.running;
+      next.started_at = next.started_at ?? event.ts;
+      break;
+    default:
+      if (event.type in TERMINAL_EVENTS) {
+        next.status = TERMINAL_EVENTS[event.type];
+        next.finished_at = event.ts;
+        next.approvals = [];
+        for (const name of ['outputs', 'error', 'usage'] as const) {
+          if (data[name] !== undefined && data[name] !== null) {
+            (next as any)[name] = data[name];
+          }
+        }
+        if (next.status !== RunStatus.succeeded) {
+          next.steps = next.steps.map(s =>
+            STOPPED.has(s.status)
+              ? { ...s, status: StepStatus.cancelled, finished_at: event.ts, duration_ms: durationBetween(s.started_at, event.ts) }
+              : s
+          );
+        }
+      }
+  }
+}
+
+function reduceStepEvent(
+  next: WorkflowRun,
+  key: string,
+  event: ClarionEvent,
+  data: Record<string, any>,
+  extras?: RunExtras
+): void {
   const attempt = (status: string, finished: boolean): void => {
-    if (!extras || key === null) {
+    if (!extras) {
       return;
     }
     const list = (extras.attempts[key] ??= []);
@@ -102,107 +177,97 @@ export function reduceRun(run: WorkflowRun, event: ClarionEvent, extras?: RunExt
       entry.error = data.error ?? null;
     }
   };
+  let change: Partial<StepRun>;
   switch (event.type) {
-    case EventType.run_queued:
-      next.status = RunStatus.queued;
-      break;
-    case EventType.run_started:
-      next.status = RunStatus.running;
-      next.started_at = next.started_at ?? event.ts;
-      break;
-    case EventType.step_started:
-      if (next.status === RunStatus.waiting || next.status === RunStatus.queued) {
-        next.status = RunStatus.running;
+    case EventType.llm_token:
+      if (extras) {
+        extras.text[key] = (extras.text[key] ?? '') + String(data.text ?? '');
       }
-      step(() => ({
+      return;
+    case EventType.step_started:
+      change = {
         status: StepStatus.running,
         attempt: Number(data.attempt ?? 1),
         started_at: event.ts,
         finished_at: null,
         duration_ms: null,
         error: null
-      }));
-      if (extras && key !== null) {
+      };
+      if (extras) {
         delete extras.text[key];
+        if ('items' in data) {
+          extras.items[key] = data.items;
+        }
       }
       attempt(StepStatus.running, false);
       break;
     case EventType.step_retrying:
-      step(() => ({ status: StepStatus.retrying, error: data.error ?? null }));
+      change = { status: StepStatus.retrying, error: data.error ?? null, finished_at: event.ts };
       attempt(StepStatus.failed, true);
       break;
     case EventType.step_completed:
-      step(s => ({
-        status: StepStatus.succeeded,
-        output: data.output ?? null,
-        usage: data.usage ?? s.usage,
-        finished_at: event.ts,
-        duration_ms: data.duration_ms ?? durationBetween(s.started_at, event.ts)
-      }));
+      change = { status: StepStatus.succeeded, output: data.output ?? null, finished_at: event.ts };
+      if (data.usage) {
+        change.usage = data.usage;
+        next.usage = addUsage(next.usage, data.usage);
+      }
       attempt(StepStatus.succeeded, true);
       break;
     case EventType.step_failed:
-      step(s => ({
-        status: StepStatus.failed,
-        error: data.error ?? null,
-        finished_at: event.ts,
-        duration_ms: data.duration_ms ?? durationBetween(s.started_at, event.ts)
-      }));
+      change = { status: StepStatus.failed, error: data.error ?? null, finished_at: event.ts };
       attempt(StepStatus.failed, true);
       break;
     case EventType.step_skipped:
-      step(() => ({ status: StepStatus.skipped, finished_at: event.ts }));
-      break;
-    case EventType.llm_token:
-      if (extras && key !== null) {
-        extras.text[key] = (extras.text[key] ?? '') + String(data.text ?? '');
+      change = { status: StepStatus.skipped, finished_at: event.ts };
+      if (extras && data.reason) {
+        extras.reasons[key] = data.reason;
       }
       break;
     case EventType.approval_requested: {
-      step(() => ({ status: StepStatus.waiting }));
-      const approval: Approval = {
-        step_key: key ?? '',
+      change = { status: StepStatus.waiting, started_at: event.ts, finished_at: null };
+      const approval = {
+        step_key: key,
         preview: data.preview ?? null,
         message: data.message ?? null,
-        requested_at: event.ts
-      };
-      next.approvals = [...(run.approvals ?? []).filter(a => a.step_key !== key), approval];
-      if (!next.steps.some(s => s.key !== key && s.status === StepStatus.running)) {
-        next.status = RunStatus.waiting;
-      }
+        requested_at: event.ts,
+        timeout_s: data.timeout_s ?? null
+      } as Approval;
+      next.approvals = [...(next.approvals ?? []).filter(a => a.step_key !== key), approval];
       break;
     }
     case EventType.approval_granted:
-    case EventType.approval_rejected:
-      next.approvals = (run.approvals ?? []).filter(a => a.step_key !== key);
-      if (next.status === RunStatus.waiting && next.approvals.length === 0) {
-        next.status = RunStatus.running;
+    case EventType.approval_rejected: {
+      const granted = event.type === EventType.approval_granted;
+      next.approvals = (next.approvals ?? []).filter(a => a.step_key !== key);
+      if (extras) {
+        extras.decisions[key] = { decision: granted ? 'approved' : 'rejected', by: data.by, comment: data.comment };
       }
-      if (extras && key !== null) {
-        extras.decisions[key] = {
-          decision: event.type === EventType.approval_granted ? 'approved' : 'rejected',
-          by: data.by,
-          comment: data.comment
-        };
-      }
+      // Approved, the stored step is running from the decision on; rejected, the step's end
+      // (skipped or failed) follows in the same commit.
+      change = granted ? { status: StepStatus.running, started_at: event.ts } : {};
       break;
+    }
     default:
-      if (event.type in TERMINAL_EVENTS) {
-        next.status = TERMINAL_EVENTS[event.type];
-        next.finished_at = event.ts;
-        next.approvals = [];
-        if (data.outputs !== undefined) {
-          next.outputs = data.outputs;
-        }
-        if (data.error !== undefined) {
-          next.error = data.error;
-        }
-        if (data.usage) {
-          next.usage = data.usage;
-        }
-      }
+      return;
   }
-  return next;
+  if ('attempt' in data && event.type !== EventType.step_started) {
+    change.attempt = Number(data.attempt);
+  }
+  if ('item_index' in data) {
+    change.item_index = data.item_index;
+  }
+  const steps = next.steps.slice();
+  let index = steps.findIndex(s => s.key === key);
+  if (index < 0) {
+    steps.push(emptyStep(key));
+    index = steps.length - 1;
+  }
+  const step = { ...steps[index], ...change };
+  if (change.finished_at) {
+    step.duration_ms = data.duration_ms ?? durationBetween(step.started_at, change.finished_at);
+  }
+  steps[index] = step;
+  next.steps = steps;
 }
 
 export function isTerminal(run: WorkflowRun): boolean {
