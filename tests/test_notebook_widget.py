@@ -144,9 +144,9 @@ def test_the_cancel_button_cancels_the_run(shell: Shell) -> None:
 
 
 def _streaming_agent(shell: Shell) -> None:
-    backend = shell.magics.session(local=True).backend()
+    clarion = shell.magics.session(local=True).clarion()
     agent = Agent(id="streamer", name="Streamer", model="openai/gpt-4o-mini", parameters={"mock_response": REPLY})
-    shell.magics.loop.run(backend.engine.agents.create(agent))
+    shell.magics.loop.run(clarion.create_agent(agent))
 
 
 STREAMED = """
@@ -172,7 +172,7 @@ def test_a_view_that_reconnects_catches_up_from_since_without_counting_twice(she
     _streaming_agent(shell)
     shell.cell("", STREAMED)
     finished = shell.last
-    events = shell.magics.loop.run(finished.session.backend().events(finished.run_id))
+    events = shell.magics.loop.run(finished.session.clarion().events(finished.run_id))
     tokens = [e for e in events if e.type == "llm_token"]
     assert tokens, "the run streamed no tokens"
     # A view that saw the events up to the first token, then lost its connection:
