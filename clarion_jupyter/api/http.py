@@ -20,7 +20,7 @@ import asyncio
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -42,6 +42,7 @@ from tornado.websocket import (
 from ..agent.importer import AGENT_FILE_SUFFIXES, source_files
 from ..agent.migration import DATABASE_SUFFIXES
 from ..agent.models import Agent
+from ..agent.v2db import is_sqlite_file
 from ..core import errors
 from ..core.errors import ClarionError, Problem
 from ..core.protocol import TERMINAL_EVENT_TYPES, CloseCode
@@ -94,7 +95,7 @@ _ENGINE_ERRORS: dict[str, type[ClarionError]] = {
     cls.code: cls
     for cls in (
         errors.BadRequest, errors.Forbidden, errors.NotFound, errors.Conflict, errors.ValidationFailed,
-        errors.DatabaseLocked, errors.QueueUnavailable,
+        errors.DatabaseLocked, errors.QueueUnavailable, errors.StorageUnavailable,
     )
 }  # fmt: skip
 _API_ERRORS: dict[str, type[ClarionAPIError]] = {
@@ -207,15 +208,21 @@ class Client:
         folder of them: every file the engine would read there is uploaded, named as there, so
         the report is the same), a body (a ``clarion.db``'s bytes or documents' text as bytes),
         or several files as ``(name, content)``."""
-        body: bytes
+        body: bytes | Path
+        params = {"dry_run": "true"} if dry_run else None
         if isinstance(source, str | os.PathLike):
-            source = await asyncio.to_thread(_uploads, Path(source))
+            path = Path(source).expanduser()
+            if await asyncio.to_thread(is_sqlite_file, path):
+                # Streamed from the disk in chunks, so a database of any size imports (the
+                # server spools it to a file: its body limit does not apply to this upload).
+                body, content_type = path, "application/octet-stream"
+            else:
+                source = await asyncio.to_thread(_uploads, path)
         if isinstance(source, bytes):
             body, content_type = source, "application/octet-stream"
-        else:
+        elif not isinstance(source, str | os.PathLike):
             boundary = uuid.uuid4().hex
             body, content_type = _multipart(source, boundary), f"multipart/form-data; boundary={boundary}"
-        params = {"dry_run": "true"} if dry_run else None
         return await self._request("POST", "api/v3/agents/import", params=params, body=body, content_type=content_type)
 
     async def run_agent(self, agent_id: str, request: AgentRunRequest) -> str:
@@ -386,13 +393,20 @@ class Client:
         path: str,
         *,
         params: Mapping[str, Any] | None = None,
-        body: JsonDoc | str | bytes | None = None,
+        body: JsonDoc | str | bytes | Path | None = None,
         content_type: str = "application/json",
     ) -> Any:
-        """One API call: the decoded JSON answer (None for 204), or :class:`ClarionAPIError`."""
+        """One API call: the decoded JSON answer (None for 204), or :class:`ClarionAPIError`.
+        A :class:`Path` body is the file's content, streamed in chunks rather than read whole."""
         query = urlencode({k: v for k, v in (params or {}).items() if v is not None})
         headers = {"Accept": "application/json", **self._headers()}
-        if body is not None:
+        producer = None
+        if isinstance(body, Path):
+            size = (await asyncio.to_thread(body.stat)).st_size
+            headers |= {"Content-Type": content_type, "Content-Length": str(size),
+                        "Content-Disposition": f'attachment; filename="{quote(body.name)}"'}  # fmt: skip
+            producer, body = _file_producer(body), None
+        elif body is not None:
             headers["Content-Type"] = content_type
             if not isinstance(body, str | bytes):
                 body = json.dumps(body)
@@ -401,7 +415,10 @@ class Client:
         if self._http is None:
             self._http = AsyncHTTPClient(force_instance=True, max_clients=self.max_clients)
         url = self.url + path + (f"?{query}" if query else "")
-        request = HTTPRequest(url, method=method, headers=headers, body=body, request_timeout=self.timeout)
+        request = HTTPRequest(
+            url, method=method, headers=headers, body=body, body_producer=producer,
+            request_timeout=self.timeout if producer is None else UPLOAD_TIMEOUT_S,
+        )  # fmt: skip
         try:
             response = await self._http.fetch(request, raise_error=False)
         except (OSError, HTTPClientError) as exc:  # refused, unresolvable, timed out (599): no answer at all
@@ -486,6 +503,24 @@ def _decode(response: HTTPResponse) -> Any:
     if response.code == 204 or not response.body:
         return None
     return json.loads(response.body)
+
+
+UPLOAD_CHUNK = 1024 * 1024
+"""Bytes read from the disk and sent at a time when a file is streamed."""
+UPLOAD_TIMEOUT_S = 3600.0
+"""How long a streamed upload and its import may take: sending and reading a large database
+takes minutes, where ``timeout`` bounds ordinary calls."""
+
+
+def _file_producer(path: Path) -> Callable[[Callable[[bytes], Any]], Any]:
+    """A tornado ``body_producer`` that sends ``path`` chunk by chunk, reading through a thread."""
+
+    async def produce(write: Callable[[bytes], Any]) -> None:
+        with await asyncio.to_thread(path.open, "rb") as file:
+            while chunk := await asyncio.to_thread(file.read, UPLOAD_CHUNK):
+                await write(chunk)
+
+    return produce
 
 
 def _multipart(files: Sequence[tuple[str, bytes]], boundary: str) -> bytes:

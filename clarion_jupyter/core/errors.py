@@ -99,3 +99,11 @@ class QueueUnavailable(ClarionError):
 
     code = "queue_unavailable"
     status = 503
+
+
+class StorageUnavailable(ClarionError):
+    """The database cannot take writes now (a full disk, a failing device): new work is refused
+    at once rather than accepted and lost, and the engine recovers by itself once it can write."""
+
+    code = "storage_unavailable"
+    status = 503

@@ -77,6 +77,12 @@ class ClarionExtension(ExtensionApp):
     max_body_bytes = Integer(
         10 * 1024 * 1024, min=1, help="Largest request body the API accepts; larger ones get 413."
     ).tag(config=True)
+    max_import_bytes = Integer(
+        4 * 1024**3,
+        min=1,
+        help="Largest clarion.db that POST /api/v3/agents/import accepts (streamed to a temporary "
+        "file, so it costs disk, not memory); other import bodies keep max_body_bytes.",
+    ).tag(config=True)
     max_steps = Integer(
         DEFAULT_MAX_STEPS, min=1, help="Largest number of steps a workflow may have; larger ones get 422."
     ).tag(config=True)

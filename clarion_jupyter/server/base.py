@@ -8,9 +8,13 @@ anything else is a server bug: 500, logged with its traceback, and never shown t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import shutil
+import tempfile
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -190,3 +194,109 @@ class ClarionHandler(ClarionHandlerMixin, APIHandler):
         if location is not None:
             self.set_header("Location", location)
         self.finish(json.dumps(doc, default=str))
+
+
+class SpooledUpload(ClarionHandler):
+    """Base of a handler (decorated with tornado's ``stream_request_body``) whose body may be far
+    larger than ``max_body_bytes``: a ``clarion.db`` of any size up to ``max_import_bytes``.
+
+    The body is written to a file in a private temporary folder as it arrives, through a
+    thread, so memory stays flat and the loop never waits on the disk; the handler reads the
+    file from :attr:`upload_path`. Only ``application/octet-stream`` (a database file) gets the
+    larger limit: any other body is still bounded by ``max_body_bytes`` and is read into
+    ``request.body`` (and ``request.files``) as tornado would have, so documents are parsed
+    with the usual bounds. The folder goes when the request ends."""
+
+    _folder: Path | None = None
+    _file: Any = None
+    _received = 0
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        await super().prepare()
+        if self.current_user is None:
+            return  # refused (403) by the method's decorators; nothing is spooled
+        limit = self.upload_limit
+        declared = int(self.request.headers.get("Content-Length", "0") or 0)
+        if declared > limit:
+            raise PayloadTooLarge(self._too_large(limit), details={"limit": limit, "size": declared})
+        self.request.connection.set_max_body_size(limit)  # type: ignore[union-attr]
+        self._folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="clarion-upload-"))
+        self._file = await asyncio.to_thread((self._folder / self.upload_name).open, "wb")
+
+    @property
+    def upload_limit(self) -> int:
+        """The largest body this request may send: a database file's, else any body's."""
+        if self.media_type == "application/octet-stream":
+            return self.clarion.max_import_bytes
+        return self.clarion.max_body_bytes
+
+    @property
+    def upload_name(self) -> str:
+        """The file name the client gave (``Content-Disposition: attachment; filename=...``), so
+        the report names the file as a local import would; ``upload`` when it gave none."""
+        _, params = httputil._parse_header(self.request.headers.get("Content-Disposition", ""))
+        name = Path(params.get("filename", "")).name
+        return name if name not in ("", ".", "..") else "upload"
+
+    @property
+    def upload_path(self) -> Path:
+        assert self._folder is not None
+        return self._folder / self.upload_name
+
+    def _too_large(self, limit: int) -> str:
+        if self.media_type == "application/octet-stream":
+            return f"the upload is larger than the import limit of {limit} bytes (the server's max_import_bytes)"
+        return (
+            f"the request body is larger than the limit of {limit} bytes: send a clarion.db on its own as "
+            "application/octet-stream (`clarion agents import path/to/clarion.db` does), which may be larger"
+        )
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self._file is None:
+            return
+        self._received += len(chunk)
+        await asyncio.to_thread(self._file.write, chunk)
+
+    async def spooled(self) -> None:
+        """Once the body is in: close the file, and put a small body where tornado puts one."""
+        if self._file is None:
+            return
+        await asyncio.to_thread(self._file.close)
+        if self.media_type != "application/octet-stream":
+            self.request.body = await self.spooled_body()
+            httputil.parse_body_arguments(
+                self.request.headers.get("Content-Type", ""),
+                self.request.body,
+                self.request.body_arguments,
+                self.request.files,
+                self.request.headers,
+            )
+
+    async def spooled_body(self) -> bytes:
+        """The spooled body in memory, for what is not read from the file: within ``max_body_bytes``."""
+        limit = self.clarion.max_body_bytes
+        if self._received > limit:
+            raise PayloadTooLarge(
+                f"the request body is larger than the limit of {limit} bytes, and is not a clarion.db",
+                details={"limit": limit, "size": self._received},
+            )
+        return await asyncio.to_thread(self.upload_path.read_bytes)
+
+    def on_finish(self) -> None:
+        self._discard()
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self._discard()
+
+    def _discard(self) -> None:
+        folder, file, self._folder, self._file = self._folder, self._file, None, None
+        if folder is not None:
+            asyncio.get_running_loop().run_in_executor(None, _remove, folder, file)
+
+
+def _remove(folder: Path, file: Any) -> None:
+    """Blocking: close the spool file (a request cut short leaves it open) and remove its folder."""
+    if file is not None:
+        file.close()
+    shutil.rmtree(folder, ignore_errors=True)

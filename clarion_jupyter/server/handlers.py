@@ -6,6 +6,7 @@ rendered by :class:`~.base.ClarionHandlerMixin` from the exceptions the services
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,12 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from tornado import web
 
 from ..agent.models import Agent
+from ..agent.v2db import is_sqlite_file
 from ..core.documents import DocumentError, DocumentRefused, load_any, off_loop
 from ..core.errors import BadRequest, Forbidden, NotFound, Problem, ValidationFailed
 from ..core.protocol import RunStatus
 from ..storage.records import StoredDocument, isoformat
 from ..workflow.agent_run import AgentRunRequest
-from .base import DOCUMENT_TYPES, YAML_TYPES, ClarionHandler
+from .base import DOCUMENT_TYPES, YAML_TYPES, ClarionHandler, SpooledUpload
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 MAX_PAGE = 500
@@ -176,19 +178,24 @@ class WorkflowHandler(WorkflowDocuments, ItemHandler):
     """``GET``, ``PUT`` (replace; the path's id wins) and ``DELETE`` (refused while runs are active)."""
 
 
-class AgentImportHandler(ClarionHandler):
+@web.stream_request_body
+class AgentImportHandler(SpooledUpload):
     """Clarion v2 data in the body: agent documents (YAML blocks, JSON profiles, the v2 agent
-    list) as text, a ``clarion.db`` as ``application/octet-stream`` (agents and run history),
-    or several such files as ``multipart/form-data`` (a folder: the report names each file).
+    list) as text, a ``clarion.db`` as ``application/octet-stream`` (agents and run history;
+    streamed to a file, so up to ``max_import_bytes``), or several such files as
+    ``multipart/form-data`` (a folder: the report names each file).
     ``?dry_run=true`` reports what would change and changes nothing."""
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
+        await self.spooled()
         dry_run = self.get_query_argument("dry_run", "false").lower() in ("1", "true", "yes")
-        body: bytes | list[tuple[str, bytes]]
+        body: Path | bytes | list[tuple[str, bytes]]
         if self.media_type == "application/octet-stream":
-            body = self.request.body
+            # A database is read from its file; other bytes are the importer's to judge, as sent.
+            is_database = await asyncio.to_thread(is_sqlite_file, self.upload_path)
+            body = self.upload_path if is_database else await self.spooled_body()
         elif self.media_type == "multipart/form-data":
             # Each file's documents are read with the same bounds by the importer, and a file
             # beyond them is that file's error (reported), not the whole upload's.

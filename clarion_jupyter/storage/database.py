@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from ..core.errors import DatabaseLocked
+from ..core.errors import DatabaseLocked, StorageUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -187,14 +187,34 @@ class Database:
                 return result
             except duckdb.TransactionException as exc:
                 _rollback(cursor)
+                if not is_conflict(exc):
+                    raise unwritable(exc) from exc
                 if attempt == attempts:
                     raise
                 log.debug("write conflict (attempt %d): %s", attempt, exc)
                 time.sleep(0.005 * 2**attempt)
+            except duckdb.IOException as exc:
+                _rollback(cursor)
+                raise unwritable(exc) from exc
             except BaseException:
                 _rollback(cursor)
                 raise
         raise AssertionError("unreachable")
+
+
+def is_conflict(exc: duckdb.TransactionException) -> bool:
+    """A write-write conflict with a concurrent transaction (worth retrying at once), as opposed
+    to a commit the file could not take (a full disk: DuckDB reports both as TransactionException)."""
+    return "conflict" in str(exc).lower()
+
+
+def unwritable(exc: BaseException) -> StorageUnavailable:
+    """A write the file could not take, as the API's 503 with the reason and what to do."""
+    reason = f"{type(exc).__name__}: {exc}"
+    return StorageUnavailable(
+        f"the Clarion database cannot store this right now ({reason}): free disk space where it lives and try again",
+        details={"reason": reason},
+    )
 
 
 def _rollback(cursor: duckdb.DuckDBPyConnection) -> None:

@@ -21,12 +21,13 @@ from typing import Any
 
 import duckdb
 
-from ..core.errors import Conflict
+from ..core.errors import Conflict, StorageUnavailable
 from ..core.protocol import ACTIVE_RUN_STATUSES
 from .database import Database
 from .protocols import ActiveRun, RunPage
 from .query import MAX_BYTES, MAX_ROWS, TIMEOUT_S, HistorySandbox, QueryResult
 from .records import Batch, Event, RunRecord, StepRecord, StoredDocument, utcnow
+from .writer import is_permanent
 
 log = logging.getLogger(__name__)
 
@@ -389,7 +390,13 @@ class DuckDBRunStore:
                 pending.absorb(self._pending)  # what committed meanwhile is newer
                 self._pending = pending
                 self.projection_error = f"{type(exc).__name__}: {exc}"
-                raise
+                if is_permanent(exc):
+                    raise
+                raise StorageUnavailable(
+                    f"the run history cannot be brought up to date right now ({self.projection_error}): the "
+                    "journal keeps every committed state; free disk space where the database lives and it catches up",
+                    details={"reason": self.projection_error},
+                ) from exc
             self._projected = target
             self.projection_error = None
 

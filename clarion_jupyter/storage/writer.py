@@ -7,7 +7,11 @@ hands the events of that batch to ``on_committed`` (which announces them). Nothi
 announced before it is durable.
 
 A commit that fails for a passing reason (a full disk, a lock) is retried for as long as it
-lasts. One the database refuses for what it holds (a bug: values are checked JSON inside
+lasts: the batch stays in the writer, nothing of it is announced, and :attr:`unavailable`
+holds the reason until a commit succeeds again (the engine then refuses new runs with
+``storage_unavailable`` and its health says ``degraded``). A ``submissions`` writer does not
+retry: a new run that cannot be stored is refused at once (its waiters get
+:class:`StorageUnavailable`), never accepted and then lost. One the database refuses for what it holds (a bug: values are checked JSON inside
 the steps) is retried a few times, then split by run, so that every other run's work is
 stored and announced; the runs whose own records are refused are handed to
 ``on_unstorable``, which ends them ``failed`` with the storage error (the engine does; it is
@@ -28,12 +32,19 @@ from typing import Any
 
 import duckdb
 
+from ..core.errors import StorageUnavailable
 from ..core.secrets import SecretMasker
 from .protocols import RunStore
 from .records import Batch, Event, RunRecord, StepRecord
 
 log = logging.getLogger(__name__)
 PERMANENT_ATTEMPTS = 3
+MAX_RETRY_DELAY_S = 1.0
+"""The longest wait between two tries of a failed commit: space coming back is noticed within it."""
+STOP_WHILE_DOWN_S = 2.0
+"""How long a stop waits for a database that cannot write (a full disk) before it gives up on
+what is pending: those transitions were never announced, and their runs resume at the next
+start from their last stored state."""
 _PERMANENT = (
     duckdb.ConstraintException,
     duckdb.BinderException,
@@ -77,6 +88,7 @@ class GroupCommitWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._in_flight: list[str] = []
         self._added = 0
         self._committed = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -84,6 +96,10 @@ class GroupCommitWriter:
         self.unstorable_runs: list[str] = []
         """Runs whose transitions the database refused (each ended ``failed``), newest last."""
         self.last_error: str | None = None
+        self.unavailable: str | None = None
+        """Why the last commit failed, while no commit has succeeded since (a full disk)."""
+        self.not_stored: list[str] = []
+        """The runs whose transitions a stop could not store (they resume at the next start)."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="clarion-group-commit")
@@ -95,11 +111,19 @@ class GroupCommitWriter:
         self._wake.set()
         if self._task is None:
             return
+        if self.unavailable is not None:
+            timeout = min(timeout, STOP_WHILE_DOWN_S)
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
         except TimeoutError:
             self._task.cancel()
-            log.critical("stopped with %d transitions not stored: %s", self._added - self._committed, self.last_error)
+            await asyncio.gather(self._task, return_exceptions=True)
+            self.not_stored = sorted({*self._in_flight, *self._pending.split_by_run()})
+            log.critical(
+                "stopped with %d transitions of %d run(s) not stored (%s); none of them was announced, and "
+                "the runs resume from their last stored state at the next start: %s",
+                self._added - self._committed, len(self.not_stored), ", ".join(self.not_stored), self.last_error,
+            )  # fmt: skip
 
     def add_run(self, record: RunRecord) -> None:
         self._pending.runs[record.run_id] = record
@@ -136,7 +160,13 @@ class GroupCommitWriter:
                 continue
             batch, self._pending = _masked(self._pending, self._masker), Batch()
             target = self._added
-            for committed, snapshot in await self._commit_or_isolate(batch):
+            self._in_flight = list(batch.split_by_run())
+            if self._submissions:
+                stored = await self._submit(batch, target)
+            else:
+                stored = await self._commit_or_isolate(batch)
+            self._in_flight = []
+            for committed, snapshot in stored:
                 self.batches += 1
                 if self._on_stored is not None:
                     self._on_stored(*snapshot, committed.events)
@@ -168,6 +198,32 @@ class GroupCommitWriter:
                 self._unstorable(run_id, part_error)
         return stored
 
+    async def _submit(self, batch: Batch, target: int) -> list[tuple[Batch, tuple[list[RunRecord], list[StepRecord]]]]:
+        """New runs are committed once: when that fails, whoever waits for them is refused
+        (they were never stored nor announced, so nothing is lost), and the next ones try again."""
+        snapshot = batch.snapshot()
+        try:
+            await self._store.write(batch, submission=True)
+        except Exception as exc:
+            if is_permanent(exc):
+                return await self._commit_or_isolate(batch)
+            self.last_error = self.unavailable = f"{type(exc).__name__}: {exc}"
+            log.error("new runs %s could not be stored and were refused: %s", ", ".join(batch.runs), exc)
+            self._fail_waiters(target, self.unavailable)
+            return []
+        self.unavailable = None
+        return [(batch, snapshot)]
+
+    def _fail_waiters(self, target: int, error: str) -> None:
+        still = []
+        for waited, future in self._waiters:
+            if waited <= target:
+                if not future.done():
+                    future.set_exception(refusal(error))
+            else:
+                still.append((waited, future))
+        self._waiters = still
+
     def _unstorable(self, run_id: str, error: str) -> None:
         log.critical("the transitions of run %s could not be stored and were not announced: %s", run_id, error)
         self.unstorable_runs = [*self.unstorable_runs[-99:], run_id]
@@ -180,15 +236,21 @@ class GroupCommitWriter:
         while True:
             attempt += 1
             try:
-                await self._store.write(batch, submission=self._submissions)
-                return None
+                await self._store.write(batch)
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if is_permanent(exc) and attempt >= PERMANENT_ATTEMPTS:
                     return self.last_error
-                log.exception("commit of %d events failed; retrying in %.2f s", len(batch.events), delay)
+                if not is_permanent(exc):
+                    self.unavailable = self.last_error
+                log.error("commit of %d events failed; retrying in %.2f s: %s", len(batch.events), delay, exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, MAX_RETRY_DELAY_S)
+            else:
+                if self.unavailable is not None:
+                    log.warning("storage is back: the batch of %d events was stored", len(batch.events))
+                self.unavailable = None
+                return None
 
     def _release(self, committed: int) -> None:
         still = []
@@ -199,6 +261,15 @@ class GroupCommitWriter:
             else:
                 still.append((target, future))
         self._waiters = still
+
+
+def refusal(reason: str) -> StorageUnavailable:
+    """The error that refuses new work while the database cannot write."""
+    return StorageUnavailable(
+        f"the Clarion database cannot store anything right now ({reason}); nothing new is accepted until it "
+        "can: free disk space where the database lives, and Clarion recovers by itself",
+        details={"reason": reason},
+    )
 
 
 def _masked(batch: Batch, masker: SecretMasker) -> Batch:

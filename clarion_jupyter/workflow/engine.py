@@ -19,7 +19,7 @@ from opentelemetry.trace import Tracer
 from ..agent.migration import ImportSource, V2ImportReport, V2Migration
 from ..agent.models import Agent
 from ..agent.service import AgentService
-from ..core.errors import Conflict, NotFound, Problem, ValidationFailed
+from ..core.errors import Conflict, NotFound, Problem, StorageUnavailable, ValidationFailed
 from ..core.ids import local_user, new_run_id
 from ..core.protocol import EventType, RunStatus
 from ..core.secrets import SecretMasker, SecretPolicy
@@ -29,7 +29,7 @@ from ..storage.duckdb_store import DuckDBStorage
 from ..storage.protocols import ActiveRun, Storage
 from ..storage.query import MAX_BYTES, MAX_ROWS, TIMEOUT_S, QueryResult
 from ..storage.records import Event, RunRecord, StoredDocument, utcnow
-from ..storage.writer import GroupCommitWriter
+from ..storage.writer import GroupCommitWriter, refusal
 from ..task.base import DEFAULT_MAX_OUTPUT_BYTES, TaskSettings
 from ..task.broker import DROP_REASONS, redact
 from ..task.preview import Previewer
@@ -219,6 +219,8 @@ class Engine:
 
     async def _start(self, plan: Plan, inputs: dict[str, Any] | None, key: str | None) -> str:
         self._require_started()
+        if self._writer.unavailable is not None:  # accepted now, it could neither be stored nor run
+            raise refusal(self._writer.unavailable)
         workflow = plan.workflow
         if key is not None:
             existing = await self._find_idempotent(workflow.id, key)
@@ -241,7 +243,11 @@ class Engine:
         executor = self._executor(plan, run)
         self._runs_live.track(executor)  # cancellable from here on
         executor.queued(self._submissions)
-        await self._submissions.flush()
+        try:
+            await self._submissions.flush()
+        except StorageUnavailable:
+            self._runs_live.forget(run.run_id, (workflow.id, key) if key is not None else None)
+            raise
         if self.started:  # else the engine is stopping, and the next start resumes the stored run
             self._runs_live.launch(executor)
         return run.run_id
@@ -491,13 +497,17 @@ class Engine:
             raise RuntimeError("the engine is not started: use `async with Engine(...)` or `await engine.start()`")
 
     def health(self) -> dict[str, Any]:
-        """``status`` is ``degraded`` while the broker cannot be reached (runs wait for it)."""
+        """``status`` is ``degraded`` while the broker cannot be reached (runs wait for it) or the
+        database cannot write (new runs are refused; ``storage.unavailable`` says why)."""
         writers = [w for w in (self._writer, self._submissions) if w is not None]
         queue = self._queue.health() if self._queue else {"url": redact(self.queue_url)}
+        unavailable = next((w.unavailable for w in writers if w.unavailable), None)
         return {
-            "status": "ok" if queue.get("up", True) else "degraded",
+            "status": "ok" if queue.get("up", True) and unavailable is None else "degraded",
             "storage": {
                 **self.storage.health(),
+                "up": unavailable is None,
+                "unavailable": unavailable,
                 "commits": sum(w.batches for w in writers),
                 "unstorable_runs": [r for w in writers for r in w.unstorable_runs],
                 "last_error": next((w.last_error for w in writers if w.last_error), None),

@@ -37,6 +37,12 @@ class RunSupervisor:
         """Known from here on (cancellable, decidable), before it is launched."""
         self._executors[executor.run.run_id] = executor
 
+    def forget(self, run_id: str, claim: tuple[str, str] | None = None) -> None:
+        """A submission that was never stored (nor announced): as if it had never been made."""
+        self._executors.pop(run_id, None)
+        if claim is not None:
+            self._claims.pop(claim, None)
+
     def launch(self, executor: RunExecutor) -> None:
         run_id = executor.run.run_id
         self._executors[run_id] = executor
