@@ -137,3 +137,17 @@ async def test_history_sql_answers_a_query_result(opened: Callable[[], AbstractA
         await either.wait(await either.submit(GATED | {"steps": GATED["steps"][1:]}))
         result = await either.query("SELECT workflow_id, status FROM runs")
         assert isinstance(result, QueryResult) and result.rows == [["gated", "succeeded"]]
+
+
+async def test_a_rerun_and_a_comparison_answer_in_the_same_models(
+    opened: Callable[[], AbstractAsyncContextManager[Clarion]],
+) -> None:
+    async with opened() as either:
+        parent = await either.wait(await either.submit(GATED | {"steps": GATED["steps"][1:]}))
+        rerun = await either.rerun(parent.run_id, overrides={"steps": {"after": {"with": {"value": 3}}}})
+        assert isinstance(rerun, WorkflowRun) and rerun.parent_run_id == parent.run_id
+        done = await either.wait(rerun.run_id)
+        comparison = await either.compare_runs([parent.run_id, done.run_id])
+        assert [(s.key, s.differs) for s in comparison.steps] == [("after", True)]
+        with pytest.raises(ValidationFailed):
+            await either.rerun(parent.run_id, from_step="nope")

@@ -49,6 +49,7 @@ from ..core.protocol import TERMINAL_EVENT_TYPES, CloseCode
 from ..storage.query import QueryResult
 from ..storage.records import Event, StoredDocument
 from ..workflow.agent_run import AgentRunRequest
+from ..workflow.compare import RunComparison
 from ..workflow.models import Decision, RunPage, Workflow, WorkflowRun
 from ..workflow.validation import WorkflowSource
 
@@ -296,6 +297,23 @@ class Client:
                 yield run
             if not cursor:
                 return
+
+    async def rerun(
+        self,
+        run_id: str,
+        *,
+        from_step: str | None = None,
+        inputs: JsonDoc | None = None,
+        overrides: JsonDoc | None = None,
+    ) -> WorkflowRun:
+        """``POST /api/v3/runs/{run_id}/rerun``: the new run's document."""
+        body = {"from_step": from_step, "inputs": inputs or {}, "overrides": overrides or {}}
+        return WorkflowRun.model_validate(await self._request("POST", _path("api/v3/runs", run_id, "rerun"), body=body))
+
+    async def compare_runs(self, run_ids: list[str]) -> RunComparison:
+        """``GET /api/v3/runs/compare?ids=A,B``."""
+        answer = await self._request("GET", "api/v3/runs/compare", params={"ids": ",".join(run_ids)})
+        return RunComparison.model_validate(answer)
 
     async def cancel(self, run_id: str) -> None:
         """Ask the server to cancel a run; it ends shortly after with ``workflow_cancelled``."""

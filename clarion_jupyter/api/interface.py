@@ -17,6 +17,7 @@ from ..core.errors import Conflict
 from ..storage.query import QueryResult
 from ..storage.records import Event, StoredDocument
 from ..workflow.agent_run import AgentRunRequest
+from ..workflow.compare import RunComparison
 from ..workflow.models import Decision, RunPage, Workflow, WorkflowRun
 from ..workflow.validation import WorkflowSource
 
@@ -64,6 +65,20 @@ class Clarion(Protocol):
 
     async def query(self, sql: str) -> QueryResult:
         """One read-only SQL statement over the history views."""
+
+    async def rerun(
+        self,
+        run_id: str,
+        *,
+        from_step: str | None = None,
+        inputs: dict[str, Any] | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> WorkflowRun:
+        """Run a finished run again with changes, reusing every step no change reaches; the
+        new run (``parent_run_id``, ``changes``) once durably queued."""
+
+    async def compare_runs(self, run_ids: list[str]) -> RunComparison:
+        """Two or more runs side by side, step by step, with the steps that differ marked."""
 
     # -- agents ----------------------------------------------------------------------
 

@@ -25,7 +25,9 @@ from .commands import (
     cmd_agents_list,
     cmd_approve,
     cmd_cancel,
+    cmd_compare,
     cmd_reject,
+    cmd_rerun,
     cmd_resume,
     cmd_run,
     cmd_runs,
@@ -84,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("show", cmd_show, "show one run with its steps").add_argument("run_id", help=RUN_ID_HELP)
     add("cancel", cmd_cancel, "cancel a run and follow it until it has stopped").add_argument(
         "run_id", help=RUN_ID_HELP
+    )
+    rerun = add("rerun", cmd_rerun, "run a finished run again with changes, reusing the steps no change reaches")
+    rerun.add_argument("run_id", help=RUN_ID_HELP)
+    rerun.add_argument("--from", dest="from_step", metavar="STEP", help="run this step and what reads it again")
+    rerun.add_argument(
+        "--input", "-i", action="append", default=[], metavar="KEY=VALUE", help="a changed input (repeatable)"
+    )
+    rerun.add_argument("--model", help="another model for the agents (this run only)")
+    rerun.add_argument("--agent", help="with --model: only this agent's model")
+    add("compare", cmd_compare, "compare runs step by step; * marks the steps that differ").add_argument(
+        "run_ids", nargs="+", metavar="RUN_ID", help=RUN_ID_HELP
     )
     add("resume", cmd_resume, "finish runs that a crash interrupted").add_argument(
         "run_id", nargs="?", help=RUN_ID_HELP

@@ -20,8 +20,10 @@ from ..core.protocol import EventType, RunStatus
 from ..settings import configured_engine, configured_traits, task_settings
 from ..task.registry import TaskRegistry
 from ..workflow.agent_run import AgentRunRequest
+from ..workflow.compare import RunComparison
 from ..workflow.engine import Engine
 from ..workflow.models import Workflow, WorkflowRun, parse_workflow
+from ..workflow.rerun import model_overrides
 from ..workflow.validation import DEFAULT_MAX_STEPS, WorkflowValidator
 from .render import RUN_COLOURS, Progress, ReplyProgress, Style, dump_json
 
@@ -135,6 +137,42 @@ async def cmd_run(args: argparse.Namespace) -> int:
             print(f"run {run_id}: {workflow.name}", flush=True)
         run = await _follow(clarion, run_id, progress)
     return _finish(run, progress)
+
+
+async def cmd_rerun(args: argparse.Namespace) -> int:
+    """Run a finished run again with changes; its steps no change reaches are copied, not run."""
+    async with _clarion(args) as clarion:
+        parent = await clarion.get_run(args.run_id)
+        inputs = parse_inputs(args.input, parse_workflow(parent.workflow or {}))
+        overrides = model_overrides(parent.workflow or {}, args.model, args.agent) if args.model else None
+        run = await clarion.rerun(parent.run_id, from_step=args.from_step, inputs=inputs, overrides=overrides)
+        progress = None if args.json else Progress(sys.stdout)
+        if progress:
+            print(f"run {run.run_id}: re-run of {parent.run_id}", flush=True)
+        run = await _follow(clarion, run.run_id, progress)
+    return _finish(run, progress)
+
+
+async def cmd_compare(args: argparse.Namespace) -> int:
+    async with _clarion(args) as clarion:
+        comparison = await clarion.compare_runs(args.run_ids)
+    if args.json:
+        dump_json(comparison.model_dump(mode="json"))
+    else:
+        _print_comparison(comparison, Style(sys.stdout))
+    return 0
+
+
+def _print_comparison(comparison: RunComparison, style: Style) -> None:
+    """One line per step: ``*`` where the runs differ, then each run's status and duration."""
+    print("  step" + "".join(f"  {run.run_id[-10:]:>22}" for run in comparison.runs))
+    for compared in comparison.steps:
+        cells = "".join(
+            f"  {(s.status or '-'):>10} {'' if s.duration_ms is None else f'{s.duration_ms:.0f}ms':>11}"
+            for s in compared.per_run
+        )
+        mark = style("*", "33") if compared.differs else " "
+        print(f"{mark} {compared.key}{cells}")
 
 
 async def cmd_runs(args: argparse.Namespace) -> int:

@@ -56,6 +56,9 @@ HELP = """Clarion: workflows and agents in notebook cells.
   %clarion runs [--limit N] [--status S] [--workflow ID]   recent runs
   %clarion show RUN_ID     the widget of any run (live while it runs; its Run in `_`)
   %clarion cancel RUN_ID
+  %clarion rerun RUN_ID [--from STEP] [--input k=v ...] [--model M [--agent A]] [--no-wait] [--name VAR]
+      run a finished run again with changes; the steps no change reaches are copied
+  %clarion compare RUN_ID RUN_ID [...]   the runs side by side; the steps that differ marked
   %clarion approve RUN_ID STEP [--comment TEXT]
   %clarion reject RUN_ID STEP [--comment TEXT]
   %clarion agents          the agents
@@ -113,6 +116,14 @@ SHOW = _parser("show", wait=False)
 SHOW.add_argument("run_id")
 CANCEL = _parser("cancel", wait=False)
 CANCEL.add_argument("run_id")
+RERUN = _parser("rerun")
+RERUN.add_argument("run_id")
+RERUN.add_argument("--from", dest="from_step", metavar="STEP")
+RERUN.add_argument("--input", action="append", default=[], metavar="k=v")
+RERUN.add_argument("--model")
+RERUN.add_argument("--agent")
+COMPARE = _parser("compare", wait=False)
+COMPARE.add_argument("run_ids", nargs="+", metavar="RUN_ID")
 DECIDE = {name: _parser(name, wait=False) for name in ("approve", "reject")}
 for _decide in DECIDE.values():
     _decide.add_argument("run_id")
@@ -120,7 +131,20 @@ for _decide in DECIDE.values():
     _decide.add_argument("--comment")
 SAVE_AGENT = _parser("save-agent", wait=False)
 LISTS = {name: _parser(name, wait=False) for name in ("agents", "workflows")}
-SUBCOMMANDS = ("runs", "show", "cancel", "approve", "reject", "agents", "workflows", "run", "sql", "help")
+SUBCOMMANDS = (
+    "runs",
+    "show",
+    "cancel",
+    "rerun",
+    "compare",
+    "approve",
+    "reject",
+    "agents",
+    "workflows",
+    "run",
+    "sql",
+    "help",
+)
 
 
 @magics_class
@@ -281,6 +305,16 @@ class ClarionMagics(Magics):
             self.loop.run(self.session(opts.local).clarion().cancel(opts.run_id))
             print(f"run {opts.run_id} cancelled")
             return None
+        if command == "rerun":
+            opts = RERUN.parse_args(rest)
+            parent = Run(self.session(opts.local), opts.run_id)
+            inputs = self._values(opts.input, "--input")
+            run = parent.rerun(from_step=opts.from_step, inputs=inputs, model=opts.model, agent=opts.agent)
+            return self._present(run, opts.no_wait, opts.name)
+        if command == "compare":
+            opts = COMPARE.parse_args(rest)
+            first, *others = opts.run_ids
+            return Run(self.session(opts.local), first).compare(*others)
         if command in DECIDE:
             opts = DECIDE[command].parse_args(rest)
             clarion = self.session(opts.local).clarion()

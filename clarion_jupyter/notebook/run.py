@@ -19,6 +19,8 @@ from ..core.errors import ClarionError
 from ..core.protocol import RunStatus
 from ..storage.records import Event
 from ..workflow.models import StepRun, Workflow, WorkflowRun
+from ..workflow.rerun import model_overrides
+from .comparison import Comparison
 from .state import RunState
 from .widgets import TICK_S, UPDATE_INTERVAL_S, AgentWidget, RunWidget, Throttle
 
@@ -214,3 +216,27 @@ class Run:
 
     def __repr__(self) -> str:
         return f"<Run {self.run_id} {self.state.status.value}>"
+
+    # -- iterating -------------------------------------------------------------------
+
+    def rerun(
+        self,
+        from_step: str | None = None,
+        inputs: dict[str, Any] | None = None,
+        model: str | None = None,
+        agent: str | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> Run:
+        """Run this (finished) run again with changes; the steps no change reaches are copied.
+        ``model`` gives ``agent`` (every agent of the workflow, when None) another model."""
+        if model is not None:
+            by_model = model_overrides(self.document().workflow or {}, model, agent)["agents"]
+            overrides = {**(overrides or {}), "agents": {**(overrides or {}).get("agents", {}), **by_model}}
+        clarion = self.session.clarion()
+        run = self.session.loop.run(clarion.rerun(self.run_id, from_step=from_step, inputs=inputs, overrides=overrides))
+        return Run(self.session, run.run_id)
+
+    def compare(self, *others: Run | str) -> Comparison:
+        """This run beside ``others`` (Runs or run ids), step by step; displayed, a widget."""
+        ids = [self.run_id, *(o.run_id if isinstance(o, Run) else o for o in others)]
+        return Comparison(self.session.loop.run(self.session.clarion().compare_runs(ids)))

@@ -22,6 +22,7 @@ from ..core.errors import BadRequest, Forbidden, NotFound, Problem, ValidationFa
 from ..core.protocol import RunStatus
 from ..storage.records import StoredDocument, isoformat
 from ..workflow.agent_run import AgentRunRequest
+from ..workflow.rerun import RerunRequest
 from .base import DOCUMENT_TYPES, YAML_TYPES, ClarionHandler, SpooledUpload
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
@@ -325,6 +326,37 @@ class RunCancelHandler(ClarionHandler):
         self.reply({"run_id": run_id}, 202, self.api_url("runs", run_id))
 
 
+class RunRerunHandler(RunStarter):
+    """``POST /api/v3/runs/{run_id}/rerun``: 202 with the new run's document (``parent_run_id``,
+    ``changes``); its steps that no change reaches are copied, not run again."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, run_id: str) -> None:
+        request = await self.body_model(RerunRequest, "re-run")
+        engine = await self.engine()
+        parent = await engine.get_run(run_id)
+        await self.require_terminal_permission(parent.workflow or {}, parent.workflow_id)
+        run = await engine.rerun(
+            parent.run_id,
+            from_step=request.from_step,
+            inputs=request.inputs,
+            overrides=request.overrides.model_dump(by_alias=True, exclude_none=True),
+        )
+        self.reply(run.model_dump(mode="json"), 202, self.api_url("runs", run.run_id))
+
+
+class RunCompareHandler(ClarionHandler):
+    """``GET /api/v3/runs/compare?ids=A,B[,...]``: the runs side by side, step by step."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        ids = [i for i in self.get_query_argument("ids", "").split(",") if i]
+        comparison = await (await self.engine()).compare_runs(ids)
+        self.reply(comparison.model_dump(mode="json"))
+
+
 class DecisionRequest(BaseModel):
     """The body of ``POST /api/v3/runs/{run_id}/approvals/{step_key}``."""
 
@@ -431,8 +463,10 @@ default_handlers: list[tuple[str, type[ClarionHandler]]] = [
     (rf"/api/v3/workflows/{_ID}", WorkflowHandler),
     (rf"/api/v3/workflows/{_ID}/run", WorkflowRunHandler),
     (r"/api/v3/runs", RunsHandler),
+    (r"/api/v3/runs/compare", RunCompareHandler),
     (rf"/api/v3/runs/{_ID}", RunHandler),
     (rf"/api/v3/runs/{_ID}/cancel", RunCancelHandler),
+    (rf"/api/v3/runs/{_ID}/rerun", RunRerunHandler),
     (rf"/api/v3/runs/{_ID}/events", RunEventsHandler),
     (rf"/api/v3/runs/{_ID}/approvals/{_ID}", RunApprovalHandler),
     (r"/api/v3/tasks", TasksHandler),

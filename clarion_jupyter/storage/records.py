@@ -84,6 +84,10 @@ class RunRecord:
     outputs: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     usage: dict[str, Any] | None = None
+    parent_run_id: str | None = None
+    """A re-run's: the run it was made from."""
+    changes: dict[str, Any] | None = None
+    """A re-run's: what differs from its parent (``from_step``, ``inputs``, ``overrides``)."""
 
 
 @dataclass(slots=True)
@@ -104,6 +108,8 @@ class StepRecord:
     approval: dict[str, Any] | None = None
     """While ``waiting`` (and after): ``preview``, ``message``, ``requested_at``, ``timeout_s``;
     once approved also ``decision`` {approved, by, at}, which later attempts carry alone."""
+    reused_from: dict[str, Any] | None = None
+    """A re-run's step copied from its parent without calling its task: ``{run_id, attempt}``."""
 
 
 def latest_attempts(records: list[StepRecord]) -> dict[str, StepRecord]:

@@ -40,9 +40,11 @@ from ..task.worker import Worker
 from .agent_run import AgentRunRequest
 from .agent_runs import AgentRuns
 from .bus import EventBus, Subscription
+from .compare import RunComparison, compare_runs
 from .compiler import Plan, compile_workflow
 from .executor import RunExecutor
 from .models import Decision, RunPage, WorkflowRun, parse_workflow
+from .rerun import Rerun, agent_overrides, plan_rerun, rerun_request
 from .runs import run_document
 from .service import WorkflowService
 from .supervisor import RunSupervisor
@@ -217,7 +219,35 @@ class Engine:
             cached = self._saved_plans[workflow_id] = (stored.updated_at, self.compile(stored.doc))
         return await self._start(cached[1], inputs, idempotency_key)
 
-    async def _start(self, plan: Plan, inputs: dict[str, Any] | None, key: str | None) -> str:
+    async def rerun(
+        self,
+        run_id: str,
+        *,
+        from_step: str | None = None,
+        inputs: dict[str, Any] | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> WorkflowRun:
+        """Run a finished run again, reusing every step no change reaches (see
+        :mod:`.rerun`); the new run's document, with ``parent_run_id`` and ``changes``."""
+        request = rerun_request({"from_step": from_step, "inputs": inputs or {}, "overrides": overrides or {}})
+        parent = await self.get_run(run_id)
+        if not parent.status.terminal:
+            raise Conflict(
+                f"run '{parent.run_id}' is {parent.status.value}: re-run it once it has finished",
+                details={"run_id": parent.run_id, "status": parent.status.value},
+            )
+        record, steps = await self.runs.get_run(parent.run_id)
+        rerun = plan_rerun(record, steps, request, self.compile)
+        return await self.get_run(await self._start(rerun.plan, rerun.inputs, None, rerun, parent.run_id))
+
+    async def _start(
+        self,
+        plan: Plan,
+        inputs: dict[str, Any] | None,
+        key: str | None,
+        rerun: Rerun | None = None,
+        parent_run_id: str | None = None,
+    ) -> str:
         self._require_started()
         if self._writer.unavailable is not None:  # accepted now, it could neither be stored nor run
             raise refusal(self._writer.unavailable)
@@ -236,11 +266,12 @@ class Engine:
         run = RunRecord(
             run_id=new_run_id(), workflow_id=workflow.id, workflow_name=workflow.name, workflow=plan.document,
             workflow_digest=plan.digest, inputs=resolved, status=RunStatus.queued.value,
-            created_at=utcnow(), idempotency_key=key,
+            created_at=utcnow(), idempotency_key=key, parent_run_id=parent_run_id,
+            changes=rerun.changes if rerun else None,
         )  # fmt: skip
         if key is not None:
             self._runs_live.claim(workflow.id, key, run.run_id)
-        executor = self._executor(plan, run)
+        executor = self._executor(plan, run, reused=rerun.reused if rerun else None)
         self._runs_live.track(executor)  # cancellable from here on
         executor.queued(self._submissions)
         try:
@@ -306,9 +337,21 @@ class Engine:
 
     def _executor(self, plan: Plan, run: RunRecord, **resumed: Any) -> RunExecutor:
         return RunExecutor(
-            plan, run, self._writer, self._queue, self.agents.resolve, self._previewer,
+            plan, run, self._writer, self._queue, self._agent_resolver(run), self._previewer,
             max_output_bytes=self.settings.max_output_bytes, **resumed,
         )  # fmt: skip
+
+    def _agent_resolver(self, run: RunRecord) -> Any:
+        """How a run finds its agents: the saved ones, with a re-run's overrides laid over them."""
+        overrides = agent_overrides(run.changes)
+        if not overrides:
+            return self.agents.resolve
+
+        async def resolve(agent_id: str) -> dict[str, Any] | None:
+            agent = await self.agents.resolve(agent_id)
+            return agent if agent is None else {**agent, **overrides.get(agent_id, {})}
+
+        return resolve
 
     async def cancel(self, run_id: str) -> None:
         """Cancel a queued or running run; running steps are stopped (processes killed)."""
@@ -445,6 +488,14 @@ class Engine:
         if found is None:
             raise NotFound(f"run '{run_id}' not found", details={"run_id": run_id})
         return run_document(*found, await self.runs.last_seq(run_id))
+
+    async def compare_runs(self, run_ids: list[str]) -> RunComparison:
+        """Two or more runs side by side, step by step (ids or unique prefixes)."""
+        if len(run_ids) < 2:
+            raise ValidationFailed(
+                [Problem(loc="ids", message="give two or more run ids to compare", field="ids")], what="comparison"
+            )
+        return compare_runs([await self.get_run(run_id) for run_id in run_ids])
 
     async def list_runs(
         self, *, workflow_id: str | None = None, status: str | None = None, limit: int = 50, cursor: str | None = None

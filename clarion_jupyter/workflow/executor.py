@@ -9,6 +9,7 @@ never waits for a commit: the writer makes transitions durable before announcing
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -109,7 +110,9 @@ class RunExecutor:
         max_output_bytes: int,
         last_seq: int = 0,
         prior: list[StepRecord] | None = None,
+        reused: dict[str, list[StepRecord]] | None = None,
     ) -> None:
+        """``reused``: a re-run's nodes taken over from its parent, with the parent's records."""
         self.plan = plan
         self.run = run
         self._writer = writer
@@ -131,6 +134,7 @@ class RunExecutor:
         self._approval_timers: dict[str, asyncio.TimerHandle] = {}
         self._unfinished = len(plan.nodes)
         self._prior = latest_attempts(prior or [])
+        self._reused = reused or {}
         self._context = {
             "inputs": run.inputs,
             "steps": self._steps_ctx,
@@ -196,7 +200,12 @@ class RunExecutor:
         self._emit(
             EventType.run_started, None, {"workflow_id": self.run.workflow_id, **({"resumed": True} if resumed else {})}
         )
-        ready = self._restore() if resumed else [n for n, count in self._waiting.items() if count == 0]
+        if resumed:
+            ready = self._restore()
+        elif self._reused:
+            ready = self._reuse()
+        else:
+            ready = [n for n, count in self._waiting.items() if count == 0]
         try:
             await self._begin_all(ready)
         finally:
@@ -224,8 +233,6 @@ class RunExecutor:
                 self._unfinished -= 1
                 self._status[node_id] = StepStatus(record.status)
                 self._steps_ctx[node_id] = {"output": record.output, "status": record.status}
-        for node_id, node in self.plan.nodes.items():
-            self._waiting[node_id] = sum(1 for dep in node.waits_for if self._status[dep] not in STEP_DONE)
         failed = [
             n
             for n, s in self._status.items()
@@ -236,6 +243,27 @@ class RunExecutor:
                 {"code": EventType.step_failed, "message": f"step '{failed[0]}' failed", "step_id": failed[0]}
             )
             return []
+        return self._ready_pending()
+
+    def _reuse(self) -> list[str]:
+        """A re-run: copy each reused node's records (and items') from the parent as they
+        finished there, without calling its task; return the nodes now ready."""
+        for node_id, records in self._reused.items():
+            for parent in records:
+                reused_from = {"run_id": parent.run_id, "attempt": parent.attempt}
+                record = dataclasses.replace(parent, run_id=self.run.run_id, attempt=1, reused_from=reused_from)
+                self._writer.add_step(record)
+                data = {"attempt": 1, "duration_ms": _ms(record), "output": record.output, "reused_from": reused_from}
+                self._emit(EventType.step_completed, record.key, data)
+            self._unfinished -= 1
+            self._status[node_id] = StepStatus.succeeded
+            self._steps_ctx[node_id] = {"output": records[0].output, "status": StepStatus.succeeded.value}
+        return self._ready_pending()
+
+    def _ready_pending(self) -> list[str]:
+        """Count again what each node waits for, after some finished at once; the pending ones ready now."""
+        for node_id, node in self.plan.nodes.items():
+            self._waiting[node_id] = sum(1 for dep in node.waits_for if self._status[dep] not in STEP_DONE)
         return [n for n, s in self._status.items() if s == StepStatus.pending and self._waiting[n] == 0]
 
     # -- starting steps ----------------------------------------------------------

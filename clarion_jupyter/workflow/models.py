@@ -253,6 +253,8 @@ class StepRun(BaseModel):
     output: Any = None
     error: dict[str, Any] | None = None
     usage: Usage | None = None
+    reused_from: dict[str, Any] | None = None
+    """In a re-run: ``{run_id, attempt}`` of the parent's attempt whose output was copied (no task call)."""
 
 
 class PendingApproval(BaseModel):
@@ -286,6 +288,10 @@ class WorkflowRun(BaseModel):
     steps: list[StepRun] = Field(default_factory=list)
     approvals: list[PendingApproval] = Field(default_factory=list)
     """Steps waiting for a decision (``POST /api/v3/runs/{run_id}/approvals/{step_key}``)."""
+    parent_run_id: str | None = None
+    """A re-run's: the run it was made from (``POST /api/v3/runs/{run_id}/rerun``)."""
+    changes: dict[str, Any] | None = None
+    """A re-run's: what differs from its parent."""
 
 
 class RunPage(NamedTuple):

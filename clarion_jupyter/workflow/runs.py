@@ -35,6 +35,8 @@ def run_document(
             for r in latest
             if r.status == StepStatus.waiting and r.approval
         ],
+        parent_run_id=run.parent_run_id,
+        changes=run.changes,
     )
 
 
@@ -51,4 +53,5 @@ def _step(record: StepRecord) -> StepRun:
         output=record.output,
         error=record.error,
         usage=Usage(**record.usage) if record.usage else None,
+        reused_from=record.reused_from,
     )

@@ -1,0 +1,240 @@
+"""Re-running a run from a step, and replaying it with changes (ARCHITECTURE.md, "Iterating on runs").
+
+Every claim that a task was not called is counted: shell steps append to a file, LLM steps
+go to the local OpenAI-compatible server, which counts its requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest_server import Api, create_workflow, start_run, wait_run
+
+from clarion_jupyter import Engine
+from clarion_jupyter.core.errors import Conflict, ValidationFailed
+from clarion_jupyter.testing import OpenAIStubServer
+from clarion_jupyter.workflow.models import StepRun, WorkflowRun
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@asynccontextmanager
+async def engine_at(tmp_path: Path) -> AsyncIterator[Engine]:
+    async with Engine(tmp_path / "c.duckdb", workspace_root=tmp_path) as engine:
+        yield engine
+
+
+async def finished(engine: Engine, run_id: str) -> WorkflowRun:
+    return await asyncio.wait_for(engine.wait(run_id), 30)
+
+
+def step(run: WorkflowRun, key: str) -> StepRun:
+    return next(s for s in run.steps if s.key == key)
+
+
+def echo(step_id: str, value: Any, **fields: Any) -> dict[str, Any]:
+    return {"id": step_id, "task": "echo", "with": {"value": value}, **fields}
+
+
+def chain_of_20() -> dict[str, Any]:
+    """``side`` appends to side.log and nothing reads it; s1..s19 each log their call and read the previous one."""
+    steps = [{"id": "side", "task": "shell", "with": {"command": "echo once >> side.log"}}]
+    steps.append({"id": "s1", "task": "shell", "with": {"command": "echo s1 >> calls.log; echo 1"}})
+    for i in range(2, 20):
+        command = f"echo s{i} >> calls.log; echo {{{{ steps.s{i - 1}.output.stdout | trim }}}}.{i}"
+        steps.append({"id": f"s{i}", "task": "shell", "with": {"command": command}})
+    return {"name": "chain", "steps": steps}
+
+
+def logged(path: Path) -> list[str]:
+    return path.read_text().split()
+
+
+# -- re-run from a step ----------------------------------------------------------------
+
+
+async def test_rerun_from_a_step_calls_exactly_the_steps_downstream_of_it(tmp_path: Path) -> None:
+    async with engine_at(tmp_path) as engine:
+        parent = await finished(engine, await engine.submit(chain_of_20()))
+        assert logged(tmp_path / "calls.log") == [f"s{i}" for i in range(1, 20)]
+        rerun = await finished(engine, (await engine.rerun(parent.run_id, from_step="s15")).run_id)
+    assert rerun.status.value == "succeeded"
+    assert logged(tmp_path / "calls.log")[19:] == ["s15", "s16", "s17", "s18", "s19"]
+    assert logged(tmp_path / "side.log") == ["once"], "the shell step upstream ran again"
+    reused = [s.key for s in rerun.steps if s.reused_from]
+    assert reused == ["side", *(f"s{i}" for i in range(1, 15))]
+    assert step(rerun, "s19").output["stdout"] == step(parent, "s19").output["stdout"]
+
+
+async def test_reused_steps_carry_the_parents_output_and_attempt(tmp_path: Path) -> None:
+    async with engine_at(tmp_path) as engine:
+        parent = await finished(engine, await engine.submit(chain_of_20()))
+        rerun = await finished(engine, (await engine.rerun(parent.run_id, from_step="s19")).run_id)
+        events = await engine.events(rerun.run_id)
+    for key in ("side", "s1", "s18"):
+        assert step(rerun, key).status.value == "succeeded"
+        assert step(rerun, key).output == step(parent, key).output
+        assert step(rerun, key).reused_from == {"run_id": parent.run_id, "attempt": 1}
+    completed = {e.step_id: e.data for e in events if e.type == "step_completed"}
+    assert completed["s18"]["reused_from"] == {"run_id": parent.run_id, "attempt": 1}
+    assert "reused_from" not in completed["s19"]
+    assert rerun.parent_run_id == parent.run_id and rerun.changes == {"from_step": "s19"}
+
+
+async def test_rerun_with_a_changed_input_runs_only_the_steps_that_read_it(tmp_path: Path) -> None:
+    doc = {
+        "name": "inputs",
+        "inputs": {"x": {"type": "integer", "default": 1}, "y": {"type": "integer", "default": 2}},
+        "steps": [
+            echo("a", "{{ inputs.x }}"),
+            echo("b", "{{ inputs.y }}"),
+            echo("c", "{{ steps.a.output.value }}!"),
+        ],
+    }
+    async with engine_at(tmp_path) as engine:
+        parent = await finished(engine, await engine.submit(doc))
+        rerun = await finished(engine, (await engine.rerun(parent.run_id, inputs={"x": 5})).run_id)
+    assert {s.key for s in rerun.steps if s.reused_from} == {"b"}
+    assert step(rerun, "c").output == {"value": "5!"}
+    assert rerun.inputs == {"x": 5, "y": 2}
+    assert rerun.changes == {"inputs": {"x": {"from": 1, "to": 5}}}
+
+
+async def test_rerun_of_a_failed_run_runs_the_failed_step_and_reuses_what_succeeded(tmp_path: Path) -> None:
+    doc = {
+        "name": "flaky",
+        "steps": [
+            {"id": "ok", "task": "shell", "with": {"command": "echo ok >> calls.log"}},
+            {"id": "flaky", "task": "shell", "with": {"command": "echo flaky >> calls.log; test -f fixed"}},
+        ],
+    }
+    async with engine_at(tmp_path) as engine:
+        parent = await finished(engine, await engine.submit(doc))
+        assert parent.status.value == "failed"
+        (tmp_path / "fixed").touch()
+        rerun = await finished(engine, (await engine.rerun(parent.run_id)).run_id)
+    assert rerun.status.value == "succeeded"
+    assert logged(tmp_path / "calls.log") == ["ok", "flaky", "flaky"]
+
+
+async def test_a_for_each_no_change_reaches_is_reused_with_its_items(tmp_path: Path) -> None:
+    doc = {
+        "name": "map",
+        "steps": [
+            {"id": "each", "task": "shell", "for_each": [1, 2, 3], "with": {"command": "echo {{ item }} >> calls.log"}},
+            echo("last", "done"),
+        ],
+    }
+    async with engine_at(tmp_path) as engine:
+        parent = await finished(engine, await engine.submit(doc))
+        rerun = await finished(engine, (await engine.rerun(parent.run_id, from_step="last")).run_id)
+    assert logged(tmp_path / "calls.log") == ["1", "2", "3"]
+    assert {s.key for s in rerun.steps if s.reused_from} == {"each", "each[0]", "each[1]", "each[2]"}
+    assert step(rerun, "each").output == step(parent, "each").output
+
+
+async def test_rerun_of_an_unknown_step_names_the_field(tmp_path: Path) -> None:
+    async with engine_at(tmp_path) as engine:
+        parent = await finished(engine, await engine.submit({"name": "one", "steps": [echo("a", 1)]}))
+        with pytest.raises(ValidationFailed) as raised:
+            await engine.rerun(parent.run_id, from_step="nope")
+    assert [p.field for p in raised.value.problems] == ["from_step"]
+
+
+async def test_a_run_still_going_cannot_be_rerun(tmp_path: Path) -> None:
+    doc = {"name": "slow", "steps": [{"id": "wait", "task": "shell", "with": {"command": "sleep 5"}}]}
+    async with engine_at(tmp_path) as engine:
+        run_id = await engine.submit(doc)
+        with pytest.raises(Conflict):
+            await engine.rerun(run_id)
+        await engine.cancel(run_id)
+
+
+# -- replay with overrides --------------------------------------------------------------
+
+
+@pytest.fixture
+def model_echo() -> Iterator[OpenAIStubServer]:
+    """Answers with the model it was asked for, and counts its calls."""
+    with OpenAIStubServer(reply=lambda body: f"model={body['model']}") as server:
+        yield server
+
+
+def two_agents(stub: OpenAIStubServer) -> list[dict[str, Any]]:
+    return [
+        {"id": agent_id, "name": agent_id, "model": "openai/base", "api_base": stub.url}
+        for agent_id in ("coder", "reviewer")
+    ]
+
+
+def ask(step_id: str, agent: str) -> dict[str, Any]:
+    return {"id": step_id, "task": "llm_call", "with": {"agent": agent, "prompt": f"hello from {step_id}"}}
+
+
+async def test_a_model_override_reaches_only_the_steps_that_use_that_agent(
+    tmp_path: Path, model_echo: OpenAIStubServer
+) -> None:
+    doc = {"name": "agents", "steps": [ask("write", "coder"), ask("review", "reviewer"), ask("write2", "coder")]}
+    async with engine_at(tmp_path) as engine:
+        for agent in two_agents(model_echo):
+            await engine.create_agent(agent)
+        parent = await finished(engine, await engine.submit(doc))
+        assert model_echo.request_count == 3
+        overrides = {"agents": {"coder": {"model": "openai/better"}}}
+        rerun = await finished(engine, (await engine.rerun(parent.run_id, overrides=overrides)).run_id)
+        saved = await engine.get_agent("coder")
+    assert model_echo.request_count == 5
+    assert step(rerun, "write").output["text"] == "model=better"
+    assert step(rerun, "write2").output["text"] == "model=better"
+    assert step(rerun, "review").reused_from is not None
+    assert saved.model == "openai/base", "the saved agent changed"
+    assert rerun.changes == {"overrides": {"agents": {"coder": {"model": "openai/better"}}}}
+
+
+async def test_a_step_override_changes_that_step_for_this_run_only(tmp_path: Path) -> None:
+    doc = {"name": "steps", "steps": [echo("a", 1), echo("b", 2), echo("c", "{{ steps.b.output.value }}")]}
+    async with engine_at(tmp_path) as engine:
+        parent = await finished(engine, await engine.submit(doc))
+        overrides = {"steps": {"b": {"with": {"value": 20}}}}
+        rerun = await finished(engine, (await engine.rerun(parent.run_id, overrides=overrides)).run_id)
+        again = await engine.get_run(parent.run_id)
+    assert step(rerun, "c").output == {"value": 20}
+    assert step(rerun, "a").reused_from is not None
+    assert again.workflow == parent.workflow
+
+
+async def test_an_override_of_an_agent_no_step_uses_names_the_field(tmp_path: Path) -> None:
+    async with engine_at(tmp_path) as engine:
+        parent = await finished(engine, await engine.submit({"name": "one", "steps": [echo("a", 1)]}))
+        with pytest.raises(ValidationFailed) as raised:
+            await engine.rerun(parent.run_id, overrides={"agents": {"ghost": {"model": "x"}}})
+    assert [p.field for p in raised.value.problems] == ["overrides.agents.ghost"]
+
+
+# -- over REST --------------------------------------------------------------------------
+
+
+async def test_rerun_over_rest_answers_202_with_the_new_run(api: Api) -> None:
+    workflow_id = await create_workflow(api, {"id": "pair", "name": "pair", "steps": [echo("a", 1), echo("b", 2)]})
+    parent = await wait_run(api, await start_run(api, workflow_id))
+    reply = await api("POST", "runs", parent["run_id"], "rerun", body={"from_step": "b"})
+    assert reply.status == 202, reply.body
+    assert reply.body["parent_run_id"] == parent["run_id"]
+    assert reply.body["changes"] == {"from_step": "b"}
+    done = await wait_run(api, reply.body["run_id"])
+    reused = {s["key"]: s["reused_from"] for s in done["steps"]}
+    assert reused == {"a": {"run_id": parent["run_id"], "attempt": 1}, "b": None}
+
+
+async def test_a_bad_rerun_body_is_a_422_naming_the_field(api: Api) -> None:
+    workflow_id = await create_workflow(api, {"id": "one", "name": "one", "steps": [echo("a", 1)]})
+    parent = await wait_run(api, await start_run(api, workflow_id))
+    reply = await api("POST", "runs", parent["run_id"], "rerun", body={"overrides": {"steps": {"a": {"wth": {}}}}})
+    assert reply.status == 422
+    assert "overrides" in json.dumps(reply.body)
