@@ -91,3 +91,20 @@ class AgentRuns:
             for index, path in enumerate(files)
             if (problem := chosen_file_problem(self._workspace, path)) is not None
         ]
+
+
+def context_lines(prompt: dict[str, Any], largest: int = 10) -> list[str]:
+    """What an agent run is about to send, for a terminal or a cell, before anything is sent:
+    the context's files (largest first) with their tokens, the prompt's total, and the cap."""
+    context = prompt.get("context") or {}
+    files = sorted(context.get("files", []), key=lambda f: -f["tokens"])
+    cap = f" of {context['max_tokens']:,} allowed" if context.get("max_tokens") else ""
+    lines = [
+        f"context: {len(files)} file{'s' if len(files) != 1 else ''}, {context.get('tokens', 0):,} tokens{cap}; "
+        f"the whole prompt is {prompt['tokens']:,} tokens for {prompt['model']}"
+    ]
+    lines += [f"  {f['path']}  ({f['tokens']:,} tokens)" for f in files[:largest]]
+    if len(files) > largest:
+        lines.append(f"  … and {len(files) - largest} more")
+    lines += [f"  left out: {s['path']} ({s['reason']})" for s in context.get("skipped", [])[:largest]]
+    return lines
