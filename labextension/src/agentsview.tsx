@@ -8,7 +8,8 @@ import * as React from 'react';
 
 import { ApiError, ClarionApi } from './api';
 import { ErrorMessage } from './common';
-import { Agent, ApplyMode, ImportReport } from './protocol';
+import { ContextPreview } from './contextpreview';
+import { Agent, ApplyMode, ImportReport, PreparedPrompt } from './protocol';
 
 export function provider(model: string): string {
   const slash = model.indexOf('/');
@@ -192,6 +193,26 @@ function RunAgentForm({
   const [apply, setApply] = React.useState<ApplyMode>(defaultApply);
   const [error, setError] = React.useState<string | null>(null);
   const [busy, setBusy] = React.useState(false);
+  const [prepared, setPrepared] = React.useState<PreparedPrompt | null>(null);
+  const failed = (e: ApiError): void =>
+    setError(e.problems.length ? e.problems.map(p => `${p.loc}: ${p.message}`).join('\n') : e.message);
+  /** What would be sent, counted by the server; a context over its cap is an error here, before any call. */
+  const check = async (): Promise<PreparedPrompt | null> => {
+    const answer = await api.promptAgent(agent.id, { prompt, variables, files });
+    setPrepared(answer);
+    if (answer.context?.problem) {
+      setError(`nothing was sent: ${answer.context.problem}`);
+      return null;
+    }
+    return answer;
+  };
+  const preview = (): void => {
+    setBusy(true);
+    setError(null);
+    check()
+      .catch(failed)
+      .finally(() => setBusy(false));
+  };
   const submit = (event: React.FormEvent): void => {
     event.preventDefault();
     const missing = agent.user_variables.filter(v => v.required && !variables[v.name]).map(v => v.name);
@@ -201,12 +222,10 @@ function RunAgentForm({
     }
     setBusy(true);
     setError(null);
-    api
-      .runAgent(agent.id, { prompt, variables, files, apply })
-      .then(answer => onStarted(answer.run_id))
-      .catch((e: ApiError) =>
-        setError(e.problems.length ? e.problems.map(p => `${p.loc}: ${p.message}`).join('\n') : e.message)
-      )
+    check()
+      .then(ok => (ok ? api.runAgent(agent.id, { prompt, variables, files, apply }) : null))
+      .then(answer => answer && onStarted(answer.run_id))
+      .catch(failed)
       .finally(() => setBusy(false));
   };
   const id = `clarion-agent-${agent.id}`;
@@ -282,10 +301,16 @@ function RunAgentForm({
           <option value="never">never (reply only)</option>
         </select>
       </div>
+      {prepared && <ContextPreview prepared={prepared} />}
       {error && <ErrorMessage message={error} />}
-      <button type="submit" className="jp-mod-styled jp-mod-accept clarion-Button" disabled={busy}>
-        Run {agent.name}
-      </button>
+      <div className="clarion-Actions">
+        <button type="button" className="jp-mod-styled clarion-Button" disabled={busy || !prompt} onClick={preview}>
+          Show what is sent
+        </button>
+        <button type="submit" className="jp-mod-styled jp-mod-accept clarion-Button" disabled={busy}>
+          Run {agent.name}
+        </button>
+      </div>
     </form>
   );
 }

@@ -8,6 +8,7 @@ import { ServerConnection } from '@jupyterlab/services';
 import {
   Agent,
   AgentRunRequest,
+  PreparedPrompt,
   ClarionEvent,
   ImportReport,
   Problem,
@@ -175,6 +176,11 @@ export class ClarionApi {
    */
   importAgents(file: Blob, name: string): Promise<ImportReport> {
     return this.request('POST', 'agents/import', { blob: file, type: importType(name) });
+  }
+
+  /** The exact prompt an agent run would send, its files and tokens; no model is called. */
+  promptAgent(agentId: string, request: Omit<AgentRunRequest, 'apply'>): Promise<PreparedPrompt> {
+    return this.request('POST', `agents/${encodeURIComponent(agentId)}/prompt`, { json: request });
   }
 
   runAgent(agentId: string, request: AgentRunRequest): Promise<{ run_id: string }> {

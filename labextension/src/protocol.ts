@@ -202,6 +202,20 @@ export interface Problem {
 
 export type ApplyMode = 'review' | 'auto' | 'never';
 
+/** `POST /api/v3/agents/{id}/prompt`: what an agent run would send, counted before it is sent. */
+export interface PreparedPrompt {
+  agent_id: string;
+  model: string;
+  tokens: number;
+  context: {
+    files: { path: string; bytes: number; tokens: number }[];
+    skipped: { path: string; reason: string }[];
+    tokens: number;
+    max_tokens: number | null;
+    problem: string | null;
+  } | null;
+}
+
 export interface AgentRunRequest {
   prompt: string;
   variables: Record<string, string>;
