@@ -44,7 +44,7 @@ steps:
   - {id: two, task: echo, with: {value: "{{ steps.one.output.value + 1 }}"}}
   - {id: three, task: echo, with: {value: "{{ steps.two.output.value + 1 }}"}}
 """
-SUCCEEDED = "clarion-run-header' data-status='succeeded'"
+SUCCEEDED = 'clarion-run-header" data-status="succeeded"'
 GROUP_BY = "sql SELECT workflow_id, status, count(*) AS n, avg(duration_ms) AS ms FROM runs GROUP BY ALL"
 
 
