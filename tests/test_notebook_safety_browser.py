@@ -188,7 +188,7 @@ async def test_the_widget_buttons_act_while_their_cell_blocks_and_the_cell_goes_
                     "apply": await click_in_cell(page, 6, "button:has-text('Apply'):visible",
                                                  "button:has-text('Apply'):visible", header.format("succeeded")),
                 }  # fmt: skip
-                await page.get_by_text("all cells ran").wait_for(timeout=30_000)
+                await page.get_by_text("all cells ran", exact=True).wait_for(timeout=30_000)
             finally:
                 await page.screenshot(path=str(tmp_path / "buttons.png"), full_page=True)
             runs = {run["workflow_name"]: run for run in (await server.request("GET", "runs?limit=50"))["runs"]}
