@@ -44,7 +44,8 @@ steps:
   - {id: two, task: echo, with: {value: "{{ steps.one.output.value + 1 }}"}}
   - {id: three, task: echo, with: {value: "{{ steps.two.output.value + 1 }}"}}
 """
-SUCCEEDED = "clarion-run-header' data-status='succeeded'"
+SUCCEEDED = json.dumps('clarion-run-header" data-status="succeeded"')[1:-1]
+"""The widget's header once it shows success, as it appears in a JSON-encoded comm message."""
 GROUP_BY = "sql SELECT workflow_id, status, count(*) AS n, avg(duration_ms) AS ms FROM runs GROUP BY ALL"
 
 

@@ -82,6 +82,12 @@ async def run_all(page: Any) -> None:
     await page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
 
 
+async def record_and_dismiss(dialog: Any, dialogs: list[str]) -> None:
+    """An ``alert`` a payload ran: noted, and closed so the page goes on."""
+    dialogs.append(dialog.message)
+    await dialog.dismiss()
+
+
 async def rendered_safely(page: Any) -> dict[str, Any]:
     """What the outputs hold: elements a payload could have made, and the payload as text."""
     return await page.evaluate(
@@ -109,7 +115,7 @@ async def test_payloads_from_models_steps_and_documents_render_as_text_live_and_
         await server.wait_ready()
         async with chromium() as browser:
             page = await open_lab(browser, server, "lab/tree/hostile.ipynb")
-            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+            page.on("dialog", lambda dialog: record_and_dismiss(dialog, dialogs))
             try:
                 await run_all(page)
                 await page.locator(".clarion-run-header[data-status='succeeded']").nth(1).wait_for(timeout=90_000)
@@ -182,7 +188,7 @@ async def test_the_widget_buttons_act_while_their_cell_blocks_and_the_cell_goes_
                     "apply": await click_in_cell(page, 6, "button:has-text('Apply'):visible",
                                                  "button:has-text('Apply'):visible", header.format("succeeded")),
                 }  # fmt: skip
-                await page.get_by_text("all cells ran").wait_for(timeout=30_000)
+                await page.get_by_text("all cells ran", exact=True).wait_for(timeout=30_000)
             finally:
                 await page.screenshot(path=str(tmp_path / "buttons.png"), full_page=True)
             runs = {run["workflow_name"]: run for run in (await server.request("GET", "runs?limit=50"))["runs"]}

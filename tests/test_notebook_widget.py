@@ -420,3 +420,25 @@ def test_payloads_in_outputs_errors_and_replies_stay_text_in_every_html_the_view
         for html in htmls:
             assert not dangerous_markup(html), html
     assert "&lt;img src=x onerror=alert(2)&gt;" in workflow.widget.steps.value
+
+
+def test_the_run_handle_reads_a_followed_runs_state_without_fetching_the_document(
+    shell: Shell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shell.cell("--no-wait", SLOW)
+    run = shell.last
+    wait_for(lambda: run.state.steps["nap"].status == StepStatus.running)
+    backend = run.session.backend()
+    fetched: list[str] = []
+    get_run = backend.get_run
+
+    async def counted(run_id: str) -> object:
+        fetched.append(run_id)
+        return await get_run(run_id)
+
+    monkeypatch.setattr(backend, "get_run", counted)
+    seen = [(run.status, run.outputs, [s.key for s in run.steps]) for _ in range(20)]
+    assert fetched == []
+    assert seen[-1] == (RunStatus.running, None, ["first", "nap"])
+    run.cancel()
+    assert run.wait(timeout=20).status == RunStatus.cancelled

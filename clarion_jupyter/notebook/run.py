@@ -177,6 +177,9 @@ class Run:
                     changed.set()
         except ClarionError as exc:  # the client gave up reconnecting
             self.state.where = f"{self.state.where} (stream lost: {exc.message})"
+        except Exception as exc:  # a task on the background loop: nothing else would see it, and the cell would wait on
+            log.exception("following run %s failed", self.run_id)
+            self.state.where = f"{self.state.where} (stream lost: {exc})"
         self._ended = True
         changed.set()
         self._throttle.now()
