@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from clarion_jupyter.api.http import Client
+from clarion_jupyter.core.errors import StorageUnavailable
 from clarion_jupyter.testing.server import JupyterServerProcess
 
 DISK_SIZE = "24m"
@@ -129,6 +131,9 @@ async def test_a_full_disk_refuses_new_runs_at_once_and_recovers_when_space_is_b
 
         health = await health_becomes(server, "degraded")
         refused = await call(server, "POST", "runs", {"workflow": FLOW})
+        async with Client(server.url, server.token) as client:
+            with pytest.raises(StorageUnavailable) as raised:  # the engine's own class, over REST
+                await client.submit(FLOW)
         listed = await call(server, "GET", "runs")
         queried = await call(server, "POST", "query", {"sql": "SELECT count(*) AS n FROM runs"})
 
@@ -142,6 +147,7 @@ async def test_a_full_disk_refuses_new_runs_at_once_and_recovers_when_space_is_b
     assert refused[0] == 503 and refused[1]["error"]["code"] == "storage_unavailable", refused
     assert "No space left on device" in refused[1]["error"]["message"]
     assert refused[2] < 1.0
+    assert raised.value.status == 503
     assert health is not None and "No space left on device" in health["storage"]["unavailable"]
     assert health["storage"]["up"] is False
     assert listed[0] in (200, 503) and queried[0] in (200, 503)  # an answer, and never a 500
