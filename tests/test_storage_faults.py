@@ -7,6 +7,7 @@ finished and all of its events stored."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import time
@@ -17,6 +18,8 @@ from typing import Any
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from clarion_jupyter.api.http import Client
+from clarion_jupyter.core.errors import StorageUnavailable
 from clarion_jupyter.testing.server import JupyterServerProcess
 
 DISK_SIZE = "24m"
@@ -60,8 +63,6 @@ def fill(disk: Path) -> Path:
 
 async def call(server: JupyterServerProcess, method: str, path: str, body: Any = None) -> tuple[int, Any, float]:
     """One REST call: its status, JSON answer and how long it took (every call must answer)."""
-    import json
-
     start = time.perf_counter()
     response = await AsyncHTTPClient().fetch(
         f"{server.url}api/v3/{path}",
@@ -83,8 +84,35 @@ async def until(check: Any, timeout: float = 30) -> Any:
         await asyncio.sleep(0.1)
 
 
-def gap_free(events: list[dict[str, Any]]) -> bool:
-    return [e["seq"] for e in events] == list(range(1, len(events) + 1))
+async def health_becomes(server: JupyterServerProcess, status: str) -> dict[str, Any] | None:
+    """The health document once its status is ``status`` (None if it is not within 30 s)."""
+
+    async def check() -> dict[str, Any] | None:
+        health = (await call(server, "GET", "health"))[1]
+        return health if health["status"] == status else None
+
+    return await until(check)
+
+
+async def finished_with_their_events(
+    server: JupyterServerProcess, run_ids: list[str]
+) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each run once it has succeeded, with its stored events."""
+    done = []
+    for run_id in run_ids:
+        run = await server.run_until(run_id, lambda run: run["status"] == "succeeded", timeout=60)
+        done.append((run, (await server.request("GET", f"runs/{run_id}/events"))["events"]))
+    return done
+
+
+def assert_complete(finished: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> None:
+    """Every run ended with its outputs and all of its events: seq gap-free from 1, each step
+    completed once, the terminal event last."""
+    for run, events in finished:
+        assert run["outputs"] == {"value": 2}
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), events
+        assert sum(e["type"] == "step_completed" for e in events) == 3
+        assert events[-1]["type"] == "workflow_succeeded"
 
 
 async def test_a_full_disk_refuses_new_runs_at_once_and_recovers_when_space_is_back(
@@ -101,43 +129,32 @@ async def test_a_full_disk_refuses_new_runs_at_once_and_recovers_when_space_is_b
         if meanwhile[0] == 202:
             run_ids.append(meanwhile[1]["run_id"])
 
-        async def degraded() -> Any:
-            _, health, _ = await call(server, "GET", "health")
-            return health if health["status"] == "degraded" else None
-
-        health = await until(degraded)
+        health = await health_becomes(server, "degraded")
         refused = await call(server, "POST", "runs", {"workflow": FLOW})
+        async with Client(server.url, server.token) as client:
+            with pytest.raises(StorageUnavailable) as raised:  # the engine's own class, over REST
+                await client.submit(FLOW)
         listed = await call(server, "GET", "runs")
         queried = await call(server, "POST", "query", {"sql": "SELECT count(*) AS n FROM runs"})
 
         os.remove(ballast)
 
-        async def healthy() -> Any:
-            _, health, _ = await call(server, "GET", "health")
-            return health if health["status"] == "ok" else None
-
-        recovered = await until(healthy)
+        recovered = await health_becomes(server, "ok")
         after = await call(server, "POST", "runs", {"workflow": FLOW})
-        finished = [
-            await server.run_until(run_id, lambda run: run["status"] == "succeeded", timeout=60)
-            for run_id in [*run_ids, after[1]["run_id"]]
-        ]
-        events = [(await server.request("GET", f"runs/{run_id}/events"))["events"] for run_id in run_ids]
+        finished = await finished_with_their_events(server, [*run_ids, after[1]["run_id"]])
 
     assert meanwhile[0] in (202, 503), meanwhile
     assert refused[0] == 503 and refused[1]["error"]["code"] == "storage_unavailable", refused
     assert "No space left on device" in refused[1]["error"]["message"]
     assert refused[2] < 1.0
+    assert raised.value.status == 503
     assert health is not None and "No space left on device" in health["storage"]["unavailable"]
     assert health["storage"]["up"] is False
     assert listed[0] in (200, 503) and queried[0] in (200, 503)  # an answer, and never a 500
     assert max(listed[2], queried[2]) < 10
     assert recovered is not None and recovered["storage"]["unavailable"] is None
     assert after[0] == 202
-    assert [run["outputs"] for run in finished] == [{"value": 2}] * len(finished)
-    assert all(gap_free(e) for e in events), [[x["seq"] for x in e] for e in events]
-    assert all(e[-1]["type"] == "workflow_succeeded" for e in events)
-    assert all(sum(x["type"] == "step_completed" for x in e) == 3 for e in events)
+    assert_complete(finished)
 
 
 async def test_a_stop_on_a_full_disk_is_quick_says_what_it_could_not_store_and_the_next_start_finishes_it(
@@ -149,10 +166,7 @@ async def test_a_stop_on_a_full_disk_is_quick_says_what_it_could_not_store_and_t
         run_ids = [(await server.request("POST", "runs", {"workflow": FLOW}))["run_id"] for _ in range(3)]
         ballast = await asyncio.to_thread(fill, small_disk)
 
-        async def degraded() -> bool:
-            return (await call(server, "GET", "health"))[1]["status"] == "degraded"
-
-        assert await until(degraded)
+        assert await health_becomes(server, "degraded")
         start = time.perf_counter()
         await asyncio.to_thread(server.stop)
         stopped_in = time.perf_counter() - start
@@ -161,13 +175,8 @@ async def test_a_stop_on_a_full_disk_is_quick_says_what_it_could_not_store_and_t
         os.remove(ballast)
         server.start()
         await server.wait_ready()
-        finished = [
-            await server.run_until(run_id, lambda run: run["status"] == "succeeded", timeout=60) for run_id in run_ids
-        ]
-        events = [(await server.request("GET", f"runs/{run_id}/events"))["events"] for run_id in run_ids]
+        finished = await finished_with_their_events(server, run_ids)
 
     assert stopped_in < 10, log
     assert "not stored" in log and "resume from their last stored state at the next start" in log
-    assert [run["outputs"] for run in finished] == [{"value": 2}] * 3
-    assert all(gap_free(e) for e in events), [[x["seq"] for x in e] for e in events]
-    assert all(e[-1]["type"] == "workflow_succeeded" for e in events)
+    assert_complete(finished)

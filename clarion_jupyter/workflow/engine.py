@@ -249,7 +249,10 @@ class Engine:
         parent_run_id: str | None = None,
     ) -> str:
         self._require_started()
-        if self._writer.unavailable is not None:  # accepted now, it could neither be stored nor run
+        # While the main writer retries a failed commit, a new run could neither be stored nor
+        # run: refused at once. (A failed submission alone does not refuse the next: each new
+        # run's own commit is what notices that space is back.)
+        if self._writer.unavailable is not None:
             raise refusal(self._writer.unavailable)
         workflow = plan.workflow
         if key is not None:
