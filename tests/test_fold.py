@@ -93,7 +93,7 @@ async def test_the_fold_of_a_real_runs_events_is_the_document_the_engine_stored(
         run_id = await engine.submit(WORKFLOW)
         async for event in engine.subscribe(run_id):
             if event.type == "approval_requested":
-                await engine.decide(run_id, "gate", True, by="ada", comment=None)
+                await engine.approve(run_id, "gate", by="ada")
             if event.terminal:
                 break
         stored = (await asyncio.wait_for(engine.wait(run_id), 20)).model_dump(mode="json")

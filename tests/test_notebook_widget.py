@@ -428,15 +428,15 @@ def test_the_run_handle_reads_a_followed_runs_state_without_fetching_the_documen
     shell.cell("--no-wait", SLOW)
     run = shell.last
     wait_for(lambda: run.state.steps["nap"].status == StepStatus.running)
-    backend = run.session.backend()
+    clarion = run.session.clarion()
     fetched: list[str] = []
-    get_run = backend.get_run
+    get_run = clarion.get_run
 
     async def counted(run_id: str) -> object:
         fetched.append(run_id)
         return await get_run(run_id)
 
-    monkeypatch.setattr(backend, "get_run", counted)
+    monkeypatch.setattr(clarion, "get_run", counted)
     seen = [(run.status, run.outputs, [s.key for s in run.steps]) for _ in range(20)]
     assert fetched == []
     assert seen[-1] == (RunStatus.running, None, ["first", "nap"])
