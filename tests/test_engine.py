@@ -411,6 +411,27 @@ async def test_cancel_stops_a_running_shell_step_and_kills_its_processes(tmp_pat
     assert_event_log(events)
 
 
+async def test_each_step_a_cancel_stops_gets_its_own_event_before_the_runs_end(tmp_path: Path) -> None:
+    doc = workflow({"parallel": [shell("left", "sleep 30"), shell("right", "sleep 30")]}, echo("after", 1))
+    async with engine_at(tmp_path) as engine:
+        run_id = await engine.submit(doc)
+        started = set()
+        async for event in engine.subscribe(run_id):
+            started |= {event.step_id} if event.type == "step_started" else set()
+            if started == {"left", "right"}:
+                break
+        await engine.cancel(run_id)
+        await asyncio.wait_for(engine.wait(run_id), 5)
+        events = await engine.events(run_id)
+    stopped = [e for e in events if e.type == "step_cancelled"]
+    assert sorted((e.step_id, e.data["reason"]) for e in stopped) == [
+        ("left", "the run was cancelled"),
+        ("right", "the run was cancelled"),
+    ]
+    assert events.index(stopped[-1]) < len(events) - 1 and events[-1].type == "workflow_cancelled"
+    assert_event_log(events)
+
+
 async def test_cancel_right_after_submit_leaves_no_process_behind(tmp_path: Path) -> None:
     """Cancelling while the commands are still starting up must stop all of them too.
 

@@ -29,6 +29,7 @@ STATUS_MARKS = {
     EventType.step_failed: ("✗", "31"),
     EventType.step_retrying: ("↻", "33"),
     EventType.step_skipped: ("–", "2"),
+    EventType.step_cancelled: ("■", "33"),
     EventType.approval_requested: ("⏸", "35"),
     EventType.approval_granted: ("✓", "32"),
     EventType.approval_rejected: ("✗", "31"),
@@ -39,6 +40,7 @@ STATUS_WORDS = {
     EventType.step_failed: "failed",
     EventType.step_retrying: "retrying",
     EventType.step_skipped: "skipped",
+    EventType.step_cancelled: "cancelled",
     EventType.approval_requested: "waiting",
     EventType.approval_granted: "approved",
     EventType.approval_rejected: "rejected",
@@ -64,7 +66,7 @@ class Progress:
         detail = ""
         if "error" in data:
             detail = data["error"].get("message", "")
-        elif event.type == EventType.step_skipped:
+        elif event.type in (EventType.step_skipped, EventType.step_cancelled):
             detail = data.get("reason") or ""
         elif event.type == EventType.step_started and data.get("attempt", 1) > 1:
             detail = f"attempt {data['attempt']}"

@@ -67,6 +67,8 @@ class EventType(StrEnum):
     step_completed = "step_completed"
     step_failed = "step_failed"
     step_skipped = "step_skipped"
+    step_cancelled = "step_cancelled"
+    """A step in flight (or waiting) that the run's cancel or failure stopped."""
     llm_token = "llm_token"
     approval_requested = "approval_requested"
     approval_granted = "approval_granted"

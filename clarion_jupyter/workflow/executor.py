@@ -693,17 +693,17 @@ class RunExecutor:
         self._end(RunStatus.succeeded, EventType.workflow_succeeded, {"outputs": outputs}, outputs=outputs)
 
     def _fail_run(self, error: dict[str, Any]) -> None:
-        self._stop_running()
+        self._stop_running("the run failed")
         self._end(RunStatus.failed, EventType.workflow_failed, {"error": error}, error=error)
 
     async def _on_cancel(self) -> None:
         if self.finished.is_set():
             return
-        self._stop_running()
+        self._stop_running("the run was cancelled")
         self._end(RunStatus.cancelled, EventType.workflow_cancelled, {})
 
-    def _stop_running(self) -> None:
-        """Cancel what is in flight or waiting; the run is ending."""
+    def _stop_running(self, reason: str) -> None:
+        """Cancel what is in flight or waiting, each step with its own event; the run is ending."""
         for timer in [*self._timers.values(), *self._approval_timers.values()]:
             timer.cancel()
         self._timers.clear()
@@ -715,6 +715,7 @@ class RunExecutor:
                 record.status = StepStatus.cancelled
                 record.finished_at = utcnow()
                 self._writer.add_step(record)
+                self._emit(EventType.step_cancelled, record.key, {"attempt": record.attempt, "reason": reason})
         if self._running:
             self._running.clear()
             asyncio.get_running_loop().create_task(self._queue.cancel(self.run.run_id))

@@ -118,6 +118,8 @@ def _step_event(state: State, kind: EventType, key: str, ts: str, data: dict[str
             run["usage"] = _add_usage(run.get("usage"), data["usage"])
     elif kind == EventType.step_failed:
         change = {"status": StepStatus.failed.value, "error": data.get("error"), "finished_at": ts}
+    elif kind == EventType.step_cancelled:
+        change = {"status": StepStatus.cancelled.value, "finished_at": ts}
     elif kind == EventType.step_skipped:
         change = {"status": StepStatus.skipped.value, "finished_at": ts}
         if data.get("reason"):

@@ -56,7 +56,11 @@ _RUN_END = {
     EventType.workflow_failed: "failed",
     EventType.workflow_cancelled: "cancelled",
 }
-_STEP_END = {EventType.step_completed: "succeeded", EventType.step_failed: "failed"}
+_STEP_END = {
+    EventType.step_completed: "succeeded",
+    EventType.step_failed: "failed",
+    EventType.step_cancelled: "cancelled",
+}
 
 
 @dataclass(slots=True)

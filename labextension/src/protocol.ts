@@ -31,6 +31,7 @@ export enum EventType {
   step_completed = 'step_completed',
   step_failed = 'step_failed',
   step_skipped = 'step_skipped',
+  step_cancelled = 'step_cancelled',
   llm_token = 'llm_token',
   approval_requested = 'approval_requested',
   approval_granted = 'approval_granted',

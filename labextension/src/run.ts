@@ -217,6 +217,9 @@ function reduceStepEvent(
       change = { status: StepStatus.failed, error: data.error ?? null, finished_at: event.ts };
       attempt(StepStatus.failed, true);
       break;
+    case EventType.step_cancelled:
+      change = { status: StepStatus.cancelled, finished_at: event.ts };
+      break;
     case EventType.step_skipped:
       change = { status: StepStatus.skipped, finished_at: event.ts };
       if (extras && data.reason) {
