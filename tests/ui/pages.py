@@ -121,3 +121,14 @@ async def open_run_form(page: Any, workflow_id: str) -> str:
     await page.click(f"{item} button:has-text('Run')")
     await page.wait_for_selector(f"{item} form")
     return item
+
+
+async def wait_for_toast(page: Any, kind: str, text: str = "") -> Any:
+    """Lab's notification toast of ``kind`` (success, error, warning, info) holding ``text``,
+    once it has slid fully into the window (so a screenshot shows it whole)."""
+    toast = page.locator(f".jp-Notification-Toast-{kind}:has-text('{text}')")
+    await toast.wait_for()
+    await page.wait_for_function(
+        "el => el.getBoundingClientRect().right <= window.innerWidth", arg=await toast.element_handle()
+    )
+    return toast
