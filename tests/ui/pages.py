@@ -94,10 +94,16 @@ async def confirm_dialog(page: Any, button: str = "Delete") -> str:
 
 
 async def open_palette(page: Any, query: str) -> None:
-    """View > Activate Command Palette, then ``query`` typed into it."""
-    await page.click(".lm-MenuBar-itemLabel:text-is('View')")
-    await page.click(".lm-Menu-itemLabel:text-is('Activate Command Palette')")
-    await page.fill(".lm-CommandPalette-input", query)
+    """View > Activate Command Palette, then ``query`` typed into it. The command toggles the
+    palette, and one closed just now may still count as open: look, and ask again."""
+    palette = page.locator(".lm-CommandPalette-input")
+    for _ in range(3):
+        await page.click(".lm-MenuBar-itemLabel:text-is('View')")
+        await page.click(".lm-Menu-itemLabel:text-is('Activate Command Palette')")
+        with suppress(PlaywrightTimeout):
+            await palette.wait_for(state="visible", timeout=3_000)
+            break
+    await palette.fill(query)
 
 
 async def run_command(page: Any, label: str) -> None:

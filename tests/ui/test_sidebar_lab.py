@@ -7,7 +7,6 @@ icons that render, times that do not wrap)."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 
@@ -15,7 +14,7 @@ import pytest
 
 from clarion_jupyter.testing.browser import DARK_THEME, chromium
 
-from .conftest import api, finished_run, save, wait_for_run
+from .conftest import api, finished_run, save, wait_for_run, wait_until_the_workspace_forgets
 from .flows import coder_agent
 from .pages import (
     DETAIL,
@@ -61,7 +60,6 @@ steps:
     with: {value: "hello {{ inputs.who }}"}
 """
 PLUGIN_SETTINGS = "lab/api/settings/@clarion/sidebar:plugin"
-WORKSPACE = "lab/api/workspaces/default"
 
 
 def set_lab_settings(lab, values: dict) -> None:
@@ -71,18 +69,6 @@ def set_lab_settings(lab, values: dict) -> None:
     request = urllib.request.Request(f"{lab.url}{PLUGIN_SETTINGS}", data=body, method="PUT", headers=headers)
     with urllib.request.urlopen(request, timeout=30):
         pass
-
-
-def wait_until_the_workspace_forgets(lab, tab_id: str, timeout: float = 15) -> None:
-    """Lab saves its layout a moment after it changes: the next page must not restore ``tab_id``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        request = urllib.request.Request(f"{lab.url}{WORKSPACE}", headers=lab.headers)
-        with urllib.request.urlopen(request, timeout=30) as response:
-            if tab_id not in response.read().decode():
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"Lab's saved layout still has {tab_id}")
 
 
 async def test_a_cancelled_runs_stopped_step_shows_cancelled_and_its_tab_is_restored_so_on_reload(lab, shots) -> None:
