@@ -81,6 +81,18 @@ def save(lab, doc: dict | str) -> None:
         api(lab, "POST", "workflows", doc)
 
 
+def wait_until_the_workspace_forgets(lab: Lab, tab_id: str, timeout: float = 15) -> None:
+    """Lab saves its layout a moment after it changes: the next page must not restore ``tab_id``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(f"{lab.url}lab/api/workspaces/default", headers=lab.headers)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            if tab_id not in response.read().decode():
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"Lab's saved layout still has {tab_id}")
+
+
 def wait_until_up(server: Lab, path: str = "api/v3/health", timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

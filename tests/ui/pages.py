@@ -94,10 +94,16 @@ async def confirm_dialog(page: Any, button: str = "Delete") -> str:
 
 
 async def open_palette(page: Any, query: str) -> None:
-    """View > Activate Command Palette, then ``query`` typed into it."""
-    await page.click(".lm-MenuBar-itemLabel:text-is('View')")
-    await page.click(".lm-Menu-itemLabel:text-is('Activate Command Palette')")
-    await page.fill(".lm-CommandPalette-input", query)
+    """View > Activate Command Palette, then ``query`` typed into it. The command toggles the
+    palette, and one closed just now may still count as open: look, and ask again."""
+    palette = page.locator(".lm-CommandPalette-input")
+    for _ in range(3):
+        await page.click(".lm-MenuBar-itemLabel:text-is('View')")
+        await page.click(".lm-Menu-itemLabel:text-is('Activate Command Palette')")
+        with suppress(PlaywrightTimeout):
+            await palette.wait_for(state="visible", timeout=3_000)
+            break
+    await palette.fill(query)
 
 
 async def run_command(page: Any, label: str) -> None:
@@ -121,3 +127,14 @@ async def open_run_form(page: Any, workflow_id: str) -> str:
     await page.click(f"{item} button:has-text('Run')")
     await page.wait_for_selector(f"{item} form")
     return item
+
+
+async def wait_for_toast(page: Any, kind: str, text: str = "") -> Any:
+    """Lab's notification toast of ``kind`` (success, error, warning, info) holding ``text``,
+    once it has slid fully into the window (so a screenshot shows it whole)."""
+    toast = page.locator(f".jp-Notification-Toast-{kind}:has-text('{text}')")
+    await toast.wait_for()
+    await page.wait_for_function(
+        "el => el.getBoundingClientRect().right <= window.innerWidth", arg=await toast.element_handle()
+    )
+    return toast

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from clarion_jupyter.testing.browser import DARK_THEME, chromium
 
-from .conftest import api, save, wait_for_run
+from .conftest import api, save, wait_for_run, wait_until_the_workspace_forgets
 from .flows import run_agent_and_apply
 from .pages import (
     DETAIL,
@@ -372,6 +372,18 @@ async def test_a_run_is_rerun_with_its_inputs_and_opened_in_a_notebook(lab, shot
         )
         await shots(page, "notebook")
         assert console_errors(page) == []
+        # Closed unsaved, so that the next test's page does not restore it and ask for its kernel.
+        if await page.locator(".jp-Dialog:has-text('Select Kernel')").count():  # Lab may ask for the new notebook's
+            await page.click(".jp-Dialog .jp-Dialog-button:has-text('Select')")
+            await page.wait_for_selector(".jp-Dialog", state="detached")
+        await page.click(".lm-MenuBar-itemLabel:text-is('File')")
+        await page.click(".lm-Menu-itemLabel:text-is('Close Tab')")
+        await page.wait_for_function(
+            "() => document.querySelector('.jp-Dialog') || !document.querySelector('.jp-NotebookPanel')"
+        )
+        if await page.locator(".jp-Dialog").count():  # Lab asks, the cell being unsaved
+            await page.click(".jp-Dialog .jp-Dialog-button:has-text('Discard')")
+        wait_until_the_workspace_forgets(lab, "notebook:Untitled")
 
 
 async def test_a_v2_clarion_db_upload_imports_its_agents_and_run_history(lab, shots, tmp_path) -> None:

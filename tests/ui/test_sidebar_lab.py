@@ -7,7 +7,6 @@ icons that render, times that do not wrap)."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 
@@ -15,7 +14,7 @@ import pytest
 
 from clarion_jupyter.testing.browser import DARK_THEME, chromium
 
-from .conftest import api, finished_run, save, wait_for_run
+from .conftest import api, finished_run, save, wait_for_run, wait_until_the_workspace_forgets
 from .flows import coder_agent
 from .pages import (
     DETAIL,
@@ -31,6 +30,7 @@ from .pages import (
     select_in_file_browser,
     shot_in_dark,
     show_tab,
+    wait_for_toast,
     wait_status,
 )
 
@@ -60,7 +60,6 @@ steps:
     with: {value: "hello {{ inputs.who }}"}
 """
 PLUGIN_SETTINGS = "lab/api/settings/@clarion/sidebar:plugin"
-WORKSPACE = "lab/api/workspaces/default"
 
 
 def set_lab_settings(lab, values: dict) -> None:
@@ -70,18 +69,6 @@ def set_lab_settings(lab, values: dict) -> None:
     request = urllib.request.Request(f"{lab.url}{PLUGIN_SETTINGS}", data=body, method="PUT", headers=headers)
     with urllib.request.urlopen(request, timeout=30):
         pass
-
-
-def wait_until_the_workspace_forgets(lab, tab_id: str, timeout: float = 15) -> None:
-    """Lab saves its layout a moment after it changes: the next page must not restore ``tab_id``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        request = urllib.request.Request(f"{lab.url}{WORKSPACE}", headers=lab.headers)
-        with urllib.request.urlopen(request, timeout=30) as response:
-            if tab_id not in response.read().decode():
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"Lab's saved layout still has {tab_id}")
 
 
 async def test_a_cancelled_runs_stopped_step_shows_cancelled_and_its_tab_is_restored_so_on_reload(lab, shots) -> None:
@@ -189,8 +176,7 @@ async def test_a_run_started_here_is_notified_when_it_ends_and_the_notification_
         await page.wait_for_selector(f"{DETAIL}[data-status='succeeded']")
         run_id = await page.get_attribute(DETAIL, "data-run-id")
         assert api(lab, "GET", f"runs/{run_id}")["inputs"]["words"] == ["x", "y"]
-        toast = page.locator(".jp-Notification-Toast-success:has-text('Quick succeeded')")
-        await toast.wait_for()
+        toast = await wait_for_toast(page, "success", "Quick succeeded")
         await shots(page, "notified")
         await shot_in_dark(page, shots, "notified-dark")
         await page.click(f"li.lm-TabBar-tab[data-id='clarion-run-{run_id}'] .lm-TabBar-tabCloseIcon")
@@ -323,3 +309,16 @@ async def test_runs_rows_name_the_agent_keep_their_times_on_one_line_and_draw_th
         await change_theme(page, "JupyterLab Light")
         api(lab, "POST", f"runs/{run_id}/cancel")
         assert console_errors(page) == []
+
+
+async def test_run_with_clarion_on_a_yaml_file_that_is_no_workflow_says_what_is_wrong(lab, shots) -> None:
+    (lab.root / "settings.yaml").write_text("colour: blue\n")
+    async with chromium() as browser:
+        page = await open_sidebar(browser, lab)
+        await select_in_file_browser(page, "settings.yaml")
+        await page.click(".jp-DirListing-item.jp-mod-selected", button="right")
+        await page.click(".lm-Menu-itemLabel:text-is('Run with Clarion')")
+        text = await (await wait_for_toast(page, "error")).inner_text()
+        assert "settings.yaml is not a workflow Clarion can run" in text and "colour" in text
+        await shots(page, "refused")
+        assert "settings" not in [w["id"] for w in api(lab, "GET", "workflows")["workflows"]]

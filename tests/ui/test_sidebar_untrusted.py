@@ -15,7 +15,17 @@ from clarion_jupyter.testing.browser import chromium
 
 from .conftest import api, wait_for_run
 from .flows import FILE_OPERATIONS
-from .pages import DETAIL, SIDEBAR, open_run_form, open_sidebar, run_detail, shot_in_dark, show_tab, wait_status
+from .pages import (
+    DETAIL,
+    SIDEBAR,
+    open_run_form,
+    open_sidebar,
+    run_detail,
+    shot_in_dark,
+    show_tab,
+    wait_for_toast,
+    wait_status,
+)
 
 PAYLOADS = (
     "<script>alert(1)</script>",
@@ -98,9 +108,7 @@ async def test_payloads_in_workflows_steps_approvals_and_errors_show_as_text_and
         await page.wait_for_selector(card, timeout=60_000)
         run_id = await page.get_attribute(DETAIL, "data-run-id")
         assert f"Approve {HOSTILE}" in await page.inner_text(card)
-        toast = page.locator(".jp-Notification-Toast-warning")
-        await toast.wait_for()
-        assert HOSTILE[:60] in await toast.inner_text()
+        assert HOSTILE[:60] in await (await wait_for_toast(page, "warning")).inner_text()
         await page.click(f"{DETAIL} .clarion-Node[data-step='shout']")
         assert json.dumps(HOSTILE) in await page.inner_text(
             f"{DETAIL} [data-step-panel='shout']"
