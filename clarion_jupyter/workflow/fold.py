@@ -2,7 +2,7 @@
 
 A run's events (``seq`` order, gap-free) are the truth every view shows: the notebook's
 widget and ``Run`` handle, the CLI's live progress, and, in TypeScript, the sidebar
-(``labextension/src/run.ts``'s ``reduceRun``). Both folds are tested against the same
+(``labextension/src/fold.ts``'s ``reduceRun``). Both folds are tested against the same
 golden files (``tests/fixtures/folds/*.json``: an event stream and the state it must
 give), so the Python and TypeScript views cannot drift apart.
 

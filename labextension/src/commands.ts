@@ -17,7 +17,7 @@ import { ClarionController } from './controller';
 import { IRunActions, IRunServices } from './detail';
 import { WorkflowEditor, yamlOf } from './editor';
 import { TERMINAL_RUN, WorkflowRun } from './protocol';
-import { RunModel } from './run';
+import { RunModel } from './liverun';
 import { RunDetailWidget } from './runtab';
 import { AGENT_RUN_WORKFLOW, runTitle } from './runtitle';
 import { ClarionSidebar } from './sidebar';

@@ -15,7 +15,8 @@ import { graphEdges, layoutGraph } from './graph';
 import { StepGraph } from './graphview';
 import { UntrustedMarkdown } from './markdown';
 import { Agent, Approval, StepRun, WorkflowRun } from './protocol';
-import { RunModel, isTerminal } from './run';
+import { isTerminal } from './fold';
+import { RunModel } from './liverun';
 import { AGENT_RUN_WORKFLOW, runTitle } from './runtitle';
 import { settledStatus, settledSteps } from './settled';
 

@@ -10,7 +10,7 @@ import { ISignal, Signal } from '@lumino/signaling';
 
 import { ClarionApi } from './api';
 import { ClarionEvent, EventType, RunStatus, TERMINAL_EVENTS, WorkflowRun } from './protocol';
-import { reduceRun, isTerminal } from './run';
+import { isTerminal, reduceRun } from './fold';
 
 export interface HistoryFilter {
   status?: string;

@@ -7,7 +7,7 @@ import { LabIcon, ReactWidget } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
 import { IRunActions, IRunServices, RunDetail } from './detail';
-import { RunModel } from './run';
+import { RunModel } from './liverun';
 import { runTitle } from './runtitle';
 
 export class RunDetailWidget extends MainAreaWidget<ReactWidget> {

@@ -8,7 +8,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 
 import { ClarionEvent, WorkflowRun } from '../protocol';
-import { emptyExtras, reduceRun } from '../run';
+import { emptyExtras, reduceRun } from '../fold';
 
 const FOLDS = path.resolve(__dirname, '../../../tests/fixtures/folds');
 

@@ -1,6 +1,7 @@
 import { ClarionApi } from '../api';
 import { EventType, RunStatus, StepStatus } from '../protocol';
-import { RunModel, emptyExtras, reduceRun } from '../run';
+import { emptyExtras, reduceRun } from '../fold';
+import { RunModel } from '../liverun';
 import { event, runDoc } from './builders';
 import { FakeServer, FakeSocket } from './fake';
 

@@ -1,5 +1,5 @@
 import { EventType, RunStatus, StepStatus } from '../protocol';
-import { emptyExtras, reduceRun } from '../run';
+import { emptyExtras, reduceRun } from '../fold';
 import { settledSteps } from '../settled';
 import { event, runDoc } from './builders';
 
