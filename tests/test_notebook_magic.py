@@ -256,3 +256,9 @@ def test_local_says_which_engine_it_uses(shell: Shell, capsys: pytest.CaptureFix
     shell.cell("--local", ECHO3)
     assert "an embedded engine in this kernel" in capsys.readouterr().out
     assert "embedded engine" in shell.last.widget.header.value
+
+
+def test_a_yaml_error_names_the_line_the_editor_shows(shell: Shell) -> None:
+    """The editor counts the %%clarion line as line 1: the problem's line is the editor's."""
+    message = usage_error(shell.cell("", "name: Broken\nsteps:\n  - id: a\n    task: [unclosed\n"))
+    assert "line 6, column 1" in message  # the cell's fifth line, its end: the editor's sixth

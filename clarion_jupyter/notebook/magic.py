@@ -195,7 +195,8 @@ class ClarionMagics(Magics):
     def _workflow_cell(self, args: list[str], cell: str) -> None:
         opts = WORKFLOW.parse_args(args)
         inputs = self._values(opts.input, "--input")
-        workflow = parse_workflow(cell)
+        # The editor counts the %%clarion line as line 1: so do the problems' line numbers.
+        workflow = parse_workflow("\n" + cell)
         session = self.session(opts.local)
         clarion = session.clarion()
         if opts.save:
