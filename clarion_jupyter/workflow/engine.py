@@ -19,6 +19,7 @@ from opentelemetry.trace import Tracer
 from ..agent.migration import ImportSource, V2ImportReport, V2Migration
 from ..agent.models import Agent
 from ..agent.service import AgentService
+from ..agent.v2runs import V2_RUN_WORKFLOW
 from ..core.errors import Conflict, NotFound, Problem, ValidationFailed
 from ..core.ids import local_user, new_run_id
 from ..core.protocol import EventType, RunStatus
@@ -46,6 +47,7 @@ from .models import Decision, RunPage, WorkflowRun, parse_workflow
 from .runs import run_document
 from .service import WorkflowService
 from .telemetry import Telemetry
+from .v2_rerun import rerun_imported
 from .validation import DEFAULT_MAX_STEPS, WorkflowSource, WorkflowValidator
 from .views import RunViews
 
@@ -486,6 +488,10 @@ class Engine:
         if all(self.registry.get(task) for task in ("llm_call", "file_write")):
             await self.workflows.install(AGENT_RUN_WORKFLOW)
 
+    async def rerun_imported(self, run_id: str) -> str:
+        """Repeat a run imported from Clarion v2: a new agent run with its agent, prompt and files."""
+        return await rerun_imported(self, run_id)
+
     async def get_run(self, run_id: str) -> WorkflowRun:
         """The run document; a unique prefix of ``MIN_RUN_ID_PREFIX`` or more characters names a
         run too (the CLI and the widgets show ids shortened), :class:`Conflict` if it is ambiguous."""
@@ -580,7 +586,10 @@ class Engine:
     async def import_v2(self, source: ImportSource, *, dry_run: bool = False) -> V2ImportReport:
         """Import what Clarion v2 left (a ``clarion.db``, its YAML store, exported agent files,
         an uploaded body, or uploaded files): agents created or updated in place, run history as finished runs."""
-        return await V2Migration(self.agents, self.runs).run(source, dry_run=dry_run)
+        report = await V2Migration(self.agents, self.runs, self.bus.publish).run(source, dry_run=dry_run)
+        if report.runs.found and not dry_run:  # the runs' workflow lists (and filters) like any
+            await self.workflows.install(V2_RUN_WORKFLOW)
+        return report
 
     # -- history -----------------------------------------------------------------
 
