@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import pytest
 
 from clarion_jupyter import Engine
 from clarion_jupyter.testing.clarion_v2 import v2_agent, v2_run, write_clarion_db, write_yaml_store
+from clarion_jupyter.testing.server import JupyterServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT_FIXTURES = Path(__file__).parent / "fixtures" / "agents"
@@ -625,3 +627,29 @@ async def test_agent_rerun_of_a_run_that_was_not_imported_says_so(tmp_path: Path
     result = clarion(tmp_path, "agent", "rerun", run_id)
     assert result.returncode == 1
     assert f"run '{run_id}' is not a run imported from Clarion v2 (workflow 'greet')" in result.stderr
+
+
+async def test_through_a_server_a_key_is_said_to_be_missing_from_the_servers_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # the server starts without it
+    source = write_clarion_db(tmp_path / "clarion.db", agents=[COPY], llm_configs=[OPENAI_CONFIG])
+    with JupyterServerProcess(tmp_path / "server") as server:
+        await server.wait_ready()
+        command = [
+            sys.executable,
+            "-m",
+            "clarion_jupyter.cli",
+            "agents",
+            "import",
+            str(source),
+            "--db",
+            str(server.db_path),
+        ]
+        env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(server.workdir / "runtime"), "OPENAI_API_KEY": "sk-here"}
+        result = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, env=env, timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "read the API key from $OPENAI_API_KEY (not set in the server's environment: it is set here, "
+        "but the server needs it too); keys are not imported"
+    ) in result.stdout
