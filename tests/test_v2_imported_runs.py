@@ -58,3 +58,14 @@ async def test_an_imported_run_reruns_as_an_agent_run_of_the_same_prompt_and_age
     assert (agent_id, request.prompt, request.apply) == ("basic_editor", "task run-1714557600123", "review")
     with pytest.raises(Conflict, match="not a run imported from Clarion v2"):
         rerun_request(plain)
+
+
+async def test_the_workflow_of_imported_runs_is_read_only(tmp_path: Path) -> None:
+    async with Engine(tmp_path / "x.duckdb", workspace_root=tmp_path) as engine:
+        await engine.import_v2(clarion_db(tmp_path, "run-1714557600123"))
+        saved = await engine.get_workflow(V2_RUN_WORKFLOW_ID)
+        with pytest.raises(Conflict, match="read-only"):
+            await engine.replace_workflow(V2_RUN_WORKFLOW_ID, saved.doc | {"name": "Mine now"})
+        with pytest.raises(Conflict, match="read-only"):
+            await engine.delete_workflow(V2_RUN_WORKFLOW_ID)
+        assert (await engine.get_workflow(V2_RUN_WORKFLOW_ID)).doc == saved.doc
