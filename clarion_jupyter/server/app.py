@@ -200,8 +200,11 @@ class ClarionExtension(ExtensionApp):
             statuses.append(RunStatus.waiting)
         while True:
             await asyncio.sleep(self.activity_interval_s)
-            if self.engine.active_runs and await self._any_run(statuses):
-                times[EXTENSION_NAME] = datetime.now(UTC)
+            try:
+                if self.engine.active_runs and await self._any_run(statuses):
+                    times[EXTENSION_NAME] = datetime.now(UTC)
+            except ClarionError as exc:  # the engine is stopping, or storage failed: try again next time
+                log.warning("checking for active runs failed: %s", exc.message)
 
     async def _any_run(self, statuses: list[RunStatus]) -> bool:
         for status in statuses:
