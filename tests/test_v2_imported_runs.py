@@ -69,3 +69,20 @@ async def test_the_workflow_of_imported_runs_is_read_only(tmp_path: Path) -> Non
         with pytest.raises(Conflict, match="read-only"):
             await engine.delete_workflow(V2_RUN_WORKFLOW_ID)
         assert (await engine.get_workflow(V2_RUN_WORKFLOW_ID)).doc == saved.doc
+
+
+async def test_running_the_imported_runs_workflow_with_a_runs_inputs_starts_an_agent_run(tmp_path: Path) -> None:
+    """What the sidebar's Re-run sends (the run's workflow id and inputs) repeats the v2 run."""
+    async with Engine(tmp_path / "x.duckdb", workspace_root=tmp_path) as engine:
+        await engine.import_v2(clarion_db(tmp_path, "run-1714557600123"))
+        agent = await engine.get_agent("basic_editor")
+        reply = '{"summary": "ok", "file_changes": []}'
+        await engine.replace_agent(
+            "basic_editor", agent.model_copy(update={"api_key_env": None, "parameters": {"mock_response": reply}})
+        )
+        [imported] = (await engine.list_runs(workflow_id=V2_RUN_WORKFLOW_ID)).runs
+        again = await engine.wait(await engine.submit_saved(V2_RUN_WORKFLOW_ID, imported.inputs))
+    assert (again.workflow_id, again.inputs["agent"], again.inputs["prompt"]) == (
+        "agent-run", "basic_editor", "task run-1714557600123"
+    )  # fmt: skip
+    assert again.status == "succeeded"

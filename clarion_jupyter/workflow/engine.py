@@ -19,7 +19,7 @@ from opentelemetry.trace import Tracer
 from ..agent.migration import ImportSource, V2ImportReport, V2Migration
 from ..agent.models import Agent
 from ..agent.service import AgentService
-from ..agent.v2runs import V2_RUN_WORKFLOW
+from ..agent.v2runs import V2_RUN_WORKFLOW, V2_RUN_WORKFLOW_ID
 from ..core.errors import Conflict, NotFound, Problem, ValidationFailed
 from ..core.ids import local_user, new_run_id
 from ..core.protocol import EventType, RunStatus
@@ -47,7 +47,7 @@ from .models import Decision, RunPage, WorkflowRun, parse_workflow
 from .runs import run_document
 from .service import WorkflowService
 from .telemetry import Telemetry
-from .v2_rerun import rerun_imported
+from .v2_rerun import rerun_imported, rerun_inputs
 from .validation import DEFAULT_MAX_STEPS, WorkflowSource, WorkflowValidator
 from .views import RunViews
 
@@ -215,6 +215,8 @@ class Engine:
     async def submit_saved(
         self, workflow_id: str, inputs: dict[str, Any] | None = None, *, idempotency_key: str | None = None
     ) -> str:
+        if workflow_id == V2_RUN_WORKFLOW_ID:  # a record of v2's runs: running one again is an agent run
+            return await self.run_agent(*rerun_inputs(inputs or {}))
         stored = await self.workflows.get(workflow_id)
         cached = self._saved_plans.get(workflow_id)
         if cached is None or cached[0] != stored.updated_at:

@@ -39,10 +39,14 @@ def rerun_request(run: WorkflowRun) -> tuple[str, AgentRunRequest]:
             f"run '{run.run_id}' is not a run imported from Clarion v2 (workflow '{run.workflow_id}')",
             details={"run_id": run.run_id, "workflow_id": run.workflow_id},
         )
-    inputs = run.inputs
+    return rerun_inputs(run.inputs)
+
+
+def rerun_inputs(inputs: dict[str, Any]) -> tuple[str, AgentRunRequest]:
+    """The agent and request from an imported run's inputs (what the sidebar's Re-run sends back)."""
     project = inputs.get("project") or {}
     files = [_in_workspace(str(path), project.get("path")) for path in inputs.get("files") or []]
-    return str(inputs["agent"]), AgentRunRequest(prompt=str(inputs["prompt"]), files=files)
+    return str(inputs.get("agent") or ""), AgentRunRequest(prompt=str(inputs.get("prompt") or ""), files=files)
 
 
 async def rerun_imported(clarion: AgentRunner, run_id: str) -> str:
