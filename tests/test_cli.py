@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from clarion_jupyter import Engine
-from clarion_jupyter.testing.clarion_v2 import v2_agent, v2_run, write_clarion_db
+from clarion_jupyter.testing.clarion_v2 import v2_agent, v2_run, write_clarion_db, write_yaml_store
+from clarion_jupyter.testing.server import JupyterServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT_FIXTURES = Path(__file__).parent / "fixtures" / "agents"
@@ -279,7 +281,7 @@ async def test_agents_import_reports_a_bad_file_and_imports_the_rest(tmp_path: P
     assert result.returncode == 1, "a partial import exits non-zero"
     assert re.search(r"^error: broken\.yaml: ", result.stderr, re.MULTILINE), result.stderr
     assert "Traceback" not in result.stderr
-    imported = re.findall(r"^created (\S+) \((\S+)\)$", result.stdout, re.MULTILINE)
+    imported = re.findall(r'^created (\S+) "[^"]+" \((\S+)\)$', result.stdout, re.MULTILINE)
     assert ("code-reviewer", "openai/gpt-4o") in imported
     assert ("doc-writer", "openrouter/anthropic/claude-3.5-sonnet") in imported
     async with Engine(tmp_path / "x.duckdb", workspace_root=tmp_path) as engine:
@@ -303,8 +305,8 @@ async def test_agents_import_of_a_clarion_db_exits_0_and_says_which_keys_to_set(
     again = clarion(tmp_path, "agents", "import", str(source), "--json")
 
     assert (dry.returncode, result.returncode, again.returncode) == (0, 0, 0)
-    assert "would be created basic_editor (openai/gpt-4o)" in dry.stdout
-    assert "created basic_editor (openai/gpt-4o)" in result.stdout
+    assert 'would be created basic_editor "Basic File Editor" (openai/gpt-4o)' in dry.stdout
+    assert 'created basic_editor "Basic File Editor" (openai/gpt-4o)' in result.stdout
     assert "$OPENAI_API_KEY" in result.stdout
     assert json.loads(again.stdout)["changes"][0]["action"] == "unchanged"
     assert "sk-never-shown" not in dry.stdout + result.stdout + again.stdout + result.stderr
@@ -488,3 +490,166 @@ async def test_a_reader_that_closes_the_pipe_early_gets_no_traceback(tmp_path: P
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+# -- deleting runs and workflows ------------------------------------------------------------------
+
+
+def test_runs_delete_without_a_terminal_asks_for_yes_and_deletes_nothing(tmp_path: Path) -> None:
+    result = clarion(tmp_path, "runs", "delete", "--all")
+    assert result.returncode == 2
+    assert "stdin is not a terminal to confirm on, give --yes" in result.stderr
+
+
+async def test_runs_delete_yes_deletes_one_run_named_by_a_prefix(tmp_path: Path) -> None:
+    kept, deleted = await make_runs(tmp_path, 2)
+    result = clarion(tmp_path, "runs", "delete", deleted[:-6], "--yes")
+    assert (result.returncode, result.stdout) == (0, "deleted 1 run\n"), result.stderr
+    assert [line.split()[0] for line in clarion(tmp_path, "runs").stdout.splitlines()] == [kept]
+
+
+async def test_runs_delete_of_a_workflow_deletes_only_its_finished_runs(tmp_path: Path) -> None:
+    await make_runs(tmp_path, 2)
+    other = clarion(tmp_path, "run", write(tmp_path, "other.yaml", GREET.replace("id: greet", "id: other")))
+    result = clarion(tmp_path, "runs", "delete", "--workflow", "greet", "--yes")
+    assert other.returncode == 0 and result.stdout == "deleted 2 runs\n", result.stderr
+    assert [line.split()[-1] for line in clarion(tmp_path, "runs").stdout.splitlines()] == ["other"]
+
+
+def test_runs_delete_needs_exactly_one_choice_of_runs(tmp_path: Path) -> None:
+    result = clarion(tmp_path, "runs", "delete", "--yes")
+    assert result.returncode == 2
+    assert "give a RUN_ID, or --workflow and/or --status, or --all" in result.stderr
+
+
+async def test_runs_delete_of_a_run_still_running_says_to_cancel_it_first(tmp_path: Path) -> None:
+    run_id = await interrupted_run(tmp_path)  # resumed, so running, when the command opens the engine
+    result = clarion(tmp_path, "runs", "delete", run_id, "--yes")
+    assert result.returncode == 1
+    assert "cancel it first" in result.stderr
+
+
+def test_workflows_delete_yes_deletes_the_saved_workflow(tmp_path: Path) -> None:
+    saved = clarion(tmp_path, "run", write(tmp_path, "greet.yaml", GREET), "--save")
+    result = clarion(tmp_path, "workflows", "delete", "greet", "--yes")
+    again = clarion(tmp_path, "workflows", "delete", "greet", "--yes")
+    assert saved.returncode == 0 and result.stdout == "deleted workflow greet\n", result.stderr
+    assert again.returncode == 1 and "not found" in again.stderr
+
+
+# -- v2 imports as a v2 user meets them ------------------------------------------------------------
+
+COPY = v2_agent("agent-1759743600000", "Basic File Editor - Copy", config_id="c", parameters={"temperature": 0.2})
+OPENAI_CONFIG = {"id": "c", "name": "OpenAI", "provider": "OpenAI", "apiKey": "sk-never-shown"}
+
+
+def test_the_import_report_and_agents_list_show_each_name_with_its_id(tmp_path: Path) -> None:
+    source = write_clarion_db(tmp_path / "clarion.db", agents=[COPY], llm_configs=[OPENAI_CONFIG])
+    imported = clarion(tmp_path, "agents", "import", str(source))
+    listed = clarion(tmp_path, "agents", "list")
+    assert 'created agent-1759743600000 "Basic File Editor - Copy" (openai/gpt-4o)' in imported.stdout
+    assert (
+        'key: agent-1759743600000 "Basic File Editor - Copy" read the API key from $OPENAI_API_KEY' in imported.stdout
+    )
+    assert re.search(r"^agent-1759743600000\s+Basic File Editor - Copy\s+openai/gpt-4o$", listed.stdout, re.M)
+
+
+def test_a_folder_with_v2_project_and_run_json_skips_them_with_a_line_each(tmp_path: Path) -> None:
+    folder = tmp_path / "v2"
+    folder.mkdir()
+    (folder / "editor.json").write_text(json.dumps(COPY))
+    (folder / "project.json").write_text(
+        json.dumps({"id": "p", "name": "P", "path": "/p", "lastOpenedAt": "2024-05-01T10:00:00Z", "activeAgentId": ""})
+    )
+    (folder / "run.json").write_text(json.dumps(v2_run("run-1", prompt="Hi", agent=COPY)))
+    result = clarion(tmp_path, "agents", "import", str(folder))
+    assert result.returncode == 0, result.stderr
+    assert "created agent-1759743600000" in result.stdout
+    assert result.stderr.splitlines() == [
+        "warning: project.json: a Clarion v2 project, not an agent: skipped (import clarion.db to bring projects' runs)",
+        "warning: run.json: a Clarion v2 run, not an agent: skipped (import clarion.db to bring the run history)",
+    ]
+
+
+def test_importing_the_database_and_the_yaml_store_in_turn_leaves_the_agents_unchanged(tmp_path: Path) -> None:
+    database = write_clarion_db(tmp_path / "clarion.db", agents=[COPY], llm_configs=[OPENAI_CONFIG])
+    store = write_yaml_store(tmp_path, [COPY], [OPENAI_CONFIG])
+    reports = [
+        clarion(tmp_path, "agents", "import", str(source)).stdout for source in (database, store, database, store)
+    ]
+    assert reports[0].startswith("created agent-1759743600000")
+    assert all(r.startswith('unchanged agent-1759743600000 "Basic File Editor - Copy"') for r in reports[2:]), reports
+
+
+# -- imported v2 runs ---------------------------------------------------------------------------------
+
+EDITOR_V2 = v2_agent("basic_editor", "Basic File Editor", config_id="c")
+REPLY = json.dumps({"summary": "Done", "file_changes": [{"action": "create", "path": "b.txt", "new_content": "b"}]})
+
+
+def imported_run(tmp_path: Path) -> str:
+    """The id of a v2 run imported with its agent: "Create hello.txt", sent with ``a.txt``."""
+    (tmp_path / "a.txt").write_text("a\n")
+    run = v2_run("run-1714557600123", prompt="Create hello.txt", agent=EDITOR_V2, summary="Created hello.txt",
+                 codebase_paths=["/home/me/project/a.txt"])  # fmt: skip
+    projects = [{"id": "p", "name": "P", "path": "/home/me/project", "lastOpenedAt": "", "activeAgentId": ""}]
+    source = write_clarion_db(
+        tmp_path / "clarion.db", agents=[EDITOR_V2], llm_configs=[OPENAI_CONFIG], projects=projects,
+        runs=[("p", run, "2024-05-01 10:00:05")],
+    )  # fmt: skip
+    assert clarion(tmp_path, "agents", "import", str(source)).returncode == 0
+    return clarion(tmp_path, "runs").stdout.split()[0]
+
+
+def test_show_of_an_imported_v2_run_prints_its_agent_and_prompt(tmp_path: Path) -> None:
+    shown = clarion(tmp_path, "show", imported_run(tmp_path))
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        '  agent basic_editor "Basic File Editor"\n  files: /home/me/project/a.txt\n  prompt: Create hello.txt\n'
+        in shown.stdout
+    )
+
+
+def test_agent_rerun_of_an_imported_v2_run_is_an_agent_run_with_its_agent_prompt_and_files(tmp_path: Path) -> None:
+    run_id = imported_run(tmp_path)
+    clarion(tmp_path, "agents", "set", "basic_editor", f"parameters.mock_response={REPLY}", "api_key_env=")
+    result = clarion(tmp_path, "agent", "rerun", run_id[:-4], "--json")
+    assert result.returncode == 3, result.stderr  # its changes wait for review, as every agent run's do
+    rerun = json.loads(result.stdout)
+    assert (rerun["workflow_id"], rerun["status"]) == ("agent-run", "waiting")
+    assert {k: rerun["inputs"][k] for k in ("agent", "prompt", "files")} == {
+        "agent": "basic_editor", "prompt": "Create hello.txt", "files": ["a.txt"]
+    }  # fmt: skip
+
+
+async def test_agent_rerun_of_a_run_that_was_not_imported_says_so(tmp_path: Path) -> None:
+    [run_id] = await make_runs(tmp_path, 1)
+    result = clarion(tmp_path, "agent", "rerun", run_id)
+    assert result.returncode == 1
+    assert f"run '{run_id}' is not a run imported from Clarion v2 (workflow 'greet')" in result.stderr
+
+
+async def test_through_a_server_a_key_is_said_to_be_missing_from_the_servers_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # the server starts without it
+    source = write_clarion_db(tmp_path / "clarion.db", agents=[COPY], llm_configs=[OPENAI_CONFIG])
+    with JupyterServerProcess(tmp_path / "server") as server:
+        await server.wait_ready()
+        command = [
+            sys.executable,
+            "-m",
+            "clarion_jupyter.cli",
+            "agents",
+            "import",
+            str(source),
+            "--db",
+            str(server.db_path),
+        ]
+        env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(server.workdir / "runtime"), "OPENAI_API_KEY": "sk-here"}
+        result = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, env=env, timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "read the API key from $OPENAI_API_KEY (not set in the server's environment: it is set here, "
+        "but the server needs it too); keys are not imported"
+    ) in result.stdout

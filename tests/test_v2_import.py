@@ -356,7 +356,7 @@ async def test_reimport_updates_in_place(tmp_path):
 
         assert [(c.id, c.action) for c in report.changes] == [("basic_editor", "updated"), ("go_reviewer", "unchanged")]
         assert report.changes[0].fields == ["system_prompt"]
-        assert report.summary_lines()[0] == "updated basic_editor (openai/gpt-4o): system_prompt"
+        assert report.summary_lines()[0] == 'updated basic_editor "Basic File Editor" (openai/gpt-4o): system_prompt'
         assert (await engine.agents.get("basic_editor")).system_prompt == "A new prompt."
         assert len(await engine.agents.list()) == 2
 
@@ -445,15 +445,15 @@ async def test_the_summary_names_each_agent_the_history_and_the_keys_to_set(tmp_
 
     assert dry.summary_lines()[:3] == [
         "dry run: nothing was saved",
-        "would be created basic_editor (openai/gpt-4o)",
-        "would be created go_reviewer (openrouter/anthropic/claude-3.5-sonnet)",
+        'would be created basic_editor "Basic File Editor" (openai/gpt-4o)',
+        'would be created go_reviewer "Go Reviewer" (openrouter/anthropic/claude-3.5-sonnet)',
     ]
     assert real.summary_lines() == [
-        "created basic_editor (openai/gpt-4o)",
-        "created go_reviewer (openrouter/anthropic/claude-3.5-sonnet)",
+        'created basic_editor "Basic File Editor" (openai/gpt-4o)',
+        'created go_reviewer "Go Reviewer" (openrouter/anthropic/claude-3.5-sonnet)',
         "runs: 2 of 2 v2 runs imported as workflow clarion-v2-agent-run (0 already there)",
-        "key: basic_editor read the API key from $OPENAI_API_KEY (not set yet); keys are not imported",
-        "key: go_reviewer read the API key from $OPENROUTER_API_KEY (set); keys are not imported",
+        'key: basic_editor "Basic File Editor" read the API key from $OPENAI_API_KEY (not set yet); keys are not imported',
+        'key: go_reviewer "Go Reviewer" read the API key from $OPENROUTER_API_KEY (set); keys are not imported',
     ]
 
 

@@ -191,8 +191,11 @@ def import_texts(texts: Iterable[tuple[str, str]], configs: Iterable[ProviderCon
         for index, document in enumerate(documents, start=1):
             where = source_name if len(documents) == 1 else f"{source_name} (document {index})"
             config = provider_config(document)
+            record = v2_record_kind(document)
             if config is not None:
                 report.provider_configs.append(config)
+            elif record is not None:
+                report.warnings.append(ImportProblem(where, SKIPPED_RECORDS[record]))
             else:
                 agent_documents.append((document, where))
     providers = {c.id: c.provider for c in report.provider_configs}
@@ -222,6 +225,28 @@ def provider_config(document: Any) -> ProviderConfig | None:
         return None
     fields = {_norm(k): v for k, v in document.items()}
     return ProviderConfig(id=str(fields["id"]), name=str(fields.get("name") or ""), provider=str(fields["provider"]))
+
+
+SKIPPED_RECORDS = {
+    "project": "a Clarion v2 project, not an agent: skipped (import clarion.db to bring projects' runs)",
+    "run": "a Clarion v2 run, not an agent: skipped (import clarion.db to bring the run history)",
+}
+_PROJECT_KEYS = frozenset({"id", "name", "path", "lastopenedat", "activeagentid"})
+_RUN_KEYS = frozenset({"id", "prompt", "agentname", "status", "output", "rawrequest"})
+
+
+def v2_record_kind(document: Any) -> str | None:
+    """``project`` or ``run`` for the JSON v2 keeps of a project (``models.Project``) or an agent
+    run (``AgentRun``), which a folder of v2 files holds beside its agents; None otherwise.
+    Told apart by the keys only those records have, so an agent is never mistaken for one."""
+    if not isinstance(document, dict):
+        return None
+    keys = {_norm(k) for k in document}
+    if {"path", "lastopenedat"} <= keys and keys <= _PROJECT_KEYS:
+        return "project"
+    if {"prompt", "agentname", "output"} <= keys and keys <= _RUN_KEYS:
+        return "run"
+    return None
 
 
 def parse_agent_documents(text: str, source_name: str) -> list[Agent]:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ..storage.protocols import RunStore
+from ..storage.records import Event
 from .importer import AGENT_FILE_SUFFIXES, ImportProblem, ImportReport, import_texts, source_files
 from .models import Agent
 from .service import AgentService
@@ -89,16 +91,17 @@ class V2ImportReport:
         }
 
 
-def summary_lines(report: dict[str, Any]) -> list[str]:
-    """A report (its JSON form, as the API answers it) for a terminal: one line per agent, the
-    run history, the keys to set."""
+def summary_lines(report: dict[str, Any], *, server: bool = False) -> list[str]:
+    """A report (its JSON form, as the API answers it) for a terminal: one line per agent (its
+    id and v2 name), the run history, the keys to set. ``server``: the engine that imported is
+    a server's, so ``api_keys[].set`` speaks of its environment, not this one."""
     dry_run = report["dry_run"]
     lines = ["dry run: nothing was saved"] if dry_run else []
     for change in report["changes"]:
         action = change["action"]
         action = action if not dry_run or action == "unchanged" else f"would be {action}"
         fields = f": {', '.join(change['fields'])}" if change["fields"] else ""
-        lines.append(f"{action} {change['id']} ({change['model']}){fields}")
+        lines.append(f'{action} {change["id"]} "{change["name"]}" ({change["model"]}){fields}')
     runs = report["runs"]
     if runs["found"]:
         new = runs["found"] - runs["already_imported"]
@@ -107,12 +110,27 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"runs: {new} of {runs['found']} v2 runs {verb} as workflow {runs['workflow_id']}"
             f" ({runs['already_imported']} already there)"
         )
+    names = {change["id"]: change["name"] for change in report["changes"]}
     for key in report["api_keys"]:
-        state = "set" if key["set"] else "not set yet"
+        agents = ", ".join(
+            f'{agent_id} "{names[agent_id]}"' if agent_id in names else agent_id for agent_id in key["agents"]
+        )
         lines.append(
-            f"key: {', '.join(key['agents'])} read the API key from ${key['env']} ({state}); keys are not imported"
+            f"key: {agents} read the API key from ${key['env']} ({_key_state(key, server)}); keys are not imported"
         )
     return lines
+
+
+def _key_state(key: dict[str, Any], server: bool) -> str:
+    """Whether the engine that runs the agents can read the key: through a server, that is the
+    server's environment, which the terminal running ``clarion`` may not share."""
+    if not server:
+        return "set" if key["set"] else "not set yet"
+    if key["set"]:
+        return "set in the server's environment"
+    if key["env"] in os.environ:
+        return "not set in the server's environment: it is set here, but the server needs it too"
+    return "not set in the server's environment"
 
 
 Upload = tuple[str, bytes]
@@ -132,9 +150,14 @@ class _Found:
 class V2Migration:
     """Imports v2 data through the engine's agent service and into its run store."""
 
-    def __init__(self, agents: AgentService, runs: RunStore) -> None:
+    def __init__(
+        self, agents: AgentService, runs: RunStore, publish: Callable[[list[Event]], None] | None = None
+    ) -> None:
+        """``publish``: where the events of newly imported runs go once stored (the engine's
+        bus), so live lists (the sidebar's) show them at once, as they show new runs."""
         self._agents = agents
         self._runs = runs
+        self._publish = publish
 
     async def run(self, source: ImportSource, *, dry_run: bool = False) -> V2ImportReport:
         """Import ``source``: a path (file or folder), an uploaded body (a ``clarion.db``'s
@@ -148,6 +171,7 @@ class V2Migration:
         from_databases = {source for db in found.databases for _, source in db.agent_texts}
         for agent, source_name, also_in in _unique(documents, from_databases, report):
             before = stored.get(agent.id)
+            agent = _keeping_stored_extra(before, agent)
             action: Action = "created" if before is None else "unchanged" if before == agent else "updated"
             fields = _changed_fields(before, agent) if action == "updated" else []
             report.changes.append(AgentChange(agent.id, agent.name, agent.model, action, source_name, also_in, fields))
@@ -168,8 +192,11 @@ class V2Migration:
         if dry_run:
             counts.already_imported = len(await self._runs.existing_runs([r.run_id for r in history.runs]))
         else:
+            there = await self._runs.existing_runs([r.run_id for r in history.runs])
             counts.imported = await self._runs.import_finished(history.runs, history.steps, history.events)
             counts.already_imported = counts.found - counts.imported
+            if self._publish is not None and counts.imported:
+                self._publish([event for event in history.events if event.run_id not in there])
 
 
 def _read_all(source: ImportSource) -> tuple[_Found, ImportReport, ImportedRuns]:
@@ -224,6 +251,16 @@ def _add_upload(found: _Found, name: str, content: bytes) -> None:
         found.texts.append((content.decode("utf-8"), name))
     except UnicodeDecodeError:
         found.errors.append(ImportProblem(name, "neither a v2 clarion.db nor UTF-8 text"))
+
+
+def _keeping_stored_extra(before: Agent | None, agent: Agent) -> Agent:
+    """The agent to store: when it does what the stored one does, the stored one's ``extra``
+    wins and only keys it lacks are added. v2 keeps different bookkeeping for one agent in each
+    store (``clarion.db``, ``test_storage/``), so importing both in turn must not swap it back
+    and forth and call every agent updated each time."""
+    if before is None or before.model_dump(exclude={"extra"}) != agent.model_dump(exclude={"extra"}):
+        return agent
+    return agent.model_copy(update={"extra": {**agent.extra, **before.extra}})
 
 
 def _changed_fields(before: Agent | None, after: Agent) -> list[str]:

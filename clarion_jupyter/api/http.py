@@ -319,6 +319,18 @@ class Client:
         """Ask the server to cancel a run; it ends shortly after with ``workflow_cancelled``."""
         await self._request("POST", _path("api/v3/runs", run_id, "cancel"))
 
+    async def delete_runs(
+        self, *, run_id: str | None = None, workflow_id: str | None = None, status: str | None = None
+    ) -> int:
+        """``DELETE /api/v3/runs/{run_id}``, or ``DELETE /api/v3/runs`` with the filters (``all=true`` without)."""
+        if run_id is not None:
+            await self._request("DELETE", _path("api/v3/runs", run_id))  # the server resolves a prefix
+            return 1
+        params = {"workflow_id": workflow_id, "status": status}
+        if workflow_id is None and status is None:
+            params["all"] = "true"
+        return (await self._request("DELETE", "api/v3/runs", params=params))["deleted"]
+
     async def approve(self, run_id: str, step_key: str, *, comment: str | None = None) -> Decision:
         """Let a ``waiting`` step run (:class:`Conflict` when it is not waiting)."""
         return await self._decide(run_id, step_key, "approve", comment)

@@ -63,6 +63,13 @@ class Clarion(Protocol):
     async def reject(self, run_id: str, step_key: str, *, comment: str | None = None) -> Decision:
         """Refuse a ``waiting`` step: it fails, or is skipped when its approval says ``on_reject: skip``."""
 
+    async def delete_runs(
+        self, *, run_id: str | None = None, workflow_id: str | None = None, status: str | None = None
+    ) -> int:
+        """Delete finished runs with all they stored (one by id or prefix, or those matching
+        ``workflow_id`` and ``status``, or every finished one when none is given); how many.
+        :class:`Conflict` for one run that has not finished, :class:`NotFound` for an unknown one."""
+
     async def query(self, sql: str) -> QueryResult:
         """One read-only SQL statement over the history views."""
 

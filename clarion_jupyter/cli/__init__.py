@@ -16,10 +16,12 @@ from typing import Any
 
 from ..core.errors import ClarionError, ValidationFailed
 from ..core.protocol import RunStatus
+from .agents import cmd_agents_edit, cmd_agents_set
 from .commands import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
+    cmd_agent_rerun,
     cmd_agent_run,
     cmd_agents_import,
     cmd_agents_list,
@@ -31,9 +33,11 @@ from .commands import (
     cmd_resume,
     cmd_run,
     cmd_runs,
+    cmd_runs_delete,
     cmd_show,
     cmd_validate,
     cmd_worker,
+    cmd_workflows_delete,
 )
 
 RUN_ID_HELP = "the run's id, or a unique prefix of it (6 characters or more)"
@@ -83,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--workflow", help="only runs of this workflow id")
     runs.add_argument("--status", choices=[s.value for s in RunStatus])
     runs.add_argument("--limit", type=int, default=20)
+    delete = add(
+        "delete",
+        cmd_runs_delete,
+        "delete finished runs with all they stored (asks first on a terminal)",
+        runs.add_subparsers(dest="runs_command"),
+    )
+    delete.add_argument("run_id", nargs="?", help=RUN_ID_HELP)
+    delete.add_argument("--workflow", help="the finished runs of this workflow id")
+    delete.add_argument("--status", choices=[s.value for s in RunStatus if s.terminal])
+    delete.add_argument("--all", action="store_true", help="every finished run")
+    delete.add_argument("--yes", "-y", action="store_true", help="do not ask (required when stdin is not a terminal)")
     add("show", cmd_show, "show one run with its steps").add_argument("run_id", help=RUN_ID_HELP)
     add("cancel", cmd_cancel, "cancel a run and follow it until it has stopped").add_argument(
         "run_id", help=RUN_ID_HELP
@@ -124,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="review",
         help="review the diff first (default), apply at once, or never",
     )
+    add(
+        "rerun",
+        cmd_agent_rerun,
+        "run an imported Clarion v2 run again: a new agent run with its agent, prompt and files",
+        agent,
+    ).add_argument("run_id", help=RUN_ID_HELP)
     for name, handler, verb in (("approve", cmd_approve, "let"), ("reject", cmd_reject, "refuse")):
         decide = add(name, handler, f"{verb} a step that waits for approval, then follow the run")
         decide.add_argument("run_id", help=RUN_ID_HELP)
@@ -134,6 +155,24 @@ def build_parser() -> argparse.ArgumentParser:
     imports.add_argument("path", help="a clarion.db, the test_storage/ folder, agent files, or a folder of them")
     imports.add_argument("--dry-run", action="store_true", help="show what would change and save nothing")
     add("list", cmd_agents_list, "list agents", agents)
+    add(
+        "edit", cmd_agents_edit, "edit an agent as YAML in $EDITOR; saved when the editor exits, if valid", agents
+    ).add_argument("agent_id", help="the agent's id")
+    setter = add(
+        "set", cmd_agents_set, "set fields of an agent: model=..., api_key_env=..., parameters.temperature=0.2", agents
+    )
+    setter.add_argument("agent_id", help="the agent's id")
+    setter.add_argument(
+        "pairs", nargs="+", metavar="KEY=VALUE", help="a field (dotted for nested ones) and its value, read as YAML"
+    )
+    workflows = sub.add_parser("workflows", help="manage saved workflows").add_subparsers(
+        dest="workflows_command", required=True
+    )
+    workflow_delete = add("delete", cmd_workflows_delete, "delete a saved workflow (its runs stay)", workflows)
+    workflow_delete.add_argument("workflow_id", help="the saved workflow's id")
+    workflow_delete.add_argument(
+        "--yes", "-y", action="store_true", help="do not ask (required when stdin is not a terminal)"
+    )
     return parser
 
 

@@ -24,6 +24,7 @@ from ..workflow.compare import RunComparison
 from ..workflow.engine import Engine
 from ..workflow.models import Workflow, WorkflowRun, parse_workflow
 from ..workflow.rerun import model_overrides
+from ..workflow.v2_rerun import rerun_imported
 from ..workflow.validation import DEFAULT_MAX_STEPS, WorkflowValidator
 from .render import RUN_COLOURS, Progress, ReplyProgress, Style, dump_json
 
@@ -191,6 +192,53 @@ async def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _confirmed(args: argparse.Namespace, question: str) -> bool:
+    """``--yes``, or a ``y`` typed on a terminal; without a terminal to ask on, only ``--yes``."""
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise ClarionError(f"{question}: stdin is not a terminal to confirm on, give --yes")
+    answer = await asyncio.to_thread(input, f"{question} [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+async def cmd_runs_delete(args: argparse.Namespace) -> int:
+    """Delete one finished run, or the finished runs of a workflow and/or status, or (``--all``) every one."""
+    chosen = (args.run_id is not None, args.workflow is not None or args.status is not None, args.all)
+    if sum(chosen) != 1:
+        raise ClarionError("give a RUN_ID, or --workflow and/or --status, or --all (one of them)")
+    if args.run_id is not None:
+        question = f"delete run {args.run_id}?"
+    elif args.all:
+        question = "delete every finished run?"
+    else:
+        which = " and ".join(
+            part for part in (args.workflow and f"workflow {args.workflow}", args.status and args.status) if part
+        )
+        question = f"delete the finished runs of {which}?"
+    if not await _confirmed(args, question):
+        print("nothing deleted")
+        return EXIT_FAILED
+    async with _clarion(args) as clarion:
+        deleted = await clarion.delete_runs(run_id=args.run_id, workflow_id=args.workflow, status=args.status)
+    if args.json:
+        dump_json({"deleted": deleted})
+    else:
+        print(f"deleted {deleted} run{'' if deleted == 1 else 's'}")
+    return 0
+
+
+async def cmd_workflows_delete(args: argparse.Namespace) -> int:
+    """Delete a saved workflow (its runs stay: each keeps its own copy of the workflow)."""
+    if not await _confirmed(args, f"delete workflow {args.workflow_id}?"):
+        print("nothing deleted")
+        return EXIT_FAILED
+    async with _clarion(args) as clarion:
+        await clarion.delete_workflow(args.workflow_id)
+    print(f"deleted workflow {args.workflow_id}")
+    return 0
+
+
 async def cmd_show(args: argparse.Namespace) -> int:
     async with _clarion(args) as clarion:
         run = await clarion.get_run(args.run_id)
@@ -200,6 +248,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
         return 0
     print(f"run {run.run_id}: {run.workflow_name} ({run.workflow_id})")
     progress = Progress(sys.stdout)
+    progress.agent_request(run)
     for event in events:
         if event.type != EventType.step_started:
             progress.event(event)
@@ -237,6 +286,17 @@ async def cmd_agent_run(args: argparse.Namespace) -> int:
         progress = None if args.json else ReplyProgress(sys.stdout)
         if progress:
             print(f"run {run_id}: agent {args.agent}", flush=True)
+        run = await _follow(clarion, run_id, progress)
+    return _finish(run, progress)
+
+
+async def cmd_agent_rerun(args: argparse.Namespace) -> int:
+    """Repeat a run imported from Clarion v2 as a new agent run (same agent, prompt and files)."""
+    async with _clarion(args) as clarion:
+        run_id = await rerun_imported(clarion, args.run_id)
+        progress = None if args.json else ReplyProgress(sys.stdout)
+        if progress:
+            progress.agent_request(await clarion.get_run(run_id), f"run {run_id}: agent")
         run = await _follow(clarion, run_id, progress)
     return _finish(run, progress)
 
@@ -286,7 +346,7 @@ async def cmd_agents_import(args: argparse.Namespace) -> int:
     if args.json:
         dump_json(report)
     else:
-        print("\n".join(summary_lines(report)))
+        print("\n".join(summary_lines(report, server=not isinstance(clarion, Engine))))
         for warning in report["warnings"]:
             print(f"warning: {warning['source']}: {warning['message']}", file=sys.stderr)
         for error in report["errors"]:
@@ -301,7 +361,7 @@ async def cmd_agents_list(args: argparse.Namespace) -> int:
         dump_json([a.model_dump(mode="json") for a in agents])
     else:
         for agent in agents:
-            print(f"{agent.id:<24} {agent.model}")
+            print(f"{agent.id:<24} {agent.name:<32} {agent.model}")
     return 0
 
 

@@ -7,9 +7,10 @@ import json
 import os
 from typing import Any, TextIO
 
+from ..agent.v2runs import V2_RUN_WORKFLOW_ID
 from ..core.protocol import EventType, RunStatus
 from ..storage.records import Event
-from ..workflow.agent_run import AGENT_REPLY_STEP
+from ..workflow.agent_run import AGENT_REPLY_STEP, AGENT_RUN_WORKFLOW_ID
 from ..workflow.models import WorkflowRun
 
 
@@ -45,6 +46,7 @@ STATUS_WORDS = {
     EventType.approval_granted: "approved",
     EventType.approval_rejected: "rejected",
 }
+AGENT_WORKFLOWS = frozenset({AGENT_RUN_WORKFLOW_ID, V2_RUN_WORKFLOW_ID})
 DIFF_COLOURS = (("+++", "1"), ("---", "1"), ("+", "32"), ("-", "31"), ("@@", "36"))
 
 
@@ -76,6 +78,18 @@ class Progress:
             detail = " ".join(str(part) for part in (data.get("by"), data.get("comment")) if part)
         line = f"  {self.style(mark, colour)} {event.step_id:<24} {self.style(STATUS_WORDS[event.type], colour):<10} {duration:>10}  {detail}"
         print(line.rstrip(), file=self.out, flush=True)
+
+    def agent_request(self, run: WorkflowRun, heading: str = "  agent") -> None:
+        """An agent run's agent (its v2 name beside the id, for imported runs), files and
+        prompt: what was asked matters as much as the steps."""
+        inputs = run.inputs
+        if run.workflow_id not in AGENT_WORKFLOWS or not isinstance(inputs.get("prompt"), str):
+            return
+        name = f' "{inputs["agent_name"]}"' if inputs.get("agent_name") else ""
+        print(f"{heading} {inputs.get('agent')}{name}", file=self.out)
+        if inputs.get("files"):
+            print(f"  files: {', '.join(map(str, inputs['files']))}", file=self.out)
+        print("  prompt: " + inputs["prompt"].replace("\n", "\n          "), file=self.out, flush=True)
 
     def preview(self, preview: dict[str, Any]) -> None:
         """What a waiting step would do: the diff (coloured on a terminal), the command, or the config."""

@@ -12,6 +12,7 @@ import asyncio
 import gc
 import logging
 import re
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from jupyter_server.extension.application import ExtensionApp
@@ -19,7 +20,7 @@ from traitlets import Bool, Enum, Float, Integer, TraitError, Unicode, default, 
 
 from .._version import __version__
 from ..core.errors import ClarionError
-from ..core.protocol import CloseCode
+from ..core.protocol import CloseCode, RunStatus
 from ..core.secrets import DEFAULT_SECRET_ENV_PATTERN, SecretPolicy
 from ..storage.database import default_db_path
 from ..storage.query import MAX_BYTES
@@ -108,6 +109,17 @@ class ClarionExtension(ExtensionApp):
     ws_ping_interval_s = Float(
         30.0, min=0.0, help="Seconds between WebSocket pings that keep idle connections alive (0: no pings)."
     ).tag(config=True)
+    activity_while_waiting = Bool(
+        True,
+        help="Whether a run waiting for an approval counts as activity of this server, as a running "
+        "run does: either one keeps JupyterHub's idle culler (which reads /api/status last_activity) "
+        "from stopping the server under it. False: only running and queued runs keep it alive.",
+    ).tag(config=True)
+    activity_interval_s = Float(
+        60.0,
+        min=0.01,
+        help="Seconds between two checks for runs that count as activity (far below any culler's timeout).",
+    ).tag(config=True)
 
     def get_default_logging_config(self) -> dict[str, Any]:
         """Keep Jupyter's line template for this app's own traitlets logger.
@@ -153,6 +165,7 @@ class ClarionExtension(ExtensionApp):
         self._starting: asyncio.Future[None] | None = None
         self._warming: asyncio.Future[None] | None = None
         self._down: tuple[str, Any, str] | None = None
+        self._activity: asyncio.Future[None] | None = None
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(default_handlers + websocket_handlers)
@@ -182,6 +195,28 @@ class ClarionExtension(ExtensionApp):
             gc.freeze()
             log.info("Clarion engine started on %s", self.engine.db_path)
             self._warming = asyncio.ensure_future(self._warm_up_llm())
+            self._activity = asyncio.ensure_future(self._report_activity())
+
+    async def _report_activity(self) -> None:
+        """While runs are active, note the time under ``last_activity_times`` (what the server's
+        ``/api/status`` reports the latest of): a long run with no one watching is activity."""
+        times = self.serverapp.web_app.settings["last_activity_times"]
+        statuses = [RunStatus.running, RunStatus.queued]
+        if self.activity_while_waiting:
+            statuses.append(RunStatus.waiting)
+        while True:
+            await asyncio.sleep(self.activity_interval_s)
+            try:
+                if self.engine.active_runs and await self._any_run(statuses):
+                    times[EXTENSION_NAME] = datetime.now(UTC)
+            except ClarionError as exc:  # the engine is stopping, or storage failed: try again next time
+                log.warning("checking for active runs failed: %s", exc.message)
+
+    async def _any_run(self, statuses: list[RunStatus]) -> bool:
+        for status in statuses:
+            if (await self.engine.list_runs(status=status.value, limit=1)).runs:
+                return True
+        return False
 
     async def _warm_up_llm(self) -> None:
         try:
@@ -222,6 +257,8 @@ class ClarionExtension(ExtensionApp):
             socket.shutdown(CloseCode.going_away, "server shutting down: reconnect later with since")
         if self._starting is not None:
             await self._starting
+        if self._activity is not None:
+            self._activity.cancel()
         await self.engine.stop()
         log.info("Clarion engine stopped")
 

@@ -19,6 +19,7 @@ from opentelemetry.trace import Tracer
 from ..agent.migration import ImportSource, V2ImportReport, V2Migration
 from ..agent.models import Agent
 from ..agent.service import AgentService
+from ..agent.v2runs import V2_RUN_WORKFLOW, V2_RUN_WORKFLOW_ID
 from ..core.errors import Conflict, NotFound, Problem, StorageUnavailable, ValidationFailed
 from ..core.ids import local_user, new_run_id
 from ..core.protocol import EventType, RunStatus
@@ -49,6 +50,7 @@ from .runs import run_document
 from .service import WorkflowService
 from .supervisor import RunSupervisor
 from .telemetry import Telemetry
+from .v2_rerun import rerun_imported, rerun_inputs
 from .validation import DEFAULT_MAX_STEPS, WorkflowSource, WorkflowValidator
 from .views import RunViews
 
@@ -213,6 +215,8 @@ class Engine:
     async def submit_saved(
         self, workflow_id: str, inputs: dict[str, Any] | None = None, *, idempotency_key: str | None = None
     ) -> str:
+        if workflow_id == V2_RUN_WORKFLOW_ID:  # a record of v2's runs: running one again is an agent run
+            return await self.run_agent(*rerun_inputs(inputs or {}))
         stored = await self.workflows.get(workflow_id)
         cached = self._saved_plans.get(workflow_id)
         if cached is None or cached[0] != stored.updated_at:
@@ -475,6 +479,10 @@ class Engine:
         context's files with their bytes and tokens, its total and its cap; no model call."""
         return await self._agent_runs.prompt(agent_id, request)
 
+    async def rerun_imported(self, run_id: str) -> str:
+        """Repeat a run imported from Clarion v2: a new agent run with its agent, prompt and files."""
+        return await rerun_imported(self, run_id)
+
     async def get_run(self, run_id: str) -> WorkflowRun:
         """The run document; a unique prefix of ``MIN_RUN_ID_PREFIX`` or more characters names a
         run too (the CLI and the widgets show ids shortened), :class:`Conflict` if it is ambiguous."""
@@ -581,7 +589,10 @@ class Engine:
     async def import_v2(self, source: ImportSource, *, dry_run: bool = False) -> V2ImportReport:
         """Import what Clarion v2 left (a ``clarion.db``, its YAML store, exported agent files,
         an uploaded body, or uploaded files): agents created or updated in place, run history as finished runs."""
-        return await V2Migration(self.agents, self.runs).run(source, dry_run=dry_run)
+        report = await V2Migration(self.agents, self.runs, self.bus.publish).run(source, dry_run=dry_run)
+        if report.runs.found and not dry_run:  # the runs' workflow lists (and filters) like any
+            await self.workflows.install(V2_RUN_WORKFLOW)
+        return report
 
     # -- history -----------------------------------------------------------------
 

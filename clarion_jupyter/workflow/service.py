@@ -5,12 +5,25 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ..agent.v2runs import V2_RUN_WORKFLOW_ID
 from ..core.documents import off_loop
 from ..core.errors import Conflict, NotFound
 from ..storage.protocols import RunStore, WorkflowStore
 from ..storage.records import StoredDocument
 from .models import Workflow, load_document
 from .validation import WorkflowValidator
+
+READ_ONLY_WORKFLOWS = frozenset({V2_RUN_WORKFLOW_ID})
+"""Built-in workflows that record what happened elsewhere (the runs imported from Clarion v2):
+saved so they list and filter like any, never edited or deleted through the API."""
+
+
+def _writable(workflow_id: str) -> None:
+    if workflow_id in READ_ONLY_WORKFLOWS:
+        raise Conflict(
+            f"workflow '{workflow_id}' is built in and read-only: it describes the runs imported from Clarion v2",
+            details={"id": workflow_id},
+        )
 
 
 class WorkflowService:
@@ -48,6 +61,7 @@ class WorkflowService:
         return stored
 
     async def replace(self, workflow_id: str, source: str | bytes | dict[str, Any]) -> StoredDocument:
+        _writable(workflow_id)
         data = await off_loop(_size(source), load_document, source)
         workflow = await self._validated({**data, "id": workflow_id})
         await self.get(workflow_id)
@@ -67,6 +81,7 @@ class WorkflowService:
         self._cache[workflow.id] = await save(workflow.id, workflow.to_document(), None)
 
     async def delete(self, workflow_id: str) -> None:
+        _writable(workflow_id)
         active = await self._runs.count_active(workflow_id)
         if active:
             raise Conflict(
