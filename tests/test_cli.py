@@ -653,3 +653,32 @@ async def test_through_a_server_a_key_is_said_to_be_missing_from_the_servers_env
         "read the API key from $OPENAI_API_KEY (not set in the server's environment: it is set here, "
         "but the server needs it too); keys are not imported"
     ) in result.stdout
+
+
+async def agent_with_context(tmp_path: Path, max_tokens: int) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "big.py").write_text("value = 'a line of code'\n" * 100)
+    (tmp_path / "pkg" / "small.py").write_text("x = 1\n")
+    async with Engine(tmp_path / "x.duckdb", workspace_root=tmp_path) as engine:
+        await engine.agents.create(
+            {"id": "reader", "name": "Reader", "model": "openai/gpt-4o-mini", "parameters": {"mock_response": "ok"},
+             "context": {"include_globs": ["pkg/*.py"], "max_tokens": max_tokens}}
+        )  # fmt: skip
+
+
+async def test_agent_run_prints_the_files_and_tokens_it_sends_before_it_calls(tmp_path: Path) -> None:
+    await agent_with_context(tmp_path, 100_000)
+    result = clarion(tmp_path, "agent", "run", "reader", "Review", "--apply", "never")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert re.match(r"context: 2 files, [\d,]+ tokens of 100,000 allowed; the whole prompt is", lines[0])
+    assert re.match(r"  pkg/big\.py  \([\d,]+ tokens\)", lines[1]) and lines[2].startswith("  pkg/small.py")
+    assert lines.index(next(line for line in lines if line.startswith("run "))) > 2
+
+
+async def test_agent_run_over_the_context_cap_sends_nothing_and_exits_nonzero(tmp_path: Path) -> None:
+    await agent_with_context(tmp_path, 50)
+    result = clarion(tmp_path, "agent", "run", "reader", "Review")
+    assert result.returncode == 2
+    assert "error: nothing was sent: the codebase context is" in result.stderr and "over its cap of 50" in result.stderr
+    assert "no runs" in clarion(tmp_path, "runs").stdout

@@ -20,6 +20,7 @@ from ..core.protocol import EventType, RunStatus
 from ..settings import configured_engine, configured_traits, task_settings
 from ..task.registry import TaskRegistry
 from ..workflow.agent_run import AgentRunRequest
+from ..workflow.agent_runs import context_lines
 from ..workflow.compare import RunComparison
 from ..workflow.engine import Engine
 from ..workflow.models import Workflow, WorkflowRun, parse_workflow
@@ -282,6 +283,11 @@ async def cmd_agent_run(args: argparse.Namespace) -> int:
         prompt=args.prompt, files=args.file, variables=parse_pairs(args.var, "--var"), apply=args.apply
     )
     async with _clarion(args) as clarion:
+        prompt = await clarion.prompt_agent(args.agent, request)
+        if not args.json:
+            print("\n".join(context_lines(prompt)), flush=True)  # what is sent is known before it is sent
+        if problem := (prompt.get("context") or {}).get("problem"):
+            raise ClarionError(f"nothing was sent: {problem}")
         run_id = await clarion.run_agent(args.agent, request)
         progress = None if args.json else ReplyProgress(sys.stdout)
         if progress:
