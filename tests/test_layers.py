@@ -188,3 +188,14 @@ def test_only_storage_knows_duckdb() -> None:
     ]
     assert outside == []
     assert "duckdb" in _modules_imported(PACKAGE / "storage" / "database.py")
+
+
+def test_every_public_class_says_why_it_exists() -> None:
+    """A class a reader meets without knowing why it is there is a class they must reverse-engineer."""
+    undocumented = [
+        f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.ClassDef) and not node.name.startswith("_") and not ast.get_docstring(node)
+    ]
+    assert undocumented == []

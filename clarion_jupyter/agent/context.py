@@ -62,6 +62,8 @@ PROTECTED_REASON = "holds credentials: never sent to a model"
 
 @dataclass(frozen=True, slots=True)
 class ContextFile:
+    """One workspace file as the model sees it: its relative path and its text."""
+
     path: str
     """Workspace-relative, posix separators."""
     content: str
@@ -74,6 +76,8 @@ class ContextFile:
 
 @dataclass(frozen=True, slots=True)
 class SkippedEntry:
+    """A file the context left out and why, so a step can say what it did not send."""
+
     path: str
     reason: str
 

@@ -65,6 +65,8 @@ class CodebaseContext(BaseModel):
 
 
 class UserVariable(BaseModel):
+    """A value the caller supplies for the agent's prompt template (v2's UserVariableDef)."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=VARIABLE_NAME_PATTERN)

@@ -45,6 +45,8 @@ def check_secrets(agent: Agent, policy: SecretPolicy) -> None:
 
 
 class AgentService:
+    """Agents validated on every write (secrets' values refused, names unique), so every door stores them alike."""
+
     def __init__(self, store: AgentStore, secrets: SecretPolicy | None = None) -> None:
         self._store = store
         self._cache: dict[str, dict[str, Any]] = {}

@@ -64,6 +64,8 @@ class _TooLong(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class V2Run:
+    """One row of v2's ``runs`` table, read within the limits, before it is converted."""
+
     id: str
     project_id: str
     data: dict[str, Any]
@@ -72,6 +74,8 @@ class V2Run:
 
 @dataclass(slots=True)
 class V2Database:
+    """What a v2 ``clarion.db`` held, read with v2's exact schema, capped values and a time budget."""
+
     name: str
     """How reports name the file (its file name, or ``upload``)."""
     agent_texts: list[tuple[str, str]] = field(default_factory=list)

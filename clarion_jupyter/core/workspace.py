@@ -36,6 +36,8 @@ class WorkspacePathError(ValueError):
 
 
 class PathOutsideWorkspace(WorkspacePathError):
+    """A path that leaves the root (``..``, an absolute path, a symlink out): refused, whatever the retry."""
+
     code = "path_outside_workspace"
 
 

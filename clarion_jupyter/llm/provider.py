@@ -83,6 +83,8 @@ class ProviderError(Exception):
 
 
 class LLMProvider(Protocol):
+    """What the engine needs of an LLM backend: calls, streaming, token counts; litellm in child processes is the one in use."""
+
     async def complete(self, request: LLMRequest, on_token: TokenCallback | None = None) -> LLMResult:
         """Run one chat completion; with ``request.stream``, ``on_token`` gets every text delta."""
         ...

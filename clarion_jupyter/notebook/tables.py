@@ -11,6 +11,8 @@ from typing import Any
 
 @dataclass(slots=True)
 class Table:
+    """A small table for notebooks without pandas: HTML and text renderings of the same rows."""
+
     columns: list[str]
     rows: list[list[Any]]
     truncated: bool = False

@@ -27,6 +27,8 @@ WorkflowStore = DocumentStore
 
 @dataclass(slots=True)
 class RunPage:
+    """One page of stored run records, newest first, and the cursor of the next."""
+
     runs: list[RunRecord]
     next_cursor: str | None
 
@@ -41,6 +43,8 @@ class ActiveRun:
 
 
 class RunStore(Protocol):
+    """Where runs, steps and events are durable; the engine writes only through it, so another database could stand behind it."""
+
     async def recover(self) -> None:
         """Make stored state whole after a stop or a crash, before the first write."""
 

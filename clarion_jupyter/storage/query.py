@@ -126,6 +126,8 @@ class QueryFailed(BadRequest):
 
 @dataclass(slots=True)
 class QueryResult:
+    """A history query's answer: columns, rows, and whether a row or byte cap cut it."""
+
     columns: list[str]
     rows: list[list[Any]]
     truncated: bool

@@ -59,6 +59,8 @@ STREAM_FULL = 10077
 
 
 class NatsQueue(BrokerQueue):
+    """Step jobs through a NATS JetStream work-queue stream, for ``clarion worker`` processes anywhere."""
+
     kind = "nats"
     transient = (
         nats.errors.ConnectionClosedError,

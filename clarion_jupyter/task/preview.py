@@ -18,6 +18,8 @@ from .registry import TaskRegistry
 
 
 class Previewer:
+    """Builds what a person reviews before a step with ``approval:`` acts, with the task's own ``preview``."""
+
     def __init__(self, registry: TaskRegistry, workspace: Workspace, settings: TaskSettings) -> None:
         self._registry = registry
         self._workspace = workspace

@@ -18,6 +18,8 @@ from .base import TaskContext, TaskSettings
 
 @dataclass(slots=True)
 class Job:
+    """One attempt of one step, as a worker needs it: the task, its resolved config, limits and the identity a result must carry."""
+
     run_id: str
     key: str
     step_id: str
@@ -102,6 +104,8 @@ class Delivery:
 
 
 class Queue(Protocol):
+    """Where jobs go and results come from: in process, or through a broker to workers elsewhere."""
+
     async def start(self) -> None: ...
     async def close(self) -> None: ...
 

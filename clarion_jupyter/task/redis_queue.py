@@ -44,6 +44,8 @@ command waits for a free one rather than failing. A URL's ``max_connections`` ov
 
 
 class RedisQueue(BrokerQueue):
+    """Step jobs through Redis Streams and consumer groups, for ``clarion worker`` processes anywhere."""
+
     kind = "redis"
     transient = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError)
     broker_errors = (redis.exceptions.RedisError, ConnectionError)

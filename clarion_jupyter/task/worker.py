@@ -27,6 +27,8 @@ CANCELLED_RUNS_KEPT = 10_000
 
 
 class Worker:
+    """Takes jobs from a queue and runs their tasks, a bounded number at once, in the engine or in ``clarion worker``."""
+
     def __init__(
         self,
         queue: Queue,

@@ -28,6 +28,8 @@ class StepInRun(BaseModel):
 
 
 class ComparedStep(BaseModel):
+    """One step key across the compared runs: each run's status, time, attempts, tokens, cost and output, and whether they differ."""
+
     key: str
     differs: bool
     per_run: list[StepInRun]
@@ -35,6 +37,8 @@ class ComparedStep(BaseModel):
 
 
 class ComparedRun(BaseModel):
+    """One compared run: its inputs, what it changed from its parent, and its totals."""
+
     run_id: str
     workflow_id: str
     status: str

@@ -98,6 +98,8 @@ class _Execution:
 
 
 class RunExecutor:
+    """Drives one run: starts ready steps, takes their results from one inbox, decides retries, skips and approvals, and records every transition before it is announced."""
+
     def __init__(
         self,
         plan: Plan,

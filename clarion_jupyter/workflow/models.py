@@ -99,6 +99,8 @@ def _approval_policy(value: Any) -> Any:
 
 
 class Step(_Strict):
+    """One step of a workflow document, as written; the compiler turns it into a node."""
+
     id: str = Field(pattern=STEP_ID_PATTERN)
     task: str
     name: str | None = None
@@ -139,6 +141,8 @@ StepItem = Annotated[
 
 
 class Workflow(_Strict):
+    """A workflow document (YAML or JSON), validated by one model whatever door it came through."""
+
     id: str = Field("", pattern=r"^$|" + SLUG_PATTERN)
     name: str = Field(min_length=1, max_length=200)
     description: str | None = None
@@ -234,6 +238,8 @@ def _locate(loc: list[Any], data: dict[str, Any]) -> tuple[str | None, str]:
 
 
 class Usage(BaseModel):
+    """Tokens and cost of a step or a run (cost None when the model's price is unknown)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float | None = None

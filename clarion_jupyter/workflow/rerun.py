@@ -43,6 +43,8 @@ class StepOverride(BaseModel):
 
 
 class Overrides(BaseModel):
+    """What a re-run changes for itself only: agents' model, prompt and parameters, and steps' ``with``."""
+
     model_config = ConfigDict(extra="forbid")
 
     agents: dict[str, AgentOverride] = Field(default_factory=dict)

@@ -24,6 +24,8 @@ WorkflowSource = Workflow | dict[str, Any] | str | bytes
 
 
 class WorkflowValidator:
+    """The one judge of workflow documents: at save, at run and in ``clarion validate``, with the same limits and problems."""
+
     def __init__(
         self,
         registry: TaskRegistry,

@@ -67,6 +67,8 @@ def confine_file(workspace: Workspace, path: str, *, allow_protected: bool, verb
 
 
 class FileReadConfig(TaskConfig):
+    """What a ``file_read`` step reads, confined to the workspace and bounded in bytes."""
+
     path: str = Field(min_length=1, description="File to read, relative to the workspace root.")
     encoding: str = Field("utf-8", description="Text encoding; undecodable bytes become U+FFFD.")
     max_bytes: int | None = Field(
@@ -141,6 +143,8 @@ class FileChange(BaseModel):
 
 
 class FileWriteConfig(TaskConfig):
+    """What a ``file_write`` step changes: one file's content or patch, or a change set applied all or nothing."""
+
     path: str | None = Field(None, min_length=1, description="Target file, relative to the workspace root.")
     content: str | None = Field(None, description="Text to write to `path`.")
     mode: Literal["overwrite", "append", "create"] = Field(

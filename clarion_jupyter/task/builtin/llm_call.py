@@ -64,6 +64,8 @@ _JSON_FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*[ \t]*\n(?P<body>.*?)\n?```\s*$"
 
 
 class Message(BaseModel):
+    """One chat message of an ``llm_call``'s own conversation."""
+
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant"]
@@ -71,6 +73,8 @@ class Message(BaseModel):
 
 
 class LLMCallConfig(TaskConfig):
+    """An ``llm_call`` step: which agent, the prompt, and the settings a step may change for this call only."""
+
     agent: str = Field(min_length=1, description="Id of the agent that answers.")
     prompt: str | None = Field(None, description="The user message, sent after `messages`.")
     messages: list[Message] = Field(default_factory=list, description="Conversation before the prompt.")
