@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -275,10 +276,11 @@ async def test_a_server_killed_during_a_large_apply_ends_with_every_change_after
 
 
 async def test_a_worker_killed_during_a_large_apply_leaves_it_to_the_next_worker(
-    tmp_path: Path, applied: dict[str, Any]
+    tmp_path: Path, applied: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The intent lives in the workspace, where the task runs: the worker that gets the job
     next (its redelivery, after the visibility timeout) settles it, not the engine."""
+    monkeypatch.setenv("CLARION_QUEUE_SECRET", secrets.token_hex(32))  # broker messages are signed
     root = tmp_path / "ws"
     _seed(root)
     with RedisServer(tmp_path) as broker:
