@@ -112,7 +112,7 @@ async def start_run(api: Api, workflow_id: str, **body: Any) -> str:
     return reply.body["run_id"]
 
 
-async def wait_run(api: Api, run_id: str, timeout: float = 20.0) -> dict[str, Any]:
+async def wait_run(api: Api, run_id: str, timeout: float = 60.0) -> dict[str, Any]:
     """Poll until the run has ended; the run document."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -124,7 +124,7 @@ async def wait_run(api: Api, run_id: str, timeout: float = 20.0) -> dict[str, An
     raise AssertionError(f"run {run_id} did not end within {timeout}s: {run['status']}")
 
 
-async def wait_event(api: Api, run_id: str, event_type: str, step_id: str | None = None, timeout: float = 20.0) -> None:
+async def wait_event(api: Api, run_id: str, event_type: str, step_id: str | None = None, timeout: float = 60.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
