@@ -226,6 +226,25 @@ async def test_a_model_override_reaches_only_the_steps_that_use_that_agent(
     assert rerun.changes == {"overrides": {"agents": {"coder": {"model": "openai/better"}}}}
 
 
+async def test_a_model_override_reaches_an_agent_named_by_an_input(
+    tmp_path: Path, model_echo: OpenAIStubServer
+) -> None:
+    doc = {
+        "name": "by-input",
+        "inputs": {"who": {"type": "string", "default": "coder"}},
+        "steps": [ask("write", "{{ inputs.who }}"), ask("review", "reviewer")],
+    }
+    async with engine_at(tmp_path) as engine:
+        for agent in two_agents(model_echo):
+            await engine.create_agent(agent)
+        parent = await finished(engine, await engine.submit(doc))
+        overrides = {"agents": {"coder": {"model": "openai/better"}}}
+        rerun = await finished(engine, (await engine.rerun(parent.run_id, overrides=overrides)).run_id)
+    assert model_echo.request_count == 3
+    assert step(rerun, "write").output["text"] == "model=better"
+    assert step(rerun, "review").reused_from is not None
+
+
 async def test_a_step_override_changes_that_step_for_this_run_only(tmp_path: Path) -> None:
     doc = {"name": "steps", "steps": [echo("a", 1), echo("b", 2), echo("c", "{{ steps.b.output.value }}")]}
     async with engine_at(tmp_path) as engine:
