@@ -22,6 +22,7 @@ from notebook_support import ECHO3, Shell
 from clarion_jupyter import Engine
 from clarion_jupyter.core.errors import Conflict, ValidationFailed
 from clarion_jupyter.testing import OpenAIStubServer
+from clarion_jupyter.testing.clarion_v2 import v2_agent, v2_run, write_clarion_db
 from clarion_jupyter.workflow.models import StepRun, WorkflowRun
 
 pytestmark = pytest.mark.timeout(60)
@@ -166,6 +167,25 @@ async def test_parallel_members_each_count_as_a_step(tmp_path: Path) -> None:
         rerun = await finished(engine, (await engine.rerun(parent.run_id, from_step="p1")).run_id)
     assert sorted(logged(tmp_path / "calls.log")) == ["p0", "p1", "p1", "p2"]
     assert {s.key for s in rerun.steps if s.reused_from} == {"p0", "p2"}
+
+
+async def test_a_failed_run_imported_from_v2_runs_again_with_its_agent(
+    tmp_path: Path, model_echo: OpenAIStubServer
+) -> None:
+    agent = v2_agent("a-1", "Editor")
+    failed = v2_run("run-1714557607000", prompt="Fix it", agent=agent, status="error", error="401 Unauthorized")
+    db = write_clarion_db(tmp_path / "clarion.db", agents=[agent], runs=[("p", failed, "2024-05-01 10:00:07")])
+    async with engine_at(tmp_path) as engine:
+        await engine.import_v2(db)
+        (imported,) = await engine.list_agents()
+        await engine.replace_agent(
+            imported.id, {**imported.model_dump(), "api_base": model_echo.url, "api_key_env": None}
+        )
+        (parent,) = (await engine.list_runs()).runs
+        rerun = await finished(engine, (await engine.rerun(parent.run_id)).run_id)
+    assert parent.status.value == "failed" and rerun.status.value == "succeeded", rerun.error
+    assert model_echo.request_count == 1
+    assert rerun.parent_run_id == parent.run_id
 
 
 async def test_rerun_of_an_unknown_step_names_the_field(tmp_path: Path) -> None:

@@ -86,8 +86,10 @@ def plan_rerun(
     """Decide what a re-run of ``parent`` runs again; :class:`ValidationFailed` names the field."""
     document = _with_step_overrides(parent.workflow, request.overrides.steps)
     plan = compile_(document)
-    inputs = plan.resolve_inputs({**parent.inputs, **request.inputs})
-    changed_inputs = {k for k in inputs.keys() | parent.inputs.keys() if inputs.get(k) != parent.inputs.get(k)}
+    # Only the inputs the workflow declares carry over: a run imported from v2 kept more (its project, its id).
+    declared = plan.workflow.inputs
+    inputs = plan.resolve_inputs({**{k: v for k, v in parent.inputs.items() if k in declared}, **request.inputs})
+    changed_inputs = {k for k in declared if inputs.get(k) != parent.inputs.get(k)}
     problems = []
     if request.from_step is not None and request.from_step not in plan.nodes:
         problems.append(_problem("from_step", f"unknown step '{request.from_step}'"))
