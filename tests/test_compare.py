@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from conftest_server import Api, create_workflow, start_run, wait_run
+from notebook_support import ECHO3, Shell
 
 from clarion_jupyter import Engine
 from clarion_jupyter.core.errors import ValidationFailed
@@ -101,3 +102,13 @@ def test_word_diff_marks_only_the_changed_words() -> None:
 )
 def test_structural_diff_lists_the_paths_that_differ(before: Any, after: Any, expected: list[Any]) -> None:
     assert structural_diff(before, after) == expected
+
+
+def test_the_compare_magic_and_run_compare_show_the_differing_steps(shell: Shell) -> None:
+    shell.cell("", ECHO3)
+    first = shell.last
+    shell.cell("--input word=yo", ECHO3)
+    second = shell.last
+    shown = shell.line(f"compare {first.run_id} {second.run_id}").result
+    assert isinstance(shown, Comparison) and shown.differing == ["one", "two", "three"]
+    assert first.compare(first).differing == []

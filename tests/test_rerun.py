@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,10 +17,12 @@ from typing import Any
 
 import pytest
 from conftest_server import Api, create_workflow, start_run, wait_run
+from notebook_support import ECHO3, Shell
 
 from clarion_jupyter import Engine
 from clarion_jupyter.core.errors import Conflict, ValidationFailed
 from clarion_jupyter.testing import OpenAIStubServer
+from clarion_jupyter.testing.clarion_v2 import v2_agent, v2_run, write_clarion_db
 from clarion_jupyter.workflow.models import StepRun, WorkflowRun
 
 pytestmark = pytest.mark.timeout(60)
@@ -139,6 +143,51 @@ async def test_a_for_each_no_change_reaches_is_reused_with_its_items(tmp_path: P
     assert step(rerun, "each").output == step(parent, "each").output
 
 
+async def test_an_approved_step_no_change_reaches_is_reused_without_asking_again(tmp_path: Path) -> None:
+    gated = echo("gated", "ok", approval={"message": "go?"})
+    doc = {"name": "gate", "steps": [gated, echo("after", "{{ steps.gated.output.value }}!")]}
+    async with engine_at(tmp_path) as engine:
+        run_id = await engine.submit(doc)
+        while not (await engine.get_run(run_id)).approvals:
+            await asyncio.sleep(0.02)
+        await engine.approve(run_id, "gated")
+        parent = await finished(engine, run_id)
+        rerun = await finished(engine, (await engine.rerun(parent.run_id, from_step="after")).run_id)
+        events = await engine.events(rerun.run_id)
+    assert rerun.status.value == "succeeded"
+    assert not [e for e in events if e.type == "approval_requested"]
+    assert step(rerun, "gated").reused_from == {"run_id": parent.run_id, "attempt": 1}
+
+
+async def test_parallel_members_each_count_as_a_step(tmp_path: Path) -> None:
+    members = [{"id": f"p{i}", "task": "shell", "with": {"command": f"echo p{i} >> calls.log"}} for i in range(3)]
+    doc = {"name": "fan", "steps": [{"parallel": members}, echo("join", "{{ steps.p1.output.exit_code }}")]}
+    async with engine_at(tmp_path) as engine:
+        parent = await finished(engine, await engine.submit(doc))
+        rerun = await finished(engine, (await engine.rerun(parent.run_id, from_step="p1")).run_id)
+    assert sorted(logged(tmp_path / "calls.log")) == ["p0", "p1", "p1", "p2"]
+    assert {s.key for s in rerun.steps if s.reused_from} == {"p0", "p2"}
+
+
+async def test_a_failed_run_imported_from_v2_runs_again_with_its_agent(
+    tmp_path: Path, model_echo: OpenAIStubServer
+) -> None:
+    agent = v2_agent("a-1", "Editor")
+    failed = v2_run("run-1714557607000", prompt="Fix it", agent=agent, status="error", error="401 Unauthorized")
+    db = write_clarion_db(tmp_path / "clarion.db", agents=[agent], runs=[("p", failed, "2024-05-01 10:00:07")])
+    async with engine_at(tmp_path) as engine:
+        await engine.import_v2(db)
+        (imported,) = await engine.list_agents()
+        await engine.replace_agent(
+            imported.id, {**imported.model_dump(), "api_base": model_echo.url, "api_key_env": None}
+        )
+        (parent,) = (await engine.list_runs()).runs
+        rerun = await finished(engine, (await engine.rerun(parent.run_id)).run_id)
+    assert parent.status.value == "failed" and rerun.status.value == "succeeded", rerun.error
+    assert model_echo.request_count == 1
+    assert rerun.parent_run_id == parent.run_id
+
+
 async def test_rerun_of_an_unknown_step_names_the_field(tmp_path: Path) -> None:
     async with engine_at(tmp_path) as engine:
         parent = await finished(engine, await engine.submit({"name": "one", "steps": [echo("a", 1)]}))
@@ -197,6 +246,25 @@ async def test_a_model_override_reaches_only_the_steps_that_use_that_agent(
     assert rerun.changes == {"overrides": {"agents": {"coder": {"model": "openai/better"}}}}
 
 
+async def test_a_model_override_reaches_an_agent_named_by_an_input(
+    tmp_path: Path, model_echo: OpenAIStubServer
+) -> None:
+    doc = {
+        "name": "by-input",
+        "inputs": {"who": {"type": "string", "default": "coder"}},
+        "steps": [ask("write", "{{ inputs.who }}"), ask("review", "reviewer")],
+    }
+    async with engine_at(tmp_path) as engine:
+        for agent in two_agents(model_echo):
+            await engine.create_agent(agent)
+        parent = await finished(engine, await engine.submit(doc))
+        overrides = {"agents": {"coder": {"model": "openai/better"}}}
+        rerun = await finished(engine, (await engine.rerun(parent.run_id, overrides=overrides)).run_id)
+    assert model_echo.request_count == 3
+    assert step(rerun, "write").output["text"] == "model=better"
+    assert step(rerun, "review").reused_from is not None
+
+
 async def test_a_step_override_changes_that_step_for_this_run_only(tmp_path: Path) -> None:
     doc = {"name": "steps", "steps": [echo("a", 1), echo("b", 2), echo("c", "{{ steps.b.output.value }}")]}
     async with engine_at(tmp_path) as engine:
@@ -238,3 +306,31 @@ async def test_a_bad_rerun_body_is_a_422_naming_the_field(api: Api) -> None:
     reply = await api("POST", "runs", parent["run_id"], "rerun", body={"overrides": {"steps": {"a": {"wth": {}}}}})
     assert reply.status == 422
     assert "overrides" in json.dumps(reply.body)
+
+
+# -- the CLI, the magic and the Run handle ----------------------------------------------
+
+
+async def test_clarion_rerun_from_a_step_reuses_the_steps_before_it(tmp_path: Path) -> None:
+    async with Engine(tmp_path / "x.duckdb", workspace_root=tmp_path) as engine:
+        parent = await finished(engine, await engine.submit(chain_of_20()))
+    command = [sys.executable, "-m", "clarion_jupyter.cli", "rerun", parent.run_id, "--from", "s18", "--json"]
+    command += ["--db", str(tmp_path / "x.duckdb"), "--workspace", str(tmp_path)]
+    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rerun = json.loads(done.stdout)
+    assert rerun["parent_run_id"] == parent.run_id
+    assert [s["key"] for s in rerun["steps"] if s["reused_from"] is None] == ["s18", "s19"]
+    assert logged(tmp_path / "calls.log")[19:] == ["s18", "s19"]
+
+
+def test_the_rerun_magic_and_run_rerun_change_an_input(shell: Shell) -> None:
+    shell.cell("", ECHO3)
+    parent = shell.last
+    shell.line(f"rerun {parent.run_id} --input word=yo --name again")
+    again = shell.ip.user_ns["again"]
+    assert again.outputs == {"said": "yo!!"}
+    assert again.document().parent_run_id == parent.run_id
+    third = again.rerun(from_step="three")
+    assert third.wait(timeout=20).outputs == {"said": "yo!!"}
+    assert [s.key for s in third.steps if s.reused_from] == ["one", "two"]

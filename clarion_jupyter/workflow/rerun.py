@@ -22,6 +22,7 @@ from ..core.protocol import StepStatus
 from ..storage.records import RunRecord, StepRecord, latest_attempts
 from .compiler import Node, Plan
 from .models import pydantic_problems
+from .templates import TemplateError, compile_value
 
 
 class AgentOverride(BaseModel):
@@ -87,12 +88,15 @@ def plan_rerun(
     """Decide what a re-run of ``parent`` runs again; :class:`ValidationFailed` names the field."""
     document = _with_step_overrides(parent.workflow, request.overrides.steps)
     plan = compile_(document)
-    inputs = plan.resolve_inputs({**parent.inputs, **request.inputs})
-    changed_inputs = {k for k in inputs.keys() | parent.inputs.keys() if inputs.get(k) != parent.inputs.get(k)}
+    # Only the inputs the workflow declares carry over: a run imported from v2 kept more (its project, its id).
+    declared = plan.workflow.inputs
+    inputs = plan.resolve_inputs({**{k: v for k, v in parent.inputs.items() if k in declared}, **request.inputs})
+    changed_inputs = {k for k in declared if inputs.get(k) != parent.inputs.get(k)}
     problems = []
     if request.from_step is not None and request.from_step not in plan.nodes:
         problems.append(_problem("from_step", f"unknown step '{request.from_step}'"))
-    used_agents = {agent for node in plan.nodes.values() if isinstance(agent := node.step.with_.get("agent"), str)}
+    agent_of = {node_id: _agent_of(node, parent.inputs) for node_id, node in plan.nodes.items()}
+    used_agents = set(agent_of.values()) - {None}
     problems += [
         _problem(f"overrides.agents.{agent_id}", f"no step of this workflow uses agent '{agent_id}'")
         for agent_id in request.overrides.agents
@@ -106,7 +110,7 @@ def plan_rerun(
         for node_id, node in plan.nodes.items()
         if node_id == request.from_step
         or node_id in request.overrides.steps
-        or node.step.with_.get("agent") in agents
+        or agent_of[node_id] in agents
         or _reads(node, "inputs") & changed_inputs
     }
     latest = latest_attempts(steps)
@@ -142,6 +146,19 @@ def _with_step_overrides(document: dict[str, Any], overrides: dict[str, StepOver
             [_problem(f"overrides.steps.{step_id}", f"unknown step '{step_id}'") for step_id in missing], what="re-run"
         )
     return document
+
+
+def _agent_of(node: Node, inputs: dict[str, Any]) -> str | None:
+    """The agent a step asked in the parent run: its ``with.agent``, rendered when it is a
+    template of the inputs (``{{ inputs.agent }}``, as agent runs and v2's imported runs name it)."""
+    agent = node.step.with_.get("agent")
+    if not isinstance(agent, str):
+        return None
+    try:
+        rendered = compile_value(agent).render({"inputs": inputs, "steps": {}})
+    except TemplateError:  # it reads another step's output: known only while the run goes on
+        return None
+    return rendered if isinstance(rendered, str) else None
 
 
 def _reads(node: Node, kind: str) -> frozenset[str]:
