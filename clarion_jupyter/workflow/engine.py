@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 from opentelemetry.trace import Tracer
@@ -43,6 +42,7 @@ from .bus import EventBus, Subscription
 from .compiler import Plan, compile_workflow
 from .executor import RunExecutor
 from .models import Decision, RunPage, WorkflowRun, parse_workflow
+from .plans import PlanCache
 from .runs import run_document
 from .service import WorkflowService
 from .telemetry import Telemetry
@@ -106,8 +106,8 @@ class Engine:
         self._active: dict[str, RunExecutor] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
-        self._saved_plans: dict[str, tuple[datetime, Plan]] = {}
-        """Compiled saved workflows by id, with the version (updated_at) they were compiled from."""
+        self._plans = PlanCache(self.validator)
+        """Compiled plans by document digest, for ad-hoc and saved documents alike."""
         self.started = False
         self.resumed: list[str] = []
 
@@ -207,17 +207,14 @@ class Engine:
     ) -> str:
         """Validate and start a run of a document, without saving it; returns its id once the
         run is durably queued. A :class:`Plan` from :meth:`compile` is not compiled again."""
-        plan = workflow if isinstance(workflow, Plan) else self.compile(workflow)
+        plan = workflow if isinstance(workflow, Plan) else self._plans.plan(workflow)
         return await self._start(plan, inputs, idempotency_key)
 
     async def submit_saved(
         self, workflow_id: str, inputs: dict[str, Any] | None = None, *, idempotency_key: str | None = None
     ) -> str:
         stored = await self.workflows.get(workflow_id)
-        cached = self._saved_plans.get(workflow_id)
-        if cached is None or cached[0] != stored.updated_at:
-            cached = self._saved_plans[workflow_id] = (stored.updated_at, self.compile(stored.doc))
-        return await self._start(cached[1], inputs, idempotency_key)
+        return await self._start(self._plans.plan(stored.doc), inputs, idempotency_key)
 
     async def _start(self, plan: Plan, inputs: dict[str, Any] | None, key: str | None) -> str:
         self._require_started()
