@@ -32,8 +32,9 @@ from ..storage.writer import GroupCommitWriter
 from ..task.base import DEFAULT_MAX_OUTPUT_BYTES, TaskFailed, TaskSettings
 from ..task.broker import DROP_REASONS, redact
 from ..task.builtin.llm_call import LLMCallTask, chosen_file_problem, prepare_call
+from ..task.local import LocalQueue
 from ..task.preview import Previewer
-from ..task.queue import Queue
+from ..task.queue import JobResult, Queue
 from ..task.queues import make_queue
 from ..task.registry import TaskRegistry
 from ..task.worker import Worker
@@ -153,6 +154,8 @@ class Engine:
         self.resumed = await self.resume()
         # Results are routed once the resumed runs can take them (an adopted job's may be waiting).
         self._router = asyncio.create_task(self._route_results(), name="clarion-results")
+        if isinstance(self._queue, LocalQueue):
+            self._queue.deliver_to(self._route)
         if self.resumed:
             log.info("resumed %d interrupted run(s)", len(self.resumed))
 
@@ -189,9 +192,12 @@ class Engine:
 
     async def _route_results(self) -> None:
         async for result in self._queue.results():
-            executor = self._active.get(result.run_id)
-            if executor is not None:
-                executor.post(result)
+            self._route(result)
+
+    def _route(self, result: JobResult) -> None:
+        executor = self._active.get(result.run_id)
+        if executor is not None:
+            executor.post(result)
 
     # -- runs --------------------------------------------------------------------
 
