@@ -28,13 +28,7 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from clarion_jupyter import Agent, Engine
-from clarion_jupyter.testing.workloads import chain, timed_run
-
-
-def fan_out(n: int) -> dict[str, Any]:
-    group = [{"id": f"p{i}", "task": "echo", "with": {"value": i}} for i in range(n)]
-    join = {"id": "join", "task": "echo", "with": {"value": "{{ steps.p0.output.value + steps.p199.output.value }}"}}
-    return {"name": f"fan-{n}", "steps": [{"parallel": group}, join]}
+from clarion_jupyter.testing.workloads import chain, fan_out, timed_run
 
 
 def peak_rss_mb() -> float:

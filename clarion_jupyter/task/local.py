@@ -16,6 +16,7 @@ class LocalQueue:
         self._jobs: asyncio.Queue[Job] = asyncio.Queue(maxsize)
         self._results: asyncio.Queue[JobResult] = asyncio.Queue()
         self._cancel_callbacks: list[Callable[[str], None]] = []
+        self._sink: Callable[[JobResult], None] | None = None
         self.url = "local"
 
     async def start(self) -> None:
@@ -38,7 +39,17 @@ class LocalQueue:
         await self._jobs.put(delivery.job)
 
     async def report(self, result: JobResult) -> None:
-        self._results.put_nowait(result)
+        if self._sink is not None:
+            self._sink(result)
+        else:
+            self._results.put_nowait(result)
+
+    def deliver_to(self, sink: Callable[[JobResult], None]) -> None:
+        """From now on hand each result to ``sink`` within the worker's report: in one process a
+        result then reaches its run without waiting for a router task's turn of the loop (each
+        turn polls the selector, which lets the commit thread take the GIL). Results reported
+        before stay in :meth:`results`."""
+        self._sink = sink
 
     async def results(self) -> AsyncIterator[JobResult]:
         while True:

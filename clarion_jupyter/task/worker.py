@@ -137,8 +137,9 @@ class Worker:
     def _masked(self, result: JobResult) -> JobResult:
         """What leaves the worker carries no secret value (outputs, errors, progress data), and
         its error message no absolute workspace path."""
-        mask = self._masker.mask
-        result.output, result.error, result.data = mask(result.output), mask(result.error), mask(result.data)
+        mask = self._masker.masking()  # the secrets looked up once for the three fields
+        if mask is not None:
+            result.output, result.error, result.data = mask(result.output), mask(result.error), mask(result.data)
         if result.error is not None and isinstance(result.error.get("message"), str):
             result.error["message"] = self._workspace.scrub(result.error["message"])
         return result

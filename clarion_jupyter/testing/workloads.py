@@ -18,6 +18,17 @@ def chain(n: int) -> dict[str, Any]:
     return {"name": f"chain-{n}", "steps": steps}
 
 
+def fan_out(n: int) -> dict[str, Any]:
+    """``n`` parallel echo steps and a join step that reads the first and the last."""
+    group = [{"id": f"p{i}", "task": "echo", "with": {"value": i}} for i in range(n)]
+    join = {
+        "id": "join",
+        "task": "echo",
+        "with": {"value": f"{{{{ steps.p0.output.value + steps.p{n - 1}.output.value }}}}"},
+    }
+    return {"name": f"fan-{n}", "steps": [{"parallel": group}, join]}
+
+
 async def timed_run(engine: Engine, workflow: dict[str, Any]) -> float:
     """Seconds from submit to the end of a run, which must succeed."""
     start = time.perf_counter()

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 from opentelemetry.trace import Tracer
@@ -33,8 +32,9 @@ from ..storage.records import Event, RunRecord, StoredDocument, utcnow
 from ..storage.writer import GroupCommitWriter, refusal
 from ..task.base import DEFAULT_MAX_OUTPUT_BYTES, TaskSettings
 from ..task.broker import DROP_REASONS, redact
+from ..task.local import LocalQueue
 from ..task.preview import Previewer
-from ..task.queue import Queue
+from ..task.queue import JobResult, Queue
 from ..task.queues import make_queue
 from ..task.registry import TaskRegistry
 from ..task.worker import Worker
@@ -45,6 +45,7 @@ from .compare import RunComparison, compare_runs
 from .compiler import Plan, compile_workflow
 from .executor import RunExecutor
 from .models import Decision, RunPage, WorkflowRun, parse_workflow
+from .plans import PlanCache
 from .rerun import Rerun, agent_overrides, plan_rerun, rerun_request
 from .runs import run_document
 from .service import WorkflowService
@@ -110,8 +111,8 @@ class Engine:
         self._worker: Worker | None = None
         self._router: asyncio.Task[None] | None = None
         self._runs_live = RunSupervisor()
-        self._saved_plans: dict[str, tuple[datetime, Plan]] = {}
-        """Compiled saved workflows by id, with the version (updated_at) they were compiled from."""
+        self._plans = PlanCache(self.validator)
+        """Compiled plans by document digest, for ad-hoc and saved documents alike."""
         self.started = False
         self.resumed: list[str] = []
 
@@ -157,6 +158,8 @@ class Engine:
         self.resumed = await self.resume()
         # Results are routed once the resumed runs can take them (an adopted job's may be waiting).
         self._router = asyncio.create_task(self._route_results(), name="clarion-results")
+        if isinstance(self._queue, LocalQueue):
+            self._queue.deliver_to(self._route)
         if self.resumed:
             log.info("resumed %d interrupted run(s)", len(self.resumed))
 
@@ -191,14 +194,18 @@ class Engine:
 
     async def _route_results(self) -> None:
         async for result in self._queue.results():
-            executor = self._runs_live.get(result.run_id)
-            if executor is not None:
-                executor.post(result)
+            self._route(result)
+
+    def _route(self, result: JobResult) -> None:
+        executor = self._runs_live.get(result.run_id)
+        if executor is not None:
+            executor.post(result)
 
     # -- runs --------------------------------------------------------------------
 
     def compile(self, workflow: WorkflowSource) -> Plan:
-        return self.validator.compile(workflow)
+        """The validated plan of a document, compiled once per distinct document."""
+        return self._plans.plan(workflow)
 
     async def submit(
         self,
@@ -218,10 +225,7 @@ class Engine:
         if workflow_id == V2_RUN_WORKFLOW_ID:  # a record of v2's runs: running one again is an agent run
             return await self.run_agent(*rerun_inputs(inputs or {}))
         stored = await self.workflows.get(workflow_id)
-        cached = self._saved_plans.get(workflow_id)
-        if cached is None or cached[0] != stored.updated_at:
-            cached = self._saved_plans[workflow_id] = (stored.updated_at, self.compile(stored.doc))
-        return await self._start(cached[1], inputs, idempotency_key)
+        return await self._start(self._plans.plan(stored.doc), inputs, idempotency_key)
 
     async def rerun(
         self,

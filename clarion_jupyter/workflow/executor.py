@@ -811,7 +811,7 @@ def _check_storable(value: Any, where: str, limit: int | None) -> None:
     for key, item in items:
         name = f"{where}.{key}" if key else where
         try:
-            size = len(json.dumps(item, default=_json_default, separators=(",", ":")))
+            size = len(_ENCODER.encode(item))
         except (TypeError, ValueError, RecursionError) as exc:
             raise TemplateError(f"field '{name}' is not a JSON value: {exc}") from None
         if limit is not None and size > limit:
@@ -826,3 +826,7 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Undefined):
         raise TypeError(f"a template gave an undefined value ({value._undefined_message})")
     raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+_ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"))
+"""Built once: ``json.dumps`` with options builds an encoder per call, twice per step."""

@@ -42,9 +42,7 @@ class WorkflowValidator:
     def compile(self, source: WorkflowSource) -> Plan:
         """The runnable plan of a document, or :class:`ValidationFailed` listing every problem."""
         workflow = parse_workflow(source)
-        document = workflow.to_document()
-        if found := self._masker.locate(document):
-            raise ValidationFailed([_secret_problem(document, path, name) for path, name in found])
+        self.refuse_secrets(workflow.to_document())
         plan = compile_workflow(workflow, self.registry, self.max_steps)
         if not self.allow_shell:
             refused = [
@@ -60,6 +58,12 @@ class WorkflowValidator:
             if refused:
                 raise ValidationFailed(refused)
         return plan
+
+    def refuse_secrets(self, document: dict[str, Any]) -> None:
+        """:class:`ValidationFailed` when ``document`` holds the value of a secret set now: judged
+        at every run, also of a document compiled before (a key exported since then counts)."""
+        if found := self._masker.locate(document):
+            raise ValidationFailed([_secret_problem(document, path, name) for path, name in found])
 
 
 def _secret_problem(document: dict[str, Any], path: tuple[str | int, ...], name: str) -> Problem:
