@@ -113,6 +113,8 @@ def _step_event(state: State, kind: EventType, key: str, ts: str, data: dict[str
         change = {"status": StepStatus.retrying.value, "error": data.get("error"), "finished_at": ts}
     elif kind == EventType.step_completed:
         change = {"status": StepStatus.succeeded.value, "output": data.get("output"), "finished_at": ts}
+        if data.get("reused_from"):  # a re-run copied it from its parent: no task was called
+            change["reused_from"] = data["reused_from"]
         if data.get("usage"):
             change["usage"] = data["usage"]
             run["usage"] = _add_usage(run.get("usage"), data["usage"])

@@ -204,6 +204,9 @@ function reduceStepEvent(
       break;
     case EventType.step_completed:
       change = { status: StepStatus.succeeded, output: data.output ?? null, finished_at: event.ts };
+      if (data.reused_from) {
+        change.reused_from = data.reused_from;
+      }
       if (data.usage) {
         change.usage = data.usage;
         next.usage = addUsage(next.usage, data.usage);

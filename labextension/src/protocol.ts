@@ -96,6 +96,8 @@ export interface StepRun {
   output: JSONValue;
   error: RunError | null;
   usage: Usage | null;
+  /** A re-run copied this step's output from its parent run: no task was called. */
+  reused_from?: { run_id: string; attempt: number } | null;
 }
 
 export interface Approval {
