@@ -143,3 +143,15 @@ async def test_unexpected_server_error_is_500_json_without_details(api, clarion,
     error = assert_error(reply, 500, "internal")
     assert "secret internals" not in str(reply.body) and "Traceback" not in str(reply.body)
     assert error["details"] is None
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["multipart/form-data", "multipart/form-data; boundary=b0und"],
+    ids=["no boundary", "no final boundary"],
+)
+async def test_a_malformed_form_upload_is_400_not_500(api, content_type):
+    reply = await api("POST", "agents", "import", body=b"--b0und\r\nnot a part", headers={"Content-Type": content_type})
+    assert reply.status == 400, reply.body
+    assert reply.body["error"]["code"] == "bad_request"
+    assert "not a valid form upload" in reply.body["error"]["message"]

@@ -264,13 +264,16 @@ class SpooledUpload(ClarionHandler):
         await asyncio.to_thread(self._file.close)
         if self.media_type != "application/octet-stream":
             self.request.body = await self.spooled_body()
-            httputil.parse_body_arguments(
-                self.request.headers.get("Content-Type", ""),
-                self.request.body,
-                self.request.body_arguments,
-                self.request.files,
-                self.request.headers,
-            )
+            try:
+                httputil.parse_body_arguments(
+                    self.request.headers.get("Content-Type", ""),
+                    self.request.body,
+                    self.request.body_arguments,
+                    self.request.files,
+                    self.request.headers,
+                )
+            except httputil.HTTPInputError as exc:  # no boundary, no final boundary, a part without headers
+                raise BadRequest(f"the request body is not a valid form upload: {exc}") from None
 
     async def spooled_body(self) -> bytes:
         """The spooled body in memory, for what is not read from the file: within ``max_body_bytes``."""
