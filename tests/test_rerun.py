@@ -138,7 +138,7 @@ async def test_a_for_each_no_change_reaches_is_reused_with_its_items(tmp_path: P
     async with engine_at(tmp_path) as engine:
         parent = await finished(engine, await engine.submit(doc))
         rerun = await finished(engine, (await engine.rerun(parent.run_id, from_step="last")).run_id)
-    assert logged(tmp_path / "calls.log") == ["1", "2", "3"]
+    assert sorted(logged(tmp_path / "calls.log")) == ["1", "2", "3"]  # items run concurrently, once each
     assert {s.key for s in rerun.steps if s.reused_from} == {"each", "each[0]", "each[1]", "each[2]"}
     assert step(rerun, "each").output == step(parent, "each").output
 
