@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+
+from playwright.async_api import TimeoutError as PlaywrightTimeout
+
 from clarion_jupyter.testing.browser import DARK_THEME, chromium
 
 from .conftest import api, save, wait_for_run, wait_until_the_workspace_forgets
@@ -373,7 +377,10 @@ async def test_a_run_is_rerun_with_its_inputs_and_opened_in_a_notebook(lab, shot
         await shots(page, "notebook")
         assert console_errors(page) == []
         # Closed unsaved, so that the next test's page does not restore it and ask for its kernel.
-        if await page.locator(".jp-Dialog:has-text('Select Kernel')").count():  # Lab may ask for the new notebook's
+        # Lab may ask for the new notebook's kernel, a moment after the notebook shows: wait for it.
+        asked = page.locator(".jp-Dialog:has-text('Select Kernel')")
+        with contextlib.suppress(PlaywrightTimeout):
+            await asked.wait_for(timeout=5_000)
             await page.click(".jp-Dialog .jp-Dialog-button:has-text('Select')")
             await page.wait_for_selector(".jp-Dialog", state="detached")
         await page.click(".lm-MenuBar-itemLabel:text-is('File')")
