@@ -20,7 +20,7 @@ from ..core.protocol import EventType, RunStatus
 from ..settings import configured_engine, configured_traits, task_settings
 from ..task.registry import TaskRegistry
 from ..workflow.agent_run import AgentRunRequest
-from ..workflow.agent_runs import context_lines
+from ..workflow.agent_runs import context_lines, refuse_over_cap
 from ..workflow.compare import RunComparison
 from ..workflow.engine import Engine
 from ..workflow.models import Workflow, WorkflowRun, parse_workflow
@@ -110,6 +110,13 @@ async def _follow(clarion: Clarion, run_id: str, progress: Progress | None, sinc
     return await clarion.get_run(run_id)
 
 
+async def _announced(clarion: Clarion, run_id: str, progress: Progress | None, title: str) -> WorkflowRun:
+    """Say which run this is (not with ``--json``), then follow it as :func:`_follow` does."""
+    if progress:
+        print(title, flush=True)
+    return await _follow(clarion, run_id, progress)
+
+
 def _finish(run: WorkflowRun, progress: Progress | None) -> int:
     """Exit 0 only when the run succeeded; 3 while it waits for a decision (a script must not go
     on as if it were done), 1 when it failed or was cancelled."""
@@ -135,9 +142,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
             await save_workflow(clarion, workflow, text)
         run_id = await clarion.submit(workflow, inputs)
         progress = None if args.json else Progress(sys.stdout)
-        if progress:
-            print(f"run {run_id}: {workflow.name}", flush=True)
-        run = await _follow(clarion, run_id, progress)
+        run = await _announced(clarion, run_id, progress, f"run {run_id}: {workflow.name}")
     return _finish(run, progress)
 
 
@@ -149,9 +154,7 @@ async def cmd_rerun(args: argparse.Namespace) -> int:
         overrides = model_overrides(parent.workflow or {}, args.model, args.agent) if args.model else None
         run = await clarion.rerun(parent.run_id, from_step=args.from_step, inputs=inputs, overrides=overrides)
         progress = None if args.json else Progress(sys.stdout)
-        if progress:
-            print(f"run {run.run_id}: re-run of {parent.run_id}", flush=True)
-        run = await _follow(clarion, run.run_id, progress)
+        run = await _announced(clarion, run.run_id, progress, f"run {run.run_id}: re-run of {parent.run_id}")
     return _finish(run, progress)
 
 
@@ -286,13 +289,10 @@ async def cmd_agent_run(args: argparse.Namespace) -> int:
         prompt = await clarion.prompt_agent(args.agent, request)
         if not args.json:
             print("\n".join(context_lines(prompt)), flush=True)  # what is sent is known before it is sent
-        if problem := (prompt.get("context") or {}).get("problem"):
-            raise ClarionError(f"nothing was sent: {problem}")
+        refuse_over_cap(prompt)
         run_id = await clarion.run_agent(args.agent, request)
         progress = None if args.json else ReplyProgress(sys.stdout)
-        if progress:
-            print(f"run {run_id}: agent {args.agent}", flush=True)
-        run = await _follow(clarion, run_id, progress)
+        run = await _announced(clarion, run_id, progress, f"run {run_id}: agent {args.agent}")
     return _finish(run, progress)
 
 

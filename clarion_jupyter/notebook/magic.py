@@ -27,7 +27,7 @@ from ..api import save_agent, save_workflow
 from ..core.errors import ClarionError, ValidationFailed
 from ..core.protocol import RunStatus
 from ..workflow.agent_run import AgentRunRequest
-from ..workflow.agent_runs import context_lines
+from ..workflow.agent_runs import context_lines, refuse_over_cap
 from ..workflow.models import load_document, parse_workflow, pydantic_problems
 from .loop import BackgroundLoop
 from .run import Run
@@ -218,8 +218,7 @@ class ClarionMagics(Magics):
             raise ValidationFailed(pydantic_problems(exc, doc), what="agent run") from None
         prompt = self.loop.run(clarion.prompt_agent(opts.agent_id, request))
         print("\n".join(context_lines(prompt)))  # what is sent is known before it is sent
-        if problem := (prompt.get("context") or {}).get("problem"):
-            raise UsageError(f"%%clarion agent: nothing was sent: {problem}")
+        refuse_over_cap(prompt)
         run_id = self.loop.run(clarion.run_agent(opts.agent_id, request))
         return self._present(Run(session, run_id, agent=True), opts.no_wait, opts.name)
 

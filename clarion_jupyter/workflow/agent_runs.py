@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..agent.service import AgentService
-from ..core.errors import Problem, ValidationFailed
+from ..core.errors import BadRequest, Problem, ValidationFailed
 from ..core.workspace import Workspace
 from ..task.base import TaskFailed
 from ..task.builtin.llm_call import LLMCallTask, chosen_file_problem, prepare_call
@@ -91,6 +91,12 @@ class AgentRuns:
             for index, path in enumerate(files)
             if (problem := chosen_file_problem(self._workspace, path)) is not None
         ]
+
+
+def refuse_over_cap(prompt: dict[str, Any]) -> None:
+    """A prepared prompt whose context is over its cap is not sent: :class:`BadRequest` saying why."""
+    if problem := (prompt.get("context") or {}).get("problem"):
+        raise BadRequest(f"nothing was sent: {problem}")
 
 
 def context_lines(prompt: dict[str, Any], largest: int = 10) -> list[str]:
