@@ -14,6 +14,7 @@ from typing import Any
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from clarion_jupyter.testing.browser import chromium, lab_server, open_lab
 
@@ -156,13 +157,20 @@ BUTTON_CELLS = [
 ]
 
 
-async def click_in_cell(page: Any, index: int, ready: str, button: str, done: str) -> float:
-    """Waits for ``ready`` in cell ``index``, clicks ``button`` there; seconds until ``done`` shows."""
+async def click_in_cell(server: Any, page: Any, index: int, ready: str, button: str, done: str) -> float:
+    """Waits for ``ready`` in cell ``index``, clicks ``button`` there; seconds until ``done`` shows.
+    A wait that times out says what the cell, the server's runs and its log showed."""
     cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
-    await cell.locator(ready).first.wait_for(timeout=90_000)
-    started = time.monotonic()
-    await cell.locator(button).first.click()
-    await cell.locator(done).first.wait_for(timeout=30_000)
+    try:
+        await cell.locator(ready).first.wait_for(timeout=90_000)
+        started = time.monotonic()
+        await cell.locator(button).first.click()
+        await cell.locator(done).first.wait_for(timeout=30_000)
+    except PlaywrightTimeout as exc:
+        runs = [(r["workflow_name"], r["status"]) for r in (await server.request("GET", "runs?limit=50"))["runs"]]
+        raise AssertionError(
+            f"cell {index}: {exc}\ncell text: {await cell.inner_text()}\nruns: {runs}\nlog:\n{server.log_tail()}"
+        ) from None
     return time.monotonic() - started
 
 
@@ -177,16 +185,16 @@ async def test_the_widget_buttons_act_while_their_cell_blocks_and_the_cell_goes_
             try:
                 await run_all(page)
                 took = {
-                    "cancel": await click_in_cell(page, 2, ".clarion-step[data-key='nap'][data-status='running']",
-                                                  "button:has-text('Cancel')", header.format("cancelled")),
-                    "approve": await click_in_cell(page, 3, "button:has-text('Approve gate')",
-                                                   "button:has-text('Approve gate')", header.format("succeeded")),
-                    "reject": await click_in_cell(page, 4, "button:has-text('Reject')",
-                                                  "button:has-text('Reject')", header.format("failed")),
-                    "discard": await click_in_cell(page, 5, "button:has-text('Discard'):visible",
-                                                   "button:has-text('Discard'):visible", ".clarion-discarded"),
-                    "apply": await click_in_cell(page, 6, "button:has-text('Apply'):visible",
-                                                 "button:has-text('Apply'):visible", header.format("succeeded")),
+                    "cancel": await click_in_cell(server, page, 2, ".clarion-step[data-key='nap'][data-status='running']",
+                                                          "button:has-text('Cancel')", header.format("cancelled")),
+                    "approve": await click_in_cell(server, page, 3, "button:has-text('Approve gate')",
+                                                           "button:has-text('Approve gate')", header.format("succeeded")),
+                    "reject": await click_in_cell(server, page, 4, "button:has-text('Reject')",
+                                                          "button:has-text('Reject')", header.format("failed")),
+                    "discard": await click_in_cell(server, page, 5, "button:has-text('Discard'):visible",
+                                                           "button:has-text('Discard'):visible", ".clarion-discarded"),
+                    "apply": await click_in_cell(server, page, 6, "button:has-text('Apply'):visible",
+                                                         "button:has-text('Apply'):visible", header.format("succeeded")),
                 }  # fmt: skip
                 await page.get_by_text("all cells ran", exact=True).wait_for(timeout=30_000)
             finally:

@@ -23,6 +23,7 @@ from ..workflow.agent_run import AgentRunRequest
 from ..workflow.agent_runs import context_lines, refuse_over_cap
 from ..workflow.compare import RunComparison
 from ..workflow.engine import Engine
+from ..workflow.fold import fold, initial
 from ..workflow.models import Workflow, WorkflowRun, parse_workflow
 from ..workflow.rerun import model_overrides
 from ..workflow.v2_rerun import rerun_imported
@@ -91,23 +92,22 @@ async def _clarion(args: argparse.Namespace) -> AsyncIterator[Clarion]:
 
 async def _follow(clarion: Clarion, run_id: str, progress: Progress | None, since: int = 0) -> WorkflowRun:
     """Print the run's events until it ends, or waits for a person (then the CLI's part is done:
-    the run stays waiting, durably, until ``clarion approve`` or ``reject``)."""
-    asked: set[str] = set()
+    the run stays waiting, durably, until ``clarion approve`` or ``reject``). The run's state is
+    the one event fold's, as in the notebook and the sidebar: no refetch per event."""
+    start = await clarion.get_run(run_id)
+    state = initial(start.model_dump(mode="json"))
     try:
         async for event in clarion.subscribe(run_id, since):
             if progress:
                 progress.event(event)
-            if event.type == EventType.approval_requested:
-                asked.add(event.step_id)
-            elif event.type in (EventType.approval_granted, EventType.approval_rejected):
-                asked.discard(event.step_id)
-            if asked and (run := await clarion.get_run(run_id)).status == RunStatus.waiting:
-                return run
+            state = fold(state, event.as_dict())
+            if state["run"]["status"] == RunStatus.waiting.value:
+                break
     except asyncio.CancelledError:
         await clarion.cancel(run_id)
         await clarion.wait(run_id)  # stopped and stored before the engine closes
         raise
-    return await clarion.get_run(run_id)
+    return WorkflowRun.model_validate(state["run"])
 
 
 async def _announced(clarion: Clarion, run_id: str, progress: Progress | None, title: str) -> WorkflowRun:

@@ -75,18 +75,28 @@ def _pump(kernel: Any, future: concurrent.futures.Future[T], timeout: float | No
                     continue
             except zmq.ZMQError:  # the kernel closed its sockets (it is exiting): just wait
                 return future.result(left)
-            while True:
-                try:
-                    frames = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.ZMQError:  # nothing more now (zmq.Again), or the socket closed
-                    break
-                if not _dispatch_comm(kernel, frames):
-                    held.append(frames)
+            _drain(kernel, inbox, held)
         return future.result(timeout=0)
     finally:
+        # What came with the last poll must be read now: the poll took the socket's
+        # edge-triggered wake-up, so the kernel's own stream would never see it.
+        _drain(kernel, inbox, held)
         future.add_done_callback(lambda _: _close(done_read, done_write))
         for frames in held:  # back to the kernel, in order, for when the cell is done
             kernel.io_loop.add_callback(kernel.shell_main, None, frames)
+
+
+def _drain(kernel: Any, inbox: Any, held: list[list[Any]]) -> None:
+    """Read every message waiting now: comm messages are dispatched, the others kept in ``held``."""
+    import zmq
+
+    while True:
+        try:
+            frames = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError:  # nothing more now (zmq.Again), or the socket closed
+            return
+        if not _dispatch_comm(kernel, frames):
+            held.append(frames)
 
 
 def _close(*fds: int) -> None:
