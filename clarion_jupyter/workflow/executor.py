@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
-
-from jinja2 import Undefined
 
 from ..core.protocol import STEP_DONE, EventType, RunStatus, StepStatus
 from ..core.secrets import reread_environment
@@ -32,16 +28,16 @@ from ..storage.records import (
     utcnow,
 )
 from ..storage.writer import GroupCommitWriter
-from ..task.base import TaskFailed
 from ..task.queue import Job, JobResult, Queue
+from . import approvals
+from .approvals import Decision, Previewer, PreviewFailed, WaitingRoom
 from .compiler import Node, Plan
+from .storable import check_storable
 from .templates import TemplateError, truthy
 
 log = logging.getLogger(__name__)
 
 AgentResolver = Callable[[str], Awaitable[dict[str, Any] | None]]
-Previewer = Callable[[Job], Awaitable[dict[str, Any]]]
-"""Builds what a person reviews before a step with ``approval:`` runs (raises TaskFailed)."""
 _BLOCKING = frozenset({StepStatus.failed, StepStatus.skipped, StepStatus.cancelled})
 
 
@@ -53,16 +49,6 @@ class _Retry:
 @dataclass(slots=True)
 class _Cancel:
     reason: str = "cancelled"
-
-
-@dataclass(slots=True)
-class _Decision:
-    """A person's decision (or a timeout's) on a waiting step, already announced."""
-
-    key: str
-    approve: bool
-    reason: str
-    by: str | None
 
 
 @dataclass(slots=True)
@@ -123,7 +109,7 @@ class RunExecutor:
         self._preview = preview
         self._max_output_bytes = max_output_bytes
         self._seq = last_seq
-        self._inbox: asyncio.Queue[JobResult | _Retry | _Cancel | _Decision] = asyncio.Queue()
+        self._inbox: asyncio.Queue[JobResult | _Retry | _Cancel | Decision] = asyncio.Queue()
         self._status: dict[str, StepStatus] = {node_id: StepStatus.pending for node_id in plan.nodes}
         self._steps_ctx: dict[str, dict[str, Any]] = {}
         self._waiting = {node_id: len(node.waits_for) for node_id, node in plan.nodes.items()}
@@ -131,9 +117,8 @@ class RunExecutor:
         self._maps: dict[str, _Map] = {}
         self._running: set[str] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._approvals: dict[str, _Execution] = {}
-        """Executions waiting for a decision, by step key; they hold no worker slot."""
-        self._approval_timers: dict[str, asyncio.TimerHandle] = {}
+        self._approvals: WaitingRoom[_Execution] = WaitingRoom(self._decided)
+        """Executions waiting for a decision; they hold no worker slot."""
         self._unfinished = len(plan.nodes)
         self._prior = latest_attempts(prior or [])
         self._reused = reused or {}
@@ -170,26 +155,19 @@ class RunExecutor:
 
     def decide(self, key: str, approve: bool, by: str | None, comment: str | None) -> bool:
         """Decide a waiting step; False when ``key`` is not waiting (or already decided).
+        The decision is announced at once; the run acts on it when it takes it from its inbox."""
+        return self._approvals.decide(key, approve, by, comment)
 
-        The decision is announced here, synchronously, so two concurrent decisions cannot
-        both be accepted; the run acts on it when it takes the message from its inbox."""
-        execution = self._approvals.pop(key, None)
-        if execution is None:
-            return False
-        timer = self._approval_timers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
-        reason = f"rejected by {by or 'a reviewer'}" + (f": {comment}" if comment else "")
+    def _decided(self, _execution: _Execution, decision: Decision, comment: str | None) -> None:
         # Posted before the event is added, so the run acts on it (its step_started joins the
         # pending batch) before the writer wakes: decision and start then share one commit.
-        self._inbox.put_nowait(_Decision(key, approve, reason, by))
-        kind = EventType.approval_granted if approve else EventType.approval_rejected
-        self._emit(kind, key, {"by": by, "comment": comment})
-        return True
+        self._inbox.put_nowait(decision)
+        kind = EventType.approval_granted if decision.approve else EventType.approval_rejected
+        self._emit(kind, decision.key, {"by": decision.by, "comment": comment})
 
     @property
     def waiting_for(self) -> list[str]:
-        return list(self._approvals)
+        return self._approvals.keys
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -222,7 +200,7 @@ class RunExecutor:
                 await self._on_result(message)
             elif isinstance(message, _Retry):
                 await self._on_retry(message.key)
-            elif isinstance(message, _Decision):
+            elif isinstance(message, Decision):
                 await self._on_decision(message)
             else:
                 await self._on_cancel()
@@ -389,7 +367,7 @@ class RunExecutor:
             self._status[node.id] = StepStatus.running
         try:
             config = node.config.render(context)
-            _check_storable(config, "with", limit=None)
+            check_storable(config, "with", limit=None)
             resources = await self._resources(node, config)
         except (TemplateError, LookupError) as exc:
             if not still_waiting:
@@ -406,7 +384,7 @@ class RunExecutor:
             return []
         # Sent before a restart whose record of it was lost: the broker still holds it.
         held = self._queue.adopt(self.run.run_id, execution.key, attempt)
-        if not held and not execution.approved and self._asks_approval(node, context):
+        if not held and not execution.approved and approvals.asks_approval(node, context):
             return await self._request_approval(execution, job)
         execution.record = self._record(
             execution.key, node.id, execution.item_index, attempt, StepStatus.running, approval=execution.approval
@@ -432,62 +410,33 @@ class RunExecutor:
 
     # -- approvals -----------------------------------------------------------------
 
-    @staticmethod
-    def _asks_approval(node: Node, context: dict[str, Any]) -> bool:
-        """A condition that cannot be evaluated asks: when in doubt, a person looks."""
-        if node.approval_if is None:
-            return False
-        try:
-            return truthy(node.approval_if.render(context))
-        except TemplateError:
-            return True
-
     async def _request_approval(self, execution: _Execution, job: Job) -> list[str]:
         """Build the preview, record the attempt as waiting and ask; no worker slot is taken."""
         node = execution.node
-        policy = node.step.approval
         try:
-            preview = await self._preview(job)
-            _check_storable({"preview": preview}, "approval", self._max_output_bytes)
-        except (TaskFailed, TemplateError) as exc:
+            approval = await approvals.request(self._preview, job, node, self._max_output_bytes)
+        except PreviewFailed as exc:
             execution.record = self._record(
                 execution.key, node.id, execution.item_index, job.attempt, StepStatus.failed
             )
-            error = _error("preview_failed", f"the approval preview could not be built: {_message(exc)}")
-            return self._attempt_failed(execution, error, retryable=False)
+            return self._attempt_failed(execution, _error("preview_failed", str(exc)), retryable=False)
         record = self._record(execution.key, node.id, execution.item_index, job.attempt, StepStatus.waiting)
-        message = _with_warning(policy.message, preview)
-        record.approval = {
-            "preview": preview,
-            "message": message,
-            "requested_at": isoformat(record.started_at),
-            "timeout_s": policy.timeout_s,
-        }
+        record.approval = {**approval, "requested_at": isoformat(record.started_at)}
         execution.record = record
         self._writer.add_step(record)
-        self._emit(
-            EventType.approval_requested,
-            execution.key,
-            {"attempt": job.attempt, "preview": preview, "message": message, "timeout_s": policy.timeout_s},
-        )
+        self._emit(EventType.approval_requested, execution.key, {"attempt": job.attempt, **approval})
         self._hold(execution, job)
         return []
 
     def _hold(self, execution: _Execution, job: Job) -> None:
         """Wait for the decision on ``execution`` (asked now, or before a restart)."""
         execution.held = job
-        self._approvals[execution.key] = execution
         if execution.item_index is None:
             self._status[execution.node.id] = StepStatus.waiting
-        timeout = execution.node.step.approval.timeout_s
-        if timeout is not None:
-            asked = execution.record.approval["requested_at"]
-            left = timeout - (utcnow() - datetime.fromisoformat(asked.replace("Z", "+00:00"))).total_seconds()
-            self._approval_timers[execution.key] = asyncio.get_running_loop().call_later(
-                max(left, 0.0), self.decide, execution.key, False, "timeout", f"no decision within {timeout:g} s"
-            )
+        asked = execution.record.approval["requested_at"]
+        self._approvals.hold(execution.key, execution, asked, execution.node.step.approval.timeout_s)
 
-    async def _on_decision(self, decision: _Decision) -> None:
+    async def _on_decision(self, decision: Decision) -> None:
         execution = self._executions.get(decision.key)
         if execution is None or execution.held is None or self.finished.is_set():
             return
@@ -552,7 +501,7 @@ class RunExecutor:
 
     def _attempt_succeeded(self, execution: _Execution, output: Any, deliveries: int = 1) -> list[str]:
         try:
-            _check_storable({"output": output}, "output", self._max_output_bytes)
+            check_storable({"output": output}, "output", self._max_output_bytes)
         except TemplateError as exc:
             return self._attempt_failed(execution, _error("output", str(exc)), retryable=False)
         record = execution.record
@@ -688,7 +637,7 @@ class RunExecutor:
             return
         try:
             outputs = self.plan.outputs.render(self._context)
-            _check_storable(outputs, "outputs", self._max_output_bytes)
+            check_storable(outputs, "outputs", self._max_output_bytes)
         except TemplateError as exc:
             self._fail_run(_error("outputs", f"workflow outputs could not be evaluated: {exc}"))
             return
@@ -706,10 +655,9 @@ class RunExecutor:
 
     def _stop_running(self, reason: str) -> None:
         """Cancel what is in flight or waiting, each step with its own event; the run is ending."""
-        for timer in [*self._timers.values(), *self._approval_timers.values()]:
+        for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        self._approval_timers.clear()
         self._approvals.clear()
         for execution in self._executions.values():
             record = execution.record
@@ -782,51 +730,9 @@ def _usage_of(output: Any) -> dict[str, Any] | None:
     }
 
 
-def _with_warning(message: str | None, preview: Any) -> str | None:
-    """The message a person deciding sees, led by the preview's warning (e.g. protected paths):
-    every client shows the message, not every one knows the preview's fields."""
-    warning = preview.get("warning") if isinstance(preview, dict) else None
-    if not isinstance(warning, str):
-        return message
-    return f"⚠ {warning}" + (f"\n\n{message}" if message else "")
-
-
 def _error(code: str, message: str) -> dict[str, Any]:
     return {"code": code, "message": message}
 
 
 def _ms(record: StepRecord) -> float | None:
     return duration_ms(record.started_at, record.finished_at)
-
-
-def _message(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, TaskFailed) else str(exc)
-
-
-def _check_storable(value: Any, where: str, limit: int | None) -> None:
-    """Every value a run stores must encode as JSON (within ``limit`` bytes when given), checked
-    in the step that made it, so a bad value fails that step with a message naming its field
-    instead of reaching the group commit, where it would fail a batch of other runs' work."""
-    items = value.items() if isinstance(value, dict) else [("", value)]
-    for key, item in items:
-        name = f"{where}.{key}" if key else where
-        try:
-            size = len(_ENCODER.encode(item))
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise TemplateError(f"field '{name}' is not a JSON value: {exc}") from None
-        if limit is not None and size > limit:
-            raise TemplateError(f"field '{name}' is {size} bytes, more than the limit of {limit} (max_output_bytes)")
-
-
-def _json_default(value: Any) -> Any:
-    """What the store writes besides JSON's own types; anything else (an undefined template
-    value, an object) is refused."""
-    if isinstance(value, datetime):
-        return isoformat(value)
-    if isinstance(value, Undefined):
-        raise TypeError(f"a template gave an undefined value ({value._undefined_message})")
-    raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-_ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"))
-"""Built once: ``json.dumps`` with options builds an encoder per call, twice per step."""
