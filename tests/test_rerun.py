@@ -143,6 +143,50 @@ async def test_a_for_each_no_change_reaches_is_reused_with_its_items(tmp_path: P
     assert step(rerun, "each").output == step(parent, "each").output
 
 
+def mapped_over_input(command: str = "echo {{ item }} >> calls.log; echo {{ item }}") -> dict[str, Any]:
+    return {
+        "name": "map",
+        "inputs": {"names": {"type": "array"}, "suffix": {"type": "string", "default": ""}},
+        "steps": [{"id": "each", "task": "shell", "for_each": "{{ inputs.names }}", "with": {"command": command}}],
+    }
+
+
+async def test_a_for_each_over_a_changed_list_runs_only_its_new_items(tmp_path: Path) -> None:
+    async with engine_at(tmp_path) as engine:
+        parent = await finished(engine, await engine.submit(mapped_over_input(), {"names": ["a", "b", "c"]}))
+        rerun = await finished(engine, (await engine.rerun(parent.run_id, inputs={"names": ["c", "a", "d"]})).run_id)
+    assert rerun.status.value == "succeeded"
+    assert sorted(logged(tmp_path / "calls.log")) == ["a", "b", "c", "d"], "only the new item ran again"
+    assert {s.key: s.reused_from["run_id"] for s in rerun.steps if s.reused_from} == {
+        "each[0]": parent.run_id,
+        "each[1]": parent.run_id,
+    }
+    assert [line.strip() for line in (o["stdout"] for o in step(rerun, "each").output)] == ["c", "a", "d"]
+
+
+async def test_a_for_each_whose_item_failed_runs_only_that_item_again(tmp_path: Path) -> None:
+    doc = mapped_over_input("echo {{ item }} >> calls.log; grep -qx {{ item }} allowed.txt")
+    (tmp_path / "allowed.txt").write_text("a\nc\n")
+    async with engine_at(tmp_path) as engine:
+        parent = await finished(engine, await engine.submit(doc, {"names": ["a", "b", "c"]}))
+        assert parent.status.value == "failed"
+        (tmp_path / "allowed.txt").write_text("a\nb\nc\n")
+        rerun = await finished(engine, (await engine.rerun(parent.run_id)).run_id)
+    assert rerun.status.value == "succeeded"
+    assert sorted(logged(tmp_path / "calls.log")) == ["a", "b", "b", "c"]
+    assert {s.key for s in rerun.steps if s.reused_from} == {"each[0]", "each[2]"}
+
+
+async def test_a_for_each_whose_config_reads_a_changed_input_runs_every_item_again(tmp_path: Path) -> None:
+    doc = mapped_over_input("echo {{ item }}{{ inputs.suffix }} >> calls.log")
+    async with engine_at(tmp_path) as engine:
+        parent = await finished(engine, await engine.submit(doc, {"names": ["a", "b"]}))
+        rerun = await finished(engine, (await engine.rerun(parent.run_id, inputs={"suffix": "!"})).run_id)
+    assert rerun.status.value == "succeeded"
+    assert sorted(logged(tmp_path / "calls.log")) == ["a", "a!", "b", "b!"]
+    assert not any(s.reused_from for s in rerun.steps)
+
+
 async def test_an_approved_step_no_change_reaches_is_reused_without_asking_again(tmp_path: Path) -> None:
     gated = echo("gated", "ok", approval={"message": "go?"})
     doc = {"name": "gate", "steps": [gated, echo("after", "{{ steps.gated.output.value }}!")]}

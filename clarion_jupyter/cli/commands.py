@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -21,7 +22,7 @@ from ..settings import configured_engine, configured_traits, task_settings
 from ..task.registry import TaskRegistry
 from ..workflow.agent_run import AgentRunRequest
 from ..workflow.agent_runs import context_lines, refuse_over_cap
-from ..workflow.compare import RunComparison
+from ..workflow.compare import RunComparison, StepInRun
 from ..workflow.engine import Engine
 from ..workflow.fold import fold, initial
 from ..workflow.models import Workflow, WorkflowRun, parse_workflow
@@ -169,15 +170,33 @@ async def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _print_comparison(comparison: RunComparison, style: Style) -> None:
-    """One line per step: ``*`` where the runs differ, then each run's status and duration."""
-    print("  step" + "".join(f"  {run.run_id[-10:]:>22}" for run in comparison.runs))
-    for compared in comparison.steps:
-        cells = "".join(
-            f"  {(s.status or '-'):>10} {'' if s.duration_ms is None else f'{s.duration_ms:.0f}ms':>11}"
-            for s in compared.per_run
+    """The runs by letter (id, status, totals, what each changed), then one line per step:
+    ``*`` where the runs differ, each run's status and duration (``=`` where it was reused),
+    and under a differing step what its outputs were."""
+    letters = [chr(ord("A") + i) for i in range(len(comparison.runs))]
+    for letter, run in zip(letters, comparison.runs, strict=True):
+        totals = run.totals
+        took = "" if totals.get("duration_ms") is None else f", {totals['duration_ms']:.0f} ms"
+        changes = (
+            f", re-run of {run.parent_run_id}: {json.dumps(run.changes, default=str)}" if run.parent_run_id else ""
         )
+        print(f"{letter} {run.run_id} {run.status}{took}, {totals.get('tokens') or 0} tokens{changes}")
+    width = max([len("step"), *(len(compared.key) for compared in comparison.steps)])
+    print((f"  {'step':<{width}}" + "".join(f"  {letter:<22}" for letter in letters)).rstrip())
+    for compared in comparison.steps:
+        cells = "".join(f"  {_step_cell(s):<22}" for s in compared.per_run)
         mark = style("*", "33") if compared.differs else " "
-        print(f"{mark} {compared.key}{cells}")
+        print(f"{mark} {compared.key:<{width}}{cells}".rstrip())
+        if compared.differs:
+            for letter, step in zip(letters, compared.per_run, strict=True):
+                print(f"    {letter}: {json.dumps(step.output, default=str)[:200]}")
+
+
+def _step_cell(step: StepInRun) -> str:
+    if step.status is None:
+        return "-"
+    took = "" if step.duration_ms is None else f" {step.duration_ms:.0f} ms"
+    return f"{'= ' if step.reused_from else ''}{step.status}{took}"
 
 
 async def cmd_runs(args: argparse.Namespace) -> int:

@@ -64,6 +64,9 @@ class Progress:
             return
         mark, colour = STATUS_MARKS[event.type]
         data = event.data
+        word = STATUS_WORDS[event.type]
+        if event.type == EventType.step_completed and data.get("reused_from"):
+            mark, colour, word = "=", "36", "reused"
         duration = f"{data['duration_ms']:.1f} ms" if data.get("duration_ms") is not None else ""
         detail = ""
         if "error" in data:
@@ -76,7 +79,11 @@ class Progress:
             detail = data.get("message") or "waiting for approval"
         elif event.type in (EventType.approval_granted, EventType.approval_rejected):
             detail = " ".join(str(part) for part in (data.get("by"), data.get("comment")) if part)
-        line = f"  {self.style(mark, colour)} {event.step_id:<24} {self.style(STATUS_WORDS[event.type], colour):<10} {duration:>10}  {detail}"
+        elif word == "reused":
+            duration, detail = "", f"from run {data['reused_from']['run_id']}"
+        line = (
+            f"  {self.style(mark, colour)} {event.step_id:<24} {self.style(word, colour):<10} {duration:>10}  {detail}"
+        )
         print(line.rstrip(), file=self.out, flush=True)
 
     def agent_request(self, run: WorkflowRun, heading: str = "  agent") -> None:

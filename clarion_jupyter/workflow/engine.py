@@ -282,7 +282,9 @@ class Engine:
         )  # fmt: skip
         if key is not None:
             self._runs_live.claim(workflow.id, key, run.run_id)
-        executor = self._executor(plan, run, reused=rerun.reused if rerun else None)
+        executor = self._executor(
+            plan, run, reused=rerun.reused if rerun else None, reused_items=rerun.reused_items if rerun else None
+        )
         self._runs_live.track(executor)  # cancellable from here on
         executor.queued(self._submissions)
         try:

@@ -99,8 +99,11 @@ class RunExecutor:
         last_seq: int = 0,
         prior: list[StepRecord] | None = None,
         reused: dict[str, list[StepRecord]] | None = None,
+        reused_items: dict[str, list[tuple[Any, StepRecord]]] | None = None,
     ) -> None:
-        """``reused``: a re-run's nodes taken over from its parent, with the parent's records."""
+        """``reused``: a re-run's nodes taken over from its parent, with the parent's records;
+        ``reused_items``: the parent's succeeded items of the ``for_each`` nodes that run again,
+        by the value each mapped over (an item of the same value is copied, not run)."""
         self.plan = plan
         self.run = run
         self._writer = writer
@@ -122,6 +125,7 @@ class RunExecutor:
         self._unfinished = len(plan.nodes)
         self._prior = latest_attempts(prior or [])
         self._reused = reused or {}
+        self._reused_items = reused_items or {}
         self._context = {
             "inputs": run.inputs,
             "steps": self._steps_ctx,
@@ -230,15 +234,32 @@ class RunExecutor:
         finished there, without calling its task; return the nodes now ready."""
         for node_id, records in self._reused.items():
             for parent in records:
-                reused_from = {"run_id": parent.run_id, "attempt": parent.attempt}
-                record = dataclasses.replace(parent, run_id=self.run.run_id, attempt=1, reused_from=reused_from)
-                self._writer.add_step(record)
-                data = {"attempt": 1, "duration_ms": _ms(record), "output": record.output, "reused_from": reused_from}
-                self._emit(EventType.step_completed, record.key, data)
+                self._copy_from_parent(parent, parent.key, parent.item_index)
             self._unfinished -= 1
             self._status[node_id] = StepStatus.succeeded
             self._steps_ctx[node_id] = {"output": records[0].output, "status": StepStatus.succeeded.value}
         return self._ready_pending()
+
+    def _copy_from_parent(self, parent: StepRecord, key: str, item_index: int | None) -> None:
+        """Store the parent's finished record as this run's ``key``, marked reused, without calling its task."""
+        reused_from = {"run_id": parent.run_id, "attempt": parent.attempt}
+        record = dataclasses.replace(
+            parent, run_id=self.run.run_id, key=key, item_index=item_index, attempt=1, reused_from=reused_from
+        )
+        self._writer.add_step(record)
+        data = {"attempt": 1, "duration_ms": _ms(record), "output": record.output, "reused_from": reused_from}
+        if item_index is not None:
+            data["item_index"] = item_index
+        self._emit(EventType.step_completed, key, data)
+
+    def _reused_item(self, node_id: str, item: Any) -> StepRecord | None:
+        """The parent's succeeded item of the same value, taken so no other item copies it too."""
+        candidates = self._reused_items.get(node_id)
+        for position, (value, record) in enumerate(candidates or ()):
+            if value == item:
+                del candidates[position]
+                return record
+        return None
 
     def _ready_pending(self) -> list[str]:
         """Count again what each node waits for, after some finished at once; the pending ones ready now."""
@@ -331,6 +352,10 @@ class RunExecutor:
                 state.results[index] = prior.output
                 state.failed |= prior.status == StepStatus.failed
                 state.skipped += prior.status == StepStatus.skipped
+                continue
+            if (reused := self._reused_item(node.id, item)) is not None:
+                self._copy_from_parent(reused, key, index)
+                ready.extend(self._child_done(execution, StepStatus.succeeded, reused.output, None))
                 continue
             if node.condition is not None and "item" in node.condition.refs.names:
                 try:

@@ -6,6 +6,10 @@ A re-run is a new run of the parent's workflow snapshot. Every step that neither
 calling its task. The rest runs. The compiler already knows what every step reads, so the
 steps that run again are exactly those a change reaches, through data dependencies only
 (a step that merely comes later in the document is not downstream of one it does not read).
+
+A ``for_each`` item counts as a step: when only the list a ``for_each`` maps over can have
+changed (its task's config reads nothing that changed), each item whose value the parent
+also mapped over, and which succeeded there, is reused; only the new or failed items run.
 """
 
 from __future__ import annotations
@@ -74,12 +78,14 @@ def rerun_request(doc: dict[str, Any]) -> RerunRequest:
 @dataclass(slots=True)
 class Rerun:
     """What the engine starts: the plan (step overrides applied), the inputs, the changes
-    recorded on the run, and the parent's records of each reused node (its items included)."""
+    recorded on the run, the parent's records of each reused node (its items included), and,
+    for a ``for_each`` that runs again, the parent's succeeded items by their values."""
 
     plan: Plan
     inputs: dict[str, Any]
     changes: dict[str, Any]
     reused: dict[str, list[StepRecord]]
+    reused_items: dict[str, list[tuple[Any, StepRecord]]]
 
 
 def plan_rerun(
@@ -116,6 +122,17 @@ def plan_rerun(
     latest = latest_attempts(steps)
     reusable = {node_id: records for node_id, node in plan.nodes.items() if (records := _finished(node, latest))}
     rerun = _downstream(plan, roots | (plan.nodes.keys() - reusable.keys()))
+    items = {
+        node_id: pairs
+        for node_id in rerun
+        if plan.nodes[node_id].for_each is not None
+        and node_id != request.from_step
+        and node_id not in request.overrides.steps
+        and agent_of[node_id] not in agents
+        and not _item_reads(plan.nodes[node_id], "inputs") & changed_inputs
+        and not _item_reads(plan.nodes[node_id], "steps") & rerun
+        and (pairs := _parent_items(plan.nodes[node_id], latest, parent))
+    }
     changes = {
         "from_step": request.from_step,
         "inputs": {k: {"from": parent.inputs.get(k), "to": inputs.get(k)} for k in sorted(changed_inputs)},
@@ -126,6 +143,7 @@ def plan_rerun(
         inputs=inputs,
         changes={k: v for k, v in changes.items() if v},
         reused={node_id: records for node_id, records in reusable.items() if node_id not in rerun},
+        reused_items=items,
     )
 
 
@@ -165,6 +183,36 @@ def _reads(node: Node, kind: str) -> frozenset[str]:
     """The steps (``kind="steps"``) or inputs a node's templates read."""
     compiled = (node.config, node.condition, node.for_each, node.approval_if)
     return frozenset().union(*(getattr(c.refs, kind) for c in compiled if c is not None))
+
+
+def _item_reads(node: Node, kind: str) -> frozenset[str]:
+    """What a ``for_each`` node's items read besides the list they map over."""
+    compiled = (node.config, node.condition, node.approval_if)
+    return frozenset().union(*(getattr(c.refs, kind) for c in compiled if c is not None))
+
+
+def _parent_items(node: Node, latest: dict[str, StepRecord], parent: RunRecord) -> list[tuple[Any, StepRecord]]:
+    """The parent's succeeded items of a ``for_each`` node, each with the value it mapped over
+    (the list rendered again from what the parent's steps gave); none if it cannot be rendered."""
+    context = {
+        "inputs": parent.inputs,
+        "steps": {
+            r.key: {"output": r.output, "status": str(r.status)} for r in latest.values() if r.item_index is None
+        },
+        "run": {"id": parent.run_id, "started_at": parent.started_at},
+    }
+    try:
+        values = node.for_each.render(context)
+    except TemplateError:
+        return []
+    if not isinstance(values, list):
+        return []
+    return [
+        (values[r.item_index], r)
+        for r in latest.values()
+        if r.step_id == node.id and r.item_index is not None and r.item_index < len(values)
+        and r.status == StepStatus.succeeded
+    ]  # fmt: skip
 
 
 def _finished(node: Node, latest: dict[str, StepRecord]) -> list[StepRecord]:
