@@ -15,8 +15,9 @@ import { ReadonlyPartialJSONObject } from '@lumino/coreutils';
 import { ApiError, ClarionApi } from './api';
 import { ClarionController } from './controller';
 import { IRunActions, IRunServices } from './detail';
-import { WorkflowEditor, yamlOf } from './editor';
-import { TERMINAL_RUN, WorkflowRun } from './protocol';
+import { AgentEditor } from './agenteditor';
+import { WorkflowEditor, YamlEditor, yamlOf } from './editor';
+import { Agent, TERMINAL_RUN, WorkflowRun } from './protocol';
 import { RunModel } from './liverun';
 import { RunDetailWidget } from './runtab';
 import { AGENT_RUN_WORKFLOW, runTitle } from './runtitle';
@@ -40,6 +41,8 @@ export namespace CommandIDs {
   export const editWorkflow = 'clarion:edit-workflow';
   export const saveWorkflow = 'clarion:save-workflow';
   export const deleteWorkflow = 'clarion:delete-workflow';
+  export const editAgent = 'clarion:edit-agent';
+  export const newAgent = 'clarion:new-agent';
   export const importAgents = 'clarion:import-agents';
   export const runAgent = 'clarion:run-agent';
   export const runAgentOnFiles = 'clarion:run-agent-on-files';
@@ -60,6 +63,7 @@ export interface IClarionParts {
   started: (runId: string) => void;
   runs: WidgetTracker<RunDetailWidget>;
   editors: WidgetTracker<WorkflowEditor>;
+  agentEditors: WidgetTracker<AgentEditor>;
   editorServices: IEditorServices;
   rendermime: IRenderMimeRegistry | null;
   fileBrowser: IDefaultFileBrowser | null;
@@ -94,7 +98,7 @@ function failed(what: string, error: unknown): void {
 }
 
 export function addCommands(parts: IClarionParts): void {
-  const { app, api, controller, sidebar, started, runs, editors, icon } = parts;
+  const { app, api, controller, sidebar, started, runs, editors, agentEditors, icon } = parts;
   const { commands, shell } = app;
   const services: IRunServices = { rendermime: parts.rendermime, agents: () => controller.agents };
 
@@ -281,8 +285,8 @@ export function addCommands(parts: IClarionParts): void {
         return;
       }
       try {
-        const workflow = await api.getWorkflow(id);
-        const editor = new WorkflowEditor(api, id, yamlOf(workflow), parts.editorServices);
+        const [workflow, canWrite] = await Promise.all([api.getWorkflow(id), api.canWrite()]);
+        const editor = new WorkflowEditor(api, id, yamlOf(workflow), parts.editorServices, canWrite);
         void editors.add(editor);
         shell.add(editor, 'main');
         shell.activateById(editor.id);
@@ -291,13 +295,15 @@ export function addCommands(parts: IClarionParts): void {
       }
     }
   });
+  // One Save for every YAML editor (Accel S in either): the editor in front only, so a
+  // notebook in front keeps Lab's own Save.
+  const yamlInFront = (): YamlEditor | null => (shell.currentWidget instanceof YamlEditor ? shell.currentWidget : null);
   commands.addCommand(CommandIDs.saveWorkflow, {
-    label: 'Clarion: Save Workflow',
+    label: () => (yamlInFront() instanceof AgentEditor ? 'Clarion: Save Agent' : 'Clarion: Save Workflow'),
     caption: 'Validate and save through the Clarion API',
     icon: saveIcon,
-    // The editor in front only: a notebook in front keeps Lab's own Save.
-    isEnabled: () => editors.currentWidget !== null && editors.currentWidget === shell.currentWidget,
-    execute: () => (editors.currentWidget === shell.currentWidget ? editors.currentWidget?.save() : undefined)
+    isEnabled: () => yamlInFront() !== null,
+    execute: () => yamlInFront()?.save()
   });
   commands.addCommand(CommandIDs.deleteWorkflow, {
     label: 'Clarion: Delete Workflow…',
@@ -316,6 +322,44 @@ export function addCommands(parts: IClarionParts): void {
       }
       await controller.reloadWorkflows();
     }
+  });
+
+  const openAgentEditor = async (agent: Agent | null): Promise<void> => {
+    const editor = new AgentEditor(api, agent, parts.editorServices, await api.canWrite());
+    // A new agent is tracked (and restored on reload) once it has an id: from its first save.
+    editor.saved.connect(() => {
+      void (agentEditors.has(editor) ? agentEditors.save(editor) : agentEditors.add(editor));
+      void controller.reloadAgents();
+    });
+    if (agent) {
+      void agentEditors.add(editor);
+    }
+    shell.add(editor, 'main');
+    shell.activateById(editor.id);
+  };
+  commands.addCommand(CommandIDs.editAgent, {
+    label: 'Clarion: Edit Agent as YAML…',
+    execute: async args => {
+      const id = String(args.id ?? '') || (await pick('Edit which agent?', agentItems()));
+      if (!id) {
+        return;
+      }
+      const existing = agentEditors.find(w => w.agentId === id);
+      if (existing) {
+        shell.activateById(existing.id);
+        return;
+      }
+      try {
+        await openAgentEditor(await api.getAgent(id));
+      } catch (error) {
+        failed(`Cannot open agent ${id}`, error);
+      }
+    }
+  });
+  commands.addCommand(CommandIDs.newAgent, {
+    label: 'Clarion: New Agent',
+    caption: 'A new agent, written as YAML and saved through the Clarion API',
+    execute: () => openAgentEditor(null)
   });
 
   commands.addCommand(CommandIDs.importAgents, {
