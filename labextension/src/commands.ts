@@ -20,7 +20,7 @@ import { WorkflowEditor, YamlEditor, yamlOf } from './editor';
 import { Agent, TERMINAL_RUN, WorkflowRun } from './protocol';
 import { RunModel } from './liverun';
 import { RunDetailWidget } from './runtab';
-import { AGENT_RUN_WORKFLOW, runTitle } from './runtitle';
+import { AGENT_RUN_WORKFLOW, V2_RUN_WORKFLOW, runTitle } from './runtitle';
 import { ClarionSidebar } from './sidebar';
 import { Tab } from './sidebarstate';
 
@@ -110,7 +110,8 @@ export function addCommands(parts: IClarionParts): void {
   const runIdOf = (args: ReadonlyPartialJSONObject): string =>
     String(args.runId ?? runs.currentWidget?.model.runId ?? '');
   const workflowItems = (): [string, string][] => (controller.workflows ?? []).map(w => [w.id, w.name]);
-  const deletableItems = (): [string, string][] => workflowItems().filter(([id]) => id !== AGENT_RUN_WORKFLOW);
+  const deletableItems = (): [string, string][] =>
+    workflowItems().filter(([id]) => id !== AGENT_RUN_WORKFLOW && id !== V2_RUN_WORKFLOW);
   const agentItems = (): [string, string][] => (controller.agents ?? []).map(a => [a.id, a.name]);
   const knownRun = async (runId: string): Promise<WorkflowRun> =>
     runs.find(w => w.model.runId === runId)?.model.run ?? controller.runs.get(runId) ?? api.getRun(runId);

@@ -163,17 +163,17 @@ function RunDetailBody({ model, run, actions, services }: IRunDetailProps & { ru
 /** An agent run's reply, as v2 showed it: its summary (or its text) above the diff. */
 function AgentReply({ run, rendermime }: { run: WorkflowRun; rendermime: IRenderMimeRegistry | null }): JSX.Element | null {
   const reply = run.steps.find(s => s.key === 'reply' && s.output);
-  if (!reply || (run.workflow_id !== AGENT_RUN_WORKFLOW && run.workflow_id !== V2_RUN_WORKFLOW)) {
+  if (run.workflow_id !== AGENT_RUN_WORKFLOW && run.workflow_id !== V2_RUN_WORKFLOW) {
     return null;
   }
   // v2 kept the summary beside the raw reply: an imported run has it in its outputs.
-  const summary = reply.output.json?.summary ?? reply.output.text ?? run.outputs?.summary;
+  const summary = reply?.output.json?.summary ?? reply?.output.text ?? run.outputs?.summary;
   if (summary === undefined || summary === null || summary === '') {
     return null;
   }
   return (
     <section className="clarion-Reply" aria-label="The agent's reply">
-      <div className="clarion-Label">Reply{reply.output.model ? ` · ${reply.output.model}` : ''}</div>
+      <div className="clarion-Label">Reply{reply?.output.model ? ` · ${reply.output.model}` : ''}</div>
       <UntrustedMarkdown text={typeof summary === 'string' ? summary : JSON.stringify(summary)} rendermime={rendermime} />
     </section>
   );
