@@ -273,29 +273,37 @@ export function addCommands(parts: IClarionParts): void {
       }
     }
   });
-  commands.addCommand(CommandIDs.editWorkflow, {
-    label: 'Clarion: Edit Workflow as YAML…',
-    execute: async args => {
-      const id = String(args.id ?? '') || (await pick('Edit which workflow?', workflowItems()));
-      if (!id) {
-        return;
-      }
-      const existing = editors.find(w => w.workflowId === id);
+  /** Edit a workflow or an agent as YAML: the one named (or picked), in its tab if one is open. */
+  const editCommand = (
+    kind: 'workflow' | 'agent',
+    items: () => [string, string][],
+    opened: (id: string) => YamlEditor | undefined,
+    open: (id: string) => Promise<void>
+  ) => ({
+    label: `Clarion: Edit ${kind === 'workflow' ? 'Workflow' : 'Agent'} as YAML…`,
+    execute: async (args: ReadonlyPartialJSONObject) => {
+      const id = String(args.id ?? '') || (await pick(`Edit which ${kind}?`, items()));
+      const existing = id ? opened(id) : undefined;
       if (existing) {
         shell.activateById(existing.id);
-        return;
-      }
-      try {
-        const [workflow, canWrite] = await Promise.all([api.getWorkflow(id), api.canWrite()]);
-        const editor = new WorkflowEditor(api, id, yamlOf(workflow), parts.editorServices, canWrite);
-        void editors.add(editor);
-        shell.add(editor, 'main');
-        shell.activateById(editor.id);
-      } catch (error) {
-        failed(`Cannot open workflow ${id}`, error);
+      } else if (id) {
+        await open(id).catch(error => failed(`Cannot open ${kind} ${id}`, error));
       }
     }
   });
+  const showEditor = (editor: YamlEditor): void => {
+    shell.add(editor, 'main');
+    shell.activateById(editor.id);
+  };
+  commands.addCommand(
+    CommandIDs.editWorkflow,
+    editCommand('workflow', workflowItems, id => editors.find(w => w.workflowId === id), async id => {
+      const [workflow, canWrite] = await Promise.all([api.getWorkflow(id), api.canWrite()]);
+      const editor = new WorkflowEditor(api, id, yamlOf(workflow), parts.editorServices, canWrite);
+      void editors.add(editor);
+      showEditor(editor);
+    })
+  );
   // One Save for every YAML editor (Accel S in either): the editor in front only, so a
   // notebook in front keeps Lab's own Save.
   const yamlInFront = (): YamlEditor | null => (shell.currentWidget instanceof YamlEditor ? shell.currentWidget : null);
@@ -335,28 +343,17 @@ export function addCommands(parts: IClarionParts): void {
     if (agent) {
       void agentEditors.add(editor);
     }
-    shell.add(editor, 'main');
-    shell.activateById(editor.id);
+    showEditor(editor);
   };
-  commands.addCommand(CommandIDs.editAgent, {
-    label: 'Clarion: Edit Agent as YAML…',
-    execute: async args => {
-      const id = String(args.id ?? '') || (await pick('Edit which agent?', agentItems()));
-      if (!id) {
-        return;
-      }
-      const existing = agentEditors.find(w => w.agentId === id);
-      if (existing) {
-        shell.activateById(existing.id);
-        return;
-      }
-      try {
-        await openAgentEditor(await api.getAgent(id));
-      } catch (error) {
-        failed(`Cannot open agent ${id}`, error);
-      }
-    }
-  });
+  commands.addCommand(
+    CommandIDs.editAgent,
+    editCommand(
+      'agent',
+      agentItems,
+      id => agentEditors.find(w => w.agentId === id),
+      async id => openAgentEditor(await api.getAgent(id))
+    )
+  );
   commands.addCommand(CommandIDs.newAgent, {
     label: 'Clarion: New Agent',
     caption: 'A new agent, written as YAML and saved through the Clarion API',

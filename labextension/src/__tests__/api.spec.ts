@@ -118,16 +118,6 @@ describe('ClarionApi', () => {
       apply: 'review'
     });
   });
-});
-
-describe('ClarionApi for the agent editor', () => {
-  let server: FakeServer;
-  let api: ClarionApi;
-
-  beforeEach(() => {
-    server = new FakeServer();
-    api = new ClarionApi(server.settings());
-  });
 
   it('saves an agent as YAML text, and creates one the same way', async () => {
     server.on('PUT', /\/api\/v3\/agents\/coder$/, () => ({ json: { id: 'coder', name: 'Coder' } }));
