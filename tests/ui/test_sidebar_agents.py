@@ -14,7 +14,16 @@ from clarion_jupyter.testing.clarion_v2 import v2_agent, v2_run, write_clarion_d
 
 from .conftest import Lab, api, wait_until_up
 from .flows import coder_agent
-from .pages import DETAIL, SIDEBAR, change_theme, console_errors, open_sidebar, shot_in_dark, show_tab
+from .pages import (
+    DETAIL,
+    SIDEBAR,
+    change_theme,
+    console_errors,
+    open_palette,
+    open_sidebar,
+    shot_in_dark,
+    show_tab,
+)
 
 AGENT_EDITOR = ".jp-MainAreaWidget.clarion-AgentEditor:not(.lm-mod-hidden)"
 """The agent editor in front."""
@@ -138,6 +147,10 @@ async def test_a_new_agent_is_written_in_the_editor_and_saved_then_edited_in_pla
         await dialog.locator(".jp-Dialog-button:has-text('Discard')").click()
         await page.wait_for_selector(tab, state="detached")
         assert api(lab, "GET", "agents/release-scribe")["name"] == "Release Scribe"
+
+        await open_palette(page, "Clarion: ")  # both actions are commands, as every sidebar action
+        labels = await page.locator(".lm-CommandPalette-itemLabel").all_inner_texts()
+        assert {"Clarion: New Agent", "Clarion: Edit Agent as YAML…"} <= set(labels)
         assert console_errors(page) == []
 
 
