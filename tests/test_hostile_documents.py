@@ -77,6 +77,25 @@ async def test_an_unquoted_yaml_date_stays_text(api):
     assert reply.body["inputs"]["day"]["default"] == "2026-01-01"
 
 
+async def test_a_key_written_twice_is_refused_at_its_second_line_not_dropped(api):
+    """An editor's ``description: Notes`` above the ``description: null`` it came with: PyYAML
+    alone keeps the last one, and the edit would be lost without a word."""
+    agent = "name: Writer\ndescription: Notes\nmodel: openai/gpt-4o\ndescription: null\n"
+    reply = await api("POST", "agents", body=agent, headers=dict(YAML))
+    assert reply.status == 400, reply.body
+    assert "the key 'description' is written twice" in reply.body["error"]["message"]
+    assert reply.body["error"]["details"]["where"] == "line 4, column 1"
+    assert (await api("GET", "agents", "writer")).status == 404
+
+    workflow = "name: w\nsteps:\n  - id: s\n    task: echo\n    with: {value: 1}\n    task: shell\n"
+    reply = await api("POST", "workflows", body=workflow, headers=dict(YAML))
+    assert 400 <= reply.status < 500 and "'task' is written twice" in json.dumps(reply.body), reply.body
+
+    merged = "name: m\ndefaults: &d {task: echo, with: {value: 1}}\nsteps:\n  - <<: *d\n    id: s\n    task: echo\n"
+    reply = await api("POST", "workflows", body=merged.replace("defaults: &d", "x-defaults: &d"), headers=dict(YAML))
+    assert "written twice" not in json.dumps(reply.body), reply.body  # a merge's key may be overridden
+
+
 # --------------------------------------------------------------------------- generated
 
 

@@ -49,6 +49,17 @@ async def test_the_workflow_of_imported_runs_is_listed_with_the_saved_ones(tmp_p
     assert V2_RUN_WORKFLOW_ID in after
 
 
+async def test_an_imported_run_is_announced_once_its_workflow_is_listed(tmp_path: Path) -> None:
+    """A sidebar that sees a run of a workflow it does not know reads the workflows again at once."""
+    async with Engine(tmp_path / "x.duckdb", workspace_root=tmp_path) as engine:
+        with engine.feed() as live:
+            importing = asyncio.create_task(engine.import_v2(clarion_db(tmp_path, "run-1714557600123")))
+            await asyncio.wait_for(live.get(), 5)
+            listed = [w.id for w in await engine.list_workflows()]
+            await importing
+    assert V2_RUN_WORKFLOW_ID in listed
+
+
 async def test_an_imported_run_reruns_as_an_agent_run_of_the_same_prompt_and_agent(tmp_path: Path) -> None:
     async with Engine(tmp_path / "x.duckdb", workspace_root=tmp_path) as engine:
         await engine.import_v2(clarion_db(tmp_path, "run-1714557600123"))

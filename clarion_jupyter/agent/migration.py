@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -151,10 +151,11 @@ class V2Migration:
     """Imports v2 data through the engine's agent service and into its run store."""
 
     def __init__(
-        self, agents: AgentService, runs: RunStore, publish: Callable[[list[Event]], None] | None = None
+        self, agents: AgentService, runs: RunStore, publish: Callable[[list[Event]], Awaitable[None]] | None = None
     ) -> None:
-        """``publish``: where the events of newly imported runs go once stored (the engine's
-        bus), so live lists (the sidebar's) show them at once, as they show new runs."""
+        """``publish``: where the events of newly imported runs go once stored (to the engine,
+        which saves their workflow first and then announces them on its bus), so live lists (the
+        sidebar's) show them at once, as they show new runs, and can list their workflow."""
         self._agents = agents
         self._runs = runs
         self._publish = publish
@@ -196,7 +197,7 @@ class V2Migration:
             counts.imported = await self._runs.import_finished(history.runs, history.steps, history.events)
             counts.already_imported = counts.found - counts.imported
             if self._publish is not None and counts.imported:
-                self._publish([event for event in history.events if event.run_id not in there])
+                await self._publish([event for event in history.events if event.run_id not in there])
 
 
 def _read_all(source: ImportSource) -> tuple[_Found, ImportReport, ImportedRuns]:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import yaml
-from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 MAX_DEPTH = 100
 """Deepest nesting of lists and mappings in a document."""
@@ -73,6 +73,21 @@ class _BoundedLoader(yaml.SafeLoader):
         node = super().compose_document()
         _check_expansion(node)
         return node
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """A key written twice in one mapping is refused, where the second is: PyYAML would keep
+        the last without a word, so a person editing the first (``description: null`` left
+        below a new ``description:``) would lose the edit. Go's yaml.v3, which wrote v2's files,
+        refuses them too. A merge (``<<``) may still bring a key that the mapping overrides."""
+        seen: set[str] = set()
+        for key, _ in node.value:
+            if isinstance(key, ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in seen:
+                    raise DocumentError(
+                        f"the key '{key.value}' is written twice in one mapping", _where(key.start_mark)
+                    )
+                seen.add(key.value)
+        return super().construct_mapping(node, deep)
 
 
 def _check_expansion(root: Node) -> None:

@@ -595,10 +595,16 @@ class Engine:
     async def import_v2(self, source: ImportSource, *, dry_run: bool = False) -> V2ImportReport:
         """Import what Clarion v2 left (a ``clarion.db``, its YAML store, exported agent files,
         an uploaded body, or uploaded files): agents created or updated in place, run history as finished runs."""
-        report = await V2Migration(self.agents, self.runs, self.bus.publish).run(source, dry_run=dry_run)
+        report = await V2Migration(self.agents, self.runs, self._announce_imported).run(source, dry_run=dry_run)
         if report.runs.found and not dry_run:  # the runs' workflow lists (and filters) like any
             await self.workflows.install(V2_RUN_WORKFLOW)
         return report
+
+    async def _announce_imported(self, events: list[Event]) -> None:
+        """Imported runs reach live subscribers once their workflow is saved: a sidebar that
+        sees a run of a workflow it does not know reads the workflows again, and must find it."""
+        await self.workflows.install(V2_RUN_WORKFLOW)
+        self.bus.publish(events)
 
     # -- history -----------------------------------------------------------------
 

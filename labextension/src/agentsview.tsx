@@ -1,11 +1,13 @@
 /**
  * The Agents view, Clarion v2's main screen inside Lab: the agents with their model and
- * provider, the import of v2 agent files (YAML, JSON or a whole `clarion.db`), and Run
- * agent: a prompt, the files selected in Lab's file browser, the agent's user variables;
- * the run then opens, to its diff and Apply / Discard.
+ * provider, New agent and Edit as YAML (an editor tab, as for workflows), the import of v2
+ * agent files (YAML, JSON or a whole `clarion.db`), and Run agent: a prompt, the files
+ * selected in Lab's file browser, the agent's user variables; the run then opens, to its
+ * diff and Apply / Discard.
  */
 import * as React from 'react';
 
+import { importedFromV2 } from './agentdoc';
 import { ApiError, ClarionApi } from './api';
 import { ErrorMessage } from './common';
 import { ContextPreview } from './contextpreview';
@@ -26,6 +28,9 @@ export function AgentsView({
   defaultApply,
   onToggle,
   onReload,
+  onImported,
+  onEdit,
+  onNew,
   selectedFiles,
   onStarted
 }: {
@@ -42,17 +47,23 @@ export function AgentsView({
   defaultApply: ApplyMode;
   onToggle: (id: string) => void;
   onReload: () => void;
+  /** An import ended: its agents, and the workflow of its runs, are read again. */
+  onImported: () => void;
+  /** Opens the agent in a YAML editor tab. */
+  onEdit: (id: string) => void;
+  /** Opens the editor on a new agent. */
+  onNew: () => void;
   /** The paths selected in the file browser now. */
   selectedFiles: () => string[];
   onStarted: (runId: string) => void;
 }): JSX.Element {
   return (
     <div className="clarion-AgentsView">
-      <ImportBox api={api} imports={imports} onImported={onReload} />
+      <ImportBox api={api} imports={imports} onImported={onImported} onNew={onNew} />
       {error && <ErrorMessage message={error} onRetry={onReload} />}
       {agents === null && !error && <div className="clarion-Empty">Loading agents…</div>}
       {agents !== null && agents.length === 0 && (
-        <div className="clarion-Empty">No agents yet. Import your Clarion v2 agents above.</div>
+        <div className="clarion-Empty">No agents yet: make one with New agent, or import your Clarion v2 agents above.</div>
       )}
       {agents !== null && agents.length > 0 && (
         <ul className="clarion-List" aria-label="Agents">
@@ -62,6 +73,7 @@ export function AgentsView({
                 <span className="clarion-ItemName">{a.name}</span>
                 <span className="clarion-Muted">
                   {a.model} · {provider(a.model)}
+                  {importedFromV2(a) ? ' · from v2' : ''}
                 </span>
               </div>
               <div className="clarion-ItemActions">
@@ -71,6 +83,9 @@ export function AgentsView({
                   onClick={() => onToggle(a.id)}
                 >
                   Run agent
+                </button>
+                <button className="jp-mod-styled clarion-Small" onClick={() => onEdit(a.id)}>
+                  Edit as YAML
                 </button>
               </div>
               {a.description && <div className="clarion-Muted">{a.description}</div>}
@@ -92,7 +107,17 @@ export function AgentsView({
   );
 }
 
-function ImportBox({ api, imports, onImported }: { api: ClarionApi; imports: number; onImported: () => void }): JSX.Element {
+function ImportBox({
+  api,
+  imports,
+  onImported,
+  onNew
+}: {
+  api: ClarionApi;
+  imports: number;
+  onImported: () => void;
+  onNew: () => void;
+}): JSX.Element {
   const input = React.useRef<HTMLInputElement>(null);
   const asked = React.useRef(imports);
   React.useEffect(() => {
@@ -136,6 +161,9 @@ function ImportBox({ api, imports, onImported }: { api: ClarionApi; imports: num
         className="clarion-Hidden"
         onChange={e => void upload(e.target.files)}
       />
+      <button className="jp-mod-styled jp-mod-accept clarion-Button" onClick={onNew}>
+        New agent
+      </button>
       <button className="jp-mod-styled clarion-Button" disabled={busy} onClick={() => input.current?.click()}>
         Import v2 agents…
       </button>

@@ -170,6 +170,36 @@ export class ClarionApi {
     return (await this.request<{ agents: Agent[] }>('GET', 'agents')).agents;
   }
 
+  getAgent(id: string): Promise<Agent> {
+    return this.request('GET', `agents/${encodeURIComponent(id)}`);
+  }
+
+  /** Replaces an agent with YAML text (its id is the path's); a 422 carries every problem. */
+  saveAgentYaml(id: string, yaml: string): Promise<Agent> {
+    return this.request('PUT', `agents/${encodeURIComponent(id)}`, { text: yaml, type: 'application/yaml' });
+  }
+
+  /** Creates an agent from YAML text (409 when its id is taken); a 422 carries every problem. */
+  createAgentYaml(yaml: string): Promise<Agent> {
+    return this.request('POST', 'agents', { text: yaml, type: 'application/yaml' });
+  }
+
+  /**
+   * May this user change Clarion's agents and workflows? Jupyter's `GET /api/me` answers for
+   * the server's authorizer; true when it cannot say (a save then answers for itself).
+   */
+  async canWrite(): Promise<boolean> {
+    const query = encodeURIComponent(JSON.stringify({ clarion: ['write'] }));
+    const url = URLExt.join(this.settings.baseUrl, 'api/me') + `?permissions=${query}`;
+    try {
+      const response = await ServerConnection.makeRequest(url, {}, this.settings);
+      const granted = (await response.json())?.permissions?.clarion;
+      return !response.ok || !Array.isArray(granted) || granted.includes('write');
+    } catch {
+      return true;
+    }
+  }
+
   /**
    * Clarion v2 agent files: YAML and JSON documents go as text, a `clarion.db` (SQLite)
    * as `application/octet-stream`.

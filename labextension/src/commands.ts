@@ -15,11 +15,12 @@ import { ReadonlyPartialJSONObject } from '@lumino/coreutils';
 import { ApiError, ClarionApi } from './api';
 import { ClarionController } from './controller';
 import { IRunActions, IRunServices } from './detail';
-import { WorkflowEditor, yamlOf } from './editor';
-import { TERMINAL_RUN, WorkflowRun } from './protocol';
+import { AgentEditor } from './agenteditor';
+import { WorkflowEditor, YamlEditor, yamlOf } from './editor';
+import { Agent, TERMINAL_RUN, WorkflowRun } from './protocol';
 import { RunModel } from './liverun';
 import { RunDetailWidget } from './runtab';
-import { AGENT_RUN_WORKFLOW, runTitle } from './runtitle';
+import { AGENT_RUN_WORKFLOW, V2_RUN_WORKFLOW, runTitle } from './runtitle';
 import { ClarionSidebar } from './sidebar';
 import { Tab } from './sidebarstate';
 
@@ -40,6 +41,8 @@ export namespace CommandIDs {
   export const editWorkflow = 'clarion:edit-workflow';
   export const saveWorkflow = 'clarion:save-workflow';
   export const deleteWorkflow = 'clarion:delete-workflow';
+  export const editAgent = 'clarion:edit-agent';
+  export const newAgent = 'clarion:new-agent';
   export const importAgents = 'clarion:import-agents';
   export const runAgent = 'clarion:run-agent';
   export const runAgentOnFiles = 'clarion:run-agent-on-files';
@@ -60,6 +63,7 @@ export interface IClarionParts {
   started: (runId: string) => void;
   runs: WidgetTracker<RunDetailWidget>;
   editors: WidgetTracker<WorkflowEditor>;
+  agentEditors: WidgetTracker<AgentEditor>;
   editorServices: IEditorServices;
   rendermime: IRenderMimeRegistry | null;
   fileBrowser: IDefaultFileBrowser | null;
@@ -94,7 +98,7 @@ function failed(what: string, error: unknown): void {
 }
 
 export function addCommands(parts: IClarionParts): void {
-  const { app, api, controller, sidebar, started, runs, editors, icon } = parts;
+  const { app, api, controller, sidebar, started, runs, editors, agentEditors, icon } = parts;
   const { commands, shell } = app;
   const services: IRunServices = { rendermime: parts.rendermime, agents: () => controller.agents };
 
@@ -106,7 +110,8 @@ export function addCommands(parts: IClarionParts): void {
   const runIdOf = (args: ReadonlyPartialJSONObject): string =>
     String(args.runId ?? runs.currentWidget?.model.runId ?? '');
   const workflowItems = (): [string, string][] => (controller.workflows ?? []).map(w => [w.id, w.name]);
-  const deletableItems = (): [string, string][] => workflowItems().filter(([id]) => id !== AGENT_RUN_WORKFLOW);
+  const deletableItems = (): [string, string][] =>
+    workflowItems().filter(([id]) => id !== AGENT_RUN_WORKFLOW && id !== V2_RUN_WORKFLOW);
   const agentItems = (): [string, string][] => (controller.agents ?? []).map(a => [a.id, a.name]);
   const knownRun = async (runId: string): Promise<WorkflowRun> =>
     runs.find(w => w.model.runId === runId)?.model.run ?? controller.runs.get(runId) ?? api.getRun(runId);
@@ -268,36 +273,46 @@ export function addCommands(parts: IClarionParts): void {
       }
     }
   });
-  commands.addCommand(CommandIDs.editWorkflow, {
-    label: 'Clarion: Edit Workflow as YAML…',
-    execute: async args => {
-      const id = String(args.id ?? '') || (await pick('Edit which workflow?', workflowItems()));
-      if (!id) {
-        return;
-      }
-      const existing = editors.find(w => w.workflowId === id);
+  /** Edit a workflow or an agent as YAML: the one named (or picked), in its tab if one is open. */
+  const editCommand = (
+    kind: 'workflow' | 'agent',
+    items: () => [string, string][],
+    opened: (id: string) => YamlEditor | undefined,
+    open: (id: string) => Promise<void>
+  ) => ({
+    label: `Clarion: Edit ${kind === 'workflow' ? 'Workflow' : 'Agent'} as YAML…`,
+    execute: async (args: ReadonlyPartialJSONObject) => {
+      const id = String(args.id ?? '') || (await pick(`Edit which ${kind}?`, items()));
+      const existing = id ? opened(id) : undefined;
       if (existing) {
         shell.activateById(existing.id);
-        return;
-      }
-      try {
-        const workflow = await api.getWorkflow(id);
-        const editor = new WorkflowEditor(api, id, yamlOf(workflow), parts.editorServices);
-        void editors.add(editor);
-        shell.add(editor, 'main');
-        shell.activateById(editor.id);
-      } catch (error) {
-        failed(`Cannot open workflow ${id}`, error);
+      } else if (id) {
+        await open(id).catch(error => failed(`Cannot open ${kind} ${id}`, error));
       }
     }
   });
+  const showEditor = (editor: YamlEditor): void => {
+    shell.add(editor, 'main');
+    shell.activateById(editor.id);
+  };
+  commands.addCommand(
+    CommandIDs.editWorkflow,
+    editCommand('workflow', workflowItems, id => editors.find(w => w.workflowId === id), async id => {
+      const [workflow, canWrite] = await Promise.all([api.getWorkflow(id), api.canWrite()]);
+      const editor = new WorkflowEditor(api, id, yamlOf(workflow), parts.editorServices, canWrite);
+      void editors.add(editor);
+      showEditor(editor);
+    })
+  );
+  // One Save for every YAML editor (Accel S in either): the editor in front only, so a
+  // notebook in front keeps Lab's own Save.
+  const yamlInFront = (): YamlEditor | null => (shell.currentWidget instanceof YamlEditor ? shell.currentWidget : null);
   commands.addCommand(CommandIDs.saveWorkflow, {
-    label: 'Clarion: Save Workflow',
+    label: () => (yamlInFront() instanceof AgentEditor ? 'Clarion: Save Agent' : 'Clarion: Save Workflow'),
     caption: 'Validate and save through the Clarion API',
     icon: saveIcon,
-    // The editor in front only: a notebook in front keeps Lab's own Save.
-    isEnabled: () => editors.currentWidget !== null && editors.currentWidget === shell.currentWidget,
-    execute: () => (editors.currentWidget === shell.currentWidget ? editors.currentWidget?.save() : undefined)
+    isEnabled: () => yamlInFront() !== null,
+    execute: () => yamlInFront()?.save()
   });
   commands.addCommand(CommandIDs.deleteWorkflow, {
     label: 'Clarion: Delete Workflow…',
@@ -316,6 +331,33 @@ export function addCommands(parts: IClarionParts): void {
       }
       await controller.reloadWorkflows();
     }
+  });
+
+  const openAgentEditor = async (agent: Agent | null): Promise<void> => {
+    const editor = new AgentEditor(api, agent, parts.editorServices, await api.canWrite());
+    // A new agent is tracked (and restored on reload) once it has an id: from its first save.
+    editor.saved.connect(() => {
+      void (agentEditors.has(editor) ? agentEditors.save(editor) : agentEditors.add(editor));
+      void controller.reloadAgents();
+    });
+    if (agent) {
+      void agentEditors.add(editor);
+    }
+    showEditor(editor);
+  };
+  commands.addCommand(
+    CommandIDs.editAgent,
+    editCommand(
+      'agent',
+      agentItems,
+      id => agentEditors.find(w => w.agentId === id),
+      async id => openAgentEditor(await api.getAgent(id))
+    )
+  );
+  commands.addCommand(CommandIDs.newAgent, {
+    label: 'Clarion: New Agent',
+    caption: 'A new agent, written as YAML and saved through the Clarion API',
+    execute: () => openAgentEditor(null)
   });
 
   commands.addCommand(CommandIDs.importAgents, {

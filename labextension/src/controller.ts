@@ -22,10 +22,13 @@ export class ClarionController {
   private _stream: EventStream | null = null;
   private _changed = new Signal<this, void>(this);
   private _event = new Signal<this, ClarionEvent>(this);
+  /** Workflows a shown run had while the list did not: read again once each. */
+  private _sought = new Set<string>();
 
   constructor(readonly api: ClarionApi) {
     this.runs = new RunHistory(api);
     this.waiting = new WaitingModel(api);
+    this.runs.changed.connect(() => this._seekWorkflows());
   }
 
   get changed(): ISignal<this, void> {
@@ -90,6 +93,23 @@ export class ClarionController {
       this.agentsError = (error as Error).message;
     }
     this._changed.emit();
+  }
+
+  /**
+   * A run of a workflow saved since the list was read (over the API, by an import of v2 runs)
+   * reads the workflows again, so the Runs filter offers it without a reload. Once per
+   * workflow: the runs of a deleted one stay in the list.
+   */
+  private _seekWorkflows(): void {
+    if (this.workflows === null) {
+      return;
+    }
+    const known = new Set(this.workflows.map(w => w.id));
+    const unknown = this.runs.runs.find(run => !known.has(run.workflow_id) && !this._sought.has(run.workflow_id));
+    if (unknown) {
+      this._sought.add(unknown.workflow_id);
+      void this.reloadWorkflows();
+    }
   }
 
   dispose(): void {

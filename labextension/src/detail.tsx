@@ -8,6 +8,7 @@ import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { UseSignal } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
+import { AgentTask } from './agenttask';
 import { ApiError, ClarionApi } from './api';
 import { ErrorMessage, Json, StatusBadge, formatCost, formatDuration, formatTime, runDuration, useNow } from './common';
 import { DiffView } from './diff';
@@ -17,7 +18,7 @@ import { UntrustedMarkdown } from './markdown';
 import { Agent, Approval, StepRun, WorkflowRun } from './protocol';
 import { isTerminal } from './fold';
 import { RunModel } from './liverun';
-import { AGENT_RUN_WORKFLOW, runTitle } from './runtitle';
+import { AGENT_RUN_WORKFLOW, V2_RUN_WORKFLOW, runTitle } from './runtitle';
 import { settledStatus, settledSteps } from './settled';
 
 export interface IRunActions {
@@ -131,6 +132,7 @@ function RunDetailBody({ model, run, actions, services }: IRunDetailProps & { ru
           </>
         )}
       </dl>
+      <AgentTask run={run} agents={services.agents()} />
       {Object.keys(run.inputs).length > 0 && (
         <details className="clarion-Section">
           <summary>Inputs</summary>
@@ -161,13 +163,17 @@ function RunDetailBody({ model, run, actions, services }: IRunDetailProps & { ru
 /** An agent run's reply, as v2 showed it: its summary (or its text) above the diff. */
 function AgentReply({ run, rendermime }: { run: WorkflowRun; rendermime: IRenderMimeRegistry | null }): JSX.Element | null {
   const reply = run.steps.find(s => s.key === 'reply' && s.output);
-  if (!reply || run.workflow_id !== AGENT_RUN_WORKFLOW) {
+  if (run.workflow_id !== AGENT_RUN_WORKFLOW && run.workflow_id !== V2_RUN_WORKFLOW) {
     return null;
   }
-  const summary = reply.output.json?.summary ?? reply.output.text;
+  // v2 kept the summary beside the raw reply: an imported run has it in its outputs.
+  const summary = reply?.output.json?.summary ?? reply?.output.text ?? run.outputs?.summary;
+  if (summary === undefined || summary === null || summary === '') {
+    return null;
+  }
   return (
     <section className="clarion-Reply" aria-label="The agent's reply">
-      <div className="clarion-Label">Reply{reply.output.model ? ` · ${reply.output.model}` : ''}</div>
+      <div className="clarion-Label">Reply{reply?.output.model ? ` · ${reply.output.model}` : ''}</div>
       <UntrustedMarkdown text={typeof summary === 'string' ? summary : JSON.stringify(summary)} rendermime={rendermime} />
     </section>
   );

@@ -4,11 +4,13 @@
  * or a step (its id, or `#N` for the N-th list entry when it has none) and a field path
  * (`with.command`, `retry.max_attempts`), or a top-level field path (`inputs.x.type`). The
  * mark goes on the innermost part that the text has: the field's key, else the step's
- * declaration, else the document's first line.
+ * declaration, else the document's first line. A body that does not parse is refused
+ * before validation (400, `where` in its details): that is a problem at its line too.
  */
 import type { Diagnostic } from '@codemirror/lint';
 import type { Text } from '@codemirror/state';
 
+import type { ApiError } from './api';
 import { Problem } from './protocol';
 
 /** A 1-based line and the 0-based columns the mark covers on it. */
@@ -159,4 +161,16 @@ export function problemDiagnostics(problems: readonly Problem[], doc: Text): Dia
       message: problem.message
     };
   });
+}
+
+/**
+ * The problems a refused save reports: a 422's list, or a body that is not YAML at all (a
+ * 400 whose details say `where`: `line L, column C`) as one problem at that place.
+ */
+export function problemsOf(error: ApiError): Problem[] {
+  if (error.problems.length) {
+    return error.problems;
+  }
+  const where = error.details?.where;
+  return typeof where === 'string' && /^line \d+/.test(where) ? [{ loc: where, message: error.message }] : [];
 }

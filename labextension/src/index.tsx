@@ -12,6 +12,7 @@ import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { LabIcon } from '@jupyterlab/ui-components';
 
+import { AgentEditor } from './agenteditor';
 import { ClarionApi } from './api';
 import { CommandIDs, PALETTE_COMMANDS, addCommands } from './commands';
 import { ClarionController } from './controller';
@@ -46,6 +47,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const { commands, shell } = app;
     const runs = new WidgetTracker<RunDetailWidget>({ namespace: 'clarion-run' });
     const editors = new WidgetTracker<WorkflowEditor>({ namespace: 'clarion-workflow' });
+    const agentEditors = new WidgetTracker<AgentEditor>({ namespace: 'clarion-agent' });
 
     const openRun = (runId: string): void => void commands.execute(CommandIDs.openRun, { runId });
     // A run just started may not be in the list yet (or is filtered out of it): its document names it.
@@ -64,6 +66,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
       openRun,
       editWorkflow: id => void commands.execute(CommandIDs.editWorkflow, { id }),
       deleteWorkflow: id => void commands.execute(CommandIDs.deleteWorkflow, { id }),
+      editAgent: id => void commands.execute(CommandIDs.editAgent, { id }),
+      newAgent: () => void commands.execute(CommandIDs.newAgent),
       deleteFinishedRuns: () => void commands.execute(CommandIDs.deleteFinishedRuns),
       selectedFiles,
       started
@@ -72,7 +76,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     shell.add(sidebar, 'left', { rank: 600 });
 
     addCommands({
-      app, api, controller, sidebar, started, runs, editors, editorServices, rendermime, fileBrowser,
+      app, api, controller, sidebar, started, runs, editors, agentEditors, editorServices, rendermime, fileBrowser,
       icon: clarionIcon
     }); // prettier-ignore
     if (palette) {
@@ -91,6 +95,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
         command: CommandIDs.editWorkflow,
         args: widget => ({ id: widget.workflowId }),
         name: widget => widget.workflowId
+      });
+      void restorer.restore(agentEditors, {
+        command: CommandIDs.editAgent,
+        args: widget => ({ id: widget.agentId }),
+        name: widget => widget.agentId ?? widget.id
       });
     }
     if (settingRegistry) {

@@ -15,6 +15,8 @@ export interface ISidebarActions {
   editWorkflow(id: string): void;
   /** Each asks for a confirmation first. */
   deleteWorkflow(id: string): void;
+  editAgent(id: string): void;
+  newAgent(): void;
   deleteFinishedRuns(): void;
   selectedFiles(): string[];
   /** A run started from this Lab: it is opened, and notified when it ends or waits. */
@@ -153,6 +155,9 @@ function SidebarBody({ controller, state, settings, actions }: ISidebarProps): J
             defaultApply={settings.defaultApplyMode}
             onToggle={id => state.toggle('agents', id)}
             onReload={() => void controller.reloadAgents()}
+            onImported={() => void Promise.all([controller.reloadAgents(), controller.reloadWorkflows()])}
+            onEdit={actions.editAgent}
+            onNew={actions.newAgent}
             selectedFiles={actions.selectedFiles}
             onStarted={actions.started}
           />

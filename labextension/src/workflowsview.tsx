@@ -8,7 +8,7 @@ import * as React from 'react';
 import { ApiError, ClarionApi } from './api';
 import { ErrorMessage } from './common';
 import { InputSpec, WorkflowDocument } from './protocol';
-import { AGENT_RUN_WORKFLOW } from './runtitle';
+import { AGENT_RUN_WORKFLOW, V2_RUN_WORKFLOW } from './runtitle';
 
 export function WorkflowsView({
   api,
@@ -70,7 +70,7 @@ export function WorkflowsView({
             <button className="jp-mod-styled clarion-Small" onClick={() => onEdit(workflow.id)}>
               Edit as YAML
             </button>
-            {workflow.id !== AGENT_RUN_WORKFLOW && (
+            {workflow.id !== AGENT_RUN_WORKFLOW && workflow.id !== V2_RUN_WORKFLOW && (
               <button
                 className="jp-mod-styled jp-mod-reject clarion-Small"
                 aria-label={`Delete ${workflow.name}`}

@@ -118,4 +118,30 @@ describe('ClarionApi', () => {
       apply: 'review'
     });
   });
+
+  it('saves an agent as YAML text, and creates one the same way', async () => {
+    server.on('PUT', /\/api\/v3\/agents\/coder$/, () => ({ json: { id: 'coder', name: 'Coder' } }));
+    server.on('POST', /\/api\/v3\/agents$/, () => ({ status: 201, json: { id: 'helper', name: 'Helper' } }));
+    await api.saveAgentYaml('coder', 'name: Coder\nmodel: openai/gpt-4o\n');
+    expect((await api.createAgentYaml('name: Helper\nmodel: openai/gpt-4o\n')).id).toBe('helper');
+    const [put, post] = server.requests;
+    expect(put.headers.get('Content-Type')).toBe('application/yaml');
+    expect(put.body).toBe('name: Coder\nmodel: openai/gpt-4o\n');
+    expect(post.headers.get('Content-Type')).toBe('application/yaml');
+  });
+
+  it("asks Jupyter's /api/me whether the user may change Clarion's documents", async () => {
+    let granted: string[] = [];
+    server.on('GET', /\/api\/me$/, () => ({ json: { identity: { username: 'me' }, permissions: { clarion: granted } } }));
+    expect(await api.canWrite()).toBe(false);
+    granted = ['write'];
+    expect(await api.canWrite()).toBe(true);
+    const url = new URL(server.requests[0].url);
+    expect(url.pathname).toBe('/user/test/api/me');
+    expect(JSON.parse(url.searchParams.get('permissions')!)).toEqual({ clarion: ['write'] });
+  });
+
+  it('lets a save answer for itself when Jupyter cannot say', async () => {
+    expect(await api.canWrite()).toBe(true); // /api/me answers 404 here
+  });
 });
