@@ -105,6 +105,12 @@ def effective_budget(workflow: Budget | None, run: Budget | None) -> Budget | No
     return chosen if chosen is not None and chosen.limited else None
 
 
+def given_budget(usd: float | None, tokens: int | None) -> dict[str, Any] | None:
+    """A run's budget from the command line's or the magic's flags (None: none given)."""
+    given = {name: value for name, value in (("usd", usd), ("tokens", tokens)) if value is not None}
+    return given or None
+
+
 def limits_of(state: dict[str, Any]) -> Budget | None:
     """The limits a run held to, from its record's ``budget`` (what a re-run of it holds to)."""
     given = {name: state[name] for name in ("usd", "tokens") if state.get(name) is not None}
