@@ -308,6 +308,19 @@ def llm_quoter(workspace: Workspace) -> Quoter:
     return quote
 
 
+def describe(budget: dict[str, Any]) -> str:
+    """A run's budget in a line, for a cell or a terminal: spent against each limit, and what
+    calls in flight hold."""
+    tokens = f"{budget['spent_tokens']:,}" + (f" of {budget['tokens']:,}" if budget.get("tokens") else "") + " tokens"
+    parts = [f"{_usd(budget['spent_usd'])} of {_usd(budget['usd'])}" if budget.get("usd") else None, tokens]
+    line = " · ".join(part for part in parts if part) + " spent"
+    if budget.get("reserved_tokens"):
+        line += f" ({budget['reserved_tokens']:,} tokens held by calls in flight)"
+    if budget.get("unpriced_calls"):
+        line += f" · {budget['unpriced_calls']} call{'s' if budget['unpriced_calls'] != 1 else ''} of unpriced models"
+    return line
+
+
 def _quote_failure(exc: ValidationError | TaskFailed | ProviderError) -> tuple[dict[str, Any], bool]:
     """The step error of a call that could not be priced: the one its task would have given."""
     if isinstance(exc, ValidationError):

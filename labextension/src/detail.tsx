@@ -9,6 +9,7 @@ import { UseSignal } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
 import { ApiError, ClarionApi } from './api';
+import { BudgetFact } from './budget';
 import { ErrorMessage, Json, StatusBadge, formatCost, formatDuration, formatTime, runDuration, useNow } from './common';
 import { DiffView } from './diff';
 import { graphEdges, layoutGraph } from './graph';
@@ -130,6 +131,7 @@ function RunDetailBody({ model, run, actions, services }: IRunDetailProps & { ru
             </dd>
           </>
         )}
+        <BudgetFact budget={run.budget} />
       </dl>
       {Object.keys(run.inputs).length > 0 && (
         <details className="clarion-Section">
