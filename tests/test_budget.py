@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from broker_support import broker, engine_on, queue_secret
 from conftest_server import Api, create_workflow, read_until_closed, start_run, wait_run
 from notebook_support import Shell
 
@@ -30,9 +31,11 @@ from clarion_jupyter.core.workspace import Workspace
 from clarion_jupyter.task.base import TaskContext, TaskFailed
 from clarion_jupyter.task.builtin.llm_call import LLMCallConfig, LLMCallTask
 from clarion_jupyter.testing import OpenAIStubServer
+from clarion_jupyter.testing.brokers import BrokerProcess, WorkerProcess
 from clarion_jupyter.workflow.fold import fold, initial
 from clarion_jupyter.workflow.models import StepRun, WorkflowRun
 
+__all__ = ["broker", "queue_secret"]  # fixtures, used by name
 pytestmark = pytest.mark.timeout(120)
 
 UNPRICED = "openai/fake"
@@ -119,6 +122,20 @@ async def test_five_parallel_calls_against_a_budget_for_three_make_three_calls(
     error = next(s.error for s in run.steps if s.key in refused(run))
     assert f"would pass the limit of {limit:,} tokens" in error["message"]
     assert error["details"]["reserved_tokens"] == 3 * need and error["details"]["call_tokens"] == need
+
+
+async def test_with_a_broker_the_engine_reserves_before_it_sends_so_workers_make_three_calls(
+    broker: BrokerProcess, tmp_path: Path, stub: OpenAIStubServer
+) -> None:
+    stub.delay_s = 0.2
+    async with engine_on(broker, tmp_path) as engine, WorkerProcess(broker.url, tmp_path) as worker:
+        await engine.create_agent(agent(stub))
+        await worker.wait_ready()
+        need = (await worst_case(engine, stub))["call_tokens"]
+        run_id = await engine.submit({"name": "five", "steps": [parallel(5)]}, budget={"tokens": 4 * need - 1})
+        run = await finished(engine, run_id)
+    assert stub.request_count == 3 and len(refused(run)) == 2
+    assert 0 < run.budget.spent_tokens <= 4 * need - 1 and run.budget.reserved_tokens == 0
 
 
 async def test_a_sequential_run_stops_at_the_call_that_would_overshoot(tmp_path: Path, stub: OpenAIStubServer) -> None:
