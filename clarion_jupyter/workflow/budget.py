@@ -209,16 +209,20 @@ class BudgetLedger:
             )
         over = []
         if view.tokens is not None and view.spent_tokens + held["reserved_tokens"] + need_tokens > view.tokens:
+            in_flight = held["reserved_tokens"]
             over.append(
                 f"{need_tokens:,} tokens ({quote.prompt_tokens:,} prompt + {quote.output_tokens:,} reply at most) "
-                f"on top of {view.spent_tokens:,} spent and {held['reserved_tokens']:,} held by calls in flight "
-                f"would pass the limit of {view.tokens:,} tokens"
+                f"on top of {view.spent_tokens:,} spent"
+                + (f" and {in_flight:,} held by calls in flight" if in_flight else "")
+                + f" would pass the limit of {view.tokens:,} tokens"
             )
         usd = quote.cost_usd
         if view.usd is not None and usd is not None and view.spent_usd + held["reserved_usd"] + usd > view.usd:
+            in_flight = held["reserved_usd"]
             over.append(
-                f"{_usd(usd)} at most on top of {_usd(view.spent_usd)} spent and "
-                f"{_usd(held['reserved_usd'])} held by calls in flight would pass the limit of {_usd(view.usd)}"
+                f"{_usd(usd)} at most on top of {_usd(view.spent_usd)} spent"
+                + (f" and {_usd(in_flight)} held by calls in flight" if in_flight else "")
+                + f" would pass the limit of {_usd(view.usd)}"
             )
         if not over:
             return None
