@@ -273,12 +273,10 @@ class RunState:
         color = COLORS["failed"] if share >= 0.9 else COLORS["waiting"] if share >= 0.7 else COLORS["succeeded"]
         bar = tag(
             "span",
-            tag("span", style=style(display="inline-block", width=f"{share * 100:.1f}%", height="100%", background=color)),
-            tag("span", style=style(display="inline-block", width=f"{held * 100:.1f}%", height="100%",
-                                    background=color, opacity=".35")),
-            style=style(display="inline-block", width="80px", height="6px", vertical_align="middle",
-                        background="var(--jp-border-color2,#ddd)", border_radius="3px", overflow="hidden",
-                        white_space="nowrap"),
+            tag("span", style=style(flex="none", width=f"{share * 100:.1f}%", background=color)),
+            tag("span", style=style(flex="none", width=f"{held * 100:.1f}%", background=color, opacity=".35")),
+            style=style(display="inline-flex", width="80px", height="6px", vertical_align="middle",
+                        background="var(--jp-border-color2,#ddd)", border_radius="3px", overflow="hidden"),
         )  # fmt: skip
         return tag("div", "budget ", bar, " ", describe(budget), class_="clarion-budget", data_role="budget",
                    style=style(font_size="12px", opacity=".85", margin="2px 0"))  # fmt: skip

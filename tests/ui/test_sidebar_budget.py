@@ -1,11 +1,17 @@
-"""A run's budget in the run detail: spent against the limit, live as the run's LLM calls
-settle, and the call the budget refused, in the light and the dark theme."""
+"""A run's budget in the sidebar's run detail (spent against the limit, live as the run's LLM
+calls settle, and the call the budget refused) and in a notebook cell's widget, in the light
+and the dark theme."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import urllib.error
 
-from clarion_jupyter.testing.browser import DARK_THEME, chromium
+import nbformat
+from nbformat.v4 import new_code_cell, new_notebook
+
+from clarion_jupyter.testing.browser import DARK_THEME, chromium, open_lab
 
 from .conftest import api, wait_for_run
 from .pages import SIDEBAR, change_theme, console_errors, open_sidebar, run_detail, wait_status
@@ -21,18 +27,26 @@ AGENT = {
 gpt-4o-mini); ``max_tokens`` bounds each call's worst case."""
 
 
+def with_agent(lab) -> None:
+    """The agent, created by whichever of the module's tests runs first."""
+    with contextlib.suppress(urllib.error.HTTPError):  # 409: it exists
+        api(lab, "POST", "agents", AGENT)
+
+
+CALL = "    task: llm_call\n    with: {agent: budgeted, prompt: Say ok}\n"
+
+
 def budgeted(limit: int) -> str:
-    call = "    task: llm_call\n    with: {agent: budgeted, prompt: Say ok}\n"
     return (
         f"id: budgeted\nname: Budgeted\nbudget: {{tokens: {limit}, usd: 0.01}}\nsteps:\n"
-        f"  - id: first\n{call}"
+        f"  - id: first\n{CALL}"
         "  - id: hold\n    task: shell\n    with: {command: 'while [ -f hold.flag ]; do sleep 0.05; done'}\n"
-        f"  - id: second\n{call}  - id: third\n{call}"
+        f"  - id: second\n{CALL}  - id: third\n{CALL}"
     )
 
 
 async def test_the_run_detail_shows_spent_against_the_budget_live_and_the_refused_call(lab, shots) -> None:
-    api(lab, "POST", "agents", AGENT)
+    with_agent(lab)
     flag = lab.root / "hold.flag"
     flag.touch()
     # Each call spends 30 tokens and reserves its prompt (0 < p < 30 tokens) + 100 first: the
@@ -65,6 +79,33 @@ async def test_the_run_detail_shows_spent_against_the_budget_live_and_the_refuse
         await page.locator(f"{detail} .clarion-Facts").first.scroll_into_view_if_needed()
         await shots(page, "light")
 
+        await change_theme(page, DARK_THEME)
+        await shots(page, "dark")
+        await change_theme(page, "JupyterLab Light")
+        assert console_errors(page) == []
+
+
+async def test_a_notebook_cell_with_a_budget_shows_spent_against_it_in_its_widget(lab, shots) -> None:
+    with_agent(lab)
+    cell = "%%clarion --budget 0.01 --budget-tokens 160\nname: Widget budget\nsteps:\n" + "".join(
+        f"  - id: {name}\n{CALL}" for name in ("first", "second", "third")
+    )
+    notebook = new_notebook(cells=[new_code_cell("%load_ext clarion_jupyter"), new_code_cell(cell)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nbformat.write(notebook, lab.root / "budget.ipynb")
+    async with chromium() as browser:
+        page = await open_lab(browser, lab, "lab/tree/budget.ipynb")
+        await page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        await page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
+        await page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+        await page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+        await page.wait_for_selector(".clarion-run-header[data-status='failed']", timeout=60_000)
+        budget = page.locator(".clarion-budget[data-role='budget']")
+        await page.wait_for_selector(".clarion-budget:has-text('60 of 160 tokens spent')")
+        assert "of $0.01" in await budget.inner_text()
+        await page.wait_for_selector(".clarion-step[data-key='third'][data-status='failed']")
+        await budget.scroll_into_view_if_needed()
+        await shots(page, "light")
         await change_theme(page, DARK_THEME)
         await shots(page, "dark")
         await change_theme(page, "JupyterLab Light")
