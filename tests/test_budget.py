@@ -223,19 +223,22 @@ async def test_a_reply_refused_by_its_schema_still_counts_what_it_spent(tmp_path
 async def test_a_worker_refuses_a_prompt_that_grew_since_it_was_reserved(
     tmp_path: Path, stub: OpenAIStubServer
 ) -> None:
+    """The engine reserved the prompt with the file as it was; the file grew before the worker
+    read it, so the prompt the worker would send is larger than what was reserved."""
+    (tmp_path / "notes.txt").write_text("grown " * 200)
     ctx = TaskContext(
         run_id="r", step_id="c", key="c", attempt=1, workspace=Workspace(tmp_path),
-        resources={"agent": agent(stub), "budget": {"prompt_tokens": 3}},
+        resources={"agent": agent(stub), "budget": {"prompt_tokens": 40}},
     )  # fmt: skip
+    config = LLMCallConfig(agent="bot", prompt="summarise", files=["notes.txt"])
     with pytest.raises(TaskFailed) as raised:
-        await LLMCallTask().run(LLMCallConfig(agent="bot", prompt="a prompt longer than three tokens"), ctx)
+        await LLMCallTask().run(config, ctx)
     assert (
-        raised.value.code == "budget_exceeded" and "more than the 3 the run's budget reserved" in raised.value.message
+        raised.value.code == "budget_exceeded" and "more than the 40 the run's budget reserved" in raised.value.message
     )
-    assert stub.request_count == 0
+    assert raised.value.details["prompt_tokens"] > 200 and stub.request_count == 0
     ctx.resources["budget"] = {"prompt_tokens": 10_000}
-    output = await LLMCallTask().run(LLMCallConfig(agent="bot", prompt="a prompt"), ctx)
-    assert output["text"] == "ok" and stub.request_count == 1
+    assert (await LLMCallTask().run(config, ctx))["text"] == "ok" and stub.request_count == 1
 
 
 # -- the budget's sources -----------------------------------------------------------

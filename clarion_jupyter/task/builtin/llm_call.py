@@ -150,7 +150,7 @@ class LLMCallTask(Task):
         if (problem := prepared.over_budget()) is not None:
             raise TaskFailed(problem, details=prepared.context_report(), retryable=False)
         request = prepared.request
-        if (reserved := ctx.resources.get("budget")) is not None:
+        if (reserved := ctx.resources.get("budget")) is not None and prepared.files:
             await hold_to_reservation(request, reserved, self.provider)
         request.max_output_bytes = ctx.settings.max_output_bytes
         tokens = None
@@ -243,7 +243,8 @@ class TokenCoalescer:
 
 async def hold_to_reservation(request: LLMRequest, reserved: dict[str, Any], provider: LLMProvider) -> None:
     """The engine reserved this call's worst case for its run's budget before sending the job;
-    a prompt that grew since (a context file changed) would spend more than was reserved."""
+    a prompt that grew since (a workspace file it sends changed) would spend more than was
+    reserved. Only a prompt with files can: the rest is the job's agent and config."""
     tokens = await provider.count_tokens(request)
     if tokens > reserved["prompt_tokens"]:
         raise TaskFailed(
