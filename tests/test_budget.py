@@ -220,6 +220,43 @@ async def test_a_reply_refused_by_its_schema_still_counts_what_it_spent(tmp_path
     assert run.budget.spent_tokens > 0 and run.budget.reserved_tokens == 0
 
 
+async def test_a_call_that_sends_a_workspace_file_reserves_its_tokens_too(
+    tmp_path: Path, stub: OpenAIStubServer
+) -> None:
+    (tmp_path / "notes.txt").write_text("note " * 300)
+    with_file = {**call("c"), "with": {**call("c")["with"], "files": ["notes.txt"]}}
+    async with engine_at(tmp_path, agent(stub)) as engine:
+        plain = await finished(
+            engine, await engine.submit({"name": "plain", "steps": [call("c")]}, budget={"tokens": 10**6})
+        )
+        sent = await finished(
+            engine, await engine.submit({"name": "file", "steps": [with_file]}, budget={"tokens": 10**6})
+        )
+        held = [
+            next(e.data["budget"]["reserved_tokens"] for e in await engine.events(r.run_id) if e.type == "step_started")
+            for r in (plain, sent)
+        ]
+    assert plain.status.value == sent.status.value == "succeeded" and stub.request_count == 2
+    assert held[1] - held[0] >= 300, "the file's tokens were not reserved"
+
+
+async def test_a_step_waiting_for_approval_holds_nothing_and_reserves_once_approved(
+    tmp_path: Path, stub: OpenAIStubServer
+) -> None:
+    async with engine_at(tmp_path, agent(stub)) as engine:
+        need = (await worst_case(engine, stub))["call_tokens"]
+        doc = {"name": "gated", "steps": [call("c", approval=True)]}
+        run_id = await engine.submit(doc, budget={"tokens": need})
+        async for event in engine.subscribe(run_id):
+            if event.type == "approval_requested":
+                break
+        waiting = (await engine.get_run(run_id)).budget
+        await engine.approve(run_id, "c")
+        run = await finished(engine, run_id)
+    assert (waiting.reserved_tokens, waiting.spent_tokens) == (0, 0)
+    assert run.status.value == "succeeded" and stub.request_count == 1 and run.budget.spent_tokens > 0
+
+
 async def test_a_worker_refuses_a_prompt_that_grew_since_it_was_reserved(
     tmp_path: Path, stub: OpenAIStubServer
 ) -> None:
