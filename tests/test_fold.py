@@ -34,13 +34,15 @@ def test_the_fold_gives_each_golden_state_after_each_event(path: Path) -> None:
         assert (run["status"], {s["key"]: s["status"] for s in run["steps"]}, [a["step_key"] for a in run["approvals"]]) == (
             after["status"], after["steps"], after["approvals"],
         ), f"after seq {event['seq']} ({event['type']})"  # fmt: skip
+        if "budget" in after:  # a run with a budget: what it spent and holds, event by event
+            assert run.get("budget") == after["budget"], f"budget after seq {event['seq']} ({event['type']})"
     assert state == case["expected"]
 
 
 def test_the_golden_files_cover_every_case_the_views_disagreed_on() -> None:
     names = {p.stem for p in CASES}
     assert {"sequential", "parallel", "for_each", "skips", "retries", "continue_on_error", "approval_granted",
-            "approval_rejected", "cancel_mid_step", "resumed", "llm_tokens"} <= names  # fmt: skip
+            "approval_rejected", "cancel_mid_step", "resumed", "llm_tokens", "budget"} <= names  # fmt: skip
     kinds = {e["type"] for p in CASES for e in load(p)["events"]}
     assert {"step_retrying", "step_skipped", "llm_token", "approval_granted", "approval_rejected",
             "workflow_cancelled", "workflow_failed"} <= kinds  # fmt: skip

@@ -49,6 +49,7 @@ from ..core.protocol import TERMINAL_EVENT_TYPES, CloseCode
 from ..storage.query import QueryResult
 from ..storage.records import Event, StoredDocument
 from ..workflow.agent_run import AgentRunRequest
+from ..workflow.budget import Budget
 from ..workflow.compare import RunComparison
 from ..workflow.models import Decision, RunPage, Workflow, WorkflowRun
 from ..workflow.validation import WorkflowSource
@@ -260,20 +261,30 @@ class Client:
     # -- runs --------------------------------------------------------------------
 
     async def submit(
-        self, workflow: WorkflowSource, inputs: JsonDoc | None = None, *, idempotency_key: str | None = None
+        self,
+        workflow: WorkflowSource,
+        inputs: JsonDoc | None = None,
+        *,
+        idempotency_key: str | None = None,
+        budget: Budget | JsonDoc | None = None,
     ) -> str:
         """Run a document without saving it (``POST /api/v3/runs``); YAML text is sent as written."""
         document = workflow.to_document() if isinstance(workflow, Workflow) else workflow
         if isinstance(document, bytes):
             document = document.decode()
-        body = _run_body(inputs, idempotency_key, workflow=document)
+        body = _run_body(inputs, idempotency_key, budget, workflow=document)
         return (await self._request("POST", "api/v3/runs", body=body))["run_id"]
 
     async def submit_saved(
-        self, workflow_id: str, inputs: JsonDoc | None = None, *, idempotency_key: str | None = None
+        self,
+        workflow_id: str,
+        inputs: JsonDoc | None = None,
+        *,
+        idempotency_key: str | None = None,
+        budget: Budget | JsonDoc | None = None,
     ) -> str:
         """Start a run of a saved workflow; returns its id as soon as it is queued."""
-        body = _run_body(inputs, idempotency_key)
+        body = _run_body(inputs, idempotency_key, budget)
         return (await self._request("POST", _path("api/v3/workflows", workflow_id, "run"), body=body))["run_id"]
 
     async def get_run(self, run_id: str) -> WorkflowRun:
@@ -305,9 +316,12 @@ class Client:
         from_step: str | None = None,
         inputs: JsonDoc | None = None,
         overrides: JsonDoc | None = None,
+        budget: Budget | JsonDoc | None = None,
     ) -> WorkflowRun:
         """``POST /api/v3/runs/{run_id}/rerun``: the new run's document."""
         body = {"from_step": from_step, "inputs": inputs or {}, "overrides": overrides or {}}
+        if budget is not None:
+            body["budget"] = _budget_body(budget)
         return WorkflowRun.model_validate(await self._request("POST", _path("api/v3/runs", run_id, "rerun"), body=body))
 
     async def compare_runs(self, run_ids: list[str]) -> RunComparison:
@@ -494,11 +508,20 @@ def _agent_body(doc: JsonDoc | Agent) -> JsonDoc:
     return doc.model_dump(mode="json") if isinstance(doc, Agent) else doc
 
 
-def _run_body(inputs: JsonDoc | None, idempotency_key: str | None, **extra: Any) -> dict[str, Any]:
+def _run_body(
+    inputs: JsonDoc | None, idempotency_key: str | None, budget: Budget | JsonDoc | None = None, **extra: Any
+) -> dict[str, Any]:
     body: dict[str, Any] = {**extra, "inputs": dict(inputs or {})}
     if idempotency_key is not None:
         body["idempotency_key"] = idempotency_key
+    if budget is not None:
+        body["budget"] = _budget_body(budget)
     return body
+
+
+def _budget_body(budget: Budget | JsonDoc) -> JsonDoc:
+    """A budget as the API takes it: the fields given (the others stay the workflow's)."""
+    return budget.model_dump(mode="json", exclude_unset=True) if isinstance(budget, Budget) else dict(budget)
 
 
 def _uploads(path: Path) -> list[tuple[str, bytes]]:

@@ -17,6 +17,7 @@ from ..core.errors import Conflict
 from ..storage.query import QueryResult
 from ..storage.records import Event, StoredDocument
 from ..workflow.agent_run import AgentRunRequest
+from ..workflow.budget import Budget
 from ..workflow.compare import RunComparison
 from ..workflow.models import Decision, RunPage, Workflow, WorkflowRun
 from ..workflow.validation import WorkflowSource
@@ -29,13 +30,24 @@ class Clarion(Protocol):
     # -- runs ------------------------------------------------------------------------
 
     async def submit(
-        self, workflow: WorkflowSource, inputs: dict[str, Any] | None = None, *, idempotency_key: str | None = None
+        self,
+        workflow: WorkflowSource,
+        inputs: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        budget: Budget | dict[str, Any] | None = None,
     ) -> str:
         """Run a document (a mapping, YAML text or a :class:`Workflow`) without saving it; the
-        run's id once it is durably queued."""
+        run's id once it is durably queued. ``budget``: this run's (``{usd, tokens, unpriced}``),
+        its fields over the workflow's."""
 
     async def submit_saved(
-        self, workflow_id: str, inputs: dict[str, Any] | None = None, *, idempotency_key: str | None = None
+        self,
+        workflow_id: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        budget: Budget | dict[str, Any] | None = None,
     ) -> str:
         """Run a saved workflow; the run's id once it is durably queued."""
 
@@ -80,9 +92,11 @@ class Clarion(Protocol):
         from_step: str | None = None,
         inputs: dict[str, Any] | None = None,
         overrides: dict[str, Any] | None = None,
+        budget: Budget | dict[str, Any] | None = None,
     ) -> WorkflowRun:
         """Run a finished run again with changes, reusing every step no change reaches; the
-        new run (``parent_run_id``, ``changes``) once durably queued."""
+        new run (``parent_run_id``, ``changes``) once durably queued. It holds to the parent's
+        budget, ``budget``'s fields over it."""
 
     async def compare_runs(self, run_ids: list[str]) -> RunComparison:
         """Two or more runs side by side, step by step, with the steps that differ marked."""

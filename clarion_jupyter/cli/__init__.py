@@ -43,6 +43,12 @@ from .commands import (
 RUN_ID_HELP = "the run's id, or a unique prefix of it (6 characters or more)"
 
 
+def add_budget_flags(command: argparse.ArgumentParser) -> None:
+    """``--budget-usd`` and ``--budget-tokens``: the run's budget, over the workflow's ``budget:``."""
+    command.add_argument("--budget-usd", type=float, metavar="USD", help="most the run may spend on LLM calls, in USD")
+    command.add_argument("--budget-tokens", type=int, metavar="N", help="most tokens the run's LLM calls may use")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -83,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--save", action="store_true", help="also save the workflow under its id (a run alone never changes saved ones)"
     )
+    add_budget_flags(run)
     runs = add("runs", cmd_runs, "list runs, newest first")
     runs.add_argument("--workflow", help="only runs of this workflow id")
     runs.add_argument("--status", choices=[s.value for s in RunStatus])
@@ -110,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rerun.add_argument("--model", help="another model for the agents (this run only)")
     rerun.add_argument("--agent", help="with --model: only this agent's model")
+    add_budget_flags(rerun)
     add("compare", cmd_compare, "compare runs step by step; * marks the steps that differ").add_argument(
         "run_ids", nargs="+", metavar="RUN_ID", help=RUN_ID_HELP
     )
@@ -139,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="review",
         help="review the diff first (default), apply at once, or never",
     )
+    add_budget_flags(agent_run)
     add(
         "rerun",
         cmd_agent_rerun,

@@ -22,6 +22,7 @@ from ..settings import configured_engine, configured_traits, task_settings
 from ..task.registry import TaskRegistry
 from ..workflow.agent_run import AgentRunRequest
 from ..workflow.agent_runs import context_lines, refuse_over_cap
+from ..workflow.budget import given_budget, parse_budget
 from ..workflow.compare import RunComparison, StepInRun
 from ..workflow.engine import Engine
 from ..workflow.fold import fold, initial
@@ -141,7 +142,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     async with _clarion(args) as clarion:
         if args.save:
             await save_workflow(clarion, workflow, text)
-        run_id = await clarion.submit(workflow, inputs)
+        run_id = await clarion.submit(workflow, inputs, budget=given_budget(args.budget_usd, args.budget_tokens))
         progress = None if args.json else Progress(sys.stdout)
         run = await _announced(clarion, run_id, progress, f"run {run_id}: {workflow.name}")
     return _finish(run, progress)
@@ -153,7 +154,10 @@ async def cmd_rerun(args: argparse.Namespace) -> int:
         parent = await clarion.get_run(args.run_id)
         inputs = parse_inputs(args.input, parse_workflow(parent.workflow or {}))
         overrides = model_overrides(parent.workflow or {}, args.model, args.agent) if args.model else None
-        run = await clarion.rerun(parent.run_id, from_step=args.from_step, inputs=inputs, overrides=overrides)
+        budget = given_budget(args.budget_usd, args.budget_tokens)
+        run = await clarion.rerun(
+            parent.run_id, from_step=args.from_step, inputs=inputs, overrides=overrides, budget=budget
+        )
         progress = None if args.json else Progress(sys.stdout)
         run = await _announced(clarion, run.run_id, progress, f"run {run.run_id}: re-run of {parent.run_id}")
     return _finish(run, progress)
@@ -302,8 +306,9 @@ async def cmd_resume(args: argparse.Namespace) -> int:
 
 async def cmd_agent_run(args: argparse.Namespace) -> int:
     request = AgentRunRequest(
-        prompt=args.prompt, files=args.file, variables=parse_pairs(args.var, "--var"), apply=args.apply
-    )
+        prompt=args.prompt, files=args.file, variables=parse_pairs(args.var, "--var"), apply=args.apply,
+        budget=parse_budget(given_budget(args.budget_usd, args.budget_tokens)),
+    )  # fmt: skip
     async with _clarion(args) as clarion:
         prompt = await clarion.prompt_agent(args.agent, request)
         if not args.json:

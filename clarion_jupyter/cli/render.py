@@ -11,6 +11,7 @@ from ..agent.v2runs import V2_RUN_WORKFLOW_ID
 from ..core.protocol import EventType, RunStatus
 from ..storage.records import Event
 from ..workflow.agent_run import AGENT_REPLY_STEP, AGENT_RUN_WORKFLOW_ID
+from ..workflow.budget import describe
 from ..workflow.models import WorkflowRun
 
 
@@ -135,6 +136,8 @@ class Progress:
         )
         cost = f", ${usage.cost_usd:.8f}".rstrip("0").rstrip(".") if usage.cost_usd else ""
         print(self.style(f"run {run.run_id} {run.status.value}{took}{tokens}{cost}", colour), file=self.out)
+        if run.budget is not None:
+            print(f"  budget: {describe(run.budget.model_dump())}", file=self.out)
         if run.error:
             print(f"  error: {run.error.get('message')}", file=self.out)
         if run.outputs and self.show_outputs:

@@ -7,7 +7,7 @@ milliseconds of Python in litellm. In a child process neither touches the caller
 
 The child (:func:`main`) speaks JSON lines on its stdin and stdout:
 
-- to the child: ``{"id", "op": "complete" | "count", "request", "api_key"}``, ``{"id", "op":
+- to the child: ``{"id", "op": "complete" | "count" | "quote", "request", "api_key"}``, ``{"id", "op":
   "count_texts", "model", "texts"}``, ``{"id", "op": "window", "model"}`` and ``{"id", "op": "cancel"}``;
 - from the child: ``{"id", "token"}`` per streamed delta, then ``{"id", "result"}`` or ``{"id", "error"}``.
 
@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
+from .pricing import Quote
 from .provider import LiteLLMProvider, LLMRequest, LLMResult, ProviderError, TokenCallback, read_api_key
 
 
@@ -126,6 +127,9 @@ class ProcessProvider:
 
     async def count_text_tokens(self, model: str, texts: list[str]) -> list[int]:
         return [int(n) for n in await self._ask({"op": "count_texts", "model": model, "texts": texts})]
+
+    async def quote(self, request: LLMRequest) -> Quote:
+        return Quote(**await self._ask({"op": "quote", "request": asdict(request)}))
 
     async def max_input_tokens(self, model: str) -> int | None:
         """Asked once per model: litellm's model map does not change while a process runs."""
@@ -227,6 +231,8 @@ async def _serve(requests: asyncio.StreamReader, replies: IO[bytes]) -> None:
         request = LLMRequest(**message["request"])
         if op == "count":
             return await provider.count_tokens(request)
+        if op == "quote":
+            return asdict(await provider.quote(request))
         result = await provider.call(request, message["api_key"], lambda token: send({"id": call_id, "token": token}))
         return asdict(result)
 

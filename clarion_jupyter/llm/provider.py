@@ -30,6 +30,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from ..core.secrets import reread_environment
+from .pricing import Quote, quote
 
 TokenCallback = Callable[[str], None]
 
@@ -109,6 +110,10 @@ class LLMProvider(Protocol):
         """The model's input window from litellm's model info; None when litellm does not know it."""
         ...
 
+    async def quote(self, request: LLMRequest) -> Quote:
+        """The most ``request`` may cost: its prompt tokens, its output limit and their price."""
+        ...
+
 
 class LiteLLMProvider:
     """The default provider: every model litellm supports, through ``litellm.acompletion``."""
@@ -177,6 +182,12 @@ class LiteLLMProvider:
             return int(value) if value else None
 
         return await asyncio.to_thread(window)
+
+    async def quote(self, request: LLMRequest) -> Quote:
+        """Counted and priced in a thread, as :meth:`count_tokens` is."""
+        return await asyncio.to_thread(
+            lambda: quote(_import_litellm(), request.model, request.messages, request.parameters)
+        )
 
 
 class OutputTooLarge(Exception):

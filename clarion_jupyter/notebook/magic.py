@@ -28,6 +28,7 @@ from ..core.errors import ClarionError, ValidationFailed
 from ..core.protocol import RunStatus
 from ..workflow.agent_run import AgentRunRequest
 from ..workflow.agent_runs import context_lines, refuse_over_cap
+from ..workflow.budget import given_budget
 from ..workflow.models import load_document, parse_workflow, pydantic_problems
 from .loop import BackgroundLoop
 from .run import Run
@@ -36,12 +37,13 @@ from .tables import table
 
 HELP = """Clarion: workflows and agents in notebook cells.
 
-  %%clarion [--input k=v ...] [--save] [--no-wait] [--local] [--name VAR]
+  %%clarion [--input k=v ...] [--save] [--budget USD] [--budget-tokens N] [--no-wait] [--local] [--name VAR]
   <workflow YAML>
       Run the workflow in the cell; a live widget follows it and the cell leaves a Run
       handle in `_` (and in VAR). --save stores the workflow under its id (`%clarion run ID`
       runs it again); --no-wait returns at once; --local uses an engine in this kernel.
-      The stop button (interrupt) cancels a run the cell waits for.
+      --budget and --budget-tokens cap what the run's LLM calls may spend (over the
+      workflow's `budget:`). The stop button (interrupt) cancels a run the cell waits for.
 
   %%clarion agent AGENT_ID [--file PATH ...] [--var k=v ...] [--apply review|auto|never]
   <the prompt>
@@ -64,7 +66,8 @@ HELP = """Clarion: workflows and agents in notebook cells.
   %clarion reject RUN_ID STEP [--comment TEXT]
   %clarion agents          the agents
   %clarion workflows       the saved workflows
-  %clarion run ID [--input k=v ...] [--no-wait] [--name VAR]   run a saved workflow
+  %clarion run ID [--input k=v ...] [--budget USD] [--budget-tokens N] [--no-wait] [--name VAR]
+      run a saved workflow
   %clarion help            this text
 
 Input values are YAML scalars (3, true, [a, b], text), or from this notebook: $name is the
@@ -88,16 +91,24 @@ def _identifier(value: str) -> str:
     return value
 
 
-def _parser(name: str, *, wait: bool = True) -> _Parser:
+def _parser(name: str, *, wait: bool = True, budget: bool = False) -> _Parser:
+    """``budget``: the run's ``--budget USD`` and ``--budget-tokens N``."""
     parser = _Parser(prog=f"%clarion {name}".strip(), add_help=False)
     parser.add_argument("--local", action="store_true")
     if wait:
         parser.add_argument("--no-wait", action="store_true")
         parser.add_argument("--name", metavar="VAR", type=_identifier)
+    if budget:
+        parser.add_argument("--budget", type=float, metavar="USD")
+        parser.add_argument("--budget-tokens", type=int, metavar="N")
     return parser
 
 
-WORKFLOW = _parser("")
+def _budget(opts: argparse.Namespace) -> dict[str, Any] | None:
+    return given_budget(opts.budget, opts.budget_tokens)
+
+
+WORKFLOW = _parser("", budget=True)
 WORKFLOW.prog = "%%clarion"
 WORKFLOW.add_argument("--input", action="append", default=[], metavar="k=v")
 WORKFLOW.add_argument("--save", action="store_true")
@@ -106,7 +117,7 @@ AGENT.add_argument("agent_id")
 AGENT.add_argument("--file", action="append", default=[], metavar="PATH")
 AGENT.add_argument("--var", action="append", default=[], metavar="k=v")
 AGENT.add_argument("--apply", choices=["review", "auto", "never"], default="review")
-RUN = _parser("run")
+RUN = _parser("run", budget=True)
 RUN.add_argument("workflow_id")
 RUN.add_argument("--input", action="append", default=[], metavar="k=v")
 RUNS = _parser("runs", wait=False)
@@ -201,7 +212,7 @@ class ClarionMagics(Magics):
         clarion = session.clarion()
         if opts.save:
             self.loop.run(save_workflow(clarion, workflow, cell))
-        run_id = self.loop.run(clarion.submit(workflow, inputs))
+        run_id = self.loop.run(clarion.submit(workflow, inputs, budget=_budget(opts)))
         return self._present(Run(session, run_id, workflow=workflow), opts.no_wait, opts.name)
 
     def _agent_cell(self, args: list[str], cell: str) -> None:
@@ -283,9 +294,8 @@ class ClarionMagics(Magics):
         if command == "run":
             opts = RUN.parse_args(rest)
             session = self.session(opts.local)
-            run_id = self.loop.run(
-                session.clarion().submit_saved(opts.workflow_id, self._values(opts.input, "--input"))
-            )
+            inputs = self._values(opts.input, "--input")
+            run_id = self.loop.run(session.clarion().submit_saved(opts.workflow_id, inputs, budget=_budget(opts)))
             return self._present(Run(session, run_id), opts.no_wait, opts.name)
         if command == "runs":
             opts = RUNS.parse_args(rest)

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..core.protocol import RunStatus, StepStatus
 from ..storage.records import Event, utcnow
+from ..workflow.budget import describe
 from ..workflow.fold import State, fold, initial
 from ..workflow.models import Workflow, WorkflowRun
 from .markup import Markup, join, style, tag
@@ -173,6 +174,11 @@ class RunState:
     def error(self) -> dict[str, Any] | None:
         return self.run.get("error")
 
+    @property
+    def budget(self) -> dict[str, Any] | None:
+        """The run's budget as the events last told it (None: the run has none)."""
+        return self.run.get("budget")
+
     def document(self) -> WorkflowRun | None:
         """The run document the events gave (None before its ``run_queued`` was seen)."""
         if not self.run.get("created_at"):
@@ -255,7 +261,25 @@ class RunState:
             tag("span", _seconds(elapsed), data_role="elapsed") if elapsed is not None else None,
             tag("span", f"on {self.where}", style="opacity:.7") if self.where else None,
         ]
-        return tag("div", join(parts, " · "), class_="clarion-run-header", data_status=self.status.value)
+        header = tag("div", join(parts, " · "), class_="clarion-run-header", data_status=self.status.value)
+        return join([header, self.budget_html()])
+
+    def budget_html(self) -> Markup:
+        """Spent against the budget, with a bar of the tightest limit (held calls lighter)."""
+        budget = self.budget
+        if not budget:
+            return Markup()
+        share, held = _used_share(budget)
+        color = COLORS["failed"] if share >= 0.9 else COLORS["waiting"] if share >= 0.7 else COLORS["succeeded"]
+        bar = tag(
+            "span",
+            tag("span", style=style(flex="none", width=f"{share * 100:.1f}%", background=color)),
+            tag("span", style=style(flex="none", width=f"{held * 100:.1f}%", background=color, opacity=".35")),
+            style=style(display="inline-flex", width="80px", height="6px", vertical_align="middle",
+                        background="var(--jp-border-color2,#ddd)", border_radius="3px", overflow="hidden"),
+        )  # fmt: skip
+        return tag("div", "budget ", bar, " ", describe(budget), class_="clarion-budget", data_role="budget",
+                   style=style(font_size="12px", opacity=".85", margin="2px 0"))  # fmt: skip
 
     def steps_html(self, now: datetime | None = None) -> Markup:
         rows = self.top_rows()
@@ -329,11 +353,25 @@ class RunState:
             lines.append(
                 f"  {ICONS[row.status]} {row.key:<24} {row.status.value:<10} {_seconds(row.duration_s())}".rstrip()
             )
+        if self.budget:
+            lines.append(f"  budget: {describe(self.budget)}")
         if self.outputs:
             lines.append(f"  outputs: {json.dumps(self.outputs, default=str)[:TEXT_LIMIT]}")
         if self.error:
             lines.append(f"  error: {self.error.get('message', self.error)}")
         return "\n".join(lines)
+
+
+def _used_share(budget: dict[str, Any]) -> tuple[float, float]:
+    """The shares of the tightest limit spent and held by calls in flight (each 0..1)."""
+    shares = []
+    if budget.get("usd"):
+        shares.append((budget["spent_usd"] / budget["usd"], budget["reserved_usd"] / budget["usd"]))
+    if budget.get("tokens"):
+        shares.append((budget["spent_tokens"] / budget["tokens"], budget["reserved_tokens"] / budget["tokens"]))
+    spent, held = max(shares, default=(0.0, 0.0), key=lambda pair: pair[0] + pair[1])
+    spent = min(spent, 1.0)
+    return spent, min(held, 1.0 - spent)
 
 
 def _time(value: str | None) -> datetime | None:

@@ -22,6 +22,7 @@ from ..core.errors import BadRequest, Forbidden, NotFound, Problem, ValidationFa
 from ..core.protocol import RunStatus
 from ..storage.records import StoredDocument, isoformat
 from ..workflow.agent_run import AgentRunRequest
+from ..workflow.budget import Budget
 from ..workflow.rerun import RerunRequest
 from .base import DOCUMENT_TYPES, YAML_TYPES, ClarionHandler, SpooledUpload
 
@@ -36,6 +37,7 @@ class RunRequest(BaseModel):
 
     inputs: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    budget: Budget | None = Field(None, description="This run's budget; its fields replace the workflow's.")
 
 
 class AdHocRunRequest(RunRequest):
@@ -251,7 +253,11 @@ class WorkflowRunHandler(RunStarter):
         request = await self.run_request()
         stored = await engine.get_workflow(workflow_id)
         await self.require_terminal_permission(stored.doc, stored.id)
-        self.started(await engine.submit_saved(workflow_id, request.inputs, idempotency_key=request.idempotency_key))
+        self.started(
+            await engine.submit_saved(
+                workflow_id, request.inputs, idempotency_key=request.idempotency_key, budget=request.budget
+            )
+        )
 
 
 class RunsHandler(RunStarter):
@@ -277,7 +283,9 @@ class RunsHandler(RunStarter):
         source = request.workflow
         plan = await off_loop(len(source) if isinstance(source, str) else 0, engine.compile, source)
         await self.require_terminal_permission(plan.document, plan.workflow.id)
-        self.started(await engine.submit(plan, request.inputs, idempotency_key=request.idempotency_key))
+        self.started(
+            await engine.submit(plan, request.inputs, idempotency_key=request.idempotency_key, budget=request.budget)
+        )
 
     @web.authenticated
     @authorized
@@ -342,6 +350,7 @@ class RunRerunHandler(RunStarter):
             from_step=request.from_step,
             inputs=request.inputs,
             overrides=request.overrides.model_dump(by_alias=True, exclude_none=True),
+            budget=request.budget,
         )
         self.reply(run.model_dump(mode="json"), 202, self.api_url("runs", run.run_id))
 

@@ -128,9 +128,10 @@ RUNS = _Table(
         ("workflow_digest", "VARCHAR"), ("inputs", "JSON"), ("status", "VARCHAR"), ("idempotency_key", "VARCHAR"),
         ("created_at", "TIMESTAMP"), ("started_at", "TIMESTAMP"), ("finished_at", "TIMESTAMP"),
         ("outputs", "JSON"), ("error", "JSON"), ("usage", "JSON"), ("parent_run_id", "VARCHAR"), ("changes", "JSON"),
+        ("budget", "JSON"),
     ),
     key=("run_id",),
-    changing=("status", "started_at", "finished_at", "outputs", "error", "usage"),
+    changing=("status", "started_at", "finished_at", "outputs", "error", "usage", "budget"),
 )  # fmt: skip
 STEPS = _Table(
     "step_runs",

@@ -88,6 +88,8 @@ class RunRecord:
     """A re-run's: the run it was made from."""
     changes: dict[str, Any] | None = None
     """A re-run's: what differs from its parent (``from_step``, ``inputs``, ``overrides``)."""
+    budget: dict[str, Any] | None = None
+    """With a budget: its limits, what was spent, and the holds of the LLM calls in flight."""
 
 
 @dataclass(slots=True)

@@ -25,13 +25,15 @@ class TaskConfig(BaseModel):
 
 
 class TaskFailed(Exception):
-    """A task failed in a way it can explain; ``retryable=False`` skips remaining attempts."""
+    """A task failed in a way it can explain; ``retryable=False`` skips remaining attempts;
+    ``code`` is the step error's (``budget_exceeded`` names a call its run's budget refused)."""
 
-    def __init__(self, message: str, details: Any = None, retryable: bool = True) -> None:
+    def __init__(self, message: str, details: Any = None, retryable: bool = True, code: str = "task_failed") -> None:
         super().__init__(message)
         self.message = message
         self.details = details
         self.retryable = retryable
+        self.code = code
 
 
 def config_problems(exc: ValidationError) -> str:

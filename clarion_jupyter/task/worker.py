@@ -126,7 +126,7 @@ class Worker:
         except TimeoutError:
             return self._failure(job, "timeout", f"step timed out after {job.timeout_s:g} s", True)
         except TaskFailed as exc:
-            return self._failure(job, "task_failed", exc.message, exc.retryable, exc.details)
+            return self._failure(job, exc.code, exc.message, exc.retryable, exc.details)
         except WorkspacePathError as exc:
             return self._failure(job, exc.code, str(exc), False)
         except Exception as exc:

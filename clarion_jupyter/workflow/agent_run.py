@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..task.builtin.llm_call import LLMCallConfig
+from .budget import Budget
 
 AGENT_RUN_WORKFLOW_ID = "agent-run"
 AGENT_REPLY_STEP = "reply"
@@ -108,9 +109,11 @@ class AgentRunRequest(BaseModel):
     variables: dict[str, Any] = Field(default_factory=dict)
     files: list[str] = Field(default_factory=list, max_length=1000)
     apply: Literal["review", "auto", "never"] = "review"
+    budget: Budget | None = None
+    """The run's budget (an agent run's one LLM call reserves from it)."""
 
     def inputs(self, agent_id: str) -> dict[str, Any]:
-        return {"agent": agent_id, **self.model_dump()}
+        return {"agent": agent_id, **self.model_dump(exclude={"budget"})}
 
     def reply_config(self, agent_id: str) -> LLMCallConfig:
         """Step ``reply``'s config for this request: what ``/prompt`` prepares without a call."""

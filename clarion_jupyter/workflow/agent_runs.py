@@ -22,7 +22,8 @@ from ..task.registry import TaskRegistry
 from .agent_run import AGENT_RUN_WORKFLOW, AGENT_RUN_WORKFLOW_ID, AgentRunRequest
 from .service import WorkflowService
 
-SubmitSaved = Callable[[str, dict[str, Any]], Awaitable[str]]
+SubmitSaved = Callable[..., Awaitable[str]]
+"""``Engine.submit_saved``: the workflow's id, its inputs, and the run's ``budget``."""
 
 
 class AgentRuns:
@@ -59,7 +60,7 @@ class AgentRuns:
         if problems:
             raise ValidationFailed(problems, what="agent run")
         await self.install()
-        return await self._submit_saved(AGENT_RUN_WORKFLOW_ID, request.inputs(agent_id))
+        return await self._submit_saved(AGENT_RUN_WORKFLOW_ID, request.inputs(agent_id), budget=request.budget)
 
     async def warm_up(self) -> None:
         if await self._agents.list():

@@ -40,6 +40,7 @@ from ..task.registry import TaskRegistry
 from ..task.worker import Worker
 from .agent_run import AgentRunRequest
 from .agent_runs import AgentRuns
+from .budget import Budget, BudgetLedger, effective_budget, limits_of, llm_quoter, parse_budget
 from .bus import EventBus, Subscription
 from .compare import RunComparison, compare_runs
 from .compiler import Plan, compile_workflow
@@ -113,6 +114,7 @@ class Engine:
         self._runs_live = RunSupervisor()
         self._plans = PlanCache(self.validator)
         """Compiled plans by document digest, for ad-hoc and saved documents alike."""
+        self._quoter = llm_quoter(self.workspace)
         self.started = False
         self.resumed: list[str] = []
 
@@ -213,19 +215,26 @@ class Engine:
         inputs: dict[str, Any] | None = None,
         *,
         idempotency_key: str | None = None,
+        budget: Budget | dict[str, Any] | None = None,
     ) -> str:
         """Validate and start a run of a document, without saving it; returns its id once the
-        run is durably queued. A :class:`Plan` from :meth:`compile` is not compiled again."""
+        run is durably queued. A :class:`Plan` from :meth:`compile` is not compiled again.
+        ``budget``: this run's, its fields over the workflow's ``budget:``."""
         plan = workflow if isinstance(workflow, Plan) else self.compile(workflow)
-        return await self._start(plan, inputs, idempotency_key)
+        return await self._start(plan, inputs, idempotency_key, budget=parse_budget(budget))
 
     async def submit_saved(
-        self, workflow_id: str, inputs: dict[str, Any] | None = None, *, idempotency_key: str | None = None
+        self,
+        workflow_id: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        budget: Budget | dict[str, Any] | None = None,
     ) -> str:
         if workflow_id == V2_RUN_WORKFLOW_ID:  # a record of v2's runs: running one again is an agent run
             return await self.run_agent(*rerun_inputs(inputs or {}))
         stored = await self.workflows.get(workflow_id)
-        return await self._start(self._plans.plan(stored.doc), inputs, idempotency_key)
+        return await self._start(self._plans.plan(stored.doc), inputs, idempotency_key, budget=parse_budget(budget))
 
     async def rerun(
         self,
@@ -234,9 +243,12 @@ class Engine:
         from_step: str | None = None,
         inputs: dict[str, Any] | None = None,
         overrides: dict[str, Any] | None = None,
+        budget: Budget | dict[str, Any] | None = None,
     ) -> WorkflowRun:
         """Run a finished run again, reusing every step no change reaches (see
-        :mod:`.rerun`); the new run's document, with ``parent_run_id`` and ``changes``."""
+        :mod:`.rerun`); the new run's document, with ``parent_run_id`` and ``changes``. It
+        holds to the parent's budget limits, ``budget``'s fields over them (reused steps cost nothing)."""
+        budget = parse_budget(budget)
         request = rerun_request({"from_step": from_step, "inputs": inputs or {}, "overrides": overrides or {}})
         parent = await self.get_run(run_id)
         if not parent.status.terminal:
@@ -246,7 +258,10 @@ class Engine:
             )
         record, steps = await self.runs.get_run(parent.run_id)
         rerun = plan_rerun(record, steps, request, self.compile)
-        return await self.get_run(await self._start(rerun.plan, rerun.inputs, None, rerun, parent.run_id))
+        limits = limits_of(record.budget) if record.budget else rerun.plan.workflow.budget
+        limits = effective_budget(limits, budget)
+        run_id = await self._start(rerun.plan, rerun.inputs, None, rerun, parent.run_id, budget=limits)
+        return await self.get_run(run_id)
 
     async def _start(
         self,
@@ -255,7 +270,9 @@ class Engine:
         key: str | None,
         rerun: Rerun | None = None,
         parent_run_id: str | None = None,
+        budget: Budget | None = None,
     ) -> str:
+        """``budget``: the run's own, its fields over the workflow's (a re-run gives the one it holds to)."""
         self._require_started()
         # While the main writer retries a failed commit, a new run could neither be stored nor
         # run: refused at once. (A failed submission alone does not refuse the next: each new
@@ -280,6 +297,9 @@ class Engine:
             created_at=utcnow(), idempotency_key=key, parent_run_id=parent_run_id,
             changes=rerun.changes if rerun else None,
         )  # fmt: skip
+        limits = budget if rerun else effective_budget(workflow.budget, budget)
+        if limits is not None:
+            run.budget = BudgetLedger.initial(limits)
         if key is not None:
             self._runs_live.claim(workflow.id, key, run.run_id)
         executor = self._executor(
@@ -349,9 +369,11 @@ class Engine:
         return self._executor(plan, run, last_seq=active.last_seq, prior=active.steps)
 
     def _executor(self, plan: Plan, run: RunRecord, **resumed: Any) -> RunExecutor:
+        """A run's executor, with its budget's ledger (new, or as the resumed run stored it)."""
+        ledger = BudgetLedger(run.budget, self._quoter) if run.budget else None
         return RunExecutor(
             plan, run, self._writer, self._queue, self._agent_resolver(run), self._previewer,
-            max_output_bytes=self.settings.max_output_bytes, **resumed,
+            max_output_bytes=self.settings.max_output_bytes, budget=ledger, **resumed,
         )  # fmt: skip
 
     def _agent_resolver(self, run: RunRecord) -> Any:

@@ -28,9 +28,10 @@ from ..storage.records import (
     utcnow,
 )
 from ..storage.writer import GroupCommitWriter
-from ..task.queue import Job, JobResult, Queue
+from ..task.queue import Job, JobResult, Queue, job_id
 from . import approvals
 from .approvals import Decision, Previewer, PreviewFailed, WaitingRoom
+from .budget import BudgetLedger
 from .compiler import Node, Plan
 from .storable import check_storable
 from .templates import TemplateError, truthy
@@ -100,10 +101,12 @@ class RunExecutor:
         prior: list[StepRecord] | None = None,
         reused: dict[str, list[StepRecord]] | None = None,
         reused_items: dict[str, list[tuple[Any, StepRecord]]] | None = None,
+        budget: BudgetLedger | None = None,
     ) -> None:
         """``reused``: a re-run's nodes taken over from its parent, with the parent's records;
         ``reused_items``: the parent's succeeded items of the ``for_each`` nodes that run again,
-        by the value each mapped over (an item of the same value is copied, not run)."""
+        by the value each mapped over (an item of the same value is copied, not run);
+        ``budget``: the run's ledger, when it has a budget (every LLM call reserves from it)."""
         self.plan = plan
         self.run = run
         self._writer = writer
@@ -126,6 +129,7 @@ class RunExecutor:
         self._prior = latest_attempts(prior or [])
         self._reused = reused or {}
         self._reused_items = reused_items or {}
+        self._budget = budget
         self._context = {
             "inputs": run.inputs,
             "steps": self._steps_ctx,
@@ -309,6 +313,8 @@ class RunExecutor:
             prior.status, prior.finished_at = StepStatus.failed, utcnow()
             prior.error = _error("interrupted", "the engine stopped during this attempt")
             self._writer.add_step(prior)
+            if self._budget is not None:
+                self._budget.release(job_id(self.run.run_id, key, prior.attempt))
         execution = _Execution(node, key, item_index, item, next_attempt=prior.attempt + 1 if prior else 1)
         if prior is not None and prior.status in (StepStatus.waiting, StepStatus.running):
             execution.record = prior  # still waiting for its decision, or still in the broker: the same attempt goes on
@@ -411,11 +417,22 @@ class RunExecutor:
         held = self._queue.adopt(self.run.run_id, execution.key, attempt)
         if not held and not execution.approved and approvals.asks_approval(node, context):
             return await self._request_approval(execution, job)
+        refused = await self._reserve(node, job, force=held)
         execution.record = self._record(
-            execution.key, node.id, execution.item_index, attempt, StepStatus.running, approval=execution.approval
-        )
+            execution.key, node.id, execution.item_index, attempt,
+            StepStatus.failed if refused else StepStatus.running, approval=execution.approval,
+        )  # fmt: skip
+        if refused is not None:
+            return self._attempt_failed(execution, *refused)
         await self._start(execution, job, send=not held)
         return []
+
+    async def _reserve(self, node: Node, job: Job, force: bool = False) -> tuple[dict[str, Any], bool] | None:
+        """Hold the worst case of an LLM call against the run's budget before it is sent; the
+        step error (and whether to retry) when it may not be sent. ``force``: a broker has it already."""
+        if self._budget is None or not self._budget.applies(node.task):
+            return None
+        return await self._budget.reserve(job, node.task, force=force)
 
     async def _start(self, execution: _Execution, job: Job, send: bool = True) -> None:
         data: dict[str, Any] = {"attempt": job.attempt, "task": job.task}
@@ -476,6 +493,9 @@ class RunExecutor:
             self._writer.add_step(record)
             if execution.item_index is None:
                 self._status[execution.node.id] = StepStatus.running
+            if (refused := await self._reserve(execution.node, job)) is not None:
+                await self._begin_all(self._attempt_failed(execution, *refused))
+                return
             await self._start(execution, job)
             return
         if execution.node.step.approval.on_reject == "skip":
@@ -518,6 +538,8 @@ class RunExecutor:
             self._emit(result.event_type or "progress", result.key, result.data or {})
             return
         self._running.discard(result.key)
+        if self._budget is not None:
+            self._budget.settle(result.job_id, result.output if result.kind == "ok" else None, result.error)
         if result.kind == "ok":
             ready = self._attempt_succeeded(execution, result.output, result.deliveries)
         else:
@@ -694,6 +716,8 @@ class RunExecutor:
         if self._running:
             self._running.clear()
             asyncio.get_running_loop().create_task(self._queue.cancel(self.run.run_id))
+        if self._budget is not None:
+            self._budget.release_all()
 
     def _end(self, status: RunStatus, event: str, data: dict[str, Any], **fields: Any) -> None:
         run = self.run
@@ -731,8 +755,16 @@ class RunExecutor:
     def _emit(
         self, type_: str, step_id: str | None, data: dict[str, Any], writer: GroupCommitWriter | None = None
     ) -> None:
+        """Record an event; after a change of the run's budget, with the run (in the same
+        commit) and the budget as the event's ``data.budget``, which every view folds in."""
         self._seq += 1
-        (writer or self._writer).add_event(Event(self._seq, type_, self.run.run_id, step_id, utcnow(), data))
+        writer = writer or self._writer
+        if self._budget is not None and self._budget.changed:
+            self._budget.changed = False
+            self.run.budget = self._budget.record()
+            writer.add_run(self.run)
+            data = {**data, "budget": self._budget.snapshot()}
+        writer.add_event(Event(self._seq, type_, self.run.run_id, step_id, utcnow(), data))
 
     def _add_usage(self, usage: dict[str, Any] | None) -> None:
         if not usage:

@@ -12,6 +12,9 @@ appeared), and beside it what a document does not hold but the events do: the st
 ``text`` per step, the ``decisions`` taken on approvals, why steps were skipped
 (``reasons``) and how many items a ``for_each`` step maps over (``items``).
 
+A run with a budget announces it on every event that changed it (``data.budget``: the
+document's ``budget``, whole), so the fold takes the newest one, whatever the event's type.
+
 :func:`fold` never changes its arguments: it returns a new state sharing what did not
 change, or the same state for an event already applied (a replay after a reconnect), so
 callers may keep older states and compare by identity.
@@ -57,15 +60,18 @@ def fold(state: State, event: dict[str, Any]) -> State:
         return state
     run = {**run, "last_seq": event["seq"]}
     next_state = {**state, "run": run}
+    data = event.get("data") or {}
+    if isinstance(data.get("budget"), dict):
+        run["budget"] = data["budget"]
     try:
         kind = EventType(event["type"])
     except ValueError:
         return next_state  # a type this version does not know: its seq counts, nothing else
     key = event.get("step_id")
     if key is None:
-        _run_event(run, kind, event["ts"], event.get("data") or {})
+        _run_event(run, kind, event["ts"], data)
     else:
-        _step_event(next_state, kind, key, event["ts"], event.get("data") or {})
+        _step_event(next_state, kind, key, event["ts"], data)
         if not RunStatus(run["status"]).terminal:
             run["status"] = _live_status(run)
     return next_state

@@ -25,6 +25,7 @@ from ..core.documents import DocumentError, check_data, load_yaml
 from ..core.errors import Problem, ValidationFailed
 from ..core.ids import SLUG_PATTERN, slugify
 from ..core.protocol import RunStatus, StepStatus
+from .budget import Budget, BudgetState
 
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 InputType = Literal["string", "number", "integer", "boolean", "array", "object"]
@@ -149,6 +150,8 @@ class Workflow(_Strict):
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     steps: list[StepItem] = Field(min_length=1)
     outputs: dict[str, Any] = Field(default_factory=dict)
+    budget: Budget | None = None
+    """What every run may spend on LLM calls (a run request's ``budget`` replaces fields of it)."""
 
     @model_validator(mode="after")
     def _derive_id(self) -> Workflow:
@@ -298,6 +301,8 @@ class WorkflowRun(BaseModel):
     """A re-run's: the run it was made from (``POST /api/v3/runs/{run_id}/rerun``)."""
     changes: dict[str, Any] | None = None
     """A re-run's: what differs from its parent."""
+    budget: BudgetState | None = None
+    """With a budget: its limits, what settled calls spent and what calls in flight hold."""
 
 
 class RunPage(NamedTuple):

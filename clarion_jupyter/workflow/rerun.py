@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..core.errors import Problem, ValidationFailed
 from ..core.protocol import StepStatus
 from ..storage.records import RunRecord, StepRecord, latest_attempts
+from .budget import Budget
 from .compiler import Node, Plan
 from .models import pydantic_problems
 from .templates import TemplateError, compile_value
@@ -65,6 +66,8 @@ class RerunRequest(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict)
     """Inputs that differ from the parent's; the others are the parent's."""
     overrides: Overrides = Field(default_factory=Overrides)
+    budget: Budget | None = None
+    """The new run's budget: its fields over the parent's."""
 
 
 def rerun_request(doc: dict[str, Any]) -> RerunRequest:

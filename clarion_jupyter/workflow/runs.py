@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..core.protocol import StepStatus
 from ..storage.records import RunRecord, StepRecord, duration_ms, latest_attempts
+from .budget import BudgetState
 from .models import PendingApproval, StepRun, Usage, WorkflowRun
 
 
@@ -37,6 +38,7 @@ def run_document(
         ],
         parent_run_id=run.parent_run_id,
         changes=run.changes,
+        budget=BudgetState.model_validate(run.budget) if run.budget else None,
     )
 
 

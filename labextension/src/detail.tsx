@@ -10,6 +10,7 @@ import * as React from 'react';
 
 import { AgentTask } from './agenttask';
 import { ApiError, ClarionApi } from './api';
+import { BudgetFact } from './budget';
 import { ErrorMessage, Json, StatusBadge, formatCost, formatDuration, formatTime, runDuration, useNow } from './common';
 import { DiffView } from './diff';
 import { graphEdges, layoutGraph } from './graph';
@@ -131,6 +132,7 @@ function RunDetailBody({ model, run, actions, services }: IRunDetailProps & { ru
             </dd>
           </>
         )}
+        <BudgetFact budget={run.budget} />
       </dl>
       <AgentTask run={run} agents={services.agents()} />
       {Object.keys(run.inputs).length > 0 && (

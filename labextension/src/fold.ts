@@ -100,6 +100,10 @@ export function reduceRun(run: WorkflowRun, event: ClarionEvent, extras?: RunExt
   }
   const next: WorkflowRun = { ...run, last_seq: event.seq };
   const data = event.data ?? {};
+  // A run with a budget announces it, whole, on every event that changed it.
+  if (data.budget && typeof data.budget === 'object') {
+    next.budget = data.budget;
+  }
   const key = event.step_id;
   if (key === null) {
     reduceRunEvent(next, event, data);

@@ -125,6 +125,20 @@ export interface WorkflowRun {
   workflow?: WorkflowDocument | null;
   steps: StepRun[];
   approvals?: Approval[];
+  /** With a budget: its limits, what settled LLM calls spent and what calls in flight hold. */
+  budget?: RunBudget | null;
+}
+
+/** A run's cost budget (`budget:` in the workflow or per run) and what it has spent. */
+export interface RunBudget {
+  usd: number | null;
+  tokens: number | null;
+  unpriced: 'refuse' | 'allow';
+  spent_usd: number;
+  spent_tokens: number;
+  reserved_usd: number;
+  reserved_tokens: number;
+  unpriced_calls: number;
 }
 
 export interface InputSpec {

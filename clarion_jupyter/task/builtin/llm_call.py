@@ -150,6 +150,8 @@ class LLMCallTask(Task):
         if (problem := prepared.over_budget()) is not None:
             raise TaskFailed(problem, details=prepared.context_report(), retryable=False)
         request = prepared.request
+        if (reserved := ctx.resources.get("budget")) is not None and prepared.files:
+            await hold_to_reservation(request, reserved, self.provider)
         request.max_output_bytes = ctx.settings.max_output_bytes
         tokens = None
         if config.stream:
@@ -175,7 +177,11 @@ class LLMCallTask(Task):
         if agent.context is not None:
             output["context"] = prepared.selection.summary() | {"tokens": prepared.context_tokens}
         if validator is not None:
-            output["json"] = _parse_reply(result.text, validator, required=demanded is not None)
+            try:
+                output["json"] = _parse_reply(result.text, validator, required=demanded is not None)
+            except TaskFailed as exc:  # the call was made: what it spent counts against a budget
+                exc.details = {**exc.details, "usage": result.usage, "cost_usd": result.cost_usd}
+                raise
         return output
 
 
@@ -233,6 +239,20 @@ class TokenCoalescer:
         if text:
             self._last_emit = time.monotonic()
             self._emit(text)
+
+
+async def hold_to_reservation(request: LLMRequest, reserved: dict[str, Any], provider: LLMProvider) -> None:
+    """The engine reserved this call's worst case for its run's budget before sending the job;
+    a prompt that grew since (a workspace file it sends changed) would spend more than was
+    reserved. Only a prompt with files can: the rest is the job's agent and config."""
+    tokens = await provider.count_tokens(request)
+    if tokens > reserved["prompt_tokens"]:
+        raise TaskFailed(
+            f"the prompt is {tokens:,} tokens, more than the {reserved['prompt_tokens']:,} the run's budget "
+            "reserved for it (its files changed since): the call was not made",
+            details={"prompt_tokens": tokens, "reserved_prompt_tokens": reserved["prompt_tokens"]},
+            code="budget_exceeded",
+        )
 
 
 def _failed(error: ProviderError) -> TaskFailed:

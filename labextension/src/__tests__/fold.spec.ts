@@ -16,7 +16,7 @@ interface Case {
   description: string;
   initial: WorkflowRun;
   events: ClarionEvent[];
-  after: { seq: number; status: string; steps: Record<string, string>; approvals: string[] }[];
+  after: { seq: number; status: string; steps: Record<string, string>; approvals: string[]; budget?: object | null }[];
   expected: { run: WorkflowRun; text: object; decisions: object; reasons: object; items: object };
 }
 
@@ -30,7 +30,7 @@ describe('reduceRun on the golden event streams', () => {
   it('finds the golden files', () => {
     expect(cases.map(([name]) => name)).toEqual(
       expect.arrayContaining(['sequential', 'parallel', 'for_each', 'skips', 'retries', 'continue_on_error',
-        'approval_granted', 'approval_rejected', 'cancel_mid_step', 'resumed', 'llm_tokens'])
+        'approval_granted', 'approval_rejected', 'cancel_mid_step', 'resumed', 'llm_tokens', 'budget'])
     );
   });
 
@@ -46,6 +46,10 @@ describe('reduceRun on the golden event streams', () => {
         approvals: (run.approvals ?? []).map(a => a.step_key)
       };
       expect([event.seq, seen]).toEqual([event.seq, { status: after.status, steps: after.steps, approvals: after.approvals }]);
+      if ('budget' in after) {
+        // A run with a budget: what it spent and holds, event by event.
+        expect([event.seq, run.budget ?? null]).toEqual([event.seq, after.budget]);
+      }
     });
     const { attempts: _attempts, ...rest } = extras;
     expect({ run, ...rest }).toEqual(golden.expected);
