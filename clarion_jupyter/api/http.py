@@ -50,6 +50,7 @@ from ..storage.query import QueryResult
 from ..storage.records import Event, StoredDocument
 from ..workflow.agent_run import AgentRunRequest
 from ..workflow.compare import RunComparison
+from ..workflow.llm_cache import CacheStats
 from ..workflow.models import Decision, RunPage, Workflow, WorkflowRun
 from ..workflow.validation import WorkflowSource
 
@@ -260,20 +261,30 @@ class Client:
     # -- runs --------------------------------------------------------------------
 
     async def submit(
-        self, workflow: WorkflowSource, inputs: JsonDoc | None = None, *, idempotency_key: str | None = None
+        self,
+        workflow: WorkflowSource,
+        inputs: JsonDoc | None = None,
+        *,
+        idempotency_key: str | None = None,
+        cache: bool | None = None,
     ) -> str:
         """Run a document without saving it (``POST /api/v3/runs``); YAML text is sent as written."""
         document = workflow.to_document() if isinstance(workflow, Workflow) else workflow
         if isinstance(document, bytes):
             document = document.decode()
-        body = _run_body(inputs, idempotency_key, workflow=document)
+        body = _run_body(inputs, idempotency_key, cache, workflow=document)
         return (await self._request("POST", "api/v3/runs", body=body))["run_id"]
 
     async def submit_saved(
-        self, workflow_id: str, inputs: JsonDoc | None = None, *, idempotency_key: str | None = None
+        self,
+        workflow_id: str,
+        inputs: JsonDoc | None = None,
+        *,
+        idempotency_key: str | None = None,
+        cache: bool | None = None,
     ) -> str:
         """Start a run of a saved workflow; returns its id as soon as it is queued."""
-        body = _run_body(inputs, idempotency_key)
+        body = _run_body(inputs, idempotency_key, cache)
         return (await self._request("POST", _path("api/v3/workflows", workflow_id, "run"), body=body))["run_id"]
 
     async def get_run(self, run_id: str) -> WorkflowRun:
@@ -305,15 +316,25 @@ class Client:
         from_step: str | None = None,
         inputs: JsonDoc | None = None,
         overrides: JsonDoc | None = None,
+        cache: bool | None = None,
     ) -> WorkflowRun:
         """``POST /api/v3/runs/{run_id}/rerun``: the new run's document."""
-        body = {"from_step": from_step, "inputs": inputs or {}, "overrides": overrides or {}}
+        body = {"from_step": from_step, "inputs": inputs or {}, "overrides": overrides or {}, "cache": cache}
         return WorkflowRun.model_validate(await self._request("POST", _path("api/v3/runs", run_id, "rerun"), body=body))
 
     async def compare_runs(self, run_ids: list[str]) -> RunComparison:
         """``GET /api/v3/runs/compare?ids=A,B``."""
         answer = await self._request("GET", "api/v3/runs/compare", params={"ids": ",".join(run_ids)})
         return RunComparison.model_validate(answer)
+
+    async def clear_cache(self, *, agent_id: str | None = None, older_than: str | None = None) -> int:
+        """``DELETE /api/v3/cache?agent=A&older_than=7d``: how many entries went."""
+        params = {"agent": agent_id, "older_than": older_than}
+        return (await self._request("DELETE", "api/v3/cache", params=params))["deleted"]
+
+    async def cache_stats(self) -> CacheStats:
+        """``GET /api/v3/cache``."""
+        return CacheStats.model_validate(await self._request("GET", "api/v3/cache"))
 
     async def cancel(self, run_id: str) -> None:
         """Ask the server to cancel a run; it ends shortly after with ``workflow_cancelled``."""
@@ -494,10 +515,12 @@ def _agent_body(doc: JsonDoc | Agent) -> JsonDoc:
     return doc.model_dump(mode="json") if isinstance(doc, Agent) else doc
 
 
-def _run_body(inputs: JsonDoc | None, idempotency_key: str | None, **extra: Any) -> dict[str, Any]:
+def _run_body(inputs: JsonDoc | None, idempotency_key: str | None, cache: bool | None, **extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {**extra, "inputs": dict(inputs or {})}
     if idempotency_key is not None:
         body["idempotency_key"] = idempotency_key
+    if cache is not None:
+        body["cache"] = cache
     return body
 
 

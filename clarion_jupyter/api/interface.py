@@ -18,6 +18,7 @@ from ..storage.query import QueryResult
 from ..storage.records import Event, StoredDocument
 from ..workflow.agent_run import AgentRunRequest
 from ..workflow.compare import RunComparison
+from ..workflow.llm_cache import CacheStats
 from ..workflow.models import Decision, RunPage, Workflow, WorkflowRun
 from ..workflow.validation import WorkflowSource
 
@@ -29,13 +30,23 @@ class Clarion(Protocol):
     # -- runs ------------------------------------------------------------------------
 
     async def submit(
-        self, workflow: WorkflowSource, inputs: dict[str, Any] | None = None, *, idempotency_key: str | None = None
+        self,
+        workflow: WorkflowSource,
+        inputs: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        cache: bool | None = None,
     ) -> str:
         """Run a document (a mapping, YAML text or a :class:`Workflow`) without saving it; the
-        run's id once it is durably queued."""
+        run's id once it is durably queued. ``cache``: the run's choice for the LLM cache."""
 
     async def submit_saved(
-        self, workflow_id: str, inputs: dict[str, Any] | None = None, *, idempotency_key: str | None = None
+        self,
+        workflow_id: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        cache: bool | None = None,
     ) -> str:
         """Run a saved workflow; the run's id once it is durably queued."""
 
@@ -80,12 +91,22 @@ class Clarion(Protocol):
         from_step: str | None = None,
         inputs: dict[str, Any] | None = None,
         overrides: dict[str, Any] | None = None,
+        cache: bool | None = None,
     ) -> WorkflowRun:
         """Run a finished run again with changes, reusing every step no change reaches; the
         new run (``parent_run_id``, ``changes``) once durably queued."""
 
     async def compare_runs(self, run_ids: list[str]) -> RunComparison:
         """Two or more runs side by side, step by step, with the steps that differ marked."""
+
+    # -- the LLM cache ---------------------------------------------------------------
+
+    async def clear_cache(self, *, agent_id: str | None = None, older_than: str | None = None) -> int:
+        """Delete cached LLM replies (those of ``agent_id`` and/or older than ``older_than``,
+        e.g. ``7d`` or ``12h``; neither: every one); how many."""
+
+    async def cache_stats(self) -> CacheStats:
+        """What the LLM cache holds: entries, bytes against the cap, entries by agent."""
 
     # -- agents ----------------------------------------------------------------------
 

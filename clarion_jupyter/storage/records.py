@@ -88,6 +88,8 @@ class RunRecord:
     """A re-run's: the run it was made from."""
     changes: dict[str, Any] | None = None
     """A re-run's: what differs from its parent (``from_step``, ``inputs``, ``overrides``)."""
+    cache: bool | None = None
+    """Whether the run asked for the LLM cache (None: it did not say; steps and agents decide)."""
 
 
 @dataclass(slots=True)

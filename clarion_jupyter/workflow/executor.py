@@ -35,6 +35,7 @@ from ..storage.writer import GroupCommitWriter
 from ..task.base import TaskFailed
 from ..task.queue import Job, JobResult, Queue
 from .compiler import Node, Plan
+from .llm_cache import LLMCache
 from .templates import TemplateError, truthy
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ class _Execution:
     """While waiting for approval: the job that runs once approved."""
     adopted: bool = False
     """Its job, sent before a restart, is still in the broker: its result is awaited, not sent again."""
+    job: Job | None = None
+    """The job last sent to a worker: its cache lookup says whether the reply is to be stored."""
 
 
 class RunExecutor:
@@ -109,6 +112,7 @@ class RunExecutor:
         agents: AgentResolver,
         preview: Previewer,
         *,
+        cache: LLMCache,
         max_output_bytes: int,
         last_seq: int = 0,
         prior: list[StepRecord] | None = None,
@@ -121,6 +125,7 @@ class RunExecutor:
         self._queue = queue
         self._agents = agents
         self._preview = preview
+        self._cache = cache
         self._max_output_bytes = max_output_bytes
         self._seq = last_seq
         self._inbox: asyncio.Queue[JobResult | _Retry | _Cancel | _Decision] = asyncio.Queue()
@@ -428,6 +433,8 @@ class RunExecutor:
         self._emit(EventType.step_started, execution.key, data)
         self._running.add(execution.key)
         if send:
+            await self._cache.look_up(job, self.run.cache)
+            execution.job = job
             await self._queue.put(job)
 
     # -- approvals -----------------------------------------------------------------
@@ -545,6 +552,7 @@ class RunExecutor:
             return
         self._running.discard(result.key)
         if result.kind == "ok":
+            await self._cache.remember(execution.job, result.output)  # durable before the step's success
             ready = self._attempt_succeeded(execution, result.output, result.deliveries)
         else:
             ready = self._attempt_failed(execution, result.error or _error("failed", "failed"), result.retryable)

@@ -298,6 +298,8 @@ class WorkflowRun(BaseModel):
     """A re-run's: the run it was made from (``POST /api/v3/runs/{run_id}/rerun``)."""
     changes: dict[str, Any] | None = None
     """A re-run's: what differs from its parent."""
+    cache: bool | None = None
+    """Whether the run asked for the LLM cache (null: it left it to its steps, agents and the server)."""
 
 
 class RunPage(NamedTuple):

@@ -61,6 +61,8 @@ class RerunRequest(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict)
     """Inputs that differ from the parent's; the others are the parent's."""
     overrides: Overrides = Field(default_factory=Overrides)
+    cache: bool | None = None
+    """The new run's choice for the LLM cache (not inherited from the parent)."""
 
 
 def rerun_request(doc: dict[str, Any]) -> RerunRequest:

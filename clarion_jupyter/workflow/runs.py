@@ -37,6 +37,7 @@ def run_document(
         ],
         parent_run_id=run.parent_run_id,
         changes=run.changes,
+        cache=run.cache,
     )
 
 
