@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from ..agent.v2runs import V2_RUN_WORKFLOW_ID
 from ..core.protocol import EventType, RunStatus
+from ..llm.cache import is_cached
 from ..storage.records import Event
 from ..workflow.agent_run import AGENT_REPLY_STEP, AGENT_RUN_WORKFLOW_ID
 from ..workflow.models import WorkflowRun
@@ -76,6 +77,8 @@ class Progress:
             detail = data.get("message") or "waiting for approval"
         elif event.type in (EventType.approval_granted, EventType.approval_rejected):
             detail = " ".join(str(part) for part in (data.get("by"), data.get("comment")) if part)
+        elif event.type == EventType.step_completed and is_cached(data.get("output")):
+            detail = "cached: no model call"
         line = f"  {self.style(mark, colour)} {event.step_id:<24} {self.style(STATUS_WORDS[event.type], colour):<10} {duration:>10}  {detail}"
         print(line.rstrip(), file=self.out, flush=True)
 

@@ -45,3 +45,8 @@ def request_key(request: LLMRequest) -> str:
 def cached_result(reply: dict[str, Any]) -> LLMResult:
     """A stored reply as the provider's result, priced at nothing: a hit pays no provider."""
     return LLMResult(text=reply["text"], model=reply["model"], usage=dict(reply["usage"]), cost_usd=0.0)
+
+
+def is_cached(output: Any) -> bool:
+    """Whether a step's output was answered from the cache (how the CLI and the widget mark it)."""
+    return isinstance(output, dict) and output.get("cached") is True

@@ -36,11 +36,13 @@ from .tables import table
 
 HELP = """Clarion: workflows and agents in notebook cells.
 
-  %%clarion [--input k=v ...] [--save] [--no-wait] [--local] [--name VAR]
+  %%clarion [--input k=v ...] [--save] [--cache | --no-cache] [--no-wait] [--local] [--name VAR]
   <workflow YAML>
       Run the workflow in the cell; a live widget follows it and the cell leaves a Run
       handle in `_` (and in VAR). --save stores the workflow under its id (`%clarion run ID`
-      runs it again); --no-wait returns at once; --local uses an engine in this kernel.
+      runs it again); --cache answers LLM calls made before from the LLM cache, so running
+      the cell again pays nothing twice (--no-cache: always call; a step's with.cache wins);
+      --no-wait returns at once; --local uses an engine in this kernel.
       The stop button (interrupt) cancels a run the cell waits for.
 
   %%clarion agent AGENT_ID [--file PATH ...] [--var k=v ...] [--apply review|auto|never]
@@ -57,14 +59,14 @@ HELP = """Clarion: workflows and agents in notebook cells.
   %clarion runs [--limit N] [--status S] [--workflow ID]   recent runs
   %clarion show RUN_ID     the widget of any run (live while it runs; its Run in `_`)
   %clarion cancel RUN_ID
-  %clarion rerun RUN_ID [--from STEP] [--input k=v ...] [--model M [--agent A]] [--no-wait] [--name VAR]
+  %clarion rerun RUN_ID [--from STEP] [--input k=v ...] [--model M [--agent A]] [--cache] [--no-wait] [--name VAR]
       run a finished run again with changes; the steps no change reaches are copied
   %clarion compare RUN_ID RUN_ID [...]   the runs side by side; the steps that differ marked
   %clarion approve RUN_ID STEP [--comment TEXT]
   %clarion reject RUN_ID STEP [--comment TEXT]
   %clarion agents          the agents
   %clarion workflows       the saved workflows
-  %clarion run ID [--input k=v ...] [--no-wait] [--name VAR]   run a saved workflow
+  %clarion run ID [--input k=v ...] [--cache] [--no-wait] [--name VAR]   run a saved workflow
   %clarion help            this text
 
 Input values are YAML scalars (3, true, [a, b], text), or from this notebook: $name is the
@@ -97,7 +99,13 @@ def _parser(name: str, *, wait: bool = True) -> _Parser:
     return parser
 
 
-WORKFLOW = _parser("")
+def _cached(parser: _Parser) -> _Parser:
+    """``--cache`` / ``--no-cache``: the run's choice for the LLM cache (unset: None)."""
+    parser.add_argument("--cache", action=argparse.BooleanOptionalAction)
+    return parser
+
+
+WORKFLOW = _cached(_parser(""))
 WORKFLOW.prog = "%%clarion"
 WORKFLOW.add_argument("--input", action="append", default=[], metavar="k=v")
 WORKFLOW.add_argument("--save", action="store_true")
@@ -106,7 +114,7 @@ AGENT.add_argument("agent_id")
 AGENT.add_argument("--file", action="append", default=[], metavar="PATH")
 AGENT.add_argument("--var", action="append", default=[], metavar="k=v")
 AGENT.add_argument("--apply", choices=["review", "auto", "never"], default="review")
-RUN = _parser("run")
+RUN = _cached(_parser("run"))
 RUN.add_argument("workflow_id")
 RUN.add_argument("--input", action="append", default=[], metavar="k=v")
 RUNS = _parser("runs", wait=False)
@@ -117,7 +125,7 @@ SHOW = _parser("show", wait=False)
 SHOW.add_argument("run_id")
 CANCEL = _parser("cancel", wait=False)
 CANCEL.add_argument("run_id")
-RERUN = _parser("rerun")
+RERUN = _cached(_parser("rerun"))
 RERUN.add_argument("run_id")
 RERUN.add_argument("--from", dest="from_step", metavar="STEP")
 RERUN.add_argument("--input", action="append", default=[], metavar="k=v")
@@ -201,7 +209,7 @@ class ClarionMagics(Magics):
         clarion = session.clarion()
         if opts.save:
             self.loop.run(save_workflow(clarion, workflow, cell))
-        run_id = self.loop.run(clarion.submit(workflow, inputs))
+        run_id = self.loop.run(clarion.submit(workflow, inputs, cache=opts.cache))
         return self._present(Run(session, run_id, workflow=workflow), opts.no_wait, opts.name)
 
     def _agent_cell(self, args: list[str], cell: str) -> None:
@@ -284,7 +292,7 @@ class ClarionMagics(Magics):
             opts = RUN.parse_args(rest)
             session = self.session(opts.local)
             run_id = self.loop.run(
-                session.clarion().submit_saved(opts.workflow_id, self._values(opts.input, "--input"))
+                session.clarion().submit_saved(opts.workflow_id, self._values(opts.input, "--input"), cache=opts.cache)
             )
             return self._present(Run(session, run_id), opts.no_wait, opts.name)
         if command == "runs":
@@ -314,7 +322,9 @@ class ClarionMagics(Magics):
             opts = RERUN.parse_args(rest)
             parent = Run(self.session(opts.local), opts.run_id)
             inputs = self._values(opts.input, "--input")
-            run = parent.rerun(from_step=opts.from_step, inputs=inputs, model=opts.model, agent=opts.agent)
+            run = parent.rerun(
+                from_step=opts.from_step, inputs=inputs, model=opts.model, agent=opts.agent, cache=opts.cache
+            )
             return self._present(run, opts.no_wait, opts.name)
         if command == "compare":
             opts = COMPARE.parse_args(rest)

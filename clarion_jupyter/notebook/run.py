@@ -229,14 +229,18 @@ class Run:
         model: str | None = None,
         agent: str | None = None,
         overrides: dict[str, Any] | None = None,
+        cache: bool | None = None,
     ) -> Run:
         """Run this (finished) run again with changes; the steps no change reaches are copied.
-        ``model`` gives ``agent`` (every agent of the workflow, when None) another model."""
+        ``model`` gives ``agent`` (every agent of the workflow, when None) another model;
+        ``cache`` answers the new run's LLM calls from the LLM cache (or, False, never)."""
         if model is not None:
             by_model = model_overrides(self.document().workflow or {}, model, agent)["agents"]
             overrides = {**(overrides or {}), "agents": {**(overrides or {}).get("agents", {}), **by_model}}
         clarion = self.session.clarion()
-        run = self.session.loop.run(clarion.rerun(self.run_id, from_step=from_step, inputs=inputs, overrides=overrides))
+        run = self.session.loop.run(
+            clarion.rerun(self.run_id, from_step=from_step, inputs=inputs, overrides=overrides, cache=cache)
+        )
         return Run(self.session, run.run_id)
 
     def compare(self, *others: Run | str) -> Comparison:
