@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 import pytest
+from test_resume import SUPPORT, Runner
 
 from clarion_jupyter import Engine
 from clarion_jupyter.core.errors import BadRequest
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.timeout(90)
 
 KEY_ENV = "CLARION_CACHE_TEST_API_KEY"
 SECRET = "sk-cache-test-SECRET-31337"
+STALLED = SUPPORT / "run_stalled_commit.py"
 PRICED = "openai/gpt-4o-mini"
 """A model litellm prices by name, also when the local server answers for it."""
 
@@ -316,3 +318,28 @@ async def test_the_size_cap_evicts_the_oldest_entries(tmp_path: Path) -> None:
     assert stats.entries == 2 and stats.bytes <= 700
     assert step(three).output["cached"] is True
     assert step(one).output["cached"] is False
+
+
+# -- a restart -------------------------------------------------------------------------
+
+
+async def test_a_resumed_run_answers_its_interrupted_call_from_the_cache(
+    tmp_path: Path, stub: OpenAIStubServer
+) -> None:
+    """The reply came back and was cached, the step's success was never committed, the engine
+    was killed: the attempt that runs again after the restart calls no provider."""
+    runner = Runner(tmp_path / "c.duckdb", tmp_path, stub.url, script=STALLED)
+    try:
+        run_id = (await asyncio.to_thread(runner.expect, "run", "*"))[1]
+        await asyncio.to_thread(runner.expect, "stalled")
+    finally:
+        runner.kill()
+    assert stub.request_count == 1
+    async with engine_at(tmp_path) as engine:
+        assert run_id in engine.resumed
+        resumed = await asyncio.wait_for(engine.wait(run_id), 60)
+    assert resumed.status == "succeeded" and resumed.cache is True
+    assert stub.request_count == 1, "the interrupted call went to the provider again"
+    assert step(resumed).attempt == 2
+    assert step(resumed).output["cached"] is True
+    assert step(resumed).output["text"] == "The answer is 42."
