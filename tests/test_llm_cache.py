@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 import pytest
+from test_notebook_kernel import execute, start_kernel
 from test_resume import SUPPORT, Runner
 
 from clarion_jupyter import Engine
@@ -343,3 +344,37 @@ async def test_a_resumed_run_answers_its_interrupted_call_from_the_cache(
     assert step(resumed).attempt == 2
     assert step(resumed).output["cached"] is True
     assert step(resumed).output["text"] == "The answer is 42."
+
+
+# -- a notebook ------------------------------------------------------------------------
+
+CELL = """%%clarion --cache
+id: ask
+name: Ask
+steps:
+  - {id: ask, task: llm_call, with: {agent: asker, prompt: "What is the answer?"}}
+outputs:
+  answer: "{{ steps.ask.output.text }}"
+"""
+
+
+async def test_running_a_cell_again_with_cache_pays_nothing_twice(tmp_path: Path, stub: OpenAIStubServer) -> None:
+    manager, client = await start_kernel(tmp_path)
+    try:
+        await execute(client, "%load_ext clarion_jupyter")
+        saved, text = await execute(
+            client, f"%%clarion save-agent\nid: asker\nname: Asker\nmodel: openai/fake\napi_base: {stub.url}\n"
+        )
+        assert saved["status"] == "ok", text
+        report = "print('cached:', _.steps[0].output['cached'], 'cost:', _.steps[0].usage.cost_usd, _.outputs)"
+        for cached in (False, True):
+            reply, text = await execute(client, CELL)
+            assert reply["status"] == "ok", text
+            _, shown = await execute(client, report)
+            assert f"cached: {cached} " in shown, shown
+            assert "{'answer': 'The answer is 42.'}" in shown
+        assert "cost: 0.0 " in shown
+    finally:
+        client.stop_channels()
+        await manager.shutdown_kernel(now=True)
+    assert stub.request_count == 1
