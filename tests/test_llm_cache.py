@@ -378,3 +378,18 @@ async def test_running_a_cell_again_with_cache_pays_nothing_twice(tmp_path: Path
         client.stop_channels()
         await manager.shutdown_kernel(now=True)
     assert stub.request_count == 1
+
+
+async def test_clarion_agents_set_cache_true_turns_the_cache_on_for_the_agent(
+    tmp_path: Path, stub: OpenAIStubServer
+) -> None:
+    async with engine_at(tmp_path) as engine:
+        await engine.create_agent(agent(stub))
+    changed = await asyncio.to_thread(clarion, tmp_path, "agents", "set", "asker", "cache=true")
+    assert changed.returncode == 0, changed.stderr
+    async with engine_at(tmp_path) as engine:
+        assert (await engine.get_agent("asker")).cache is True
+        await run(engine, ask())
+        second = await run(engine, ask())
+    assert stub.request_count == 1
+    assert step(second).output["cached"] is True
