@@ -10,11 +10,19 @@ write touches its rows, so these transactions never conflict with the run log's.
 
 The cap is on the bytes of the stored replies: a put that takes the total over it evicts the
 oldest entries (by the time they were stored) until the rest fit.
+
+Each DuckDB read is a trip to a reader thread and back (half a millisecond, and several on a
+busy machine, where the loop waits for the GIL), so the entries read or stored lately are
+also kept in memory (:data:`MEMORY_BYTES` of them, least recently used out first): a hit on
+one of those costs no query. The engine is the file's only writer and every delete goes
+through this store, so what is in memory never outlives its row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,11 +35,13 @@ from .records import utcnow
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 """The cap when the host sets none (``ClarionExtension.llm_cache_max_bytes``): thousands of
 long replies, a small part of a run history's file."""
+MEMORY_BYTES = 32 * 1024 * 1024
+"""How many bytes of replies are kept in memory as well; a reply over an eighth of it is not."""
 
 _GET = "SELECT agent_id, model, reply, created_at FROM llm_cache WHERE key = $1"
 _INSERT = (
     "INSERT INTO llm_cache (key, agent_id, model, reply, bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6)"
-    " ON CONFLICT DO NOTHING"
+    " ON CONFLICT DO NOTHING RETURNING key"
 )
 """A key stored already keeps its first reply: a second one for the same request came from
 a call that missed while the first was in flight, and says nothing newer."""
@@ -58,30 +68,79 @@ class CacheEntry:
     created_at: datetime = field(default_factory=utcnow)
 
 
-class DuckDBLLMCache:
-    """The cache's entries in the engine's DuckDB file (the ``llm_cache`` table)."""
+class _Recent:
+    """The entries read or stored lately, by key, within ``max_bytes``, least recently used out first.
+    ``generation`` counts deletes, so a read that a delete overtook does not put its row back."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[CacheEntry, int]] = OrderedDict()
+        self._bytes = 0
+        self.generation = 0
+
+    def get(self, key: str) -> CacheEntry | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        self._entries.move_to_end(key)
+        return dataclasses.replace(found[0], reply=dict(found[0].reply))
+
+    def add(self, entry: CacheEntry, size: int) -> None:
+        if size > self._max_bytes // 8:
+            return
+        self.drop([entry.key], deleted=False)
+        self._entries[entry.key] = (entry, size)
+        self._bytes += size
+        while self._bytes > self._max_bytes:
+            _, (_, oldest) = self._entries.popitem(last=False)
+            self._bytes -= oldest
+
+    def drop(self, keys: list[str], deleted: bool = True) -> None:
+        for key in keys:
+            found = self._entries.pop(key, None)
+            if found is not None:
+                self._bytes -= found[1]
+        if deleted:
+            self.generation += 1
+
+
+class DuckDBLLMCache:
+    """The cache's entries in the engine's DuckDB file (the ``llm_cache`` table), the recent ones in memory too."""
+
+    def __init__(self, db: Database, memory_bytes: int = MEMORY_BYTES) -> None:
         self._db = db
+        self._recent = _Recent(memory_bytes)
 
     async def get(self, key: str) -> CacheEntry | None:
+        if (entry := self._recent.get(key)) is not None:
+            return entry
+        generation = self._recent.generation
         row = await self._db.read(lambda cursor: cursor.execute(_GET, [key]).fetchone())
         if row is None:
             return None
         agent_id, model, reply, created_at = row
-        return CacheEntry(key, agent_id, model, json.loads(reply), created_at.replace(tzinfo=UTC))
+        entry = CacheEntry(key, agent_id, model, json.loads(reply), created_at.replace(tzinfo=UTC))
+        if generation == self._recent.generation:
+            self._recent.add(entry, len(reply))
+        return dataclasses.replace(entry, reply=dict(entry.reply))
 
     async def put(self, entry: CacheEntry, max_bytes: int) -> int:
         """Store ``entry`` (committed when this returns); answers how many old entries the cap evicted."""
         text = json.dumps(entry.reply, separators=(",", ":"), default=str)
-        return await self._db.write(self._put, entry, text, max_bytes)
+        inserted, evicted = await self._db.write(self._put, entry, text, max_bytes)
+        self._recent.drop(evicted)
+        if inserted and entry.key not in evicted:
+            self._recent.add(dataclasses.replace(entry, reply=json.loads(text)), len(text))
+        return len(evicted)
 
     @staticmethod
-    def _put(cursor: duckdb.DuckDBPyConnection, entry: CacheEntry, text: str, max_bytes: int) -> int:
+    def _put(cursor: duckdb.DuckDBPyConnection, entry: CacheEntry, text: str, max_bytes: int) -> tuple[bool, list[str]]:
         created = entry.created_at.astimezone(UTC).replace(tzinfo=None)
-        cursor.execute(_INSERT, [entry.key, entry.agent_id, entry.model, text, len(text.encode()), created])
+        row = [entry.key, entry.agent_id, entry.model, text, len(text.encode()), created]
+        inserted = bool(cursor.execute(_INSERT, row).fetchall())
         (total,) = cursor.execute(_TOTAL).fetchone()
-        return len(cursor.execute(_EVICT, [max_bytes]).fetchall()) if total > max_bytes else 0
+        evicted = [key for (key,) in cursor.execute(_EVICT, [max_bytes]).fetchall()] if total > max_bytes else []
+        return inserted, evicted
 
     async def clear(self, *, agent_id: str | None = None, before: datetime | None = None) -> int:
         """Delete the entries of ``agent_id`` and/or stored before ``before`` (neither: all); how many."""
@@ -94,7 +153,9 @@ class DuckDBLLMCache:
             clauses.append(f"created_at < ${len(params)}")
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"DELETE FROM llm_cache{where} RETURNING key"
-        return await self._db.write(lambda cursor: len(cursor.execute(sql, params).fetchall()))
+        deleted = await self._db.write(lambda cursor: [key for (key,) in cursor.execute(sql, params).fetchall()])
+        self._recent.drop(deleted)
+        return len(deleted)
 
     async def stats(self) -> dict[str, Any]:
         """How many entries, their bytes, the oldest and newest, and the entries of each agent."""
