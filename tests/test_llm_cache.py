@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 import pytest
+from notebook_support import Shell
 from test_notebook_kernel import execute, start_kernel
 from test_resume import SUPPORT, Runner
 
@@ -393,3 +394,18 @@ async def test_clarion_agents_set_cache_true_turns_the_cache_on_for_the_agent(
         second = await run(engine, ask())
     assert stub.request_count == 1
     assert step(second).output["cached"] is True
+
+
+def test_the_line_magics_run_and_rerun_take_cache(shell: Shell, stub: OpenAIStubServer) -> None:
+    clarion = shell.magics.session(local=True).clarion()
+    shell.magics.loop.run(clarion.create_agent(agent(stub)))
+    assert shell.cell("--save --no-cache", CELL.split("\n", 1)[1]).success
+    first = shell.last
+    assert shell.line("run ask --cache").success
+    saved = shell.last
+    assert shell.line(f"rerun {first.run_id} --from ask --cache").success
+    rerun = shell.last
+    assert stub.request_count == 2  # the --no-cache cell, then the first run that asked for the cache
+    assert first.steps[0].output.get("cached") is None
+    assert saved.steps[0].output["cached"] is False
+    assert rerun.steps[0].output["cached"] is True
