@@ -192,7 +192,7 @@ async def test_the_most_specific_choice_decides(
     assert step(second).output.get("cached", False) is cached
 
 
-async def test_a_run_with_the_cache_on_uses_entries_other_runs_stored(tmp_path: Path, stub: OpenAIStubServer) -> None:
+async def test_a_run_without_the_cache_neither_reads_nor_writes_it(tmp_path: Path, stub: OpenAIStubServer) -> None:
     """A run that does not use the cache neither reads nor writes it."""
     async with engine_at(tmp_path) as engine:
         await engine.create_agent(agent(stub))
