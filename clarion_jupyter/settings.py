@@ -1,6 +1,6 @@
 """The server extension's configuration as the CLI sees it.
 
-The ``ClarionExtension`` traits (``db_path``, ``max_steps``, ``allow_shell``, ...) live in
+The ``ClarionExtension`` traits (``db_path``, ``max_steps``, ``allow_shell``, ``llm_cache``, ...) live in
 Jupyter's own config files; the CLI reads the same files with traitlets' loaders, so
 ``clarion validate`` and ``clarion run`` judge a workflow as the server would and open the
 same database, without importing the server (which takes seconds).
@@ -17,6 +17,7 @@ from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader, Py
 
 from .core.errors import BadRequest
 from .core.secrets import DEFAULT_SECRET_ENV_PATTERN, SecretPolicy
+from .storage.llm_cache import DEFAULT_MAX_BYTES as DEFAULT_LLM_CACHE_MAX_BYTES
 from .task.base import DEFAULT_MAX_OUTPUT_BYTES, TaskSettings
 from .workflow.engine import Engine
 from .workflow.validation import DEFAULT_MAX_STEPS
@@ -74,6 +75,8 @@ def configured_engine(
         max_output_bytes=settings.max_output_bytes,
         max_steps=traits.get("max_steps", DEFAULT_MAX_STEPS),
         secrets=settings.secrets,
+        llm_cache=traits.get("llm_cache", False),
+        llm_cache_max_bytes=traits.get("llm_cache_max_bytes", DEFAULT_LLM_CACHE_MAX_BYTES),
     )
 
 

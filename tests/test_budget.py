@@ -164,6 +164,19 @@ async def test_a_sequential_run_stops_at_the_call_that_would_overshoot(tmp_path:
     assert "budget exceeded" in run.error["message"]
 
 
+async def test_a_call_the_cache_answers_is_not_refused_by_a_budget_it_would_not_fit(
+    tmp_path: Path, stub: OpenAIStubServer
+) -> None:
+    doc = {"name": "cached", "steps": [call("c", "the same question")]}
+    async with engine_at(tmp_path, agent(stub)) as engine:
+        first = await finished(engine, await engine.submit(doc, cache=True))
+        before = stub.request_count
+        again = await finished(engine, await engine.submit(doc, cache=True, budget={"tokens": 1}))
+    assert first.status.value == "succeeded" and again.status.value == "succeeded", refused(again)
+    assert stub.request_count == before, "the cached call went to the provider"
+    assert step(again, "c").output["cached"] is True and again.budget.spent_tokens == 0
+
+
 async def test_a_token_budget_holds_for_a_model_without_a_price(tmp_path: Path, stub: OpenAIStubServer) -> None:
     async with engine_at(tmp_path, agent(stub)) as engine:
         run = await finished(

@@ -31,7 +31,7 @@ CONTRACT_COLUMNS = {
     "steps": ["run_id", "step_key", "step_id", "task", "status", "attempt", "started_at", "finished_at",
               "duration_ms", "error"],
     "events": ["run_id", "seq", "type", "step_id", "ts", "data"],
-    "llm_calls": ["run_id", "step_key", "model", "prompt_tokens", "completion_tokens", "cost_usd", "ts"],
+    "llm_calls": ["run_id", "step_key", "model", "prompt_tokens", "completion_tokens", "cost_usd", "ts", "cached"],
 }  # fmt: skip
 REFUSED = {
     "copy": "COPY (SELECT * FROM runs) TO 'out.csv'",

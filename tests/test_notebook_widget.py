@@ -168,6 +168,22 @@ def test_streamed_llm_text_tokens_and_cost_appear_on_the_row(shell: Shell) -> No
     assert "tokens" in run.widget.steps.value and "$" in run.widget.steps.value
 
 
+def test_a_step_the_cache_answered_is_marked_cached_on_its_row(shell: Shell) -> None:
+    """``%%clarion --cache`` run again: the row of the replayed call says so, the first call's does not."""
+    _streaming_agent(shell)
+    shell.cell("--cache", STREAMED)
+    first = shell.last
+    shell.cell("--cache", STREAMED)
+    again = shell.last
+    assert first.state.steps["ask"].output["cached"] is False
+    assert 'data-role="cached"' not in first.widget.steps.value
+    row = again.state.steps["ask"]
+    assert row.output["cached"] is True and row.cost_usd == 0 and row.text == REPLY
+    assert 'data-role="cached"' in again.widget.steps.value
+    (line,) = [line for line in again.state.to_text().splitlines() if " ask " in line]
+    assert line.endswith(" cached")
+
+
 def test_a_view_that_reconnects_catches_up_from_since_without_counting_twice(shell: Shell) -> None:
     _streaming_agent(shell)
     shell.cell("", STREAMED)

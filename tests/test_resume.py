@@ -36,11 +36,12 @@ pytestmark = pytest.mark.timeout(120)
 
 
 class Runner:
-    """tests/support/run_workflow.py in a real process, its stdout read line by line."""
+    """tests/support/run_workflow.py (or another ``script`` of tests/support) in a real
+    process, its stdout read line by line."""
 
-    def __init__(self, db: Path, workspace: Path) -> None:
+    def __init__(self, db: Path, workspace: Path, *args: str, script: Path = RUNNER) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(RUNNER), str(db), str(workspace)],
+            [sys.executable, str(script), str(db), str(workspace), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -21,6 +21,8 @@ ROUTES = [
     ("GET", "api/v3/runs/x/events"),
     ("GET", "api/v3/tasks"),
     ("GET", "api/v3/openapi.yaml"),
+    ("GET", "api/v3/cache"),
+    ("DELETE", "api/v3/cache"),
     ("GET", "api/v3/no/such/path"),
 ]
 

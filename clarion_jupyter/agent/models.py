@@ -91,6 +91,12 @@ class Agent(BaseModel):
     user_variables: list[UserVariable] = Field(default_factory=list)
     api_base: str | None = None
     api_key_env: str | None = Field(None, pattern=ENV_NAME_PATTERN)
+    cache: bool | None = Field(
+        None,
+        description="Answer this agent's calls from the LLM cache when the same request was answered before "
+        "(true) or never (false); a step's with.cache and a run's cache win over it, and it wins over the "
+        "server's llm_cache. null: no preference.",
+    )
     extra: dict[str, Any] = Field(
         default_factory=dict,
         description="Fields of imported Clarion v2 documents that this model does not use, kept verbatim.",

@@ -51,6 +51,7 @@ from ..storage.records import Event, StoredDocument
 from ..workflow.agent_run import AgentRunRequest
 from ..workflow.budget import Budget
 from ..workflow.compare import RunComparison
+from ..workflow.llm_cache import CacheStats
 from ..workflow.models import Decision, RunPage, Workflow, WorkflowRun
 from ..workflow.validation import WorkflowSource
 
@@ -267,12 +268,13 @@ class Client:
         *,
         idempotency_key: str | None = None,
         budget: Budget | JsonDoc | None = None,
+        cache: bool | None = None,
     ) -> str:
         """Run a document without saving it (``POST /api/v3/runs``); YAML text is sent as written."""
         document = workflow.to_document() if isinstance(workflow, Workflow) else workflow
         if isinstance(document, bytes):
             document = document.decode()
-        body = _run_body(inputs, idempotency_key, budget, workflow=document)
+        body = _run_body(inputs, idempotency_key, budget, cache, workflow=document)
         return (await self._request("POST", "api/v3/runs", body=body))["run_id"]
 
     async def submit_saved(
@@ -282,9 +284,10 @@ class Client:
         *,
         idempotency_key: str | None = None,
         budget: Budget | JsonDoc | None = None,
+        cache: bool | None = None,
     ) -> str:
         """Start a run of a saved workflow; returns its id as soon as it is queued."""
-        body = _run_body(inputs, idempotency_key, budget)
+        body = _run_body(inputs, idempotency_key, budget, cache)
         return (await self._request("POST", _path("api/v3/workflows", workflow_id, "run"), body=body))["run_id"]
 
     async def get_run(self, run_id: str) -> WorkflowRun:
@@ -317,9 +320,10 @@ class Client:
         inputs: JsonDoc | None = None,
         overrides: JsonDoc | None = None,
         budget: Budget | JsonDoc | None = None,
+        cache: bool | None = None,
     ) -> WorkflowRun:
         """``POST /api/v3/runs/{run_id}/rerun``: the new run's document."""
-        body = {"from_step": from_step, "inputs": inputs or {}, "overrides": overrides or {}}
+        body = {"from_step": from_step, "inputs": inputs or {}, "overrides": overrides or {}, "cache": cache}
         if budget is not None:
             body["budget"] = _budget_body(budget)
         return WorkflowRun.model_validate(await self._request("POST", _path("api/v3/runs", run_id, "rerun"), body=body))
@@ -328,6 +332,15 @@ class Client:
         """``GET /api/v3/runs/compare?ids=A,B``."""
         answer = await self._request("GET", "api/v3/runs/compare", params={"ids": ",".join(run_ids)})
         return RunComparison.model_validate(answer)
+
+    async def clear_cache(self, *, agent_id: str | None = None, older_than: str | None = None) -> int:
+        """``DELETE /api/v3/cache?agent=A&older_than=7d``: how many entries went."""
+        params = {"agent": agent_id, "older_than": older_than}
+        return (await self._request("DELETE", "api/v3/cache", params=params))["deleted"]
+
+    async def cache_stats(self) -> CacheStats:
+        """``GET /api/v3/cache``."""
+        return CacheStats.model_validate(await self._request("GET", "api/v3/cache"))
 
     async def cancel(self, run_id: str) -> None:
         """Ask the server to cancel a run; it ends shortly after with ``workflow_cancelled``."""
@@ -509,13 +522,19 @@ def _agent_body(doc: JsonDoc | Agent) -> JsonDoc:
 
 
 def _run_body(
-    inputs: JsonDoc | None, idempotency_key: str | None, budget: Budget | JsonDoc | None = None, **extra: Any
+    inputs: JsonDoc | None,
+    idempotency_key: str | None,
+    budget: Budget | JsonDoc | None = None,
+    cache: bool | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {**extra, "inputs": dict(inputs or {})}
     if idempotency_key is not None:
         body["idempotency_key"] = idempotency_key
     if budget is not None:
         body["budget"] = _budget_body(budget)
+    if cache is not None:
+        body["cache"] = cache
     return body
 
 

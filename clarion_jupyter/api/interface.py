@@ -19,6 +19,7 @@ from ..storage.records import Event, StoredDocument
 from ..workflow.agent_run import AgentRunRequest
 from ..workflow.budget import Budget
 from ..workflow.compare import RunComparison
+from ..workflow.llm_cache import CacheStats
 from ..workflow.models import Decision, RunPage, Workflow, WorkflowRun
 from ..workflow.validation import WorkflowSource
 
@@ -36,10 +37,11 @@ class Clarion(Protocol):
         *,
         idempotency_key: str | None = None,
         budget: Budget | dict[str, Any] | None = None,
+        cache: bool | None = None,
     ) -> str:
         """Run a document (a mapping, YAML text or a :class:`Workflow`) without saving it; the
         run's id once it is durably queued. ``budget``: this run's (``{usd, tokens, unpriced}``),
-        its fields over the workflow's."""
+        its fields over the workflow's; ``cache``: the run's choice for the LLM cache."""
 
     async def submit_saved(
         self,
@@ -48,6 +50,7 @@ class Clarion(Protocol):
         *,
         idempotency_key: str | None = None,
         budget: Budget | dict[str, Any] | None = None,
+        cache: bool | None = None,
     ) -> str:
         """Run a saved workflow; the run's id once it is durably queued."""
 
@@ -93,6 +96,7 @@ class Clarion(Protocol):
         inputs: dict[str, Any] | None = None,
         overrides: dict[str, Any] | None = None,
         budget: Budget | dict[str, Any] | None = None,
+        cache: bool | None = None,
     ) -> WorkflowRun:
         """Run a finished run again with changes, reusing every step no change reaches; the
         new run (``parent_run_id``, ``changes``) once durably queued. It holds to the parent's
@@ -100,6 +104,15 @@ class Clarion(Protocol):
 
     async def compare_runs(self, run_ids: list[str]) -> RunComparison:
         """Two or more runs side by side, step by step, with the steps that differ marked."""
+
+    # -- the LLM cache ---------------------------------------------------------------
+
+    async def clear_cache(self, *, agent_id: str | None = None, older_than: str | None = None) -> int:
+        """Delete cached LLM replies (those of ``agent_id`` and/or older than ``older_than``,
+        e.g. ``7d`` or ``12h``; neither: every one); how many."""
+
+    async def cache_stats(self) -> CacheStats:
+        """What the LLM cache holds: entries, bytes against the cap, entries by agent."""
 
     # -- agents ----------------------------------------------------------------------
 

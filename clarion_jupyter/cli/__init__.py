@@ -26,6 +26,8 @@ from .commands import (
     cmd_agents_import,
     cmd_agents_list,
     cmd_approve,
+    cmd_cache_clear,
+    cmd_cache_stats,
     cmd_cancel,
     cmd_compare,
     cmd_reject,
@@ -41,6 +43,10 @@ from .commands import (
 )
 
 RUN_ID_HELP = "the run's id, or a unique prefix of it (6 characters or more)"
+CACHE_HELP = (
+    "answer this run's LLM calls from the LLM cache when the same request was answered before "
+    "(--no-cache: always call); a step's with.cache still wins (default: the agents' and the server's choice)"
+)
 
 
 def add_budget_flags(command: argparse.ArgumentParser) -> None:
@@ -90,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--save", action="store_true", help="also save the workflow under its id (a run alone never changes saved ones)"
     )
     add_budget_flags(run)
+    run.add_argument("--cache", action=argparse.BooleanOptionalAction, help=CACHE_HELP)
     runs = add("runs", cmd_runs, "list runs, newest first")
     runs.add_argument("--workflow", help="only runs of this workflow id")
     runs.add_argument("--status", choices=[s.value for s in RunStatus])
@@ -118,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.add_argument("--model", help="another model for the agents (this run only)")
     rerun.add_argument("--agent", help="with --model: only this agent's model")
     add_budget_flags(rerun)
+    rerun.add_argument("--cache", action=argparse.BooleanOptionalAction, help=CACHE_HELP)
     add("compare", cmd_compare, "compare runs step by step; * marks the steps that differ").add_argument(
         "run_ids", nargs="+", metavar="RUN_ID", help=RUN_ID_HELP
     )
@@ -174,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     setter.add_argument(
         "pairs", nargs="+", metavar="KEY=VALUE", help="a field (dotted for nested ones) and its value, read as YAML"
     )
+    cache = sub.add_parser("cache", help="the LLM cache").add_subparsers(dest="cache_command", required=True)
+    clear = add(
+        "clear", cmd_cache_clear, "delete cached LLM replies (every one, unless --agent or --older-than)", cache
+    )
+    clear.add_argument("--agent", help="only the replies to this agent's calls")
+    clear.add_argument("--older-than", metavar="AGE", help="only replies stored longer ago than AGE: 7d, 12h, 30m, 45s")
+    add("stats", cmd_cache_stats, "what the LLM cache holds: entries, bytes against the cap, by agent", cache)
     workflows = sub.add_parser("workflows", help="manage saved workflows").add_subparsers(
         dest="workflows_command", required=True
     )

@@ -142,7 +142,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
     async with _clarion(args) as clarion:
         if args.save:
             await save_workflow(clarion, workflow, text)
-        run_id = await clarion.submit(workflow, inputs, budget=given_budget(args.budget_usd, args.budget_tokens))
+        run_id = await clarion.submit(
+            workflow, inputs, budget=given_budget(args.budget_usd, args.budget_tokens), cache=args.cache
+        )
         progress = None if args.json else Progress(sys.stdout)
         run = await _announced(clarion, run_id, progress, f"run {run_id}: {workflow.name}")
     return _finish(run, progress)
@@ -156,7 +158,7 @@ async def cmd_rerun(args: argparse.Namespace) -> int:
         overrides = model_overrides(parent.workflow or {}, args.model, args.agent) if args.model else None
         budget = given_budget(args.budget_usd, args.budget_tokens)
         run = await clarion.rerun(
-            parent.run_id, from_step=args.from_step, inputs=inputs, overrides=overrides, budget=budget
+            parent.run_id, from_step=args.from_step, inputs=inputs, overrides=overrides, budget=budget, cache=args.cache
         )
         progress = None if args.json else Progress(sys.stdout)
         run = await _announced(clarion, run.run_id, progress, f"run {run.run_id}: re-run of {parent.run_id}")
@@ -201,6 +203,33 @@ def _step_cell(step: StepInRun) -> str:
         return "-"
     took = "" if step.duration_ms is None else f" {step.duration_ms:.0f} ms"
     return f"{'= ' if step.reused_from else ''}{step.status}{took}"
+
+
+async def cmd_cache_clear(args: argparse.Namespace) -> int:
+    """Delete cached LLM replies: an agent's, those older than an age, or every one."""
+    async with _clarion(args) as clarion:
+        deleted = await clarion.clear_cache(agent_id=args.agent, older_than=args.older_than)
+    if args.json:
+        dump_json({"deleted": deleted})
+    else:
+        print(f"deleted {deleted} cached repl{'y' if deleted == 1 else 'ies'}")
+    return 0
+
+
+async def cmd_cache_stats(args: argparse.Namespace) -> int:
+    async with _clarion(args) as clarion:
+        stats = await clarion.cache_stats()
+    if args.json:
+        dump_json(stats.model_dump(mode="json"))
+        return 0
+    share = stats.bytes / stats.max_bytes * 100
+    print(f"{stats.entries} cached repl{'y' if stats.entries == 1 else 'ies'}, {stats.bytes:,} bytes "
+          f"({share:.1f}% of the {stats.max_bytes:,}-byte cap); server default: {'on' if stats.server_default else 'off'}")  # fmt: skip
+    if stats.oldest is not None:
+        print(f"oldest {stats.oldest:%Y-%m-%d %H:%M:%S}, newest {stats.newest:%Y-%m-%d %H:%M:%S} (UTC)")
+    for agent_id, count in stats.agents.items():
+        print(f"  {agent_id:<24} {count}")
+    return 0
 
 
 async def cmd_runs(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from ..agent.v2runs import V2_RUN_WORKFLOW_ID
 from ..core.protocol import EventType, RunStatus
+from ..llm.cache import is_cached
 from ..storage.records import Event
 from ..workflow.agent_run import AGENT_REPLY_STEP, AGENT_RUN_WORKFLOW_ID
 from ..workflow.budget import describe
@@ -82,6 +83,8 @@ class Progress:
             detail = " ".join(str(part) for part in (data.get("by"), data.get("comment")) if part)
         elif word == "reused":
             duration, detail = "", f"from run {data['reused_from']['run_id']}"
+        elif event.type == EventType.step_completed and is_cached(data.get("output")):
+            detail = "cached: no model call"
         line = (
             f"  {self.style(mark, colour)} {event.step_id:<24} {self.style(word, colour):<10} {duration:>10}  {detail}"
         )

@@ -37,13 +37,16 @@ from .tables import table
 
 HELP = """Clarion: workflows and agents in notebook cells.
 
-  %%clarion [--input k=v ...] [--save] [--budget USD] [--budget-tokens N] [--no-wait] [--local] [--name VAR]
+  %%clarion [--input k=v ...] [--save] [--cache | --no-cache] [--budget USD] [--budget-tokens N]
+            [--no-wait] [--local] [--name VAR]
   <workflow YAML>
       Run the workflow in the cell; a live widget follows it and the cell leaves a Run
       handle in `_` (and in VAR). --save stores the workflow under its id (`%clarion run ID`
-      runs it again); --no-wait returns at once; --local uses an engine in this kernel.
+      runs it again); --cache answers LLM calls made before from the LLM cache, so running
+      the cell again pays nothing twice (--no-cache: always call; a step's with.cache wins);
       --budget and --budget-tokens cap what the run's LLM calls may spend (over the
-      workflow's `budget:`). The stop button (interrupt) cancels a run the cell waits for.
+      workflow's `budget:`); --no-wait returns at once; --local uses an engine in this kernel.
+      The stop button (interrupt) cancels a run the cell waits for.
 
   %%clarion agent AGENT_ID [--file PATH ...] [--var k=v ...] [--apply review|auto|never]
   <the prompt>
@@ -59,14 +62,14 @@ HELP = """Clarion: workflows and agents in notebook cells.
   %clarion runs [--limit N] [--status S] [--workflow ID]   recent runs
   %clarion show RUN_ID     the widget of any run (live while it runs; its Run in `_`)
   %clarion cancel RUN_ID
-  %clarion rerun RUN_ID [--from STEP] [--input k=v ...] [--model M [--agent A]] [--no-wait] [--name VAR]
+  %clarion rerun RUN_ID [--from STEP] [--input k=v ...] [--model M [--agent A]] [--cache] [--no-wait] [--name VAR]
       run a finished run again with changes; the steps no change reaches are copied
   %clarion compare RUN_ID RUN_ID [...]   the runs side by side; the steps that differ marked
   %clarion approve RUN_ID STEP [--comment TEXT]
   %clarion reject RUN_ID STEP [--comment TEXT]
   %clarion agents          the agents
   %clarion workflows       the saved workflows
-  %clarion run ID [--input k=v ...] [--budget USD] [--budget-tokens N] [--no-wait] [--name VAR]
+  %clarion run ID [--input k=v ...] [--cache] [--budget USD] [--budget-tokens N] [--no-wait] [--name VAR]
       run a saved workflow
   %clarion help            this text
 
@@ -108,7 +111,13 @@ def _budget(opts: argparse.Namespace) -> dict[str, Any] | None:
     return given_budget(opts.budget, opts.budget_tokens)
 
 
-WORKFLOW = _parser("", budget=True)
+def _cached(parser: _Parser) -> _Parser:
+    """``--cache`` / ``--no-cache``: the run's choice for the LLM cache (unset: None)."""
+    parser.add_argument("--cache", action=argparse.BooleanOptionalAction)
+    return parser
+
+
+WORKFLOW = _cached(_parser("", budget=True))
 WORKFLOW.prog = "%%clarion"
 WORKFLOW.add_argument("--input", action="append", default=[], metavar="k=v")
 WORKFLOW.add_argument("--save", action="store_true")
@@ -117,7 +126,7 @@ AGENT.add_argument("agent_id")
 AGENT.add_argument("--file", action="append", default=[], metavar="PATH")
 AGENT.add_argument("--var", action="append", default=[], metavar="k=v")
 AGENT.add_argument("--apply", choices=["review", "auto", "never"], default="review")
-RUN = _parser("run", budget=True)
+RUN = _cached(_parser("run", budget=True))
 RUN.add_argument("workflow_id")
 RUN.add_argument("--input", action="append", default=[], metavar="k=v")
 RUNS = _parser("runs", wait=False)
@@ -128,7 +137,7 @@ SHOW = _parser("show", wait=False)
 SHOW.add_argument("run_id")
 CANCEL = _parser("cancel", wait=False)
 CANCEL.add_argument("run_id")
-RERUN = _parser("rerun")
+RERUN = _cached(_parser("rerun"))
 RERUN.add_argument("run_id")
 RERUN.add_argument("--from", dest="from_step", metavar="STEP")
 RERUN.add_argument("--input", action="append", default=[], metavar="k=v")
@@ -212,7 +221,7 @@ class ClarionMagics(Magics):
         clarion = session.clarion()
         if opts.save:
             self.loop.run(save_workflow(clarion, workflow, cell))
-        run_id = self.loop.run(clarion.submit(workflow, inputs, budget=_budget(opts)))
+        run_id = self.loop.run(clarion.submit(workflow, inputs, budget=_budget(opts), cache=opts.cache))
         return self._present(Run(session, run_id, workflow=workflow), opts.no_wait, opts.name)
 
     def _agent_cell(self, args: list[str], cell: str) -> None:
@@ -295,7 +304,10 @@ class ClarionMagics(Magics):
             opts = RUN.parse_args(rest)
             session = self.session(opts.local)
             inputs = self._values(opts.input, "--input")
-            run_id = self.loop.run(session.clarion().submit_saved(opts.workflow_id, inputs, budget=_budget(opts)))
+            clarion = session.clarion()
+            run_id = self.loop.run(
+                clarion.submit_saved(opts.workflow_id, inputs, budget=_budget(opts), cache=opts.cache)
+            )
             return self._present(Run(session, run_id), opts.no_wait, opts.name)
         if command == "runs":
             opts = RUNS.parse_args(rest)
@@ -324,7 +336,9 @@ class ClarionMagics(Magics):
             opts = RERUN.parse_args(rest)
             parent = Run(self.session(opts.local), opts.run_id)
             inputs = self._values(opts.input, "--input")
-            run = parent.rerun(from_step=opts.from_step, inputs=inputs, model=opts.model, agent=opts.agent)
+            run = parent.rerun(
+                from_step=opts.from_step, inputs=inputs, model=opts.model, agent=opts.agent, cache=opts.cache
+            )
             return self._present(run, opts.no_wait, opts.name)
         if command == "compare":
             opts = COMPARE.parse_args(rest)

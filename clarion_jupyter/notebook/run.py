@@ -230,16 +230,20 @@ class Run:
         agent: str | None = None,
         overrides: dict[str, Any] | None = None,
         budget: dict[str, Any] | None = None,
+        cache: bool | None = None,
     ) -> Run:
         """Run this (finished) run again with changes; the steps no change reaches are copied.
         ``model`` gives ``agent`` (every agent of the workflow, when None) another model;
-        ``budget`` (``{usd, tokens, unpriced}``) replaces fields of the parent's budget."""
+        ``budget`` (``{usd, tokens, unpriced}``) replaces fields of the parent's budget;
+        ``cache`` answers the new run's LLM calls from the LLM cache (or, False, never)."""
         if model is not None:
             by_model = model_overrides(self.document().workflow or {}, model, agent)["agents"]
             overrides = {**(overrides or {}), "agents": {**(overrides or {}).get("agents", {}), **by_model}}
         clarion = self.session.clarion()
         run = self.session.loop.run(
-            clarion.rerun(self.run_id, from_step=from_step, inputs=inputs, overrides=overrides, budget=budget)
+            clarion.rerun(
+                self.run_id, from_step=from_step, inputs=inputs, overrides=overrides, budget=budget, cache=cache
+            )
         )
         return Run(self.session, run.run_id)
 

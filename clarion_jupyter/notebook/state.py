@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from ..core.protocol import RunStatus, StepStatus
+from ..llm.cache import is_cached
 from ..storage.records import Event, utcnow
 from ..workflow.budget import describe
 from ..workflow.fold import State, fold, initial
@@ -350,8 +351,9 @@ class RunState:
             + (f" in {_seconds(elapsed)}" if elapsed is not None and self.status.terminal else "")
         ]
         for row in self.steps.values():
+            cached = " cached" if is_cached(row.output) else ""
             lines.append(
-                f"  {ICONS[row.status]} {row.key:<24} {row.status.value:<10} {_seconds(row.duration_s())}".rstrip()
+                f"  {ICONS[row.status]} {row.key:<24} {row.status.value:<10} {_seconds(row.duration_s())}{cached}".rstrip()
             )
         if self.budget:
             lines.append(f"  budget: {describe(self.budget)}")
@@ -403,8 +405,17 @@ def _row_summary(row: StepRow, now: datetime | None) -> Markup:
         tag("span", ICONS[row.status], style=f"color:{color}", data_role="icon"), " ", tag("b", row.key), " ",
         tag("span", row.status.value, style=f"color:{color}"),
         join([" ", tag("span", row.task, style="opacity:.6", data_role="task")]) if row.task else None,
+        join([" ", _cached_badge()]) if is_cached(row.output) else None,
         join([" ", tag("span", f"· {meta}", style="opacity:.8", data_role="duration")]) if meta else None,
     ])  # fmt: skip
+
+
+def _cached_badge() -> Markup:
+    """Marks a step the LLM cache answered: no model was called and it cost nothing."""
+    return tag("span", "cached", class_="clarion-cached", data_role="cached",
+               title="answered from the LLM cache: no model call, no cost (the tokens are the first call's)",
+               style=style(border="1px solid currentColor", border_radius="8px", padding="0 5px",
+                           font_size="10px", opacity=".75"))  # fmt: skip
 
 
 def _pre(value: Any, role: str, color: str | None = None) -> Markup:

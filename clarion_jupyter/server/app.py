@@ -23,6 +23,7 @@ from ..core.errors import ClarionError
 from ..core.protocol import CloseCode, RunStatus
 from ..core.secrets import DEFAULT_SECRET_ENV_PATTERN, SecretPolicy
 from ..storage.database import default_db_path
+from ..storage.llm_cache import DEFAULT_MAX_BYTES as DEFAULT_LLM_CACHE_MAX_BYTES
 from ..storage.query import MAX_BYTES
 from ..task.base import DEFAULT_MAX_OUTPUT_BYTES
 from ..task.broker import redact
@@ -115,6 +116,20 @@ class ClarionExtension(ExtensionApp):
         "run does: either one keeps JupyterHub's idle culler (which reads /api/status last_activity) "
         "from stopping the server under it. False: only running and queued runs keep it alive.",
     ).tag(config=True)
+    llm_cache = Bool(
+        False,
+        help="Whether LLM calls are answered from the LLM cache when the same request (model, api_base, "
+        "messages, parameters, response format, tools) was answered before. The most specific choice wins: "
+        "a step's with.cache, then the run's cache (%%clarion --cache, clarion run --cache, the run "
+        "request's cache), then the agent's cache, then this. A hit calls no provider, costs 0 and keeps "
+        "the first call's usage; `clarion cache clear` empties it.",
+    ).tag(config=True)
+    llm_cache_max_bytes = Integer(
+        DEFAULT_LLM_CACHE_MAX_BYTES,
+        min=1,
+        help="Cap on the LLM cache's stored replies, in bytes (default 256 MiB): past it, the oldest "
+        "entries are evicted.",
+    ).tag(config=True)
     activity_interval_s = Float(
         60.0,
         min=0.01,
@@ -160,6 +175,8 @@ class ClarionExtension(ExtensionApp):
             max_output_bytes=self.max_output_bytes,
             max_steps=self.max_steps,
             secrets=secrets,
+            llm_cache=self.llm_cache,
+            llm_cache_max_bytes=self.llm_cache_max_bytes,
         )
         self.sockets: set[EventSocket] = set()
         self._starting: asyncio.Future[None] | None = None

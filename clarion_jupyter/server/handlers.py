@@ -38,6 +38,7 @@ class RunRequest(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     budget: Budget | None = Field(None, description="This run's budget; its fields replace the workflow's.")
+    cache: bool | None = Field(None, description="answer the run's LLM calls from the cache (true) or never (false)")
 
 
 class AdHocRunRequest(RunRequest):
@@ -255,7 +256,11 @@ class WorkflowRunHandler(RunStarter):
         await self.require_terminal_permission(stored.doc, stored.id)
         self.started(
             await engine.submit_saved(
-                workflow_id, request.inputs, idempotency_key=request.idempotency_key, budget=request.budget
+                workflow_id,
+                request.inputs,
+                idempotency_key=request.idempotency_key,
+                budget=request.budget,
+                cache=request.cache,
             )
         )
 
@@ -284,7 +289,13 @@ class RunsHandler(RunStarter):
         plan = await off_loop(len(source) if isinstance(source, str) else 0, engine.compile, source)
         await self.require_terminal_permission(plan.document, plan.workflow.id)
         self.started(
-            await engine.submit(plan, request.inputs, idempotency_key=request.idempotency_key, budget=request.budget)
+            await engine.submit(
+                plan,
+                request.inputs,
+                idempotency_key=request.idempotency_key,
+                budget=request.budget,
+                cache=request.cache,
+            )
         )
 
     @web.authenticated
@@ -351,6 +362,7 @@ class RunRerunHandler(RunStarter):
             inputs=request.inputs,
             overrides=request.overrides.model_dump(by_alias=True, exclude_none=True),
             budget=request.budget,
+            cache=request.cache,
         )
         self.reply(run.model_dump(mode="json"), 202, self.api_url("runs", run.run_id))
 
@@ -364,6 +376,24 @@ class RunCompareHandler(ClarionHandler):
         ids = [i for i in self.get_query_argument("ids", "").split(",") if i]
         comparison = await (await self.engine()).compare_runs(ids)
         self.reply(comparison.model_dump(mode="json"))
+
+
+class CacheHandler(ClarionHandler):
+    """``GET /api/v3/cache``: what the LLM cache holds; ``DELETE`` clears it (``agent`` and/or
+    ``older_than``, e.g. ``7d``: the entries that match both; neither: every entry)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.reply((await (await self.engine()).cache_stats()).model_dump(mode="json"))
+
+    @web.authenticated
+    @authorized
+    async def delete(self) -> None:
+        deleted = await (await self.engine()).clear_cache(
+            agent_id=self.get_query_argument("agent", None), older_than=self.get_query_argument("older_than", None)
+        )
+        self.reply({"deleted": deleted})
 
 
 class DecisionRequest(BaseModel):
@@ -481,5 +511,6 @@ default_handlers: list[tuple[str, type[ClarionHandler]]] = [
     (r"/api/v3/tasks", TasksHandler),
     (r"/api/v3/openapi.yaml", OpenAPIHandler),
     (r"/api/v3/query", QueryHandler),
+    (r"/api/v3/cache", CacheHandler),
     (r"/api/v3(/.*)?", UnknownPathHandler),
 ]

@@ -24,6 +24,7 @@ import duckdb
 from ..core.errors import Conflict, StorageUnavailable
 from ..core.protocol import ACTIVE_RUN_STATUSES
 from .database import Database
+from .llm_cache import DuckDBLLMCache
 from .protocols import ActiveRun, RunPage
 from .query import MAX_BYTES, MAX_ROWS, TIMEOUT_S, HistorySandbox, QueryResult
 from .records import Batch, Event, RunRecord, StepRecord, StoredDocument, utcnow
@@ -129,6 +130,7 @@ RUNS = _Table(
         ("created_at", "TIMESTAMP"), ("started_at", "TIMESTAMP"), ("finished_at", "TIMESTAMP"),
         ("outputs", "JSON"), ("error", "JSON"), ("usage", "JSON"), ("parent_run_id", "VARCHAR"), ("changes", "JSON"),
         ("budget", "JSON"),
+        ("cache", "BOOLEAN"),
     ),
     key=("run_id",),
     changing=("status", "started_at", "finished_at", "outputs", "error", "usage", "budget"),
@@ -664,6 +666,7 @@ class DuckDBStorage:
         self.runs = DuckDBRunStore(self._db)
         self.agents = DuckDBDocumentStore(self._db, "agents")
         self.workflows = DuckDBDocumentStore(self._db, "workflows", with_source=True)
+        self.llm_cache = DuckDBLLMCache(self._db)
         self._sandbox: HistorySandbox | None = None
         self._sandbox_made = threading.Lock()
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
+from .llm_cache import CacheEntry
 from .query import QueryResult
 from .records import Batch, Event, RunRecord, StepRecord, StoredDocument
 
@@ -84,6 +86,20 @@ class RunStore(Protocol):
         """Up to ``limit`` stored run ids that begin with ``prefix``, in order (how a short id is resolved)."""
 
 
+class LLMCacheStore(Protocol):
+    """Cached LLM replies by key (:mod:`.llm_cache`); every write is durable when it returns."""
+
+    async def get(self, key: str) -> CacheEntry | None: ...
+    async def put(self, entry: CacheEntry, max_bytes: int) -> int:
+        """Store an entry, then evict the oldest while the entries' bytes pass ``max_bytes``; how many went."""
+
+    async def clear(self, *, agent_id: str | None = None, before: datetime | None = None) -> int:
+        """Delete the entries of ``agent_id`` and/or stored before ``before`` (neither: every one); how many."""
+
+    async def stats(self) -> dict[str, Any]:
+        """``entries``, ``bytes``, ``oldest``, ``newest`` and ``agents`` (entries by agent id)."""
+
+
 class Storage(Protocol):
     """Everything the engine keeps: its run store, its agent and workflow stores, and the
     read-only history SQL. :class:`~.duckdb_store.DuckDBStorage` is the one implementation;
@@ -94,6 +110,7 @@ class Storage(Protocol):
     runs: RunStore
     agents: DocumentStore
     workflows: DocumentStore
+    llm_cache: LLMCacheStore
 
     async def open(self) -> None:
         """Open and make stored state whole (after a crash too), before any write."""

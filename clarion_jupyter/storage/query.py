@@ -69,7 +69,8 @@ VIEWS: dict[str, str] = {
         "SELECT run_id, key AS step_key, output::JSON->>'model' AS model,"
         " (usage::JSON->>'prompt_tokens')::BIGINT AS prompt_tokens,"
         " (usage::JSON->>'completion_tokens')::BIGINT AS completion_tokens,"
-        " (usage::JSON->>'cost_usd')::DOUBLE AS cost_usd, finished_at AS ts"
+        " (usage::JSON->>'cost_usd')::DOUBLE AS cost_usd, finished_at AS ts,"
+        " coalesce((output::JSON->>'cached')::BOOLEAN, false) AS cached"
         " FROM {db}.step_runs WHERE usage IS NOT NULL"
     ),
 }

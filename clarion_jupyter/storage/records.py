@@ -90,6 +90,8 @@ class RunRecord:
     """A re-run's: what differs from its parent (``from_step``, ``inputs``, ``overrides``)."""
     budget: dict[str, Any] | None = None
     """With a budget: its limits, what was spent, and the holds of the LLM calls in flight."""
+    cache: bool | None = None
+    """Whether the run asked for the LLM cache (None: it did not say; steps and agents decide)."""
 
 
 @dataclass(slots=True)

@@ -84,6 +84,12 @@ class Task:
     async def run(self, config: Any, ctx: TaskContext) -> dict[str, Any]:
         raise NotImplementedError
 
+    async def cache_key(self, config: Any, ctx: TaskContext) -> str | None:
+        """The LLM cache's key of the reply this job would get (:mod:`clarion_jupyter.llm.cache`),
+        computed by the engine before the job goes to a worker, so that a worker needs no
+        database: a hit travels with the job. None (the default): this task is never cached."""
+        return None
+
     async def preview(self, config: Any, ctx: TaskContext) -> dict[str, Any]:
         """What a person approving this step sees before it acts (``approval:`` on a step).
 

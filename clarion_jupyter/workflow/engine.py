@@ -26,6 +26,7 @@ from ..core.secrets import SecretMasker, SecretPolicy
 from ..core.workspace import Workspace
 from ..storage.database import default_db_path
 from ..storage.duckdb_store import DuckDBStorage
+from ..storage.llm_cache import DEFAULT_MAX_BYTES as DEFAULT_LLM_CACHE_MAX_BYTES
 from ..storage.protocols import ActiveRun, Storage
 from ..storage.query import MAX_BYTES, MAX_ROWS, TIMEOUT_S, QueryResult
 from ..storage.records import Event, RunRecord, StoredDocument, utcnow
@@ -45,6 +46,7 @@ from .bus import EventBus, Subscription
 from .compare import RunComparison, compare_runs
 from .compiler import Plan, compile_workflow
 from .executor import RunExecutor
+from .llm_cache import CacheStats, LLMCache
 from .models import Decision, RunPage, WorkflowRun, parse_workflow
 from .plans import PlanCache
 from .rerun import Rerun, agent_overrides, plan_rerun, rerun_request
@@ -80,11 +82,15 @@ class Engine:
         run_workers: bool | None = None,
         storage: Storage | None = None,
         tracer: Tracer | None = None,
+        llm_cache: bool = False,
+        llm_cache_max_bytes: int = DEFAULT_LLM_CACHE_MAX_BYTES,
     ) -> None:
         """``storage`` defaults to the DuckDB file at ``db_path``. ``run_workers``: whether this
         process runs steps itself (default: only with the local queue; a broker's jobs go to
         ``clarion worker`` processes). ``tracer`` (OpenTelemetry's) defaults to the global
-        tracer provider's, which records nothing until the host sets up an SDK."""
+        tracer provider's, which records nothing until the host sets up an SDK. ``llm_cache``:
+        whether LLM calls that no step, run or agent decides for are answered from the cache
+        (see :mod:`.llm_cache`); ``llm_cache_max_bytes`` caps the cache's stored replies."""
         self.db_path = str(db_path or default_db_path())
         self.workspace = Workspace(workspace_root)
         self.registry = registry or TaskRegistry.from_entry_points()
@@ -103,6 +109,10 @@ class Engine:
         self.workflows = WorkflowService(self.storage.workflows, self.runs, self.validator)
         self._agent_runs = AgentRuns(self.agents, self.workflows, self.registry, self.workspace, self.submit_saved)
         self._previewer = Previewer(self.registry, self.workspace, self.settings)
+        self._cache = LLMCache(
+            self.storage.llm_cache, self.registry, self.workspace, self.settings,
+            default=llm_cache, max_bytes=llm_cache_max_bytes,
+        )  # fmt: skip
         self.bus = EventBus()
         self._telemetry = Telemetry(tracer)
         self._views = RunViews()
@@ -216,12 +226,15 @@ class Engine:
         *,
         idempotency_key: str | None = None,
         budget: Budget | dict[str, Any] | None = None,
+        cache: bool | None = None,
     ) -> str:
         """Validate and start a run of a document, without saving it; returns its id once the
         run is durably queued. A :class:`Plan` from :meth:`compile` is not compiled again.
-        ``budget``: this run's, its fields over the workflow's ``budget:``."""
+        ``budget``: this run's, its fields over the workflow's ``budget:``; ``cache``: answer
+        the run's LLM calls from the cache (True) or never (False); None leaves it to each
+        step, agent and the server (see :mod:`.llm_cache`)."""
         plan = workflow if isinstance(workflow, Plan) else self.compile(workflow)
-        return await self._start(plan, inputs, idempotency_key, budget=parse_budget(budget))
+        return await self._start(plan, inputs, idempotency_key, budget=parse_budget(budget), cache=cache)
 
     async def submit_saved(
         self,
@@ -230,11 +243,14 @@ class Engine:
         *,
         idempotency_key: str | None = None,
         budget: Budget | dict[str, Any] | None = None,
+        cache: bool | None = None,
     ) -> str:
         if workflow_id == V2_RUN_WORKFLOW_ID:  # a record of v2's runs: running one again is an agent run
             return await self.run_agent(*rerun_inputs(inputs or {}))
         stored = await self.workflows.get(workflow_id)
-        return await self._start(self._plans.plan(stored.doc), inputs, idempotency_key, budget=parse_budget(budget))
+        return await self._start(
+            self._plans.plan(stored.doc), inputs, idempotency_key, budget=parse_budget(budget), cache=cache
+        )
 
     async def rerun(
         self,
@@ -244,12 +260,16 @@ class Engine:
         inputs: dict[str, Any] | None = None,
         overrides: dict[str, Any] | None = None,
         budget: Budget | dict[str, Any] | None = None,
+        cache: bool | None = None,
     ) -> WorkflowRun:
         """Run a finished run again, reusing every step no change reaches (see
         :mod:`.rerun`); the new run's document, with ``parent_run_id`` and ``changes``. It
-        holds to the parent's budget limits, ``budget``'s fields over them (reused steps cost nothing)."""
+        holds to the parent's budget limits, ``budget``'s fields over them (reused steps cost
+        nothing). ``cache`` is the new run's own choice for the LLM cache, as in :meth:`submit`."""
         budget = parse_budget(budget)
-        request = rerun_request({"from_step": from_step, "inputs": inputs or {}, "overrides": overrides or {}})
+        request = rerun_request(
+            {"from_step": from_step, "inputs": inputs or {}, "overrides": overrides or {}, "cache": cache}
+        )
         parent = await self.get_run(run_id)
         if not parent.status.terminal:
             raise Conflict(
@@ -260,7 +280,9 @@ class Engine:
         rerun = plan_rerun(record, steps, request, self.compile)
         limits = limits_of(record.budget) if record.budget else rerun.plan.workflow.budget
         limits = effective_budget(limits, budget)
-        run_id = await self._start(rerun.plan, rerun.inputs, None, rerun, parent.run_id, budget=limits)
+        run_id = await self._start(
+            rerun.plan, rerun.inputs, None, rerun, parent.run_id, budget=limits, cache=request.cache
+        )
         return await self.get_run(run_id)
 
     async def _start(
@@ -270,7 +292,9 @@ class Engine:
         key: str | None,
         rerun: Rerun | None = None,
         parent_run_id: str | None = None,
+        *,
         budget: Budget | None = None,
+        cache: bool | None = None,
     ) -> str:
         """``budget``: the run's own, its fields over the workflow's (a re-run gives the one it holds to)."""
         self._require_started()
@@ -295,7 +319,7 @@ class Engine:
             run_id=new_run_id(), workflow_id=workflow.id, workflow_name=workflow.name, workflow=plan.document,
             workflow_digest=plan.digest, inputs=resolved, status=RunStatus.queued.value,
             created_at=utcnow(), idempotency_key=key, parent_run_id=parent_run_id,
-            changes=rerun.changes if rerun else None,
+            changes=rerun.changes if rerun else None, cache=cache,
         )  # fmt: skip
         limits = budget if rerun else effective_budget(workflow.budget, budget)
         if limits is not None:
@@ -372,7 +396,7 @@ class Engine:
         """A run's executor, with its budget's ledger (new, or as the resumed run stored it)."""
         ledger = BudgetLedger(run.budget, self._quoter) if run.budget else None
         return RunExecutor(
-            plan, run, self._writer, self._queue, self._agent_resolver(run), self._previewer,
+            plan, run, self._writer, self._queue, self._agent_resolver(run), self._previewer, cache=self._cache,
             max_output_bytes=self.settings.max_output_bytes, budget=ledger, **resumed,
         )  # fmt: skip
 
@@ -627,6 +651,19 @@ class Engine:
         sees a run of a workflow it does not know reads the workflows again, and must find it."""
         await self.workflows.install(V2_RUN_WORKFLOW)
         self.bus.publish(events)
+
+    # -- the LLM cache -----------------------------------------------------------
+
+    async def clear_cache(self, *, agent_id: str | None = None, older_than: str | None = None) -> int:
+        """Delete cached LLM replies: those of ``agent_id`` and/or older than ``older_than``
+        (``7d``, ``12h``, ...), or every one; how many."""
+        self._require_started()
+        return await self._cache.clear(agent_id=agent_id, older_than=older_than)
+
+    async def cache_stats(self) -> CacheStats:
+        """How many replies the LLM cache holds, their bytes against the cap, and by agent."""
+        self._require_started()
+        return await self._cache.stats()
 
     # -- history -----------------------------------------------------------------
 

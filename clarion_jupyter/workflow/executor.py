@@ -18,6 +18,7 @@ from typing import Any
 
 from ..core.protocol import STEP_DONE, EventType, RunStatus, StepStatus
 from ..core.secrets import reread_environment
+from ..llm.cache import CACHE_RESOURCE
 from ..storage.records import (
     Event,
     RunRecord,
@@ -33,6 +34,7 @@ from . import approvals
 from .approvals import Decision, Previewer, PreviewFailed, WaitingRoom
 from .budget import BudgetLedger
 from .compiler import Node, Plan
+from .llm_cache import LLMCache
 from .storable import check_storable
 from .templates import TemplateError, truthy
 
@@ -82,6 +84,8 @@ class _Execution:
     """While waiting for approval: the job that runs once approved."""
     adopted: bool = False
     """Its job, sent before a restart, is still in the broker: its result is awaited, not sent again."""
+    job: Job | None = None
+    """The job last sent to a worker: its cache lookup says whether the reply is to be stored."""
 
 
 class RunExecutor:
@@ -96,6 +100,7 @@ class RunExecutor:
         agents: AgentResolver,
         preview: Previewer,
         *,
+        cache: LLMCache,
         max_output_bytes: int,
         last_seq: int = 0,
         prior: list[StepRecord] | None = None,
@@ -113,6 +118,7 @@ class RunExecutor:
         self._queue = queue
         self._agents = agents
         self._preview = preview
+        self._cache = cache
         self._max_output_bytes = max_output_bytes
         self._seq = last_seq
         self._inbox: asyncio.Queue[JobResult | _Retry | _Cancel | Decision] = asyncio.Queue()
@@ -428,9 +434,12 @@ class RunExecutor:
         return []
 
     async def _reserve(self, node: Node, job: Job, force: bool = False) -> tuple[dict[str, Any], bool] | None:
-        """Hold the worst case of an LLM call against the run's budget before it is sent; the
-        step error (and whether to retry) when it may not be sent. ``force``: a broker has it already."""
-        if self._budget is None or not self._budget.applies(node.task):
+        """Before an LLM call is sent: look it up in the LLM cache (a hit costs nothing), else
+        hold its worst case against the run's budget; the step error (and whether to retry)
+        when it may not be sent. ``force``: a broker has it already (nothing to look up)."""
+        if not force:
+            await self._cache.look_up(job, self.run.cache)
+        if self._budget is None or not self._budget.applies(node.task) or _answered_from_cache(job):
             return None
         return await self._budget.reserve(job, node.task, force=force)
 
@@ -448,6 +457,7 @@ class RunExecutor:
         self._emit(EventType.step_started, execution.key, data)
         self._running.add(execution.key)
         if send:
+            execution.job = job
             await self._queue.put(job)
 
     # -- approvals -----------------------------------------------------------------
@@ -541,6 +551,7 @@ class RunExecutor:
         if self._budget is not None:
             self._budget.settle(result.job_id, result.output if result.kind == "ok" else None, result.error)
         if result.kind == "ok":
+            await self._cache.remember(execution.job, result.output)  # durable before the step's success
             ready = self._attempt_succeeded(execution, result.output, result.deliveries)
         else:
             ready = self._attempt_failed(execution, result.error or _error("failed", "failed"), result.retryable)
@@ -785,6 +796,10 @@ def _usage_of(output: Any) -> dict[str, Any] | None:
         "completion_tokens": usage.get("completion_tokens") or 0,
         "cost_usd": output.get("cost_usd"),
     }
+
+
+def _answered_from_cache(job: Job) -> bool:
+    return "reply" in (job.resources.get(CACHE_RESOURCE) or {})
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

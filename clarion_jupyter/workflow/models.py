@@ -303,6 +303,8 @@ class WorkflowRun(BaseModel):
     """A re-run's: what differs from its parent."""
     budget: BudgetState | None = None
     """With a budget: its limits, what settled calls spent and what calls in flight hold."""
+    cache: bool | None = None
+    """Whether the run asked for the LLM cache (null: it left it to its steps, agents and the server)."""
 
 
 class RunPage(NamedTuple):

@@ -68,6 +68,8 @@ class RerunRequest(BaseModel):
     overrides: Overrides = Field(default_factory=Overrides)
     budget: Budget | None = None
     """The new run's budget: its fields over the parent's."""
+    cache: bool | None = None
+    """The new run's choice for the LLM cache (not inherited from the parent)."""
 
 
 def rerun_request(doc: dict[str, Any]) -> RerunRequest:

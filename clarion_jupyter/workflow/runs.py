@@ -39,6 +39,7 @@ def run_document(
         parent_run_id=run.parent_run_id,
         changes=run.changes,
         budget=BudgetState.model_validate(run.budget) if run.budget else None,
+        cache=run.cache,
     )
 
 

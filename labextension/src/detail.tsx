@@ -181,6 +181,12 @@ function AgentReply({ run, rendermime }: { run: WorkflowRun; rendermime: IRender
   );
 }
 
+/** Whether the LLM cache answered the step (its output says `cached: true`): no model was called. */
+function answeredFromCache(step: StepRun): boolean {
+  const output = step.output;
+  return typeof output === 'object' && output !== null && !Array.isArray(output) && output.cached === true;
+}
+
 function StepPanel({ step, model }: { step: StepRun; model: RunModel }): JSX.Element {
   const attempts = model.extras.attempts[step.key] ?? [];
   const text = model.extras.text[step.key];
@@ -189,6 +195,11 @@ function StepPanel({ step, model }: { step: StepRun; model: RunModel }): JSX.Ele
     <section className="clarion-StepPanel" aria-label={`Step ${step.key}`} data-step-panel={step.key}>
       <h3>
         {step.key} <StatusBadge status={step.status} />
+        {answeredFromCache(step) && (
+          <span className="clarion-Cached" title="Answered from the LLM cache: no model call, no cost (the tokens are the first call's)">
+            cached
+          </span>
+        )}
       </h3>
       <dl className="clarion-Facts">
         {step.started_at && (

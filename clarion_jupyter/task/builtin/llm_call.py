@@ -12,6 +12,12 @@ files, when it passes the agent's ``context.max_tokens`` (by default half the mo
 window). Credential files never go, also when chosen by hand. The key goes only where the
 agent says: a step may point the call at another host (``parameters.api_base``) only when it
 also names the key for it (``api_key_env``).
+
+With the LLM cache on for the step (``with.cache``, the run, the agent or the server), the
+engine hands over what it found for the request's key in ``ctx.resources["llm_cache"]``; the
+task checks that its own request has that key and then answers from it without calling the
+provider (a streamed step replays the text as ``llm_token`` events). The output then says
+``cached`` and ``cache_key``: a hit costs nothing and keeps the first call's usage.
 """
 
 from __future__ import annotations
@@ -41,8 +47,9 @@ from ...core.protocol import EventType
 from ...core.sandbox import environment
 from ...core.secrets import SecretMasker
 from ...core.workspace import Workspace, WorkspacePathError
+from ...llm.cache import CACHE_RESOURCE, cached_result, request_key
 from ...llm.host import ProcessProvider
-from ...llm.provider import LLMProvider, LLMRequest, ProviderError
+from ...llm.provider import LLMProvider, LLMRequest, LLMResult, ProviderError, TokenCallback
 from ..base import Task, TaskConfig, TaskContext, TaskFailed
 
 if TYPE_CHECKING:
@@ -56,6 +63,9 @@ CONTEXT_WINDOW_SHARE = 0.5
 """Of a known input window, the share the codebase context may fill by default: the rest is
 the system prompt, the conversation, the task and the reply."""
 LARGEST_SHOWN = 5
+
+REPLAY_CHARS = 64
+"""A cached reply is streamed again in pieces of this size (the coalescer's own batch)."""
 
 KEY_DESTINATIONS = ("api_base", "base_url")
 """The litellm parameters that choose the host a call (and so its key) goes to."""
@@ -99,6 +109,11 @@ class LLMCallConfig(TaskConfig):
         None,
         description="JSON schema asked for when neither response_format nor the agent's output_schema "
         "gives one; a reply in prose is kept as text, a JSON reply must match.",
+    )
+    cache: bool | None = Field(
+        None,
+        description="Answer from the LLM cache when the same request was answered before (true), or always "
+        "call the model (false); unset: the run's, the agent's or the server's choice, in that order.",
     )
 
     @model_validator(mode="after")
@@ -161,8 +176,11 @@ class LLMCallTask(Task):
                 mask=masker.text,
                 holdback=max(masker.longest - 1, 0),
             )
+        cache = ctx.resources.get(CACHE_RESOURCE)
+        key = request_key(request) if cache is not None else None
+        hit = cache.get("reply") if cache is not None and cache.get("key") == key else None
         try:
-            result = await self.provider.complete(request, on_token=tokens)
+            result = _replayed(hit, tokens) if hit is not None else await self.provider.complete(request, tokens)
         except ProviderError as exc:
             raise _failed(exc) from None
         finally:
@@ -174,6 +192,8 @@ class LLMCallTask(Task):
             "cost_usd": result.cost_usd,
             "model": result.model,
         }
+        if key is not None:
+            output |= {"cached": hit is not None, "cache_key": key}
         if agent.context is not None:
             output["context"] = prepared.selection.summary() | {"tokens": prepared.context_tokens}
         if validator is not None:
@@ -183,6 +203,21 @@ class LLMCallTask(Task):
                 exc.details = {**exc.details, "usage": result.usage, "cost_usd": result.cost_usd}
                 raise
         return output
+
+    async def cache_key(self, config: LLMCallConfig, ctx: TaskContext) -> str | None:
+        """The key of the request :meth:`run` would send (its messages built from the workspace
+        as it is now); raises what :meth:`run` would fail with."""
+        request, _, _ = await build_request(_agent(ctx), config, ctx.workspace)
+        return request_key(request)
+
+
+def _replayed(reply: dict[str, Any], on_token: TokenCallback | None) -> LLMResult:
+    """A cached reply as a call's result, its text streamed again in pieces when the step streams."""
+    result = cached_result(reply)
+    if on_token is not None:
+        for start in range(0, len(result.text), REPLAY_CHARS):
+            on_token(result.text[start : start + REPLAY_CHARS])
+    return result
 
 
 class TokenCoalescer:
@@ -316,8 +351,19 @@ async def prepare_call(
     agent: Agent, config: LLMCallConfig, workspace: Workspace, provider: LLMProvider
 ) -> PreparedCall:
     """The request, and its codebase context counted with the model's tokenizer (by ``provider``)."""
+    request, selection, files = await build_request(agent, config, workspace)
+    model = request.model
+    file_tokens = await provider.count_text_tokens(model, [fenced(f) for f in files]) if files else []
+    cap = agent.context.max_tokens if agent.context is not None else None
+    return PreparedCall(request, selection, files, file_tokens, cap or await _default_context_cap(provider, model))
+
+
+async def build_request(
+    agent: Agent, config: LLMCallConfig, workspace: Workspace
+) -> tuple[LLMRequest, ContextSelection, list[ContextFile]]:
+    """The exact request a step sends, the codebase context's selection, and every file the
+    request carries (the selection's, then those chosen by hand)."""
     schema = config.response_format or agent.output_schema or config.default_response_format
-    model = config.model or agent.model
     selection = await gather_context(agent.context, workspace) if agent.context is not None else ContextSelection()
     files = selection.files
     if config.files:
@@ -326,7 +372,7 @@ async def prepare_call(
         files = [*files, *(f for f in chosen if f.path not in selected)]
     parameters = agent.parameters | config.parameters
     request = LLMRequest(
-        model=model,
+        model=config.model or agent.model,
         messages=_messages(agent, config, files),
         parameters=parameters,
         api_base=_host(agent, config, parameters),
@@ -334,9 +380,7 @@ async def prepare_call(
         response_format=_json_schema_format(schema) if schema is not None else None,
         stream=config.stream,
     )
-    file_tokens = await provider.count_text_tokens(model, [fenced(f) for f in files]) if files else []
-    cap = agent.context.max_tokens if agent.context is not None else None
-    return PreparedCall(request, selection, files, file_tokens, cap or await _default_context_cap(provider, model))
+    return request, selection, files
 
 
 def _model_leaves_the_agents_provider(agent: Agent, config: LLMCallConfig) -> str | None:
