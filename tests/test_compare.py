@@ -46,6 +46,25 @@ async def test_compare_marks_the_differing_step_and_not_the_equal_ones(tmp_path:
     assert all(r.totals["steps"] == 2 for r in comparison.runs)
 
 
+async def test_a_shell_step_that_printed_the_same_is_equal_though_it_took_another_time(tmp_path: Path) -> None:
+    doc = {
+        "name": "timed",
+        "inputs": {"n": {"type": "integer", "default": 1}},
+        "steps": [
+            {"id": "slow", "task": "shell", "with": {"command": "sleep 0.0{{ inputs.n }}; echo same"}},
+            {"id": "say", "task": "shell", "with": {"command": "echo {{ inputs.n }}"}},
+        ],
+    }
+    async with Engine(tmp_path / "c.duckdb", workspace_root=tmp_path) as engine:
+        runs = [await engine.submit(doc, {"n": n}) for n in (1, 5)]
+        for run_id in runs:
+            await asyncio.wait_for(engine.wait(run_id), 20)
+        comparison = await engine.compare_runs(runs)
+    slow = next(s for s in comparison.steps if s.key == "slow")
+    assert slow.per_run[0].output["duration_ms"] != slow.per_run[1].output["duration_ms"]
+    assert {s.key: s.differs for s in comparison.steps} == {"slow": False, "say": True}
+
+
 async def test_compare_of_a_rerun_shows_its_changes_and_reused_steps(tmp_path: Path) -> None:
     async with Engine(tmp_path / "c.duckdb", workspace_root=tmp_path) as engine:
         first = await engine.submit(DOC)

@@ -109,12 +109,17 @@ export function addCommands(parts: IClarionParts): void {
     sidebar.state.show(tab, open);
     shell.activateById(sidebar.id);
   };
-  /** A `data-` attribute of the element a context menu was opened on (or one it is in). */
-  const clicked = (attribute: 'runId' | 'step'): string | undefined =>
-    app.contextMenuHitTest(node => node.dataset[attribute] !== undefined)?.dataset[attribute];
+  /**
+   * For a command of a context menu (`isContextMenu`), a `data-` attribute of the element the
+   * menu was opened on (or of one it is in). Lab keeps the last menu's target: elsewhere it is stale.
+   */
+  const clicked = (args: ReadonlyPartialJSONObject, attribute: 'runId' | 'step'): string | undefined =>
+    args.isContextMenu
+      ? app.contextMenuHitTest(node => node.dataset[attribute] !== undefined)?.dataset[attribute]
+      : undefined;
   /** The run an argument names, the run (row, or run detail) a context menu was opened on, or the run tab in front. */
   const runIdOf = (args: ReadonlyPartialJSONObject): string =>
-    String(args.runId ?? clicked('runId') ?? runs.currentWidget?.model.runId ?? '');
+    String(args.runId ?? clicked(args, 'runId') ?? runs.currentWidget?.model.runId ?? '');
   const workflowItems = (): [string, string][] => (controller.workflows ?? []).map(w => [w.id, w.name]);
   const deletableItems = (): [string, string][] => workflowItems().filter(([id]) => id !== AGENT_RUN_WORKFLOW);
   const agentItems = (): [string, string][] => (controller.agents ?? []).map(a => [a.id, a.name]);
@@ -383,7 +388,7 @@ function labelled(label: string): (args: ReadonlyPartialJSONObject) => string {
 function addIterateCommands(
   parts: IClarionParts,
   runIdOf: (args: ReadonlyPartialJSONObject) => string,
-  clicked: (attribute: 'runId' | 'step') => string | undefined,
+  clicked: (args: ReadonlyPartialJSONObject, attribute: 'runId' | 'step') => string | undefined,
   openRun: (runId: string) => void
 ): void {
   const { app, api, controller, sidebar, started, runs, compares, icon } = parts;
@@ -417,7 +422,7 @@ function addIterateCommands(
     execute: async args => {
       const runId = runIdOf(args);
       // A for_each item's node names its step: the step re-runs, with every item.
-      let step = String(args.step ?? clicked('step') ?? '').replace(/\[\d+\]$/, '');
+      let step = String(args.step ?? clicked(args, 'step') ?? '').replace(/\[\d+\]$/, '');
       if (!step) {
         const run = await document(runId).catch(() => null);
         const steps = [...new Set((run?.steps ?? []).map(s => s.step_id))];

@@ -29,8 +29,8 @@ export function InputField({
   onCheck: (checked: boolean) => void;
   /**
    * Why a text is no value (null when it is one). Set on the field as its validity while the
-   * change event is handled, so that a Lab dialog holding the field disables its accept button
-   * at once (it looks for `:invalid` fields on every input event).
+   * change event is handled, so that a Lab dialog holding the field, which looks for `:invalid`
+   * fields, disables its accept button.
    */
   validate?: (text: string) => string | null;
 }): JSX.Element {

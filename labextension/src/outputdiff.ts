@@ -165,8 +165,17 @@ export function textOf(value: JSONValue): string | null {
   return isObject(value) && typeof value.text === 'string' ? value.text : null;
 }
 
-/** `other` against `base`. */
-export function outputDiff(base: JSONValue, other: JSONValue): OutputDiff {
+/** Output keys that measure a run rather than say what it produced (`shell` reports its time): no difference. */
+const MEASURED: ReadonlySet<string> = new Set(['duration_ms']);
+
+function produced(value: JSONValue): JSONValue {
+  return isObject(value) ? Object.fromEntries(Object.entries(value).filter(([key]) => !MEASURED.has(key))) : value;
+}
+
+/** `other` against `base`, as the server marks a step that differs: what a task measured is left out. */
+export function outputDiff(baseOutput: JSONValue, otherOutput: JSONValue): OutputDiff {
+  const base = produced(baseOutput);
+  const other = produced(otherOutput);
   if (sameJson(base, other)) {
     return { same: true, words: null, changes: [] };
   }

@@ -16,6 +16,9 @@ export class RerunDialogBody extends ReactWidget implements Dialog.IBodyWidget<R
   constructor(readonly form: RerunForm) {
     super();
     this.addClass('clarion-RerunDialog');
+    // Lab's dialog checks its fields (`:invalid`) on every input event, before the field has
+    // handled it: once the field has set its validity, the dialog is asked to check again.
+    form.changed.connect(() => queueMicrotask(() => this.node.dispatchEvent(new Event('input', { bubbles: true }))));
   }
 
   getValue(): RerunRequest {

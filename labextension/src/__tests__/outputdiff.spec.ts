@@ -91,6 +91,12 @@ describe('outputDiff', () => {
     expect(diff.changes).toEqual([{ kind: 'changed', path: ['value', 'n'], before: 1, after: 2 }]);
   });
 
+  it("leaves out the time a task measured itself (a shell step's duration_ms)", () => {
+    const diff = outputDiff({ stdout: 'a\n', duration_ms: 4 }, { stdout: 'b\n', duration_ms: 9 });
+    expect(diff.changes).toEqual([{ kind: 'changed', path: ['stdout'], before: 'a\n', after: 'b\n' }]);
+    expect(outputDiff({ stdout: 'a', duration_ms: 4 }, { stdout: 'a', duration_ms: 9 }).same).toBe(true);
+  });
+
   it('says when the outputs are the same', () => {
     expect(outputDiff({ value: 1 }, { value: 1 })).toEqual({ same: true, words: null, changes: [] });
   });
