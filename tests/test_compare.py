@@ -4,6 +4,7 @@ route, the CLI and the notebook's view, on real runs."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,14 @@ async def test_the_notebook_view_diffs_words_and_has_one_row_per_step_and_run(tm
     assert comparison.differing == ["greet"]
     html = comparison.to_html()
     assert "<del>world</del>" in html and "<ins>there</ins>" in html
+
+
+async def test_the_notebook_view_shows_the_differing_steps_first_in_the_themes_colours(tmp_path: Path) -> None:
+    async with Engine(tmp_path / "c.duckdb", workspace_root=tmp_path) as engine:
+        html = Comparison(await engine.compare_runs(list(await two_runs(engine)))).to_html()
+    rows = re.findall(r"<tr( class=\"clarion-differs\")?><th>(\w+)", html.split("<tbody>")[1])
+    assert rows == [(' class="clarion-differs"', "greet"), ("", "fixed")]  # fixed came first in the workflow
+    assert "var(--jp-warn-color1" in html and "#fff6e0" not in html  # a light-only tint is unreadable on dark
 
 
 def test_word_diff_marks_only_the_changed_words() -> None:

@@ -11,7 +11,7 @@ import { ErrorMessage, Json, StatusBadge, formatCost, formatDuration } from './c
 import { CompareCell, CompareModel, CompareRow } from './compare';
 import { reusedTitle } from './graphview';
 import { RunLink } from './lineage';
-import { JsonChange, OutputDiff, dottedPath, textOf } from './outputdiff';
+import { JsonChange, OutputDiff, WordSpan, dottedPath, textOf } from './outputdiff';
 import { ComparedRun, JSONValue } from './protocol';
 import { changeLines } from './rerun';
 
@@ -188,12 +188,7 @@ function DiffOutput({ diff }: { diff: OutputDiff }): JSX.Element {
     <div className="clarion-OutputDiff">
       {diff.words && (
         <pre className="clarion-CellOutput clarion-WordDiff" aria-label="Text diff">
-          {diff.words.map((span, index) => (
-            <React.Fragment key={index}>
-              {index > 0 && ' '}
-              {span.op === 'insert' ? <ins>{span.text}</ins> : span.op === 'delete' ? <del>{span.text}</del> : span.text}
-            </React.Fragment>
-          ))}
+          <Words spans={diff.words} />
         </pre>
       )}
       {diff.changes.length > 0 && (
@@ -207,14 +202,36 @@ function DiffOutput({ diff }: { diff: OutputDiff }): JSX.Element {
   );
 }
 
+function Words({ spans }: { spans: WordSpan[] }): JSX.Element {
+  return (
+    <>
+      {spans.map((span, index) => (
+        <React.Fragment key={index}>
+          {index > 0 && ' '}
+          {span.op === 'insert' ? <ins>{span.text}</ins> : span.op === 'delete' ? <del>{span.text}</del> : span.text}
+        </React.Fragment>
+      ))}
+    </>
+  );
+}
+
+/** One path that differs: a changed text by its words, any other value as JSON, before → after. */
 function JsonChangeItem({ change }: { change: JsonChange }): JSX.Element {
   const value = (v: JSONValue): string => JSON.stringify(v) ?? 'null';
   return (
     <li data-kind={change.kind}>
       <code>{dottedPath(change.path) || '(the value)'}</code> <span className="clarion-Muted">{change.kind}</span>{' '}
-      {change.kind !== 'added' && <del>{value(change.before)}</del>}
-      {change.kind === 'changed' && ' → '}
-      {change.kind !== 'removed' && <ins>{value(change.after)}</ins>}
+      {change.words ? (
+        <span className="clarion-WordDiff">
+          <Words spans={change.words} />
+        </span>
+      ) : (
+        <>
+          {change.kind !== 'added' && <del>{value(change.before)}</del>}
+          {change.kind === 'changed' && ' → '}
+          {change.kind !== 'removed' && <ins>{value(change.after)}</ins>}
+        </>
+      )}
     </li>
   );
 }

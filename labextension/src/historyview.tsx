@@ -67,21 +67,53 @@ function HistoryBody({ model, selection, workflows, agents, actions }: IHistoryP
         >
           <deleteIcon.react tag="span" height="16px" width="16px" />
         </button>
-        <button
-          className="jp-mod-styled clarion-Small clarion-CompareButton"
-          title={
-            chosen.length >= 2
-              ? `Compare the ${chosen.length} selected runs side by side`
-              : 'Select two or more runs to compare (Ctrl-click or Shift-click them, or Space and Shift+arrows)'
-          }
-          disabled={chosen.length < 2}
-          onClick={() => actions.compare(chosen)}
-        >
-          Compare{chosen.length >= 2 ? ` ${chosen.length}` : ''}
-        </button>
       </div>
+      <SelectionBar chosen={chosen} onCompare={() => actions.compare(chosen)} onClear={() => selection.clear()} />
       {model.error && <ErrorMessage message={model.error} onRetry={() => void model.reload()} />}
       <VirtualRuns model={model} selection={selection} agents={agents} onOpen={actions.open} />
+    </div>
+  );
+}
+
+/** The list's toolbar for its selection: how many runs are selected, Compare and Clear. */
+function SelectionBar({
+  chosen,
+  onCompare,
+  onClear
+}: {
+  chosen: string[];
+  onCompare: () => void;
+  onClear: () => void;
+}): JSX.Element {
+  const count = chosen.length;
+  const hint =
+    count === 0
+      ? 'Ctrl- or Shift-click runs to compare them'
+      : count === 1
+        ? '1 selected: Ctrl- or Shift-click another'
+        : `${count} runs selected`;
+  return (
+    <div className="clarion-SelectionBar" role="toolbar" aria-label="Selected runs">
+      <span className={`clarion-SelectionCount${count < 2 ? ' clarion-Muted' : ''}`} title={hint}>
+        {hint}
+      </span>
+      {count > 0 && (
+        <button className="jp-Button jp-mod-minimal clarion-Small" title="Select no run (Escape)" onClick={onClear}>
+          Clear
+        </button>
+      )}
+      <button
+        className="jp-mod-styled jp-mod-accept clarion-Small clarion-CompareButton"
+        title={
+          count >= 2
+            ? `Compare the ${count} selected runs side by side`
+            : 'Select two or more runs to compare (Ctrl-click or Shift-click them, or Space and Shift+arrows)'
+        }
+        disabled={count < 2}
+        onClick={onCompare}
+      >
+        Compare
+      </button>
     </div>
   );
 }

@@ -1,7 +1,8 @@
 /**
  * How one run's step output differs from the base run's, as the notebook's compare widget
  * shows it (`clarion_jupyter/notebook/comparison.py`): text as a word-level diff, JSON as a
- * structural one (the paths added, removed or changed, equal subtrees left out). An LLM
+ * structural one (the paths added, removed or changed, equal subtrees left out; a changed
+ * text by its words). An LLM
  * step's output (`{text, usage, model, ...}`) reads best as its text's words, with its other
  * fields' changes beside.
  */
@@ -23,6 +24,8 @@ export interface JsonChange {
   before?: JSONValue;
   /** The value it has (added, changed). */
   after?: JSONValue;
+  /** A changed text (both values strings): its word diff. */
+  words?: WordSpan[];
 }
 
 export interface OutputDiff {
@@ -149,7 +152,14 @@ export function structuralDiff(before: JSONValue, after: JSONValue, path: JsonPa
   if (Array.isArray(before) && Array.isArray(after) && before.length === after.length) {
     return before.flatMap((item, index) => structuralDiff(item, after[index], [...path, index]));
   }
-  return sameJson(before, after) ? [] : [{ kind: 'changed', path, before, after }];
+  if (sameJson(before, after)) {
+    return [];
+  }
+  const change: JsonChange = { kind: 'changed', path, before, after };
+  if (typeof before === 'string' && typeof after === 'string') {
+    change.words = wordDiff(before, after);
+  }
+  return [change];
 }
 
 /** `a.b[0].c`; '' for the value itself. */

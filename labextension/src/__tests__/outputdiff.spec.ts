@@ -41,10 +41,29 @@ describe('structuralDiff', () => {
     const before = { label: 'bug', scores: [1, 2], meta: { by: 'a', old: true } };
     const after = { label: 'feature', scores: [1, 3], meta: { by: 'a' }, extra: null };
     expect(structuralDiff(before, after)).toEqual([
-      { kind: 'changed', path: ['label'], before: 'bug', after: 'feature' },
+      {
+        kind: 'changed',
+        path: ['label'],
+        before: 'bug',
+        after: 'feature',
+        words: [
+          { op: 'delete', text: 'bug' },
+          { op: 'insert', text: 'feature' }
+        ]
+      },
       { kind: 'changed', path: ['scores', 1], before: 2, after: 3 },
       { kind: 'removed', path: ['meta', 'old'], before: true },
       { kind: 'added', path: ['extra'], after: null }
+    ]);
+  });
+
+  it('diffs a changed text inside JSON by its words', () => {
+    const [change] = structuralDiff({ value: 'hello dear Ada, welcome' }, { value: 'hello dear Grace, welcome' });
+    expect(change.words).toEqual([
+      { op: 'equal', text: 'hello dear' },
+      { op: 'delete', text: 'Ada,' },
+      { op: 'insert', text: 'Grace,' },
+      { op: 'equal', text: 'welcome' }
     ]);
   });
 
@@ -74,7 +93,7 @@ describe('outputDiff', () => {
       { op: 'delete', text: 'bug.' },
       { op: 'insert', text: 'feature.' }
     ]);
-    expect(diff.changes).toEqual([{ kind: 'changed', path: ['model'], before: 'openai/a', after: 'openai/b' }]);
+    expect(diff.changes.map(c => [c.kind, c.path, c.before, c.after])).toEqual([['changed', ['model'], 'openai/a', 'openai/b']]);
   });
 
   it('diffs plain strings by their words', () => {
@@ -93,7 +112,7 @@ describe('outputDiff', () => {
 
   it("leaves out the time a task measured itself (a shell step's duration_ms)", () => {
     const diff = outputDiff({ stdout: 'a\n', duration_ms: 4 }, { stdout: 'b\n', duration_ms: 9 });
-    expect(diff.changes).toEqual([{ kind: 'changed', path: ['stdout'], before: 'a\n', after: 'b\n' }]);
+    expect(diff.changes.map(c => [c.path, c.before, c.after])).toEqual([[['stdout'], 'a\n', 'b\n']]);
     expect(outputDiff({ stdout: 'a', duration_ms: 4 }, { stdout: 'a', duration_ms: 9 }).same).toBe(true);
   });
 
