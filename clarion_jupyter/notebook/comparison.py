@@ -75,7 +75,7 @@ class Comparison:
 
 STYLE = " ".join(
     [
-        ".clarion-compare {border-collapse: collapse; margin: 4px 0}",
+        ".clarion-compare {border-collapse: collapse; margin: 4px 0; line-height: 1.4}",
         ".clarion-compare th, .clarion-compare td {border: 1px solid var(--jp-border-color2, #ddd);"
         " padding: 4px 8px; text-align: left; vertical-align: top}",
         ".clarion-compare tr.clarion-differs {background: color-mix(in srgb, var(--jp-warn-color1, #f57c00) 14%,"

@@ -86,15 +86,13 @@ function SelectionBar({
   onClear: () => void;
 }): JSX.Element {
   const count = chosen.length;
-  const hint =
-    count === 0
-      ? 'Ctrl- or Shift-click runs to compare them'
-      : count === 1
-        ? '1 selected: Ctrl- or Shift-click another'
-        : `${count} runs selected`;
+  const hint = count === 0 ? 'Ctrl/Shift-click to select' : `${count} selected`;
   return (
     <div className="clarion-SelectionBar" role="toolbar" aria-label="Selected runs">
-      <span className={`clarion-SelectionCount${count < 2 ? ' clarion-Muted' : ''}`} title={hint}>
+      <span
+        className={`clarion-SelectionCount${count < 2 ? ' clarion-Muted' : ''}`}
+        title="Ctrl-click (Cmd-click) adds or removes a run, Shift-click selects a range; Space and Shift+arrows do the same"
+      >
         {hint}
       </span>
       {count > 0 && (

@@ -103,9 +103,10 @@ def node(detail: str, step: str) -> str:
     return f"{detail} .clarion-Node[data-step='{step}']"
 
 
-async def new_run_in_front(page, parent: str) -> str:
-    """The run detail in front that is not ``parent``'s: the re-run that was just opened."""
-    again = page.locator(f"{DETAIL}:not([data-run-id='{parent}'])")
+async def rerun_in_front(page, parent: str) -> str:
+    """The run detail in front that is a re-run of ``parent``: the one just opened (Lab also
+    restores the run tabs that earlier tests left open)."""
+    again = page.locator(f"{DETAIL}:has([data-parent-run='{parent}'])")
     await again.wait_for(timeout=60_000)
     return await again.get_attribute("data-run-id")
 
@@ -121,7 +122,7 @@ async def test_re_run_from_here_reuses_the_first_steps_and_names_its_parent(lab,
         await page.click(node(detail, "notify"))
         await page.click(f"{detail} [data-step-panel='notify'] button:has-text('Re-run from here')")
 
-        child = await new_run_in_front(page, parent)
+        child = await rerun_in_front(page, parent)
         detail = run_detail(child)
         await wait_status(page, detail, "succeeded")
         for step in ("fetch", "classify"):
@@ -187,7 +188,7 @@ async def test_re_run_with_a_changed_input_and_model_from_the_runs_list(lab, sho
         await shots(page, "dialog")
         await accept.click()
 
-        child = await new_run_in_front(page, parent)
+        child = await rerun_in_front(page, parent)
         detail = run_detail(child)
         await wait_status(page, detail, "succeeded", timeout=60_000)
         changes = await page.inner_text(f"{detail} [data-parent-run='{parent}']")
@@ -231,7 +232,7 @@ async def test_two_runs_selected_in_the_runs_list_compare_with_the_differing_ste
         await page.click(row(ada), modifiers=["Control"])
         await page.wait_for_selector(f"{row(ada)}[aria-selected='true']")
         assert await page.get_attribute(row(grace), "aria-selected") == "true"
-        assert await page.inner_text(f"{SIDEBAR} .clarion-SelectionCount") == "2 runs selected"
+        assert await page.inner_text(f"{SIDEBAR} .clarion-SelectionCount") == "2 selected"
         assert await compare.is_enabled()
         # The keyboard: Escape clears; Space selects the focused run, Shift+Down extends to the next.
         await page.focus(row(grace))
@@ -312,7 +313,7 @@ async def test_the_notebook_compare_widget_shows_a_word_diff_in_lab(lab, shots) 
         table = page.locator(".jp-OutputArea table.clarion-compare")
         await table.wait_for(timeout=120_000)
         greet = table.locator("tr.clarion-differs")
-        assert await greet.locator("th").first.inner_text() == "greet"
+        assert (await greet.locator("th").first.inner_text()).split() == ["greet", "differs"]
         assert await greet.locator("del").all_inner_texts() == ["Ada,"]
         assert await greet.locator("ins").all_inner_texts() == ["Grace,"]
         assert await table.locator("tr:not(.clarion-differs) th:text-is('prepare')").count() == 1
