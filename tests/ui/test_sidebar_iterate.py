@@ -11,12 +11,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_notebook
 
 from clarion_jupyter.testing import OpenAIStubServer
-from clarion_jupyter.testing.browser import DARK_THEME, chromium, open_lab
+from clarion_jupyter.testing.browser import DARK_THEME, chromium, open_lab, run_all_cells, write_notebook
 
 from .conftest import api, finished_run, save, wait_for_run
 from .pages import (
@@ -296,20 +294,15 @@ steps:
 
 async def test_the_notebook_compare_widget_shows_a_word_diff_in_lab(lab, shots) -> None:
     cells = [
-        new_code_cell("%load_ext clarion_jupyter"),
-        new_code_cell(f"%%clarion --input name=Ada --name run_a\n{NOTEBOOK_WORKFLOW}"),
-        new_code_cell(f"%%clarion --input name=Grace --name run_b\n{NOTEBOOK_WORKFLOW}"),
-        new_code_cell("run_a.compare(run_b)"),
+        "%load_ext clarion_jupyter",
+        f"%%clarion --input name=Ada --name run_a\n{NOTEBOOK_WORKFLOW}",
+        f"%%clarion --input name=Grace --name run_b\n{NOTEBOOK_WORKFLOW}",
+        "run_a.compare(run_b)",
     ]
-    notebook = new_notebook(cells=cells)
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-    nbformat.write(notebook, lab.root / "compare.ipynb")
+    write_notebook(lab.root, "compare.ipynb", cells)
     async with chromium() as browser:
         page = await open_lab(browser, lab, "lab/tree/compare.ipynb")
-        await page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-        await page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
-        await page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-        await page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+        await run_all_cells(page)
         table = page.locator(".jp-OutputArea table.clarion-compare")
         await table.wait_for(timeout=120_000)
         greet = table.locator("tr.clarion-differs")
