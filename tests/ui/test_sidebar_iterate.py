@@ -22,6 +22,7 @@ from .pages import (
     SIDEBAR,
     change_theme,
     console_errors,
+    context_menu,
     open_sidebar,
     run_detail,
     shot_in_dark,
@@ -117,6 +118,10 @@ async def test_re_run_from_here_reuses_the_first_steps_and_names_its_parent(lab,
         await page.click(f"{SIDEBAR} .clarion-RunRow[data-run-id='{parent}']")
         detail = run_detail(parent)
         await wait_status(page, detail, "succeeded")
+        # The node's context menu offers it too.
+        await context_menu(page, node(detail, "notify"), "Re-run from Here")
+        await page.keyboard.press("Escape")
+        await page.wait_for_selector(".lm-Menu", state="detached")
         await page.click(node(detail, "notify"))
         await page.click(f"{detail} [data-step-panel='notify'] button:has-text('Re-run from here')")
 
@@ -163,8 +168,7 @@ async def test_re_run_with_a_changed_input_and_model_from_the_runs_list(lab, sho
     async with chromium() as browser:
         page = await open_sidebar(browser, lab)
         # Right-click on the run's row: its context menu.
-        await page.click(f"{SIDEBAR} .clarion-RunRow[data-run-id='{parent}']", button="right")
-        await page.click(".lm-Menu-itemLabel:text-is('Re-run with…')")
+        await (await context_menu(page, row(parent), "Re-run with…")).click()
         dialog = page.locator(".jp-Dialog")
         await dialog.wait_for()
         topic = dialog.locator("#clarion-rerun-input-topic")
