@@ -4,6 +4,7 @@ route, the CLI and the notebook's view, on real runs."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,25 @@ async def test_compare_marks_the_differing_step_and_not_the_equal_ones(tmp_path:
     assert all(r.totals["steps"] == 2 for r in comparison.runs)
 
 
+async def test_a_shell_step_that_printed_the_same_is_equal_though_it_took_another_time(tmp_path: Path) -> None:
+    doc = {
+        "name": "timed",
+        "inputs": {"n": {"type": "integer", "default": 1}},
+        "steps": [
+            {"id": "slow", "task": "shell", "with": {"command": "sleep 0.0{{ inputs.n }}; echo same"}},
+            {"id": "say", "task": "shell", "with": {"command": "echo {{ inputs.n }}"}},
+        ],
+    }
+    async with Engine(tmp_path / "c.duckdb", workspace_root=tmp_path) as engine:
+        runs = [await engine.submit(doc, {"n": n}) for n in (1, 5)]
+        for run_id in runs:
+            await asyncio.wait_for(engine.wait(run_id), 20)
+        comparison = await engine.compare_runs(runs)
+    slow = next(s for s in comparison.steps if s.key == "slow")
+    assert slow.per_run[0].output["duration_ms"] != slow.per_run[1].output["duration_ms"]
+    assert {s.key: s.differs for s in comparison.steps} == {"slow": False, "say": True}
+
+
 async def test_compare_of_a_rerun_shows_its_changes_and_reused_steps(tmp_path: Path) -> None:
     async with Engine(tmp_path / "c.duckdb", workspace_root=tmp_path) as engine:
         first = await engine.submit(DOC)
@@ -86,6 +106,14 @@ async def test_the_notebook_view_diffs_words_and_has_one_row_per_step_and_run(tm
     assert comparison.differing == ["greet"]
     html = comparison.to_html()
     assert "<del>world</del>" in html and "<ins>there</ins>" in html
+
+
+async def test_the_notebook_view_shows_the_differing_steps_first_in_the_themes_colours(tmp_path: Path) -> None:
+    async with Engine(tmp_path / "c.duckdb", workspace_root=tmp_path) as engine:
+        html = Comparison(await engine.compare_runs(list(await two_runs(engine)))).to_html()
+    rows = re.findall(r"<tr( class=\"clarion-differs\")?><th>(\w+)", html.split("<tbody>")[1])
+    assert rows == [(' class="clarion-differs"', "greet"), ("", "fixed")]  # fixed came first in the workflow
+    assert "var(--jp-warn-color1" in html and "#fff6e0" not in html  # a light-only tint is unreadable on dark
 
 
 def test_word_diff_marks_only_the_changed_words() -> None:

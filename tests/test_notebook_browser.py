@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_notebook
 
-from clarion_jupyter.testing.browser import chromium, lab_server, open_lab
+from clarion_jupyter.testing.browser import chromium, lab_server, open_lab, run_all_cells, write_notebook
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -33,19 +31,13 @@ outputs:
 
 async def test_a_clarion_cell_renders_a_live_widget_that_ends_all_succeeded(tmp_path: Path) -> None:
     server = lab_server(tmp_path)
-    notebook = new_notebook(cells=[new_code_cell("%load_ext clarion_jupyter"), new_code_cell(CELL)])
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-    server.root.mkdir(parents=True, exist_ok=True)
-    nbformat.write(notebook, server.root / "tour.ipynb")
+    write_notebook(server.root, "tour.ipynb", ["%load_ext clarion_jupyter", CELL])
     with server:
         await server.wait_ready()
         async with chromium() as browser:
             page = await open_lab(browser, server, "lab/tree/tour.ipynb")
             try:
-                await page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-                await page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
-                await page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-                await page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+                await run_all_cells(page)
                 header = page.locator(".clarion-run-header[data-status='succeeded']")
                 await header.wait_for(timeout=60_000)
                 steps = await page.eval_on_selector_all(

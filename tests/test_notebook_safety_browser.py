@@ -11,12 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_notebook
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from clarion_jupyter.testing.browser import chromium, lab_server, open_lab
+from clarion_jupyter.testing.browser import chromium, lab_server, open_lab, run_all_cells, write_notebook
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -69,20 +67,6 @@ outputs:
 """
 
 
-def notebook_file(root: Path, name: str, cells: list[str]) -> None:
-    notebook = new_notebook(cells=[new_code_cell(source) for source in cells])
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-    root.mkdir(parents=True, exist_ok=True)
-    nbformat.write(notebook, root / name)
-
-
-async def run_all(page: Any) -> None:
-    await page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-    await page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
-    await page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-    await page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
-
-
 async def record_and_dismiss(dialog: Any, dialogs: list[str]) -> None:
     """An ``alert`` a payload ran: noted, and closed so the page goes on."""
     dialogs.append(dialog.message)
@@ -102,7 +86,7 @@ async def rendered_safely(page: Any) -> dict[str, Any]:
 
 async def test_payloads_from_models_steps_and_documents_render_as_text_live_and_reopened(tmp_path: Path) -> None:
     server = lab_server(tmp_path)
-    notebook_file(server.root, "hostile.ipynb", [
+    write_notebook(server.root, "hostile.ipynb", [
         "%load_ext clarion_jupyter",
         agent_cell("writer", MARKDOWN_REPLY, schema=False),
         "%%clarion agent writer --apply never\nWrite something",
@@ -118,7 +102,7 @@ async def test_payloads_from_models_steps_and_documents_render_as_text_live_and_
             page = await open_lab(browser, server, "lab/tree/hostile.ipynb")
             page.on("dialog", lambda dialog: record_and_dismiss(dialog, dialogs))
             try:
-                await run_all(page)
+                await run_all_cells(page)
                 await page.locator(".clarion-run-header[data-status='succeeded']").nth(1).wait_for(timeout=90_000)
                 await page.locator(".clarion-run-header[data-status='waiting']").first.wait_for(timeout=60_000)
                 await page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
@@ -176,14 +160,14 @@ async def click_in_cell(server: Any, page: Any, index: int, ready: str, button: 
 
 async def test_the_widget_buttons_act_while_their_cell_blocks_and_the_cell_goes_on(tmp_path: Path) -> None:
     server = lab_server(tmp_path)
-    notebook_file(server.root, "buttons.ipynb", BUTTON_CELLS)
+    write_notebook(server.root, "buttons.ipynb", BUTTON_CELLS)
     header = ".clarion-run-header[data-status='{}']"
     with server:
         await server.wait_ready()
         async with chromium() as browser:
             page = await open_lab(browser, server, "lab/tree/buttons.ipynb")
             try:
-                await run_all(page)
+                await run_all_cells(page)
                 took = {
                     "cancel": await click_in_cell(server, page, 2, ".clarion-step[data-key='nap'][data-status='running']",
                                                           "button:has-text('Cancel')", header.format("cancelled")),

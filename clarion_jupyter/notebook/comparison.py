@@ -2,20 +2,21 @@
 
 The first run is the base: each other run's outputs are shown against it, text as a
 word-level diff and JSON values as a structural one (the paths that were added, removed or
-changed), so a re-run's effect reads at a glance. ``.to_dataframe()`` has one row per step
-and run.
+changed), so a re-run's effect reads at a glance; the steps that differ come first. Colours
+are Lab's theme variables mixed with transparency, so the table reads on a light and a dark
+theme alike. ``.to_dataframe()`` has one row per step and run.
 """
 
 from __future__ import annotations
 
 import difflib
-import html
 import json
 from typing import Any
 
 import ipywidgets
 
-from ..workflow.compare import RunComparison
+from ..workflow.compare import ComparedStep, RunComparison
+from .markup import Markup, escape, join, tag
 
 Path = tuple[str | int, ...]
 
@@ -50,26 +51,19 @@ class Comparison:
     def widget(self) -> ipywidgets.HTML:
         return ipywidgets.HTML(value=self.to_html())
 
-    def to_html(self) -> str:
+    def to_html(self) -> Markup:
+        """The runs side by side: the steps that differ first (marked), then the equal ones."""
         runs = self.comparison.runs
-        head = "".join(
-            f"<th>{html.escape(run.run_id)}<br><small>{html.escape(run.status)}</small></th>" for run in runs
+        head = tag(
+            "tr",
+            tag("th", "step"),
+            *(tag("th", tag("code", run.run_id), tag("br"), tag("small", run.status)) for run in runs),
         )
-        rows = []
-        for step in self.comparison.steps:
-            base = step.per_run[0].output
-            cells = []
-            for index, cell in enumerate(step.per_run):
-                shown = _escaped(cell.output) if index == 0 or not step.differs else output_diff(base, cell.output)
-                meta = f"{cell.status or '—'}" + (f" · {cell.duration_ms:.0f} ms" if cell.duration_ms else "")
-                reused = " · reused" if cell.reused_from else ""
-                cells.append(f"<td><small>{html.escape(meta + reused)}</small><div>{shown}</div></td>")
-            mark = ' class="clarion-differs" style="background:#fff6e0"' if step.differs else ""
-            rows.append(f"<tr{mark}><th>{html.escape(step.key)}</th>{''.join(cells)}</tr>")
-        return (
-            '<table class="clarion-compare"><thead><tr><th>step</th>'
-            f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        steps = sorted(self.comparison.steps, key=lambda step: not step.differs)
+        table = tag(
+            "table", tag("thead", head), tag("tbody", *(_row(step) for step in steps)), class_="clarion-compare"
         )
+        return join([tag("style", STYLE), table])
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         bundle = self.widget._repr_mimebundle_(**kwargs)
@@ -79,20 +73,51 @@ class Comparison:
         return f"<Comparison of {len(self.comparison.runs)} runs: differing steps {self.differing}>"
 
 
-def output_diff(base: Any, other: Any) -> str:
+STYLE = " ".join(
+    [
+        ".clarion-compare {border-collapse: collapse; margin: 4px 0; line-height: 1.4}",
+        ".clarion-compare th, .clarion-compare td {border: 1px solid var(--jp-border-color2, #ddd);"
+        " padding: 4px 8px; text-align: left; vertical-align: top}",
+        ".clarion-compare tr.clarion-differs {background: color-mix(in srgb, var(--jp-warn-color1, #f57c00) 14%,"
+        " transparent)}",
+        ".clarion-compare ins {background: color-mix(in srgb, var(--jp-success-color1, #388e3c) 30%, transparent);"
+        " text-decoration: none}",
+        ".clarion-compare del {background: color-mix(in srgb, var(--jp-error-color1, #d32f2f) 30%, transparent)}",
+    ]
+)
+"""The table's look, scoped to its class: Lab's theme variables (with fallbacks elsewhere), the
+tints mixed with transparency so that they read on a light and a dark theme alike."""
+
+
+def _row(step: ComparedStep) -> Markup:
+    base = step.per_run[0].output
+    cells = []
+    for index, cell in enumerate(step.per_run):
+        shown = _escaped(cell.output) if index == 0 or not step.differs else output_diff(base, cell.output)
+        meta = f"{cell.status or '—'}" + (f" · {cell.duration_ms:.0f} ms" if cell.duration_ms else "")
+        reused = " · reused" if cell.reused_from else ""
+        cells.append(tag("td", tag("small", meta + reused), tag("div", shown)))
+    key = tag("th", step.key, tag("br") if step.differs else None, tag("small", "differs") if step.differs else None)
+    return tag("tr", key, *cells, class_="clarion-differs" if step.differs else None)
+
+
+def output_diff(base: Any, other: Any) -> Markup:
     """HTML: text as a word-level diff, anything else as a structural diff of its JSON."""
     if isinstance(base, str) and isinstance(other, str):
         return word_diff(base, other)
     text = _text_of(base), _text_of(other)
     if all(isinstance(t, str) for t in text):
         return word_diff(*text)
-    return "<br>".join(
-        f"<code>{html.escape(_dotted(path) or '(the value)')}</code> {kind} {_shown(kind, base, path, value)}"
-        for kind, path, value in structural_diff(base, other)
+    return join(
+        (
+            join([tag("code", _dotted(path) or "(the value)"), f" {kind} ", _shown(kind, base, path, value)])
+            for kind, path, value in structural_diff(base, other)
+        ),
+        Markup("<br>"),
     )
 
 
-def _shown(kind: str, base: Any, path: Path, after: Any) -> str:
+def _shown(kind: str, base: Any, path: Path, after: Any) -> Markup:
     """A changed text leaf as its word diff; any other value as (short) JSON."""
     if kind == "changed" and isinstance(after, str):
         before = base
@@ -100,7 +125,7 @@ def _shown(kind: str, base: Any, path: Path, after: Any) -> str:
             before = before[part]
         if isinstance(before, str):
             return word_diff(before, after)
-    return html.escape(_short(after))
+    return escape(_short(after))
 
 
 def _text_of(value: Any) -> str | None:
@@ -108,18 +133,18 @@ def _text_of(value: Any) -> str | None:
     return value.get("text") if isinstance(value, dict) and isinstance(value.get("text"), str) else None
 
 
-def word_diff(before: str, after: str) -> str:
+def word_diff(before: str, after: str) -> Markup:
     """``after`` with the words added marked ``<ins>`` and the ones removed ``<del>``."""
     a, b = before.split(), after.split()
     parts = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
         if op in ("replace", "delete"):
-            parts.append(f"<del>{html.escape(' '.join(a[i1:i2]))}</del>")
+            parts.append(tag("del", " ".join(a[i1:i2])))
         if op in ("replace", "insert"):
-            parts.append(f"<ins>{html.escape(' '.join(b[j1:j2]))}</ins>")
+            parts.append(tag("ins", " ".join(b[j1:j2])))
         if op == "equal":
-            parts.append(html.escape(" ".join(a[i1:i2])))
-    return " ".join(parts)
+            parts.append(" ".join(a[i1:i2]))
+    return join(parts, " ")
 
 
 def structural_diff(before: Any, after: Any, path: Path = ()) -> list[tuple[str, Path, Any]]:
@@ -153,6 +178,5 @@ def _short(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _escaped(value: Any) -> str:
-    text = value if isinstance(value, str) else _text_of(value) or _short(value, 2000)
-    return html.escape(text)
+def _escaped(value: Any) -> Markup:
+    return escape(value if isinstance(value, str) else _text_of(value) or _short(value, 2000))

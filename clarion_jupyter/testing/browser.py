@@ -75,3 +75,23 @@ async def open_lab(
     await page.goto(f"{server.url}{path}?token={server.token}")
     await page.wait_for_selector("#jp-main-dock-panel", timeout=60_000)
     return page
+
+
+def write_notebook(root: Path, name: str, cells: list[str]) -> Path:
+    """A notebook of code ``cells`` for the ipykernel Python 3 kernel, saved as ``root/name``."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    notebook = new_notebook(cells=[new_code_cell(source) for source in cells])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    root.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, root / name)
+    return root / name
+
+
+async def run_all_cells(page: Page) -> None:
+    """Run > Run All Cells in the notebook a page shows, once its kernel is idle."""
+    await page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    await page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
+    await page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+    await page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")

@@ -2,7 +2,8 @@
 
 What differs is what a person re-running wants to see: a step whose status or output is
 not the same in every run. Durations, attempts and tokens are shown beside, never a reason
-to mark a step (two runs of one step never take the same time).
+to mark a step (two runs of one step never take the same time): a task that reports its own
+``duration_ms`` in its output (``shell`` does) is compared without it.
 """
 
 from __future__ import annotations
@@ -105,6 +106,12 @@ def _run(run: WorkflowRun) -> ComparedRun:
     )
 
 
+MEASURED = frozenset({"duration_ms"})
+"""Output keys that measure a run rather than say what it produced."""
+
+
 def _canonical(value: Any) -> str:
-    """Outputs compared as canonical JSON (key order is not a difference)."""
+    """Outputs compared as canonical JSON (key order is not a difference), without what they measure."""
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k not in MEASURED}
     return json.dumps(value, sort_keys=True, default=str)

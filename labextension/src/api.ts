@@ -12,6 +12,8 @@ import {
   ClarionEvent,
   ImportReport,
   Problem,
+  RerunRequest,
+  RunComparison,
   RunStatus,
   WorkflowDocument,
   WorkflowRun
@@ -154,6 +156,16 @@ export class ClarionApi {
 
   cancel(runId: string): Promise<{ run_id: string }> {
     return this.request('POST', `runs/${encodeURIComponent(runId)}/cancel`);
+  }
+
+  /** A new run of a finished one with changes; the steps no change reaches are copied (202, the new run). */
+  rerun(runId: string, request: RerunRequest = {}): Promise<WorkflowRun> {
+    return this.request('POST', `runs/${encodeURIComponent(runId)}/rerun`, { json: request });
+  }
+
+  /** Two or more runs side by side, step by step. */
+  compare(runIds: readonly string[]): Promise<RunComparison> {
+    return this.request('GET', `runs/compare${queryString({ ids: runIds.join(',') })}`);
   }
 
   decide(runId: string, stepKey: string, decision: 'approve' | 'reject', comment?: string): Promise<unknown> {

@@ -13,12 +13,15 @@ import { LabIcon, deleteIcon, runIcon, saveIcon } from '@jupyterlab/ui-component
 import { ReadonlyPartialJSONObject } from '@lumino/coreutils';
 
 import { ApiError, ClarionApi } from './api';
+import { CompareModel } from './compare';
+import { CompareWidget, compareTabId } from './comparetab';
 import { ClarionController } from './controller';
 import { IRunActions, IRunServices } from './detail';
 import { AgentEditor } from './agenteditor';
 import { WorkflowEditor, YamlEditor, yamlOf } from './editor';
-import { Agent, TERMINAL_RUN, WorkflowRun } from './protocol';
+import { Agent, RerunRequest, TERMINAL_RUN, WorkflowRun } from './protocol';
 import { RunModel } from './liverun';
+import { askRerun } from './rerundialog';
 import { RunDetailWidget } from './runtab';
 import { AGENT_RUN_WORKFLOW, V2_RUN_WORKFLOW, runTitle } from './runtitle';
 import { ClarionSidebar } from './sidebar';
@@ -47,6 +50,9 @@ export namespace CommandIDs {
   export const runAgent = 'clarion:run-agent';
   export const runAgentOnFiles = 'clarion:run-agent-on-files';
   export const runFile = 'clarion:run-file';
+  export const rerunFromStep = 'clarion:rerun-from-step';
+  export const rerunWith = 'clarion:rerun-with';
+  export const compareRuns = 'clarion:compare-runs';
 }
 
 /** The commands the palette lists (the file browser's two are in its context menu). */
@@ -62,6 +68,7 @@ export interface IClarionParts {
   /** A run started from this Lab: opened, and notified when it ends or waits. */
   started: (runId: string) => void;
   runs: WidgetTracker<RunDetailWidget>;
+  compares: WidgetTracker<CompareWidget>;
   editors: WidgetTracker<WorkflowEditor>;
   agentEditors: WidgetTracker<AgentEditor>;
   editorServices: IEditorServices;
@@ -106,9 +113,17 @@ export function addCommands(parts: IClarionParts): void {
     sidebar.state.show(tab, open);
     shell.activateById(sidebar.id);
   };
-  /** The run an argument names, or the run tab in front. */
+  /**
+   * For a command of a context menu (`isContextMenu`), a `data-` attribute of the element the
+   * menu was opened on (or of one it is in). Lab keeps the last menu's target: elsewhere it is stale.
+   */
+  const clicked = (args: ReadonlyPartialJSONObject, attribute: 'runId' | 'step'): string | undefined =>
+    args.isContextMenu
+      ? app.contextMenuHitTest(node => node.dataset[attribute] !== undefined)?.dataset[attribute]
+      : undefined;
+  /** The run an argument names, the run (row, or run detail) a context menu was opened on, or the run tab in front. */
   const runIdOf = (args: ReadonlyPartialJSONObject): string =>
-    String(args.runId ?? runs.currentWidget?.model.runId ?? '');
+    String(args.runId ?? clicked(args, 'runId') ?? runs.currentWidget?.model.runId ?? '');
   const workflowItems = (): [string, string][] => (controller.workflows ?? []).map(w => [w.id, w.name]);
   const deletableItems = (): [string, string][] =>
     workflowItems().filter(([id]) => id !== AGENT_RUN_WORKFLOW && id !== V2_RUN_WORKFLOW);
@@ -124,6 +139,8 @@ export function addCommands(parts: IClarionParts): void {
       Notification.info(`Copied ${text}`, { autoClose: 2000 });
     },
     rerun: run => api.runWorkflow(run.workflow_id, run.inputs).then(answer => started(answer.run_id)),
+    rerunFrom: (run, stepId) => commands.execute(CommandIDs.rerunFromStep, { runId: run.run_id, step: stepId }),
+    rerunWith: run => commands.execute(CommandIDs.rerunWith, { runId: run.run_id }),
     deleteRun: run => commands.execute(CommandIDs.deleteRun, { runId: run.run_id }) as Promise<boolean>
   };
 
@@ -200,6 +217,7 @@ export function addCommands(parts: IClarionParts): void {
       }
     }
   });
+  addIterateCommands(parts, runIdOf, clicked, runActions.openRun);
   commands.addCommand(CommandIDs.copyRunId, {
     ...onRun('Clarion: Copy Run Id'),
     execute: args => runActions.copy(runIdOf(args))
@@ -395,6 +413,114 @@ export function addCommands(parts: IClarionParts): void {
           showTab('workflows', id);
         }
       }
+    }
+  });
+}
+
+/** A menu label: the palette's names the extension, a context menu's (`isContextMenu`) does not need to. */
+function labelled(label: string): (args: ReadonlyPartialJSONObject) => string {
+  return args => (args.isContextMenu ? label : `Clarion: ${label}`);
+}
+
+/**
+ * Iterating on runs: re-run from a step, re-run with changed inputs and models (a Lab dialog),
+ * and compare runs in a tab. Each starts from the run (and step) named by its arguments, by the
+ * element a context menu was opened on, or by the run tab in front.
+ */
+function addIterateCommands(
+  parts: IClarionParts,
+  runIdOf: (args: ReadonlyPartialJSONObject) => string,
+  clicked: (args: ReadonlyPartialJSONObject, attribute: 'runId' | 'step') => string | undefined,
+  openRun: (runId: string) => void
+): void {
+  const { app, api, controller, sidebar, started, runs, compares, icon } = parts;
+  const { commands, shell } = app;
+  const known = (runId: string): WorkflowRun | null =>
+    runs.find(w => w.model.runId === runId)?.model.run ?? controller.runs.get(runId) ?? null;
+  /** A run is re-run once it has finished (one not loaded here is left to the server to judge). */
+  const finished = (args: ReadonlyPartialJSONObject): boolean => {
+    const runId = runIdOf(args);
+    const run = runId ? known(runId) : null;
+    return !!runId && (!run || TERMINAL_RUN.has(run.status));
+  };
+  /** The run's document with its workflow snapshot (lists leave it out). */
+  const document = async (runId: string): Promise<WorkflowRun> => {
+    const run = known(runId);
+    return run?.workflow ? run : api.getRun(runId);
+  };
+  const rerun = async (runId: string, request: RerunRequest): Promise<void> => {
+    try {
+      started((await api.rerun(runId, request)).run_id);
+    } catch (error) {
+      failed('Cannot re-run', error);
+    }
+  };
+
+  commands.addCommand(CommandIDs.rerunFromStep, {
+    label: labelled('Re-run from Here'),
+    caption: 'A new run: this step and every step that reads it run again, the others are reused',
+    icon: runIcon,
+    isEnabled: finished,
+    execute: async args => {
+      const runId = runIdOf(args);
+      // A for_each item's node names its step: the step re-runs, with every item.
+      let step = String(args.step ?? clicked(args, 'step') ?? '').replace(/\[\d+\]$/, '');
+      if (!step) {
+        const run = await document(runId).catch(() => null);
+        const steps = [...new Set((run?.steps ?? []).map(s => s.step_id))];
+        step = (await pick('Re-run from which step?', steps.map(id => [id, id]))) ?? '';
+      }
+      if (step) {
+        await rerun(runId, { from_step: step });
+      }
+    }
+  });
+  commands.addCommand(CommandIDs.rerunWith, {
+    label: labelled('Re-run with…'),
+    caption: 'Re-run with other inputs or models: the steps no change reaches are reused',
+    icon: runIcon,
+    isEnabled: finished,
+    execute: async args => {
+      const runId = runIdOf(args);
+      let request: RerunRequest | null;
+      try {
+        const run = await document(runId);
+        if (controller.agents === null) {
+          await controller.reloadAgents();
+        }
+        request = await askRerun(run, controller.agents, runTitle(run, controller.agents));
+      } catch (error) {
+        failed('Cannot re-run', error);
+        return;
+      }
+      if (request) {
+        await rerun(runId, request);
+      }
+    }
+  });
+
+  const selected = (): string[] => sidebar.selection.chosen(controller.runs.runs.map(run => run.run_id));
+  commands.addCommand(CommandIDs.compareRuns, {
+    label: labelled('Compare Selected Runs'),
+    caption: 'The runs side by side, step by step (select them in the Runs list with Ctrl-click or Shift-click)',
+    isEnabled: args => !args.isContextMenu || selected().length >= 2,
+    execute: args => {
+      const ids = args.ids ? String(args.ids).split(',').filter(Boolean) : selected();
+      if (ids.length < 2) {
+        Notification.warning('Compare: select two or more runs in the Runs list first (Ctrl-click or Shift-click them).', {
+          autoClose: 5000
+        });
+        return;
+      }
+      const existing = compares.find(w => w.id === compareTabId(ids));
+      if (existing) {
+        shell.activateById(existing.id);
+        return;
+      }
+      const widget = new CompareWidget(new CompareModel(api, ids), openRun, icon);
+      void compares.add(widget);
+      shell.add(widget, 'main');
+      shell.activateById(widget.id);
     }
   });
 }

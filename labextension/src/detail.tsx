@@ -1,8 +1,10 @@
 /**
  * Run detail: the step graph coloured live, each step's attempts, timing, output, error and
  * streamed LLM text, the review of waiting steps (the diff, Approve / Reject), and the run's
- * actions (cancel, re-run, delete, copy id, open in a notebook). Everything the server sent
- * is text in the DOM, except the agent's reply: untrusted Markdown, through Lab's sanitizer.
+ * actions (cancel, re-run, re-run with changes or from a step, delete, copy id, open in a
+ * notebook); a re-run names its parent and its changes, and marks the steps it reused.
+ * Everything the server sent is text in the DOM, except the agent's reply: untrusted
+ * Markdown, through Lab's sanitizer.
  */
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { UseSignal } from '@jupyterlab/ui-components';
@@ -14,7 +16,8 @@ import { BudgetFact } from './budget';
 import { ErrorMessage, Json, StatusBadge, formatCost, formatDuration, formatTime, runDuration, useNow } from './common';
 import { DiffView } from './diff';
 import { graphEdges, layoutGraph } from './graph';
-import { StepGraph } from './graphview';
+import { StepGraph, reusedTitle } from './graphview';
+import { RunLineage, RunLink } from './lineage';
 import { UntrustedMarkdown } from './markdown';
 import { Agent, Approval, StepRun, WorkflowRun } from './protocol';
 import { isTerminal } from './fold';
@@ -27,6 +30,10 @@ export interface IRunActions {
   openInNotebook(runId: string): void;
   copy(text: string): void;
   rerun(run: WorkflowRun): Promise<unknown>;
+  /** A re-run from `stepId`: that step and every step reading it run again, the others are reused. */
+  rerunFrom(run: WorkflowRun, stepId: string): Promise<unknown>;
+  /** Asks for changed inputs and models in a Lab dialog first. */
+  rerunWith(run: WorkflowRun): Promise<unknown>;
   /** Asks for a confirmation first; resolves once the run is deleted (false: it was not). */
   deleteRun(run: WorkflowRun): Promise<boolean>;
 }
@@ -101,6 +108,15 @@ function RunDetailBody({ model, run, actions, services }: IRunDetailProps & { ru
         >
           Re-run
         </button>
+        {isTerminal(run) && (
+          <button
+            className="jp-mod-styled clarion-Button"
+            title="Re-run with other inputs or models: the steps no change reaches are reused"
+            onClick={() => act(actions.rerunWith(run))}
+          >
+            Re-run with…
+          </button>
+        )}
         <button
           className="jp-mod-styled clarion-Button"
           title="A new notebook with %clarion show"
@@ -135,6 +151,7 @@ function RunDetailBody({ model, run, actions, services }: IRunDetailProps & { ru
         <BudgetFact budget={run.budget} />
       </dl>
       <AgentTask run={run} agents={services.agents()} />
+      <RunLineage run={run} onOpen={actions.openRun} />
       {Object.keys(run.inputs).length > 0 && (
         <details className="clarion-Section">
           <summary>Inputs</summary>
@@ -151,7 +168,14 @@ function RunDetailBody({ model, run, actions, services }: IRunDetailProps & { ru
         <ApprovalCard key={approval.step_key} run={run} approval={approval} api={model.api} onError={setActionError} />
       ))}
       <StepGraph stages={stages} edges={edges} selected={chosen} onSelect={setSelected} />
-      {step && <StepPanel step={step} model={model} />}
+      {step && (
+        <StepPanel
+          step={step}
+          model={model}
+          onOpen={actions.openRun}
+          onRerunFrom={isTerminal(run) ? () => act(actions.rerunFrom(run, step.step_id)) : null}
+        />
+      )}
       {run.outputs && Object.keys(run.outputs).length > 0 && (
         <details className="clarion-Section" open>
           <summary>Outputs</summary>
@@ -187,7 +211,18 @@ function answeredFromCache(step: StepRun): boolean {
   return typeof output === 'object' && output !== null && !Array.isArray(output) && output.cached === true;
 }
 
-function StepPanel({ step, model }: { step: StepRun; model: RunModel }): JSX.Element {
+function StepPanel({
+  step,
+  model,
+  onOpen,
+  onRerunFrom
+}: {
+  step: StepRun;
+  model: RunModel;
+  onOpen: (runId: string) => void;
+  /** Null while the run goes on (a run is re-run once it has finished). */
+  onRerunFrom: (() => void) | null;
+}): JSX.Element {
   const attempts = model.extras.attempts[step.key] ?? [];
   const text = model.extras.text[step.key];
   const decision = model.extras.decisions[step.key];
@@ -200,8 +235,25 @@ function StepPanel({ step, model }: { step: StepRun; model: RunModel }): JSX.Ele
             cached
           </span>
         )}
+        {onRerunFrom && (
+          <button
+            className="jp-mod-styled clarion-Small"
+            title={`A new run: ${step.step_id} and every step that reads it run again, the others are reused`}
+            onClick={onRerunFrom}
+          >
+            Re-run from here
+          </button>
+        )}
       </h3>
       <dl className="clarion-Facts">
+        {step.reused_from && (
+          <>
+            <dt>Reused from</dt>
+            <dd title={reusedTitle(step.reused_from)}>
+              <RunLink runId={step.reused_from.run_id} onOpen={onOpen} /> attempt {step.reused_from.attempt}
+            </dd>
+          </>
+        )}
         {step.started_at && (
           <>
             <dt>Started</dt>

@@ -2,6 +2,7 @@
  * The step graph of a run: its stages as nodes coloured live by step status, and its
  * dependency edges as SVG paths under them, each coloured like the step it leads into
  * (dimmed into a skipped or cancelled step, dashed when the dependency is a template read).
+ * A re-run's reused steps are dimmed, with a "reused" badge and a tooltip naming the parent run.
  */
 import * as React from 'react';
 
@@ -113,6 +114,11 @@ function useRoutes(graph: React.RefObject<HTMLDivElement>, edges: Edge[]): Route
   return routes;
 }
 
+/** What a reused step's tooltip says: whose output it is, and that nothing ran. */
+export function reusedTitle(reused: { run_id: string; attempt: number }): string {
+  return `Reused from run ${reused.run_id} (attempt ${reused.attempt}): its output was copied, its task did not run again.`;
+}
+
 function LaneNode({
   lane,
   waitsFor,
@@ -126,23 +132,31 @@ function LaneNode({
 }): JSX.Element {
   const status = laneStatus(lane);
   const after = waitsFor.length > 0 ? `, after ${waitsFor.join(', ')}` : '';
-  const node = (key: string, label: string, state: string, step: StepRun | null, extra = ''): JSX.Element => (
-    <button
-      className={`clarion-Node clarion-Node-${state}${selected === key ? ' clarion-mod-selected' : ''}${extra}`}
-      data-step={key}
-      data-status={state}
-      role="listitem"
-      aria-label={`${label}: ${state}${key === lane.id ? after : ''}`}
-      onClick={() => onSelect(key)}
-    >
-      <span className="clarion-NodeName">{label}</span>
-      <span className="clarion-NodeMeta">
-        {state}
-        {step && step.attempt > 1 ? ` · attempt ${step.attempt}` : ''}
-        {step?.duration_ms !== null && step?.duration_ms !== undefined ? ` · ${formatDuration(step.duration_ms)}` : ''}
-      </span>
-    </button>
-  );
+  const node = (key: string, label: string, state: string, step: StepRun | null, extra = ''): JSX.Element => {
+    const reused = step?.reused_from ?? null;
+    return (
+      <button
+        className={`clarion-Node clarion-Node-${state}${reused ? ' clarion-Node-reused' : ''}${selected === key ? ' clarion-mod-selected' : ''}${extra}`}
+        data-step={key}
+        data-status={state}
+        data-reused-from={reused?.run_id}
+        role="listitem"
+        aria-label={`${label}: ${state}${reused ? `, reused from run ${reused.run_id}` : ''}${key === lane.id ? after : ''}`}
+        title={reused ? reusedTitle(reused) : undefined}
+        onClick={() => onSelect(key)}
+      >
+        <span className="clarion-NodeName">
+          {label}
+          {reused && <span className="clarion-ReusedBadge">reused</span>}
+        </span>
+        <span className="clarion-NodeMeta">
+          {state}
+          {step && step.attempt > 1 ? ` · attempt ${step.attempt}` : ''}
+          {step?.duration_ms !== null && step?.duration_ms !== undefined ? ` · ${formatDuration(step.duration_ms)}` : ''}
+        </span>
+      </button>
+    );
+  };
   if (!lane.mapped) {
     return (
       <div className="clarion-Lane" data-lane={lane.id}>

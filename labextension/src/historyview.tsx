@@ -1,7 +1,8 @@
 /**
  * The Runs view: a virtualised list (only the rows in sight are in the DOM, so 10,000 runs
  * scroll as fast as 10), with status and workflow filters and the deletion of the finished
- * runs they select; the next page is fetched as the end comes into sight.
+ * runs they select; the next page is fetched as the end comes into sight. Runs are selected
+ * to compare them (Ctrl/Shift-click, or Space and Shift+arrows; see `selection.ts`).
  */
 import { UseSignal, deleteIcon } from '@jupyterlab/ui-components';
 import * as React from 'react';
@@ -10,6 +11,7 @@ import { ErrorMessage, StatusBadge, formatCost, formatDuration, formatTime, runD
 import { RunHistory } from './history';
 import { Agent, RunStatus, StepStatus, TERMINAL_RUN, WorkflowDocument, WorkflowRun } from './protocol';
 import { runTitle } from './runtitle';
+import { RunSelection, SelectGesture, gestureOf } from './selection';
 
 export const ROW_HEIGHT = 48;
 const OVERSCAN = 8;
@@ -18,21 +20,29 @@ export interface IHistoryActions {
   open(runId: string): void;
   /** Deletes the finished runs the list's filter selects, after a confirmation. */
   deleteFinished(): void;
+  /** Opens a Compare tab of the selected runs (oldest first). */
+  compare(runIds: string[]): void;
 }
 
 interface IHistoryProps {
   model: RunHistory;
+  selection: RunSelection;
   workflows: WorkflowDocument[];
   agents: Agent[] | null;
   actions: IHistoryActions;
 }
 
 export function HistoryView(props: IHistoryProps): JSX.Element {
-  return <UseSignal signal={props.model.changed}>{() => <HistoryBody {...props} />}</UseSignal>;
+  return (
+    <UseSignal signal={props.model.changed}>
+      {() => <UseSignal signal={props.selection.changed}>{() => <HistoryBody {...props} />}</UseSignal>}
+    </UseSignal>
+  );
 }
 
-function HistoryBody({ model, workflows, agents, actions }: IHistoryProps): JSX.Element {
+function HistoryBody({ model, selection, workflows, agents, actions }: IHistoryProps): JSX.Element {
   const filter = model.filter;
+  const chosen = selection.chosen(model.runs.map(run => run.run_id));
   return (
     <div className="clarion-RunsView">
       <div className="clarion-Filters">
@@ -58,8 +68,50 @@ function HistoryBody({ model, workflows, agents, actions }: IHistoryProps): JSX.
           <deleteIcon.react tag="span" height="16px" width="16px" />
         </button>
       </div>
+      <SelectionBar chosen={chosen} onCompare={() => actions.compare(chosen)} onClear={() => selection.clear()} />
       {model.error && <ErrorMessage message={model.error} onRetry={() => void model.reload()} />}
-      <VirtualRuns model={model} agents={agents} onOpen={actions.open} />
+      <VirtualRuns model={model} selection={selection} agents={agents} onOpen={actions.open} />
+    </div>
+  );
+}
+
+/** The list's toolbar for its selection: how many runs are selected, Compare and Clear. */
+function SelectionBar({
+  chosen,
+  onCompare,
+  onClear
+}: {
+  chosen: string[];
+  onCompare: () => void;
+  onClear: () => void;
+}): JSX.Element {
+  const count = chosen.length;
+  const hint = count === 0 ? 'Ctrl/Shift-click to select' : `${count} selected`;
+  return (
+    <div className="clarion-SelectionBar" role="toolbar" aria-label="Selected runs">
+      <span
+        className={`clarion-SelectionCount${count < 2 ? ' clarion-Muted' : ''}`}
+        title="Ctrl-click (Cmd-click) adds or removes a run, Shift-click selects a range; Space and Shift+arrows do the same"
+      >
+        {hint}
+      </span>
+      {count > 0 && (
+        <button className="jp-Button jp-mod-minimal clarion-Small" title="Select no run (Escape)" onClick={onClear}>
+          Clear
+        </button>
+      )}
+      <button
+        className="jp-mod-styled jp-mod-accept clarion-Small clarion-CompareButton"
+        title={
+          count >= 2
+            ? `Compare the ${count} selected runs side by side`
+            : 'Select two or more runs to compare (Ctrl-click or Shift-click them, or Space and Shift+arrows)'
+        }
+        disabled={count < 2}
+        onClick={onCompare}
+      >
+        Compare
+      </button>
     </div>
   );
 }
@@ -98,10 +150,12 @@ function FilterSelect({
 
 function VirtualRuns({
   model,
+  selection,
   agents,
   onOpen
 }: {
   model: RunHistory;
+  selection: RunSelection;
   agents: Agent[] | null;
   onOpen: (runId: string) => void;
 }): JSX.Element {
@@ -144,6 +198,19 @@ function VirtualRuns({
     }
     requestAnimationFrame(() => element.querySelector<HTMLElement>(`[data-index="${clamped}"]`)?.focus());
   };
+  const order = runs.map(run => run.run_id);
+  const latest = React.useRef({ order, onOpen });
+  latest.current = { order, onOpen };
+  /** A click: a plain one selects the run alone and opens it; with Ctrl or Shift it only selects. (Stable, so rows stay memoised.) */
+  const onClick = React.useCallback(
+    (runId: string, gesture: SelectGesture): void => {
+      selection.select(runId, gesture, latest.current.order);
+      if (gesture === 'only') {
+        latest.current.onOpen(runId);
+      }
+    },
+    [selection]
+  );
   const onKeyDown = (event: React.KeyboardEvent): void => {
     const moves: Record<string, number> = {
       ArrowDown: focused + 1,
@@ -155,10 +222,23 @@ function VirtualRuns({
     };
     if (event.key in moves) {
       event.preventDefault();
-      focusRow(moves[event.key]);
+      const target = Math.max(0, Math.min(runs.length - 1, moves[event.key]));
+      if (event.shiftKey && runs[target]) {
+        // Shift+arrows extend the selection from the anchor (the focused run when there is none yet).
+        if (selection.anchor === null && runs[focused]) {
+          selection.select(runs[focused].run_id, 'only', order);
+        }
+        selection.select(runs[target].run_id, 'range', order);
+      }
+      focusRow(target);
     } else if (event.key === 'Enter' && runs[focused]) {
       event.preventDefault();
       onOpen(runs[focused].run_id);
+    } else if (event.key === ' ' && runs[focused]) {
+      event.preventDefault();
+      selection.select(runs[focused].run_id, 'toggle', order);
+    } else if (event.key === 'Escape') {
+      selection.clear();
     }
   };
 
@@ -181,7 +261,8 @@ function VirtualRuns({
         now={active ? now : 0}
         index={index}
         tabIndex={index === Math.min(focused, runs.length - 1) ? 0 : -1}
-        onOpen={onOpen}
+        selected={selection.has(run.run_id)}
+        onClick={onClick}
         onFocus={() => setFocused(index)}
       />
     );
@@ -192,6 +273,7 @@ function VirtualRuns({
       ref={box}
       role="listbox"
       aria-label="Runs"
+      aria-multiselectable={true}
       onScroll={e => setScrollTop((e.target as HTMLDivElement).scrollTop)}
       onKeyDown={onKeyDown}
     >
@@ -213,7 +295,8 @@ const RunRow = React.memo(function RunRow({
   now,
   index,
   tabIndex,
-  onOpen,
+  selected,
+  onClick,
   onFocus
 }: {
   run: WorkflowRun;
@@ -222,7 +305,8 @@ const RunRow = React.memo(function RunRow({
   now: number;
   index: number;
   tabIndex: number;
-  onOpen: (runId: string) => void;
+  selected: boolean;
+  onClick: (runId: string, gesture: SelectGesture) => void;
   onFocus: () => void;
 }): JSX.Element {
   // Steps seen live (a run loaded from a page has none): what an active run is doing now.
@@ -231,16 +315,17 @@ const RunRow = React.memo(function RunRow({
   const active = !TERMINAL_RUN.has(run.status);
   return (
     <div
-      className="clarion-RunRow"
+      className={`clarion-RunRow${selected ? ' clarion-mod-selected' : ''}`}
       data-steps-done={done}
       role="option"
-      aria-selected={false}
+      aria-selected={selected}
       tabIndex={tabIndex}
       data-index={index}
       data-run-id={run.run_id}
       data-status={run.status}
       style={{ top: index * ROW_HEIGHT }}
-      onClick={() => onOpen(run.run_id)}
+      onClick={event => onClick(run.run_id, gestureOf(event))}
+      onMouseDown={event => event.shiftKey && event.preventDefault()}
       onFocus={onFocus}
     >
       <div className="clarion-RunRowMain">

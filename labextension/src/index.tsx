@@ -1,7 +1,7 @@
 /**
  * The Clarion sidebar plugin: a left-area panel (Clarion icon, a badge for runs waiting for
- * approval), commands with palette entries and file-browser context-menu items, run detail
- * and workflow editor tabs that Lab tracks and restores on reload, notifications for the
+ * approval), commands with palette entries and context-menu items (file browser, runs, steps), run detail,
+ * workflow editor and Compare tabs that Lab tracks and restores on reload, notifications for the
  * runs started here, and its settings in Lab's settings editor.
  */
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
@@ -15,6 +15,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { AgentEditor } from './agenteditor';
 import { ClarionApi } from './api';
 import { CommandIDs, PALETTE_COMMANDS, addCommands } from './commands';
+import { CompareWidget } from './comparetab';
 import { ClarionController } from './controller';
 import { WorkflowEditor } from './editor';
 import { RunNotifier } from './notifier';
@@ -46,6 +47,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const settings = new ClarionSettings();
     const { commands, shell } = app;
     const runs = new WidgetTracker<RunDetailWidget>({ namespace: 'clarion-run' });
+    const compares = new WidgetTracker<CompareWidget>({ namespace: 'clarion-compare' });
     const editors = new WidgetTracker<WorkflowEditor>({ namespace: 'clarion-workflow' });
     const agentEditors = new WidgetTracker<AgentEditor>({ namespace: 'clarion-agent' });
 
@@ -69,6 +71,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       editAgent: id => void commands.execute(CommandIDs.editAgent, { id }),
       newAgent: () => void commands.execute(CommandIDs.newAgent),
       deleteFinishedRuns: () => void commands.execute(CommandIDs.deleteFinishedRuns),
+      compareRuns: ids => void commands.execute(CommandIDs.compareRuns, { ids: ids.join(',') }),
       selectedFiles,
       started
     });
@@ -76,7 +79,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     shell.add(sidebar, 'left', { rank: 600 });
 
     addCommands({
-      app, api, controller, sidebar, started, runs, editors, agentEditors, editorServices, rendermime, fileBrowser,
+      app, api, controller, sidebar, started, runs, compares, editors, agentEditors, editorServices, rendermime, fileBrowser,
       icon: clarionIcon
     }); // prettier-ignore
     if (palette) {
@@ -90,6 +93,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
         command: CommandIDs.openRun,
         args: widget => ({ runId: widget.model.runId }),
         name: widget => widget.model.runId
+      });
+      void restorer.restore(compares, {
+        command: CommandIDs.compareRuns,
+        args: widget => ({ ids: widget.model.runIds.join(',') }),
+        name: widget => widget.model.runIds.join(',')
       });
       void restorer.restore(editors, {
         command: CommandIDs.editWorkflow,

@@ -127,6 +127,10 @@ export interface WorkflowRun {
   approvals?: Approval[];
   /** With a budget: its limits, what settled LLM calls spent and what calls in flight hold. */
   budget?: RunBudget | null;
+  /** A re-run's: the run it was made from (`POST /api/v3/runs/{id}/rerun`). */
+  parent_run_id?: string | null;
+  /** A re-run's: what differs from its parent. */
+  changes?: RunChanges | null;
 }
 
 /** A run's cost budget (`budget:` in the workflow or per run) and what it has spent. */
@@ -139,6 +143,65 @@ export interface RunBudget {
   reserved_usd: number;
   reserved_tokens: number;
   unpriced_calls: number;
+}
+
+/** What a re-run changed from its parent, as the engine records it (keys only when set). */
+export interface RunChanges {
+  from_step?: string | null;
+  inputs?: Record<string, { from: JSONValue; to: JSONValue }>;
+  overrides?: RerunOverrides;
+}
+
+export interface AgentOverride {
+  model?: string;
+  system_prompt?: string;
+  parameters?: Record<string, JSONValue>;
+}
+
+export interface RerunOverrides {
+  agents?: Record<string, AgentOverride>;
+  steps?: Record<string, { with: Record<string, JSONValue> }>;
+}
+
+/** The body of `POST /api/v3/runs/{id}/rerun`: inputs are those that differ from the parent's. */
+export interface RerunRequest {
+  from_step?: string;
+  inputs?: Record<string, JSONValue>;
+  overrides?: RerunOverrides;
+}
+
+/** One step of one run in a comparison; every field null where the run has no such step. */
+export interface StepInRun {
+  status: StepStatus | string | null;
+  duration_ms: number | null;
+  attempts: number | null;
+  tokens: number | null;
+  cost_usd: number | null;
+  output: JSONValue;
+  reused_from?: { run_id: string; attempt: number } | null;
+}
+
+export interface ComparedStep {
+  key: string;
+  differs: boolean;
+  /** In the order of the comparison's `runs`. */
+  per_run: StepInRun[];
+}
+
+export interface ComparedRun {
+  run_id: string;
+  workflow_id: string;
+  status: RunStatus | string;
+  inputs: Record<string, JSONValue>;
+  parent_run_id: string | null;
+  changes: RunChanges | null;
+  totals: { duration_ms: number | null; steps: number; tokens: number; cost_usd: number | null };
+}
+
+/** `GET /api/v3/runs/compare?ids=A,B[,...]`. */
+export interface RunComparison {
+  runs: ComparedRun[];
+  steps: ComparedStep[];
 }
 
 export interface InputSpec {

@@ -6,6 +6,7 @@ import { AgentsView } from './agentsview';
 import { ErrorMessage } from './common';
 import { ClarionController } from './controller';
 import { HistoryView } from './historyview';
+import { RunSelection } from './selection';
 import { ClarionSettings } from './settings';
 import { SidebarState, Tab } from './sidebarstate';
 import { WorkflowsView } from './workflowsview';
@@ -18,6 +19,8 @@ export interface ISidebarActions {
   editAgent(id: string): void;
   newAgent(): void;
   deleteFinishedRuns(): void;
+  /** A Compare tab of these runs. */
+  compareRuns(runIds: string[]): void;
   selectedFiles(): string[];
   /** A run started from this Lab: it is opened, and notified when it ends or waits. */
   started(runId: string): void;
@@ -32,6 +35,7 @@ const TABS: [Tab, string][] = [
 interface ISidebarProps {
   controller: ClarionController;
   state: SidebarState;
+  selection: RunSelection;
   settings: ClarionSettings;
   actions: ISidebarActions;
 }
@@ -55,7 +59,7 @@ function Sidebar(props: ISidebarProps): JSX.Element {
   );
 }
 
-function SidebarBody({ controller, state, settings, actions }: ISidebarProps): JSX.Element {
+function SidebarBody({ controller, state, selection, settings, actions }: ISidebarProps): JSX.Element {
   const tabs = React.useRef<(HTMLButtonElement | null)[]>([]);
   const tab = state.tab;
   // Workflows and agents have no events: showing their tab reads them again.
@@ -139,9 +143,10 @@ function SidebarBody({ controller, state, settings, actions }: ISidebarProps): J
         {tab === 'runs' && (
           <HistoryView
             model={controller.runs}
+            selection={selection}
             workflows={controller.workflows ?? []}
             agents={controller.agents}
-            actions={{ open: actions.openRun, deleteFinished: actions.deleteFinishedRuns }}
+            actions={{ open: actions.openRun, deleteFinished: actions.deleteFinishedRuns, compare: actions.compareRuns }}
           />
         )}
         {tab === 'agents' && (
@@ -169,6 +174,8 @@ function SidebarBody({ controller, state, settings, actions }: ISidebarProps): J
 
 export class ClarionSidebar extends ReactWidget {
   readonly state = new SidebarState();
+  /** The runs selected in the Runs list, to compare. */
+  readonly selection = new RunSelection();
 
   constructor(
     readonly controller: ClarionController,
@@ -191,6 +198,14 @@ export class ClarionSidebar extends ReactWidget {
   }
 
   render(): JSX.Element {
-    return <Sidebar controller={this.controller} state={this.state} settings={this.settings} actions={this._actions} />;
+    return (
+      <Sidebar
+        controller={this.controller}
+        state={this.state}
+        selection={this.selection}
+        settings={this.settings}
+        actions={this._actions}
+      />
+    );
   }
 }

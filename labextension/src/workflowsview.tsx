@@ -2,11 +2,12 @@
  * The Workflows view: each stored workflow with Run (a form for its inputs), Edit as YAML
  * and Delete.
  */
-import { CORE_SCHEMA, load } from 'js-yaml';
 import * as React from 'react';
 
 import { ApiError, ClarionApi } from './api';
 import { ErrorMessage } from './common';
+import { InputField } from './inputfield';
+import { inputText, parseInput } from './inputvalue';
 import { InputSpec, WorkflowDocument } from './protocol';
 import { AGENT_RUN_WORKFLOW, V2_RUN_WORKFLOW } from './runtitle';
 
@@ -103,48 +104,9 @@ function countSteps(workflow: WorkflowDocument): number {
   return workflow.steps.reduce((n, entry) => n + ('parallel' in entry ? entry.parallel.length : 1), 0);
 }
 
-/** The text a field starts with: the default, as JSON (which YAML reads too) for arrays and objects. */
+/** The text a field starts with: its default. */
 function initialText(spec: InputSpec): string {
-  if (spec.default === undefined || spec.default === null) {
-    return '';
-  }
-  return typeof spec.default === 'string' ? spec.default : JSON.stringify(spec.default);
-}
-
-/**
- * A field's value as its declared type, or an error naming the input. Arrays and objects
- * are YAML, as in a `%%clarion` cell: flow (`[a, b]`, `{k: v}`, so JSON too) or block
- * (`- a` a line); YAML's core schema, so a date stays a string.
- */
-export function parseInput(name: string, spec: InputSpec, text: string, checked: boolean): unknown {
-  switch (spec.type ?? 'string') {
-    case 'boolean':
-      return checked;
-    case 'integer':
-    case 'number': {
-      const value = Number(text);
-      if (text.trim() === '' || Number.isNaN(value) || (spec.type === 'integer' && !Number.isInteger(value))) {
-        throw new Error(`input '${name}' must be ${spec.type === 'integer' ? 'an integer' : 'a number'}`);
-      }
-      return value;
-    }
-    case 'array':
-    case 'object': {
-      const shape = spec.type === 'array' ? 'an array ([a, b], or one "- item" a line)' : 'an object ({key: value}, or one "key: value" a line)';
-      let value: unknown;
-      try {
-        value = load(text, { schema: CORE_SCHEMA });
-      } catch (error) {
-        throw new Error(`input '${name}' must be ${shape}: ${(error as Error).message.split('\n')[0]}`);
-      }
-      if (spec.type === 'array' ? !Array.isArray(value) : typeof value !== 'object' || Array.isArray(value) || !value) {
-        throw new Error(`input '${name}' must be ${shape}`);
-      }
-      return value;
-    }
-    default:
-      return text;
-  }
+  return inputText(spec.default);
 }
 
 function RunForm({
@@ -193,45 +155,18 @@ function RunForm({
   return (
     <form className="clarion-Form" onSubmit={submit} aria-label={`Run ${workflow.name}`}>
       {inputs.length === 0 && <div className="clarion-Muted">This workflow takes no inputs.</div>}
-      {inputs.map(([name, spec]) => {
-        const type = spec.type ?? 'string';
-        const id = `clarion-input-${workflow.id}-${name}`;
-        return (
-          <div className="clarion-Field" key={name}>
-            <label htmlFor={id}>
-              {name} <span className="clarion-Muted">{type}{spec.default === undefined ? ', required' : ''}</span>
-            </label>
-            {type === 'boolean' ? (
-              <input
-                id={id}
-                type="checkbox"
-                checked={checks[name]}
-                onChange={e => setChecks({ ...checks, [name]: e.target.checked })}
-              />
-            ) : type === 'array' || type === 'object' ? (
-              <textarea
-                id={id}
-                className="jp-mod-styled"
-                rows={3}
-                placeholder={type === 'array' ? '[a, b] or one "- item" a line' : '{key: value} or one "key: value" a line'}
-                value={texts[name]}
-                onChange={e => setTexts({ ...texts, [name]: e.target.value })}
-              />
-            ) : (
-              <input
-                id={id}
-                className="jp-mod-styled"
-                type={type === 'string' ? 'text' : 'number'}
-                step={type === 'integer' ? 1 : 'any'}
-                value={texts[name]}
-                required={spec.default === undefined}
-                onChange={e => setTexts({ ...texts, [name]: e.target.value })}
-              />
-            )}
-            {spec.description && <div className="clarion-Muted">{spec.description}</div>}
-          </div>
-        );
-      })}
+      {inputs.map(([name, spec]) => (
+        <InputField
+          key={name}
+          id={`clarion-input-${workflow.id}-${name}`}
+          name={name}
+          spec={spec}
+          text={texts[name]}
+          checked={checks[name]}
+          onText={text => setTexts({ ...texts, [name]: text })}
+          onCheck={checked => setChecks({ ...checks, [name]: checked })}
+        />
+      ))}
       {error && <ErrorMessage message={error} />}
       <button type="submit" className="jp-mod-styled jp-mod-accept clarion-Button" disabled={busy}>
         Start run

@@ -106,6 +106,21 @@ async def open_palette(page: Any, query: str) -> None:
     await palette.fill(query)
 
 
+async def context_menu(page: Any, selector: str, label: str) -> Any:
+    """Right-clicks ``selector`` and returns its context menu's enabled item ``label``. Under
+    load Lab may close a menu that opened as it settles its layout: look, and open it again."""
+    item = page.locator(f".lm-Menu-item:not(.lm-mod-disabled):has(.lm-Menu-itemLabel:text-is('{label}'))")
+    for _ in range(2):
+        await page.click(selector, button="right")
+        with suppress(PlaywrightTimeout):
+            await item.wait_for(timeout=5_000)
+            return item
+        await page.keyboard.press("Escape")
+    await page.click(selector, button="right")
+    await item.wait_for()
+    return item
+
+
 async def run_command(page: Any, label: str) -> None:
     """Runs a command from Lab's command palette, by its label, as a user would."""
     await open_palette(page, label)

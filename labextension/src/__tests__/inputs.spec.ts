@@ -1,4 +1,4 @@
-import { parseInput } from '../workflowsview';
+import { parseInput } from '../inputvalue';
 
 describe('parseInput', () => {
   it('reads an array in YAML flow style, as a %%clarion cell would', () => {
