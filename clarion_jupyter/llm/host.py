@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import IO, Any
 
 from .provider import LiteLLMProvider, LLMRequest, LLMResult, ProviderError, TokenCallback, read_api_key
@@ -118,11 +118,11 @@ class ProcessProvider:
 
     async def complete(self, request: LLMRequest, on_token: TokenCallback | None = None) -> LLMResult:
         api_key = read_api_key(request.api_key_env)
-        message = {"op": "complete", "request": asdict(request), "api_key": api_key}
+        message = {"op": "complete", "request": _fields(request), "api_key": api_key}
         return LLMResult(**await self._ask(message, on_token))
 
     async def count_tokens(self, request: LLMRequest) -> int:
-        return int(await self._ask({"op": "count", "request": asdict(request)}))
+        return int(await self._ask({"op": "count", "request": _fields(request)}))
 
     async def count_text_tokens(self, model: str, texts: list[str]) -> list[int]:
         return [int(n) for n in await self._ask({"op": "count_texts", "model": model, "texts": texts})]
@@ -181,6 +181,15 @@ class ProcessProvider:
         with self._lock:
             if child in self._children:
                 self._children.remove(child)
+
+
+_REQUEST_FIELDS = tuple(f.name for f in fields(LLMRequest))
+
+
+def _fields(request: LLMRequest) -> dict[str, Any]:
+    """The request as it goes on the pipe: its fields as they are (``asdict`` would deep-copy
+    every message, only for them to be encoded at once)."""
+    return {name: getattr(request, name) for name in _REQUEST_FIELDS}
 
 
 def _line(message: dict[str, Any]) -> bytes:
