@@ -9,7 +9,8 @@ The child (:func:`main`) speaks JSON lines on its stdin and stdout:
 
 - to the child: ``{"id", "op": "complete" | "count", "request", "api_key"}``, ``{"id", "op":
   "count_texts", "model", "texts"}``, ``{"id", "op": "window", "model"}`` and ``{"id", "op": "cancel"}``;
-- from the child: ``{"id", "token"}`` per streamed delta, then ``{"id", "result"}`` or ``{"id", "error"}``.
+- from the child: ``{"ready": true}`` once litellm is imported; ``{"id", "token"}`` per streamed
+  delta, then ``{"id", "result"}`` or ``{"id", "error"}``.
 
 The key is read from the caller's environment at call time (a notebook may export it after
 the child started) and goes to the child over the pipe only. One child serves every event
@@ -56,6 +57,8 @@ class _Child:
         )
         self.outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.calls: dict[int, _Call] = {}
+        self.ready = False
+        """Whether litellm is imported there (seconds after the start): till then, calls go to ready children."""
         self._on_exit = on_exit
         threading.Thread(target=self._write, daemon=True, name="clarion-llm-host-in").start()
         threading.Thread(target=self._read, daemon=True, name="clarion-llm-host-out").start()
@@ -77,6 +80,9 @@ class _Child:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             message = json.loads(line)
+            if "ready" in message:
+                self.ready = True
+                continue
             call = self.calls.get(message["id"])
             if call is not None:
                 _deliver(call, message)
@@ -97,7 +103,9 @@ class ProcessProvider:
 
     One child serves light use; when every child has :data:`BUSY_CALLS` calls in flight,
     another starts (up to ``max_processes``, by default the number of CPUs, at most 4: each
-    holds litellm's ~150 MB), and each call goes to the child with the fewest in flight.
+    holds litellm's ~150 MB), and each call goes to the child with the fewest in flight among
+    those that are ready: a child just started imports litellm for seconds, and a call sent to
+    it would wait for that while the others have room.
     """
 
     def __init__(self, max_processes: int | None = None) -> None:
@@ -163,8 +171,12 @@ class ProcessProvider:
         """Registered and queued under the lock, so a child that ends meanwhile fails the call;
         None when a child should be started first."""
         with self._lock:
-            child = min(self._children, key=lambda c: len(c.calls), default=None)
-            if child is None or (len(child.calls) >= BUSY_CALLS and len(self._children) < self.max_processes):
+            ready = [c for c in self._children if c.ready]
+            child = min(ready or self._children, key=lambda c: len(c.calls), default=None)
+            if child is None:
+                return None
+            starting = len(ready) < len(self._children)
+            if len(child.calls) >= BUSY_CALLS and not starting and len(self._children) < self.max_processes:
                 return None
             child.calls[call_id] = call
             child.outbox.put(line)
@@ -250,6 +262,7 @@ async def _serve(requests: asyncio.StreamReader, replies: IO[bytes]) -> None:
             running.pop(call_id, None)
 
     warming = asyncio.ensure_future(provider.warm())
+    warming.add_done_callback(lambda _: send({"ready": True}))  # failed too: calls then say why
     while line := await requests.readline():
         message = json.loads(line)
         if message["op"] == "cancel":
