@@ -74,8 +74,8 @@ class Batcher(Generic[T]):
             self._wake.clear()
             while self._items:
                 stop_if_cancelled()
-                while self._items and self._items[0][1].done():  # its caller gave up on it
-                    self._items.popleft()
+                if any(future.done() for _, future in self._items):  # callers that gave up on theirs
+                    self._items = deque(entry for entry in self._items if not entry[1].done())
                 entries = [self._items[i] for i in range(min(self._batch, len(self._items)))]
                 if not entries:
                     break
