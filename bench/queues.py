@@ -27,16 +27,18 @@ tests/test_scaleout.py).
   process (each measurement runs in a fresh process) and of the largest worker process.
 
 Usage: python bench/queues.py [--only local,redis,nats] [--workers 1,2,4] [--runs N] [--slots M]
-       [--repeat R] [--llm-calls K] [--llm-delay-s D] [--no-llm]
+       [--repeat R] [--llm-calls K] [--llm-delay-s D] [--no-llm] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import gc
 import json
 import os
+import pstats
 import resource
 import secrets
 import statistics
@@ -59,6 +61,7 @@ from clarion_jupyter.testing.brokers import BROKERS, BrokerProcess, WorkerProces
 from clarion_jupyter.testing.workloads import chain, timed_run
 
 QUEUES = ("local", "redis", "nats")
+profile = cProfile.Profile(time.thread_time)
 CHAIN, THROUGHPUT_CHAIN = 50, 10
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -168,7 +171,11 @@ async def measure(kind: str, args: argparse.Namespace, workers: int) -> dict[str
             long = statistics.median([await timed_run(engine, chain(CHAIN)) for _ in range(args.repeat)])
             short = statistics.median([await timed_run(engine, chain(1)) for _ in range(args.repeat)])
             before = bench.cpu()
+            if args.profile:
+                profile.enable()
             best, failed = await echo_throughput(engine, args.runs, args.repeat)
+            if args.profile:
+                profile.disable()
             after = bench.cpu()
             steps = args.runs * THROUGHPUT_CHAIN * args.repeat
             figures: dict[str, Any] = {
@@ -225,11 +232,19 @@ def main() -> int:
     parser.add_argument("--llm-calls", type=int, default=400)
     parser.add_argument("--llm-delay-s", type=float, default=0.2)
     parser.add_argument("--no-llm", dest="llm", action="store_false", help="leave out the LLM-bound workload")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print a cProfile (the engine loop's CPU time) of the echo throughput workload, per measurement",
+    )
     parser.add_argument("--one", choices=QUEUES, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(asyncio.run(measure(args.one, args, args.count))), flush=True)
+        figures = asyncio.run(measure(args.one, args, args.count))
+        if args.profile:
+            pstats.Stats(profile, stream=sys.stderr).strip_dirs().sort_stats("tottime").print_stats(40)
+        print(json.dumps(figures), flush=True)
         return 0
     lines = []
     for kind in args.only.split(","):
@@ -238,6 +253,7 @@ def main() -> int:
             command = [sys.executable, __file__, "--one", kind, "--count", str(count), "--runs", str(args.runs)]
             command += ["--slots", str(args.slots), "--repeat", str(args.repeat), "--llm-calls", str(args.llm_calls)]
             command += ["--llm-delay-s", str(args.llm_delay_s)] + ([] if args.llm else ["--no-llm"])
+            command += ["--profile"] if args.profile else []
             done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
             print(done.stdout.strip(), flush=True)
             lines.append(json.loads(done.stdout.strip().splitlines()[-1]))

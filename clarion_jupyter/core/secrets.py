@@ -175,7 +175,7 @@ class SecretMasker:
         ago must count."""
         reread_environment()
         regex = self._pattern()
-        if regex is None:
+        if regex is None or _clean(value, self._probe):  # nearly always
             return []
         owners = {
             form: name
@@ -219,18 +219,21 @@ find in the strings; what is not a dict, list or string :func:`_mask` leaves alo
 does the probe (``default``)."""
 
 
+def _clean(value: Any, probe: re.Pattern[str]) -> bool:
+    """Whether a dict or list holds no form of a secret, as its encoding shows at C speed
+    (False also when it cannot be told so: keys JSON cannot have, a cycle)."""
+    if not isinstance(value, (dict, list, tuple)):
+        return False
+    try:
+        return probe.search(_PROBE.encode(value)) is None
+    except (TypeError, ValueError, RecursionError):
+        return False
+
+
 def _mask_data(value: Any, regex: re.Pattern[str], probe: re.Pattern[str]) -> Any:
-    """:func:`_mask`, once the value's encoding shows a secret may be in it (nearly never: the
-    walk over every string of every output, event and record was most of masking's cost);
-    otherwise ``value`` itself."""
-    if isinstance(value, (dict, list, tuple)):
-        try:
-            clean = probe.search(_PROBE.encode(value)) is None
-        except (TypeError, ValueError, RecursionError):  # keys JSON cannot have, a cycle: walk it
-            clean = False
-        if clean:
-            return value
-    return _mask(value, regex)
+    """:func:`_mask`, unless the value is :func:`_clean` (nearly always: the walk over every
+    string of every output, event and record was most of masking's cost): then ``value`` itself."""
+    return value if _clean(value, probe) else _mask(value, regex)
 
 
 def _mask(value: Any, regex: re.Pattern[str]) -> Any:
