@@ -97,6 +97,7 @@ async def engine_run(args: argparse.Namespace, profile: cProfile.Profile | None)
                 Agent(id="stub", name="stub", model=MODEL, api_base=url, api_key_env="CLARION_BENCH_KEY")
             )
             await engine.wait(await engine.submit(workflow(), {"prompts": list(range(args.workers))}))
+            await DEFAULT_PROVIDER.settled()  # the LLM processes that warm-up started have imported litellm
             children = DEFAULT_PROVIDER.pids
             before = {pid: cpu_s(pid) for pid in [*children, stub_pid]}
             threads = threads_cpu_s()

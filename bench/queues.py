@@ -150,8 +150,16 @@ async def llm_throughput(engine: Engine, calls: int, delay_s: float, capacity: i
         url = stub.stdout.readline().strip()
         agent = Agent(id="stub", name="stub", model="openai/gpt-4o-mini", api_base=url, api_key_env="CLARION_BENCH_KEY")
         await engine.agents.upsert(agent)
-        for _ in range(2):  # the first starts one LLM process per worker, the second the others
+        # The first runs start each worker's LLM processes, which import litellm for seconds: warm
+        # up until a run is no faster than the one before.
+        best = float("inf")
+        for _ in range(12):
+            start = time.perf_counter()
             await engine.wait(await engine.submit(llm_workflow(), {"prompts": list(range(capacity * 2))}))
+            took = time.perf_counter() - start
+            if took > best * 0.9:
+                break
+            best = min(best, took)
         start = time.perf_counter()
         run = await engine.wait(await engine.submit(llm_workflow(), {"prompts": list(range(calls))}))
         wall = time.perf_counter() - start

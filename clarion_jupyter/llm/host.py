@@ -124,6 +124,12 @@ class ProcessProvider:
         """Start a child, which imports litellm at once, while the caller's loop keeps serving."""
         await asyncio.to_thread(self._start)
 
+    async def settled(self) -> None:
+        """Until every child started so far has imported litellm: what a benchmark waits for
+        before it times calls (a child started by a burst of calls is still importing after it)."""
+        while not all(child.ready for child in self._children):
+            await asyncio.sleep(0.05)
+
     async def complete(self, request: LLMRequest, on_token: TokenCallback | None = None) -> LLMResult:
         api_key = read_api_key(request.api_key_env)
         message = {"op": "complete", "request": _fields(request), "api_key": api_key}
