@@ -153,11 +153,11 @@ async def llm_throughput(engine: Engine, calls: int, delay_s: float, capacity: i
         # The first runs start each worker's LLM processes, which import litellm for seconds: warm
         # up until a run is no faster than the one before.
         best = float("inf")
-        for _ in range(12):
+        for tries in range(12):
             start = time.perf_counter()
-            await engine.wait(await engine.submit(llm_workflow(), {"prompts": list(range(capacity * 2))}))
+            await engine.wait(await engine.submit(llm_workflow(), {"prompts": list(range(capacity * 4))}))
             took = time.perf_counter() - start
-            if took > best * 0.9:
+            if took > best * 0.9 and tries >= 3:
                 break
             best = min(best, took)
         start = time.perf_counter()
