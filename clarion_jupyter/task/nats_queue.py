@@ -310,13 +310,11 @@ class NatsQueue(BrokerQueue):
             await self._kv.delete(name)
 
     async def _state_append(self, name: str, value: bytes) -> list[bytes]:
-        """Read, append, write back if nobody wrote between (else again)."""
+        """Append, and write back if nobody wrote between (else again). Tried first as the record's
+        creation, without reading it: nearly every job is delivered once, so one round trip."""
+        items: list[str] = []
+        revision: int | None = None
         while True:
-            try:
-                entry = await self._kv.get(name)
-                items, revision = json.loads(entry.value), entry.revision
-            except nats.js.errors.KeyNotFoundError:
-                items, revision = [], None
             items.append(value.decode())
             try:
                 if revision is None:
@@ -324,6 +322,11 @@ class NatsQueue(BrokerQueue):
                 else:
                     await self._kv.update(name, json.dumps(items).encode(), last=revision)
             except nats.js.errors.KeyWrongLastSequenceError:
+                try:
+                    entry = await self._kv.get(name)
+                    items, revision = json.loads(entry.value), entry.revision
+                except nats.js.errors.KeyNotFoundError:  # deleted meanwhile
+                    items, revision = [], None
                 continue
             return [item.encode() for item in items]
 
