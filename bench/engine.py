@@ -28,6 +28,7 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from clarion_jupyter import Agent, Engine
+from clarion_jupyter.task.builtin.llm_call import DEFAULT_PROVIDER
 from clarion_jupyter.testing.workloads import chain, fan_out, timed_run
 
 
@@ -115,6 +116,7 @@ async def w4(engine: Engine, repeat: int) -> None:
             ],
         }
         await engine.wait(await engine.submit(workflow, {"prompts": list(range(workers))}))
+        await DEFAULT_PROVIDER.settled()  # the LLM processes that warm-up started have imported litellm
         start = time.perf_counter()
         cpu = time.process_time()
         run = await engine.wait(await engine.submit(workflow, {"prompts": list(range(n))}))

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -27,6 +27,12 @@ def ask(stub: OpenAIStubServer, **fields: object) -> LLMRequest:
         api_key_env=KEY_ENV,
         **fields,  # type: ignore[arg-type]
     )
+
+
+async def until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
 
 
 @pytest.fixture
@@ -138,6 +144,29 @@ async def test_another_child_starts_only_when_every_child_is_busy(stub) -> None:
         replies = await asyncio.wait_for(asyncio.gather(*(provider.complete(ask(stub)) for _ in range(10))), 60)
         assert all(reply.text.startswith("Hello") for reply in replies)
         assert len(provider.pids) == 2
+    finally:
+        provider.close()
+
+
+async def test_calls_go_to_a_ready_child_while_another_imports_litellm(stub) -> None:
+    """A child just started spends seconds importing litellm: a call sent to it would wait for
+    that while the ready child has room for it."""
+    provider = ProcessProvider(max_processes=2)
+    try:
+        await provider.complete(ask(stub))
+        stub.delay_s = 0.5
+        calls = [asyncio.ensure_future(provider.complete(ask(stub))) for _ in range(12)]
+        await until(lambda: len(provider.pids) == 2 and sum(len(c.calls) for c in provider._children) == 12)
+        first, second = provider._children
+        assert first.ready and not second.ready, "the second child was to be importing litellm still"
+        assert len(first.calls) == 12 and not second.calls
+        replies = await asyncio.wait_for(asyncio.gather(*calls), 60)
+        assert all(reply.text.startswith("Hello") for reply in replies)
+        await until(lambda: second.ready)
+        calls = [asyncio.ensure_future(provider.complete(ask(stub))) for _ in range(12)]
+        await until(lambda: len(first.calls) + len(second.calls) == 12)
+        assert len(first.calls) == len(second.calls) == 6, "ready children share the calls"
+        await asyncio.wait_for(asyncio.gather(*calls), 60)
     finally:
         provider.close()
 

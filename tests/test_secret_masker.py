@@ -9,6 +9,7 @@ from urllib.parse import quote
 import pytest
 
 from clarion_jupyter.core.secrets import MASK, SecretMasker, SecretPolicy
+from clarion_jupyter.llm.provider import read_api_key
 
 SECRET = "sk-live-0123456789abcdefXYZ"
 
@@ -48,3 +49,53 @@ def test_a_secret_exported_after_the_masker_was_made_is_masked() -> None:
     environ["LATE_API_KEY"] = SECRET
     mask = masker.masking()
     assert mask is not None and mask([f"x{SECRET}y"]) == [f"x{MASK}y"]
+
+
+def test_a_key_read_for_a_call_is_masked_at_once_even_when_exported_a_moment_ago(monkeypatch) -> None:
+    masker = SecretMasker()
+    monkeypatch.setenv("FRESH_API_KEY", "first-value-1234")
+    read_api_key("FRESH_API_KEY")
+    assert masker.text("first-value-1234") == MASK
+    monkeypatch.setenv("FRESH_API_KEY", "second-value-5678")  # within the cached read's lifetime
+    assert read_api_key("FRESH_API_KEY") == "second-value-5678"
+    assert masker.text("second-value-5678") == MASK
+
+
+def test_reading_a_key_the_maskers_know_already_does_not_read_the_environment_again(monkeypatch) -> None:
+    """Every LLM call reads its key: a full read of the environment each time cost more than the
+    rest of the engine's work for the call."""
+    monkeypatch.setenv("KNOWN_API_KEY", "known-value-1234")
+    reads = []
+    scan = SecretMasker._scan
+    monkeypatch.setattr(SecretMasker, "_scan", lambda self: reads.append(1) or scan(self))
+    masker = SecretMasker()
+    read_api_key("KNOWN_API_KEY")
+    masker.text("x")
+    for _ in range(5):
+        read_api_key("KNOWN_API_KEY")
+        assert masker.text("known-value-1234") == MASK
+    assert len(reads) == 1
+
+
+TRICKY = ['quo"te\\back-slash', "ünïcødé-sécret", "new\nline\ttab-secret", "plain-secret-0123"]
+
+
+@pytest.mark.parametrize("secret", TRICKY)
+def test_every_printed_form_is_masked_deep_inside_data_keys_included(secret) -> None:
+    masker = SecretMasker(environ={"X_API_KEY": secret})
+    forms = [secret, quote(secret, safe=""), json.dumps(secret)[1:-1], base64.b64encode(secret.encode()).decode()]
+    for form in forms:
+        value = {"a": [1, {"b": (f"<{form}>", None)}], f"k{form}": 2.5, "ok": "nothing here"}
+        masked = masker.mask(value)
+        assert json.dumps(masked).count("***") == 2, (form, masked)
+        assert masked["ok"] == "nothing here"
+        assert masker.masking()(value) == masked
+
+
+def test_data_without_a_secret_is_handed_back_as_it_is() -> None:
+    """Most of what is masked holds no secret: it is not copied string by string."""
+    value = {"text": "a reply", "usage": {"prompt_tokens": 3}, "items": [[1, 2], "x"]}
+    masker = SecretMasker(environ={"X_API_KEY": SECRET})
+    assert masker.mask(value) is value
+    assert masker.masking()(value) is value
+    assert masker.mask({"t": f"..{SECRET}.."}) == {"t": f"..{MASK}.."}

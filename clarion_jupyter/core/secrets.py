@@ -83,9 +83,24 @@ _scans: dict[str, tuple[float, frozenset[str]]] = {}
 """The secret values of the process's environment, by policy pattern, with when they were read."""
 
 
-def reread_environment() -> None:
-    """Make every masker read the environment again before it next masks."""
+def reread_environment(*names: str) -> None:
+    """Make every masker read the environment again before it next masks.
+
+    With ``names`` (the variables a step is about to hand on), only when one of them holds a
+    value that some masker's last read lacks: a call's key is nearly always the one read a
+    moment ago, and reading the whole environment again for every LLM call cost more than the
+    rest of the engine's work for it."""
+    if names and all(_known(name) for name in names):
+        return
     _scans.clear()
+
+
+def _known(name: str) -> bool:
+    """Whether every cached read whose policy counts ``name`` as a secret holds its value."""
+    value = os.environ.get(name)
+    if not value or len(value) < MIN_SECRET_LENGTH:
+        return True
+    return all(value in values or re.fullmatch(pattern, name) is None for pattern, (_read, values) in _scans.items())
 
 
 class SecretMasker:
@@ -104,6 +119,7 @@ class SecretMasker:
         self._environ = os.environ if environ is None else environ
         self._values: frozenset[str] = frozenset()
         self._regex: re.Pattern[str] | None = None
+        self._probe: re.Pattern[str] | None = None
 
     def _scan(self) -> frozenset[str]:
         return frozenset(
@@ -126,14 +142,15 @@ class SecretMasker:
         if values != self._values:
             self._values = values
             forms = {form for value in values for form in _printed_forms(value) if len(form) >= MIN_SECRET_LENGTH}
-            ordered = sorted(forms, key=len, reverse=True)  # longest first: a key containing another
-            self._regex = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+            self._regex = _alternatives(forms)
+            self._probe = _alternatives(forms | {json.dumps(form)[1:-1] for form in forms})
         return self._regex
 
     def masking(self) -> Callable[[Any], Any] | None:
         """:meth:`mask` for the secrets set now, or None when there are none (nothing to do)."""
         regex = self._pattern()
-        return None if regex is None else lambda value: _mask(value, regex)
+        probe = self._probe
+        return None if regex is None else lambda value: _mask_data(value, regex, probe)
 
     @property
     def longest(self) -> int:
@@ -149,7 +166,7 @@ class SecretMasker:
     def mask(self, value: Any) -> Any:
         """``value`` with every secret inside its strings (keys included) replaced by ``***``."""
         regex = self._pattern()
-        return value if regex is None else _mask(value, regex)
+        return value if regex is None else _mask_data(value, regex, self._probe)
 
     def locate(self, value: Any) -> list[tuple[tuple[str | int, ...], str]]:
         """Where in ``value`` (a JSON document) the value of a set secret variable appears, in
@@ -158,7 +175,7 @@ class SecretMasker:
         ago must count."""
         reread_environment()
         regex = self._pattern()
-        if regex is None:
+        if regex is None or _clean(value, self._probe):  # nearly always
             return []
         owners = {
             form: name
@@ -187,6 +204,36 @@ def _printed_forms(value: str) -> Iterator[str]:
         for encode in (base64.b64encode, base64.urlsafe_b64encode):
             encoded = encode(b"\0" * shift + raw).decode().rstrip("=")[dropped:]
             yield encoded if (shift + len(raw)) % 3 == 0 else encoded[:-1]
+
+
+def _alternatives(forms: set[str]) -> re.Pattern[str] | None:
+    ordered = sorted(forms, key=len, reverse=True)  # longest first: a key containing another
+    return re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+
+_PROBE = json.JSONEncoder(default=lambda _other: None)
+"""Encodes a value to look for secrets in it at C speed. A string holding a secret's form holds,
+once JSON-escaped, that form JSON-escaped (escaping goes character by character), so the probe
+pattern (every form, and every form escaped) finds in the encoding whatever :func:`_mask` would
+find in the strings; what is not a dict, list or string :func:`_mask` leaves alone, and so
+does the probe (``default``)."""
+
+
+def _clean(value: Any, probe: re.Pattern[str]) -> bool:
+    """Whether a dict or list holds no form of a secret, as its encoding shows at C speed
+    (False also when it cannot be told so: keys JSON cannot have, a cycle)."""
+    if not isinstance(value, (dict, list, tuple)):
+        return False
+    try:
+        return probe.search(_PROBE.encode(value)) is None
+    except (TypeError, ValueError, RecursionError):
+        return False
+
+
+def _mask_data(value: Any, regex: re.Pattern[str], probe: re.Pattern[str]) -> Any:
+    """:func:`_mask`, unless the value is :func:`_clean` (nearly always: the walk over every
+    string of every output, event and record was most of masking's cost): then ``value`` itself."""
+    return value if _clean(value, probe) else _mask(value, regex)
 
 
 def _mask(value: Any, regex: re.Pattern[str]) -> Any:

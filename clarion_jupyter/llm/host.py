@@ -9,7 +9,8 @@ The child (:func:`main`) speaks JSON lines on its stdin and stdout:
 
 - to the child: ``{"id", "op": "complete" | "count" | "quote", "request", "api_key"}``, ``{"id", "op":
   "count_texts", "model", "texts"}``, ``{"id", "op": "window", "model"}`` and ``{"id", "op": "cancel"}``;
-- from the child: ``{"id", "token"}`` per streamed delta, then ``{"id", "result"}`` or ``{"id", "error"}``.
+- from the child: ``{"ready": true}`` once litellm is imported; ``{"id", "token"}`` per streamed
+  delta, then ``{"id", "result"}`` or ``{"id", "error"}``.
 
 The key is read from the caller's environment at call time (a notebook may export it after
 the child started) and goes to the child over the pipe only. One child serves every event
@@ -30,7 +31,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import IO, Any
 
 from .pricing import Quote
@@ -57,6 +58,8 @@ class _Child:
         )
         self.outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.calls: dict[int, _Call] = {}
+        self.ready = False
+        """Whether litellm is imported there (seconds after the start): till then, calls go to ready children."""
         self._on_exit = on_exit
         threading.Thread(target=self._write, daemon=True, name="clarion-llm-host-in").start()
         threading.Thread(target=self._read, daemon=True, name="clarion-llm-host-out").start()
@@ -78,6 +81,9 @@ class _Child:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             message = json.loads(line)
+            if "ready" in message:
+                self.ready = True
+                continue
             call = self.calls.get(message["id"])
             if call is not None:
                 _deliver(call, message)
@@ -98,7 +104,9 @@ class ProcessProvider:
 
     One child serves light use; when every child has :data:`BUSY_CALLS` calls in flight,
     another starts (up to ``max_processes``, by default the number of CPUs, at most 4: each
-    holds litellm's ~150 MB), and each call goes to the child with the fewest in flight.
+    holds litellm's ~150 MB), and each call goes to the child with the fewest in flight among
+    those that are ready: a child just started imports litellm for seconds, and a call sent to
+    it would wait for that while the others have room.
     """
 
     def __init__(self, max_processes: int | None = None) -> None:
@@ -117,13 +125,19 @@ class ProcessProvider:
         """Start a child, which imports litellm at once, while the caller's loop keeps serving."""
         await asyncio.to_thread(self._start)
 
+    async def settled(self) -> None:
+        """Until every child started so far has imported litellm: what a benchmark waits for
+        before it times calls (a child started by a burst of calls is still importing after it)."""
+        while not all(child.ready for child in self._children):
+            await asyncio.sleep(0.05)
+
     async def complete(self, request: LLMRequest, on_token: TokenCallback | None = None) -> LLMResult:
         api_key = read_api_key(request.api_key_env)
-        message = {"op": "complete", "request": asdict(request), "api_key": api_key}
+        message = {"op": "complete", "request": _fields(request), "api_key": api_key}
         return LLMResult(**await self._ask(message, on_token))
 
     async def count_tokens(self, request: LLMRequest) -> int:
-        return int(await self._ask({"op": "count", "request": asdict(request)}))
+        return int(await self._ask({"op": "count", "request": _fields(request)}))
 
     async def count_text_tokens(self, model: str, texts: list[str]) -> list[int]:
         return [int(n) for n in await self._ask({"op": "count_texts", "model": model, "texts": texts})]
@@ -167,8 +181,12 @@ class ProcessProvider:
         """Registered and queued under the lock, so a child that ends meanwhile fails the call;
         None when a child should be started first."""
         with self._lock:
-            child = min(self._children, key=lambda c: len(c.calls), default=None)
-            if child is None or (len(child.calls) >= BUSY_CALLS and len(self._children) < self.max_processes):
+            ready = [c for c in self._children if c.ready]
+            child = min(ready or self._children, key=lambda c: len(c.calls), default=None)
+            if child is None:
+                return None
+            starting = len(ready) < len(self._children)
+            if len(child.calls) >= BUSY_CALLS and not starting and len(self._children) < self.max_processes:
                 return None
             child.calls[call_id] = call
             child.outbox.put(line)
@@ -185,6 +203,15 @@ class ProcessProvider:
         with self._lock:
             if child in self._children:
                 self._children.remove(child)
+
+
+_REQUEST_FIELDS = tuple(f.name for f in fields(LLMRequest))
+
+
+def _fields(request: LLMRequest) -> dict[str, Any]:
+    """The request as it goes on the pipe: its fields as they are (``asdict`` would deep-copy
+    every message, only for them to be encoded at once)."""
+    return {name: getattr(request, name) for name in _REQUEST_FIELDS}
 
 
 def _line(message: dict[str, Any]) -> bytes:
@@ -247,6 +274,7 @@ async def _serve(requests: asyncio.StreamReader, replies: IO[bytes]) -> None:
             running.pop(call_id, None)
 
     warming = asyncio.ensure_future(provider.warm())
+    warming.add_done_callback(lambda _: send({"ready": True}))  # failed too: calls then say why
     while line := await requests.readline():
         message = json.loads(line)
         if message["op"] == "cancel":

@@ -202,7 +202,7 @@ def read_api_key(env_name: str | None) -> str | None:
     """The key from the named environment variable; the error names the variable, never a value."""
     if env_name is None:
         return None
-    reread_environment()  # the key's value is masked in whatever the call returns
+    reread_environment(env_name)  # the key's value is masked in whatever the call returns
     value = os.environ.get(env_name)
     if not value:
         raise ProviderError(f"environment variable {env_name} (the agent's api_key_env) is not set", retryable=False)

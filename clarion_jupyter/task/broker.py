@@ -23,6 +23,11 @@ results. Both brokers give the same guarantees, so the machinery for them lives 
   and sends again the jobs it awaits;
 - adoption: a starting engine takes stock of the jobs and results the broker holds, and the
   runs it resumes take them over instead of sending new attempts;
+- round trips: a worker's free slots are served by one intake that takes several jobs per
+  read and checks their state in one more round trip; results and acks leave through an
+  outbox, and the engine's jobs through another, each sending what piled up while the last
+  send was in flight in one round trip (:class:`~.batching.Batcher`); the engine acks a batch
+  of results in the round trip that asks for the next;
 - backpressure: ``put`` waits while ``max_pending`` jobs are waiting or running; nothing is
   ever dropped or trimmed;
 - a broker that goes away makes the loops wait and retry (logged), never die; health says
@@ -55,6 +60,7 @@ from ..core.errors import BadRequest, QueueUnavailable
 from ..core.protocol import EventType
 from ..core.secrets import redact_url
 from .base import config_problems
+from .batching import Batcher, stop_if_cancelled
 from .queue import Delivery, Job, JobResult, job_id
 
 log = logging.getLogger(__name__)
@@ -64,6 +70,9 @@ DEFAULT_MAX_PENDING = 1000
 CONNECT_TIMEOUT_S = 5.0
 """How long ``start`` tries to reach the broker before it says it cannot."""
 RESULT_BATCH = 256
+"""Most results the engine reads at once, and most jobs, results or acks sent in one round trip."""
+OUTBOX_LIMIT = 1024
+"""Results and acks a worker holds back while its broker does not take them, before ``report`` waits."""
 WATCH_S = 1.0
 """How often a queue checks its broker: reachable (health, backlog), state lost, runs cancelled."""
 STATE_TTL_S = 7 * 24 * 3600.0
@@ -75,7 +84,28 @@ PUT_POLL_S = (0.005, 0.25)
 
 Raw = tuple[Any, bytes | None]
 """A message as a broker hands it over: its handle (for ack) and its body (None: deleted meanwhile)."""
-TakeJob = Callable[[], Awaitable[Raw | None]]
+TakeJobs = Callable[[int], Awaitable[list[Raw]]]
+"""Up to ``n`` jobs, as soon as there is one; [] after a while without any."""
+JobState = tuple[bytes | None, bytes | None, list[bytes]]
+"""A job's ``done`` and ``cancel`` records, and the workers it was delivered to, this one last."""
+
+
+@dataclass(slots=True, frozen=True)
+class Ack:
+    """A job a worker is done with: taken off the broker, and, with a ``nonce``, recorded as
+    done (``tag``) so that a replay of it is refused."""
+
+    handle: Any
+    nonce: str | None = None
+    tag: bytes = b""
+
+
+@dataclass(slots=True, frozen=True)
+class Outgoing:
+    """What a worker sends back: a sealed result or progress message, or an :class:`Ack`."""
+
+    result: bytes | None = None
+    ack: Ack | None = None
 
 
 class BrokerOptions(BaseModel):
@@ -295,6 +325,15 @@ class BrokerQueue(ABC):
         self._cancel_callbacks: list[Callable[[str], None]] = []
         self._cancels_heard: OrderedDict[str, None] = OrderedDict()
         self._background: list[asyncio.Task[None]] = []
+        self._puts = Batcher(self._offered, limit=self.max_pending, batch=RESULT_BATCH, pauses=PUT_POLL_S)
+        """Engine side: jobs on their way to the broker, many per round trip."""
+        self._outbox = Batcher(self._sent, limit=OUTBOX_LIMIT, batch=RESULT_BATCH, pauses=PUT_POLL_S)
+        """Worker side: results and acks on their way, many per round trip."""
+        self._intake: asyncio.Task[None] | None = None
+        self._deliveries: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._wanted = 0
+        """Worker slots waiting for a job; the intake takes as many jobs at once."""
+        self._wanted_more = asyncio.Event()
         self._backlog: int | None = None
         self._down_since: datetime | None = None
         self._down_error = ""
@@ -319,15 +358,16 @@ class BrokerQueue(ABC):
     async def _disconnect(self) -> None: ...
 
     @abstractmethod
-    def _job_source(self) -> AbstractAsyncContextManager[TakeJob]:
-        """For one worker slot: a function giving the next job, or None after a while without one."""
+    def _job_source(self) -> AbstractAsyncContextManager[TakeJobs]:
+        """For the worker's intake: a function giving the next jobs (see :data:`TakeJobs`)."""
 
     @abstractmethod
-    async def _offer(self, data: bytes) -> bool:
-        """Add a job unless ``max_pending`` jobs are waiting or running; False when full."""
+    async def _offer(self, datas: list[bytes]) -> list[bool]:
+        """Add jobs, in order, while fewer than ``max_pending`` are waiting or running; which were taken."""
 
     @abstractmethod
-    async def _ack(self, handle: Any) -> None: ...
+    async def _send(self, results: list[bytes], acks: list[Ack]) -> None:
+        """Publish results (in order), then record and take off the broker the jobs acked."""
 
     @abstractmethod
     async def _give_back(self, deliveries: list[tuple[Delivery, bytes]]) -> None:
@@ -338,14 +378,9 @@ class BrokerQueue(ABC):
         """Restart the visibility timeout of jobs still running here."""
 
     @abstractmethod
-    async def _publish_result(self, data: bytes) -> None: ...
-
-    @abstractmethod
-    async def _take_results(self) -> list[Raw]:
-        """The next results for the engine (its own unacked ones from before first), [] after a while."""
-
-    @abstractmethod
-    async def _ack_results(self, handles: list[Any]) -> None: ...
+    async def _take_results(self, acked: list[Any]) -> list[Raw]:
+        """Ack the results the engine has taken, and give the next ones (its own unacked ones from
+        before first), [] after a while."""
 
     @abstractmethod
     async def _publish_cancel(self, data: bytes) -> None: ...
@@ -366,8 +401,8 @@ class BrokerQueue(ABC):
     async def _state_set(self, values: dict[str, bytes], delete: tuple[str, ...] = ()) -> None: ...
 
     @abstractmethod
-    async def _state_append(self, name: str, value: bytes) -> list[bytes]:
-        """Append to a list record; the whole list after it."""
+    async def _jobs_state(self, jobs: list[Job]) -> list[JobState]:
+        """Each job's state, after counting this delivery (``took.<nonce>`` gets this worker)."""
 
     @abstractmethod
     async def _state_remove(self, name: str, value: bytes) -> None:
@@ -392,9 +427,16 @@ class BrokerQueue(ABC):
         log.info("queue connected to %s (prefix %s)", self.url, self.options.prefix)
 
     async def close(self) -> None:
+        """Stop taking jobs, send what the outbox holds, give back the jobs held, disconnect."""
+        if self._intake is not None:
+            self._intake.cancel()
+            await asyncio.gather(self._intake, return_exceptions=True)
+            self._intake = None
+        if len(self._outbox):
+            await self._quietly("sending results", asyncio.wait_for(self._outbox.drain(), CONNECT_TIMEOUT_S))
         for task in self._background:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*self._background, self._puts.stop(), self._outbox.stop(), return_exceptions=True)
         self._background = []
         held, self._held = list(self._held.values()), {}
         if held:
@@ -403,27 +445,49 @@ class BrokerQueue(ABC):
         await self._quietly("disconnecting", self._disconnect())
 
     async def put(self, job: Job) -> None:
+        """Waits until the broker took the job (while ``max_pending`` jobs wait or run, it offers
+        it again); jobs put meanwhile go with it, in one round trip."""
         data = self._seal("job", canonical(job))
         self._awaited[job.id], self._resend[job.id] = job.nonce, job
-        pause, longest = PUT_POLL_S
-        while not await self._retrying("queueing a job", lambda: self._offer(data)):
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, longest)
+        taken = await self._puts.add(data)
+        await taken  # cancelled while it waits: the batcher leaves it out
+
+    async def _offered(self, datas: list[bytes]) -> list[bool]:
+        return await self._retrying("queueing jobs", lambda: self._offer(datas))
 
     async def consume(self) -> AsyncIterator[Delivery]:
+        """One slot's jobs: the slots waiting are served by one intake, which takes as many jobs
+        in one round trip, and checks them in one more."""
+        if self._intake is None:
+            self._intake = asyncio.create_task(self._take_in(), name="clarion-broker-intake")
+        while True:
+            stop_if_cancelled()
+            self._wanted += 1
+            self._wanted_more.set()
+            try:
+                delivery = await self._deliveries.get()
+            finally:
+                self._wanted -= 1
+            yield delivery
+
+    async def _take_in(self) -> None:
         async with self._job_source() as take:
             while True:
-                _stop_if_cancelled()
-                handle, data = await self._retrying("taking jobs", take) or (None, None)
-                if handle is None:
+                stop_if_cancelled()
+                wanted = self._wanted - self._deliveries.qsize()
+                if wanted <= 0:
+                    self._wanted_more.clear()
+                    await self._wanted_more.wait()
                     continue
-                delivery = await self._checked_in(handle, data)
-                if delivery is not None:
+                count = min(wanted, RESULT_BATCH)
+                raws = await self._retrying("taking jobs", lambda count=count: take(count))
+                for delivery in await self._checked_in(raws):
                     self._held[id(delivery)] = delivery
-                    yield delivery
+                    self._deliveries.put_nowait(delivery)
 
     async def ack(self, delivery: Delivery) -> None:
-        """The job is done: recorded so (a replay of it is refused), then taken off the broker."""
+        """The job is done: recorded so (a replay of it is refused), then taken off the broker,
+        after the results reported before it (with them, when they are still waiting)."""
         self._held.pop(id(delivery), None)
         await self._finished(delivery.job, delivery.tag)
 
@@ -432,19 +496,29 @@ class BrokerQueue(ABC):
         await self._quietly("giving a job back", self._handed_back([delivery]))
 
     async def report(self, result: JobResult) -> None:
-        data = self._seal("result", encode_result(result))
-        await self._retrying("reporting a result", lambda: self._publish_result(data))
+        """Handed to the outbox, which sends it at once or with the next batch (in order: a
+        task's progress before its result); waits only while the broker takes nothing."""
+        await self._outbox.add(Outgoing(result=self._seal("result", encode_result(result))))
+
+    async def _sent(self, batch: list[Outgoing]) -> None:
+        results = [item.result for item in batch if item.result is not None]
+        acks = [item.ack for item in batch if item.ack is not None]
+        await self._retrying("reporting results", lambda: self._send(results, acks))
 
     async def results(self) -> AsyncIterator[JobResult]:
+        """A batch of results is acked once the engine asks for the next one, i.e. once it has
+        taken them (in the same round trip as that ask): an engine that dies in between reads
+        them again."""
+        acked: list[Any] = []
         while True:
-            _stop_if_cancelled()
-            batch = await self._retrying("reading results", self._take_results)
+            stop_if_cancelled()
+            batch = await self._retrying("reading results", lambda taken=acked: self._take_results(taken))
+            acked = []
             for _handle, data in batch:
                 result = self._accepted(data)
                 if result is not None:
                     yield result
-            if batch:
-                await self._quietly("acking results", self._ack_results([handle for handle, _ in batch]))
+            acked = [handle for handle, _ in batch]
 
     async def cancel(self, run_id: str) -> None:
         """Recorded as state first (a worker away now checks it when it is back), then broadcast."""
@@ -550,24 +624,32 @@ class BrokerQueue(ABC):
             self._resend.pop(result.job_id, None)
         return result
 
-    async def _checked_in(self, handle: Any, data: bytes | None) -> Delivery | None:
-        """The delivery to run, or None: a message not ours, a job that already ran (a replay),
-        or one whose workers kept dying (failed as ``worker_lost`` instead)."""
-        job = self._opened("job", data, decode_job, max_age_s=STATE_TTL_S)
-        if job is None:
-            await self._quietly("dropping a job", self._ack(handle))
-            return None
-        done, cancelled, took = await self._retrying("checking a job", lambda: self._job_state(job))
-        if done == self._signer.tag("done", job.nonce):
-            self._drop("job", "replayed")
-            await self._quietly("dropping a job", self._ack(handle))
-            return None
-        if len(took) > self.options.max_deliveries:
-            await self._lost_too_often(job, handle, [worker.decode(errors="replace") for worker in took[:-1]])
-            return None
-        if cancelled == self._signer.tag("cancel", job.run_id):
-            self._cancelled(job.run_id)
-        return Delivery(job, handle, deliveries=len(took))
+    async def _checked_in(self, raws: list[Raw]) -> list[Delivery]:
+        """The deliveries to run, of jobs taken together; left out: messages not ours, jobs that
+        already ran (replays), jobs whose workers kept dying (failed as ``worker_lost`` instead).
+        Their state is read in one round trip."""
+        jobs: list[tuple[Any, Job]] = []
+        for handle, data in raws:
+            job = self._opened("job", data, decode_job, max_age_s=STATE_TTL_S)
+            if job is None:
+                await self._outbox.add(Outgoing(ack=Ack(handle)))
+            else:
+                jobs.append((handle, job))
+        if not jobs:
+            return []
+        states = await self._retrying("checking jobs", lambda: self._jobs_state([job for _, job in jobs]))
+        deliveries = []
+        for (handle, job), (done, cancelled, took) in zip(jobs, states, strict=True):
+            if done == self._signer.tag("done", job.nonce):
+                self._drop("job", "replayed")
+                await self._outbox.add(Outgoing(ack=Ack(handle)))
+            elif len(took) > self.options.max_deliveries:
+                await self._lost_too_often(job, handle, [worker.decode(errors="replace") for worker in took[:-1]])
+            else:
+                if cancelled == self._signer.tag("cancel", job.run_id):
+                    self._cancelled(job.run_id)
+                deliveries.append(Delivery(job, handle, deliveries=len(took)))
+        return deliveries
 
     async def _lost_too_often(self, job: Job, handle: Any, workers: list[str]) -> None:
         cap = self.options.max_deliveries
@@ -582,19 +664,7 @@ class BrokerQueue(ABC):
         await self._finished(job, handle)
 
     async def _finished(self, job: Job, handle: Any) -> None:
-        await self._quietly("acking a job", self._ack_done(handle, job.nonce, self._signer.tag("done", job.nonce)))
-
-    # -- state round trips a broker may do in one ------------------------------------------------
-
-    async def _job_state(self, job: Job) -> tuple[bytes | None, bytes | None, list[bytes]]:
-        """A job's ``done`` and ``cancel`` records, and its deliveries after counting this one."""
-        done, cancelled = await self._state_get([f"done.{job.nonce}", f"cancel.{job.run_id}"])
-        return done, cancelled, await self._state_append(f"took.{job.nonce}", self.identity.encode())
-
-    async def _ack_done(self, handle: Any, nonce: str, tag: bytes) -> None:
-        """Record the job as done (so a replay of it is refused), then take it off the broker."""
-        await self._state_set({f"done.{nonce}": tag}, delete=(f"took.{nonce}",))
-        await self._ack(handle)
+        await self._outbox.add(Outgoing(ack=Ack(handle, job.nonce, self._signer.tag("done", job.nonce))))
 
     async def _handed_back(self, deliveries: list[Delivery]) -> None:
         """Given back by a worker that stops: not a lost delivery, so it is not counted as one."""
@@ -713,11 +783,3 @@ class BrokerQueue(ABC):
     async def _mark_epoch(self) -> None:
         await self._state_set({"epoch": self._epoch})
         self._epoch_marked = time.monotonic()
-
-
-def _stop_if_cancelled() -> None:
-    """A wait inside a client library can swallow a cancellation (nats-py's fetch does, when
-    its ``asyncio.wait_for`` races a reply); a loop that went on after one would never stop."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

@@ -26,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -34,7 +36,15 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, KeyValueConfig, RetentionPolicy, StreamConfig
+from nats.js.api import (
+    DEFAULT_PREFIX,
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StreamConfig,
+)
 from nats.js.kv import KeyValue
 
 from .broker import (
@@ -42,12 +52,14 @@ from .broker import (
     DEFAULT_MAX_PENDING,
     RESULT_BATCH,
     STATE_TTL_S,
+    Ack,
     BrokerQueue,
+    JobState,
     Raw,
-    TakeJob,
+    TakeJobs,
     Unreachable,
 )
-from .queue import Delivery
+from .queue import Delivery, Job
 
 log = logging.getLogger(__name__)
 WORKERS, ENGINE = "workers", "engine"
@@ -56,6 +68,10 @@ FETCH_WAIT_S = 1.0
 RESULTS_ACK_WAIT_S = 30.0
 STREAM_FULL = 10077
 """JetStream's error code for "maximum messages exceeded" (a discard-new stream at its bound)."""
+PULL_S = 2.0
+"""How long a worker's pull request for jobs stands before the server ends it (and it is made again)."""
+PUBLISH_TIMEOUT_S = 5.0
+"""How long a publish waits for JetStream's acknowledgement before it is tried again."""
 
 
 class NatsQueue(BrokerQueue):
@@ -174,33 +190,55 @@ class NatsQueue(BrokerQueue):
         self._cancel_heard(message.data)
 
     @asynccontextmanager
-    async def _job_source(self) -> AsyncIterator[TakeJob]:
-        subscription = await self._js.pull_subscribe_bind(WORKERS, stream=self._jobs_stream)
-
-        async def take() -> Raw | None:
-            try:
-                [message] = await subscription.fetch(1, timeout=FETCH_WAIT_S)
-            except nats.errors.TimeoutError:
-                return None
-            return message, message.data
-
+    async def _job_source(self) -> AsyncIterator[TakeJobs]:
+        pull = _Pull(self._nc, f"{DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self._jobs_stream}.{WORKERS}")
+        await pull.open()
         try:
-            yield take
+            yield pull.take
         finally:
             with suppress(*self.transient):
-                await subscription.unsubscribe()
+                await pull.close()
 
-    async def _offer(self, data: bytes) -> bool:
-        try:
-            await self._js.publish(self._jobs_subject, data, stream=self._jobs_stream)
-        except nats.js.errors.APIError as exc:
-            if exc.err_code == STREAM_FULL:
-                return False
-            raise
-        return True
+    async def _offer(self, datas: list[bytes]) -> list[bool]:
+        taken = []
+        for outcome in await self._published(self._jobs_subject, self._jobs_stream, datas):
+            full = isinstance(outcome, nats.js.errors.APIError) and outcome.err_code == STREAM_FULL
+            if isinstance(outcome, BaseException) and not full:
+                raise outcome
+            taken.append(not full)
+        return taken
 
-    async def _ack(self, handle: Any) -> None:
-        await handle.ack()
+    async def _published(self, subject: str, stream: str, datas: list[bytes]) -> list[Any]:
+        """Publish in order, without waiting for each acknowledgement before the next (one round
+        trip for all); each one's acknowledgement, or its error."""
+        if len(datas) == 1:  # a lone message: a plain request is answered without the futures' detour
+            return await asyncio.gather(
+                self._js.publish(subject, datas[0], timeout=PUBLISH_TIMEOUT_S, stream=stream), return_exceptions=True
+            )
+        acks = [await self._js.publish_async(subject, data, stream=stream) for data in datas]
+        return await asyncio.gather(*(asyncio.wait_for(ack, PUBLISH_TIMEOUT_S) for ack in acks), return_exceptions=True)
+
+    async def _send(self, results: list[bytes], acks: list[Ack]) -> None:
+        for outcome in await self._published(self._results_subject, self._results_stream, results):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        records = [ack for ack in acks if ack.nonce is not None]
+        await _together(
+            *(self._kv.put(f"done.{ack.nonce}", ack.tag) for ack in records),
+            *(self._kv.delete(f"took.{ack.nonce}") for ack in records),
+        )
+        for ack in acks:
+            await ack.handle.ack()
+
+    async def _jobs_state(self, jobs: list[Job]) -> list[JobState]:
+        async def state(job: Job) -> JobState:
+            (done, cancelled), took = await _together(
+                self._state_get([f"done.{job.nonce}", f"cancel.{job.run_id}"]),
+                self._state_append(f"took.{job.nonce}", self.identity.encode()),
+            )
+            return done, cancelled, took
+
+        return await _together(*(state(job) for job in jobs))
 
     async def _give_back(self, deliveries: list[tuple[Delivery, bytes]]) -> None:
         for delivery, _data in deliveries:
@@ -210,10 +248,7 @@ class NatsQueue(BrokerQueue):
         for message in handles:
             await message.in_progress()
 
-    async def _publish_result(self, data: bytes) -> None:
-        await self._js.publish(self._results_subject, data, stream=self._results_stream)
-
-    async def _take_results(self) -> list[Raw]:
+    async def _take_results(self, acked: list[Any]) -> list[Raw]:
         """Results are pushed to the one engine as they come (a pull of many would wait for the
         batch to fill); those already here join the first, up to a batch."""
         if self._results_sub is None:
@@ -224,6 +259,8 @@ class NatsQueue(BrokerQueue):
                 manual_ack=True,
                 config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=RESULTS_ACK_WAIT_S, max_deliver=-1),
             )
+        for message in acked:
+            await message.ack()
         subscription = self._results_sub
         try:
             messages = [await subscription.next_msg(timeout=FETCH_WAIT_S)]
@@ -232,10 +269,6 @@ class NatsQueue(BrokerQueue):
         for _ in range(min(subscription.pending_msgs, RESULT_BATCH - 1)):
             messages.append(await subscription.next_msg())
         return [(message, message.data) for message in messages]
-
-    async def _ack_results(self, handles: list[Any]) -> None:
-        for message in handles:
-            await message.ack()
 
     async def _publish_cancel(self, data: bytes) -> None:
         await self._nc.publish(self._cancel_subject, data)
@@ -262,13 +295,13 @@ class NatsQueue(BrokerQueue):
             seq = message.seq + 1
 
     async def _state_get(self, names: list[str]) -> list[bytes | None]:
-        values: list[bytes | None] = []
-        for name in names:
+        async def get(name: str) -> bytes | None:
             try:
-                values.append((await self._kv.get(name)).value)
+                return (await self._kv.get(name)).value
             except nats.js.errors.NotFoundError:  # no such key, or the bucket is gone
-                values.append(None)
-        return values
+                return None
+
+        return await _together(*(get(name) for name in names))
 
     async def _state_set(self, values: dict[str, bytes], delete: tuple[str, ...] = ()) -> None:
         for name, value in values.items():
@@ -277,13 +310,11 @@ class NatsQueue(BrokerQueue):
             await self._kv.delete(name)
 
     async def _state_append(self, name: str, value: bytes) -> list[bytes]:
-        """Read, append, write back if nobody wrote between (else again)."""
+        """Append, and write back if nobody wrote between (else again). Tried first as the record's
+        creation, without reading it: nearly every job is delivered once, so one round trip."""
+        items: list[str] = []
+        revision: int | None = None
         while True:
-            try:
-                entry = await self._kv.get(name)
-                items, revision = json.loads(entry.value), entry.revision
-            except nats.js.errors.KeyNotFoundError:
-                items, revision = [], None
             items.append(value.decode())
             try:
                 if revision is None:
@@ -291,6 +322,11 @@ class NatsQueue(BrokerQueue):
                 else:
                     await self._kv.update(name, json.dumps(items).encode(), last=revision)
             except nats.js.errors.KeyWrongLastSequenceError:
+                try:
+                    entry = await self._kv.get(name)
+                    items, revision = json.loads(entry.value), entry.revision
+                except nats.js.errors.KeyNotFoundError:  # deleted meanwhile
+                    items, revision = [], None
                 continue
             return [item.encode() for item in items]
 
@@ -303,3 +339,71 @@ class NatsQueue(BrokerQueue):
         if value.decode() in items:
             items.remove(value.decode())
             await self._kv.put(name, json.dumps(items).encode())
+
+
+async def _together(*operations: Awaitable[Any]) -> list[Any]:
+    """Concurrent round trips, answered in order; the first error is raised once all have ended."""
+    outcomes = await asyncio.gather(*operations, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes
+
+
+class _Pull:
+    """A worker's pull requests for jobs, standing for :data:`PULL_S`: jobs come as soon as they
+    are there, up to the number asked for. (nats-py's ``fetch`` of more than one waits for all
+    of them or for its timeout, so a lone job would wait.)"""
+
+    def __init__(self, nc: nats.NATS, subject: str) -> None:
+        self._nc = nc
+        self._subject = subject
+        self._inbox = nc.new_inbox()
+        self._subscription: Any = None
+        self._asked: deque[list[float]] = deque()
+        """The requests standing, oldest first: [when it ends, jobs it may still bring]."""
+
+    async def open(self) -> None:
+        self._subscription = await self._nc.subscribe(self._inbox)
+
+    async def close(self) -> None:
+        await self._subscription.unsubscribe()
+
+    def _standing(self) -> int:
+        now = time.monotonic()
+        while self._asked and self._asked[0][0] < now:  # ended (its end may have been lost with a link)
+            self._asked.popleft()
+        return int(sum(left for _end, left in self._asked))
+
+    async def take(self, count: int) -> list[Raw]:
+        missing = count - self._standing()
+        if missing > 0:
+            request = {"batch": missing, "expires": int(PULL_S * 1e9)}
+            await self._nc.publish(self._subject, json.dumps(request).encode(), reply=self._inbox)
+            self._asked.append([time.monotonic() + PULL_S + FETCH_WAIT_S, missing])
+        taken: list[Raw] = []
+        try:
+            message = await self._subscription.next_msg(timeout=FETCH_WAIT_S)
+        except nats.errors.TimeoutError:
+            return taken
+        while True:
+            self._received(message, taken)
+            if len(taken) >= count or not self._subscription.pending_msgs:
+                return taken
+            message = await self._subscription.next_msg(timeout=None)
+
+    def _received(self, message: Msg, taken: list[Raw]) -> None:
+        status = message.headers.get("Status") if message.headers else None
+        if status is None:
+            taken.append((message, message.data))
+            if self._asked:
+                self._asked[0][1] -= 1
+                if self._asked[0][1] <= 0:
+                    self._asked.popleft()
+        elif status == "408" and self._asked:  # the oldest request ended
+            self._asked.popleft()
+        elif status == "409":  # the server dropped requests (consumer deleted, leader changed, ...)
+            self._asked.clear()
+        elif status == "503":  # nobody answers for the consumer: the stream went with a restart
+            self._asked.clear()
+            raise nats.js.errors.NotFoundError

@@ -28,16 +28,56 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from .broker import RESULT_BATCH, STATE_TTL_S, BrokerQueue, Raw, TakeJob
+from .broker import RESULT_BATCH, STATE_TTL_S, Ack, BrokerQueue, JobState, Raw, TakeJobs
 from .queue import Delivery, Job
 
 WORKERS, ENGINE = "workers", "engine"
 OFFER = """
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
-return 1
+local room = tonumber(ARGV[1]) - redis.call('XLEN', KEYS[1])
+local added = 0
+while added < room and added < #ARGV - 1 do
+  added = added + 1
+  redis.call('XADD', KEYS[1], '*', 'job', ARGV[added + 1])
+end
+return added
 """
-"""Check the bound and add in one step, so concurrent producers cannot overshoot it together."""
+"""Check the bound and add as many jobs as it leaves room for, in order, in one step, so
+concurrent producers cannot overshoot it together."""
+CHECK_IN = """
+local found = {}
+for i = 1, #KEYS, 3 do
+  found[#found + 1] = redis.call('GET', KEYS[i])
+  found[#found + 1] = redis.call('GET', KEYS[i + 1])
+  redis.call('RPUSH', KEYS[i + 2], ARGV[1])
+  redis.call('EXPIRE', KEYS[i + 2], ARGV[2])
+  found[#found + 1] = redis.call('LRANGE', KEYS[i + 2], 0, -1)
+end
+return found
+"""
+"""For each job (keys: its ``done``, ``cancel`` and ``took`` records): the first two, and the
+workers it went to after this one is added (``ARGV``: this worker, the records' TTL)."""
+SEND = """
+local ttl, group = ARGV[1], ARGV[2]
+local results, acks = tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 1, results do
+  redis.call('XADD', KEYS[1], '*', 'result', ARGV[4 + i])
+end
+local tags = 4 + results + acks
+for i = 3, #KEYS, 2 do
+  redis.call('SET', KEYS[i], ARGV[tags + (i - 1) / 2], 'EX', ttl)
+  redis.call('DEL', KEYS[i + 1])
+end
+if acks > 0 then
+  redis.call('XACK', KEYS[2], group, unpack(ARGV, 5 + results, 4 + results + acks))
+  redis.call('XDEL', KEYS[2], unpack(ARGV, 5 + results, 4 + results + acks))
+end
+return results
+"""
+"""A worker's batch in one step: its results first (keys: the results and jobs streams), then
+the ``done`` record of each finished job (and its ``took`` record deleted: the key pairs that
+follow), then the acks; ``ARGV``: TTL, group, how many results and acks, the results, the
+acked entries' ids, the ``done`` tags. A worker cut off before it never acks a job without
+having sent its result."""
 MAX_CONNECTIONS = 512
 """Connections a queue opens at most (a worker slot's blocking read holds one); beyond it a
 command waits for a free one rather than failing. A URL's ``max_connections`` overrides it."""
@@ -73,6 +113,8 @@ class RedisQueue(BrokerQueue):
         await self._redis.ping()
         await self._ensure()
         self._offer_script = self._redis.register_script(OFFER)
+        self._check_in_script = self._redis.register_script(CHECK_IN)
+        self._send_script = self._redis.register_script(SEND)
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         await self._pubsub.subscribe(self._channel)
         self._spawn(self._listen())
@@ -114,42 +156,41 @@ class RedisQueue(BrokerQueue):
             await self._retrying("listening for cancels", listen)
 
     @asynccontextmanager
-    async def _job_source(self) -> AsyncIterator[TakeJob]:
+    async def _job_source(self) -> AsyncIterator[TakeJobs]:
         self._consumed = True
-        yield self._next_job
+        yield self._next_jobs
 
-    async def _next_job(self) -> Raw | None:
+    async def _next_jobs(self, count: int) -> list[Raw]:
         loop_time = asyncio.get_running_loop().time()
         if loop_time >= self._reclaim_due:
             self._reclaim_due = loop_time + self.options.visibility_timeout / 2
             _next, claimed, _deleted = await self._redis.xautoclaim(
-                self._jobs, WORKERS, self._consumer, min_idle_time=self._visibility_ms, count=1
+                self._jobs, WORKERS, self._consumer, min_idle_time=self._visibility_ms, count=count
             )
             if claimed:
                 self._reclaim_due = loop_time  # a dead worker may have left more
-                return _raw(claimed[0], b"job")
-        reply = await self._redis.xreadgroup(WORKERS, self._consumer, {self._jobs: ">"}, count=1, block=self._block_ms)
-        return _raw(reply[0][1][0], b"job") if reply and reply[0][1] else None
+                return [_raw(entry, b"job") for entry in claimed]
+        reply = await self._redis.xreadgroup(
+            WORKERS, self._consumer, {self._jobs: ">"}, count=count, block=self._block_ms
+        )
+        return [_raw(entry, b"job") for entry in reply[0][1]] if reply else []
 
-    async def _offer(self, data: bytes) -> bool:
-        return bool(await self._offer_script(keys=[self._jobs], args=[self.max_pending, data]))
+    async def _offer(self, datas: list[bytes]) -> list[bool]:
+        added = int(await self._offer_script(keys=[self._jobs], args=[self.max_pending, *datas]))
+        return [index < added for index in range(len(datas))]
 
-    async def _ack(self, handle: Any) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            await pipe.xack(self._jobs, WORKERS, handle).xdel(self._jobs, handle).execute()
+    async def _jobs_state(self, jobs: list[Job]) -> list[JobState]:
+        records = [f"{self._state}{name}" for job in jobs for name in _job_records(job)]
+        found = await self._check_in_script(keys=records, args=[self.identity, int(STATE_TTL_S)])
+        return [(found[i], found[i + 1], found[i + 2]) for i in range(0, len(found), 3)]
 
-    async def _job_state(self, job: Job) -> tuple[bytes | None, bytes | None, list[bytes]]:
-        took = f"{self._state}took.{job.nonce}"
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.mget([f"{self._state}done.{job.nonce}", f"{self._state}cancel.{job.run_id}"])
-            pipe.rpush(took, self.identity).expire(took, int(STATE_TTL_S)).lrange(took, 0, -1)
-            (done, cancelled), *_, items = await pipe.execute()
-        return done, cancelled, items
-
-    async def _ack_done(self, handle: Any, nonce: str, tag: bytes) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(f"{self._state}done.{nonce}", tag, ex=int(STATE_TTL_S)).delete(f"{self._state}took.{nonce}")
-            await pipe.xack(self._jobs, WORKERS, handle).xdel(self._jobs, handle).execute()
+    async def _send(self, results: list[bytes], acks: list[Ack]) -> None:
+        records = [ack for ack in acks if ack.nonce is not None]
+        keys = [self._results, self._jobs]
+        keys += [f"{self._state}{kind}.{ack.nonce}" for ack in records for kind in ("done", "took")]
+        args = [int(STATE_TTL_S), WORKERS, len(results), len(acks), *results]
+        args += [ack.handle for ack in acks] + [ack.tag for ack in records]
+        await self._send_script(keys=keys, args=args)
 
     async def _give_back(self, deliveries: list[tuple[Delivery, bytes]]) -> None:
         ids = [d.tag for d, _ in deliveries]
@@ -161,26 +202,23 @@ class RedisQueue(BrokerQueue):
     async def _touch(self, handles: list[Any]) -> None:
         await self._redis.xclaim(self._jobs, WORKERS, self._consumer, min_idle_time=0, message_ids=handles, justid=True)
 
-    async def _publish_result(self, data: bytes) -> None:
-        await self._redis.xadd(self._results, {"result": data})
-
-    async def _take_results(self) -> list[Raw]:
+    async def _take_results(self, acked: list[Any]) -> list[Raw]:
         new = self._results_from == ">"
-        reply = await self._redis.xreadgroup(
-            ENGINE,
-            ENGINE,
-            {self._results: self._results_from},
-            count=RESULT_BATCH,
-            block=self._block_ms if new else None,
-        )
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if acked:
+                pipe.xack(self._results, ENGINE, *acked).xdel(self._results, *acked)
+            pipe.xreadgroup(
+                ENGINE,
+                ENGINE,
+                {self._results: self._results_from},
+                count=RESULT_BATCH,
+                block=self._block_ms if new else None,
+            )
+            *_, reply = await pipe.execute()
         entries = reply[0][1] if reply else []
         if not new and not entries:
             self._results_from = ">"
         return [_raw(entry, b"result") for entry in entries]
-
-    async def _ack_results(self, handles: list[Any]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            await pipe.xack(self._results, ENGINE, *handles).xdel(self._results, *handles).execute()
 
     async def _publish_cancel(self, data: bytes) -> None:
         await self._redis.publish(self._channel, data)
@@ -203,14 +241,12 @@ class RedisQueue(BrokerQueue):
                 pipe.delete(*[self._state + name for name in delete])
             await pipe.execute()
 
-    async def _state_append(self, name: str, value: bytes) -> list[bytes]:
-        key = self._state + name
-        async with self._redis.pipeline(transaction=True) as pipe:
-            *_, items = await pipe.rpush(key, value).expire(key, int(STATE_TTL_S)).lrange(key, 0, -1).execute()
-        return items
-
     async def _state_remove(self, name: str, value: bytes) -> None:
         await self._redis.lrem(self._state + name, 1, value)
+
+
+def _job_records(job: Job) -> tuple[str, str, str]:
+    return f"done.{job.nonce}", f"cancel.{job.run_id}", f"took.{job.nonce}"
 
 
 def _raw(entry: tuple[bytes, dict[bytes, bytes] | None], field: bytes) -> Raw:

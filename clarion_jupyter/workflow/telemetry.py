@@ -11,6 +11,7 @@ span per run, with a child span per step attempt, timed from the events' timesta
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -148,11 +149,11 @@ class Telemetry:
         task, span = started
         duration = event.data.get("duration_ms")
         if event.type == EventType.step_retrying:
-            RETRIES.labels(task).inc()
+            _labelled(RETRIES, task).inc()
         else:
-            STEPS.labels(task, _STEP_END[event.type]).inc()
+            _labelled(STEPS, task, _STEP_END[event.type]).inc()
             if duration is not None:
-                STEP_SECONDS.labels(task).observe(duration / 1000)
+                _labelled(STEP_SECONDS, task).observe(duration / 1000)
             _count_usage(event.data.get("usage"))
         error = event.data.get("error")
         if error or event.type == EventType.step_retrying:
@@ -178,12 +179,19 @@ class Telemetry:
         run.span.end(_ns(event.ts))
 
 
+@functools.cache
+def _labelled(metric: Any, *values: str) -> Any:
+    """The metric's child for these label values, found once: ``labels`` takes a lock and checks
+    the values on every call, several times per step. The registry keeps every child anyway."""
+    return metric.labels(*values)
+
+
 def _count_usage(usage: object) -> None:
     if not isinstance(usage, dict):
         return
     for kind in ("prompt_tokens", "completion_tokens"):
         if usage.get(kind):
-            LLM_TOKENS.labels(kind.removesuffix("_tokens")).inc(usage[kind])
+            _labelled(LLM_TOKENS, kind.removesuffix("_tokens")).inc(usage[kind])
     if usage.get("cost_usd"):
         LLM_COST.inc(usage["cost_usd"])
 

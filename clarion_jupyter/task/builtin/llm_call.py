@@ -70,6 +70,9 @@ REPLAY_CHARS = 64
 KEY_DESTINATIONS = ("api_base", "base_url")
 """The litellm parameters that choose the host a call (and so its key) goes to."""
 
+_PLAIN_TEXT = re.compile(r"[^{\r]*")
+"""Text that Jinja renders unchanged: every delimiter starts with a brace, and a carriage return
+is the only line break it rewrites."""
 _JSON_FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*[ \t]*\n(?P<body>.*?)\n?```\s*$", re.DOTALL)
 
 
@@ -480,6 +483,8 @@ def render_system_prompt(agent: Agent, values: dict[str, Any]) -> str:
             )
         else:
             variables[var.name] = var.default if var.default is not None else ""
+    if _PLAIN_TEXT.fullmatch(agent.system_prompt):
+        return agent.system_prompt  # no delimiter nor line break to normalise: it renders as itself
     try:
         # `variables` also reaches names that are not identifiers: {{ variables['component-name'] }}
         return _system_template(agent.system_prompt).render({**values, **variables, "variables": variables})
