@@ -17,7 +17,7 @@ import pytest
 
 from clarion_jupyter.core.errors import Conflict, DatabaseLocked
 from clarion_jupyter.storage.database import Database, connect, migrate, migrations
-from clarion_jupyter.storage.duckdb_store import DuckDBDocumentStore, DuckDBRunStore
+from clarion_jupyter.storage.documents import DuckDBDocumentStore
 from clarion_jupyter.storage.records import (
     Batch,
     Event,
@@ -26,6 +26,7 @@ from clarion_jupyter.storage.records import (
     digest,
     utcnow,
 )
+from clarion_jupyter.storage.runs import DuckDBRunStore
 from clarion_jupyter.storage.writer import GroupCommitWriter
 from clarion_jupyter.workflow.bus import EventBus, SubscriptionOverflow
 
