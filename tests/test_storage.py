@@ -16,6 +16,7 @@ import duckdb
 import pytest
 
 from clarion_jupyter.core.errors import Conflict, DatabaseLocked
+from clarion_jupyter.core.ids import run_id_floor
 from clarion_jupyter.storage.database import Database, connect, migrate, migrations
 from clarion_jupyter.storage.documents import DuckDBDocumentStore
 from clarion_jupyter.storage.records import (
@@ -356,6 +357,46 @@ async def test_list_runs_is_newest_first_with_cursor_paging(tmp_path: Path) -> N
         assert len(exact.runs) == 7 and exact.next_cursor is None
         # summaries leave out the workflow document
         assert exact.runs[0].workflow == {} and exact.runs[0].inputs == {"report": "bug.md", "n": 3}
+
+
+async def test_list_pages_are_whole_however_far_apart_in_time_the_runs_are(tmp_path: Path) -> None:
+    """A page is looked for in growing windows of time before its cursor (storage/runs.py):
+    runs minutes, hours, days, months and years apart, and one from a clock ahead, all come,
+    newest first, with and without filters, whatever the page size."""
+    now = utcnow()
+    ages = [timedelta(minutes=-5), timedelta(0), timedelta(minutes=30), timedelta(hours=2), timedelta(hours=20),
+            timedelta(days=3), timedelta(days=30), timedelta(days=200), timedelta(days=1200)]  # fmt: skip
+    runs = [
+        run_record(
+            f"{run_id_floor(int((now - age).timestamp() * 1000))}{i:014x}",
+            workflow_id="alpha" if i % 2 else "beta",
+            status="failed" if i % 3 == 0 else "succeeded",
+        )
+        for i, age in enumerate(ages)
+    ]
+    newest_first = sorted(runs, key=lambda r: r.run_id, reverse=True)
+    async with open_db(tmp_path / "db.duckdb") as db:
+        store = DuckDBRunStore(db)
+        await store.write(batch(*runs))
+
+        async def every_page(limit: int, **filters: Any) -> list[str]:
+            seen, cursor = [], None
+            while True:
+                page = await store.list_runs(limit=limit, cursor=cursor, **filters)
+                seen += [r.run_id for r in page.runs]
+                if page.next_cursor is None:
+                    return seen
+                cursor = page.next_cursor
+
+        for limit in (1, 2, 4, 50):
+            assert await every_page(limit) == [r.run_id for r in newest_first]
+            for filters in (
+                {"workflow_id": "alpha"},
+                {"status": "failed"},
+                {"workflow_id": "beta", "status": "failed"},
+            ):
+                expected = [r.run_id for r in newest_first if all(getattr(r, k) == v for k, v in filters.items())]
+                assert await every_page(limit, **filters) == expected, (limit, filters)
 
 
 async def test_list_runs_filters_by_workflow_and_status(tmp_path: Path) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from typing import Any
 
 import duckdb
 
 from ..core.errors import StorageUnavailable
+from ..core.ids import run_id_floor, run_id_ms
 from ..core.protocol import ACTIVE_RUN_STATUSES
 from . import journal
 from .database import Database
@@ -46,6 +48,11 @@ _DELETE_RUN_ROWS = tuple(
     for table in ("run_journal", EVENTS.name, STEPS.name, RUNS.name)
 )
 """Every row a run has, in every table that holds one (snapshots are shared by digest and stay)."""
+LIST_WINDOW_MS = 3_600_000
+"""The first stretch of time before the cursor (or now) that a page of the run list is looked for in."""
+LIST_WINDOW_GROWTH = 16
+LIST_WINDOWS = 4
+"""Windows tried before the whole table: an hour, 16 hours, 11 days, 6 months."""
 PROJECTION_INTERVAL_S = 1.0
 """How long journaled state may wait to reach the tables when nothing reads them."""
 
@@ -216,13 +223,27 @@ class DuckDBRunStore:
     def _list_runs(
         cur: duckdb.DuckDBPyConnection, workflow_id: str | None, status: str | None, limit: int, cursor: str | None
     ) -> RunPage:
+        """The page is looked for in the hour before the cursor (or now) first, then in windows
+        :data:`LIST_WINDOW_GROWTH` times longer, and at last everywhere. Run ids begin with their
+        time, so a window is a range of ids, and DuckDB skips the stored segments outside it: the
+        newest row group alone holds up to 122,880 runs, which an ``ORDER BY run_id DESC LIMIT``
+        would otherwise read whole, every column of every run below the cursor."""
         clauses, params = [], []
         for clause, value in (("workflow_id = ?", workflow_id), ("status = ?", status), ("run_id < ?", cursor)):
             if value is not None:
                 clauses.append(clause)
                 params.append(value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = cur.execute(f"{_RUN_SUMMARY} {where} ORDER BY run_id DESC LIMIT ?", [*params, limit + 1]).fetchall()
+        newest = run_id_ms(cursor) if cursor is not None else time.time_ns() // 1_000_000
+        window = LIST_WINDOW_MS
+        while True:
+            bounded = newest is not None and window < LIST_WINDOW_MS * LIST_WINDOW_GROWTH**LIST_WINDOWS
+            where = [*clauses, "run_id >= ?"] if bounded else clauses
+            sql = f"{_RUN_SUMMARY} {'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY run_id DESC LIMIT ?"
+            floor = [run_id_floor(newest - window)] if bounded else []
+            rows = cur.execute(sql, [*params, *floor, limit + 1]).fetchall()
+            if len(rows) > limit or not bounded:
+                break
+            window *= LIST_WINDOW_GROWTH
         runs = [_run_from_row(r) for r in rows[:limit]]
         return RunPage(runs=runs, next_cursor=runs[-1].run_id if len(rows) > limit else None)
 
