@@ -31,6 +31,10 @@ _RUN_WITH_WORKFLOW = (
     f"SELECT {', '.join(f'r.{n}' for n in RUNS.names)}, w.doc"
     " FROM runs r JOIN workflow_snapshots w ON w.digest = r.workflow_digest"
 )
+_ONE_RUN_WITH_WORKFLOW = (
+    f"WITH r AS MATERIALIZED (SELECT * FROM runs WHERE run_id = ?) {_RUN_WITH_WORKFLOW.replace('runs r', 'r', 1)}"
+)
+"""One run by id: through the primary key's index (joined directly, the runs are scanned)."""
 _RUN_SUMMARY = f"SELECT {RUNS.column_list}, NULL FROM runs"
 """A run without its workflow snapshot, for lists."""
 _STEPS_OF_RUN = f"SELECT {STEPS.column_list} FROM step_runs WHERE run_id = ?"
@@ -48,11 +52,12 @@ _DELETE_RUN_ROWS = tuple(
     for table in ("run_journal", EVENTS.name, STEPS.name, RUNS.name)
 )
 """Every row a run has, in every table that holds one (snapshots are shared by digest and stay)."""
-LIST_WINDOW_MS = 3_600_000
-"""The first stretch of time before the cursor (or now) that a page of the run list is looked for in."""
-LIST_WINDOW_GROWTH = 16
-LIST_WINDOWS = 4
-"""Windows tried before the whole table: an hour, 16 hours, 11 days, 6 months."""
+LIST_FIRST_WINDOW_MS = 60_000
+"""How far before its cursor (or now) a page of the run list is looked for, the first time."""
+LIST_WINDOW_GROWTH = 32
+LIST_LONGEST_WINDOW_MS = 366 * 86_400_000
+"""Windows grow until they pass this; then the page is looked for everywhere."""
+LIST_FILTERS_KEPT = 256
 PROJECTION_INTERVAL_S = 1.0
 """How long journaled state may wait to reach the tables when nothing reads them."""
 
@@ -89,6 +94,26 @@ def _finished_columns(
     return [[list(column) for column in zip(*rows, strict=True)] if rows else [] for rows in tables]
 
 
+class _ListWindows:
+    """How far before its cursor a page of the run list is looked for first, for each filter: twice
+    the stretch of time the last such page spanned (runs come at much the same rate from one page
+    to the next), so a page takes one look however often or seldom runs come."""
+
+    def __init__(self) -> None:
+        self._by_filter: dict[tuple[str | None, str | None], int] = {}
+
+    def first(self, key: tuple[str | None, str | None]) -> int:
+        return self._by_filter.get(key, LIST_FIRST_WINDOW_MS)
+
+    def learned(self, key: tuple[str | None, str | None], span_ms: int | None) -> None:
+        if span_ms is None:
+            return
+        self._by_filter.pop(key, None)
+        self._by_filter[key] = max(1, 2 * span_ms)
+        if len(self._by_filter) > LIST_FILTERS_KEPT:
+            del self._by_filter[next(iter(self._by_filter))]
+
+
 class DuckDBRunStore:
     """Runs, step attempts and events in DuckDB, committed as a journal and projected.
 
@@ -117,6 +142,7 @@ class DuckDBRunStore:
         self._timer: asyncio.TimerHandle | None = None
         self._background: asyncio.Task[None] | None = None
         self.projection_error: str | None = None
+        self._windows = _ListWindows()
 
     @property
     def unprojected(self) -> int:
@@ -204,7 +230,7 @@ class DuckDBRunStore:
 
     @staticmethod
     def _get_run(cursor: duckdb.DuckDBPyConnection, run_id: str) -> tuple[RunRecord, list[StepRecord]] | None:
-        row = cursor.execute(f"{_RUN_WITH_WORKFLOW} WHERE r.run_id = ?", [run_id]).fetchone()
+        row = cursor.execute(_ONE_RUN_WITH_WORKFLOW, [run_id]).fetchone()
         if row is None:
             return None
         steps = cursor.execute(
@@ -217,26 +243,34 @@ class DuckDBRunStore:
         self, workflow_id: str | None = None, status: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> RunPage:
         await self.project()
-        return await self._db.read(self._list_runs, workflow_id, status, limit, cursor)
+        key = (workflow_id, status)
+        page, span = await self._db.read(self._list_runs, workflow_id, status, limit, cursor, self._windows.first(key))
+        self._windows.learned(key, span)
+        return page
 
     @staticmethod
     def _list_runs(
-        cur: duckdb.DuckDBPyConnection, workflow_id: str | None, status: str | None, limit: int, cursor: str | None
-    ) -> RunPage:
-        """The page is looked for in the hour before the cursor (or now) first, then in windows
-        :data:`LIST_WINDOW_GROWTH` times longer, and at last everywhere. Run ids begin with their
-        time, so a window is a range of ids, and DuckDB skips the stored segments outside it: the
-        newest row group alone holds up to 122,880 runs, which an ``ORDER BY run_id DESC LIMIT``
-        would otherwise read whole, every column of every run below the cursor."""
+        cur: duckdb.DuckDBPyConnection,
+        workflow_id: str | None,
+        status: str | None,
+        limit: int,
+        cursor: str | None,
+        window: int,
+    ) -> tuple[RunPage, int | None]:
+        """The page is looked for in the ``window`` ms before the cursor (or now) first, then in
+        windows :data:`LIST_WINDOW_GROWTH` times longer, and at last everywhere; answered with
+        how long a stretch of time it spanned. Run ids begin with their time, so a window is a
+        range of ids, and DuckDB reads only the runs in it: an ``ORDER BY run_id DESC LIMIT``
+        alone reads every column of every run of the newest row group below the cursor (up
+        to 122,880 of them)."""
         clauses, params = [], []
         for clause, value in (("workflow_id = ?", workflow_id), ("status = ?", status), ("run_id < ?", cursor)):
             if value is not None:
                 clauses.append(clause)
                 params.append(value)
         newest = run_id_ms(cursor) if cursor is not None else time.time_ns() // 1_000_000
-        window = LIST_WINDOW_MS
         while True:
-            bounded = newest is not None and window < LIST_WINDOW_MS * LIST_WINDOW_GROWTH**LIST_WINDOWS
+            bounded = newest is not None and window <= LIST_LONGEST_WINDOW_MS
             where = [*clauses, "run_id >= ?"] if bounded else clauses
             sql = f"{_RUN_SUMMARY} {'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY run_id DESC LIMIT ?"
             floor = [run_id_floor(newest - window)] if bounded else []
@@ -245,7 +279,9 @@ class DuckDBRunStore:
                 break
             window *= LIST_WINDOW_GROWTH
         runs = [_run_from_row(r) for r in rows[:limit]]
-        return RunPage(runs=runs, next_cursor=runs[-1].run_id if len(rows) > limit else None)
+        last = run_id_ms(rows[limit][0]) if len(rows) > limit else None
+        span = newest - last if newest is not None and last is not None else None
+        return RunPage(runs=runs, next_cursor=runs[-1].run_id if len(rows) > limit else None), span
 
     async def events(self, run_id: str, since: int = 0, limit: int | None = None) -> list[Event]:
         return await self._db.read(self._events, run_id, since, limit)
