@@ -16,7 +16,7 @@ import duckdb
 import pytest
 
 from clarion_jupyter.core.errors import Conflict, DatabaseLocked
-from clarion_jupyter.core.ids import run_id_floor
+from clarion_jupyter.core.ids import new_run_id, run_id_floor
 from clarion_jupyter.storage.database import Database, connect, migrate, migrations
 from clarion_jupyter.storage.documents import DuckDBDocumentStore
 from clarion_jupyter.storage.records import (
@@ -27,7 +27,7 @@ from clarion_jupyter.storage.records import (
     digest,
     utcnow,
 )
-from clarion_jupyter.storage.runs import DuckDBRunStore
+from clarion_jupyter.storage.runs import LIST_FILTERS_KEPT, DuckDBRunStore
 from clarion_jupyter.storage.writer import GroupCommitWriter
 from clarion_jupyter.workflow.bus import EventBus, SubscriptionOverflow
 
@@ -397,6 +397,19 @@ async def test_list_pages_are_whole_however_far_apart_in_time_the_runs_are(tmp_p
             ):
                 expected = [r.run_id for r in newest_first if all(getattr(r, k) == v for k, v in filters.items())]
                 assert await every_page(limit, **filters) == expected, (limit, filters)
+
+
+async def test_the_list_remembers_windows_for_a_bounded_number_of_filters(tmp_path: Path) -> None:
+    """A server lists with whatever filters clients send: what it learns from them stays bounded."""
+    async with open_db(tmp_path / "db.duckdb") as db:
+        store = DuckDBRunStore(db)
+        filters = LIST_FILTERS_KEPT + 50
+        await store.write(batch(*(run_record(new_run_id(), workflow_id=f"w{i % filters}") for i in range(2 * filters))))
+        for i in range(filters):
+            await store.list_runs(workflow_id=f"w{i}", limit=1)
+            await store.list_runs(limit=1)
+        assert len(store._windows._by_filter) <= LIST_FILTERS_KEPT
+        assert (None, None) in store._windows._by_filter, "the filter listed last is kept"
 
 
 async def test_list_runs_filters_by_workflow_and_status(tmp_path: Path) -> None:

@@ -57,7 +57,9 @@ LIST_FIRST_WINDOW_MS = 60_000
 LIST_WINDOW_GROWTH = 32
 LIST_LONGEST_WINDOW_MS = 366 * 86_400_000
 """Windows grow until they pass this; then the page is looked for everywhere."""
+LIST_SHORTEST_WINDOW_MS = 1_000
 LIST_FILTERS_KEPT = 256
+"""Filters whose last page's span is remembered (the least recently listed are forgotten)."""
 PROJECTION_INTERVAL_S = 1.0
 """How long journaled state may wait to reach the tables when nothing reads them."""
 
@@ -109,7 +111,7 @@ class _ListWindows:
         if span_ms is None:
             return
         self._by_filter.pop(key, None)
-        self._by_filter[key] = max(1, 2 * span_ms)
+        self._by_filter[key] = max(LIST_SHORTEST_WINDOW_MS, 2 * span_ms)
         if len(self._by_filter) > LIST_FILTERS_KEPT:
             del self._by_filter[next(iter(self._by_filter))]
 
