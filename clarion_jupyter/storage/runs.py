@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -96,22 +97,40 @@ def _finished_columns(
     return [[list(column) for column in zip(*rows, strict=True)] if rows else [] for rows in tables]
 
 
+@dataclass(slots=True)
+class _Learned:
+    span_ms: int
+    """How long a stretch of time the filter's last page covered."""
+    floor_ms: int | None
+    """The time of the run just below its last first page (None: not seen yet)."""
+
+
 class _ListWindows:
-    """How far before its cursor a page of the run list is looked for first, for each filter: twice
-    the stretch of time the last such page spanned (runs come at much the same rate from one page
-    to the next), so a page takes one look however often or seldom runs come."""
+    """How far back a page of the run list is looked for first, for each filter. A first page
+    (no cursor): from the run just below the last first page, so the window holds that page and
+    what came since, however long ago the newest run came. A page below a cursor: twice the
+    stretch of time the filter's last page covered (runs come at much the same rate from one page
+    to the next). Either way, a page mostly takes one look."""
 
     def __init__(self) -> None:
-        self._by_filter: dict[tuple[str | None, str | None], int] = {}
+        self._by_filter: dict[tuple[str | None, str | None], _Learned] = {}
 
-    def first(self, key: tuple[str | None, str | None]) -> int:
-        return self._by_filter.get(key, LIST_FIRST_WINDOW_MS)
+    def first(self, key: tuple[str | None, str | None], upper_ms: int, cursor: str | None) -> int:
+        learned = self._by_filter.get(key)
+        if learned is None:
+            return LIST_FIRST_WINDOW_MS
+        if cursor is None and learned.floor_ms is not None:
+            return max(LIST_SHORTEST_WINDOW_MS, upper_ms - learned.floor_ms)
+        return max(LIST_SHORTEST_WINDOW_MS, 2 * learned.span_ms)
 
-    def learned(self, key: tuple[str | None, str | None], span_ms: int | None) -> None:
-        if span_ms is None:
+    def learned(self, key: tuple[str | None, str | None], cursor: str | None, page: tuple[int, int] | None) -> None:
+        """``page``: the times of the page's newest run and of the run just below it."""
+        if page is None:
             return
-        self._by_filter.pop(key, None)
-        self._by_filter[key] = max(LIST_SHORTEST_WINDOW_MS, 2 * span_ms)
+        newest, beyond = page
+        old = self._by_filter.pop(key, None)
+        floor = beyond if cursor is None else old.floor_ms if old else None
+        self._by_filter[key] = _Learned(newest - beyond, floor)
         if len(self._by_filter) > LIST_FILTERS_KEPT:
             del self._by_filter[next(iter(self._by_filter))]
 
@@ -246,8 +265,10 @@ class DuckDBRunStore:
     ) -> RunPage:
         await self.project()
         key = (workflow_id, status)
-        page, span = await self._db.read(self._list_runs, workflow_id, status, limit, cursor, self._windows.first(key))
-        self._windows.learned(key, span)
+        upper = run_id_ms(cursor) if cursor is not None else time.time_ns() // 1_000_000
+        window = self._windows.first(key, upper or 0, cursor)
+        page, times = await self._db.read(self._list_runs, workflow_id, status, limit, cursor, upper, window)
+        self._windows.learned(key, cursor, times)
         return page
 
     @staticmethod
@@ -257,33 +278,35 @@ class DuckDBRunStore:
         status: str | None,
         limit: int,
         cursor: str | None,
+        upper: int | None,
         window: int,
-    ) -> tuple[RunPage, int | None]:
-        """The page is looked for in the ``window`` ms before the cursor (or now) first, then in
-        windows :data:`LIST_WINDOW_GROWTH` times longer, and at last everywhere; answered with
-        how long a stretch of time it spanned. Run ids begin with their time, so a window is a
-        range of ids, and DuckDB reads only the runs in it: an ``ORDER BY run_id DESC LIMIT``
-        alone reads every column of every run of the newest row group below the cursor (up
-        to 122,880 of them)."""
+    ) -> tuple[RunPage, tuple[int, int] | None]:
+        """The page is looked for in the ``window`` ms before ``upper`` (the cursor's time, or now)
+        first, then in windows :data:`LIST_WINDOW_GROWTH` times longer, and at last everywhere;
+        answered with the times of its newest run and of the run just below it. Run ids begin
+        with their time, so a window is a range of ids, and DuckDB reads only the runs in it: an
+        ``ORDER BY run_id DESC LIMIT`` alone reads every column of every run of the newest row
+        group below the cursor (up to 122,880 of them)."""
         clauses, params = [], []
         for clause, value in (("workflow_id = ?", workflow_id), ("status = ?", status), ("run_id < ?", cursor)):
             if value is not None:
                 clauses.append(clause)
                 params.append(value)
-        newest = run_id_ms(cursor) if cursor is not None else time.time_ns() // 1_000_000
         while True:
-            bounded = newest is not None and window <= LIST_LONGEST_WINDOW_MS
+            bounded = upper is not None and window <= LIST_LONGEST_WINDOW_MS
             where = [*clauses, "run_id >= ?"] if bounded else clauses
             sql = f"{_RUN_SUMMARY} {'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY run_id DESC LIMIT ?"
-            floor = [run_id_floor(newest - window)] if bounded else []
+            floor = [run_id_floor(upper - window)] if bounded else []
             rows = cur.execute(sql, [*params, *floor, limit + 1]).fetchall()
             if len(rows) > limit or not bounded:
                 break
             window *= LIST_WINDOW_GROWTH
         runs = [_run_from_row(r) for r in rows[:limit]]
-        last = run_id_ms(rows[limit][0]) if len(rows) > limit else None
-        span = newest - last if newest is not None and last is not None else None
-        return RunPage(runs=runs, next_cursor=runs[-1].run_id if len(rows) > limit else None), span
+        if len(rows) <= limit:
+            return RunPage(runs=runs, next_cursor=None), None
+        newest, beyond = run_id_ms(rows[0][0]), run_id_ms(rows[limit][0])
+        times = (newest, beyond) if newest is not None and beyond is not None else None
+        return RunPage(runs=runs, next_cursor=runs[-1].run_id), times
 
     async def events(self, run_id: str, since: int = 0, limit: int | None = None) -> list[Event]:
         return await self._db.read(self._events, run_id, since, limit)
