@@ -17,6 +17,7 @@ import pytest
 
 from clarion_jupyter.core.errors import Conflict, DatabaseLocked
 from clarion_jupyter.core.ids import new_run_id, run_id_floor
+from clarion_jupyter.storage import journal
 from clarion_jupyter.storage.database import Database, connect, migrate, migrations
 from clarion_jupyter.storage.documents import DuckDBDocumentStore
 from clarion_jupyter.storage.records import (
@@ -627,6 +628,23 @@ async def test_runs_of_one_workflow_share_one_snapshot(tmp_path: Path) -> None:
         assert (await store.get_run("o1"))[0].workflow["id"] == "other"
         count = await db.read(lambda c: c.execute("SELECT count(*) FROM workflow_snapshots").fetchone()[0])
         assert count == 2
+
+
+async def test_a_cell_edited_all_day_keeps_a_bounded_set_of_known_snapshots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each edit of an ad-hoc document is a new snapshot: the store remembers the newest few it
+    journaled, and a forgotten one journaled again is still stored once and read back."""
+    monkeypatch.setattr(journal, "MAX_KNOWN_SNAPSHOTS", 2)
+    async with open_db(tmp_path / "db.duckdb") as db:
+        store = DuckDBRunStore(db)
+        for i in range(5):
+            await store.write(batch(run_record(f"r{i}", f"edit-{i}")))
+        assert len(store._snapshots) == 2
+        await store.write(batch(run_record("again", "edit-0")))  # its digest was forgotten
+        assert (await store.get_run("again"))[0].workflow["id"] == "edit-0"
+        count = await db.read(lambda c: c.execute("SELECT count(*) FROM workflow_snapshots").fetchone()[0])
+        assert count == 5
 
 
 # =========================================================================== document store

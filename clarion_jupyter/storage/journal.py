@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -96,7 +97,37 @@ class PreparedBatch:
     rows: PendingRows
 
 
-def prepare(batch: Batch, stored_snapshots: set[str], ids: Iterator[int]) -> PreparedBatch:
+MAX_KNOWN_SNAPSHOTS = 4096
+
+
+class KnownSnapshots:
+    """The workflow snapshots this process journaled, so that each is journaled once: the
+    :data:`MAX_KNOWN_SNAPSHOTS` used last. Ad-hoc runs of a cell being edited make a new snapshot
+    each; a digest forgotten is journaled again with its next run, which the projection ignores
+    (snapshots are stored by digest, the first kept)."""
+
+    def __init__(self, maxsize: int | None = None) -> None:
+        self._maxsize = MAX_KNOWN_SNAPSHOTS if maxsize is None else maxsize
+        self._digests: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, digest: object) -> bool:
+        if digest not in self._digests:
+            return False
+        self._digests.move_to_end(digest)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def add(self, digests: Iterable[str]) -> None:
+        for digest in digests:
+            self._digests[digest] = None
+            self._digests.move_to_end(digest)
+        while len(self._digests) > self._maxsize:
+            self._digests.popitem(last=False)
+
+
+def prepare(batch: Batch, stored_snapshots: Container[str], ids: Iterator[int]) -> PreparedBatch:
     """Journal rows for a batch, numbered from ``ids``, with a snapshot row for each workflow
     digest not in ``stored_snapshots``. Built on the caller's thread from records the engine
     goes on mutating (the writer thread only sees strings and tuples)."""

@@ -153,7 +153,7 @@ class DuckDBRunStore:
     def __init__(self, db: Database, projection_interval_s: float = PROJECTION_INTERVAL_S) -> None:
         self._db = db
         self._interval = projection_interval_s
-        self._snapshots: set[str] = set()
+        self._snapshots = journal.KnownSnapshots()
         self._ids = itertools.count(1)
         self._recovered = False
         self._pending = journal.PendingRows()
@@ -202,7 +202,7 @@ class DuckDBRunStore:
         await self._db.write_one(journal.JOURNAL_INSERT, prepared.columns, submission=submission)
         # Only now do these rows exist: a batch that failed for good must not make later
         # batches skip its snapshots, nor be projected.
-        self._snapshots |= prepared.rows.snapshots.keys()
+        self._snapshots.add(prepared.rows.snapshots)
         self._pending.absorb(prepared.rows)
         self._journaled += 1
         if self._timer is None:
