@@ -38,7 +38,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from clarion_jupyter import Engine
 from clarion_jupyter.storage.duckdb_storage import DuckDBStorage
 from clarion_jupyter.storage.records import Event, RunRecord, StepRecord
-from clarion_jupyter.testing.server import JupyterServerProcess
+from clarion_jupyter.testing.server import JupyterServerProcess, exit_on_sigterm
 
 TARGETS = {"list_p99_ms": 20, "query_ms": 300, "start_s": 3, "file_gb": 2}
 TRIAGE = {
@@ -312,4 +312,5 @@ if __name__ == "__main__":
     parser.add_argument("--db", help="keep the file here (and reuse it when it exists)")
     parser.add_argument("--requests", type=int, default=200, help="requests per measured list")
     parser.add_argument("--starts", type=int, default=3, help="server start-ups to time")
+    exit_on_sigterm()
     asyncio.run(main(parser.parse_args()))

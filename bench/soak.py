@@ -39,7 +39,7 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from clarion_jupyter.testing.server import JupyterServerProcess
+from clarion_jupyter.testing.server import JupyterServerProcess, exit_on_sigterm
 
 TARGET_GROWTH = 0.10
 SOAK = {
@@ -248,4 +248,5 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=20.0, help="runs started per second")
     parser.add_argument("--warm-s", type=float, default=120.0, help="seconds of load before the RSS is taken as a base")
     parser.add_argument("--minutes", type=int, default=10, help="minutes of soak after the warm-up")
+    exit_on_sigterm()
     asyncio.run(soak(parser.parse_args()))
