@@ -20,6 +20,7 @@ import pytest
 from clarion_jupyter import Engine
 from clarion_jupyter.core.errors import Conflict, NotFound, ValidationFailed
 from clarion_jupyter.storage.records import Event
+from clarion_jupyter.workflow import supervisor
 from clarion_jupyter.workflow.models import StepRun, WorkflowRun
 
 TERMINAL = {"workflow_succeeded", "workflow_failed", "workflow_cancelled"}
@@ -675,6 +676,23 @@ async def test_concurrent_submits_with_one_idempotency_key_start_one_run(tmp_pat
     assert len(set(run_ids)) == 1
     assert {d.run_id for d in documents} == set(run_ids)
     assert len(runs) == 1
+
+
+async def test_a_server_that_takes_keys_all_day_remembers_a_bounded_number_and_still_finds_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claims are kept for the newest keys only (the database answers for the others)."""
+    monkeypatch.setattr(supervisor, "MAX_CLAIMS", 3)
+    doc = workflow(echo("a", 1))
+    async with engine_at(tmp_path) as engine:
+        first = [await engine.submit(doc, idempotency_key=f"order-{i}") for i in range(10)]
+        assert len(engine._runs_live._claims) == 3
+        again = [await engine.submit(doc, idempotency_key=f"order-{i}") for i in range(10)]
+        for run_id in first:
+            await engine.wait(run_id)
+        runs, _ = await engine.list_runs(limit=100)
+    assert again == first
+    assert len(runs) == 10
 
 
 async def test_idempotency_key_is_remembered_by_the_database(tmp_path: Path) -> None:

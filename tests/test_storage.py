@@ -16,8 +16,10 @@ import duckdb
 import pytest
 
 from clarion_jupyter.core.errors import Conflict, DatabaseLocked
+from clarion_jupyter.core.ids import new_run_id, run_id_floor
+from clarion_jupyter.storage import journal
 from clarion_jupyter.storage.database import Database, connect, migrate, migrations
-from clarion_jupyter.storage.duckdb_store import DuckDBDocumentStore, DuckDBRunStore
+from clarion_jupyter.storage.documents import DuckDBDocumentStore
 from clarion_jupyter.storage.records import (
     Batch,
     Event,
@@ -26,6 +28,7 @@ from clarion_jupyter.storage.records import (
     digest,
     utcnow,
 )
+from clarion_jupyter.storage.runs import LIST_FILTERS_KEPT, DuckDBRunStore
 from clarion_jupyter.storage.writer import GroupCommitWriter
 from clarion_jupyter.workflow.bus import EventBus, SubscriptionOverflow
 
@@ -357,6 +360,59 @@ async def test_list_runs_is_newest_first_with_cursor_paging(tmp_path: Path) -> N
         assert exact.runs[0].workflow == {} and exact.runs[0].inputs == {"report": "bug.md", "n": 3}
 
 
+async def test_list_pages_are_whole_however_far_apart_in_time_the_runs_are(tmp_path: Path) -> None:
+    """A page is looked for in growing windows of time before its cursor (storage/runs.py):
+    runs minutes, hours, days, months and years apart, and one from a clock ahead, all come,
+    newest first, with and without filters, whatever the page size."""
+    now = utcnow()
+    ages = [timedelta(minutes=-5), timedelta(0), timedelta(minutes=30), timedelta(hours=2), timedelta(hours=20),
+            timedelta(days=3), timedelta(days=30), timedelta(days=200), timedelta(days=1200)]  # fmt: skip
+    runs = [
+        run_record(
+            f"{run_id_floor(int((now - age).timestamp() * 1000))}{i:014x}",
+            workflow_id="alpha" if i % 2 else "beta",
+            status="failed" if i % 3 == 0 else "succeeded",
+        )
+        for i, age in enumerate(ages)
+    ]
+    newest_first = sorted(runs, key=lambda r: r.run_id, reverse=True)
+    async with open_db(tmp_path / "db.duckdb") as db:
+        store = DuckDBRunStore(db)
+        await store.write(batch(*runs))
+
+        async def every_page(limit: int, **filters: Any) -> list[str]:
+            seen, cursor = [], None
+            while True:
+                page = await store.list_runs(limit=limit, cursor=cursor, **filters)
+                seen += [r.run_id for r in page.runs]
+                if page.next_cursor is None:
+                    return seen
+                cursor = page.next_cursor
+
+        for limit in (1, 2, 4, 50):
+            assert await every_page(limit) == [r.run_id for r in newest_first]
+            for filters in (
+                {"workflow_id": "alpha"},
+                {"status": "failed"},
+                {"workflow_id": "beta", "status": "failed"},
+            ):
+                expected = [r.run_id for r in newest_first if all(getattr(r, k) == v for k, v in filters.items())]
+                assert await every_page(limit, **filters) == expected, (limit, filters)
+
+
+async def test_the_list_remembers_windows_for_a_bounded_number_of_filters(tmp_path: Path) -> None:
+    """A server lists with whatever filters clients send: what it learns from them stays bounded."""
+    async with open_db(tmp_path / "db.duckdb") as db:
+        store = DuckDBRunStore(db)
+        filters = LIST_FILTERS_KEPT + 50
+        await store.write(batch(*(run_record(new_run_id(), workflow_id=f"w{i % filters}") for i in range(2 * filters))))
+        for i in range(filters):
+            await store.list_runs(workflow_id=f"w{i}", limit=1)
+            await store.list_runs(limit=1)
+        assert len(store._windows._by_filter) <= LIST_FILTERS_KEPT
+        assert (None, None) in store._windows._by_filter, "the filter listed last is kept"
+
+
 async def test_list_runs_filters_by_workflow_and_status(tmp_path: Path) -> None:
     async with open_db(tmp_path / "db.duckdb") as db:
         store = DuckDBRunStore(db)
@@ -572,6 +628,23 @@ async def test_runs_of_one_workflow_share_one_snapshot(tmp_path: Path) -> None:
         assert (await store.get_run("o1"))[0].workflow["id"] == "other"
         count = await db.read(lambda c: c.execute("SELECT count(*) FROM workflow_snapshots").fetchone()[0])
         assert count == 2
+
+
+async def test_a_cell_edited_all_day_keeps_a_bounded_set_of_known_snapshots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each edit of an ad-hoc document is a new snapshot: the store remembers the newest few it
+    journaled, and a forgotten one journaled again is still stored once and read back."""
+    monkeypatch.setattr(journal, "MAX_KNOWN_SNAPSHOTS", 2)
+    async with open_db(tmp_path / "db.duckdb") as db:
+        store = DuckDBRunStore(db)
+        for i in range(5):
+            await store.write(batch(run_record(f"r{i}", f"edit-{i}")))
+        assert len(store._snapshots) == 2
+        await store.write(batch(run_record("again", "edit-0")))  # its digest was forgotten
+        assert (await store.get_run("again"))[0].workflow["id"] == "edit-0"
+        count = await db.read(lambda c: c.execute("SELECT count(*) FROM workflow_snapshots").fetchone()[0])
+        assert count == 5
 
 
 # =========================================================================== document store

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+from ..core.ids import run_id_floor
 from ..core.protocol import EventType, RunStatus, StepStatus
 from ..storage.records import Event, RunRecord, StepRecord, digest
 from .importer import ImportProblem, litellm_model
@@ -134,7 +135,7 @@ def _run_id(v2: V2Run, started: datetime) -> str:
     every import of the same v2 run."""
     ms = max(0, int(started.timestamp() * 1000))
     suffix = hashlib.sha256(f"clarion-v2\0{v2.project_id}\0{v2.id}".encode()).hexdigest()[:14]
-    return f"{ms:012x}{suffix}"
+    return f"{run_id_floor(ms)}{suffix}"
 
 
 def _times(v2: V2Run) -> tuple[datetime | None, datetime | None]:

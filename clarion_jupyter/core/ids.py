@@ -19,9 +19,27 @@ def slugify(name: str, fallback: str = "workflow") -> str:
     return slug or fallback
 
 
+RUN_ID_TIME_DIGITS = 12
+"""A run id begins with its time: milliseconds since the epoch, in this many hex digits."""
+
+
 def new_run_id() -> str:
     """Time-ordered ids: sorting by id sorts by submission time, which makes paging cheap."""
-    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(7)}"
+    return f"{run_id_floor(time.time_ns() // 1_000_000)}{secrets.token_hex(7)}"
+
+
+def run_id_floor(ms: int) -> str:
+    """The lowest run id made at ``ms`` (milliseconds since the epoch) or later: ``run_id >=
+    run_id_floor(t)`` selects the runs submitted since ``t``."""
+    return f"{max(0, ms):0{RUN_ID_TIME_DIGITS}x}"
+
+
+def run_id_ms(run_id: str) -> int | None:
+    """When a run id was made (milliseconds since the epoch); ``None`` for a string that is not one."""
+    prefix = run_id[:RUN_ID_TIME_DIGITS]
+    if len(prefix) < RUN_ID_TIME_DIGITS or any(c not in "0123456789abcdef" for c in prefix):
+        return None
+    return int(prefix, 16)
 
 
 def local_user() -> str | None:

@@ -1,4 +1,4 @@
-"""Storage interfaces. Domains depend on these; :mod:`.duckdb_store` implements them."""
+"""Storage interfaces. Domains depend on these; :mod:`.duckdb_storage` implements them."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ class LLMCacheStore(Protocol):
 
 class Storage(Protocol):
     """Everything the engine keeps: its run store, its agent and workflow stores, and the
-    read-only history SQL. :class:`~.duckdb_store.DuckDBStorage` is the one implementation;
+    read-only history SQL. :class:`~.duckdb_storage.DuckDBStorage` is the one implementation;
     another (a server database) plugs in here without touching ``workflow/``."""
 
     path: str

@@ -11,8 +11,10 @@ extension loading and Python's replacement scans off and its configuration locke
 itself refuses files, URLs, ``ATTACH``, ``INSTALL`` and ``SET``. The only data in it are the
 four views, each a live Arrow stream of the engine's view query (nothing is copied into the
 sandbox, and no copy is made per query). Before running, the sandbox plans the statement over
-empty tables of the same shape and streams only the columns the plan reads: the rest arrive
-as NULLs, so ``SELECT count(*) FROM events`` does not move every event's data.
+empty tables of the same shape and streams only the columns the plan reads (the sandbox's view
+puts NULLs of their type in the others), so ``SELECT count(*) FROM events`` does not move every
+event's data. JSON fields are read from the stored text with ``->>`` (a ``::JSON`` cast first
+would parse every value twice).
 
 In front of it stands a second wall, the guard, which asks DuckDB what a statement is
 (``extract_statements`` for its type, ``json_serialize_sql`` for its syntax tree) instead of
@@ -48,9 +50,9 @@ VIEWS: dict[str, str] = {
         "SELECT run_id, workflow_id, status, inputs::JSON AS inputs, outputs::JSON AS outputs,"
         " error::JSON AS error, created_at, started_at, finished_at,"
         " date_diff('microsecond', started_at, finished_at) / 1000.0 AS duration_ms,"
-        " (usage::JSON->>'cost_usd')::DOUBLE AS cost_usd,"
-        " (coalesce((usage::JSON->>'prompt_tokens')::BIGINT, 0)"
-        " + coalesce((usage::JSON->>'completion_tokens')::BIGINT, 0)) AS tokens"
+        " (usage->>'cost_usd')::DOUBLE AS cost_usd,"
+        " (coalesce((usage->>'prompt_tokens')::BIGINT, 0)"
+        " + coalesce((usage->>'completion_tokens')::BIGINT, 0)) AS tokens"
         " FROM {db}.runs"
     ),
     "steps": (
@@ -66,11 +68,11 @@ VIEWS: dict[str, str] = {
     ),
     "events": "SELECT run_id, seq, type, step_id, ts, data::JSON AS data FROM {db}.events",
     "llm_calls": (
-        "SELECT run_id, key AS step_key, output::JSON->>'model' AS model,"
-        " (usage::JSON->>'prompt_tokens')::BIGINT AS prompt_tokens,"
-        " (usage::JSON->>'completion_tokens')::BIGINT AS completion_tokens,"
-        " (usage::JSON->>'cost_usd')::DOUBLE AS cost_usd, finished_at AS ts,"
-        " coalesce((output::JSON->>'cached')::BOOLEAN, false) AS cached"
+        "SELECT run_id, key AS step_key, output->>'model' AS model,"
+        " (usage->>'prompt_tokens')::BIGINT AS prompt_tokens,"
+        " (usage->>'completion_tokens')::BIGINT AS completion_tokens,"
+        " (usage->>'cost_usd')::DOUBLE AS cost_usd, finished_at AS ts,"
+        " coalesce((output->>'cached')::BOOLEAN, false) AS cached"
         " FROM {db}.step_runs WHERE usage IS NOT NULL"
     ),
 }
@@ -243,15 +245,22 @@ class _View:
         """The name the live stream is registered under, on a query's own cursor."""
         return f"__live_{self.name}"
 
-    def over(self, source: str) -> str:
-        """The view in the sandbox: ``source``'s columns with their types (JSON travels as text)."""
-        columns = ", ".join(f'"{c}"::JSON AS "{c}"' if t == "JSON" else f'"{c}"' for c, t in self.columns)
+    def over(self, source: str, read: set[str] | None = None) -> str:
+        """The view in the sandbox: ``source``'s columns with their types (JSON travels as text);
+        with ``read``, ``source`` holds only those, and the others are NULLs of their type."""
+        columns = ", ".join(
+            (f'"{c}"::JSON AS "{c}"' if t == "JSON" else f'"{c}"')
+            if read is None or c in read
+            else f'NULL::{t} AS "{c}"'
+            for c, t in self.columns
+        )
         return f"CREATE TEMP VIEW {self.name} AS SELECT {columns} FROM {source}"
 
     def engine_query(self, db: str, read: set[str]) -> str:
-        """The engine's query of the view (its tables in schema ``db``), with the columns not in
-        ``read`` as NULLs."""
-        columns = ", ".join(f'"{c}"' if c in read else f'NULL::{_arrow_type(t)} AS "{c}"' for c, t in self.columns)
+        """The engine's query of the view (its tables in schema ``db``), for the columns in
+        ``read`` only: every column streamed costs the engine a conversion to Arrow and the
+        sandbox a scan, NULL or not (with none read, as for ``count(*)``, one constant)."""
+        columns = ", ".join(f'"{c}"' for c, _ in self.columns if c in read) or "NULL::BOOLEAN AS __row"
         return f"SELECT {columns} FROM ({VIEWS[self.name].format(db=db)})"
 
 
@@ -339,7 +348,7 @@ class HistorySandbox:
                 if view.name in read:
                     live = _LiveView(self._engine_cursor, view.engine_query(self._db, read[view.name]), opened)
                     con.register(view.stream, live)
-                    con.execute(view.over(view.stream))
+                    con.execute(view.over(view.stream, read[view.name]))
                 else:  # not scanned by the plan: its empty table binds the same and costs the engine nothing
                     con.execute(view.over(view.table))
             timer = threading.Timer(timeout_s, con.interrupt)

@@ -24,6 +24,13 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (``timeout``, a CI job cancelled) into ``SystemExit`` in the main thread, so
+    a benchmark unwinds its ``with JupyterServerProcess`` blocks: the servers run in sessions of
+    their own, and would outlive a process killed without that."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -25,7 +25,7 @@ from ..core.protocol import EventType, RunStatus
 from ..core.secrets import SecretMasker, SecretPolicy
 from ..core.workspace import Workspace
 from ..storage.database import default_db_path
-from ..storage.duckdb_store import DuckDBStorage
+from ..storage.duckdb_storage import DuckDBStorage
 from ..storage.llm_cache import DEFAULT_MAX_BYTES as DEFAULT_LLM_CACHE_MAX_BYTES
 from ..storage.protocols import ActiveRun, Storage
 from ..storage.query import MAX_BYTES, MAX_ROWS, TIMEOUT_S, QueryResult

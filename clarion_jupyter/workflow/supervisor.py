@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 
 from .executor import RunExecutor
 
 log = logging.getLogger(__name__)
 
+MAX_CLAIMS = 10_000
+"""Idempotency keys remembered, newest first out last. A claim is needed only until its run is
+stored (then the store finds it) and by the submissions that looked the key up meanwhile (a
+database read or two): the last ten thousand are far more than can be in flight at once, and a
+server that takes keys all day keeps a bounded number instead of every key it ever saw."""
+
 
 class RunSupervisor:
     """Active runs by id, and the idempotency keys claimed by submissions not yet stored."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_claims: int | None = None) -> None:
         self._executors: dict[str, RunExecutor] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._claims: dict[tuple[str, str], str] = {}
+        self._claims: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._max_claims = MAX_CLAIMS if max_claims is None else max_claims
 
     def __len__(self) -> int:
         return len(self._executors)
@@ -74,3 +82,5 @@ class RunSupervisor:
 
     def claim(self, workflow_id: str, key: str, run_id: str) -> None:
         self._claims[(workflow_id, key)] = run_id
+        if len(self._claims) > self._max_claims:
+            self._claims.popitem(last=False)
