@@ -150,6 +150,23 @@ class Shots:
         return path
 
 
+def forget_the_layout(lab: Lab) -> None:
+    """Empty Lab's saved layout, so the next page restores nothing of the last test's (an
+    unsaved notebook it left open would ask for a kernel in a dialog over the next test's clicks)."""
+    body = json.dumps({"data": {}, "metadata": {"id": "default"}}).encode()
+    headers = {**lab.headers, "Content-Type": "application/json"}
+    request = urllib.request.Request(f"{lab.url}lab/api/workspaces/default", data=body, method="PUT", headers=headers)
+    with urllib.request.urlopen(request, timeout=30):
+        pass
+
+
+@pytest.fixture(autouse=True)
+def fresh_layout(request: pytest.FixtureRequest) -> None:
+    """Each test that shares the module's JupyterLab opens it with nothing restored."""
+    if "lab" in request.fixturenames:
+        forget_the_layout(request.getfixturevalue("lab"))
+
+
 @pytest.fixture
 def shots(request: pytest.FixtureRequest) -> Iterator[Shots]:
     taken = Shots(request.node.name.removeprefix("test_"))
