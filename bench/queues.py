@@ -238,7 +238,7 @@ def main() -> int:
     parser.add_argument("--slots", type=int, default=8, help="each worker's concurrent steps")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--llm-calls", type=int, default=400)
-    parser.add_argument("--llm-delay-s", type=float, default=0.2)
+    parser.add_argument("--llm-delay-s", type=float, default=0.5)
     parser.add_argument("--no-llm", dest="llm", action="store_false", help="leave out the LLM-bound workload")
     parser.add_argument(
         "--profile",
