@@ -19,8 +19,16 @@ const TOLD: Record<string, [Kind, string]> = {
   [EventType.approval_requested]: ['warning', 'waits for your approval']
 };
 
+/** How many unwatched runs' told events are kept for a `watch` that comes after them. */
+const REMEMBERED = 64;
+
 export class RunNotifier {
   private _watched = new Set<string>();
+  /**
+   * A short run can end before the request that started it has answered, so before `watch`:
+   * the told events of runs not (yet) watched are kept here, the oldest run dropped first.
+   */
+  private _early = new Map<string, ClarionEvent[]>();
 
   /**
    * @param events every event of `WS /ws/runs`
@@ -39,11 +47,20 @@ export class RunNotifier {
   /** A run this Lab started: its end and its approvals are notified. */
   watch(runId: string): void {
     this._watched.add(runId);
+    const early = this._early.get(runId) ?? [];
+    this._early.delete(runId);
+    for (const event of early) {
+      void this._told(event);
+    }
   }
 
   private async _told(event: ClarionEvent): Promise<void> {
     const told = TOLD[event.type];
-    if (!told || !this._watched.has(event.run_id)) {
+    if (!told) {
+      return;
+    }
+    if (!this._watched.has(event.run_id)) {
+      this._remember(event);
       return;
     }
     if (event.type !== EventType.approval_requested) {
@@ -59,5 +76,14 @@ export class RunNotifier {
       autoClose: kind === 'success' || kind === 'info' ? 8000 : false,
       actions: [{ label: 'Open', callback: () => this._open(event.run_id) }]
     });
+  }
+
+  private _remember(event: ClarionEvent): void {
+    const early = this._early.get(event.run_id) ?? [];
+    this._early.delete(event.run_id);
+    this._early.set(event.run_id, [...early, event]);
+    if (this._early.size > REMEMBERED) {
+      this._early.delete(this._early.keys().next().value as string);
+    }
   }
 }

@@ -95,15 +95,20 @@ async def confirm_dialog(page: Any, button: str = "Delete") -> str:
 
 async def open_palette(page: Any, query: str) -> None:
     """View > Activate Command Palette, then ``query`` typed into it. The command toggles the
-    palette, and one closed just now may still count as open: look, and ask again."""
+    palette, one closed just now may still count as open, and under load a focus the menu
+    restores late can close one that just opened: ask only while it is hidden, and go on only
+    once it holds the query and is still open."""
     palette = page.locator(".lm-CommandPalette-input")
-    for _ in range(3):
-        await page.click(".lm-MenuBar-itemLabel:text-is('View')")
-        await page.click(".lm-Menu-itemLabel:text-is('Activate Command Palette')")
+    for _ in range(5):
+        if not await palette.is_visible():
+            await page.click(".lm-MenuBar-itemLabel:text-is('View')")
+            await page.click(".lm-Menu-itemLabel:text-is('Activate Command Palette')")
         with suppress(PlaywrightTimeout):
             await palette.wait_for(state="visible", timeout=3_000)
-            break
-    await palette.fill(query)
+            await palette.fill(query, timeout=3_000)
+            if await palette.is_visible() and await palette.input_value() == query:
+                return
+    raise AssertionError(f"the command palette did not stay open to take {query!r}")
 
 
 async def context_menu(page: Any, selector: str, label: str) -> Any:

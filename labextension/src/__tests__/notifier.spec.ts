@@ -61,4 +61,29 @@ describe('RunNotifier', () => {
     await flush();
     expect(told()).toEqual([]);
   });
+
+  it('tells the end of a run that ended before the request that started it answered', async () => {
+    const { events, notifier, told } = setUp();
+    events.emit(event('r1', 3, EventType.approval_requested, 'apply'));
+    events.emit(event('r1', 5, EventType.workflow_succeeded));
+    await flush();
+    expect(told()).toEqual([]);
+    notifier.watch('r1');
+    await flush();
+    expect(told().map(n => n.message)).toEqual([
+      'Clarion: Nightly r1 waits for your approval (step apply)',
+      'Clarion: Nightly r1 succeeded'
+    ]);
+  });
+
+  it('forgets the early ends of runs long past, so a later watch of one says nothing', async () => {
+    const { events, notifier, told } = setUp();
+    for (let i = 0; i < 65; i++) {
+      events.emit(event(`r${i}`, 4, EventType.workflow_succeeded));
+    }
+    notifier.watch('r0');
+    notifier.watch('r64');
+    await flush();
+    expect(told().map(n => n.message)).toEqual(['Clarion: Nightly r64 succeeded']);
+  });
 });
