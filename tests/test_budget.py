@@ -456,6 +456,8 @@ def test_the_magic_takes_a_budget_and_the_widget_shows_it_spent(shell: Shell, st
     assert shell.cell("--save --no-wait --budget-tokens 5", saved).error_in_exec is None
     assert shell.line("run saved --budget-tokens 9000").error_in_exec is None
     assert shell.last.state.document().budget.tokens == 9_000 and stub.request_count == 2
+    assert shell.line(f"rerun {shell.last.run_id} --budget-tokens 7000").error_in_exec is None
+    assert shell.last.state.document().budget.tokens == 7_000 and shell.last.status.value == "succeeded"
 
 
 # -- durable ----------------------------------------------------------------------------

@@ -62,7 +62,7 @@ HELP = """Clarion: workflows and agents in notebook cells.
   %clarion runs [--limit N] [--status S] [--workflow ID]   recent runs
   %clarion show RUN_ID     the widget of any run (live while it runs; its Run in `_`)
   %clarion cancel RUN_ID
-  %clarion rerun RUN_ID [--from STEP] [--input k=v ...] [--model M [--agent A]] [--cache] [--no-wait] [--name VAR]
+  %clarion rerun RUN_ID [--from STEP] [--input k=v ...] [--model M [--agent A]] [--cache] [--budget USD] [--budget-tokens N] [--no-wait] [--name VAR]
       run a finished run again with changes; the steps no change reaches are copied
   %clarion compare RUN_ID RUN_ID [...]   the runs side by side; the steps that differ marked
   %clarion approve RUN_ID STEP [--comment TEXT]
@@ -137,7 +137,7 @@ SHOW = _parser("show", wait=False)
 SHOW.add_argument("run_id")
 CANCEL = _parser("cancel", wait=False)
 CANCEL.add_argument("run_id")
-RERUN = _cached(_parser("rerun"))
+RERUN = _cached(_parser("rerun", budget=True))
 RERUN.add_argument("run_id")
 RERUN.add_argument("--from", dest="from_step", metavar="STEP")
 RERUN.add_argument("--input", action="append", default=[], metavar="k=v")
@@ -337,7 +337,12 @@ class ClarionMagics(Magics):
             parent = Run(self.session(opts.local), opts.run_id)
             inputs = self._values(opts.input, "--input")
             run = parent.rerun(
-                from_step=opts.from_step, inputs=inputs, model=opts.model, agent=opts.agent, cache=opts.cache
+                from_step=opts.from_step,
+                inputs=inputs,
+                model=opts.model,
+                agent=opts.agent,
+                budget=_budget(opts),
+                cache=opts.cache,
             )
             return self._present(run, opts.no_wait, opts.name)
         if command == "compare":
