@@ -11,6 +11,7 @@ import { importedFromV2 } from './agentdoc';
 import { ApiError, ClarionApi } from './api';
 import { ErrorMessage } from './common';
 import { ContextPreview } from './contextpreview';
+import { NO_WRITE_PERMISSION } from './editor';
 import { Agent, ApplyMode, ImportReport, PreparedPrompt } from './protocol';
 
 export function provider(model: string): string {
@@ -25,6 +26,7 @@ export function AgentsView({
   open,
   formKey,
   imports,
+  canWrite,
   defaultApply,
   onToggle,
   onReload,
@@ -43,6 +45,8 @@ export function AgentsView({
   formKey: number;
   /** Counts the requests to import: each opens the file chooser. */
   imports: number;
+  /** False: the user may read agents, not create or import them (the buttons say why). */
+  canWrite: boolean;
   /** What the form proposes for applying the file changes (the extension's setting). */
   defaultApply: ApplyMode;
   onToggle: (id: string) => void;
@@ -59,7 +63,7 @@ export function AgentsView({
 }): JSX.Element {
   return (
     <div className="clarion-AgentsView">
-      <ImportBox api={api} imports={imports} onImported={onImported} onNew={onNew} />
+      <ImportBox api={api} imports={imports} canWrite={canWrite} onImported={onImported} onNew={onNew} />
       {error && <ErrorMessage message={error} onRetry={onReload} />}
       {agents === null && !error && <div className="clarion-Empty">Loading agents…</div>}
       {agents !== null && agents.length === 0 && (
@@ -110,11 +114,13 @@ export function AgentsView({
 function ImportBox({
   api,
   imports,
+  canWrite,
   onImported,
   onNew
 }: {
   api: ClarionApi;
   imports: number;
+  canWrite: boolean;
   onImported: () => void;
   onNew: () => void;
 }): JSX.Element {
@@ -161,10 +167,20 @@ function ImportBox({
         className="clarion-Hidden"
         onChange={e => void upload(e.target.files)}
       />
-      <button className="jp-mod-styled jp-mod-accept clarion-Button" onClick={onNew}>
+      <button
+        className="jp-mod-styled jp-mod-accept clarion-Button"
+        disabled={!canWrite}
+        title={canWrite ? undefined : NO_WRITE_PERMISSION}
+        onClick={onNew}
+      >
         New agent
       </button>
-      <button className="jp-mod-styled clarion-Button" disabled={busy} onClick={() => input.current?.click()}>
+      <button
+        className="jp-mod-styled clarion-Button"
+        disabled={busy || !canWrite}
+        title={canWrite ? undefined : NO_WRITE_PERMISSION}
+        onClick={() => input.current?.click()}
+      >
         Import v2 agents…
       </button>
       <span className="clarion-Muted">YAML, JSON or clarion.db</span>

@@ -19,6 +19,8 @@ export class ClarionController {
   agentsError: string | null = null;
   /** Why the API cannot be used at all (the server extension is missing, or refuses). */
   fatal: string | null = null;
+  /** May this user change agents and workflows (`ClarionApi.canWrite`)? Asked once, at start. */
+  canWrite = true;
   private _stream: EventStream | null = null;
   private _changed = new Signal<this, void>(this);
   private _event = new Signal<this, ClarionEvent>(this);
@@ -67,7 +69,18 @@ export class ClarionController {
       stream.reconnected.connect(() => void this.catchUp());
       this._stream = stream.connect();
     }
-    await Promise.all([this.runs.reload(), this.reloadWorkflows(), this.reloadAgents(), this._reloadWaiting()]);
+    await Promise.all([
+      this.runs.reload(),
+      this.reloadWorkflows(),
+      this.reloadAgents(),
+      this._reloadWaiting(),
+      this._askWrite()
+    ]);
+  }
+
+  private async _askWrite(): Promise<void> {
+    this.canWrite = await this.api.canWrite();
+    this._changed.emit();
   }
 
   /** After the socket came back: whatever happened while it was down. */

@@ -157,6 +157,7 @@ function SidebarBody({ controller, state, selection, settings, actions }: ISideb
             open={state.open}
             formKey={state.requests}
             imports={state.imports}
+            canWrite={controller.canWrite}
             defaultApply={settings.defaultApplyMode}
             onToggle={id => state.toggle('agents', id)}
             onReload={() => void controller.reloadAgents()}

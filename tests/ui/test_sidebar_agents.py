@@ -233,7 +233,7 @@ async def test_runs_of_a_v2_database_imported_meanwhile_appear_live_filter_and_o
         assert console_errors(page) == []
 
 
-async def test_a_user_who_may_not_change_agents_gets_a_read_only_editor_that_says_why(tmp_path, shots) -> None:
+async def test_a_user_who_may_not_change_agents_gets_a_read_only_editor_and_disabled_buttons_that_say_why(tmp_path, shots) -> None:
     workdir = tmp_path / "reader"
     workdir.mkdir()
     async with Engine(workdir / "clarion.duckdb", workspace_root=tmp_path, run_workers=False) as engine:
@@ -244,6 +244,10 @@ async def test_a_user_who_may_not_change_agents_gets_a_read_only_editor_that_say
         wait_until_up(lab)
         async with chromium() as browser:
             page = await open_sidebar(browser, lab, "Agents")
+            for label in ("New agent", "Import v2 agents…"):
+                button = page.locator(f"{SIDEBAR} .clarion-Import button:has-text('{label}')")
+                await page.wait_for_function("el => el.disabled", arg=await button.element_handle())
+                assert "not change them" in await button.get_attribute("title")
             await page.click(f"{SIDEBAR} [data-agent='coder'] button:has-text('Edit as YAML')")
             await page.wait_for_selector(f"{AGENT_EDITOR} .clarion-Notice:has-text('Read-only')")
             assert "not change them" in await page.inner_text(f"{AGENT_EDITOR} .clarion-Notice")
