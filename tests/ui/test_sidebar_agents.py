@@ -233,7 +233,9 @@ async def test_runs_of_a_v2_database_imported_meanwhile_appear_live_filter_and_o
         assert console_errors(page) == []
 
 
-async def test_a_user_who_may_not_change_agents_gets_a_read_only_editor_and_disabled_buttons_that_say_why(tmp_path, shots) -> None:
+async def test_a_user_who_may_not_change_agents_gets_a_read_only_editor_and_disabled_buttons_that_say_why(
+    tmp_path, shots
+) -> None:
     workdir = tmp_path / "reader"
     workdir.mkdir()
     async with Engine(workdir / "clarion.duckdb", workspace_root=tmp_path, run_workers=False) as engine:

@@ -6,7 +6,6 @@ icons that render, times that do not wrap)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import urllib.error
 import urllib.request
@@ -174,13 +173,11 @@ async def test_a_run_started_here_is_notified_when_it_ends_and_the_notification_
         item = await open_run_form(page, "quick")
         await page.fill(f"{item} textarea", "- x\n- y\n")
         await page.click(f"{item} button:has-text('Start run')")
-        # The success toast closes itself after a few seconds: watch for it from the start, and
-        # keep the pointer on it (Lab pauses a toast under the pointer) until Open is clicked.
-        toast, _ = await asyncio.gather(
-            wait_for_toast(page, "success", "Quick succeeded"),
-            page.wait_for_selector(f"{DETAIL}[data-status='succeeded']"),
-        )
+        # The success toast closes itself after a few seconds: keep the pointer on it from the
+        # moment it shows (Lab pauses a toast under the pointer) until Open is clicked.
+        toast = await wait_for_toast(page, "success", "Quick succeeded")
         await toast.hover()
+        await page.wait_for_selector(f"{DETAIL}[data-status='succeeded']")
         run_id = await page.get_attribute(DETAIL, "data-run-id")
         assert api(lab, "GET", f"runs/{run_id}")["inputs"]["words"] == ["x", "y"]
         await shots(page, "notified")
