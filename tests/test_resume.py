@@ -80,6 +80,11 @@ def lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+def pid_written(path: Path) -> bool:
+    """The step's shell wrote its pid to ``path`` (it creates the file, then writes to it)."""
+    return path.exists() and bool(path.read_text().strip())
+
+
 def alive(pid: int) -> bool:
     """A zombie (exited, not yet reaped) counts as gone."""
     try:
@@ -109,7 +114,7 @@ def crash_in_second_step(workspace: Path) -> str:
         runner.expect("event", "*", "step_completed", "first")  # printed once committed: durable
         runner.expect("event", "*", "step_started", "second")
         deadline = time.monotonic() + 10
-        while lines(workspace / "counter2.txt") < 1 or not (workspace / "second.pid").read_text().strip():
+        while lines(workspace / "counter2.txt") < 1 or not pid_written(workspace / "second.pid"):
             assert time.monotonic() < deadline, "the second step never started its command"
             time.sleep(0.02)
     finally:
@@ -193,7 +198,7 @@ async def test_clean_stop_mid_step_kills_the_command_and_the_next_start_finishes
             if event.type == "step_started" and event.step_id == "second":
                 break
         deadline = time.monotonic() + 10
-        while not (tmp_path / "second.pid").exists() or not (tmp_path / "second.pid").read_text().strip():
+        while not pid_written(tmp_path / "second.pid"):
             assert time.monotonic() < deadline, "the second step never started its command"
             await asyncio.sleep(0.02)
         second_pid = int((tmp_path / "second.pid").read_text())
