@@ -22,30 +22,27 @@ import cProfile
 import json
 import os
 import pstats
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from clarion_jupyter import Agent, Engine
+from clarion_jupyter import Engine
 from clarion_jupyter.llm.provider import LiteLLMProvider, LLMRequest
 from clarion_jupyter.task.builtin.llm_call import DEFAULT_PROVIDER
+from clarion_jupyter.testing.workloads import cpu_s, llm_map, stub_agent, stub_server
 
-MODEL = "openai/gpt-4o-mini"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_s(pid: int, task: int | None = None) -> float:
-    """User + system CPU of a process (or one of its threads) so far (Linux ``/proc``)."""
-    path = Path(f"/proc/{pid}/stat") if task is None else Path(f"/proc/{pid}/task/{task}/stat")
-    fields = path.read_text().rsplit(")", 1)[1].split()
+def thread_cpu_s(task: int) -> float:
+    """User + system CPU of one of this process's threads so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/self/task/{task}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
@@ -55,48 +52,15 @@ def threads_cpu_s() -> Counter[str]:
     spent: Counter[str] = Counter()
     for task in Path("/proc/self/task").iterdir():
         with suppress(FileNotFoundError):  # a thread that ended meanwhile
-            spent[names.get(int(task.name), "other")] += cpu_s(os.getpid(), int(task.name))
+            spent[names.get(int(task.name), "other")] += thread_cpu_s(int(task.name))
     return spent
-
-
-@contextmanager
-def stub_server(delay_s: float) -> Iterator[tuple[str, int]]:
-    """The local OpenAI-compatible server in its own process: its URL and pid."""
-    stub = subprocess.Popen(
-        [sys.executable, "-m", "clarion_jupyter.testing.openai_server", "--delay-s", str(delay_s), "--reply", "ok"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        yield stub.stdout.readline().strip(), stub.pid
-    finally:
-        stub.terminate()
-        stub.wait()
-
-
-def workflow() -> dict:
-    return {
-        "name": "llm-map",
-        "inputs": {"prompts": {"type": "array"}},
-        "steps": [
-            {
-                "id": "ask",
-                "task": "llm_call",
-                "for_each": "{{ inputs.prompts }}",
-                "with": {"agent": "stub", "prompt": "item {{ item }}"},
-            }
-        ],
-    }
 
 
 async def engine_run(args: argparse.Namespace, profile: cProfile.Profile | None) -> dict:
     with stub_server(args.delay_s) as (url, stub_pid), tempfile.TemporaryDirectory() as tmp:
-        os.environ["CLARION_BENCH_KEY"] = "bench-key"
         async with Engine(Path(tmp) / "w4.duckdb", workers=args.workers, workspace_root=tmp) as engine:
-            await engine.agents.upsert(
-                Agent(id="stub", name="stub", model=MODEL, api_base=url, api_key_env="CLARION_BENCH_KEY")
-            )
-            await engine.wait(await engine.submit(workflow(), {"prompts": list(range(args.workers))}))
+            await engine.agents.upsert(stub_agent(url))
+            await engine.wait(await engine.submit(llm_map(), {"prompts": list(range(args.workers))}))
             await DEFAULT_PROVIDER.settled()  # the LLM processes that warm-up started have imported litellm
             children = DEFAULT_PROVIDER.pids
             before = {pid: cpu_s(pid) for pid in [*children, stub_pid]}
@@ -104,7 +68,7 @@ async def engine_run(args: argparse.Namespace, profile: cProfile.Profile | None)
             start, cpu, loop_cpu = time.perf_counter(), time.process_time(), time.thread_time()
             if profile:
                 profile.enable()
-            run = await engine.wait(await engine.submit(workflow(), {"prompts": list(range(args.calls))}))
+            run = await engine.wait(await engine.submit(llm_map(), {"prompts": list(range(args.calls))}))
             if profile:
                 profile.disable()
             wall, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -140,7 +104,9 @@ async def litellm_run(args: argparse.Namespace, profile: cProfile.Profile) -> di
         gate = asyncio.Semaphore(args.workers)
 
         async def one(i: int) -> None:
-            request = LLMRequest(model=MODEL, messages=[{"role": "user", "content": f"item {i}"}], api_base=url)
+            request = LLMRequest(
+                model=stub_agent(url).model, messages=[{"role": "user", "content": f"item {i}"}], api_base=url
+            )
             async with gate:
                 await provider.call(request, "bench-key")
 

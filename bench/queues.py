@@ -54,22 +54,15 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("CLARION_QUEUE_SECRET", secrets.token_hex(32))  # signs the broker's messages
-os.environ.setdefault("CLARION_BENCH_KEY", "bench-key-not-secret")  # the stub agent's key (workers inherit it)
+os.environ.setdefault("CLARION_BENCH_KEY", "bench-key-not-secret")  # the stub agent's key: workers inherit it
 
-from clarion_jupyter import Agent, Engine
+from clarion_jupyter import Engine
 from clarion_jupyter.testing.brokers import BROKERS, BrokerProcess, WorkerProcess
-from clarion_jupyter.testing.workloads import chain, timed_run
+from clarion_jupyter.testing.workloads import chain, cpu_s, llm_map, stub_agent, stub_server, timed_run
 
 QUEUES = ("local", "redis", "nats")
 profile = cProfile.Profile(time.thread_time)
 CHAIN, THROUGHPUT_CHAIN = 50, 10
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU of a process so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 @dataclass
@@ -123,50 +116,25 @@ async def echo_throughput(engine: Engine, runs: int, repeat: int) -> tuple[float
     return best, failed
 
 
-def llm_workflow() -> dict[str, Any]:
-    return {
-        "name": "llm-map",
-        "inputs": {"prompts": {"type": "array"}},
-        "steps": [
-            {
-                "id": "ask",
-                "task": "llm_call",
-                "for_each": "{{ inputs.prompts }}",
-                "with": {"agent": "stub", "prompt": "item {{ item }}"},
-            }
-        ],
-    }
-
-
 async def llm_throughput(engine: Engine, calls: int, delay_s: float, capacity: int) -> float:
     """Steps/s of ``calls`` LLM steps answered after ``delay_s``, after a warm-up that starts
     every worker's LLM processes (each imports litellm for seconds)."""
-    stub = subprocess.Popen(
-        [sys.executable, "-m", "clarion_jupyter.testing.openai_server", "--delay-s", str(delay_s), "--reply", "ok"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        url = stub.stdout.readline().strip()
-        agent = Agent(id="stub", name="stub", model="openai/gpt-4o-mini", api_base=url, api_key_env="CLARION_BENCH_KEY")
-        await engine.agents.upsert(agent)
+    with stub_server(delay_s) as (url, _pid):
+        await engine.agents.upsert(stub_agent(url))
         # The first runs start each worker's LLM processes, which import litellm for seconds: warm
         # up until a run is no faster than the one before.
         best = float("inf")
         for tries in range(12):
             start = time.perf_counter()
-            await engine.wait(await engine.submit(llm_workflow(), {"prompts": list(range(capacity * 4))}))
+            await engine.wait(await engine.submit(llm_map(), {"prompts": list(range(capacity * 4))}))
             took = time.perf_counter() - start
             if took > best * 0.9 and tries >= 3:
                 break
             best = min(best, took)
         start = time.perf_counter()
-        run = await engine.wait(await engine.submit(llm_workflow(), {"prompts": list(range(calls))}))
+        run = await engine.wait(await engine.submit(llm_map(), {"prompts": list(range(calls))}))
         wall = time.perf_counter() - start
         assert run.status == "succeeded", run.error
-    finally:
-        stub.terminate()
-        stub.wait()
     return calls / wall
 
 

@@ -8,8 +8,9 @@ queues share the test's loop, and the broker calls each queue makes are counted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ __all__ = ["broker", "queue_secret"]  # fixtures, used by name
 
 pytestmark = pytest.mark.timeout(60)
 SLOTS = 8
+Slots = list[asyncio.Task[None]]
 
 
 class Calls:
@@ -43,10 +45,21 @@ class Calls:
         return recorded
 
 
-async def started(url: str, max_pending: int | None = None) -> BrokerQueue:
-    queue = make_queue(url, max_pending)
-    await queue.start()
-    return queue
+@asynccontextmanager
+async def queues(url: str, engine_url: str | None = None) -> AsyncIterator[tuple[BrokerQueue, BrokerQueue, Slots]]:
+    """An engine's queue and a worker's on ``url``, and the worker's slots (started by the test)."""
+    engine, worker = make_queue(engine_url or url, 100), make_queue(url)
+    await engine.start()
+    await worker.start()
+    slots: Slots = []
+    try:
+        yield engine, worker, slots
+    finally:
+        for task in slots:
+            task.cancel()
+        await asyncio.gather(*slots, return_exceptions=True)
+        await worker.close()
+        await engine.close()
 
 
 def jobs(count: int, run_id: str = "run") -> list[Job]:
@@ -68,26 +81,15 @@ async def results(engine: BrokerQueue, count: int) -> AsyncIterator[list[Any]]:
             return
 
 
-async def test_waiting_jobs_are_taken_checked_and_answered_a_batch_per_round_trip(
-    broker: BrokerProcess, tmp_path: Path
-) -> None:
-    engine = await started(broker.url, 100)
-    worker = await started(broker.url)
-    offers = Calls(engine, "_offer")
-    calls = Calls(worker, "_jobs_state", "_send")
-    slots: list[asyncio.Task[None]] = []
-    try:
+async def test_waiting_jobs_are_taken_checked_and_answered_a_batch_per_round_trip(broker: BrokerProcess) -> None:
+    async with queues(broker.url) as (engine, worker, slots):
+        offers = Calls(engine, "_offer")
+        calls = Calls(worker, "_jobs_state", "_send")
         await asyncio.gather(*(engine.put(job) for job in jobs(SLOTS)))
-        slots = [asyncio.create_task(slot(worker)) for _ in range(SLOTS)]
+        slots += [asyncio.create_task(slot(worker)) for _ in range(SLOTS)]
         async for got in results(engine, SLOTS):
             assert sorted(result.output for result in got) == list(range(SLOTS))
         await until(lambda: sum(len(acks) for _results, acks in calls.made["_send"]) == SLOTS, timeout=10)
-    finally:
-        for task in slots:
-            task.cancel()
-        await asyncio.gather(*slots, return_exceptions=True)
-        await worker.close()
-        await engine.close()
 
     assert [len(datas) for (datas,) in offers.made["_offer"]] == [SLOTS], "the jobs put together went in one offer"
     assert [len(checked) for (checked,) in calls.made["_jobs_state"]] == [SLOTS], "one read and one check for all"
@@ -96,57 +98,37 @@ async def test_waiting_jobs_are_taken_checked_and_answered_a_batch_per_round_tri
 
 
 async def test_the_engine_acks_a_batch_of_results_in_the_round_trip_that_asks_for_the_next(
-    broker: BrokerProcess, tmp_path: Path
+    broker: BrokerProcess,
 ) -> None:
-    engine = await started(broker.url, 100)
-    worker = await started(broker.url)
-    taken = Calls(engine, "_take_results")
-    task = asyncio.create_task(slot(worker))
-    reading = engine.results()
-    try:
+    async with queues(broker.url) as (engine, worker, slots):
+        taken = Calls(engine, "_take_results")
+        slots.append(asyncio.create_task(slot(worker)))
+        reading = engine.results()
         for job in jobs(3):
             await engine.put(job)
             await anext(reading)
-        await asyncio.wait_for(anext(reading), 3)
-    except TimeoutError:
-        pass
-    finally:
+        with contextlib.suppress(TimeoutError):  # nothing more comes: the third batch is acked meanwhile
+            await asyncio.wait_for(anext(reading), 3)
         await reading.aclose()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await worker.close()
-        await engine.close()
 
     acked = [len(handles) for (handles,) in taken.made["_take_results"]]
     assert acked[0] == 0 and sum(acked) >= 3, acked
     assert len(taken.made["_take_results"]) >= 4
 
 
-async def test_a_full_queue_takes_the_jobs_it_has_room_for_and_the_rest_follow_in_order(
-    broker: BrokerProcess, tmp_path: Path
-) -> None:
-    engine = await started(f"{broker.url}?max_pending=3")
-    worker = await started(broker.url)
-    offers = Calls(engine, "_offer")
-    puts = asyncio.gather(*(engine.put(job) for job in jobs(5)))
-    await until(lambda: len(offers.made["_offer"]) >= 3, timeout=10)
-    assert not puts.done(), "two jobs wait for room"
-    task = asyncio.create_task(slot(worker))
-    try:
+async def test_a_full_queue_takes_the_jobs_it_has_room_for_and_the_rest_follow_in_order(broker: BrokerProcess) -> None:
+    async with queues(broker.url, f"{broker.url}?max_pending=3") as (engine, worker, slots):
+        offers = Calls(engine, "_offer")
+        puts = asyncio.gather(*(engine.put(job) for job in jobs(5)))
+        await until(lambda: len(offers.made["_offer"]) >= 3, timeout=10)
+        assert not puts.done(), "two jobs wait for room"
+        slots.append(asyncio.create_task(slot(worker)))
         await asyncio.wait_for(puts, 20)
-        seen = []
-        async for result in engine.results():
-            seen.append(result.key)
-            if len(seen) == 5:
-                break
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await worker.close()
-        await engine.close()
+        async for got in results(engine, 5):
+            seen = sorted(result.key for result in got)
 
     assert len(offers.made["_offer"][0][0]) == 3, "as many as there is room for, in one offer"
-    assert sorted(seen) == [f"k{i}" for i in range(5)]
+    assert seen == [f"k{i}" for i in range(5)]
 
 
 async def test_a_batcher_sends_what_piled_up_during_a_send_in_one_send_in_order() -> None:
