@@ -4,11 +4,13 @@ and document stores, the group-commit writer, and the in-process event bus."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -617,6 +619,71 @@ async def test_a_journal_left_by_a_crash_is_folded_into_the_tables_at_recovery(t
         assert db._con.execute("SELECT list(seq ORDER BY seq) FROM events").fetchone()[0] == [1, 2]
         (active,) = await store.active_runs()
         assert active.run.run_id == "r1" and active.last_seq == 2
+
+
+async def test_journaled_values_read_back_as_they_were_written_with_or_without_a_crash(tmp_path: Path) -> None:
+    """JSON columns are journaled as JSON values: a string output stays a string, ``None`` stays
+    NULL (not JSON ``null``), and a timestamp in another zone is stored in UTC, whether the
+    projection or the recovery folds the row."""
+    tz = timezone(timedelta(hours=2))
+    for crashed in (False, True):
+        path = tmp_path / f"values-{crashed}.duckdb"
+        async with open_db(path) as db:
+            store = DuckDBRunStore(db, projection_interval_s=3600)
+            run = run_record("r1", status="succeeded", outputs={"text": 'a "quoted" line\n'}, error=None)
+            step = step_record("r1", status="succeeded", output="just text", finished_at=T0.astimezone(tz))
+            await store.write(batch(run, step))
+            if not crashed:
+                await store.project()
+        async with open_db(path) as db:
+            store = DuckDBRunStore(db)
+            stored = await store.get_run("r1")
+        assert stored is not None
+        stored_run, (stored_step,) = stored
+        assert stored_run.outputs == {"text": 'a "quoted" line\n'} and stored_run.error is None
+        assert stored_step.output == "just text" and stored_step.usage is None
+        assert stored_step.finished_at == T0
+
+
+async def test_a_journal_in_the_earlier_form_is_folded_by_the_upgrade(tmp_path: Path) -> None:
+    """A process before migration 8 journaled JSON columns as strings of JSON text inside each
+    row; a crash left such rows, and the upgrade folds them as that process would have."""
+    path = tmp_path / "old-journal.duckdb"
+    con = connect(path)
+    migrate(con, target=7)
+    old_row = partial(json.dumps, separators=(",", ":"))
+    workflow = {"id": "wf", "steps": [{"id": "a", "task": "echo"}]}
+    run = [
+        "r1", "wf", "Old flow", "d1", old_row({"n": 3}), "running", None, "2026-03-01T12:00:00",
+        "2026-03-01T12:00:01", None, None, None, None, None, None, None, None,
+    ]  # fmt: skip
+    step = ["r1", "a", "a", None, 1, "succeeded", "2026-03-01T12:00:01", "2026-03-01T12:00:02", old_row("ok"),
+            None, None, None, None]  # fmt: skip
+    started = {
+        "seq": 1,
+        "type": "run_started",
+        "run_id": "r1",
+        "step_id": None,
+        "ts": "2026-03-01T12:00:01Z",
+        "data": {},
+    }
+    rows = [
+        (1, "snapshot", None, old_row(["d1", old_row(workflow)])),
+        (2, "run", "r1", old_row(run)),
+        (3, "step", "r1", old_row(step)),
+        (4, "event", "r1", old_row(started)),
+    ]
+    con.executemany("INSERT INTO run_journal VALUES (?, ?, ?, ?)", rows)
+    con.close()
+    async with open_db(path) as db:
+        store = DuckDBRunStore(db)
+        stored = await store.get_run("r1")
+        events = await store.events("r1")
+    assert stored is not None
+    stored_run, (stored_step,) = stored
+    assert stored_run.inputs == {"n": 3} and stored_run.workflow == workflow and stored_run.status == "running"
+    assert stored_step.output == "ok" and stored_step.status == "succeeded"
+    assert [e.type for e in events] == ["run_started"]
 
 
 async def test_runs_of_one_workflow_share_one_snapshot(tmp_path: Path) -> None:

@@ -3,25 +3,24 @@ into the tables (``runs``, ``step_runs``, ``events``, ``workflow_snapshots``).
 
 A group commit is a single INSERT into ``run_journal`` (one call into DuckDB, where inserting
 into four tables and updating known rows took seven). The rows it journaled are also kept in
-memory, one per key (:class:`PendingRows`), and a projection writes those into the tables
-without parsing any JSON; after a crash, when nothing of it is in memory, :func:`recover`
-folds the whole journal by parsing it.
+memory by key (:class:`PendingRows`), and a projection binds those instead of reading the
+journal back; after a crash, when nothing of it is in memory, :func:`recover` folds the whole
+journal. Both read the columns out of the rows with the same expressions
+(:meth:`~.tables.Table.selected`), in DuckDB, off the event loop.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import duckdb
 
 from .records import Batch
-from .tables import EVENTS, RUNS, SNAPSHOTS, STEPS, dumps
+from .tables import EVENTS, RUNS, SNAPSHOTS, STEPS, encode_journal_row
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +30,9 @@ JOURNALED_EVENT = (
     " replace(row->>'ts', 'Z', '')::TIMESTAMP AS ts, (row->'data')::VARCHAR AS data"
 )
 """The columns of a journaled event: journaled events are the API's JSON objects, so they are read by key."""
+_EVENT_PROJECTION = f"INSERT INTO events ({EVENTS.column_list}) SELECT row->>'run_id', {JOURNALED_EVENT} FROM (SELECT unnest($1) AS row)"
 _RECOVER = (
-    f"INSERT INTO workflow_snapshots SELECT row->>{SNAPSHOTS.position('digest')}, "
-    f"any_value(row->>{SNAPSHOTS.position('doc')}) FROM run_journal WHERE kind = 'snapshot'"
-    f" GROUP BY row->>{SNAPSHOTS.position('digest')} ON CONFLICT DO NOTHING",
+    SNAPSHOTS.recovery("snapshot"),
     # seq is unique per run by construction; should a bug ever repeat one, the first stored
     # event is kept rather than the projection failing on it forever.
     f"INSERT INTO events ({EVENTS.column_list}) SELECT run_id, {JOURNALED_EVENT}"
@@ -44,29 +42,29 @@ _RECOVER = (
     STEPS.recovery("step"),
     "DELETE FROM run_journal",
 )
-"""Fold the whole journal, parsing its JSON: after a crash, when nothing of it is in memory."""
-_PROJECT = (SNAPSHOTS.upsert, EVENTS.insert, RUNS.upsert, STEPS.upsert)
-"""Fold what this process committed, from the rows it kept (a projection parsing JSON costs
-several times more, and runs beside the commits)."""
-_PROJECT_KEEPING_FIRST_EVENTS = (SNAPSHOTS.upsert, EVENTS.insert_new, RUNS.upsert, STEPS.upsert)
+"""Fold the whole journal: after a crash, when nothing of it is in memory."""
+_PROJECT = (SNAPSHOTS.projection, _EVENT_PROJECTION, RUNS.projection, STEPS.projection)
+"""Fold what this process committed, from the journal rows it kept (bound, rather than read
+back from ``run_journal``: no scan of the journal beside the commits)."""
+_PROJECT_KEEPING_FIRST_EVENTS = (SNAPSHOTS.projection, f"{_EVENT_PROJECTION} ON CONFLICT DO NOTHING", *_PROJECT[2:])
 """The same, for when an event seq is already stored: checking every event for that costs
 the plain INSERT 40% more, and seq is unique per run by construction."""
 _CLEAR_JOURNAL = "DELETE FROM run_journal WHERE id <= $1"
 
-
-def _journal_row(row: tuple[Any, ...]) -> str:
-    return json.dumps(row, separators=(",", ":"), default=datetime.isoformat)
+FirstAndLast = list[str]
+"""A key's journal rows not projected yet: its first and its newest (the same row when it has one)."""
 
 
 @dataclass(slots=True)
 class PendingRows:
-    """Table rows of committed batches not projected yet: one per key, with the changing
-    columns of its newest state and the rest (identity, inputs) of its first."""
+    """Journal rows of committed batches not projected yet, by key: for runs and step attempts
+    the first and the newest (the projection takes the changing columns from the newest, the
+    rest, identity and inputs, from the first), for events and snapshots their one row."""
 
-    snapshots: dict[str, tuple[Any, ...]] = field(default_factory=dict)
-    events: dict[tuple[str, int], tuple[Any, ...]] = field(default_factory=dict)
-    runs: dict[str, tuple[Any, ...]] = field(default_factory=dict)
-    steps: dict[tuple[str, str, int], tuple[Any, ...]] = field(default_factory=dict)
+    snapshots: dict[str, str] = field(default_factory=dict)
+    events: dict[tuple[str, int], str] = field(default_factory=dict)
+    runs: dict[str, FirstAndLast] = field(default_factory=dict)
+    steps: dict[tuple[str, str, int], FirstAndLast] = field(default_factory=dict)
     last_id: int = 0
     """The newest journal row these come from: a projection of them deletes the journal up to it."""
 
@@ -75,17 +73,29 @@ class PendingRows:
             self.snapshots.setdefault(digest_, row)
         for key, row in newer.events.items():
             self.events.setdefault(key, row)  # seq is unique per run; should a bug repeat one, the first wins
-        for run_id, row in newer.runs.items():
-            first = self.runs.get(run_id)
-            self.runs[run_id] = row if first is None else RUNS.merge(first, row)
-        for key, row in newer.steps.items():
-            first = self.steps.get(key)
-            self.steps[key] = row if first is None else STEPS.merge(first, row)
+        _absorb_states(self.runs, newer.runs)
+        _absorb_states(self.steps, newer.steps)
         self.last_id = max(self.last_id, newer.last_id)
 
-    def tables(self) -> list[list[tuple[Any, ...]]]:
-        """Rows for each statement of :data:`_PROJECT`, in order."""
-        return [list(rows.values()) for rows in (self.snapshots, self.events, self.runs, self.steps)]
+    def bindings(self) -> list[list[list[str]]]:
+        """The lists each statement of :data:`_PROJECT` binds, in order (empty: nothing to write)."""
+        firsts_and_lasts = [
+            [list(column) for column in zip(*rows.values(), strict=True)] for rows in (self.runs, self.steps)
+        ]
+        return [
+            [list(self.snapshots.values())] * 2 if self.snapshots else [],
+            [list(self.events.values())] if self.events else [],
+            *firsts_and_lasts,
+        ]
+
+
+def _absorb_states(pending: dict[Any, FirstAndLast], newer: dict[Any, FirstAndLast]) -> None:
+    for key, (_, last) in newer.items():
+        known = pending.get(key)
+        if known is None:
+            pending[key] = newer[key]
+        else:
+            known[1] = last
 
 
 @dataclass(slots=True)
@@ -130,21 +140,24 @@ class KnownSnapshots:
 def prepare(batch: Batch, stored_snapshots: Container[str], ids: Iterator[int]) -> PreparedBatch:
     """Journal rows for a batch, numbered from ``ids``, with a snapshot row for each workflow
     digest not in ``stored_snapshots``. Built on the caller's thread from records the engine
-    goes on mutating (the writer thread only sees strings and tuples)."""
+    goes on mutating (the writer thread only sees strings)."""
     journal: list[tuple[int, str, str | None, str]] = []
     rows = PendingRows()
     for run in batch.runs.values():
         if run.workflow_digest not in stored_snapshots and run.workflow_digest not in rows.snapshots:
-            snapshot = rows.snapshots[run.workflow_digest] = (run.workflow_digest, dumps(run.workflow))
-            journal.append((next(ids), "snapshot", None, _journal_row(snapshot)))
-        row = rows.runs[run.run_id] = RUNS.row(run)
-        journal.append((next(ids), "run", run.run_id, _journal_row(row)))
+            snapshot = rows.snapshots[run.workflow_digest] = encode_journal_row((run.workflow_digest, run.workflow))
+            journal.append((next(ids), "snapshot", None, snapshot))
+        row = RUNS.journal_row(run)
+        rows.runs[run.run_id] = [row, row]
+        journal.append((next(ids), "run", run.run_id, row))
     for step in batch.steps.values():
-        row = rows.steps[(step.run_id, step.key, step.attempt)] = STEPS.row(step)
-        journal.append((next(ids), "step", step.run_id, _journal_row(row)))
+        row = STEPS.journal_row(step)
+        rows.steps[(step.run_id, step.key, step.attempt)] = [row, row]
+        journal.append((next(ids), "step", step.run_id, row))
     for event in batch.events:
-        rows.events.setdefault((event.run_id, event.seq), EVENTS.row(event))
-        journal.append((next(ids), "event", event.run_id, event.to_json()))
+        row = event.to_json()
+        rows.events.setdefault((event.run_id, event.seq), row)
+        journal.append((next(ids), "event", event.run_id, row))
     rows.last_id = journal[-1][0] if journal else 0
     return PreparedBatch(columns=[list(column) for column in zip(*journal, strict=True)], rows=rows)
 
@@ -162,9 +175,9 @@ def project(cursor: duckdb.DuckDBPyConnection, pending: PendingRows) -> None:
 
 
 def _apply(cursor: duckdb.DuckDBPyConnection, pending: PendingRows, statements: tuple[str, ...]) -> None:
-    for sql, rows in zip(statements, pending.tables(), strict=True):
-        if rows:
-            cursor.execute(sql, [list(column) for column in zip(*rows, strict=True)])
+    for sql, bound in zip(statements, pending.bindings(), strict=True):
+        if bound:
+            cursor.execute(sql, bound)
     cursor.execute(_CLEAR_JOURNAL, [pending.last_id])
 
 

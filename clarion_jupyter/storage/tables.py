@@ -5,6 +5,11 @@ definitions, so no column order is written down twice. Batches are written colum
 (``INSERT ... SELECT unnest($1), unnest($2), ...``): DuckDB binds one list per column in a
 few microseconds a row, where a multi-row ``VALUES`` costs tens of microseconds a row in the
 parser. (The tables themselves are created by ``migrations/NNNN_name.sql``.)
+
+A journal row is a record's columns as one JSON array, its ``JSON`` columns as JSON values:
+one encoding per record on the event loop, where a string of JSON text per column inside a
+row encoded again cost three to seven. DuckDB reads the columns back out of that text (in C,
+on a storage thread) for the projection and the recovery alike, with :meth:`Table.selected`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
+from operator import attrgetter
 from typing import Any
 
 
@@ -37,9 +43,16 @@ def aware(ts: datetime | None) -> datetime | None:
     return None if ts is None else ts.replace(tzinfo=UTC)
 
 
-def _same(value: Any) -> Any:
-    return value
+def _journal_value(value: Any) -> Any:
+    """What JSON cannot encode by itself: a timestamp as a ``TIMESTAMP`` cast reads it (DuckDB
+    drops an offset rather than applying it, so it is written in UTC without one)."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat()
+    return str(value)
 
+
+encode_journal_row: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), default=_journal_value).encode
+"""One encoder for every journal row (``json.dumps`` with options builds an encoder per call)."""
 
 _TO_SQL: dict[str, Callable[[Any], Any]] = {"JSON": dumps, "TIMESTAMP": naive}
 _FROM_SQL: dict[str, Callable[[Any], Any]] = {"JSON": loads, "TIMESTAMP": aware}
@@ -65,24 +78,47 @@ class Table:
     def column_list(self) -> str:
         return ", ".join(self.names)
 
-    @cached_property
-    def changing_positions(self) -> frozenset[int]:
-        return frozenset(self.names.index(c) for c in self.changing)
-
     def position(self, column: str) -> int:
         """Where ``column`` sits in a journaled row (a JSON array in this column order)."""
         return self.names.index(column)
 
-    def row(self, record: object) -> tuple[Any, ...]:
-        return tuple(_TO_SQL.get(t, _same)(getattr(record, n)) for n, t in self.columns)
+    @cached_property
+    def _get(self) -> Callable[[object], tuple[Any, ...]]:
+        return attrgetter(*self.names)
 
-    def values(self, row: tuple[Any, ...]) -> dict[str, Any]:
-        return {n: _FROM_SQL.get(t, _same)(v) for (n, t), v in zip(self.columns, row, strict=True)}
+    @cached_property
+    def _converted(self) -> tuple[tuple[int, Callable[[Any], Any], Callable[[Any], Any]], ...]:
+        """The columns whose values differ between a record and a row: position, to SQL, from SQL."""
+        return tuple((i, _TO_SQL[t], _FROM_SQL[t]) for i, (_, t) in enumerate(self.columns) if t in _TO_SQL)
 
-    def merge(self, first: tuple[Any, ...], latest: tuple[Any, ...]) -> tuple[Any, ...]:
-        """A key's row: the changing columns from its latest state, the rest from its first."""
-        changing = self.changing_positions
-        return tuple(new if i in changing else old for i, (old, new) in enumerate(zip(first, latest, strict=True)))
+    def row(self, record: object) -> list[Any]:
+        """A record as the values bound for its columns (imports bind these directly)."""
+        row = list(self._get(record))
+        for i, to_sql, _ in self._converted:
+            row[i] = to_sql(row[i])
+        return row
+
+    def values(self, row: tuple[Any, ...] | list[Any]) -> dict[str, Any]:
+        """A stored row as a record's keyword arguments."""
+        values = list(row)
+        for i, _, from_sql in self._converted:
+            values[i] = from_sql(values[i])
+        return dict(zip(self.names, values, strict=True))
+
+    def journal_row(self, record: object) -> str:
+        """A record's journal row (see the module docstring)."""
+        return encode_journal_row(self._get(record))
+
+    def selected(self, first: str, last: str) -> str:
+        """The select list reading this table's columns out of journal rows: the changing
+        columns from the row named ``last`` (the key's newest state), the others from ``first``.
+        JSON ``null`` is no column's value (a ``None`` is NULL), so it reads as NULL."""
+        return ", ".join(
+            f"nullif(({last if n in self.changing else first}->{i})::VARCHAR, 'null')"
+            if t == "JSON"
+            else f"({last if n in self.changing else first}->>{i})::{t}"
+            for i, (n, t) in enumerate(self.columns)
+        )
 
     def _on_conflict(self) -> str:
         if not self.changing:
@@ -106,17 +142,22 @@ class Table:
         """Insert rows bound column by column; rows whose key the table has stay as they are."""
         return f"{self.insert} ON CONFLICT DO NOTHING"
 
-    def recovery(self, kind: str) -> str:
-        """Fold each key's journaled rows (``kind``) into the table, parsing their JSON: the changing
-        columns from its newest row (journal ids only grow), the others from its first."""
-        values = ", ".join(
-            f"({'last' if n in self.changing else 'first'}->>{i})::{'VARCHAR' if t == 'JSON' else t}"
-            for i, (n, t) in enumerate(self.columns)
+    @cached_property
+    def projection(self) -> str:
+        """Write keys from journal rows bound as two lists, each key's first and newest row."""
+        return (
+            f"INSERT INTO {self.name} ({self.column_list}) SELECT {self.selected('first', 'last')}"
+            f" FROM (SELECT unnest($1) AS first, unnest($2) AS last) {self._on_conflict()}"
         )
+
+    def recovery(self, kind: str) -> str:
+        """Fold each key's journaled rows (``kind``) into the table: the changing columns from its
+        newest row (journal ids only grow), the others from its first."""
         group = ", ".join(f"row->>{self.position(k)}" for k in self.key)
         return (
-            f"INSERT INTO {self.name} ({self.column_list}) SELECT {values} FROM (SELECT arg_min(row, id) AS first,"
-            f" arg_max(row, id) AS last FROM run_journal WHERE kind = '{kind}' GROUP BY {group}) {self._on_conflict()}"
+            f"INSERT INTO {self.name} ({self.column_list}) SELECT {self.selected('first', 'last')} FROM (SELECT"
+            f" arg_min(row, id) AS first, arg_max(row, id) AS last FROM run_journal WHERE kind = '{kind}'"
+            f" GROUP BY {group}) {self._on_conflict()}"
         )
 
 
@@ -150,4 +191,4 @@ EVENTS = Table(
      ("data", "JSON")),
     key=("run_id", "seq"),
 )  # fmt: skip
-SNAPSHOTS = Table("workflow_snapshots", (("digest", "VARCHAR"), ("doc", "VARCHAR")), key=("digest",))
+SNAPSHOTS = Table("workflow_snapshots", (("digest", "VARCHAR"), ("doc", "JSON")), key=("digest",))
