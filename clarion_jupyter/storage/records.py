@@ -7,14 +7,17 @@ them at the edge.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
+from operator import attrgetter
+from typing import Any, TypeVar
 
 from ..core.protocol import TERMINAL_EVENT_TYPES
+
+T = TypeVar("T")
 
 
 def digest(document: dict[str, Any]) -> str:
@@ -60,10 +63,15 @@ class Event:
         }
 
     def to_json(self) -> str:
-        """Encoded once, however many sockets send it (events are not changed once made)."""
+        """Encoded once, however many sockets send it and the journal too (events are not
+        changed once made)."""
         if self._json is None:
-            self._json = json.dumps(self.as_dict(), separators=(",", ":"), default=str)
+            self._json = _EVENT_ENCODER(self.as_dict())
         return self._json
+
+
+_EVENT_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str).encode
+"""Built once: ``json.dumps`` with options builds an encoder per call, twice per step."""
 
 
 @dataclass(slots=True)
@@ -116,6 +124,17 @@ class StepRecord:
     """A re-run's step copied from its parent without calling its task: ``{run_id, attempt}``."""
 
 
+def _copier(cls: type[T]) -> Callable[[T], T]:
+    """A shallow copy of a record, field by field in one C call: ``copy.copy`` of a slotted
+    dataclass goes through ``__reduce_ex__`` and costs several times more, per record per commit."""
+    values = attrgetter(*(f.name for f in fields(cls)))
+    return lambda record: cls(*values(record))
+
+
+_copy_run = _copier(RunRecord)
+_copy_step = _copier(StepRecord)
+
+
 def latest_attempts(records: list[StepRecord]) -> dict[str, StepRecord]:
     """The newest attempt of each step execution, by key, in first-seen order."""
     latest: dict[str, StepRecord] = {}
@@ -155,7 +174,11 @@ class Batch:
 
     def snapshot(self) -> tuple[list[RunRecord], list[StepRecord]]:
         """Copies of the records as this batch writes them (the engine goes on changing its own)."""
-        return [copy.copy(r) for r in self.runs.values()], [copy.copy(s) for s in self.steps.values()]
+        return [_copy_run(r) for r in self.runs.values()], [_copy_step(s) for s in self.steps.values()]
+
+    def run_ids(self) -> set[str]:
+        """Every run this batch has a record or an event of."""
+        return {*self.runs, *(step.run_id for step in self.steps.values()), *(e.run_id for e in self.events)}
 
     def split_by_run(self) -> dict[str, Batch]:
         """One batch per run, in this batch's order (to store every run a bad record does not touch)."""

@@ -160,7 +160,7 @@ class GroupCommitWriter:
                 continue
             batch, self._pending = _masked(self._pending, self._masker), Batch()
             target = self._added
-            self._in_flight = list(batch.split_by_run())
+            self._in_flight = list(batch.run_ids())
             if self._submissions:
                 stored = await self._submit(batch, target)
             else:
