@@ -150,6 +150,21 @@ async def test_sequential_chain_passes_outputs_through_templates(tmp_path: Path)
     ]  # fmt: skip
 
 
+async def test_a_lone_surrogate_in_an_output_is_stored_as_the_replacement_character(tmp_path: Path) -> None:
+    """``json.loads`` of a hostile reply makes a lone surrogate, which no UTF-8 text holds: the
+    run still succeeds, and its stored output and events carry U+FFFD in its place."""
+    doc = workflow(echo("a", "cut \ud800 here"), echo("b", "{{ steps.a.output.value }}!"))
+    async with engine_at(tmp_path) as engine:
+        run = await run_to_end(engine, doc)
+    assert run.status == "succeeded"
+    async with engine_at(tmp_path) as engine:
+        stored = await engine.get_run(run.run_id)
+        events = await engine.events(run.run_id)
+    assert step(stored, "a").output == {"value": "cut \ufffd here"}
+    completed = [e.data["output"] for e in events if e.type == "step_completed"]
+    assert completed == [{"value": "cut \ufffd here"}, {"value": "cut \ufffd here!"}]
+
+
 async def test_parallel_group_members_run_concurrently(tmp_path: Path) -> None:
     doc = workflow({"parallel": [shell("left", "sleep 0.5"), shell("right", "sleep 0.5")]}, echo("after", 1))
     async with engine_at(tmp_path) as engine:

@@ -622,16 +622,17 @@ async def test_a_journal_left_by_a_crash_is_folded_into_the_tables_at_recovery(t
 
 
 async def test_journaled_values_read_back_as_they_were_written_with_or_without_a_crash(tmp_path: Path) -> None:
-    """JSON columns are journaled as JSON values: a string output stays a string, ``None`` stays
-    NULL (not JSON ``null``), and a timestamp in another zone is stored in UTC, whether the
-    projection or the recovery folds the row."""
+    """JSON columns are journaled as JSON values: a string output stays a string (a lone
+    surrogate in it, which no UTF-8 text can hold, becomes U+FFFD), ``None`` stays NULL (not
+    JSON ``null``), and a timestamp in another zone is stored in UTC, whether the projection or
+    the recovery folds the row."""
     tz = timezone(timedelta(hours=2))
     for crashed in (False, True):
         path = tmp_path / f"values-{crashed}.duckdb"
         async with open_db(path) as db:
             store = DuckDBRunStore(db, projection_interval_s=3600)
             run = run_record("r1", status="succeeded", outputs={"text": 'a "quoted" line\n'}, error=None)
-            step = step_record("r1", status="succeeded", output="just text", finished_at=T0.astimezone(tz))
+            step = step_record("r1", status="succeeded", output="text \ud800 cut", finished_at=T0.astimezone(tz))
             await store.write(batch(run, step))
             if not crashed:
                 await store.project()
@@ -641,7 +642,7 @@ async def test_journaled_values_read_back_as_they_were_written_with_or_without_a
         assert stored is not None
         stored_run, (stored_step,) = stored
         assert stored_run.outputs == {"text": 'a "quoted" line\n'} and stored_run.error is None
-        assert stored_step.output == "just text" and stored_step.usage is None
+        assert stored_step.output == "text \ufffd cut" and stored_step.usage is None
         assert stored_step.finished_at == T0
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import duckdb
 
-from .records import Batch
-from .tables import EVENTS, RUNS, SNAPSHOTS, STEPS, encode_journal_row
+from .records import Batch, json_text
+from .tables import EVENTS, RUNS, SNAPSHOTS, STEPS
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def prepare(batch: Batch, stored_snapshots: Container[str], ids: Iterator[int]) 
     rows = PendingRows()
     for run in batch.runs.values():
         if run.workflow_digest not in stored_snapshots and run.workflow_digest not in rows.snapshots:
-            snapshot = rows.snapshots[run.workflow_digest] = encode_journal_row((run.workflow_digest, run.workflow))
+            snapshot = rows.snapshots[run.workflow_digest] = json_text((run.workflow_digest, run.workflow))
             journal.append((next(ids), "snapshot", None, snapshot))
         row = RUNS.journal_row(run)
         rows.runs[run.run_id] = [row, row]

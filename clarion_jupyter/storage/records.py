@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any, TypeVar
+
+from pydantic_core import PydanticSerializationError, to_json
 
 from ..core.protocol import TERMINAL_EVENT_TYPES
 
@@ -66,12 +69,33 @@ class Event:
         """Encoded once, however many sockets send it and the journal too (events are not
         changed once made)."""
         if self._json is None:
-            self._json = _EVENT_ENCODER(self.as_dict())
+            self._json = json_text(self.as_dict())
         return self._json
 
 
-_EVENT_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str).encode
-"""Built once: ``json.dumps`` with options builds an encoder per call, twice per step."""
+def json_text(value: Any) -> str:
+    """Compact JSON text of a value the engine made, encoded by pydantic-core (four to five
+    times faster than ``json`` here, where every step encodes its rows and events). Anything
+    that is not JSON becomes its ``str``. A lone surrogate (``json.loads`` makes one of a
+    model's ``"\\ud800"``) is no Unicode text: UTF-8 cannot hold it and DuckDB refuses it even
+    escaped, so it becomes U+FFFD, the replacement character."""
+    try:
+        return to_json(value, fallback=str).decode()
+    except PydanticSerializationError:
+        return to_json(_without_surrogates(value), fallback=str).decode()
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_surrogates(v) for v in value]
+    return value
 
 
 @dataclass(slots=True)

@@ -22,6 +22,8 @@ from functools import cached_property
 from operator import attrgetter
 from typing import Any
 
+from .records import json_text
+
 
 def dumps(value: Any) -> str | None:
     """A value as the text of a ``JSON`` column (compact; ``None`` stays NULL)."""
@@ -42,17 +44,6 @@ def aware(ts: datetime | None) -> datetime | None:
     """A ``TIMESTAMP`` column's value as the records carry it: in UTC, with the zone."""
     return None if ts is None else ts.replace(tzinfo=UTC)
 
-
-def _journal_value(value: Any) -> Any:
-    """What JSON cannot encode by itself: a timestamp as a ``TIMESTAMP`` cast reads it (DuckDB
-    drops an offset rather than applying it, so it is written in UTC without one)."""
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat()
-    return str(value)
-
-
-encode_journal_row: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), default=_journal_value).encode
-"""One encoder for every journal row (``json.dumps`` with options builds an encoder per call)."""
 
 _TO_SQL: dict[str, Callable[[Any], Any]] = {"JSON": dumps, "TIMESTAMP": naive}
 _FROM_SQL: dict[str, Callable[[Any], Any]] = {"JSON": loads, "TIMESTAMP": aware}
@@ -105,9 +96,20 @@ class Table:
             values[i] = from_sql(values[i])
         return dict(zip(self.names, values, strict=True))
 
+    @cached_property
+    def _timestamps(self) -> tuple[int, ...]:
+        return tuple(i for i, (_, t) in enumerate(self.columns) if t == "TIMESTAMP")
+
     def journal_row(self, record: object) -> str:
-        """A record's journal row (see the module docstring)."""
-        return encode_journal_row(self._get(record))
+        """A record's journal row (see the module docstring). Its timestamps are in UTC, as
+        the engine makes them; one that is not is converted (a ``TIMESTAMP`` cast drops an
+        offset rather than applying it)."""
+        values = self._get(record)
+        for i in self._timestamps:
+            ts = values[i]
+            if ts is not None and ts.tzinfo is not UTC:
+                values = (*values[:i], naive(ts), *values[i + 1 :])
+        return json_text(values)
 
     def selected(self, first: str, last: str) -> str:
         """The select list reading this table's columns out of journal rows: the changing
