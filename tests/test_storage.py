@@ -20,6 +20,7 @@ import pytest
 from clarion_jupyter.core.errors import Conflict, DatabaseLocked
 from clarion_jupyter.core.ids import new_run_id, run_id_floor
 from clarion_jupyter.storage import journal
+from clarion_jupyter.storage import writer as writer_module
 from clarion_jupyter.storage.database import Database, connect, migrate, migrations
 from clarion_jupyter.storage.documents import DuckDBDocumentStore
 from clarion_jupyter.storage.records import (
@@ -862,6 +863,49 @@ async def test_many_adds_between_commits_land_in_few_batches(tmp_path: Path) -> 
         assert 1 <= writer.batches <= adds // 20
         assert len((await store.list_runs(limit=100)).runs) == 20
         assert [e.seq for e in await store.events("r00")] == list(range(1, 11))
+
+
+async def test_while_transitions_keep_coming_commits_are_paced_and_a_runs_end_commits_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transition right after a commit waits for the pace (here far longer than the test),
+    so what follows joins its commit; a run's end ends the wait."""
+    monkeypatch.setattr(writer_module, "COMMIT_PACE_S", 600.0)
+    async with open_db(tmp_path / "db.duckdb") as db:
+        batches: list[list[int]] = []
+        writer = GroupCommitWriter(DuckDBRunStore(db), lambda events: batches.append([e.seq for e in events]))
+        writer.start()
+        try:
+            writer.add_event(event("r1", 1))
+            await writer.flush()
+            writer.add_event(event("r1", 2))
+            await asyncio.sleep(0.3)
+            writer.add_event(event("r1", 3))
+            await asyncio.sleep(0.3)
+            assert batches == [[1]]  # 2 and 3 wait for the pace
+            writer.add_event(event("r1", 4, "workflow_succeeded", step_id=None))
+            async with asyncio.timeout(30):
+                while len(batches) < 2:
+                    await asyncio.sleep(0.01)
+        finally:
+            await writer.close()
+        assert batches == [[1], [2, 3, 4]]
+
+
+async def test_a_flush_ends_the_pace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer_module, "COMMIT_PACE_S", 600.0)
+    async with open_db(tmp_path / "db.duckdb") as db:
+        store = DuckDBRunStore(db)
+        writer = GroupCommitWriter(store, lambda events: None)
+        writer.start()
+        try:
+            writer.add_event(event("r1", 1))
+            await writer.flush()
+            writer.add_event(event("r1", 2))
+            await asyncio.wait_for(writer.flush(), 30)
+            assert [e.seq for e in await store.events("r1")] == [1, 2]
+        finally:
+            await writer.close()
 
 
 async def test_flush_waits_until_everything_added_is_durable(tmp_path: Path) -> None:

@@ -25,8 +25,10 @@ previews, errors, event data), besides what the workers already masked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +43,9 @@ log = logging.getLogger(__name__)
 PERMANENT_ATTEMPTS = 3
 MAX_RETRY_DELAY_S = 1.0
 """The longest wait between two tries of a failed commit: space coming back is noticed within it."""
+COMMIT_PACE_S = 0.02
+"""The shortest time between the starts of two commits while transitions keep coming (see
+``GroupCommitWriter._paced``): live events of a busy engine are at most that much later."""
 STOP_WHILE_DOWN_S = 2.0
 """How long a stop waits for a database that cannot write (a full disk) before it gives up on
 what is pending: those transitions were never announced, and their runs resume at the next
@@ -86,6 +91,9 @@ class GroupCommitWriter:
         self._masker = masker or SecretMasker()
         self._pending = Batch()
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()
+        """Something waits for the pending batch (a run's end, a flush, the close): no pacing."""
+        self._last_commit = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._in_flight: list[str] = []
@@ -108,6 +116,7 @@ class GroupCommitWriter:
         """Commit everything still pending, then stop; give up after ``timeout`` seconds of a
         database that will not take it (a full disk), rather than hang the host's shutdown."""
         self._closing = True
+        self._hurry.set()
         self._wake.set()
         if self._task is None:
             return
@@ -135,6 +144,8 @@ class GroupCommitWriter:
 
     def add_event(self, event: Event) -> None:
         self._pending.events.append(event)
+        if event.terminal:
+            self._hurry.set()
         self._touch()
 
     def _touch(self) -> None:
@@ -146,18 +157,33 @@ class GroupCommitWriter:
         target = self._added
         if self._committed >= target:
             return
+        self._hurry.set()
         future = asyncio.get_running_loop().create_future()
         self._waiters.append((target, future))
         await future
 
+    async def _paced(self) -> None:
+        """Under a steady stream of transitions, commit at most every :data:`COMMIT_PACE_S`:
+        a commit costs DuckDB half a millisecond of CPU however small it is, and an engine
+        waiting on many slow steps (LLM calls) otherwise commits once per answer. A run's end,
+        a :meth:`flush` and a close commit at once, as does anything after a quiet spell."""
+        left = self._last_commit + COMMIT_PACE_S - time.monotonic()
+        if left > 0 and not self._submissions and not self._hurry.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._hurry.wait()
+
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            await self._paced()
             self._wake.clear()
+            self._hurry.clear()
             if not self._pending:
                 if self._closing:
                     return
                 continue
+            self._last_commit = time.monotonic()
             batch, self._pending = _masked(self._pending, self._masker), Batch()
             target = self._added
             self._in_flight = list(batch.run_ids())
