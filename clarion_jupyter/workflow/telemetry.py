@@ -68,8 +68,8 @@ _STEP_END = {
 class _Run:
     workflow_id: str
     span: Span
-    steps: dict[str, tuple[str, Span | None]] = field(default_factory=dict)
-    """Running step attempts, by step key: their task type and span (None: the run's is not recorded)."""
+    steps: dict[str, tuple[str, Span]] = field(default_factory=dict)
+    """Running step attempts, by step key: their task type and span."""
 
 
 class Telemetry:
@@ -116,8 +116,7 @@ class Telemetry:
         """End the spans of runs still in flight (they resume, in a new span, at the next start)."""
         for run in self._runs.values():
             for _, span in run.steps.values():
-                if span is not None:
-                    span.end()
+                span.end()
             run.span.end()
         self._runs.clear()
         RUNS_ACTIVE.set(0)
@@ -135,8 +134,10 @@ class Telemetry:
     def _step_started(self, run: _Run, event: Event) -> None:
         key = event.step_id or ""
         task = str(event.data.get("task", ""))
-        if not run.span.is_recording():  # no tracing set up (or not sampled): its steps' spans would not be either
-            run.steps[key] = (task, None)
+        if not run.span.is_recording():
+            # No tracing set up, or the run not sampled: its steps' spans would not be recorded
+            # either, and the run's own non-recording span serves them (its calls do nothing).
+            run.steps[key] = (task, run.span)
             return
         span = self._tracer.start_span(
             f"clarion.step {key}",
@@ -159,8 +160,6 @@ class Telemetry:
             if duration is not None:
                 _labelled(STEP_SECONDS, task).observe(duration / 1000)
             _count_usage(event.data.get("usage"))
-        if span is None:
-            return
         error = event.data.get("error")
         if error or event.type == EventType.step_retrying:
             message = (error or {}).get("message", "") if isinstance(error, dict) else str(error)
@@ -177,8 +176,7 @@ class Telemetry:
         if event.data.get("duration_ms") is not None:
             RUN_SECONDS.labels(run.workflow_id).observe(event.data["duration_ms"] / 1000)
         for _, span in run.steps.values():
-            if span is not None:
-                span.end(_ns(event.ts))
+            span.end(_ns(event.ts))
         if status == "failed":
             error = event.data.get("error")
             run.span.set_status(Status(StatusCode.ERROR, error.get("message", "") if isinstance(error, dict) else ""))
