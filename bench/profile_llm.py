@@ -125,7 +125,9 @@ async def litellm_run(args: argparse.Namespace, profile: cProfile.Profile) -> di
     return {"calls": args.calls, "wall_s": round(wall, 3), "litellm_cpu_ms_per_call": round(cpu * 1000 / args.calls, 3)}
 
 
-def feed(args: argparse.Namespace, url: str, requests: int, replies: int, start: Callable[[], None], stop: Callable[[], None]) -> None:
+def feed(
+    args: argparse.Namespace, url: str, requests: int, replies: int, start: Callable[[], None], stop: Callable[[], None]
+) -> None:
     """The engine's side of one child, in a thread: keeps ``--workers`` calls in flight, the
     first ``--workers`` of them a warm-up before ``start``, then ``--calls`` more before ``stop``."""
     request = {"model": stub_agent(url).model, "messages": [], "api_base": url}
@@ -136,7 +138,9 @@ def feed(args: argparse.Namespace, url: str, requests: int, replies: int, start:
         for i in range(first, first + count):
             room.acquire()
             messages = [{"role": "user", "content": f"item {i}"}]
-            ask.write(host._line({"id": i, "op": "complete", "request": {**request, "messages": messages}, "api_key": "k"}))
+            ask.write(
+                host._line({"id": i, "op": "complete", "request": {**request, "messages": messages}, "api_key": "k"})
+            )
             ask.flush()
 
     def receive(count: int) -> None:
