@@ -10,6 +10,9 @@ the wall is at least (sum of CPU) / C, so this prints each share per call:
     python bench/profile_llm.py --profile engine     # + cProfile of the engine process
     python bench/profile_llm.py --profile litellm    # cProfile of LiteLLMProvider in this process
                                                      # (what one child does), same calls
+    python bench/profile_llm.py --profile child      # cProfile of one child's whole loop (host._serve:
+                                                     # pipes, JSON lines, litellm), run in this process
+                                                     # and fed over pipes by a thread, as the engine does
 
 Options: ``--calls N`` (1000), ``--delay-s`` (0.1), ``--workers`` (64), ``--sort``, ``--top``.
 """
@@ -27,13 +30,15 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from clarion_jupyter import Engine
-from clarion_jupyter.llm.provider import LiteLLMProvider, LLMRequest
+from clarion_jupyter.llm import host
+from clarion_jupyter.llm.provider import LiteLLMProvider, LLMRequest, load_litellm
 from clarion_jupyter.task.builtin.llm_call import DEFAULT_PROVIDER
 from clarion_jupyter.testing.workloads import cpu_s, llm_map, stub_agent, stub_server
 
@@ -120,12 +125,89 @@ async def litellm_run(args: argparse.Namespace, profile: cProfile.Profile) -> di
     return {"calls": args.calls, "wall_s": round(wall, 3), "litellm_cpu_ms_per_call": round(cpu * 1000 / args.calls, 3)}
 
 
+def feed(
+    args: argparse.Namespace, url: str, requests: int, replies: int, start: Callable[[], None], stop: Callable[[], None]
+) -> None:
+    """The engine's side of one child, in a thread: keeps ``--workers`` calls in flight, the
+    first ``--workers`` of them a warm-up before ``start``, then ``--calls`` more before ``stop``."""
+    request = {"model": stub_agent(url).model, "messages": [], "api_base": url}
+    ask, answers = os.fdopen(requests, "wb"), os.fdopen(replies, "rb")
+    room = threading.Semaphore(args.workers)
+
+    def send(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            room.acquire()
+            messages = [{"role": "user", "content": f"item {i}"}]
+            ask.write(
+                host._line({"id": i, "op": "complete", "request": {**request, "messages": messages}, "api_key": "k"})
+            )
+            ask.flush()
+
+    def receive(count: int) -> None:
+        while count:
+            message = json.loads(answers.readline())
+            assert "token" in message or "ready" in message or "result" in message, message
+            if "id" in message and "token" not in message:
+                room.release()
+                count -= 1
+
+    receive_warm_up = threading.Thread(target=receive, args=(args.workers,))
+    receive_warm_up.start()
+    send(0, args.workers)
+    receive_warm_up.join()
+    start()
+    receiving = threading.Thread(target=receive, args=(args.calls,))
+    receiving.start()
+    send(args.workers, args.calls)
+    receiving.join()
+    stop()
+    ask.close()
+
+
+async def child_run(args: argparse.Namespace, profile: cProfile.Profile) -> dict:
+    """What one child does, in this process: :func:`host._serve` reads JSON lines from a pipe a
+    thread (:func:`feed`) writes, and answers on another that thread reads."""
+    await load_litellm()  # imported by the child before it says it is ready: not a call's cost
+    loop = asyncio.get_running_loop()
+    main_thread = threading.get_native_id()
+    marks: dict[str, float] = {}
+
+    def mark(name: str, switch: Callable[[], None]) -> Callable[[], None]:
+        def at_loop() -> None:
+            marks[name] = time.perf_counter()
+            marks[f"{name}_cpu"] = thread_cpu_s(main_thread)
+            switch()
+
+        return lambda: loop.call_soon_threadsafe(at_loop)
+
+    with stub_server(args.delay_s) as (url, _pid):
+        requests_out, requests_in = os.pipe()
+        replies_out, replies_in = os.pipe()
+        reader = asyncio.StreamReader(limit=2**31)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(requests_out, "rb"))
+        feeder = threading.Thread(
+            target=feed,
+            args=(args, url, requests_in, replies_out, mark("start", profile.enable), mark("stop", profile.disable)),
+        )
+        feeder.start()
+        with os.fdopen(replies_in, "wb") as replies:
+            await host._serve(reader, replies)
+        feeder.join()
+    cpu = marks["stop_cpu"] - marks["start_cpu"]
+    return {
+        "calls": args.calls,
+        "wall_s": round(marks["stop"] - marks["start"], 3),
+        "child_loop_cpu_ms_per_call": round(cpu * 1000 / args.calls, 3),
+        "note": "profiled: cProfile's own cost is in these figures; bench/profile_llm.py without --profile gives the real CPU",
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--delay-s", type=float, default=0.1)
     parser.add_argument("--workers", type=int, default=64)
-    parser.add_argument("--profile", choices=("engine", "litellm"))
+    parser.add_argument("--profile", choices=("engine", "litellm", "child"))
     parser.add_argument("--sort", default="tottime", help="pstats sort key: tottime, cumulative, ...")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--callees", help="also print what the functions matching this call (a pstats pattern)")
@@ -141,6 +223,8 @@ def main() -> int:
     profile = cProfile.Profile(timer) if args.profile else None
     if args.profile == "litellm":
         figures = asyncio.run(litellm_run(args, profile))
+    elif args.profile == "child":
+        figures = asyncio.run(child_run(args, profile))
     else:
         figures = asyncio.run(engine_run(args, profile))
     DEFAULT_PROVIDER.close()

@@ -4,6 +4,8 @@ and a child that dies or a call that is cancelled costs only that call."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from clarion_jupyter.llm.host import ProcessProvider
+from clarion_jupyter.llm.host import ProcessProvider, _Replies
 from clarion_jupyter.llm.provider import LLMRequest, ProviderError
 from clarion_jupyter.testing import OpenAIStubServer
 
@@ -65,7 +67,7 @@ def test_the_calling_process_never_imports_litellm(tmp_path) -> None:
 async def test_streamed_deltas_arrive_in_order_before_the_result(provider, stub) -> None:
     deltas: list[str] = []
     result = await provider.complete(ask(stub, stream=True), on_token=deltas.append)
-    assert len(deltas) > 1
+    assert deltas, "the deltas reach the caller before the call returns"
     assert "".join(deltas) == result.text == "Hello from the stub, in several pieces."
     assert result.usage["completion_tokens"] > 0
 
@@ -176,3 +178,37 @@ async def test_file_tokens_and_the_models_window_come_from_the_child(provider) -
     assert counts[0] > 50 and counts[1] == 0 and counts[2] == 1
     assert await provider.max_input_tokens("openai/gpt-4o-mini") == 128_000
     assert await provider.max_input_tokens("openai/no-such-model") is None
+
+
+async def test_a_calls_deltas_of_one_loop_turn_leave_the_child_as_one_message_in_one_write() -> None:
+    pipe = io.BytesIO()
+    replies = _Replies(pipe)
+    for message in (
+        {"id": 1, "token": "Hel"},
+        {"id": 1, "token": "lo"},
+        {"id": 2, "token": "x"},
+        {"id": 1, "token": "!"},
+    ):
+        replies.send(message)
+    replies.send({"id": 1, "result": {"text": "Hello!"}})
+    assert pipe.getvalue() == b"", "nothing is written before the loop's turn ends"
+    await asyncio.sleep(0)
+    assert [json.loads(line) for line in pipe.getvalue().splitlines()] == [
+        {"id": 1, "token": "Hello"},
+        {"id": 2, "token": "x"},
+        {"id": 1, "token": "!"},
+        {"id": 1, "result": {"text": "Hello!"}},
+    ]
+
+
+async def test_deltas_of_later_loop_turns_are_not_held_back() -> None:
+    pipe = io.BytesIO()
+    replies = _Replies(pipe)
+    replies.send({"id": 1, "token": "Hel"})
+    await asyncio.sleep(0)
+    replies.send({"id": 1, "token": "lo"})
+    await asyncio.sleep(0)
+    assert [json.loads(line) for line in pipe.getvalue().splitlines()] == [
+        {"id": 1, "token": "Hel"},
+        {"id": 1, "token": "lo"},
+    ]

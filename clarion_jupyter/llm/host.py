@@ -12,6 +12,12 @@ The child (:func:`main`) speaks JSON lines on its stdin and stdout:
 - from the child: ``{"ready": true}`` once litellm is imported; ``{"id", "token"}`` per streamed
   delta, then ``{"id", "result"}`` or ``{"id", "error"}``.
 
+Both sides batch: the child writes what a turn of its loop produced in one write, with a call's
+consecutive deltas joined into one ``token`` message (a stream that arrived in one read is one
+message, not one per chunk); the engine's reader hands each loop everything one read brought
+in one wake-up, and its writer sends every queued request in one write. Per call that is a few
+system calls and thread hand-offs fewer on both sides of a machine whose cores are the limit.
+
 The key is read from the caller's environment at call time (a notebook may export it after
 the child started) and goes to the child over the pipe only. One child serves every event
 loop of the process: pipes are read and written by threads, and each answer is handed to
@@ -69,8 +75,8 @@ class _Child:
         pipe = self.process.stdin
         assert pipe is not None
         try:
-            while (line := self.outbox.get()) is not None:
-                pipe.write(line)
+            while (lines := _drain(self.outbox)) is not None:
+                pipe.write(lines)
                 pipe.flush()
         except (BrokenPipeError, ValueError):  # the child is gone: its reader fails the calls
             pass
@@ -78,20 +84,43 @@ class _Child:
             pipe.close()
 
     def _read(self) -> None:
+        """Reads what the child wrote so far, and wakes each loop once for all of it that is its."""
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            message = json.loads(line)
-            if "ready" in message:
-                self.ready = True
-                continue
-            call = self.calls.get(message["id"])
-            if call is not None:
-                _deliver(call, message)
+        pipe, pending = self.process.stdout.fileno(), b""
+        while chunk := os.read(pipe, _READ_SIZE):
+            *lines, pending = (pending + chunk).split(b"\n")
+            batches: dict[asyncio.AbstractEventLoop, list[tuple[_Call, dict[str, Any]]]] = {}
+            for line in lines:
+                message = json.loads(line)
+                if "ready" in message:
+                    self.ready = True
+                elif (call := self.calls.get(message["id"])) is not None:
+                    batches.setdefault(call.loop, []).append((call, message))
+            for loop, batch in batches.items():
+                _deliver(loop, batch)
         code = self.process.wait()
         self._on_exit(self)
         ended = ProviderError(f"the LLM host process ended (exit code {code})", retryable=True)
         for call in list(self.calls.values()):
-            _deliver(call, {"error": _error_dict(ended)})
+            _deliver(call.loop, [(call, {"error": _error_dict(ended)})])
+
+
+_READ_SIZE = 1 << 16
+"""Bytes asked of the child's pipe per read: every reply a busy child has written since the last."""
+
+
+def _drain(outbox: queue.SimpleQueue[bytes | None]) -> bytes | None:
+    """Every line queued now, waiting for the first; None once :meth:`ProcessProvider.close`
+    asked the writer to stop (the lines queued before that are written first)."""
+    if (first := outbox.get()) is None:
+        return None
+    lines = [first]
+    while not outbox.empty():
+        if (line := outbox.get_nowait()) is None:
+            outbox.put(None)
+            break
+        lines.append(line)
+    return b"".join(lines)
 
 
 BUSY_CALLS = 4
@@ -218,36 +247,59 @@ def _line(message: dict[str, Any]) -> bytes:
     return json.dumps(message, ensure_ascii=False).encode() + b"\n"
 
 
-def _deliver(call: _Call, message: dict[str, Any]) -> None:
-    """Hand a message to the loop that made the call (dropped when that loop has closed)."""
+def _deliver(loop: asyncio.AbstractEventLoop, batch: list[tuple[_Call, dict[str, Any]]]) -> None:
+    """Hand messages to the loop that made their calls, in one wake-up (dropped when that loop has closed)."""
     with contextlib.suppress(RuntimeError):
-        call.loop.call_soon_threadsafe(_settle, call, message)
+        loop.call_soon_threadsafe(_settle, batch)
 
 
-def _settle(call: _Call, message: dict[str, Any]) -> None:
-    if call.future.done():
-        return
-    if "token" in message:
-        if call.on_token is not None:
-            call.on_token(message["token"])
-    elif "error" in message:
-        call.future.set_exception(ProviderError(**message["error"]))
-    else:
-        call.future.set_result(message["result"])
+def _settle(batch: list[tuple[_Call, dict[str, Any]]]) -> None:
+    for call, message in batch:
+        if call.future.done():
+            continue
+        if "token" in message:
+            if call.on_token is not None:
+                call.on_token(message["token"])
+        elif "error" in message:
+            call.future.set_exception(ProviderError(**message["error"]))
+        else:
+            call.future.set_result(message["result"])
 
 
 def _error_dict(error: ProviderError) -> dict[str, Any]:
     return {"message": error.message, "retryable": error.retryable, "status_code": error.status_code}
 
 
-async def _serve(requests: asyncio.StreamReader, replies: IO[bytes]) -> None:
+class _Replies:
+    """The child's outgoing messages, written once per turn of its loop: what every call
+    produced in that turn goes in one write, and a call's consecutive deltas in one message."""
+
+    def __init__(self, pipe: IO[bytes]) -> None:
+        self._pipe = pipe
+        self._pending: list[dict[str, Any]] = []
+
+    def send(self, message: dict[str, Any]) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        last = self._pending[-1] if self._pending else None
+        if last is not None and "token" in message and "token" in last and last["id"] == message["id"]:
+            self._pending[-1] = {"id": last["id"], "token": last["token"] + message["token"]}
+        else:
+            self._pending.append(message)
+
+    def flush(self) -> None:
+        messages, self._pending = self._pending, []
+        if messages:
+            self._pipe.write(b"".join(_line(message) for message in messages))
+            self._pipe.flush()
+
+
+async def _serve(requests: asyncio.StreamReader, pipe: IO[bytes]) -> None:
     """The child's side: runs each call as a task, answering in the order results come."""
     provider = LiteLLMProvider()
     running: dict[int, asyncio.Task[None]] = {}
-
-    def send(message: dict[str, Any]) -> None:
-        replies.write(_line(message))
-        replies.flush()
+    replies = _Replies(pipe)
+    send = replies.send
 
     async def perform(call_id: int, message: dict[str, Any]) -> Any:
         op = message["op"]
@@ -285,6 +337,7 @@ async def _serve(requests: asyncio.StreamReader, replies: IO[bytes]) -> None:
     for task in running.values():
         task.cancel()
     await asyncio.gather(warming, *running.values(), return_exceptions=True)
+    replies.flush()
     await provider.aclose()
 
 
