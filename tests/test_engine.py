@@ -150,19 +150,24 @@ async def test_sequential_chain_passes_outputs_through_templates(tmp_path: Path)
     ]  # fmt: skip
 
 
-async def test_a_lone_surrogate_in_an_output_is_stored_as_the_replacement_character(tmp_path: Path) -> None:
+async def test_a_lone_surrogate_in_an_output_becomes_the_replacement_character_as_it_enters_the_run(
+    tmp_path: Path,
+) -> None:
     """``json.loads`` of a hostile reply makes a lone surrogate, which no UTF-8 text holds: the
-    run still succeeds, and its stored output and events carry U+FFFD in its place."""
+    run still succeeds, and what it shows while the engine runs (its view, its events, the next
+    step's input) is what is stored, U+FFFD in its place."""
     doc = workflow(echo("a", "cut \ud800 here"), echo("b", "{{ steps.a.output.value }}!"))
+    expected = [{"value": "cut \ufffd here"}, {"value": "cut \ufffd here!"}]
     async with engine_at(tmp_path) as engine:
-        run = await run_to_end(engine, doc)
-    assert run.status == "succeeded"
+        live = await run_to_end(engine, doc)
+        live_events = await engine.events(live.run_id)
     async with engine_at(tmp_path) as engine:
-        stored = await engine.get_run(run.run_id)
-        events = await engine.events(run.run_id)
-    assert step(stored, "a").output == {"value": "cut \ufffd here"}
-    completed = [e.data["output"] for e in events if e.type == "step_completed"]
-    assert completed == [{"value": "cut \ufffd here"}, {"value": "cut \ufffd here!"}]
+        stored = await engine.get_run(live.run_id)
+        events = await engine.events(live.run_id)
+    assert live.status == "succeeded"
+    for run, run_events in ((live, live_events), (stored, events)):
+        assert [step(run, "a").output, step(run, "b").output] == expected
+        assert [e.data["output"] for e in run_events if e.type == "step_completed"] == expected
 
 
 async def test_parallel_group_members_run_concurrently(tmp_path: Path) -> None:

@@ -82,19 +82,21 @@ def json_text(value: Any) -> str:
     try:
         return to_json(value, fallback=str).decode()
     except PydanticSerializationError:
-        return to_json(_without_surrogates(value), fallback=str).decode()
+        return to_json(without_surrogates(value), fallback=str).decode()
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _without_surrogates(value: Any) -> Any:
+def without_surrogates(value: Any) -> Any:
+    """A copy of a JSON value with U+FFFD for every lone surrogate: ``json.loads`` of
+    ``"\\ud800"`` makes one, and no UTF-8 text (DuckDB's, a socket's) can hold it."""
     if isinstance(value, str):
         return _SURROGATE.sub("\ufffd", value)
     if isinstance(value, dict):
-        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+        return {without_surrogates(k): without_surrogates(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_without_surrogates(v) for v in value]
+        return [without_surrogates(v) for v in value]
     return value
 
 

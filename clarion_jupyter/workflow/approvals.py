@@ -21,7 +21,7 @@ from ..storage.records import utcnow
 from ..task.base import TaskFailed
 from ..task.queue import Job
 from .compiler import Node
-from .storable import check_storable
+from .storable import storable
 from .templates import TemplateError, truthy
 
 T = TypeVar("T")
@@ -58,8 +58,7 @@ async def request(previewer: Previewer, job: Job, node: Node, max_output_bytes: 
     """What a person is asked, as the approval event says it: preview, message and timeout."""
     policy = node.step.approval
     try:
-        preview = await previewer(job)
-        check_storable({"preview": preview}, "approval", max_output_bytes)
+        preview = storable({"preview": await previewer(job)}, "approval", max_output_bytes)["preview"]
     except (TaskFailed, TemplateError) as exc:
         message = exc.message if isinstance(exc, TaskFailed) else str(exc)
         raise PreviewFailed(f"the approval preview could not be built: {message}") from None

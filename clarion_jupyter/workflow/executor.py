@@ -35,7 +35,7 @@ from .approvals import Decision, Previewer, PreviewFailed, WaitingRoom
 from .budget import BudgetLedger
 from .compiler import Node, Plan
 from .llm_cache import LLMCache
-from .storable import check_storable
+from .storable import storable
 from .templates import TemplateError, truthy
 
 log = logging.getLogger(__name__)
@@ -403,8 +403,7 @@ class RunExecutor:
         if execution.item_index is None:
             self._status[node.id] = StepStatus.running
         try:
-            config = node.config.render(context)
-            check_storable(config, "with", limit=None)
+            config = storable(node.config.render(context), "with", limit=None)
             resources = await self._resources(node, config)
         except (TemplateError, LookupError) as exc:
             if not still_waiting:
@@ -559,7 +558,7 @@ class RunExecutor:
 
     def _attempt_succeeded(self, execution: _Execution, output: Any, deliveries: int = 1) -> list[str]:
         try:
-            check_storable({"output": output}, "output", self._max_output_bytes)
+            output = storable({"output": output}, "output", self._max_output_bytes)["output"]
         except TemplateError as exc:
             return self._attempt_failed(execution, _error("output", str(exc)), retryable=False)
         record = execution.record
@@ -694,8 +693,7 @@ class RunExecutor:
         if self.finished.is_set() or self._running or self._timers or self._unfinished:
             return
         try:
-            outputs = self.plan.outputs.render(self._context)
-            check_storable(outputs, "outputs", self._max_output_bytes)
+            outputs = storable(self.plan.outputs.render(self._context), "outputs", self._max_output_bytes)
         except TemplateError as exc:
             self._fail_run(_error("outputs", f"workflow outputs could not be evaluated: {exc}"))
             return

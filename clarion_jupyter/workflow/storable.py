@@ -15,21 +15,29 @@ from typing import Any
 from jinja2 import Undefined
 from pydantic_core import PydanticSerializationError, to_json
 
-from ..storage.records import isoformat
+from ..storage.records import isoformat, without_surrogates
 from .templates import TemplateError
 
 
-def check_storable(value: Any, where: str, limit: int | None) -> None:
-    """Raise :class:`TemplateError` naming the field of ``value`` that cannot be stored."""
-    items = value.items() if isinstance(value, dict) else [("", value)]
-    for key, item in items:
-        name = f"{where}.{key}" if key else where
-        try:
-            size = _size(item)
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise TemplateError(f"field '{name}' is not a JSON value: {exc}") from None
-        if limit is not None and size > limit:
-            raise TemplateError(f"field '{name}' is {size} bytes, more than the limit of {limit} (max_output_bytes)")
+def storable(value: Any, where: str, limit: int | None) -> Any:
+    """``value`` as a run keeps it; raise :class:`TemplateError` naming the field of it that
+    cannot be stored. A lone surrogate becomes U+FFFD here, where the value enters the run,
+    so its view, its events and its later steps hold what the store keeps (the same object
+    otherwise)."""
+    if not isinstance(value, dict):
+        return _field(value, where, limit)
+    kept = {key: _field(item, f"{where}.{key}" if key else where, limit) for key, item in value.items()}
+    return value if all(kept[key] is item for key, item in value.items()) else kept
+
+
+def _field(value: Any, name: str, limit: int | None) -> Any:
+    try:
+        size, kept = _encoded(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise TemplateError(f"field '{name}' is not a JSON value: {exc}") from None
+    if limit is not None and size > limit:
+        raise TemplateError(f"field '{name}' is {size} bytes, more than the limit of {limit} (max_output_bytes)")
+    return kept
 
 
 def _json_default(value: Any) -> Any:
@@ -42,14 +50,14 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def _size(value: Any) -> int:
+def _encoded(value: Any) -> tuple[int, Any]:
     """Bytes of the value's JSON, by pydantic-core (several times faster than ``json``, twice
-    per step); ``json`` says why a value is refused, and takes the lone surrogates that the
-    store writes as U+FFFD (:func:`~..storage.records.json_text`)."""
+    per step), and the value to keep; ``json`` says why a value is refused."""
     try:
-        return len(to_json(value, fallback=_json_default))
+        return len(to_json(value, fallback=_json_default)), value
     except PydanticSerializationError:
-        return len(_ENCODER.encode(value))
+        kept = without_surrogates(value)
+        return len(_ENCODER.encode(kept)), kept
 
 
 _ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"))
