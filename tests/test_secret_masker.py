@@ -77,7 +77,7 @@ def test_reading_a_key_the_maskers_know_already_does_not_read_the_environment_ag
     assert len(reads) == 1
 
 
-TRICKY = ['quo"te\\back-slash', "ünïcødé-sécret", "new\nline\ttab-secret", "plain-secret-0123"]
+TRICKY = ['quo"te\\back-slash', 'ünï"quoted-sécret', "ünïcødé-sécret", "new\nline\ttab-secret", "plain-secret-0123"]
 
 
 @pytest.mark.parametrize("secret", TRICKY)
@@ -99,3 +99,10 @@ def test_data_without_a_secret_is_handed_back_as_it_is() -> None:
     assert masker.mask(value) is value
     assert masker.masking()(value) is value
     assert masker.mask({"t": f"..{SECRET}.."}) == {"t": f"..{MASK}.."}
+
+
+def test_data_that_cannot_be_encoded_as_utf8_is_still_masked() -> None:
+    """A lone surrogate (``json.loads`` of a hostile reply) cannot be encoded to look for a
+    secret: the value is then masked string by string."""
+    masker = SecretMasker(environ={"X_API_KEY": SECRET})
+    assert masker.mask({"t": f"\ud800{SECRET}"}) == {"t": f"\ud800{MASK}"}

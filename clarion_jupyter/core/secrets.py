@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from pydantic_core import PydanticSerializationError, to_json
+
 DEFAULT_SECRET_ENV_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(_API_KEY|_KEY|_TOKEN)$"
 MASK = "***"
 MIN_SECRET_LENGTH = 4
@@ -143,7 +145,7 @@ class SecretMasker:
             self._values = values
             forms = {form for value in values for form in _printed_forms(value) if len(form) >= MIN_SECRET_LENGTH}
             self._regex = _alternatives(forms)
-            self._probe = _alternatives(forms | {json.dumps(form)[1:-1] for form in forms})
+            self._probe = _alternatives(forms | {_escaped(form) for form in forms})
         return self._regex
 
     def masking(self) -> Callable[[Any], Any] | None:
@@ -211,22 +213,28 @@ def _alternatives(forms: set[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
 
-_PROBE = json.JSONEncoder(default=lambda _other: None)
-"""Encodes a value to look for secrets in it at C speed. A string holding a secret's form holds,
-once JSON-escaped, that form JSON-escaped (escaping goes character by character), so the probe
-pattern (every form, and every form escaped) finds in the encoding whatever :func:`_mask` would
-find in the strings; what is not a dict, list or string :func:`_mask` leaves alone, and so
-does the probe (``default``)."""
+def _escaped(form: str) -> str:
+    """A form as it looks inside a JSON string that pydantic-core wrote (non-ASCII kept)."""
+    return json.dumps(form, ensure_ascii=False)[1:-1]
+
+
+def _probe_text(value: Any) -> str:
+    """The value encoded at C speed, to look for secrets in. A string holding a secret's form
+    holds, once JSON-escaped, that form JSON-escaped (escaping goes character by character),
+    so the probe pattern (every form, and every form escaped) finds in the encoding whatever
+    :func:`_mask` would find in the strings; what is not JSON :func:`_mask` leaves alone, and
+    the encoding leaves it out (``null``)."""
+    return to_json(value, fallback=lambda _other: None).decode()
 
 
 def _clean(value: Any, probe: re.Pattern[str]) -> bool:
     """Whether a dict or list holds no form of a secret, as its encoding shows at C speed
-    (False also when it cannot be told so: keys JSON cannot have, a cycle)."""
+    (False also when it cannot be told so: a lone surrogate, a cycle)."""
     if not isinstance(value, (dict, list, tuple)):
         return False
     try:
-        return probe.search(_PROBE.encode(value)) is None
-    except (TypeError, ValueError, RecursionError):
+        return probe.search(_probe_text(value)) is None
+    except (PydanticSerializationError, TypeError, ValueError, RecursionError):
         return False
 
 
