@@ -30,7 +30,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 
@@ -40,6 +40,7 @@ from .protocols import RunStore
 from .records import Batch, Event, RunRecord, StepRecord
 
 log = logging.getLogger(__name__)
+R = TypeVar("R", RunRecord, StepRecord, Event)
 PERMANENT_ATTEMPTS = 3
 MAX_RETRY_DELAY_S = 1.0
 """The longest wait between two tries of a failed commit: space coming back is noticed within it."""
@@ -301,19 +302,20 @@ def refusal(reason: str) -> StorageUnavailable:
 
 
 def _masked(batch: Batch, masker: SecretMasker) -> Batch:
-    """The batch with secret values masked, as copies (the engine's own records keep theirs)."""
+    """The batch with secret values masked, in copies of the records they were in (the
+    engine's own records keep theirs); the records that hold none are the engine's own."""
     mask = masker.masking()
     if mask is None:
         return batch
-    replace: Callable[..., Any] = dataclasses.replace
     return Batch(
-        runs={
-            key: replace(run, inputs=mask(run.inputs), outputs=mask(run.outputs), error=mask(run.error))
-            for key, run in batch.runs.items()
-        },
-        steps={
-            key: replace(step, output=mask(step.output), error=mask(step.error), approval=mask(step.approval))
-            for key, step in batch.steps.items()
-        },
-        events=[replace(event, data=mask(event.data)) for event in batch.events],
+        runs={key: _masked_record(run, mask, "inputs", "outputs", "error") for key, run in batch.runs.items()},
+        steps={key: _masked_record(step, mask, "output", "error", "approval") for key, step in batch.steps.items()},
+        events=[_masked_record(event, mask, "data") for event in batch.events],
     )
+
+
+def _masked_record(record: R, mask: Callable[[Any], Any], *names: str) -> R:
+    """``record`` when masking changes none of its fields (nearly always, and then its encoded
+    event stays cached), else a copy with them masked."""
+    changed = {name: masked for name in names if (masked := mask(value := getattr(record, name))) is not value}
+    return dataclasses.replace(record, **changed) if changed else record
