@@ -19,7 +19,7 @@ Each minute prints one JSON line: the server's RSS, the runs started and finishe
 minute, POST latency p50/p99, the server's CPU share. The last line compares the RSS after
 the warm-up with the highest and the last minute's (target: within 10 %).
 
-Usage: python bench/soak.py [--rate 20] [--warm-s 120] [--minutes 10]
+Usage: python bench/soak.py [--rate 20] [--warm-s 120] [--minutes 10] [--skip follow,sidebar]
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ SOAK = {
     ],
     "outputs": {"twice": "{{ steps.c.output.value.twice }}"},
 }
+CLIENTS = ("adhoc", "keys", "follow", "sidebar", "list", "query")
+"""What ``--skip`` can leave out: ad-hoc runs, idempotency keys, followed runs, the sidebar's
+socket, its list polls, the history queries."""
 HISTORY_SQL = "SELECT status, count(*) AS n, avg(duration_ms) AS ms FROM runs GROUP BY status"
 
 
@@ -81,9 +84,11 @@ def db_bytes(path: Path) -> int:
 class Load:
     """The clients of the module docstring, against one server, with what they measured."""
 
-    def __init__(self, server: JupyterServerProcess, rate: float) -> None:
+    def __init__(self, server: JupyterServerProcess, rate: float, skip: frozenset[str] = frozenset()) -> None:
         self.server = server
         self.rate = rate
+        self.skip = skip
+        """Clients left out (:data:`CLIENTS`), to find which one makes the server grow."""
         self.http = AsyncHTTPClient(max_clients=200)
         self.started = 0
         self.finished = 0
@@ -113,17 +118,17 @@ class Load:
             self.errors.append(f"{type(exc).__name__}: {exc}")
 
     async def start_run(self, i: int) -> None:
-        if i % 10 == 9:
+        if i % 10 == 9 and "adhoc" not in self.skip:
             path, body = "runs", {"workflow": adhoc(i), "inputs": {}}
         else:
             path, body = "workflows/soak/run", {"inputs": {"n": i}}
-            if i % 5 == 0:
+            if i % 5 == 0 and "keys" not in self.skip:
                 body["idempotency_key"] = f"soak-{i}"
         started = time.perf_counter()
         answer = await self.call("POST", path, body)
         self.post_s.append(time.perf_counter() - started)
         self.started += 1
-        if i % 20 == 3:
+        if i % 20 == 3 and "follow" not in self.skip:
             await self.follow(answer["run_id"])
 
     async def follow(self, run_id: str) -> None:
@@ -166,12 +171,13 @@ class Load:
             await asyncio.sleep(max(0.0, start + i / self.rate - loop.time()))
 
     def start(self) -> None:
-        self._clients = [
-            asyncio.ensure_future(self.runs()),
-            asyncio.ensure_future(self.sidebar_socket()),
-            asyncio.ensure_future(self.every(1.0, lambda: self.call("GET", "runs?limit=50"))),
-            asyncio.ensure_future(self.every(10.0, lambda: self.call("POST", "query", {"sql": HISTORY_SQL}))),
-        ]
+        clients: dict[str, Callable[[], Awaitable[None]]] = {
+            "runs": self.runs,
+            "sidebar": self.sidebar_socket,
+            "list": lambda: self.every(1.0, lambda: self.call("GET", "runs?limit=50")),
+            "query": lambda: self.every(10.0, lambda: self.call("POST", "query", {"sql": HISTORY_SQL})),
+        }
+        self._clients = [asyncio.ensure_future(make()) for name, make in clients.items() if name not in self.skip]
 
     async def phase(self, seconds: float, on_minute: Callable[[int], None]) -> None:
         """Keep the load on for ``seconds``, calling ``on_minute`` after each minute (and at the end)."""
@@ -206,7 +212,7 @@ async def soak(args: argparse.Namespace) -> None:
         assert server.process is not None
         pid = server.process.pid
         await server.request("POST", "workflows", SOAK)
-        load = Load(server, args.rate)
+        load = Load(server, args.rate, frozenset(filter(None, args.skip.split(","))))
         marks = {"started": 0, "finished": 0, "cpu": server.cpu_seconds(), "at": time.monotonic(), "posts": 0}
 
         def minute_line(phase: str, minute: int) -> dict[str, Any]:
@@ -239,7 +245,8 @@ async def soak(args: argparse.Namespace) -> None:
             "result": "soak", "rate": args.rate, "minutes": args.minutes, "rss_after_warm_mb": round(warm, 1),
             "rss_max_mb": max(rss), "rss_last_mb": rss[-1], "growth_pct": round(100 * growth, 1),
             "target_pct": 100 * TARGET_GROWTH, "runs_started": sum(x["runs_started"] for x in lines),
-            "runs_finished": sum(x["runs_finished"] for x in lines), "errors": load.errors[:5],
+            "runs_finished": sum(x["runs_finished"] for x in lines), "skipped": sorted(load.skip),
+            "errors": load.errors[:5],
         }), flush=True)  # fmt: skip
 
 
@@ -248,5 +255,6 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=20.0, help="runs started per second")
     parser.add_argument("--warm-s", type=float, default=120.0, help="seconds of load before the RSS is taken as a base")
     parser.add_argument("--minutes", type=int, default=10, help="minutes of soak after the warm-up")
+    parser.add_argument("--skip", default="", help=f"clients to leave out, comma-separated: {', '.join(CLIENTS)}")
     exit_on_sigterm()
     asyncio.run(soak(parser.parse_args()))
