@@ -17,9 +17,12 @@ answers take), for --warm-s seconds of warm-up and then --minutes minutes:
 
 Each minute prints one JSON line: the server's RSS, the runs started and finished in that
 minute, POST latency p50/p99, the server's CPU share. The last line compares the RSS after
-the warm-up with the highest and the last minute's (target: within 10 %).
+the warm-up with the highest and the last minute's (target: within 10 %). With ``--probe``,
+each line also says where the memory is (``bench/memory_probe.py``: DuckDB's buffer pool by
+tag, its allocator, glibc's and pymalloc's heaps, the engine's bounded state), to find what
+grows; ``--skip`` leaves clients out, to find which one makes it grow.
 
-Usage: python bench/soak.py [--rate 20] [--warm-s 120] [--minutes 10] [--skip follow,sidebar]
+Usage: python bench/soak.py [--rate 20] [--warm-s 120] [--minutes 10] [--skip follow,sidebar] [--probe]
 """
 
 from __future__ import annotations
@@ -100,8 +103,11 @@ class Load:
         self._socket: WebSocketClientConnection | None = None
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:
+        return await self.call_server(method, f"api/v3/{path}", body)
+
+    async def call_server(self, method: str, path: str, body: Any = None) -> Any:
         response = await self.http.fetch(
-            f"{self.server.url}api/v3/{path}", method=method, headers=self.server.headers,
+            f"{self.server.url}{path}", method=method, headers=self.server.headers,
             body=None if body is None else json.dumps(body), request_timeout=60,
         )  # fmt: skip
         return json.loads(response.body)
@@ -179,7 +185,7 @@ class Load:
         }
         self._clients = [asyncio.ensure_future(make()) for name, make in clients.items() if name not in self.skip]
 
-    async def phase(self, seconds: float, on_minute: Callable[[int], None]) -> None:
+    async def phase(self, seconds: float, on_minute: Callable[[int], Awaitable[None]]) -> None:
         """Keep the load on for ``seconds``, calling ``on_minute`` after each minute (and at the end)."""
         deadline = time.monotonic() + seconds
         minute = 0
@@ -189,7 +195,7 @@ class Load:
                 if client.done():
                     client.result()  # a client that died is the soak's failure
             minute += 1
-            on_minute(minute)
+            await on_minute(minute)
 
     async def stop(self) -> None:
         self._stop.set()
@@ -206,8 +212,20 @@ def percentiles(samples: list[float]) -> dict[str, float | None]:
     return {"post_p50_ms": round(cuts[49] * 1000, 1), "post_p99_ms": round(cuts[98] * 1000, 1)}
 
 
+def probed(workdir: Path) -> JupyterServerProcess:
+    """A server with ``bench/memory_probe.py`` loaded beside the extension."""
+    return JupyterServerProcess(
+        workdir,
+        server={"jpserver_extensions": {"clarion_jupyter": True, "memory_probe": True}},
+        env={"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))},
+    )
+
+
 async def soak(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory(prefix="clarion-bench-soak-") as tmp, JupyterServerProcess(Path(tmp)) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="clarion-bench-soak-") as tmp,
+        probed(Path(tmp)) if args.probe else JupyterServerProcess(Path(tmp)) as server,
+    ):
         await server.wait_ready()
         assert server.process is not None
         pid = server.process.pid
@@ -215,7 +233,8 @@ async def soak(args: argparse.Namespace) -> None:
         load = Load(server, args.rate, frozenset(filter(None, args.skip.split(","))))
         marks = {"started": 0, "finished": 0, "cpu": server.cpu_seconds(), "at": time.monotonic(), "posts": 0}
 
-        def minute_line(phase: str, minute: int) -> dict[str, Any]:
+        async def minute_line(phase: str, minute: int) -> dict[str, Any]:
+            memory = {"memory": await load.call_server("GET", "clarion-bench/memory")} if args.probe else {}
             now = time.monotonic()
             line = {
                 "phase": phase, "minute": minute, "rss_mb": round(rss_bytes(pid) / 2**20, 1),
@@ -223,20 +242,27 @@ async def soak(args: argparse.Namespace) -> None:
                 **percentiles(load.post_s[marks["posts"] :]),
                 "server_cpu_pct": round(100 * (server.cpu_seconds() - marks["cpu"]) / (now - marks["at"])),
                 "db_mb": round(db_bytes(server.db_path) / 2**20, 1), "errors": len(load.errors),
-                "load_1m": round(os.getloadavg()[0], 1),
+                "load_1m": round(os.getloadavg()[0], 1), **memory,
             }  # fmt: skip
             marks.update(started=load.started, finished=load.finished, cpu=server.cpu_seconds(), at=now,
                          posts=len(load.post_s))  # fmt: skip
             print(json.dumps(line), flush=True)
             return line
 
-        load.start()
         lines: list[dict[str, Any]] = []
+
+        async def warm_minute(minute: int) -> None:
+            await minute_line("warm", minute)
+
+        async def soak_minute(minute: int) -> None:
+            lines.append(await minute_line("soak", minute))
+
+        load.start()
         try:
-            await load.phase(args.warm_s, lambda m: minute_line("warm", m))
+            await load.phase(args.warm_s, warm_minute)
             warm = rss_bytes(pid) / 2**20
             load.errors.clear()
-            await load.phase(args.minutes * 60, lambda m: lines.append(minute_line("soak", m)))
+            await load.phase(args.minutes * 60, soak_minute)
         finally:
             await load.stop()
         rss = [line["rss_mb"] for line in lines]
@@ -255,6 +281,7 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=20.0, help="runs started per second")
     parser.add_argument("--warm-s", type=float, default=120.0, help="seconds of load before the RSS is taken as a base")
     parser.add_argument("--minutes", type=int, default=10, help="minutes of soak after the warm-up")
+    parser.add_argument("--probe", action="store_true", help="add where the server's memory is to each line")
     parser.add_argument("--skip", default="", help=f"clients to leave out, comma-separated: {', '.join(CLIENTS)}")
     exit_on_sigterm()
     asyncio.run(soak(parser.parse_args()))
