@@ -12,6 +12,9 @@ loaded in (``jpserver_extensions = {"memory_probe": True}``, with ``bench/`` on 
   in use and free;
 * ``python``: pymalloc's arenas and the blocks in use (``sys._debugmallocstats``), and the
   objects the collector tracks;
+* ``rss``: the kernel's split of the resident pages (``/proc/self/status``): anonymous
+  (the heaps above, thread stacks) and file-backed (the code of Python, DuckDB and the other
+  native modules, paged in as code paths first run);
 * ``engine``: the sizes of the engine's bounded in-memory state (run views, plans, claims).
 
 Reading it costs a few milliseconds of the server's time (a ``gc.get_objects()`` and a
@@ -27,6 +30,7 @@ import os
 import re
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import _duckdb
@@ -42,6 +46,11 @@ class _Mallinfo2(ctypes.Structure):
         (name, ctypes.c_size_t)
         for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
     ]  # fmt: skip
+
+
+def rss_split() -> dict[str, float]:
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {name.lower(): round(int(fields[name].split()[0]) / 1024, 1) for name in ("RssAnon", "RssFile")}
 
 
 def glibc() -> dict[str, float]:
@@ -107,6 +116,7 @@ def duckdb_memory(engine: Any) -> dict[str, Any]:
 
 def breakdown(engine: Any) -> dict[str, Any]:
     return {
+        "rss": rss_split(),
         "duckdb": duckdb_memory(engine),
         "jemalloc": jemalloc(),
         "glibc": glibc(),

@@ -23,6 +23,7 @@ tag, its allocator, glibc's and pymalloc's heaps, the engine's bounded state), t
 grows; ``--skip`` leaves clients out, to find which one makes it grow.
 
 Usage: python bench/soak.py [--rate 20] [--warm-s 120] [--minutes 10] [--skip follow,sidebar] [--probe]
+       [--db-memory-limit 64MB]
 """
 
 from __future__ import annotations
@@ -212,20 +213,22 @@ def percentiles(samples: list[float]) -> dict[str, float | None]:
     return {"post_p50_ms": round(cuts[49] * 1000, 1), "post_p99_ms": round(cuts[98] * 1000, 1)}
 
 
-def probed(workdir: Path) -> JupyterServerProcess:
-    """A server with ``bench/memory_probe.py`` loaded beside the extension."""
+def server_at(workdir: Path, args: argparse.Namespace) -> JupyterServerProcess:
+    """The server under test: ``--db-memory-limit`` as its trait, ``bench/memory_probe.py`` loaded
+    beside the extension with ``--probe``."""
+    clarion = {"db_memory_limit": args.db_memory_limit} if args.db_memory_limit else {}
+    if not args.probe:
+        return JupyterServerProcess(workdir, clarion=clarion)
     return JupyterServerProcess(
         workdir,
+        clarion=clarion,
         server={"jpserver_extensions": {"clarion_jupyter": True, "memory_probe": True}},
         env={"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))},
     )
 
 
 async def soak(args: argparse.Namespace) -> None:
-    with (
-        tempfile.TemporaryDirectory(prefix="clarion-bench-soak-") as tmp,
-        probed(Path(tmp)) if args.probe else JupyterServerProcess(Path(tmp)) as server,
-    ):
+    with tempfile.TemporaryDirectory(prefix="clarion-bench-soak-") as tmp, server_at(Path(tmp), args) as server:
         await server.wait_ready()
         assert server.process is not None
         pid = server.process.pid
@@ -272,6 +275,7 @@ async def soak(args: argparse.Namespace) -> None:
             "rss_max_mb": max(rss), "rss_last_mb": rss[-1], "growth_pct": round(100 * growth, 1),
             "target_pct": 100 * TARGET_GROWTH, "runs_started": sum(x["runs_started"] for x in lines),
             "runs_finished": sum(x["runs_finished"] for x in lines), "skipped": sorted(load.skip),
+            "db_memory_limit": args.db_memory_limit or "default",
             "errors": load.errors[:5],
         }), flush=True)  # fmt: skip
 
@@ -281,6 +285,7 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=20.0, help="runs started per second")
     parser.add_argument("--warm-s", type=float, default=120.0, help="seconds of load before the RSS is taken as a base")
     parser.add_argument("--minutes", type=int, default=10, help="minutes of soak after the warm-up")
+    parser.add_argument("--db-memory-limit", help="the server's ClarionExtension.db_memory_limit (default: its own)")
     parser.add_argument("--probe", action="store_true", help="add where the server's memory is to each line")
     parser.add_argument("--skip", default="", help=f"clients to leave out, comma-separated: {', '.join(CLIENTS)}")
     exit_on_sigterm()
