@@ -17,9 +17,13 @@ answers take), for --warm-s seconds of warm-up and then --minutes minutes:
 
 Each minute prints one JSON line: the server's RSS, the runs started and finished in that
 minute, POST latency p50/p99, the server's CPU share. The last line compares the RSS after
-the warm-up with the highest and the last minute's (target: within 10 %).
+the warm-up with the highest and the last minute's (target: within 10 %). With ``--probe``,
+each line also says where the memory is (``bench/memory_probe.py``: DuckDB's buffer pool by
+tag, its allocator, glibc's and pymalloc's heaps, the engine's bounded state), to find what
+grows; ``--skip`` leaves clients out, to find which one makes it grow.
 
-Usage: python bench/soak.py [--rate 20] [--warm-s 120] [--minutes 10]
+Usage: python bench/soak.py [--rate 20] [--warm-s 120] [--minutes 10] [--skip follow,sidebar] [--probe]
+       [--db-memory-limit 64MB]
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ SOAK = {
     ],
     "outputs": {"twice": "{{ steps.c.output.value.twice }}"},
 }
+CLIENTS = ("adhoc", "keys", "follow", "sidebar", "list", "query")
+"""What ``--skip`` can leave out: ad-hoc runs, idempotency keys, followed runs, the sidebar's
+socket, its list polls, the history queries."""
 HISTORY_SQL = "SELECT status, count(*) AS n, avg(duration_ms) AS ms FROM runs GROUP BY status"
 
 
@@ -81,9 +88,11 @@ def db_bytes(path: Path) -> int:
 class Load:
     """The clients of the module docstring, against one server, with what they measured."""
 
-    def __init__(self, server: JupyterServerProcess, rate: float) -> None:
+    def __init__(self, server: JupyterServerProcess, rate: float, skip: frozenset[str] = frozenset()) -> None:
         self.server = server
         self.rate = rate
+        self.skip = skip
+        """Clients left out (:data:`CLIENTS`), to find which one makes the server grow."""
         self.http = AsyncHTTPClient(max_clients=200)
         self.started = 0
         self.finished = 0
@@ -95,8 +104,11 @@ class Load:
         self._socket: WebSocketClientConnection | None = None
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:
+        return await self.call_server(method, f"api/v3/{path}", body)
+
+    async def call_server(self, method: str, path: str, body: Any = None) -> Any:
         response = await self.http.fetch(
-            f"{self.server.url}api/v3/{path}", method=method, headers=self.server.headers,
+            f"{self.server.url}{path}", method=method, headers=self.server.headers,
             body=None if body is None else json.dumps(body), request_timeout=60,
         )  # fmt: skip
         return json.loads(response.body)
@@ -113,17 +125,17 @@ class Load:
             self.errors.append(f"{type(exc).__name__}: {exc}")
 
     async def start_run(self, i: int) -> None:
-        if i % 10 == 9:
+        if i % 10 == 9 and "adhoc" not in self.skip:
             path, body = "runs", {"workflow": adhoc(i), "inputs": {}}
         else:
             path, body = "workflows/soak/run", {"inputs": {"n": i}}
-            if i % 5 == 0:
+            if i % 5 == 0 and "keys" not in self.skip:
                 body["idempotency_key"] = f"soak-{i}"
         started = time.perf_counter()
         answer = await self.call("POST", path, body)
         self.post_s.append(time.perf_counter() - started)
         self.started += 1
-        if i % 20 == 3:
+        if i % 20 == 3 and "follow" not in self.skip:
             await self.follow(answer["run_id"])
 
     async def follow(self, run_id: str) -> None:
@@ -166,14 +178,15 @@ class Load:
             await asyncio.sleep(max(0.0, start + i / self.rate - loop.time()))
 
     def start(self) -> None:
-        self._clients = [
-            asyncio.ensure_future(self.runs()),
-            asyncio.ensure_future(self.sidebar_socket()),
-            asyncio.ensure_future(self.every(1.0, lambda: self.call("GET", "runs?limit=50"))),
-            asyncio.ensure_future(self.every(10.0, lambda: self.call("POST", "query", {"sql": HISTORY_SQL}))),
-        ]
+        clients: dict[str, Callable[[], Awaitable[None]]] = {
+            "runs": self.runs,
+            "sidebar": self.sidebar_socket,
+            "list": lambda: self.every(1.0, lambda: self.call("GET", "runs?limit=50")),
+            "query": lambda: self.every(10.0, lambda: self.call("POST", "query", {"sql": HISTORY_SQL})),
+        }
+        self._clients = [asyncio.ensure_future(make()) for name, make in clients.items() if name not in self.skip]
 
-    async def phase(self, seconds: float, on_minute: Callable[[int], None]) -> None:
+    async def phase(self, seconds: float, on_minute: Callable[[int], Awaitable[None]]) -> None:
         """Keep the load on for ``seconds``, calling ``on_minute`` after each minute (and at the end)."""
         deadline = time.monotonic() + seconds
         minute = 0
@@ -183,7 +196,7 @@ class Load:
                 if client.done():
                     client.result()  # a client that died is the soak's failure
             minute += 1
-            on_minute(minute)
+            await on_minute(minute)
 
     async def stop(self) -> None:
         self._stop.set()
@@ -200,16 +213,31 @@ def percentiles(samples: list[float]) -> dict[str, float | None]:
     return {"post_p50_ms": round(cuts[49] * 1000, 1), "post_p99_ms": round(cuts[98] * 1000, 1)}
 
 
+def server_at(workdir: Path, args: argparse.Namespace) -> JupyterServerProcess:
+    """The server under test: ``--db-memory-limit`` as its trait, ``bench/memory_probe.py`` loaded
+    beside the extension with ``--probe``."""
+    clarion = {"db_memory_limit": args.db_memory_limit} if args.db_memory_limit else {}
+    if not args.probe:
+        return JupyterServerProcess(workdir, clarion=clarion)
+    return JupyterServerProcess(
+        workdir,
+        clarion=clarion,
+        server={"jpserver_extensions": {"clarion_jupyter": True, "memory_probe": True}},
+        env={"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))},
+    )
+
+
 async def soak(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory(prefix="clarion-bench-soak-") as tmp, JupyterServerProcess(Path(tmp)) as server:
+    with tempfile.TemporaryDirectory(prefix="clarion-bench-soak-") as tmp, server_at(Path(tmp), args) as server:
         await server.wait_ready()
         assert server.process is not None
         pid = server.process.pid
         await server.request("POST", "workflows", SOAK)
-        load = Load(server, args.rate)
+        load = Load(server, args.rate, frozenset(filter(None, args.skip.split(","))))
         marks = {"started": 0, "finished": 0, "cpu": server.cpu_seconds(), "at": time.monotonic(), "posts": 0}
 
-        def minute_line(phase: str, minute: int) -> dict[str, Any]:
+        async def minute_line(phase: str, minute: int) -> dict[str, Any]:
+            memory = {"memory": await load.call_server("GET", "clarion-bench/memory")} if args.probe else {}
             now = time.monotonic()
             line = {
                 "phase": phase, "minute": minute, "rss_mb": round(rss_bytes(pid) / 2**20, 1),
@@ -217,20 +245,27 @@ async def soak(args: argparse.Namespace) -> None:
                 **percentiles(load.post_s[marks["posts"] :]),
                 "server_cpu_pct": round(100 * (server.cpu_seconds() - marks["cpu"]) / (now - marks["at"])),
                 "db_mb": round(db_bytes(server.db_path) / 2**20, 1), "errors": len(load.errors),
-                "load_1m": round(os.getloadavg()[0], 1),
+                "load_1m": round(os.getloadavg()[0], 1), **memory,
             }  # fmt: skip
             marks.update(started=load.started, finished=load.finished, cpu=server.cpu_seconds(), at=now,
                          posts=len(load.post_s))  # fmt: skip
             print(json.dumps(line), flush=True)
             return line
 
-        load.start()
         lines: list[dict[str, Any]] = []
+
+        async def warm_minute(minute: int) -> None:
+            await minute_line("warm", minute)
+
+        async def soak_minute(minute: int) -> None:
+            lines.append(await minute_line("soak", minute))
+
+        load.start()
         try:
-            await load.phase(args.warm_s, lambda m: minute_line("warm", m))
+            await load.phase(args.warm_s, warm_minute)
             warm = rss_bytes(pid) / 2**20
             load.errors.clear()
-            await load.phase(args.minutes * 60, lambda m: lines.append(minute_line("soak", m)))
+            await load.phase(args.minutes * 60, soak_minute)
         finally:
             await load.stop()
         rss = [line["rss_mb"] for line in lines]
@@ -239,7 +274,9 @@ async def soak(args: argparse.Namespace) -> None:
             "result": "soak", "rate": args.rate, "minutes": args.minutes, "rss_after_warm_mb": round(warm, 1),
             "rss_max_mb": max(rss), "rss_last_mb": rss[-1], "growth_pct": round(100 * growth, 1),
             "target_pct": 100 * TARGET_GROWTH, "runs_started": sum(x["runs_started"] for x in lines),
-            "runs_finished": sum(x["runs_finished"] for x in lines), "errors": load.errors[:5],
+            "runs_finished": sum(x["runs_finished"] for x in lines), "skipped": sorted(load.skip),
+            "db_memory_limit": args.db_memory_limit or "default",
+            "errors": load.errors[:5],
         }), flush=True)  # fmt: skip
 
 
@@ -248,5 +285,8 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=20.0, help="runs started per second")
     parser.add_argument("--warm-s", type=float, default=120.0, help="seconds of load before the RSS is taken as a base")
     parser.add_argument("--minutes", type=int, default=10, help="minutes of soak after the warm-up")
+    parser.add_argument("--db-memory-limit", help="the server's ClarionExtension.db_memory_limit (default: its own)")
+    parser.add_argument("--probe", action="store_true", help="add where the server's memory is to each line")
+    parser.add_argument("--skip", default="", help=f"clients to leave out, comma-separated: {', '.join(CLIENTS)}")
     exit_on_sigterm()
     asyncio.run(soak(parser.parse_args()))

@@ -17,6 +17,7 @@ from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader, Py
 
 from .core.errors import BadRequest
 from .core.secrets import DEFAULT_SECRET_ENV_PATTERN, SecretPolicy
+from .storage.database import DEFAULT_MEMORY_LIMIT
 from .storage.llm_cache import DEFAULT_MAX_BYTES as DEFAULT_LLM_CACHE_MAX_BYTES
 from .task.base import DEFAULT_MAX_OUTPUT_BYTES, TaskSettings
 from .workflow.engine import Engine
@@ -77,6 +78,7 @@ def configured_engine(
         secrets=settings.secrets,
         llm_cache=traits.get("llm_cache", False),
         llm_cache_max_bytes=traits.get("llm_cache_max_bytes", DEFAULT_LLM_CACHE_MAX_BYTES),
+        db_memory_limit=traits.get("db_memory_limit", DEFAULT_MEMORY_LIMIT),
     )
 
 

@@ -22,7 +22,7 @@ from .._version import __version__
 from ..core.errors import ClarionError
 from ..core.protocol import CloseCode, RunStatus
 from ..core.secrets import DEFAULT_SECRET_ENV_PATTERN, SecretPolicy
-from ..storage.database import default_db_path
+from ..storage.database import DEFAULT_MEMORY_LIMIT, check_memory_limit, default_db_path
 from ..storage.llm_cache import DEFAULT_MAX_BYTES as DEFAULT_LLM_CACHE_MAX_BYTES
 from ..storage.query import MAX_BYTES
 from ..task.base import DEFAULT_MAX_OUTPUT_BYTES
@@ -59,6 +59,14 @@ class ClarionExtension(ExtensionApp):
     db_path = Unicode(
         help="The DuckDB file holding agents, workflows and runs (default: $CLARION_DB, "
         "else clarion/clarion.duckdb in the Jupyter data dir). Only one process may open it."
+    ).tag(config=True)
+    db_memory_limit = Unicode(
+        DEFAULT_MEMORY_LIMIT,
+        help="What DuckDB may keep in memory for the database (its buffer pool: table pages, the primary "
+        "keys' indexes, the engine's own query state), as a size such as 512MB or 2GB (default 1GB). DuckDB's "
+        "own default is 80% of RAM, and it keeps every page it reads until that fills, so without a limit the "
+        "server's memory grows with the run history; past the limit, pages are evicted and read from the file "
+        "again. History queries have a 1GB limit of their own.",
     ).tag(config=True)
     workers = Integer(8, min=1, help="How many steps run concurrently in this server.").tag(config=True)
     queue_url = Unicode(
@@ -146,6 +154,13 @@ class ClarionExtension(ExtensionApp):
         config["formatters"]["console"]["format"] = JUPYTER_LOG_TEMPLATE
         return config
 
+    @validate("db_memory_limit")
+    def _valid_memory_limit(self, proposal: dict[str, Any]) -> str:
+        try:
+            return check_memory_limit(proposal["value"])
+        except ValueError as exc:
+            raise TraitError(f"db_memory_limit: {exc}") from None
+
     @validate("secret_env_pattern")
     def _valid_pattern(self, proposal: dict[str, Any]) -> str:
         try:
@@ -177,6 +192,7 @@ class ClarionExtension(ExtensionApp):
             secrets=secrets,
             llm_cache=self.llm_cache,
             llm_cache_max_bytes=self.llm_cache_max_bytes,
+            db_memory_limit=self.db_memory_limit,
         )
         self.sockets: set[EventSocket] = set()
         self._starting: asyncio.Future[None] | None = None

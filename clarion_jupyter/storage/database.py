@@ -32,6 +32,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<prog>.+?) \(PID (?P<pid>\d+)\)")
+DEFAULT_MEMORY_LIMIT = "1GB"
+"""What DuckDB's buffer pool may hold for the engine's file (``ClarionExtension.db_memory_limit``).
+DuckDB's own default is 80 % of the machine's RAM, and it keeps every page it ever read or wrote
+until that fills: the history grows all day (every table page a history query or an insert
+touched, and the primary keys' indexes), so a notebook server's memory would grow with it.
+A gigabyte holds the hot tables of a history of a million runs; past it, pages are evicted and
+read from the file again."""
+MEMORY_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(B|[KMGT]i?B)\s*$", re.IGNORECASE)
+"""A size as DuckDB reads one: a number and a unit (``512MB``, ``1.5GiB``)."""
 
 
 def default_db_path() -> Path:
@@ -76,12 +85,19 @@ def migrate(con: duckdb.DuckDBPyConnection, target: int | None = None) -> list[i
     return done
 
 
-def connect(path: str | Path) -> duckdb.DuckDBPyConnection:
-    """Open the file read-write, explaining a lock held by another process."""
+def check_memory_limit(value: str) -> str:
+    """``value`` if DuckDB can read it as a size, else a ``ValueError`` that says what one looks like."""
+    if not MEMORY_SIZE.match(value):
+        raise ValueError(f"{value!r} is not a size: give a number and a unit, e.g. 512MB or 2GB")
+    return value.strip()
+
+
+def connect(path: str | Path, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> duckdb.DuckDBPyConnection:
+    """Open the file read-write with its buffer pool bounded, explaining a lock held by another process."""
     if str(path) != ":memory:":
         Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
-        return duckdb.connect(str(path))
+        return duckdb.connect(str(path), config={"memory_limit": check_memory_limit(memory_limit)})
     except duckdb.IOException as exc:
         match = _LOCK_HOLDER.search(str(exc))
         if not match:
@@ -101,8 +117,11 @@ class Database:
     cursors and the history queries' own threads, so no query runs on the event loop, writes never
     interleave, and a slow history query never holds up the engine's reads."""
 
-    def __init__(self, path: str | Path, readers: int = 2, queries: int = 2) -> None:
+    def __init__(
+        self, path: str | Path, readers: int = 2, queries: int = 2, memory_limit: str = DEFAULT_MEMORY_LIMIT
+    ) -> None:
         self.path = str(path)
+        self.memory_limit = check_memory_limit(memory_limit)
         self._con: duckdb.DuckDBPyConnection | None = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="clarion-db-writer")
         self._submitter = ThreadPoolExecutor(1, thread_name_prefix="clarion-db-submitter")
@@ -113,7 +132,7 @@ class Database:
 
     def open(self) -> None:
         """Connect and migrate; blocking, so hosts call it through :meth:`start`."""
-        self._con = connect(self.path)
+        self._con = connect(self.path, self.memory_limit)
         migrate(self._con)
 
     async def start(self) -> None:

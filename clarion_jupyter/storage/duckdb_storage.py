@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .database import Database
+from .database import DEFAULT_MEMORY_LIMIT, Database
 from .documents import DuckDBDocumentStore
 from .llm_cache import DuckDBLLMCache
 from .query import MAX_BYTES, MAX_ROWS, TIMEOUT_S, HistorySandbox, QueryResult
@@ -19,9 +19,10 @@ class DuckDBStorage:
 
     kind = "duckdb"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> None:
+        """``memory_limit``: what DuckDB's buffer pool may hold (see :data:`.database.DEFAULT_MEMORY_LIMIT`)."""
         self.path = str(path)
-        self._db = Database(self.path)
+        self._db = Database(self.path, memory_limit=memory_limit)
         self.runs = DuckDBRunStore(self._db)
         self.agents = DuckDBDocumentStore(self._db, "agents")
         self.workflows = DuckDBDocumentStore(self._db, "workflows", with_source=True)

@@ -24,7 +24,7 @@ from ..core.ids import local_user, new_run_id
 from ..core.protocol import EventType, RunStatus
 from ..core.secrets import SecretMasker, SecretPolicy
 from ..core.workspace import Workspace
-from ..storage.database import default_db_path
+from ..storage.database import DEFAULT_MEMORY_LIMIT, default_db_path
 from ..storage.duckdb_storage import DuckDBStorage
 from ..storage.llm_cache import DEFAULT_MAX_BYTES as DEFAULT_LLM_CACHE_MAX_BYTES
 from ..storage.protocols import ActiveRun, Storage
@@ -84,13 +84,15 @@ class Engine:
         tracer: Tracer | None = None,
         llm_cache: bool = False,
         llm_cache_max_bytes: int = DEFAULT_LLM_CACHE_MAX_BYTES,
+        db_memory_limit: str = DEFAULT_MEMORY_LIMIT,
     ) -> None:
         """``storage`` defaults to the DuckDB file at ``db_path``. ``run_workers``: whether this
         process runs steps itself (default: only with the local queue; a broker's jobs go to
         ``clarion worker`` processes). ``tracer`` (OpenTelemetry's) defaults to the global
         tracer provider's, which records nothing until the host sets up an SDK. ``llm_cache``:
         whether LLM calls that no step, run or agent decides for are answered from the cache
-        (see :mod:`.llm_cache`); ``llm_cache_max_bytes`` caps the cache's stored replies."""
+        (see :mod:`.llm_cache`); ``llm_cache_max_bytes`` caps the cache's stored replies.
+        ``db_memory_limit`` bounds DuckDB's buffer pool for the file (e.g. ``"1GB"``)."""
         self.db_path = str(db_path or default_db_path())
         self.workspace = Workspace(workspace_root)
         self.registry = registry or TaskRegistry.from_entry_points()
@@ -103,7 +105,7 @@ class Engine:
         )
         self._workers = workers
         self._run_workers = queue_url in ("", "local") if run_workers is None else run_workers
-        self.storage: Storage = storage or DuckDBStorage(self.db_path)
+        self.storage: Storage = storage or DuckDBStorage(self.db_path, db_memory_limit)
         self.runs = self.storage.runs
         self.agents = AgentService(self.storage.agents, self.settings.secrets)
         self.workflows = WorkflowService(self.storage.workflows, self.runs, self.validator)
