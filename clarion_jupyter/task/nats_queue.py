@@ -56,7 +56,9 @@ from .broker import (
     BrokerQueue,
     JobState,
     Raw,
+    Sealed,
     TakeJobs,
+    Taken,
     Unreachable,
 )
 from .queue import Delivery, Job
@@ -199,9 +201,9 @@ class NatsQueue(BrokerQueue):
             with suppress(*self.transient):
                 await pull.close()
 
-    async def _offer(self, datas: list[bytes]) -> list[bool]:
+    async def _offer(self, sealed: list[Sealed]) -> list[bool]:
         taken = []
-        for outcome in await self._published(self._jobs_subject, self._jobs_stream, datas):
+        for outcome in await self._published(self._jobs_subject, self._jobs_stream, [data for _, data in sealed]):
             full = isinstance(outcome, nats.js.errors.APIError) and outcome.err_code == STREAM_FULL
             if isinstance(outcome, BaseException) and not full:
                 raise outcome
@@ -375,13 +377,13 @@ class _Pull:
             self._asked.popleft()
         return int(sum(left for _end, left in self._asked))
 
-    async def take(self, count: int) -> list[Raw]:
+    async def take(self, count: int) -> list[Taken]:
         missing = count - self._standing()
         if missing > 0:
             request = {"batch": missing, "expires": int(PULL_S * 1e9)}
             await self._nc.publish(self._subject, json.dumps(request).encode(), reply=self._inbox)
             self._asked.append([time.monotonic() + PULL_S + FETCH_WAIT_S, missing])
-        taken: list[Raw] = []
+        taken: list[Taken] = []
         try:
             message = await self._subscription.next_msg(timeout=FETCH_WAIT_S)
         except nats.errors.TimeoutError:
@@ -392,10 +394,10 @@ class _Pull:
                 return taken
             message = await self._subscription.next_msg(timeout=None)
 
-    def _received(self, message: Msg, taken: list[Raw]) -> None:
+    def _received(self, message: Msg, taken: list[Taken]) -> None:
         status = message.headers.get("Status") if message.headers else None
         if status is None:
-            taken.append((message, message.data))
+            taken.append(Taken(message, message.data))
             if self._asked:
                 self._asked[0][1] -= 1
                 if self._asked[0][1] <= 0:

@@ -3,7 +3,10 @@
 Keys, under the URL's ``prefix`` (``redis://host:6379/0?prefix=clarion``):
 
 - ``{prefix}:jobs``: the job stream; group ``workers`` (XREADGROUP), every worker process one
-  consumer. A job stays in the group's pending list until acked (XACK, then XDEL: the stream
+  consumer. An entry is the signed job and, unsigned, its nonce and run, so the script that
+  reads jobs for a worker reads their state records in the same step (:data:`TAKE`); a worker
+  waits for jobs with a blocking XREAD pipelined with that script, which Redis runs the moment
+  the read wakes: a job reaches a worker, checked, in one round trip. A job stays in the group's pending list until acked (XACK, then XDEL: the stream
   holds only jobs waiting or running, so its length is the backlog that ``put`` bounds). A
   worker keeps its running jobs' idle time low (XCLAIM to itself); a job idle longer than
   the visibility timeout belonged to a dead worker, and the next worker looking takes it
@@ -28,21 +31,61 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from .broker import RESULT_BATCH, STATE_TTL_S, Ack, BrokerQueue, JobState, Raw, TakeJobs
+from .broker import RESULT_BATCH, STATE_TTL_S, Ack, BrokerQueue, JobState, Raw, Sealed, TakeJobs, Taken
 from .queue import Delivery, Job
 
 WORKERS, ENGINE = "workers", "engine"
 OFFER = """
 local room = tonumber(ARGV[1]) - redis.call('XLEN', KEYS[1])
 local added = 0
-while added < room and added < #ARGV - 1 do
+while added < room and added < (#ARGV - 1) / 3 do
+  local at = added * 3 + 2
   added = added + 1
-  redis.call('XADD', KEYS[1], '*', 'job', ARGV[added + 1])
+  redis.call('XADD', KEYS[1], '*', 'job', ARGV[at], 'nonce', ARGV[at + 1], 'run', ARGV[at + 2])
 end
 return added
 """
 """Check the bound and add as many jobs as it leaves room for, in order, in one step, so
-concurrent producers cannot overshoot it together."""
+concurrent producers cannot overshoot it together (``ARGV``: the bound, then each job's
+message, nonce and run)."""
+TAKE = """
+local group, consumer, state, me, ttl = ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6]
+local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
+local taken, last = {}, false
+for _, entry in ipairs(reply and reply[1][2] or {}) do
+  local fields = {}
+  for i = 1, #(entry[2] or {}), 2 do
+    fields[entry[2][i]] = entry[2][i + 1]
+  end
+  local nonce, run = fields['nonce'], fields['run']
+  if nonce and run then
+    local took = state .. 'took.' .. nonce
+    redis.call('RPUSH', took, me)
+    redis.call('EXPIRE', took, ttl)
+    taken[#taken + 1] = {entry[1], fields['job'] or false, nonce, run, redis.call('GET', state .. 'done.' .. nonce),
+      redis.call('GET', state .. 'cancel.' .. run), redis.call('LRANGE', took, 0, -1)}
+  else
+    taken[#taken + 1] = {entry[1], fields['job'] or false}
+  end
+  last = entry[1]
+end
+if not last then
+  for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local named = {}
+    for i = 1, #info, 2 do
+      named[info[i]] = info[i + 1]
+    end
+    if named['name'] == group then
+      last = named['last-delivered-id']
+    end
+  end
+end
+return {last, taken}
+"""
+"""New jobs for a worker and, for each entry naming its nonce and run, its ``done`` and
+``cancel`` records and the workers it went to, this one added (``ARGV``: group, consumer,
+count, the state records' prefix, this worker, their TTL); and the last entry delivered to
+the group, after which a blocking XREAD waits for the next."""
 CHECK_IN = """
 local found = {}
 for i = 1, #KEYS, 3 do
@@ -54,7 +97,7 @@ for i = 1, #KEYS, 3 do
 end
 return found
 """
-"""For each job (keys: its ``done``, ``cancel`` and ``took`` records): the first two, and the
+"""For each job taken without its state (one reclaimed, or an entry not naming its nonce and run) (keys: its ``done``, ``cancel`` and ``took`` records): the first two, and the
 workers it went to after this one is added (``ARGV``: this worker, the records' TTL)."""
 SEND = """
 local ttl, group = ARGV[1], ARGV[2]
@@ -101,6 +144,8 @@ class RedisQueue(BrokerQueue):
         self._block_ms = max(min(1000, self._visibility_ms // 2), 1)
         """How long a read waits for a new job: idle slots look for abandoned jobs this often."""
         self._reclaim_due = 0.0
+        self._delivered: bytes | None = None
+        """The last job entry delivered to the group when this worker last looked: it waits for one after it."""
         self._results_from = "0"
         """The engine reads its own unacked results first (from before a restart), then new ones (``>``)."""
         self._consumed = False
@@ -114,6 +159,7 @@ class RedisQueue(BrokerQueue):
         await self._ensure()
         self._offer_script = self._redis.register_script(OFFER)
         self._check_in_script = self._redis.register_script(CHECK_IN)
+        self._take_script = self._redis.register_script(TAKE)
         self._send_script = self._redis.register_script(SEND)
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         await self._pubsub.subscribe(self._channel)
@@ -160,7 +206,7 @@ class RedisQueue(BrokerQueue):
         self._consumed = True
         yield self._next_jobs
 
-    async def _next_jobs(self, count: int) -> list[Raw]:
+    async def _next_jobs(self, count: int) -> list[Taken]:
         loop_time = asyncio.get_running_loop().time()
         if loop_time >= self._reclaim_due:
             self._reclaim_due = loop_time + self.options.visibility_timeout / 2
@@ -169,15 +215,36 @@ class RedisQueue(BrokerQueue):
             )
             if claimed:
                 self._reclaim_due = loop_time  # a dead worker may have left more
-                return [_raw(entry, b"job") for entry in claimed]
-        reply = await self._redis.xreadgroup(
-            WORKERS, self._consumer, {self._jobs: ">"}, count=count, block=self._block_ms
-        )
-        return [_raw(entry, b"job") for entry in reply[0][1]] if reply else []
+                return [Taken(*_raw(entry, b"job")) for entry in claimed]
+        args = [WORKERS, self._consumer, count, self._state, self.identity, int(STATE_TTL_S)]
+        if self._delivered is None:
+            reply = await self._take_script(keys=[self._jobs], args=args)
+        else:
+            reply = await self._woken_take(args)
+        self._delivered, entries = reply
+        return [_taken(entry) for entry in entries]
 
-    async def _offer(self, datas: list[bytes]) -> list[bool]:
-        added = int(await self._offer_script(keys=[self._jobs], args=[self.max_pending, *datas]))
-        return [index < added for index in range(len(datas))]
+    async def _woken_take(self, args: list[Any]) -> Any:
+        """:data:`TAKE` once a job comes after the last one delivered (or the wait ends): the
+        blocking read and the script go in one pipeline, and Redis runs the script as soon as
+        the read returns, without a round trip back to this worker in between."""
+        for _attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xread({self._jobs: self._delivered}, count=1, block=self._block_ms)
+                pipe.evalsha(self._take_script.sha, 1, self._jobs, *args)
+                try:
+                    _woken, reply = await pipe.execute()
+                    return reply
+                except redis.exceptions.NoScriptError:  # a restarted Redis forgot the script
+                    await self._redis.script_load(TAKE)
+        return await self._take_script(keys=[self._jobs], args=args)
+
+    async def _offer(self, sealed: list[Sealed]) -> list[bool]:
+        args: list[Any] = [self.max_pending]
+        for job, data in sealed:
+            args += [data, job.nonce, job.run_id]
+        added = int(await self._offer_script(keys=[self._jobs], args=args))
+        return [index < added for index in range(len(sealed))]
 
     async def _jobs_state(self, jobs: list[Job]) -> list[JobState]:
         records = [f"{self._state}{name}" for job in jobs for name in _job_records(job)]
@@ -195,8 +262,8 @@ class RedisQueue(BrokerQueue):
     async def _give_back(self, deliveries: list[tuple[Delivery, bytes]]) -> None:
         ids = [d.tag for d, _ in deliveries]
         async with self._redis.pipeline(transaction=True) as pipe:
-            for _delivery, data in deliveries:
-                pipe.xadd(self._jobs, {"job": data})
+            for delivery, data in deliveries:
+                pipe.xadd(self._jobs, {"job": data, "nonce": delivery.job.nonce, "run": delivery.job.run_id})
             await pipe.xack(self._jobs, WORKERS, *ids).xdel(self._jobs, *ids).execute()
 
     async def _touch(self, handles: list[Any]) -> None:
@@ -247,6 +314,19 @@ class RedisQueue(BrokerQueue):
 
 def _job_records(job: Job) -> tuple[str, str, str]:
     return f"done.{job.nonce}", f"cancel.{job.run_id}", f"took.{job.nonce}"
+
+
+def _taken(entry: list[Any]) -> Taken:
+    """An entry as :data:`TAKE` gives it: with its state when it named its nonce and run."""
+    if len(entry) == 2:
+        return Taken(entry[0], entry[1] or None)
+    entry_id, data, nonce, run, done, cancelled, took = entry
+    return Taken(
+        entry_id,
+        data or None,
+        (done or None, cancelled or None, took),
+        (nonce.decode(errors="replace"), run.decode(errors="replace")),
+    )
 
 
 def _raw(entry: tuple[bytes, dict[bytes, bytes] | None], field: bytes) -> Raw:
