@@ -21,7 +21,7 @@ from clarion_jupyter.task.batching import Batcher
 from clarion_jupyter.task.broker import BrokerQueue
 from clarion_jupyter.task.queue import Job
 from clarion_jupyter.task.queues import make_queue
-from clarion_jupyter.testing.brokers import BrokerProcess, RedisServer
+from clarion_jupyter.testing.brokers import BrokerProcess, NatsServer, RedisServer
 
 __all__ = ["broker", "queue_secret"]  # fixtures, used by name
 
@@ -122,6 +122,54 @@ async def test_a_job_put_while_a_redis_worker_waits_comes_with_its_state_in_the_
     assert heard == ["run"], "the state read with the job says its run was cancelled"
     assert calls.made["_jobs_state"] == [], "no round trip of its own to check the job"
     assert len(calls.made["_woken_take"]) >= 1
+
+
+class KvCalls:
+    """Counts a NATS queue's key-value requests, by operation and key kind (``took``, ``cancel``, ...)."""
+
+    def __init__(self, queue: BrokerQueue) -> None:
+        self.made: list[tuple[str, str]] = []
+        for name in ("get", "put", "update", "create", "delete"):
+            setattr(queue._kv, name, self._recording(name, getattr(queue._kv, name)))
+
+    def _recording(self, name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        async def recorded(key: str, *args: Any, **kwargs: Any) -> Any:
+            self.made.append((name, key.split(".")[0]))
+            return await call(key, *args, **kwargs)
+
+        return recorded
+
+
+async def test_a_nats_job_is_checked_in_with_two_state_requests_and_recorded_done_with_one(tmp_path: Path) -> None:
+    with NatsServer(tmp_path) as nats_server:
+        async with queues(nats_server.url) as (engine, worker, slots):
+            kv = KvCalls(worker)
+            [job] = jobs(1)
+            await engine.put(job)
+            slots.append(asyncio.create_task(slot(worker)))
+            async for [result] in results(engine, 1):
+                assert result.output == 0
+            async with asyncio.timeout(10):  # the result is sent before the job is recorded done
+                while (record := (await engine._kv.get(f"took.{job.nonce}")).value).startswith(b"["):
+                    await asyncio.sleep(0.02)
+
+    assert sorted(kv.made) == [("get", "cancel"), ("put", "took"), ("update", "took")]
+    assert record == engine._signer.tag("done", job.nonce), "the job's record is its done tag once it finished"
+
+
+async def test_a_nats_job_finished_when_done_had_a_record_of_its_own_is_still_refused_again(tmp_path: Path) -> None:
+    with NatsServer(tmp_path) as nats_server:
+        async with queues(nats_server.url) as (engine, worker, slots):
+            [job] = jobs(1)
+            # As a worker that kept ``done.<nonce>`` beside ``took.<nonce>`` left a finished job.
+            await engine._kv.put(f"took.{job.nonce}", b"[]")
+            await engine._kv.delete(f"took.{job.nonce}")
+            await engine._kv.put(f"done.{job.nonce}", engine._signer.tag("done", job.nonce))
+            await engine.put(job)
+            slots.append(asyncio.create_task(slot(worker)))
+            await until(lambda: worker.dropped["replayed"] == 1, timeout=10)
+
+    assert worker.dropped["replayed"] == 1, "refused as a replay, not run"
 
 
 async def test_the_engine_acks_a_batch_of_results_in_the_round_trip_that_asks_for_the_next(

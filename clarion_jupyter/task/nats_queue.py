@@ -11,7 +11,11 @@ Names, under the URL's ``prefix`` (``nats://host:4222?prefix=clarion``):
   consumer ``engine``: results wait there while no engine runs, and one that was delivered
   but not acked comes again.
 - core subject ``{prefix}.cancel``: every worker hears which run was cancelled.
-- key-value bucket ``{prefix}_state``: the state records (a ``took.*`` list is a JSON array).
+- key-value bucket ``{prefix}_state``: the state records. A job's ``took.<nonce>`` is both of
+  its records: the JSON array of the workers it went to while it runs, its done tag once it
+  finished; so a worker checks a job in with two requests at once (that record created with
+  itself, the run's cancel read) and records it done with one. (A job finished before records
+  were kept so has its ``took`` deleted and a ``done.<nonce>``, which is still honoured.)
 
 A JetStream that lost its streams (restarted on an empty store) is rebuilt by the first
 client that meets a missing stream or consumer; the engine, missing its ``epoch``, sends
@@ -224,23 +228,43 @@ class NatsQueue(BrokerQueue):
         for outcome in await self._published(self._results_subject, self._results_stream, results):
             if isinstance(outcome, BaseException):
                 raise outcome
-        records = [ack for ack in acks if ack.nonce is not None]
-        await _together(
-            *(self._kv.put(f"done.{ack.nonce}", ack.tag) for ack in records),
-            *(self._kv.delete(f"took.{ack.nonce}") for ack in records),
-        )
+        await _together(*(self._kv.put(f"took.{ack.nonce}", ack.tag) for ack in acks if ack.nonce is not None))
         for ack in acks:
             await ack.handle.ack()
 
     async def _jobs_state(self, jobs: list[Job]) -> list[JobState]:
         async def state(job: Job) -> JobState:
-            (done, cancelled), took = await _together(
-                self._state_get([f"done.{job.nonce}", f"cancel.{job.run_id}"]),
-                self._state_append(f"took.{job.nonce}", self.identity.encode()),
+            (done, took), (cancelled,) = await _together(
+                self._delivered_to(job.nonce), self._state_get([f"cancel.{job.run_id}"])
             )
             return done, cancelled, took
 
         return await _together(*(state(job) for job in jobs))
+
+    async def _delivered_to(self, nonce: str) -> tuple[bytes | None, list[bytes]]:
+        """The job's done tag, if it finished; else the workers it went to, this one added to its
+        ``took`` record. Tried first as the record's creation, without reading it: nearly every
+        job is delivered once, so one round trip; written back only if nobody wrote between."""
+        name, me = f"took.{nonce}", self.identity
+        took: list[str] = []
+        last = 0
+        while True:
+            try:
+                await self._kv.update(name, json.dumps([*took, me]).encode(), last=last)
+                return None, [worker.encode() for worker in (*took, me)]
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await self._kv.get(name)
+            except nats.js.errors.KeyNotFoundError as exc:  # deleted: finished, if a done record says so
+                (done,) = await self._state_get([f"done.{nonce}"])
+                if done is not None:
+                    return done, []
+                took, last = [], exc.entry.revision if exc.entry is not None else 0
+                continue
+            took, last = _workers(entry.value), entry.revision
+            if took is None:
+                return entry.value, [me.encode()]
 
     async def _give_back(self, deliveries: list[tuple[Delivery, bytes]]) -> None:
         for delivery, _data in deliveries:
@@ -311,36 +335,24 @@ class NatsQueue(BrokerQueue):
         for name in delete:
             await self._kv.delete(name)
 
-    async def _state_append(self, name: str, value: bytes) -> list[bytes]:
-        """Append, and write back if nobody wrote between (else again). Tried first as the record's
-        creation, without reading it: nearly every job is delivered once, so one round trip."""
-        items: list[str] = []
-        revision: int | None = None
-        while True:
-            items.append(value.decode())
-            try:
-                if revision is None:
-                    await self._kv.create(name, json.dumps(items).encode())
-                else:
-                    await self._kv.update(name, json.dumps(items).encode(), last=revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                try:
-                    entry = await self._kv.get(name)
-                    items, revision = json.loads(entry.value), entry.revision
-                except nats.js.errors.KeyNotFoundError:  # deleted meanwhile
-                    items, revision = [], None
-                continue
-            return [item.encode() for item in items]
-
     async def _state_remove(self, name: str, value: bytes) -> None:
         try:
             entry = await self._kv.get(name)
         except nats.js.errors.KeyNotFoundError:
             return
-        items = json.loads(entry.value)
-        if value.decode() in items:
+        items = _workers(entry.value)
+        if items is not None and value.decode() in items:
             items.remove(value.decode())
             await self._kv.put(name, json.dumps(items).encode())
+
+
+def _workers(value: bytes | None) -> list[str] | None:
+    """A ``took`` record's workers; None when it holds something else (the job's done tag)."""
+    try:
+        workers = json.loads(value or b"")
+    except ValueError:
+        return None
+    return workers if isinstance(workers, list) and all(isinstance(w, str) for w in workers) else None
 
 
 async def _together(*operations: Awaitable[Any]) -> list[Any]:
