@@ -14,11 +14,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 from broker_support import broker, queue_secret, until
+from nats.js.api import KeyValueConfig
 
 from clarion_jupyter.task.batching import Batcher
-from clarion_jupyter.task.broker import BrokerQueue
+from clarion_jupyter.task.broker import STATE_TTL_S, BrokerQueue
 from clarion_jupyter.task.queue import Job
 from clarion_jupyter.task.queues import make_queue
 from clarion_jupyter.testing.brokers import BrokerProcess, NatsServer, RedisServer
@@ -170,6 +172,24 @@ async def test_a_nats_job_finished_when_done_had_a_record_of_its_own_is_still_re
             await until(lambda: worker.dropped["replayed"] == 1, timeout=10)
 
     assert worker.dropped["replayed"] == 1, "refused as a replay, not run"
+
+
+async def test_a_nats_state_bucket_made_without_direct_gets_is_given_them(tmp_path: Path) -> None:
+    with NatsServer(tmp_path) as nats_server:
+        client = await nats.connect(nats_server.url)
+        js = client.jetstream()
+        old = await js.create_key_value(KeyValueConfig(bucket="clarion_state", ttl=STATE_TTL_S))
+        await old.put("cancel.kept", b"tag")
+        try:
+            async with queues(nats_server.url) as (engine, worker, _slots):
+                kept = await worker._state_get(["cancel.kept"])
+                direct = [queue._kv._direct for queue in (engine, worker)]
+            allowed = (await js.stream_info("KV_clarion_state")).config.allow_direct
+        finally:
+            await client.close()
+
+    assert allowed and direct == [True, True], "gets go to any server directly, without the JetStream API"
+    assert kept == [b"tag"], "the records it held are kept"
 
 
 async def test_the_engine_acks_a_batch_of_results_in_the_round_trip_that_asks_for_the_next(

@@ -34,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager, suppress
+from dataclasses import replace
 from typing import Any
 
 import nats
@@ -162,11 +163,24 @@ class NatsQueue(BrokerQueue):
                 max_ack_pending=-1,
             ),
         )
-        self._kv = await self._js.create_key_value(KeyValueConfig(bucket=self._state_bucket, ttl=STATE_TTL_S))
+        self._kv = await self._state_store()
         if self._results_sub is not None:  # its consumer may be gone with the stream: subscribe anew
             sub, self._results_sub = self._results_sub, None
             with suppress(*self.broker_errors):
                 await sub.unsubscribe()
+
+    async def _state_store(self) -> KeyValue:
+        """The state bucket, read with direct gets (any server answers them without the JetStream
+        API's JSON and base64: most of a check-in's cost); one made without them is changed."""
+        try:
+            return await self._js.create_key_value(
+                KeyValueConfig(bucket=self._state_bucket, ttl=STATE_TTL_S, direct=True)
+            )
+        except nats.js.errors.BadRequestError:  # it exists with another configuration
+            config = (await self._js.stream_info(f"KV_{self._state_bucket}")).config
+            if not config.allow_direct:
+                await self._js.update_stream(replace(config, allow_direct=True))
+            return await self._js.key_value(self._state_bucket)
 
     @staticmethod
     def _lost(exc: BaseException) -> bool:
