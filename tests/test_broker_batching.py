@@ -126,6 +126,42 @@ async def test_a_job_put_while_a_redis_worker_waits_comes_with_its_state_in_the_
     assert len(calls.made["_woken_take"]) >= 1
 
 
+def watch_waits(worker: BrokerQueue, made: list[asyncio.Task[Any]]) -> None:
+    """Keeps each wait of a Redis worker for jobs (:meth:`_woken_take`), to see which ended."""
+    woken = worker._woken_take
+
+    def wait(args: list[Any]) -> asyncio.Task[Any]:
+        made.append(asyncio.ensure_future(woken(args)))
+        return made[-1]
+
+    worker._woken_take = wait
+
+
+async def test_a_job_put_while_redis_workers_wait_wakes_one_of_them(tmp_path: Path) -> None:
+    with RedisServer(tmp_path) as redis_server:
+        async with queues(redis_server.url) as (engine, first, slots):
+            second = make_queue(redis_server.url)
+            await second.start()
+            try:
+                waits: list[list[asyncio.Task[Any]]] = [[], []]
+                for worker, made in zip((first, second), waits, strict=True):
+                    worker._block_ms = 60_000  # only a job ends a wait here
+                    watch_waits(worker, made)
+                slots += [asyncio.create_task(slot(worker)) for worker in (first, second)]
+                await until(lambda: [len(made) for made in waits] == [1, 1], timeout=10)
+                [job] = jobs(1)
+                await engine.put(job)
+                async for [result] in results(engine, 1):
+                    assert result.output == 0
+                await until(lambda: sum(map(len, waits)) == 3, timeout=10)  # the woken one waits again
+                ended = sorted(len(made) for made in waits)
+                still = [made[0].done() for made in waits]
+            finally:
+                await second.close()
+
+    assert ended == [1, 2] and sorted(still) == [False, True], "one worker woke for the job, the other still waits"
+
+
 class KvCalls:
     """Counts a NATS queue's key-value requests, by operation and key kind (``took``, ``cancel``, ...)."""
 

@@ -5,8 +5,8 @@ Keys, under the URL's ``prefix`` (``redis://host:6379/0?prefix=clarion``):
 - ``{prefix}:jobs``: the job stream; group ``workers`` (XREADGROUP), every worker process one
   consumer. An entry is the signed job and, unsigned, its nonce and run, so the script that
   reads jobs for a worker reads their state records in the same step (:data:`TAKE`); a worker
-  waits for jobs with a blocking XREAD pipelined with that script, which Redis runs the moment
-  the read wakes: a job reaches a worker, checked, in one round trip. A job stays in the group's pending list until acked (XACK, then XDEL: the stream
+  waits for jobs with a blocking XREADGROUP pipelined with that script, which Redis runs the
+  moment the read wakes: a job reaches one worker, checked, in one round trip. A job stays in the group's pending list until acked (XACK, then XDEL: the stream
   holds only jobs waiting or running, so its length is the backlog that ``put`` bounds). A
   worker keeps its running jobs' idle time low (XCLAIM to itself); a job idle longer than
   the visibility timeout belonged to a dead worker, and the next worker looking takes it
@@ -49,10 +49,18 @@ return added
 concurrent producers cannot overshoot it together (``ARGV``: the bound, then each job's
 message, nonce and run)."""
 TAKE = """
-local group, consumer, state, me, ttl = ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6]
-local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
-local taken, last = {}, false
-for _, entry in ipairs(reply and reply[1][2] or {}) do
+local group, consumer, state, me, ttl, after = ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local entries = {}
+if after == '' then
+  local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
+  entries = reply and reply[1][2] or {}
+else
+  for _, pending in ipairs(redis.call('XPENDING', KEYS[1], group, '(' .. after, '+', ARGV[3], consumer)) do
+    entries[#entries + 1] = redis.call('XRANGE', KEYS[1], pending[1], pending[1])[1] or {pending[1], false}
+  end
+end
+local taken = {}
+for _, entry in ipairs(entries) do
   local fields = {}
   for i = 1, #(entry[2] or {}), 2 do
     fields[entry[2][i]] = entry[2][i + 1]
@@ -67,25 +75,14 @@ for _, entry in ipairs(reply and reply[1][2] or {}) do
   else
     taken[#taken + 1] = {entry[1], fields['job'] or false}
   end
-  last = entry[1]
 end
-if not last then
-  for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-    local named = {}
-    for i = 1, #info, 2 do
-      named[info[i]] = info[i + 1]
-    end
-    if named['name'] == group then
-      last = named['last-delivered-id']
-    end
-  end
-end
-return {last, taken}
+return taken
 """
 """New jobs for a worker and, for each entry naming its nonce and run, its ``done`` and
 ``cancel`` records and the workers it went to, this one added (``ARGV``: group, consumer,
-count, the state records' prefix, this worker, their TTL); and the last entry delivered to
-the group, after which a blocking XREAD waits for the next."""
+count, the state records' prefix, this worker, their TTL, and ``after``). Without ``after``
+it reads the new jobs itself; with it, it takes the entries after ``after`` in this worker's
+pending list: those the blocking XREADGROUP just before it in the same pipeline handed over."""
 CHECK_IN = """
 local found = {}
 for i = 1, #KEYS, 3 do
@@ -144,8 +141,8 @@ class RedisQueue(BrokerQueue):
         self._block_ms = max(min(1000, self._visibility_ms // 2), 1)
         """How long a read waits for a new job: idle slots look for abandoned jobs this often."""
         self._reclaim_due = 0.0
-        self._delivered: bytes | None = None
-        """The last job entry delivered to the group when this worker last looked: it waits for one after it."""
+        self._checked: tuple[int, int] | None = None
+        """The newest job entry this worker took: those after it in its pending list are new to it."""
         self._results_from = "0"
         """The engine reads its own unacked results first (from before a restart), then new ones (``>``)."""
         self._consumed = False
@@ -166,6 +163,7 @@ class RedisQueue(BrokerQueue):
         self._spawn(self._listen())
 
     async def _ensure(self) -> None:
+        self._checked = None  # a stream made anew numbers its entries anew
         for stream, group in ((self._jobs, WORKERS), (self._results, ENGINE)):
             try:
                 await self._redis.xgroup_create(stream, group, id="0", mkstream=True)
@@ -215,26 +213,31 @@ class RedisQueue(BrokerQueue):
             )
             if claimed:
                 self._reclaim_due = loop_time  # a dead worker may have left more
-                return [Taken(*_raw(entry, b"job")) for entry in claimed]
+                return self._newest([Taken(*_raw(entry, b"job")) for entry in claimed])
         args = [WORKERS, self._consumer, count, self._state, self.identity, int(STATE_TTL_S)]
-        if self._delivered is None:
-            reply = await self._take_script(keys=[self._jobs], args=args)
+        if self._checked is None:
+            entries = await self._take_script(keys=[self._jobs], args=[*args, ""])
         else:
-            reply = await self._woken_take(args)
-        self._delivered, entries = reply
-        return [_taken(entry) for entry in entries]
+            entries = await self._woken_take([*args, "-".join(map(str, self._checked))])
+        return self._newest([_taken(entry) for entry in entries])
+
+    def _newest(self, taken: list[Taken]) -> list[Taken]:
+        """Remember the newest entry taken (an entry delivered later is newer than any before)."""
+        self._checked = max([self._checked or (0, 0), *(_entry_id(message.handle) for message in taken)])
+        return taken
 
     async def _woken_take(self, args: list[Any]) -> Any:
-        """:data:`TAKE` once a job comes after the last one delivered (or the wait ends): the
-        blocking read and the script go in one pipeline, and Redis runs the script as soon as
-        the read returns, without a round trip back to this worker in between."""
+        """:data:`TAKE` of what a blocking read hands this worker (or nothing, once the wait ends):
+        the read and the script go in one pipeline, and Redis runs the script as soon as the read
+        returns, without a round trip back to this worker in between. Each new job wakes one
+        waiting worker, as a blocking XREADGROUP is served."""
         for _attempt in range(2):
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xread({self._jobs: self._delivered}, count=1, block=self._block_ms)
+                pipe.xreadgroup(WORKERS, self._consumer, {self._jobs: ">"}, count=args[2], block=self._block_ms)
                 pipe.evalsha(self._take_script.sha, 1, self._jobs, *args)
                 try:
-                    _woken, reply = await pipe.execute()
-                    return reply
+                    _handed, taken = await pipe.execute()
+                    return taken
                 except redis.exceptions.NoScriptError:  # a restarted Redis forgot the script
                     await self._redis.script_load(TAKE)
         return await self._take_script(keys=[self._jobs], args=args)
@@ -314,6 +317,11 @@ class RedisQueue(BrokerQueue):
 
 def _job_records(job: Job) -> tuple[str, str, str]:
     return f"done.{job.nonce}", f"cancel.{job.run_id}", f"took.{job.nonce}"
+
+
+def _entry_id(handle: bytes) -> tuple[int, int]:
+    milliseconds, sequence = handle.split(b"-")
+    return int(milliseconds), int(sequence)
 
 
 def _taken(entry: list[Any]) -> Taken:
