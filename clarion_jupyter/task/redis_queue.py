@@ -4,9 +4,10 @@ Keys, under the URL's ``prefix`` (``redis://host:6379/0?prefix=clarion``):
 
 - ``{prefix}:jobs``: the job stream; group ``workers`` (XREADGROUP), every worker process one
   consumer. An entry is the signed job and, unsigned, its nonce and run, so the script that
-  reads jobs for a worker reads their state records in the same step (:data:`TAKE`); a worker
+  takes jobs for a worker reads their state records in the same step (:data:`TAKE`); a worker
   waits for jobs with a blocking XREADGROUP pipelined with that script, which Redis runs the
-  moment the read wakes: a job reaches one worker, checked, in one round trip. A job stays in the group's pending list until acked (XACK, then XDEL: the stream
+  moment the read wakes: a job reaches one worker, checked, in one round trip. A job stays
+  in the group's pending list until acked (XACK, then XDEL: the stream
   holds only jobs waiting or running, so its length is the backlog that ``put`` bounds). A
   worker keeps its running jobs' idle time low (XCLAIM to itself); a job idle longer than
   the visibility timeout belonged to a dead worker, and the next worker looking takes it
@@ -94,8 +95,9 @@ for i = 1, #KEYS, 3 do
 end
 return found
 """
-"""For each job taken without its state (one reclaimed, or an entry not naming its nonce and run) (keys: its ``done``, ``cancel`` and ``took`` records): the first two, and the
-workers it went to after this one is added (``ARGV``: this worker, the records' TTL)."""
+"""For each job taken without its state (reclaimed, or an entry not naming its nonce and run;
+keys: its ``done``, ``cancel`` and ``took`` records): the first two, and the workers it went
+to after this one is added (``ARGV``: this worker, the records' TTL)."""
 SEND = """
 local ttl, group = ARGV[1], ARGV[2]
 local results, acks = tonumber(ARGV[3]), tonumber(ARGV[4])
