@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -53,6 +53,26 @@ def shell(step_id: str, command: str, **fields: Any) -> dict[str, Any]:
 async def run_to_end(engine: Engine, doc: Any, inputs: dict[str, Any] | None = None) -> WorkflowRun:
     run_id = await engine.submit(doc, inputs)
     return await asyncio.wait_for(engine.wait(run_id), 20)
+
+
+class Reopened(NamedTuple):
+    """A run as the engine that ran it shows it, and as an engine opened anew on the file reads it."""
+
+    live: WorkflowRun
+    live_events: list[Event]
+    stored: WorkflowRun
+    stored_events: list[Event]
+    resumed: list[str]
+
+
+async def run_then_reopened(tmp_path: Path, doc: Any) -> Reopened:
+    async with engine_at(tmp_path) as engine:
+        live = await run_to_end(engine, doc)
+        live_events = await engine.events(live.run_id)
+    async with engine_at(tmp_path) as reopened:
+        stored = await reopened.get_run(live.run_id)
+        stored_events = await reopened.events(live.run_id)
+        return Reopened(live, live_events, stored, stored_events, list(reopened.resumed))
 
 
 def step(run: WorkflowRun, key: str) -> StepRun:
@@ -158,14 +178,9 @@ async def test_a_lone_surrogate_in_an_output_becomes_the_replacement_character_a
     step's input) is what is stored, U+FFFD in its place."""
     doc = workflow(echo("a", "cut \ud800 here"), echo("b", "{{ steps.a.output.value }}!"))
     expected = [{"value": "cut \ufffd here"}, {"value": "cut \ufffd here!"}]
-    async with engine_at(tmp_path) as engine:
-        live = await run_to_end(engine, doc)
-        live_events = await engine.events(live.run_id)
-    async with engine_at(tmp_path) as engine:
-        stored = await engine.get_run(live.run_id)
-        events = await engine.events(live.run_id)
-    assert live.status == "succeeded"
-    for run, run_events in ((live, live_events), (stored, events)):
+    seen = await run_then_reopened(tmp_path, doc)
+    assert seen.live.status == "succeeded"
+    for run, run_events in ((seen.live, seen.live_events), (seen.stored, seen.stored_events)):
         assert [step(run, "a").output, step(run, "b").output] == expected
         assert [e.data["output"] for e in run_events if e.type == "step_completed"] == expected
 
@@ -770,18 +785,13 @@ async def test_the_database_file_alone_holds_the_run_its_steps_and_events(tmp_pa
         echo("m", "{{ item }}", for_each=[1, 2]),
         outputs={"v": "{{ steps.a.output.value }}"},
     )
-    async with engine_at(tmp_path) as engine:
-        run = await run_to_end(engine, doc)
-        events = await engine.events(run.run_id)
-    async with engine_at(tmp_path) as reopened:
-        stored = await reopened.get_run(run.run_id)
-        stored_events = await reopened.events(run.run_id)
-        assert reopened.resumed == []
-    assert stored.model_dump() == run.model_dump()
-    assert {s.key for s in stored.steps} == {"a", "b", "m", "m[0]", "m[1]"}
-    assert stored.outputs == {"v": 1}
-    assert [e.as_dict() for e in stored_events] == [e.as_dict() for e in events]
-    assert_event_log(stored_events)
+    seen = await run_then_reopened(tmp_path, doc)
+    assert seen.resumed == []
+    assert seen.stored.model_dump() == seen.live.model_dump()
+    assert {s.key for s in seen.stored.steps} == {"a", "b", "m", "m[0]", "m[1]"}
+    assert seen.stored.outputs == {"v": 1}
+    assert [e.as_dict() for e in seen.stored_events] == [e.as_dict() for e in seen.live_events]
+    assert_event_log(seen.stored_events)
 
 
 async def test_a_submit_is_stored_without_waiting_for_the_busy_main_writer(tmp_path: Path) -> None:

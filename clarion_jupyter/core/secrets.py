@@ -224,7 +224,11 @@ def _probe_text(value: Any) -> str:
     so the probe pattern (every form, and every form escaped) finds in the encoding whatever
     :func:`_mask` would find in the strings; what is not JSON :func:`_mask` leaves alone, and
     the encoding leaves it out (``null``)."""
-    return to_json(value, fallback=lambda _other: None).decode()
+    return to_json(value, fallback=_left_out).decode()
+
+
+def _left_out(_value: Any) -> None:
+    """What :func:`_probe_text` encodes a value that is not JSON as."""
 
 
 def _clean(value: Any, probe: re.Pattern[str]) -> bool:
