@@ -157,6 +157,9 @@ async def test_a_job_put_while_redis_workers_wait_wakes_one_of_them(tmp_path: Pa
                 ended = sorted(len(made) for made in waits)
                 still = [made[0].done() for made in waits]
             finally:
+                for task in slots:  # a worker's slots stop before its queue closes, as in Worker.stop
+                    task.cancel()
+                await asyncio.gather(*slots, return_exceptions=True)
                 await second.close()
 
     assert ended == [1, 2] and sorted(still) == [False, True], "one worker woke for the job, the other still waits"

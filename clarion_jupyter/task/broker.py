@@ -717,6 +717,7 @@ class BrokerQueue(ABC):
             try:
                 return await operation()
             except self.broker_errors as exc:
+                stop_if_cancelled()  # a cancelled read can come back as a connection error
                 failures += 1
                 if failures == 1 or failures % 30 == 0:
                     log.warning("%s on %s failed (%s); retrying", what, self.url, exc or type(exc).__name__)

@@ -32,6 +32,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from .batching import stop_if_cancelled
 from .broker import RESULT_BATCH, STATE_TTL_S, Ack, BrokerQueue, JobState, Raw, Sealed, TakeJobs, Taken
 from .queue import Delivery, Job
 
@@ -241,6 +242,7 @@ class RedisQueue(BrokerQueue):
                     _handed, taken = await pipe.execute()
                     return taken
                 except redis.exceptions.NoScriptError:  # a restarted Redis forgot the script
+                    stop_if_cancelled()
                     await self._redis.script_load(TAKE)
         return await self._take_script(keys=[self._jobs], args=args)
 
