@@ -19,7 +19,7 @@ import pytest
 from broker_support import broker, queue_secret, until
 from nats.js.api import KeyValueConfig
 
-from clarion_jupyter.task.batching import Batcher
+from clarion_jupyter.task.batching import Batcher, stopped
 from clarion_jupyter.task.broker import STATE_TTL_S, BrokerQueue
 from clarion_jupyter.task.queue import Job
 from clarion_jupyter.task.queues import make_queue
@@ -286,3 +286,23 @@ async def test_a_batcher_sends_what_piled_up_during_a_send_in_one_send_in_order(
     await batcher.stop()
 
     assert sent == [[0], [1, 2, 3, 4], [3]], "one send for all that waited; the refused one again, first"
+
+
+async def test_a_task_that_swallowed_its_cancel_is_cancelled_again_until_it_ends() -> None:
+    cancels = 0
+
+    async def library_read() -> None:
+        """Swallows the first cancel (as a client's ``wait_for`` may), then waits, as a blocking read does."""
+        nonlocal cancels
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancels += 1
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(library_read())
+    await asyncio.sleep(0)
+    async with asyncio.timeout(10):
+        await stopped(task)
+
+    assert cancels == 1 and task.cancelled(), "a second cancel ended the wait the first one did not"

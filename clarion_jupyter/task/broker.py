@@ -60,7 +60,7 @@ from ..core.errors import BadRequest, QueueUnavailable
 from ..core.protocol import EventType
 from ..core.secrets import redact_url
 from .base import config_problems
-from .batching import Batcher, stop_if_cancelled
+from .batching import Batcher, stop_if_cancelled, stopped
 from .queue import Delivery, Job, JobResult, job_id
 
 log = logging.getLogger(__name__)
@@ -446,14 +446,11 @@ class BrokerQueue(ABC):
     async def close(self) -> None:
         """Stop taking jobs, send what the outbox holds, give back the jobs held, disconnect."""
         if self._intake is not None:
-            self._intake.cancel()
-            await asyncio.gather(self._intake, return_exceptions=True)
+            await stopped(self._intake)
             self._intake = None
         if len(self._outbox):
             await self._quietly("sending results", asyncio.wait_for(self._outbox.drain(), CONNECT_TIMEOUT_S))
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, self._puts.stop(), self._outbox.stop(), return_exceptions=True)
+        await asyncio.gather(stopped(*self._background), self._puts.stop(), self._outbox.stop(), return_exceptions=True)
         self._background = []
         held, self._held = list(self._held.values()), {}
         if held:
