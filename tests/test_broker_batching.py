@@ -11,16 +11,19 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 from broker_support import broker, queue_secret, until
+from nats.js.api import KeyValueConfig
 
-from clarion_jupyter.task.batching import Batcher
-from clarion_jupyter.task.broker import BrokerQueue
+from clarion_jupyter.task.batching import Batcher, stopped
+from clarion_jupyter.task.broker import STATE_TTL_S, BrokerQueue
 from clarion_jupyter.task.queue import Job
 from clarion_jupyter.task.queues import make_queue
-from clarion_jupyter.testing.brokers import BrokerProcess
+from clarion_jupyter.testing.brokers import BrokerProcess, NatsServer, RedisServer
 
 __all__ = ["broker", "queue_secret"]  # fixtures, used by name
 
@@ -85,6 +88,7 @@ async def test_waiting_jobs_are_taken_checked_and_answered_a_batch_per_round_tri
     async with queues(broker.url) as (engine, worker, slots):
         offers = Calls(engine, "_offer")
         calls = Calls(worker, "_jobs_state", "_send")
+        taken = Calls(worker, "_checked_in")
         await asyncio.gather(*(engine.put(job) for job in jobs(SLOTS)))
         slots += [asyncio.create_task(slot(worker)) for _ in range(SLOTS)]
         async for got in results(engine, SLOTS):
@@ -92,9 +96,139 @@ async def test_waiting_jobs_are_taken_checked_and_answered_a_batch_per_round_tri
         await until(lambda: sum(len(acks) for _results, acks in calls.made["_send"]) == SLOTS, timeout=10)
 
     assert [len(datas) for (datas,) in offers.made["_offer"]] == [SLOTS], "the jobs put together went in one offer"
-    assert [len(checked) for (checked,) in calls.made["_jobs_state"]] == [SLOTS], "one read and one check for all"
+    assert [len(read) for (read,) in taken.made["_checked_in"] if read] == [SLOTS], "one read for all"
+    checks = [len(checked) for (checked,) in calls.made["_jobs_state"]]
+    # Redis reads the jobs' state records in the script that takes them; NATS in one more round trip.
+    assert checks == ([] if broker.kind == "redis" else [SLOTS])
     assert len(calls.made["_send"]) <= 2, "results and acks go together, not one round trip each"
     assert sum(len(results) for results, _acks in calls.made["_send"]) == SLOTS
+
+
+async def test_a_job_put_while_a_redis_worker_waits_comes_with_its_state_in_the_round_trip_that_waited(
+    tmp_path: Path,
+) -> None:
+    with RedisServer(tmp_path) as redis_server:
+        async with queues(redis_server.url) as (engine, worker, slots):
+            calls = Calls(worker, "_woken_take", "_jobs_state")
+            heard: list[str] = []
+            worker.on_cancel(heard.append)
+            slots.append(asyncio.create_task(slot(worker)))
+            await until(lambda: len(calls.made["_woken_take"]) == 1, timeout=10)  # waiting, blocked
+            # The run's cancel recorded, not broadcast: only the job's own state can tell the worker.
+            await engine._state_set({"cancel.run": engine._signer.tag("cancel", "run")})
+            [job] = jobs(1)
+            await engine.put(job)
+            async for [result] in results(engine, 1):
+                assert result.output == 0
+
+    assert heard == ["run"], "the state read with the job says its run was cancelled"
+    assert calls.made["_jobs_state"] == [], "no round trip of its own to check the job"
+    assert len(calls.made["_woken_take"]) >= 1
+
+
+def watch_waits(worker: BrokerQueue, made: list[asyncio.Task[Any]]) -> None:
+    """Keeps each wait of a Redis worker for jobs (:meth:`_woken_take`), to see which ended."""
+    woken = worker._woken_take
+
+    def wait(args: list[Any]) -> asyncio.Task[Any]:
+        made.append(asyncio.ensure_future(woken(args)))
+        return made[-1]
+
+    worker._woken_take = wait
+
+
+async def test_a_job_put_while_redis_workers_wait_wakes_one_of_them(tmp_path: Path) -> None:
+    with RedisServer(tmp_path) as redis_server:
+        async with queues(redis_server.url) as (engine, first, slots):
+            second = make_queue(redis_server.url)
+            await second.start()
+            try:
+                waits: list[list[asyncio.Task[Any]]] = [[], []]
+                for worker, made in zip((first, second), waits, strict=True):
+                    worker._block_ms = 60_000  # only a job ends a wait here
+                    watch_waits(worker, made)
+                slots += [asyncio.create_task(slot(worker)) for worker in (first, second)]
+                await until(lambda: [len(made) for made in waits] == [1, 1], timeout=10)
+                [job] = jobs(1)
+                await engine.put(job)
+                async for [result] in results(engine, 1):
+                    assert result.output == 0
+                await until(lambda: sum(map(len, waits)) == 3, timeout=10)  # the woken one waits again
+                ended = sorted(len(made) for made in waits)
+                still = [made[0].done() for made in waits]
+            finally:
+                for task in slots:  # a worker's slots stop before its queue closes, as in Worker.stop
+                    task.cancel()
+                await asyncio.gather(*slots, return_exceptions=True)
+                await second.close()
+
+    assert ended == [1, 2] and sorted(still) == [False, True], "one worker woke for the job, the other still waits"
+
+
+class KvCalls:
+    """Counts a NATS queue's key-value requests, by operation and key kind (``took``, ``cancel``, ...)."""
+
+    def __init__(self, queue: BrokerQueue) -> None:
+        self.made: list[tuple[str, str]] = []
+        for name in ("get", "put", "update", "create", "delete"):
+            setattr(queue._kv, name, self._recording(name, getattr(queue._kv, name)))
+
+    def _recording(self, name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        async def recorded(key: str, *args: Any, **kwargs: Any) -> Any:
+            self.made.append((name, key.split(".")[0]))
+            return await call(key, *args, **kwargs)
+
+        return recorded
+
+
+async def test_a_nats_job_is_checked_in_with_two_state_requests_and_recorded_done_with_one(tmp_path: Path) -> None:
+    with NatsServer(tmp_path) as nats_server:
+        async with queues(nats_server.url) as (engine, worker, slots):
+            kv = KvCalls(worker)
+            [job] = jobs(1)
+            await engine.put(job)
+            slots.append(asyncio.create_task(slot(worker)))
+            async for [result] in results(engine, 1):
+                assert result.output == 0
+            async with asyncio.timeout(10):  # the result is sent before the job is recorded done
+                while (record := (await engine._kv.get(f"took.{job.nonce}")).value).startswith(b"["):
+                    await asyncio.sleep(0.02)
+
+    assert sorted(kv.made) == [("get", "cancel"), ("put", "took"), ("update", "took")]
+    assert record == engine._signer.tag("done", job.nonce), "the job's record is its done tag once it finished"
+
+
+async def test_a_nats_job_finished_when_done_had_a_record_of_its_own_is_still_refused_again(tmp_path: Path) -> None:
+    with NatsServer(tmp_path) as nats_server:
+        async with queues(nats_server.url) as (engine, worker, slots):
+            [job] = jobs(1)
+            # As a worker that kept ``done.<nonce>`` beside ``took.<nonce>`` left a finished job.
+            await engine._kv.put(f"took.{job.nonce}", b"[]")
+            await engine._kv.delete(f"took.{job.nonce}")
+            await engine._kv.put(f"done.{job.nonce}", engine._signer.tag("done", job.nonce))
+            await engine.put(job)
+            slots.append(asyncio.create_task(slot(worker)))
+            await until(lambda: worker.dropped["replayed"] == 1, timeout=10)
+
+    assert worker.dropped["replayed"] == 1, "refused as a replay, not run"
+
+
+async def test_a_nats_state_bucket_made_without_direct_gets_is_given_them(tmp_path: Path) -> None:
+    with NatsServer(tmp_path) as nats_server:
+        client = await nats.connect(nats_server.url)
+        js = client.jetstream()
+        old = await js.create_key_value(KeyValueConfig(bucket="clarion_state", ttl=STATE_TTL_S))
+        await old.put("cancel.kept", b"tag")
+        try:
+            async with queues(nats_server.url) as (engine, worker, _slots):
+                kept = await worker._state_get(["cancel.kept"])
+                direct = [queue._kv._direct for queue in (engine, worker)]
+            allowed = (await js.stream_info("KV_clarion_state")).config.allow_direct
+        finally:
+            await client.close()
+
+    assert allowed and direct == [True, True], "gets go to any server directly, without the JetStream API"
+    assert kept == [b"tag"], "the records it held are kept"
 
 
 async def test_the_engine_acks_a_batch_of_results_in_the_round_trip_that_asks_for_the_next(
@@ -152,3 +286,23 @@ async def test_a_batcher_sends_what_piled_up_during_a_send_in_one_send_in_order(
     await batcher.stop()
 
     assert sent == [[0], [1, 2, 3, 4], [3]], "one send for all that waited; the refused one again, first"
+
+
+async def test_a_task_that_swallowed_its_cancel_is_cancelled_again_until_it_ends() -> None:
+    cancels = 0
+
+    async def library_read() -> None:
+        """Swallows the first cancel (as a client's ``wait_for`` may), then waits, as a blocking read does."""
+        nonlocal cancels
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancels += 1
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(library_read())
+    await asyncio.sleep(0)
+    async with asyncio.timeout(10):
+        await stopped(task)
+
+    assert cancels == 1 and task.cancelled(), "a second cancel ended the wait the first one did not"

@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+RECANCEL_S = 0.2
+"""How long :func:`stopped` waits for a cancelled task before cancelling it again."""
 
 Send = Callable[[list[T]], Awaitable[list[bool] | None]]
 """Sends a batch, in order; answers which items the broker took (None: all). Those it refused
@@ -63,8 +66,7 @@ class Batcher(Generic[T]):
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await stopped(self._task)
             self._task = None
 
     async def _run(self) -> None:
@@ -105,3 +107,19 @@ def stop_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+async def stopped(*tasks: asyncio.Future[Any]) -> None:
+    """Cancels ``tasks`` and waits until they ended, cancelling again any that went on.
+
+    A client library's ``asyncio.wait_for`` can lose a cancel that lands as its call completes
+    (Python 3.11; redis-py sends each command under one), and the task then waits out a whole
+    blocking read before a loop of ours can notice (:func:`stop_if_cancelled`). A queue's
+    ``close()`` would wait with it.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _ended, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
+    await asyncio.gather(*tasks, return_exceptions=True)

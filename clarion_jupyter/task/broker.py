@@ -24,7 +24,7 @@ results. Both brokers give the same guarantees, so the machinery for them lives 
 - adoption: a starting engine takes stock of the jobs and results the broker holds, and the
   runs it resumes take them over instead of sending new attempts;
 - round trips: a worker's free slots are served by one intake that takes several jobs per
-  read and checks their state in one more round trip; results and acks leave through an
+  read and reads their state in the same round trip (Redis) or in one more (NATS); results and acks leave through an
   outbox, and the engine's jobs through another, each sending what piled up while the last
   send was in flight in one round trip (:class:`~.batching.Batcher`); the engine acks a batch
   of results in the round trip that asks for the next;
@@ -60,7 +60,7 @@ from ..core.errors import BadRequest, QueueUnavailable
 from ..core.protocol import EventType
 from ..core.secrets import redact_url
 from .base import config_problems
-from .batching import Batcher, stop_if_cancelled
+from .batching import Batcher, stop_if_cancelled, stopped
 from .queue import Delivery, Job, JobResult, job_id
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,27 @@ PUT_POLL_S = (0.005, 0.25)
 
 Raw = tuple[Any, bytes | None]
 """A message as a broker hands it over: its handle (for ack) and its body (None: deleted meanwhile)."""
-TakeJobs = Callable[[int], Awaitable[list[Raw]]]
-"""Up to ``n`` jobs, as soon as there is one; [] after a while without any."""
 JobState = tuple[bytes | None, bytes | None, list[bytes]]
 """A job's ``done`` and ``cancel`` records, and the workers it was delivered to, this one last."""
+
+
+@dataclass(slots=True, frozen=True)
+class Taken:
+    """A job message as the worker's intake takes it: its handle (for ack), its body (None:
+    deleted meanwhile) and, when the broker read the job's state in the same round trip, that
+    ``state`` and the ``(nonce, run_id)`` it was read for. Those come from the message's
+    unsigned fields, so the state counts only for a signed job that names the same two."""
+
+    handle: Any
+    data: bytes | None
+    state: JobState | None = None
+    read_for: tuple[str, str] | None = None
+
+
+TakeJobs = Callable[[int], Awaitable[list[Taken]]]
+"""Up to ``n`` jobs, as soon as there is one; [] after a while without any."""
+Sealed = tuple[Job, bytes]
+"""A job and its signed message, on its way to the broker."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -362,8 +379,8 @@ class BrokerQueue(ABC):
         """For the worker's intake: a function giving the next jobs (see :data:`TakeJobs`)."""
 
     @abstractmethod
-    async def _offer(self, datas: list[bytes]) -> list[bool]:
-        """Add jobs, in order, while fewer than ``max_pending`` are waiting or running; which were taken."""
+    async def _offer(self, sealed: list[Sealed]) -> list[bool]:
+        """Add jobs (their signed messages), in order, while fewer than ``max_pending`` are waiting or running; which were taken."""
 
     @abstractmethod
     async def _send(self, results: list[bytes], acks: list[Ack]) -> None:
@@ -429,14 +446,11 @@ class BrokerQueue(ABC):
     async def close(self) -> None:
         """Stop taking jobs, send what the outbox holds, give back the jobs held, disconnect."""
         if self._intake is not None:
-            self._intake.cancel()
-            await asyncio.gather(self._intake, return_exceptions=True)
+            await stopped(self._intake)
             self._intake = None
         if len(self._outbox):
             await self._quietly("sending results", asyncio.wait_for(self._outbox.drain(), CONNECT_TIMEOUT_S))
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, self._puts.stop(), self._outbox.stop(), return_exceptions=True)
+        await asyncio.gather(stopped(*self._background), self._puts.stop(), self._outbox.stop(), return_exceptions=True)
         self._background = []
         held, self._held = list(self._held.values()), {}
         if held:
@@ -449,11 +463,11 @@ class BrokerQueue(ABC):
         it again); jobs put meanwhile go with it, in one round trip."""
         data = self._seal("job", canonical(job))
         self._awaited[job.id], self._resend[job.id] = job.nonce, job
-        taken = await self._puts.add(data)
+        taken = await self._puts.add((job, data))
         await taken  # cancelled while it waits: the batcher leaves it out
 
-    async def _offered(self, datas: list[bytes]) -> list[bool]:
-        return await self._retrying("queueing jobs", lambda: self._offer(datas))
+    async def _offered(self, sealed: list[Sealed]) -> list[bool]:
+        return await self._retrying("queueing jobs", lambda: self._offer(sealed))
 
     async def consume(self) -> AsyncIterator[Delivery]:
         """One slot's jobs: the slots waiting are served by one intake, which takes as many jobs
@@ -480,8 +494,8 @@ class BrokerQueue(ABC):
                     await self._wanted_more.wait()
                     continue
                 count = min(wanted, RESULT_BATCH)
-                raws = await self._retrying("taking jobs", lambda count=count: take(count))
-                for delivery in await self._checked_in(raws):
+                taken = await self._retrying("taking jobs", lambda count=count: take(count))
+                for delivery in await self._checked_in(taken):
                     self._held[id(delivery)] = delivery
                     self._deliveries.put_nowait(delivery)
 
@@ -624,22 +638,24 @@ class BrokerQueue(ABC):
             self._resend.pop(result.job_id, None)
         return result
 
-    async def _checked_in(self, raws: list[Raw]) -> list[Delivery]:
+    async def _checked_in(self, taken: list[Taken]) -> list[Delivery]:
         """The deliveries to run, of jobs taken together; left out: messages not ours, jobs that
         already ran (replays), jobs whose workers kept dying (failed as ``worker_lost`` instead).
-        Their state is read in one round trip."""
-        jobs: list[tuple[Any, Job]] = []
-        for handle, data in raws:
-            job = self._opened("job", data, decode_job, max_age_s=STATE_TTL_S)
+        The state the broker did not read with the jobs is read in one round trip."""
+        jobs: list[tuple[Any, Job, JobState | None]] = []
+        for message in taken:
+            job = self._opened("job", message.data, decode_job, max_age_s=STATE_TTL_S)
             if job is None:
-                await self._outbox.add(Outgoing(ack=Ack(handle)))
+                await self._outbox.add(Outgoing(ack=Ack(message.handle)))
             else:
-                jobs.append((handle, job))
-        if not jobs:
-            return []
-        states = await self._retrying("checking jobs", lambda: self._jobs_state([job for _, job in jobs]))
+                read = message.state if message.read_for == (job.nonce, job.run_id) else None
+                jobs.append((message.handle, job, read))
+        unread = [job for _, job, state in jobs if state is None]
+        if unread:
+            states = iter(await self._retrying("checking jobs", lambda: self._jobs_state(unread)))
         deliveries = []
-        for (handle, job), (done, cancelled, took) in zip(jobs, states, strict=True):
+        for handle, job, state in jobs:
+            done, cancelled, took = state if state is not None else next(states)
             if done == self._signer.tag("done", job.nonce):
                 self._drop("job", "replayed")
                 await self._outbox.add(Outgoing(ack=Ack(handle)))
@@ -698,6 +714,7 @@ class BrokerQueue(ABC):
             try:
                 return await operation()
             except self.broker_errors as exc:
+                stop_if_cancelled()  # a cancelled read can come back as a connection error
                 failures += 1
                 if failures == 1 or failures % 30 == 0:
                     log.warning("%s on %s failed (%s); retrying", what, self.url, exc or type(exc).__name__)

@@ -11,7 +11,11 @@ Names, under the URL's ``prefix`` (``nats://host:4222?prefix=clarion``):
   consumer ``engine``: results wait there while no engine runs, and one that was delivered
   but not acked comes again.
 - core subject ``{prefix}.cancel``: every worker hears which run was cancelled.
-- key-value bucket ``{prefix}_state``: the state records (a ``took.*`` list is a JSON array).
+- key-value bucket ``{prefix}_state``: the state records. A job's ``took.<nonce>`` is both of
+  its records: the JSON array of the workers it went to while it runs, its done tag once it
+  finished; so a worker checks a job in with two requests at once (that record created with
+  itself, the run's cancel read) and records it done with one. (A job finished before records
+  were kept so has its ``took`` deleted and a ``done.<nonce>``, which is still honoured.)
 
 A JetStream that lost its streams (restarted on an empty store) is rebuilt by the first
 client that meets a missing stream or consumer; the engine, missing its ``epoch``, sends
@@ -30,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager, suppress
+from dataclasses import replace
 from typing import Any
 
 import nats
@@ -56,7 +61,9 @@ from .broker import (
     BrokerQueue,
     JobState,
     Raw,
+    Sealed,
     TakeJobs,
+    Taken,
     Unreachable,
 )
 from .queue import Delivery, Job
@@ -156,11 +163,24 @@ class NatsQueue(BrokerQueue):
                 max_ack_pending=-1,
             ),
         )
-        self._kv = await self._js.create_key_value(KeyValueConfig(bucket=self._state_bucket, ttl=STATE_TTL_S))
+        self._kv = await self._state_store()
         if self._results_sub is not None:  # its consumer may be gone with the stream: subscribe anew
             sub, self._results_sub = self._results_sub, None
             with suppress(*self.broker_errors):
                 await sub.unsubscribe()
+
+    async def _state_store(self) -> KeyValue:
+        """The state bucket, read with direct gets (any server answers them without the JetStream
+        API's JSON and base64: most of a check-in's cost); one made without them is changed."""
+        try:
+            return await self._js.create_key_value(
+                KeyValueConfig(bucket=self._state_bucket, ttl=STATE_TTL_S, direct=True)
+            )
+        except nats.js.errors.BadRequestError:  # it exists with another configuration
+            config = (await self._js.stream_info(f"KV_{self._state_bucket}")).config
+            if not config.allow_direct:
+                await self._js.update_stream(replace(config, allow_direct=True))
+            return await self._js.key_value(self._state_bucket)
 
     @staticmethod
     def _lost(exc: BaseException) -> bool:
@@ -199,9 +219,9 @@ class NatsQueue(BrokerQueue):
             with suppress(*self.transient):
                 await pull.close()
 
-    async def _offer(self, datas: list[bytes]) -> list[bool]:
+    async def _offer(self, sealed: list[Sealed]) -> list[bool]:
         taken = []
-        for outcome in await self._published(self._jobs_subject, self._jobs_stream, datas):
+        for outcome in await self._published(self._jobs_subject, self._jobs_stream, [data for _, data in sealed]):
             full = isinstance(outcome, nats.js.errors.APIError) and outcome.err_code == STREAM_FULL
             if isinstance(outcome, BaseException) and not full:
                 raise outcome
@@ -222,23 +242,43 @@ class NatsQueue(BrokerQueue):
         for outcome in await self._published(self._results_subject, self._results_stream, results):
             if isinstance(outcome, BaseException):
                 raise outcome
-        records = [ack for ack in acks if ack.nonce is not None]
-        await _together(
-            *(self._kv.put(f"done.{ack.nonce}", ack.tag) for ack in records),
-            *(self._kv.delete(f"took.{ack.nonce}") for ack in records),
-        )
+        await _together(*(self._kv.put(f"took.{ack.nonce}", ack.tag) for ack in acks if ack.nonce is not None))
         for ack in acks:
             await ack.handle.ack()
 
     async def _jobs_state(self, jobs: list[Job]) -> list[JobState]:
         async def state(job: Job) -> JobState:
-            (done, cancelled), took = await _together(
-                self._state_get([f"done.{job.nonce}", f"cancel.{job.run_id}"]),
-                self._state_append(f"took.{job.nonce}", self.identity.encode()),
+            (done, took), (cancelled,) = await _together(
+                self._delivered_to(job.nonce), self._state_get([f"cancel.{job.run_id}"])
             )
             return done, cancelled, took
 
         return await _together(*(state(job) for job in jobs))
+
+    async def _delivered_to(self, nonce: str) -> tuple[bytes | None, list[bytes]]:
+        """The job's done tag, if it finished; else the workers it went to, this one added to its
+        ``took`` record. Tried first as the record's creation, without reading it: nearly every
+        job is delivered once, so one round trip; written back only if nobody wrote between."""
+        name, me = f"took.{nonce}", self.identity
+        took: list[str] = []
+        last = 0
+        while True:
+            try:
+                await self._kv.update(name, json.dumps([*took, me]).encode(), last=last)
+                return None, [worker.encode() for worker in (*took, me)]
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await self._kv.get(name)
+            except nats.js.errors.KeyNotFoundError as exc:  # deleted: finished, if a done record says so
+                (done,) = await self._state_get([f"done.{nonce}"])
+                if done is not None:
+                    return done, []
+                took, last = [], exc.entry.revision if exc.entry is not None else 0
+                continue
+            took, last = _workers(entry.value), entry.revision
+            if took is None:
+                return entry.value, [me.encode()]
 
     async def _give_back(self, deliveries: list[tuple[Delivery, bytes]]) -> None:
         for delivery, _data in deliveries:
@@ -309,36 +349,24 @@ class NatsQueue(BrokerQueue):
         for name in delete:
             await self._kv.delete(name)
 
-    async def _state_append(self, name: str, value: bytes) -> list[bytes]:
-        """Append, and write back if nobody wrote between (else again). Tried first as the record's
-        creation, without reading it: nearly every job is delivered once, so one round trip."""
-        items: list[str] = []
-        revision: int | None = None
-        while True:
-            items.append(value.decode())
-            try:
-                if revision is None:
-                    await self._kv.create(name, json.dumps(items).encode())
-                else:
-                    await self._kv.update(name, json.dumps(items).encode(), last=revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                try:
-                    entry = await self._kv.get(name)
-                    items, revision = json.loads(entry.value), entry.revision
-                except nats.js.errors.KeyNotFoundError:  # deleted meanwhile
-                    items, revision = [], None
-                continue
-            return [item.encode() for item in items]
-
     async def _state_remove(self, name: str, value: bytes) -> None:
         try:
             entry = await self._kv.get(name)
         except nats.js.errors.KeyNotFoundError:
             return
-        items = json.loads(entry.value)
-        if value.decode() in items:
+        items = _workers(entry.value)
+        if items is not None and value.decode() in items:
             items.remove(value.decode())
             await self._kv.put(name, json.dumps(items).encode())
+
+
+def _workers(value: bytes | None) -> list[str] | None:
+    """A ``took`` record's workers; None when it holds something else (the job's done tag)."""
+    try:
+        workers = json.loads(value or b"")
+    except ValueError:
+        return None
+    return workers if isinstance(workers, list) and all(isinstance(w, str) for w in workers) else None
 
 
 async def _together(*operations: Awaitable[Any]) -> list[Any]:
@@ -375,13 +403,13 @@ class _Pull:
             self._asked.popleft()
         return int(sum(left for _end, left in self._asked))
 
-    async def take(self, count: int) -> list[Raw]:
+    async def take(self, count: int) -> list[Taken]:
         missing = count - self._standing()
         if missing > 0:
             request = {"batch": missing, "expires": int(PULL_S * 1e9)}
             await self._nc.publish(self._subject, json.dumps(request).encode(), reply=self._inbox)
             self._asked.append([time.monotonic() + PULL_S + FETCH_WAIT_S, missing])
-        taken: list[Raw] = []
+        taken: list[Taken] = []
         try:
             message = await self._subscription.next_msg(timeout=FETCH_WAIT_S)
         except nats.errors.TimeoutError:
@@ -392,10 +420,10 @@ class _Pull:
                 return taken
             message = await self._subscription.next_msg(timeout=None)
 
-    def _received(self, message: Msg, taken: list[Raw]) -> None:
+    def _received(self, message: Msg, taken: list[Taken]) -> None:
         status = message.headers.get("Status") if message.headers else None
         if status is None:
-            taken.append((message, message.data))
+            taken.append(Taken(message, message.data))
             if self._asked:
                 self._asked[0][1] -= 1
                 if self._asked[0][1] <= 0:

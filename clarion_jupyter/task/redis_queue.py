@@ -3,7 +3,11 @@
 Keys, under the URL's ``prefix`` (``redis://host:6379/0?prefix=clarion``):
 
 - ``{prefix}:jobs``: the job stream; group ``workers`` (XREADGROUP), every worker process one
-  consumer. A job stays in the group's pending list until acked (XACK, then XDEL: the stream
+  consumer. An entry is the signed job and, unsigned, its nonce and run, so the script that
+  takes jobs for a worker reads their state records in the same step (:data:`TAKE`); a worker
+  waits for jobs with a blocking XREADGROUP pipelined with that script, which Redis runs the
+  moment the read wakes: a job reaches one worker, checked, in one round trip. A job stays
+  in the group's pending list until acked (XACK, then XDEL: the stream
   holds only jobs waiting or running, so its length is the backlog that ``put`` bounds). A
   worker keeps its running jobs' idle time low (XCLAIM to itself); a job idle longer than
   the visibility timeout belonged to a dead worker, and the next worker looking takes it
@@ -28,21 +32,59 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from .broker import RESULT_BATCH, STATE_TTL_S, Ack, BrokerQueue, JobState, Raw, TakeJobs
+from .batching import stop_if_cancelled
+from .broker import RESULT_BATCH, STATE_TTL_S, Ack, BrokerQueue, JobState, Raw, Sealed, TakeJobs, Taken
 from .queue import Delivery, Job
 
 WORKERS, ENGINE = "workers", "engine"
 OFFER = """
 local room = tonumber(ARGV[1]) - redis.call('XLEN', KEYS[1])
 local added = 0
-while added < room and added < #ARGV - 1 do
+while added < room and added < (#ARGV - 1) / 3 do
+  local at = added * 3 + 2
   added = added + 1
-  redis.call('XADD', KEYS[1], '*', 'job', ARGV[added + 1])
+  redis.call('XADD', KEYS[1], '*', 'job', ARGV[at], 'nonce', ARGV[at + 1], 'run', ARGV[at + 2])
 end
 return added
 """
 """Check the bound and add as many jobs as it leaves room for, in order, in one step, so
-concurrent producers cannot overshoot it together."""
+concurrent producers cannot overshoot it together (``ARGV``: the bound, then each job's
+message, nonce and run)."""
+TAKE = """
+local group, consumer, state, me, ttl, after = ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local entries = {}
+if after == '' then
+  local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
+  entries = reply and reply[1][2] or {}
+else
+  for _, pending in ipairs(redis.call('XPENDING', KEYS[1], group, '(' .. after, '+', ARGV[3], consumer)) do
+    entries[#entries + 1] = redis.call('XRANGE', KEYS[1], pending[1], pending[1])[1] or {pending[1], false}
+  end
+end
+local taken = {}
+for _, entry in ipairs(entries) do
+  local fields = {}
+  for i = 1, #(entry[2] or {}), 2 do
+    fields[entry[2][i]] = entry[2][i + 1]
+  end
+  local nonce, run = fields['nonce'], fields['run']
+  if nonce and run then
+    local took = state .. 'took.' .. nonce
+    redis.call('RPUSH', took, me)
+    redis.call('EXPIRE', took, ttl)
+    taken[#taken + 1] = {entry[1], fields['job'] or false, nonce, run, redis.call('GET', state .. 'done.' .. nonce),
+      redis.call('GET', state .. 'cancel.' .. run), redis.call('LRANGE', took, 0, -1)}
+  else
+    taken[#taken + 1] = {entry[1], fields['job'] or false}
+  end
+end
+return taken
+"""
+"""New jobs for a worker and, for each entry naming its nonce and run, its ``done`` and
+``cancel`` records and the workers it went to, this one added (``ARGV``: group, consumer,
+count, the state records' prefix, this worker, their TTL, and ``after``). Without ``after``
+it reads the new jobs itself; with it, it takes the entries after ``after`` in this worker's
+pending list: those the blocking XREADGROUP just before it in the same pipeline handed over."""
 CHECK_IN = """
 local found = {}
 for i = 1, #KEYS, 3 do
@@ -54,8 +96,9 @@ for i = 1, #KEYS, 3 do
 end
 return found
 """
-"""For each job (keys: its ``done``, ``cancel`` and ``took`` records): the first two, and the
-workers it went to after this one is added (``ARGV``: this worker, the records' TTL)."""
+"""For each job taken without its state (reclaimed, or an entry not naming its nonce and run;
+keys: its ``done``, ``cancel`` and ``took`` records): the first two, and the workers it went
+to after this one is added (``ARGV``: this worker, the records' TTL)."""
 SEND = """
 local ttl, group = ARGV[1], ARGV[2]
 local results, acks = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -101,6 +144,8 @@ class RedisQueue(BrokerQueue):
         self._block_ms = max(min(1000, self._visibility_ms // 2), 1)
         """How long a read waits for a new job: idle slots look for abandoned jobs this often."""
         self._reclaim_due = 0.0
+        self._checked: tuple[int, int] | None = None
+        """The newest job entry this worker took: those after it in its pending list are new to it."""
         self._results_from = "0"
         """The engine reads its own unacked results first (from before a restart), then new ones (``>``)."""
         self._consumed = False
@@ -114,12 +159,14 @@ class RedisQueue(BrokerQueue):
         await self._ensure()
         self._offer_script = self._redis.register_script(OFFER)
         self._check_in_script = self._redis.register_script(CHECK_IN)
+        self._take_script = self._redis.register_script(TAKE)
         self._send_script = self._redis.register_script(SEND)
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         await self._pubsub.subscribe(self._channel)
         self._spawn(self._listen())
 
     async def _ensure(self) -> None:
+        self._checked = None  # a stream made anew numbers its entries anew
         for stream, group in ((self._jobs, WORKERS), (self._results, ENGINE)):
             try:
                 await self._redis.xgroup_create(stream, group, id="0", mkstream=True)
@@ -160,7 +207,7 @@ class RedisQueue(BrokerQueue):
         self._consumed = True
         yield self._next_jobs
 
-    async def _next_jobs(self, count: int) -> list[Raw]:
+    async def _next_jobs(self, count: int) -> list[Taken]:
         loop_time = asyncio.get_running_loop().time()
         if loop_time >= self._reclaim_due:
             self._reclaim_due = loop_time + self.options.visibility_timeout / 2
@@ -169,15 +216,42 @@ class RedisQueue(BrokerQueue):
             )
             if claimed:
                 self._reclaim_due = loop_time  # a dead worker may have left more
-                return [_raw(entry, b"job") for entry in claimed]
-        reply = await self._redis.xreadgroup(
-            WORKERS, self._consumer, {self._jobs: ">"}, count=count, block=self._block_ms
-        )
-        return [_raw(entry, b"job") for entry in reply[0][1]] if reply else []
+                return self._newest([Taken(*_raw(entry, b"job")) for entry in claimed])
+        args = [WORKERS, self._consumer, count, self._state, self.identity, int(STATE_TTL_S)]
+        if self._checked is None:
+            entries = await self._take_script(keys=[self._jobs], args=[*args, ""])
+        else:
+            entries = await self._woken_take([*args, "-".join(map(str, self._checked))])
+        return self._newest([_taken(entry) for entry in entries])
 
-    async def _offer(self, datas: list[bytes]) -> list[bool]:
-        added = int(await self._offer_script(keys=[self._jobs], args=[self.max_pending, *datas]))
-        return [index < added for index in range(len(datas))]
+    def _newest(self, taken: list[Taken]) -> list[Taken]:
+        """Remember the newest entry taken (an entry delivered later is newer than any before)."""
+        self._checked = max([self._checked or (0, 0), *(_entry_id(message.handle) for message in taken)])
+        return taken
+
+    async def _woken_take(self, args: list[Any]) -> Any:
+        """:data:`TAKE` of what a blocking read hands this worker (or nothing, once the wait ends):
+        the read and the script go in one pipeline, and Redis runs the script as soon as the read
+        returns, without a round trip back to this worker in between. Each new job wakes one
+        waiting worker, as a blocking XREADGROUP is served."""
+        for _attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xreadgroup(WORKERS, self._consumer, {self._jobs: ">"}, count=args[2], block=self._block_ms)
+                pipe.evalsha(self._take_script.sha, 1, self._jobs, *args)
+                try:
+                    _handed, taken = await pipe.execute()
+                    return taken
+                except redis.exceptions.NoScriptError:  # a restarted Redis forgot the script
+                    stop_if_cancelled()
+                    await self._redis.script_load(TAKE)
+        return await self._take_script(keys=[self._jobs], args=args)
+
+    async def _offer(self, sealed: list[Sealed]) -> list[bool]:
+        args: list[Any] = [self.max_pending]
+        for job, data in sealed:
+            args += [data, job.nonce, job.run_id]
+        added = int(await self._offer_script(keys=[self._jobs], args=args))
+        return [index < added for index in range(len(sealed))]
 
     async def _jobs_state(self, jobs: list[Job]) -> list[JobState]:
         records = [f"{self._state}{name}" for job in jobs for name in _job_records(job)]
@@ -195,8 +269,8 @@ class RedisQueue(BrokerQueue):
     async def _give_back(self, deliveries: list[tuple[Delivery, bytes]]) -> None:
         ids = [d.tag for d, _ in deliveries]
         async with self._redis.pipeline(transaction=True) as pipe:
-            for _delivery, data in deliveries:
-                pipe.xadd(self._jobs, {"job": data})
+            for delivery, data in deliveries:
+                pipe.xadd(self._jobs, {"job": data, "nonce": delivery.job.nonce, "run": delivery.job.run_id})
             await pipe.xack(self._jobs, WORKERS, *ids).xdel(self._jobs, *ids).execute()
 
     async def _touch(self, handles: list[Any]) -> None:
@@ -247,6 +321,24 @@ class RedisQueue(BrokerQueue):
 
 def _job_records(job: Job) -> tuple[str, str, str]:
     return f"done.{job.nonce}", f"cancel.{job.run_id}", f"took.{job.nonce}"
+
+
+def _entry_id(handle: bytes) -> tuple[int, int]:
+    milliseconds, sequence = handle.split(b"-")
+    return int(milliseconds), int(sequence)
+
+
+def _taken(entry: list[Any]) -> Taken:
+    """An entry as :data:`TAKE` gives it: with its state when it named its nonce and run."""
+    if len(entry) == 2:
+        return Taken(entry[0], entry[1] or None)
+    entry_id, data, nonce, run, done, cancelled, took = entry
+    return Taken(
+        entry_id,
+        data or None,
+        (done or None, cancelled or None, took),
+        (nonce.decode(errors="replace"), run.decode(errors="replace")),
+    )
 
 
 def _raw(entry: tuple[bytes, dict[bytes, bytes] | None], field: bytes) -> Raw:
