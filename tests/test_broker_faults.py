@@ -19,7 +19,7 @@ from broker_support import RUN_TIMEOUT_S, alive, broker, engine_on, finish, queu
 from prometheus_client import REGISTRY
 
 from clarion_jupyter.core.protocol import EventType
-from clarion_jupyter.testing.brokers import BrokerProcess, TcpProxy, WorkerProcess
+from clarion_jupyter.testing.brokers import BrokerProcess, RedisServer, TcpProxy, WorkerProcess
 
 __all__ = ["broker", "queue_secret"]  # fixtures, used by name
 
@@ -122,6 +122,26 @@ async def test_a_cancel_sent_while_a_worker_is_cut_off_stops_its_step_once_it_is
 
     assert run.status == "cancelled"
     assert stopped_after < 6, worker.log()[-2000:]
+
+
+async def test_a_redis_worker_whose_connections_go_silent_connects_again_and_runs_the_next_job(
+    tmp_path: Path,
+) -> None:
+    """A partition that sends no reset leaves a connection open and silent: each call is
+    bounded (the blocking wait, and a few seconds), so the worker gives it up and reconnects."""
+    with RedisServer(tmp_path) as redis_server:
+        async with (
+            TcpProxy(redis_server.port) as link,
+            engine_on(redis_server, tmp_path) as engine,
+            WorkerProcess(link.url(redis_server.url), tmp_path) as worker,
+        ):
+            first = await finish(engine, {"name": "first", "steps": [shell("a", "echo a")]})
+            link.stall()
+            run_id = await engine.submit({"name": "after", "steps": [shell("b", "echo b")]})
+            run = await asyncio.wait_for(engine.wait(run_id), 40)
+
+    assert first.status == "succeeded"
+    assert run.status == "succeeded", worker.log()[-2000:]
 
 
 async def test_a_worker_started_after_a_cancel_does_not_run_the_cancelled_runs_queued_job(

@@ -48,7 +48,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
@@ -304,6 +304,11 @@ class _Held:
 
 class Unreachable(Exception):
     """Raised by a queue's ``_connect`` when the broker does not answer; the message says why."""
+
+
+class NoAnswer(ConnectionError):
+    """A broker call outlived :attr:`BrokerQueue.answer_timeout_s`. A partition can leave a
+    connection open and silent, so it counts as lost: the call is tried again on a new one."""
 
 
 class BrokerQueue(ABC):
@@ -706,13 +711,22 @@ class BrokerQueue(ABC):
     def _spawn(self, coro: Awaitable[None]) -> None:
         self._background.append(asyncio.ensure_future(coro))
 
-    async def _retrying(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+    @property
+    def answer_timeout_s(self) -> float | None:
+        """How long one broker call may wait for its answer before the connection counts as
+        dead (None: the client library's own timeouts bound each call)."""
+        return None
+
+    async def _retrying(self, what: str, operation: Callable[[], Awaitable[T]], *, bounded: bool = True) -> T:
         """``operation`` until the broker answers it: a broker restart is waited out, streams
-        and groups it lost are made again, any other broker error is logged and tried again."""
+        and groups it lost are made again, any other broker error is logged and tried again.
+        ``bounded``: each try waits at most :attr:`answer_timeout_s` (not for a subscription,
+        which waits for as long as it is open)."""
         failures = 0
         while True:
             try:
-                return await operation()
+                async with self._answered(bounded):
+                    return await operation()
             except self.broker_errors as exc:
                 stop_if_cancelled()  # a cancelled read can come back as a connection error
                 failures += 1
@@ -724,10 +738,23 @@ class BrokerQueue(ABC):
                     self._broker_down(exc)
                 await asyncio.sleep(min(0.05 * 2**failures, 2.0))
 
+    @asynccontextmanager
+    async def _answered(self, bounded: bool = True) -> AsyncIterator[None]:
+        """A broker call's bound (:attr:`answer_timeout_s`), which ends it as :class:`NoAnswer`."""
+        limit = self.answer_timeout_s if bounded else None
+        try:
+            async with asyncio.timeout(limit) as bound:
+                yield
+        except TimeoutError:
+            if bound.expired():
+                raise NoAnswer(f"no answer within {limit:g} s") from None
+            raise
+
     async def _quietly(self, what: str, operation: Awaitable[Any]) -> None:
         """Best effort: what fails here is redelivered, or redone, by the at-least-once rules."""
         try:
-            await operation
+            async with self._answered():
+                await operation
         except (TimeoutError, *self.broker_errors) as exc:
             log.warning("%s on %s failed: %s", what, self.url, exc or type(exc).__name__)
 

@@ -33,7 +33,18 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from .batching import stop_if_cancelled
-from .broker import RESULT_BATCH, STATE_TTL_S, Ack, BrokerQueue, JobState, Raw, Sealed, TakeJobs, Taken
+from .broker import (
+    CONNECT_TIMEOUT_S,
+    RESULT_BATCH,
+    STATE_TTL_S,
+    Ack,
+    BrokerQueue,
+    JobState,
+    Raw,
+    Sealed,
+    TakeJobs,
+    Taken,
+)
 from .queue import Delivery, Job
 
 WORKERS, ENGINE = "workers", "engine"
@@ -121,6 +132,8 @@ the ``done`` record of each finished job (and its ``took`` record deleted: the k
 follow), then the acks; ``ARGV``: TTL, group, how many results and acks, the results, the
 acked entries' ids, the ``done`` tags. A worker cut off before it never acks a job without
 having sent its result."""
+ANSWER_TIMEOUT_S = 5.0
+"""How much longer than its blocking wait a call may go unanswered before its connection counts as dead."""
 MAX_CONNECTIONS = 512
 """Connections a queue opens at most (a worker slot's blocking read holds one); beyond it a
 command waits for a free one rather than failing. A URL's ``max_connections`` overrides it."""
@@ -152,8 +165,23 @@ class RedisQueue(BrokerQueue):
         self._redis: aioredis.Redis | None = None
         self._pubsub: Any = None
 
+    @property
+    def answer_timeout_s(self) -> float:
+        """A blocking read's wait, and :data:`ANSWER_TIMEOUT_S` more."""
+        return self._block_ms / 1000 + ANSWER_TIMEOUT_S
+
     async def _connect(self) -> None:
-        pool = aioredis.BlockingConnectionPool.from_url(self.client_url, max_connections=MAX_CONNECTIONS, timeout=None)
+        # No socket timeout of redis-py's own (5 s by default; a URL may still set one): with
+        # one, redis-py sends each command under asyncio.wait_for, which on Python 3.11 is a
+        # task per command (two more loop turns, a quarter of a step's round trip) and can lose
+        # a cancel. Each call is bounded by answer_timeout_s instead.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.client_url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=None,
+            socket_timeout=None,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+        )
         self._redis = aioredis.Redis(connection_pool=pool)
         await self._redis.ping()
         await self._ensure()
@@ -200,7 +228,7 @@ class RedisQueue(BrokerQueue):
                     self._cancel_heard(message["data"])
 
         while True:
-            await self._retrying("listening for cancels", listen)
+            await self._retrying("listening for cancels", listen, bounded=False)
 
     @asynccontextmanager
     async def _job_source(self) -> AsyncIterator[TakeJobs]:

@@ -137,14 +137,16 @@ BROKERS: dict[str, type[BrokerProcess]] = {"redis": RedisServer, "nats": NatsSer
 
 class TcpProxy:
     """A TCP relay on a free port to ``port``, run on the test's loop, that can be :meth:`cut`
-    (every connection dropped, new ones refused) and :meth:`heal` ed: a network partition
-    between one client (a worker) and its broker, while the others still reach it."""
+    (every connection dropped, new ones refused) or :meth:`stall` ed, and :meth:`heal` ed: a
+    network partition between one client (a worker) and its broker, while the others still
+    reach it."""
 
     def __init__(self, port: int) -> None:
         self.target = port
         self.port = free_port()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._stalled: set[asyncio.StreamWriter] = set()
         self.cut_off = False
 
     def url(self, broker_url: str) -> str:
@@ -165,6 +167,11 @@ class TcpProxy:
             writer.transport.abort()
         self._writers.clear()
 
+    def stall(self) -> None:
+        """Every open connection goes silent, but stays open: what a partition that sends no
+        reset leaves a client with. Connections made later relay again."""
+        self._stalled |= self._writers
+
     def heal(self) -> None:
         self.cut_off = False
 
@@ -182,6 +189,8 @@ class TcpProxy:
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
             try:
                 while data := await source.read(65536):
+                    if sink in self._stalled:
+                        continue
                     sink.write(data)
                     await sink.drain()
             except (ConnectionError, OSError):
@@ -191,6 +200,7 @@ class TcpProxy:
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers -= {writer, up_writer}
+        self._stalled -= {writer, up_writer}
 
 
 class WorkerProcess:
