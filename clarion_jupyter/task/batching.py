@@ -113,9 +113,9 @@ async def stopped(*tasks: asyncio.Future[Any]) -> None:
     """Cancels ``tasks`` and waits until they ended, cancelling again any that went on.
 
     A client library's ``asyncio.wait_for`` can lose a cancel that lands as its call completes
-    (Python 3.11; redis-py sends each command under one), and the task then waits out a whole
-    blocking read before a loop of ours can notice (:func:`stop_if_cancelled`). A queue's
-    ``close()`` would wait with it.
+    (Python 3.11; nats-py waits under one, and redis-py sends each command under one when a URL
+    sets ``socket_timeout``), and the task then waits out a whole blocking read before a loop of
+    ours can notice (:func:`stop_if_cancelled`). A queue's ``close()`` would wait with it.
     """
     pending = {task for task in tasks if not task.done()}
     while pending:
