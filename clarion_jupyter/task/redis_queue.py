@@ -307,8 +307,8 @@ class RedisQueue(BrokerQueue):
     async def _take_results(self, acked: list[Any]) -> list[Raw]:
         new = self._results_from == ">"
         async with self._redis.pipeline(transaction=False) as pipe:
-            if acked:
-                pipe.xack(self._results, ENGINE, *acked).xdel(self._results, *acked)
+            # The acks go after the read: Redis runs them as the read returns, so their replies
+            # come with its own (one wake of this loop per batch, not two); until then they wait.
             pipe.xreadgroup(
                 ENGINE,
                 ENGINE,
@@ -316,7 +316,9 @@ class RedisQueue(BrokerQueue):
                 count=RESULT_BATCH,
                 block=self._block_ms if new else None,
             )
-            *_, reply = await pipe.execute()
+            if acked:
+                pipe.xack(self._results, ENGINE, *acked).xdel(self._results, *acked)
+            reply, *_ = await pipe.execute()
         entries = reply[0][1] if reply else []
         if not new and not entries:
             self._results_from = ">"
