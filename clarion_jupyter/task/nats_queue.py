@@ -80,6 +80,8 @@ PULL_S = 2.0
 """How long a worker's pull request for jobs stands before the server ends it (and it is made again)."""
 PUBLISH_TIMEOUT_S = 5.0
 """How long a publish waits for JetStream's acknowledgement before it is tried again."""
+ACK_DELAY_S = 0.05
+"""Longest an ack (of a finished job, of results the engine took) waits for a message to leave with."""
 
 
 class NatsQueue(BrokerQueue):
@@ -114,6 +116,7 @@ class NatsQueue(BrokerQueue):
         """Bumped whenever the connection breaks, is made again or drops messages: a cancel
         broadcast may have been missed since."""
         self._runs_clear: OrderedDict[str, int] = OrderedDict()
+        self._acks = _Acks(self.url)
         """Runs whose cancel record was read and absent, with the :attr:`_link` of that read."""
 
     async def _connect(self) -> None:
@@ -207,6 +210,7 @@ class NatsQueue(BrokerQueue):
     async def _disconnect(self) -> None:
         if self._nc is None:
             return
+        await self._acks.send()
         if self._results_sub is not None:
             with suppress(*self.transient):
                 await self._results_sub.unsubscribe()
@@ -247,12 +251,17 @@ class NatsQueue(BrokerQueue):
 
     async def _published(self, subject: str, stream: str, datas: list[bytes]) -> list[Any]:
         """Publish in order, without waiting for each acknowledgement before the next (one round
-        trip for all); each one's acknowledgement, or its error."""
+        trip for all), the acks held leaving with them; each one's acknowledgement, or its error."""
         if len(datas) == 1:  # a lone message: a plain request is answered without the futures' detour
-            return await asyncio.gather(
-                self._js.publish(subject, datas[0], timeout=PUBLISH_TIMEOUT_S, stream=stream), return_exceptions=True
+            # The acks are sent by a second task, scheduled after the publish's: both go in one write.
+            outcome, _acked = await asyncio.gather(
+                self._js.publish(subject, datas[0], timeout=PUBLISH_TIMEOUT_S, stream=stream),
+                self._acks.send(),
+                return_exceptions=True,
             )
+            return [outcome]
         acks = [await self._js.publish_async(subject, data, stream=stream) for data in datas]
+        await self._acks.send()
         return await asyncio.gather(*(asyncio.wait_for(ack, PUBLISH_TIMEOUT_S) for ack in acks), return_exceptions=True)
 
     async def _send(self, results: list[bytes], acks: list[Ack]) -> None:
@@ -260,15 +269,15 @@ class NatsQueue(BrokerQueue):
             if isinstance(outcome, BaseException):
                 raise outcome
         await _together(*(self._kv.put(f"took.{ack.nonce}", ack.tag) for ack in acks if ack.nonce is not None))
-        for ack in acks:
-            await ack.handle.ack()
+        self._acks.add([ack.handle for ack in acks])
 
     async def _jobs_state(self, jobs: list[Job]) -> list[JobState]:
         async def state(job: Job) -> JobState:
             (done, took), cancelled = await _together(self._delivered_to(job.nonce), self._cancel_record(job.run_id))
             return done, cancelled, took
 
-        return await _together(*(state(job) for job in jobs))
+        *states, _acked = await _together(*(state(job) for job in jobs), self._acks.send())
+        return states
 
     async def _cancel_record(self, run_id: str) -> bytes | None:
         """The run's cancel record, read once per run while the link holds: a cancel recorded
@@ -334,8 +343,7 @@ class NatsQueue(BrokerQueue):
                 config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=RESULTS_ACK_WAIT_S, max_deliver=-1),
             )
             self._results_inbox = inbox
-        for message in acked:
-            await message.ack()
+        self._acks.add(acked)
         messages = await self._results_inbox.take(RESULT_BATCH, FETCH_WAIT_S)
         return [(message, message.data) for message in messages]
 
@@ -405,6 +413,40 @@ async def _together(*operations: Awaitable[Any]) -> list[Any]:
         if isinstance(outcome, BaseException):
             raise outcome
     return outcomes
+
+
+class _Acks:
+    """Acks held back until the next message this client sends, so they leave in its socket
+    write (an ack alone costs a write here and a read at the server), or :data:`ACK_DELAY_S`
+    at the latest. Holding one back is safe: what is not acked is delivered again, and the
+    job's done record (or the engine's awaited nonces) refuses it then."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._held: list[Msg] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending: asyncio.Task[None] | None = None
+
+    def add(self, messages: list[Msg]) -> None:
+        self._held.extend(messages)
+        if self._held and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(ACK_DELAY_S, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._sending = asyncio.ensure_future(self.send())
+
+    async def send(self) -> None:
+        """Publish the acks held (buffered: they go with whatever is published next in this turn of the loop)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        held, self._held = self._held, []
+        try:
+            for message in held:
+                await message.ack()
+        except nats.errors.Error as exc:  # delivered again, and refused then
+            log.debug("acks on %s not sent: %s", self._url, exc or type(exc).__name__)
 
 
 class _Inbox:
