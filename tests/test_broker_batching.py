@@ -293,6 +293,41 @@ async def test_a_nats_worker_taking_one_job_at_a_time_asks_for_more_only_at_half
     assert 1 < len(pulls) <= 8, pulls
 
 
+class Writes:
+    """The commands of each socket write a NATS queue's client makes."""
+
+    def __init__(self, queue: BrokerQueue) -> None:
+        self.made: list[list[bytes]] = []
+        transport = queue._nc._transport
+        writelines = transport.writelines
+
+        def recorded(commands: list[bytes]) -> Any:
+            self.made.append(list(commands))
+            return writelines(commands)
+
+        transport.writelines = recorded
+
+    def acks_with_others(self) -> int:
+        """Acks written together with another message (rather than in a write of their own)."""
+        count = 0
+        for commands in self.made:
+            acks = sum(command.startswith(b"PUB $JS.ACK.") for command in commands)
+            count += acks if acks < len(commands) else 0
+        return count
+
+
+async def test_nats_acks_leave_in_the_write_of_the_next_message(tmp_path: Path) -> None:
+    with NatsServer(tmp_path) as nats_server:
+        async with queues(nats_server.url) as (engine, worker, slots):
+            writes = {queue: Writes(queue) for queue in (engine, worker)}
+            slots.append(asyncio.create_task(slot(worker)))
+            await one_by_one(engine, 4)
+
+    # Jobs 1-3 acked with the check-in of the next; results 1-3 acked with the next job's put.
+    assert writes[worker].acks_with_others() >= 3, writes[worker].made
+    assert writes[engine].acks_with_others() >= 3, writes[engine].made
+
+
 async def test_nats_messages_are_taken_without_next_msg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[Subscription] = []
     next_msg = Subscription.next_msg
