@@ -13,9 +13,14 @@ Names, under the URL's ``prefix`` (``nats://host:4222?prefix=clarion``):
 - core subject ``{prefix}.cancel``: every worker hears which run was cancelled.
 - key-value bucket ``{prefix}_state``: the state records. A job's ``took.<nonce>`` is both of
   its records: the JSON array of the workers it went to while it runs, its done tag once it
-  finished; so a worker checks a job in with two requests at once (that record created with
-  itself, the run's cancel read) and records it done with one. (A job finished before records
-  were kept so has its ``took`` deleted and a ``done.<nonce>``, which is still honoured.)
+  finished; so a worker checks a job in with one request (that record created with itself),
+  plus the run's cancel read for the first job of each run while its link holds, and records
+  it done with one. (A job finished before records were kept so has its ``took`` deleted and a
+  ``done.<nonce>``, which is still honoured.)
+
+Socket writes cost more CPU than anything else here (on loopback the kernel's whole TCP path
+runs in the writer): acks wait for the next message the client sends and leave in its write
+(:class:`_Acks`), and messages are taken from callback inboxes (:class:`_Inbox`).
 
 A JetStream that lost its streams (restarted on an empty store) is rebuilt by the first
 client that meets a missing stream or consumer; the engine, missing its ``epoch``, sends
