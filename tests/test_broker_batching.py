@@ -17,13 +17,14 @@ from typing import Any
 import nats
 import pytest
 from broker_support import broker, queue_secret, until
+from nats.aio.subscription import Subscription
 from nats.js.api import KeyValueConfig
 
 from clarion_jupyter.task.batching import Batcher, stopped
 from clarion_jupyter.task.broker import STATE_TTL_S, BrokerQueue
 from clarion_jupyter.task.queue import Job
 from clarion_jupyter.task.queues import make_queue
-from clarion_jupyter.testing.brokers import BrokerProcess, NatsServer, RedisServer
+from clarion_jupyter.testing.brokers import BrokerProcess, NatsServer, RedisServer, TcpProxy
 
 __all__ = ["broker", "queue_secret"]  # fixtures, used by name
 
@@ -229,6 +230,119 @@ async def test_a_nats_state_bucket_made_without_direct_gets_is_given_them(tmp_pa
 
     assert allowed and direct == [True, True], "gets go to any server directly, without the JetStream API"
     assert kept == [b"tag"], "the records it held are kept"
+
+
+async def one_by_one(engine: BrokerQueue, count: int, run_id: str = "run") -> None:
+    """``count`` jobs, each put once the one before was answered (a chain of steps)."""
+    reading = engine.results()
+    for job in jobs(count, run_id):
+        await engine.put(job)
+        assert (await anext(reading)).output == job.config["value"]
+    await reading.aclose()
+
+
+async def test_a_nats_worker_reads_a_runs_cancel_record_once_while_its_link_holds(tmp_path: Path) -> None:
+    with NatsServer(tmp_path) as nats_server:
+        async with queues(nats_server.url) as (engine, worker, slots):
+            kv = KvCalls(worker)
+            slots.append(asyncio.create_task(slot(worker)))
+            await one_by_one(engine, 3)
+            await one_by_one(engine, 1, run_id="other")
+
+    assert kv.made.count(("update", "took")) == 4
+    assert kv.made.count(("get", "cancel")) == 2, "once for each run"
+
+
+async def test_a_nats_worker_whose_link_broke_reads_the_cancel_record_again(tmp_path: Path) -> None:
+    with NatsServer(tmp_path) as nats_server:
+        async with (
+            TcpProxy(nats_server.port) as link,
+            queues(link.url(nats_server.url), engine_url=nats_server.url) as (engine, worker, slots),
+        ):
+            heard: list[str] = []
+            worker.on_cancel(heard.append)
+            kv = KvCalls(worker)
+            slots.append(asyncio.create_task(slot(worker)))
+            await one_by_one(engine, 1)
+            link.cut()
+            await until(lambda: not worker._nc.is_connected, timeout=10)
+            await engine.cancel("run")  # its broadcast does not reach the worker
+            await engine.put(jobs(2)[1])
+            link.heal()
+            await until(lambda: heard == ["run"], timeout=20)
+
+    assert kv.made.count(("get", "cancel")) == 2, "read again after the link came back"
+
+
+async def test_a_nats_worker_taking_one_job_at_a_time_asks_for_more_only_at_half(tmp_path: Path) -> None:
+    with NatsServer(tmp_path) as nats_server:
+        async with queues(nats_server.url) as (engine, worker, slots):
+            pulls: list[bytes] = []
+            publish = worker._nc.publish
+
+            async def recorded(subject: str, payload: bytes = b"", **kwargs: Any) -> None:
+                if ".CONSUMER.MSG.NEXT." in subject:
+                    pulls.append(payload)
+                await publish(subject, payload, **kwargs)
+
+            worker._nc.publish = recorded
+            slots.extend(asyncio.create_task(slot(worker)) for _ in range(SLOTS))
+            await one_by_one(engine, 16)
+
+    # One request for the eight slots, then one for each four jobs taken (and one for each that expired).
+    assert 1 < len(pulls) <= 8, pulls
+
+
+class Writes:
+    """The commands of each socket write a NATS queue's client makes."""
+
+    def __init__(self, queue: BrokerQueue) -> None:
+        self.made: list[list[bytes]] = []
+        transport = queue._nc._transport
+        writelines = transport.writelines
+
+        def recorded(commands: list[bytes]) -> Any:
+            self.made.append(list(commands))
+            return writelines(commands)
+
+        transport.writelines = recorded
+
+    def acks_with_others(self) -> int:
+        """Acks written together with another message (rather than in a write of their own)."""
+        count = 0
+        for commands in self.made:
+            acks = sum(command.startswith(b"PUB $JS.ACK.") for command in commands)
+            count += acks if acks < len(commands) else 0
+        return count
+
+
+async def test_nats_acks_leave_in_the_write_of_the_next_message(tmp_path: Path) -> None:
+    with NatsServer(tmp_path) as nats_server:
+        async with queues(nats_server.url) as (engine, worker, slots):
+            writes = {queue: Writes(queue) for queue in (engine, worker)}
+            slots.append(asyncio.create_task(slot(worker)))
+            await one_by_one(engine, 4)
+
+    # Jobs 1-3 acked with the check-in of the next; results 1-3 acked with the next job's put.
+    assert writes[worker].acks_with_others() >= 3, writes[worker].made
+    assert writes[engine].acks_with_others() >= 3, writes[engine].made
+
+
+async def test_nats_messages_are_taken_without_next_msg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Subscription] = []
+    next_msg = Subscription.next_msg
+
+    async def counted(self: Subscription, *args: Any, **kwargs: Any) -> Any:
+        calls.append(self)
+        return await next_msg(self, *args, **kwargs)
+
+    monkeypatch.setattr(Subscription, "next_msg", counted)
+    with NatsServer(tmp_path) as nats_server:
+        async with queues(nats_server.url) as (engine, worker, slots):
+            slots.append(asyncio.create_task(slot(worker)))
+            await one_by_one(engine, 3)
+
+    assert calls == [], "nats-py's next_msg makes a task and a uuid for every message"
 
 
 async def test_the_engine_acks_a_batch_of_results_in_the_round_trip_that_asks_for_the_next(

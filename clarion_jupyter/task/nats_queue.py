@@ -13,9 +13,14 @@ Names, under the URL's ``prefix`` (``nats://host:4222?prefix=clarion``):
 - core subject ``{prefix}.cancel``: every worker hears which run was cancelled.
 - key-value bucket ``{prefix}_state``: the state records. A job's ``took.<nonce>`` is both of
   its records: the JSON array of the workers it went to while it runs, its done tag once it
-  finished; so a worker checks a job in with two requests at once (that record created with
-  itself, the run's cancel read) and records it done with one. (A job finished before records
-  were kept so has its ``took`` deleted and a ``done.<nonce>``, which is still honoured.)
+  finished; so a worker checks a job in with one request (that record created with itself),
+  plus the run's cancel read for the first job of each run while its link holds, and records
+  it done with one. (A job finished before records were kept so has its ``took`` deleted and a
+  ``done.<nonce>``, which is still honoured.)
+
+Socket writes cost more CPU than anything else here (on loopback the kernel's whole TCP path
+runs in the writer): acks wait for the next message the client sends and leave in its write
+(:class:`_Acks`), and messages are taken from callback inboxes (:class:`_Inbox`).
 
 A JetStream that lost its streams (restarted on an empty store) is rebuilt by the first
 client that meets a missing stream or consumer; the engine, missing its ``epoch``, sends
@@ -31,7 +36,7 @@ import asyncio
 import json
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import replace
@@ -53,6 +58,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from .broker import (
+    CANCELS_KEPT,
     CONNECT_TIMEOUT_S,
     DEFAULT_MAX_PENDING,
     RESULT_BATCH,
@@ -79,6 +85,8 @@ PULL_S = 2.0
 """How long a worker's pull request for jobs stands before the server ends it (and it is made again)."""
 PUBLISH_TIMEOUT_S = 5.0
 """How long a publish waits for JetStream's acknowledgement before it is tried again."""
+ACK_DELAY_S = 0.05
+"""Longest an ack (of a finished job, of results the engine took) waits for a message to leave with."""
 
 
 class NatsQueue(BrokerQueue):
@@ -106,8 +114,15 @@ class NatsQueue(BrokerQueue):
         self._nc: nats.NATS | None = None
         self._state_bucket = f"{prefix}_state"
         self._results_sub: Any = None
+        self._results_inbox: _Inbox | None = None
         self._kv: KeyValue | None = None
         self._connected = False
+        self._link = 0
+        """Bumped whenever the connection breaks, is made again or drops messages: a cancel
+        broadcast may have been missed since."""
+        self._runs_clear: OrderedDict[str, int] = OrderedDict()
+        self._acks = _Acks(self.url)
+        """Runs whose cancel record was read and absent, with the :attr:`_link` of that read."""
 
     async def _connect(self) -> None:
         errors: list[Exception] = []
@@ -115,6 +130,7 @@ class NatsQueue(BrokerQueue):
         async def on_error(exc: Exception) -> None:
             # Connection errors are retried by nats-py; say so once connected, not with its traceback.
             errors.append(exc)
+            self._link_changed()
             if self._connected:
                 log.warning("nats %s: %s", self.url, exc or type(exc).__name__)
 
@@ -126,6 +142,8 @@ class NatsQueue(BrokerQueue):
                     reconnect_time_wait=1,
                     max_reconnect_attempts=-1,
                     error_cb=on_error,
+                    disconnected_cb=self._on_link_change,
+                    reconnected_cb=self._on_link_change,
                 ),
                 CONNECT_TIMEOUT_S,
             )
@@ -197,6 +215,7 @@ class NatsQueue(BrokerQueue):
     async def _disconnect(self) -> None:
         if self._nc is None:
             return
+        await self._acks.send()
         if self._results_sub is not None:
             with suppress(*self.transient):
                 await self._results_sub.unsubscribe()
@@ -208,6 +227,13 @@ class NatsQueue(BrokerQueue):
 
     async def _on_cancel_message(self, message: Msg) -> None:
         self._cancel_heard(message.data)
+
+    async def _on_link_change(self) -> None:
+        self._link_changed()
+
+    def _link_changed(self) -> None:
+        self._link += 1
+        self._runs_clear.clear()
 
     @asynccontextmanager
     async def _job_source(self) -> AsyncIterator[TakeJobs]:
@@ -230,12 +256,17 @@ class NatsQueue(BrokerQueue):
 
     async def _published(self, subject: str, stream: str, datas: list[bytes]) -> list[Any]:
         """Publish in order, without waiting for each acknowledgement before the next (one round
-        trip for all); each one's acknowledgement, or its error."""
+        trip for all), the acks held leaving with them; each one's acknowledgement, or its error."""
         if len(datas) == 1:  # a lone message: a plain request is answered without the futures' detour
-            return await asyncio.gather(
-                self._js.publish(subject, datas[0], timeout=PUBLISH_TIMEOUT_S, stream=stream), return_exceptions=True
+            # The acks are sent by a second task, scheduled after the publish's: both go in one write.
+            outcome, _acked = await asyncio.gather(
+                self._js.publish(subject, datas[0], timeout=PUBLISH_TIMEOUT_S, stream=stream),
+                self._acks.send(),
+                return_exceptions=True,
             )
+            return [outcome]
         acks = [await self._js.publish_async(subject, data, stream=stream) for data in datas]
+        await self._acks.send()
         return await asyncio.gather(*(asyncio.wait_for(ack, PUBLISH_TIMEOUT_S) for ack in acks), return_exceptions=True)
 
     async def _send(self, results: list[bytes], acks: list[Ack]) -> None:
@@ -243,17 +274,32 @@ class NatsQueue(BrokerQueue):
             if isinstance(outcome, BaseException):
                 raise outcome
         await _together(*(self._kv.put(f"took.{ack.nonce}", ack.tag) for ack in acks if ack.nonce is not None))
-        for ack in acks:
-            await ack.handle.ack()
+        self._acks.add([ack.handle for ack in acks])
 
     async def _jobs_state(self, jobs: list[Job]) -> list[JobState]:
         async def state(job: Job) -> JobState:
-            (done, took), (cancelled,) = await _together(
-                self._delivered_to(job.nonce), self._state_get([f"cancel.{job.run_id}"])
-            )
+            (done, took), cancelled = await _together(self._delivered_to(job.nonce), self._cancel_record(job.run_id))
             return done, cancelled, took
 
-        return await _together(*(state(job) for job in jobs))
+        *states, _acked = await _together(*(state(job) for job in jobs), self._acks.send())
+        return states
+
+    async def _cancel_record(self, run_id: str) -> bytes | None:
+        """The run's cancel record, read once per run while the link holds: a cancel recorded
+        after a read that found none is broadcast after it, on the subscription this link has
+        had since it was made, so it is heard; a link that broke (or dropped messages) reads again."""
+        if run_id in self._cancels_heard:
+            return self._signer.tag("cancel", run_id)
+        link = self._link
+        if self._runs_clear.get(run_id) == link:
+            self._runs_clear.move_to_end(run_id)
+            return None
+        (cancelled,) = await self._state_get([f"cancel.{run_id}"])
+        if cancelled is None and link == self._link:
+            self._runs_clear[run_id] = link
+            while len(self._runs_clear) > CANCELS_KEPT:
+                self._runs_clear.popitem(last=False)
+        return cancelled
 
     async def _delivered_to(self, nonce: str) -> tuple[bytes | None, list[bytes]]:
         """The job's done tag, if it finished; else the workers it went to, this one added to its
@@ -292,22 +338,18 @@ class NatsQueue(BrokerQueue):
         """Results are pushed to the one engine as they come (a pull of many would wait for the
         batch to fill); those already here join the first, up to a batch."""
         if self._results_sub is None:
+            inbox = _Inbox(self._nc)
             self._results_sub = await self._js.subscribe(
                 self._results_subject,
                 durable=ENGINE,
                 stream=self._results_stream,
                 manual_ack=True,
+                cb=inbox.put,
                 config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=RESULTS_ACK_WAIT_S, max_deliver=-1),
             )
-        for message in acked:
-            await message.ack()
-        subscription = self._results_sub
-        try:
-            messages = [await subscription.next_msg(timeout=FETCH_WAIT_S)]
-        except nats.errors.TimeoutError:
-            return []
-        for _ in range(min(subscription.pending_msgs, RESULT_BATCH - 1)):
-            messages.append(await subscription.next_msg())
+            self._results_inbox = inbox
+        self._acks.add(acked)
+        messages = await self._results_inbox.take(RESULT_BATCH, FETCH_WAIT_S)
         return [(message, message.data) for message in messages]
 
     async def _publish_cancel(self, data: bytes) -> None:
@@ -378,21 +420,85 @@ async def _together(*operations: Awaitable[Any]) -> list[Any]:
     return outcomes
 
 
+class _Acks:
+    """Acks held back until the next message this client sends, so they leave in its socket
+    write (an ack alone costs a write here and a read at the server), or :data:`ACK_DELAY_S`
+    at the latest. Holding one back is safe: what is not acked is delivered again, and the
+    job's done record (or the engine's awaited nonces) refuses it then."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._held: list[Msg] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending: asyncio.Task[None] | None = None
+
+    def add(self, messages: list[Msg]) -> None:
+        self._held.extend(messages)
+        if self._held and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(ACK_DELAY_S, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._sending = asyncio.ensure_future(self.send())
+
+    async def send(self) -> None:
+        """Publish the acks held (buffered: they go with whatever is published next in this turn of the loop)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        held, self._held = self._held, []
+        try:
+            for message in held:
+                await message.ack()
+        except nats.errors.Error as exc:  # delivered again, and refused then
+            log.debug("acks on %s not sent: %s", self._url, exc or type(exc).__name__)
+
+
+class _Inbox:
+    """A subscription's messages as they come (its callback puts them here), taken without
+    nats-py's ``next_msg``, which makes a task and a uuid for every message."""
+
+    def __init__(self, nc: nats.NATS) -> None:
+        self._nc = nc
+        self._messages: deque[Msg] = deque()
+        self._arrived = asyncio.Event()
+
+    async def put(self, message: Msg) -> None:
+        self._messages.append(message)
+        self._arrived.set()
+
+    async def take(self, most: int, timeout: float) -> list[Msg]:
+        """Up to ``most`` messages, as soon as there is one; [] after ``timeout`` without any."""
+        if not self._messages:
+            if self._nc.is_closed:
+                raise nats.errors.ConnectionClosedError
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._arrived.wait()
+            except TimeoutError:
+                return []
+        return [self._messages.popleft() for _ in range(min(most, len(self._messages)))]
+
+
 class _Pull:
     """A worker's pull requests for jobs, standing for :data:`PULL_S`: jobs come as soon as they
     are there, up to the number asked for. (nats-py's ``fetch`` of more than one waits for all
-    of them or for its timeout, so a lone job would wait.)"""
+    of them or for its timeout, so a lone job would wait.) More are asked for only once at most
+    half of the jobs wanted are still asked for, so a worker taking one job at a time does not
+    send a request with each."""
 
     def __init__(self, nc: nats.NATS, subject: str) -> None:
         self._nc = nc
         self._subject = subject
         self._inbox = nc.new_inbox()
         self._subscription: Any = None
+        self._messages = _Inbox(nc)
         self._asked: deque[list[float]] = deque()
         """The requests standing, oldest first: [when it ends, jobs it may still bring]."""
 
     async def open(self) -> None:
-        self._subscription = await self._nc.subscribe(self._inbox)
+        self._subscription = await self._nc.subscribe(self._inbox, cb=self._messages.put)
 
     async def close(self) -> None:
         await self._subscription.unsubscribe()
@@ -404,21 +510,16 @@ class _Pull:
         return int(sum(left for _end, left in self._asked))
 
     async def take(self, count: int) -> list[Taken]:
-        missing = count - self._standing()
-        if missing > 0:
+        standing = self._standing()
+        if standing <= count // 2:
+            missing = count - standing
             request = {"batch": missing, "expires": int(PULL_S * 1e9)}
             await self._nc.publish(self._subject, json.dumps(request).encode(), reply=self._inbox)
             self._asked.append([time.monotonic() + PULL_S + FETCH_WAIT_S, missing])
         taken: list[Taken] = []
-        try:
-            message = await self._subscription.next_msg(timeout=FETCH_WAIT_S)
-        except nats.errors.TimeoutError:
-            return taken
-        while True:
+        for message in await self._messages.take(count, FETCH_WAIT_S):
             self._received(message, taken)
-            if len(taken) >= count or not self._subscription.pending_msgs:
-                return taken
-            message = await self._subscription.next_msg(timeout=None)
+        return taken
 
     def _received(self, message: Msg, taken: list[Taken]) -> None:
         status = message.headers.get("Status") if message.headers else None
