@@ -97,11 +97,14 @@ async def test_waiting_jobs_are_taken_checked_and_answered_a_batch_per_round_tri
         await until(lambda: sum(len(acks) for _results, acks in calls.made["_send"]) == SLOTS, timeout=10)
 
     assert [len(datas) for (datas,) in offers.made["_offer"]] == [SLOTS], "the jobs put together went in one offer"
-    assert [len(read) for (read,) in taken.made["_checked_in"] if read] == [SLOTS], "one read for all"
+    reads = [len(read) for (read,) in taken.made["_checked_in"] if read]
+    # Redis hands over what waits in one reply; a NATS pull's messages may arrive in two socket
+    # reads, and the intake takes what has arrived.
+    assert reads == [SLOTS] if broker.kind == "redis" else sum(reads) == SLOTS and len(reads) <= 2, reads
     checks = [len(checked) for (checked,) in calls.made["_jobs_state"]]
     # Redis reads the jobs' state records in the script that takes them; NATS in one more round trip.
-    assert checks == ([] if broker.kind == "redis" else [SLOTS])
-    assert len(calls.made["_send"]) <= 2, "results and acks go together, not one round trip each"
+    assert checks == ([] if broker.kind == "redis" else reads)
+    assert len(calls.made["_send"]) <= len(reads) + 1, "results and acks go together, not one round trip each"
     assert sum(len(results) for results, _acks in calls.made["_send"]) == SLOTS
 
 
