@@ -121,8 +121,8 @@ class NatsQueue(BrokerQueue):
         """Bumped whenever the connection breaks, is made again or drops messages: a cancel
         broadcast may have been missed since."""
         self._runs_clear: OrderedDict[str, int] = OrderedDict()
-        self._acks = _Acks(self.url)
         """Runs whose cancel record was read and absent, with the :attr:`_link` of that read."""
+        self._acks = _Acks(self.url)
 
     async def _connect(self) -> None:
         errors: list[Exception] = []
