@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import pytest
 
-from clarion_jupyter.core.secrets import MASK, SecretMasker, SecretPolicy
+from clarion_jupyter.core.secrets import MASK, SecretMasker, SecretPolicy, reread_environment
 from clarion_jupyter.llm.provider import read_api_key
 
 SECRET = "sk-live-0123456789abcdefXYZ"
@@ -61,13 +61,18 @@ def test_a_key_read_for_a_call_is_masked_at_once_even_when_exported_a_moment_ago
     assert masker.text("second-value-5678") == MASK
 
 
+def _counted_reads(monkeypatch) -> list[int]:
+    reads: list[int] = []
+    scan = SecretMasker._scan
+    monkeypatch.setattr(SecretMasker, "_scan", lambda self: reads.append(1) or scan(self))
+    return reads
+
+
 def test_reading_a_key_the_maskers_know_already_does_not_read_the_environment_again(monkeypatch) -> None:
     """Every LLM call reads its key: a full read of the environment each time cost more than the
     rest of the engine's work for the call."""
     monkeypatch.setenv("KNOWN_API_KEY", "known-value-1234")
-    reads = []
-    scan = SecretMasker._scan
-    monkeypatch.setattr(SecretMasker, "_scan", lambda self: reads.append(1) or scan(self))
+    reads = _counted_reads(monkeypatch)
     masker = SecretMasker()
     read_api_key("KNOWN_API_KEY")
     masker.text("x")
@@ -75,6 +80,46 @@ def test_reading_a_key_the_maskers_know_already_does_not_read_the_environment_ag
         read_api_key("KNOWN_API_KEY")
         assert masker.text("known-value-1234") == MASK
     assert len(reads) == 1
+
+
+def test_a_reread_that_finds_the_environment_unchanged_does_not_read_it_again(monkeypatch) -> None:
+    """Every new run asks for a re-read (its inputs are masked against the secrets set now):
+    reading and matching every variable each time cost a tenth of a short run's engine time."""
+    monkeypatch.setenv("STEADY_API_KEY", "steady-value-1234")
+    reads = _counted_reads(monkeypatch)
+    masker = SecretMasker()
+    reread_environment()
+    masker.text("x")
+    for _ in range(5):
+        reread_environment()
+        assert masker.text("steady-value-1234") == MASK
+    assert len(reads) == 1
+
+
+@pytest.mark.parametrize("change", ["set", "replace", "delete"])
+def test_a_reread_after_the_environment_changed_reads_it_again(monkeypatch, change) -> None:
+    monkeypatch.setenv("CHANGING_API_KEY", "old-value-123456")
+    reads = _counted_reads(monkeypatch)
+    masker = SecretMasker()
+    reread_environment()
+    assert masker.text("old-value-123456") == MASK
+    if change == "set":
+        monkeypatch.setenv("ANOTHER_API_KEY", "new-value-654321")
+    elif change == "replace":
+        monkeypatch.setenv("CHANGING_API_KEY", "new-value-654321")
+    else:
+        monkeypatch.delenv("CHANGING_API_KEY")
+    reread_environment()
+    masked = masker.text("old-value-123456 new-value-654321")
+    assert len(reads) == 2
+    assert (
+        masked
+        == {
+            "set": f"{MASK} {MASK}",
+            "replace": f"old-value-123456 {MASK}",
+            "delete": "old-value-123456 new-value-654321",
+        }[change]
+    )
 
 
 TRICKY = ['quo"te\\back-slash', 'ünï"quoted-sécret', "ünïcødé-sécret", "new\nline\ttab-secret", "plain-secret-0123"]

@@ -25,10 +25,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -81,20 +83,41 @@ class SecretPolicy:
 
 
 ENVIRONMENT_TTL_S = 1.0
-_scans: dict[str, tuple[float, frozenset[str]]] = {}
-"""The secret values of the process's environment, by policy pattern, with when they were read."""
+
+
+@dataclass(slots=True)
+class _Scan:
+    """One policy's read of the process's environment: the secret values, when they were
+    checked, and the raw environment they came from."""
+
+    values: frozenset[str]
+    checked_at: float
+    raw: dict[bytes, bytes]
+    """A copy of the bytes mapping behind ``os.environ`` (``os.environ._data``, on POSIX), as it
+    was read. Comparing it with the live one is a dictionary comparison in C, a few microseconds,
+    where reading the environment again decodes and matches every variable (~0.1 ms): most
+    re-reads (every new run asks for one) find nothing changed, and then cost only that."""
+
+
+_scans: dict[str, _Scan] = {}
+"""The secret values of the process's environment, by policy pattern."""
+
+
+def _raw_environ() -> dict[bytes, bytes]:
+    return os.environ._data  # type: ignore[attr-defined]  # CPython's own store behind os.environ
 
 
 def reread_environment(*names: str) -> None:
-    """Make every masker read the environment again before it next masks.
+    """Make every masker check the environment again before it next masks.
 
     With ``names`` (the variables a step is about to hand on), only when one of them holds a
     value that some masker's last read lacks: a call's key is nearly always the one read a
-    moment ago, and reading the whole environment again for every LLM call cost more than the
-    rest of the engine's work for it."""
+    moment ago. A check that finds the environment as it was read costs a dictionary
+    comparison (see :class:`_Scan`), not another read."""
     if names and all(_known(name) for name in names):
         return
-    _scans.clear()
+    for scan in _scans.values():
+        scan.checked_at = -math.inf
 
 
 def _known(name: str) -> bool:
@@ -102,7 +125,7 @@ def _known(name: str) -> bool:
     value = os.environ.get(name)
     if not value or len(value) < MIN_SECRET_LENGTH:
         return True
-    return all(value in values or re.fullmatch(pattern, name) is None for pattern, (_read, values) in _scans.items())
+    return all(value in scan.values or re.fullmatch(pattern, name) is None for pattern, scan in _scans.items())
 
 
 class SecretMasker:
@@ -110,7 +133,7 @@ class SecretMasker:
 
     A key exported after the server started is masked too. Reading the whole environment
     costs ~0.1 ms, and masking happens several times per step, so the process's environment
-    is read again at most every :data:`ENVIRONMENT_TTL_S`, and at once after
+    is checked for changes at most every :data:`ENVIRONMENT_TTL_S`, and at once after
     :func:`reread_environment`, which every step that hands secrets on (an LLM call reading its
     key, a shell command given the environment) calls first: a value a step can print is
     always known by then. The compiled pattern is rebuilt only when the values change.
@@ -134,10 +157,16 @@ class SecretMasker:
         if self._environ is not os.environ:
             return self._scan()
         now = time.monotonic()
-        scanned = _scans.get(self.policy.pattern)
-        if scanned is None or now - scanned[0] > ENVIRONMENT_TTL_S:
-            scanned = _scans[self.policy.pattern] = (now, self._scan())
-        return scanned[1]
+        scan = _scans.get(self.policy.pattern)
+        if scan is not None and now - scan.checked_at <= ENVIRONMENT_TTL_S:
+            return scan.values
+        raw = _raw_environ()
+        if scan is not None and scan.raw == raw:
+            scan.checked_at = now
+            return scan.values
+        copied = dict(raw)  # before the read: a change made meanwhile differs from it at the next check
+        scan = _scans[self.policy.pattern] = _Scan(self._scan(), now, copied)
+        return scan.values
 
     def _pattern(self) -> re.Pattern[str] | None:
         values = self._current()
