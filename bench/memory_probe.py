@@ -15,7 +15,12 @@ loaded in (``jpserver_extensions = {"memory_probe": True}``, with ``bench/`` on 
 * ``rss``: the kernel's split of the resident pages (``/proc/self/status``): anonymous
   (the heaps above, thread stacks) and file-backed (the code of Python, DuckDB and the other
   native modules, paged in as code paths first run);
-* ``engine``: the sizes of the engine's bounded in-memory state (run views, plans, claims).
+* ``engine``: the sizes of the engine's bounded in-memory state (run views, plans, claims);
+* ``traced`` (only when the server was started with ``CLARION_PROBE_TRACE=1``, which starts
+  ``tracemalloc``): the Python memory traced, and the source lines whose allocations grew most
+  since the last reading. Python's allocations that the heaps above cannot tell apart (strings,
+  buffers over 512 bytes in the glibc heap) show up here by the line that made them; what grows
+  in a heap but not here is native (DuckDB's C++ objects).
 
 Reading it costs a few milliseconds of the server's time (a ``gc.get_objects()`` and a
 DuckDB query, on a thread), once a minute.
@@ -30,6 +35,7 @@ import os
 import re
 import sys
 import tempfile
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +120,44 @@ def duckdb_memory(engine: Any) -> dict[str, Any]:
     return {"limit": limit, **{tag.lower(): round(used / MIB, 1) for tag, used in tags}}
 
 
+TRACE_FRAMES = 4
+"""Frames kept per traced allocation: enough to get from a library's line to the caller in this project."""
+
+
+class Growth:
+    """``tracemalloc`` snapshots, each compared with the one before."""
+
+    def __init__(self) -> None:
+        self._last: tracemalloc.Snapshot | None = None
+
+    def reading(self, top: int = 6) -> dict[str, Any]:
+        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        last, self._last = self._last, snapshot
+        traced = {"traced_mb": round(tracemalloc.get_traced_memory()[0] / MIB, 1)}
+        if last is None:
+            return traced
+        grown = sorted(snapshot.compare_to(last, "traceback"), key=lambda stat: -stat.size_diff)[:top]
+        return {
+            **traced,
+            "grew_kb": [
+                {"kb": round(stat.size_diff / 1024), "count": stat.count_diff, "at": _where(stat.traceback)}
+                for stat in grown
+                if stat.size_diff > 0
+            ],
+        }
+
+
+def _where(traceback: tracemalloc.Traceback) -> str:
+    return " < ".join(f"{Path(frame.filename).name}:{frame.lineno}" for frame in reversed(traceback))
+
+
+_growth = Growth()
+
+
 def breakdown(engine: Any) -> dict[str, Any]:
+    traced = {"traced": _growth.reading()} if tracemalloc.is_tracing() else {}
     return {
+        **traced,
         "rss": rss_split(),
         "duckdb": duckdb_memory(engine),
         "jemalloc": jemalloc(),
@@ -141,5 +183,7 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
+    if os.environ.get("CLARION_PROBE_TRACE") == "1":
+        tracemalloc.start(TRACE_FRAMES)
     route = url_path_join(serverapp.base_url, "clarion-bench/memory")
     serverapp.web_app.add_handlers(".*$", [(route, MemoryHandler)])

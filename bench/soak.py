@@ -20,9 +20,11 @@ minute, POST latency p50/p99, the server's CPU share. The last line compares the
 the warm-up with the highest and the last minute's (target: within 10 %). With ``--probe``,
 each line also says where the memory is (``bench/memory_probe.py``: DuckDB's buffer pool by
 tag, its allocator, glibc's and pymalloc's heaps, the engine's bounded state), to find what
-grows; ``--skip`` leaves clients out, to find which one makes it grow.
+grows (``--trace`` adds the Python source lines whose memory grew, through ``tracemalloc``,
+which slows the server: lower ``--rate`` with it); ``--skip`` leaves clients out, to find which
+one makes it grow.
 
-Usage: python bench/soak.py [--rate 20] [--warm-s 120] [--minutes 10] [--skip follow,sidebar] [--probe]
+Usage: python bench/soak.py [--rate 20] [--warm-s 120] [--minutes 10] [--skip follow,sidebar] [--probe [--trace]]
        [--db-memory-limit 64MB]
 """
 
@@ -223,7 +225,10 @@ def server_at(workdir: Path, args: argparse.Namespace) -> JupyterServerProcess:
         workdir,
         clarion=clarion,
         server={"jpserver_extensions": {"clarion_jupyter": True, "memory_probe": True}},
-        env={"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))},
+        env={
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
+            **({"CLARION_PROBE_TRACE": "1"} if args.trace else {}),
+        },
     )
 
 
@@ -287,6 +292,7 @@ if __name__ == "__main__":
     parser.add_argument("--minutes", type=int, default=10, help="minutes of soak after the warm-up")
     parser.add_argument("--db-memory-limit", help="the server's ClarionExtension.db_memory_limit (default: its own)")
     parser.add_argument("--probe", action="store_true", help="add where the server's memory is to each line")
+    parser.add_argument("--trace", action="store_true", help="with --probe: where Python's memory grew (tracemalloc)")
     parser.add_argument("--skip", default="", help=f"clients to leave out, comma-separated: {', '.join(CLIENTS)}")
     exit_on_sigterm()
     asyncio.run(soak(parser.parse_args()))
