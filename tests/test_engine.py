@@ -185,6 +185,19 @@ async def test_a_lone_surrogate_in_an_output_becomes_the_replacement_character_a
         assert [e.data["output"] for e in run_events if e.type == "step_completed"] == expected
 
 
+async def test_a_lone_surrogate_in_the_workflow_document_becomes_the_replacement_character_as_it_arrives(
+    tmp_path: Path,
+) -> None:
+    """A document comes as JSON from a client, where ``"\\ud800"`` parses to a lone surrogate:
+    the run's own copy of it holds U+FFFD from the start, as the stored copy does."""
+    doc = workflow(echo("a", "cut \ud800 here"))
+    doc["name"] = "name \udfff"
+    seen = await run_then_reopened(tmp_path, doc)
+    for run in (seen.live, seen.stored):
+        assert run.workflow["name"] == run.workflow_name == "name \ufffd"
+        assert run.workflow["steps"][0]["with"] == {"value": "cut \ufffd here"}
+
+
 async def test_parallel_group_members_run_concurrently(tmp_path: Path) -> None:
     doc = workflow({"parallel": [shell("left", "sleep 0.5"), shell("right", "sleep 0.5")]}, echo("after", 1))
     async with engine_at(tmp_path) as engine:

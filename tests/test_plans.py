@@ -36,6 +36,21 @@ def test_yaml_text_of_one_document_is_compiled_once(cache: PlanCache) -> None:
     assert cache.compiled == 1
 
 
+def test_text_holding_a_lone_surrogate_is_compiled_once_with_the_replacement_character(cache: PlanCache) -> None:
+    """A cell's text built in Python can hold one (no file or socket can): it is a key like any
+    other text, and the plan's document holds what the store would keep."""
+    text = yaml.safe_dump({**chain(1), "name": "cut \ud800 here"}, allow_unicode=True)
+    plan = cache.plan(text)
+    assert cache.plan(text) is plan and cache.compiled == 1
+    assert plan.document["name"] == "cut \ufffd here"
+
+
+def test_text_holding_a_raw_lone_surrogate_is_refused_as_invalid_yaml(cache: PlanCache) -> None:
+    text = yaml.safe_dump(chain(1)) + f"name: cut {chr(0xD800)} here\n"
+    with pytest.raises(ValidationFailed, match="not valid YAML"):
+        cache.plan(text)
+
+
 def test_a_changed_document_gets_a_plan_of_its_own(cache: PlanCache) -> None:
     assert cache.plan(chain(3)) is not cache.plan(chain(4))
     assert cache.compiled == 2

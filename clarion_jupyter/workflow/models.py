@@ -25,6 +25,7 @@ from ..core.documents import DocumentError, check_data, load_yaml
 from ..core.errors import Problem, ValidationFailed
 from ..core.ids import SLUG_PATTERN, slugify
 from ..core.protocol import RunStatus, StepStatus
+from ..storage.records import without_surrogates
 from .budget import Budget, BudgetState
 
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
@@ -174,20 +175,24 @@ def load_document(source: str | bytes | dict[str, Any], what: str = "workflow") 
     """Parse YAML or JSON text (JSON is YAML) into a mapping, with a located error.
 
     Parsing is bounded (nesting, alias expansion, JSON types only: see
-    :mod:`..core.documents`), so a hostile document is refused in milliseconds.
+    :mod:`..core.documents`), so a hostile document is refused in milliseconds. A lone
+    surrogate (what ``"\\ud800"`` in JSON parses to) becomes U+FFFD here, as undecodable bytes
+    do: no UTF-8 text can hold one, so the store would keep U+FFFD, and a run's own copy of its
+    document, its name and its steps' settings hold from the start what is stored.
     """
     try:
         if isinstance(source, dict):
             check_data(source)
-            return source
-        if isinstance(source, bytes):
-            source = source.decode("utf-8", errors="replace")
-        data = load_yaml(source)
+            data = source
+        else:
+            if isinstance(source, bytes):
+                source = source.decode("utf-8", errors="replace")
+            data = load_yaml(source)
     except DocumentError as exc:
         raise ValidationFailed([Problem(loc=exc.where or "document", message=exc.message)], what) from None
     if not isinstance(data, dict):
         raise ValidationFailed([Problem(loc="document", message="must be a mapping (an object)")], what)
-    return data
+    return without_surrogates(data)
 
 
 def parse_workflow(source: str | bytes | dict[str, Any] | Workflow) -> Workflow:

@@ -59,7 +59,7 @@ def _source_digest(source: WorkflowSource) -> str | None:
     if isinstance(source, Workflow):
         return None
     if isinstance(source, str):
-        data = b"t" + source.encode()
+        data = b"t" + source.encode("utf-8", errors="surrogatepass")  # a key only: the compiler cleans the text
     elif isinstance(source, bytes):
         data = b"t" + source
     else:
