@@ -622,6 +622,15 @@ def test_agent_rerun_of_an_imported_v2_run_is_an_agent_run_with_its_agent_prompt
     }  # fmt: skip
 
 
+def test_agent_rerun_of_an_imported_v2_run_holds_to_the_budget_it_is_given(tmp_path: Path) -> None:
+    run_id = imported_run(tmp_path)
+    clarion(tmp_path, "agents", "set", "basic_editor", f"parameters.mock_response={REPLY}", "api_key_env=")
+    result = clarion(tmp_path, "agent", "rerun", run_id, "--budget-tokens", "50000", "--budget-usd", "0.25", "--json")
+    assert result.returncode == 3, result.stderr
+    budget = json.loads(result.stdout)["budget"]
+    assert (budget["tokens"], budget["usd"]) == (50_000, 0.25)
+
+
 async def test_agent_rerun_of_a_run_that_was_not_imported_says_so(tmp_path: Path) -> None:
     [run_id] = await make_runs(tmp_path, 1)
     result = clarion(tmp_path, "agent", "rerun", run_id)

@@ -97,3 +97,19 @@ async def test_running_the_imported_runs_workflow_with_a_runs_inputs_starts_an_a
         "agent-run", "basic_editor", "task run-1714557600123"
     )  # fmt: skip
     assert again.status == "succeeded"
+
+
+async def test_running_the_imported_runs_workflow_with_a_budget_holds_the_agent_run_to_it(tmp_path: Path) -> None:
+    """v2 runs had no budget: the one given with the Re-run is the new agent run's."""
+    async with Engine(tmp_path / "x.duckdb", workspace_root=tmp_path) as engine:
+        await engine.import_v2(clarion_db(tmp_path, "run-1714557600123"))
+        agent = await engine.get_agent("basic_editor")
+        await engine.replace_agent(
+            "basic_editor", agent.model_copy(update={"api_key_env": None, "parameters": {"mock_response": "{}"}})
+        )
+        [imported] = (await engine.list_runs(workflow_id=V2_RUN_WORKFLOW_ID)).runs
+        run_id = await engine.submit_saved(V2_RUN_WORKFLOW_ID, imported.inputs, budget={"tokens": 1})
+        again = await engine.wait(run_id)
+    assert again.workflow_id == "agent-run"
+    assert again.budget is not None and again.budget.tokens == 1
+    assert again.status == "failed" and "budget" in str(again.error)

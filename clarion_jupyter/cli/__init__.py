@@ -156,12 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="review the diff first (default), apply at once, or never",
     )
     add_budget_flags(agent_run)
-    add(
+    agent_rerun = add(
         "rerun",
         cmd_agent_rerun,
         "run an imported Clarion v2 run again: a new agent run with its agent, prompt and files",
         agent,
-    ).add_argument("run_id", help=RUN_ID_HELP)
+    )
+    agent_rerun.add_argument("run_id", help=RUN_ID_HELP)
+    add_budget_flags(agent_rerun)
     for name, handler, verb in (("approve", cmd_approve, "let"), ("reject", cmd_reject, "refuse")):
         decide = add(name, handler, f"{verb} a step that waits for approval, then follow the run")
         decide.add_argument("run_id", help=RUN_ID_HELP)

@@ -352,7 +352,9 @@ async def cmd_agent_run(args: argparse.Namespace) -> int:
 async def cmd_agent_rerun(args: argparse.Namespace) -> int:
     """Repeat a run imported from Clarion v2 as a new agent run (same agent, prompt and files)."""
     async with _clarion(args) as clarion:
-        run_id = await rerun_imported(clarion, args.run_id)
+        run_id = await rerun_imported(
+            clarion, args.run_id, parse_budget(given_budget(args.budget_usd, args.budget_tokens))
+        )
         progress = None if args.json else ReplyProgress(sys.stdout)
         if progress:
             progress.agent_request(await clarion.get_run(run_id), f"run {run_id}: agent")

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from ..agent.v2runs import V2_RUN_WORKFLOW_ID
 from ..core.errors import Conflict
 from .agent_run import AgentRunRequest
+from .budget import Budget
 from .models import WorkflowRun
 
 
@@ -32,26 +33,29 @@ def is_imported_v2_run(run: WorkflowRun) -> bool:
     return run.workflow_id == V2_RUN_WORKFLOW_ID
 
 
-def rerun_request(run: WorkflowRun) -> tuple[str, AgentRunRequest]:
+def rerun_request(run: WorkflowRun, budget: Budget | None = None) -> tuple[str, AgentRunRequest]:
     """The agent and the request that repeat an imported v2 run; :class:`Conflict` for any other run."""
     if not is_imported_v2_run(run):
         raise Conflict(
             f"run '{run.run_id}' is not a run imported from Clarion v2 (workflow '{run.workflow_id}')",
             details={"run_id": run.run_id, "workflow_id": run.workflow_id},
         )
-    return rerun_inputs(run.inputs)
+    return rerun_inputs(run.inputs, budget)
 
 
-def rerun_inputs(inputs: dict[str, Any]) -> tuple[str, AgentRunRequest]:
-    """The agent and request from an imported run's inputs (what the sidebar's Re-run sends back)."""
+def rerun_inputs(inputs: dict[str, Any], budget: Budget | None = None) -> tuple[str, AgentRunRequest]:
+    """The agent and request from an imported run's inputs (what the sidebar's Re-run sends
+    back); ``budget`` is the new run's (v2 had none to hold to)."""
     project = inputs.get("project") or {}
     files = [_in_workspace(str(path), project.get("path")) for path in inputs.get("files") or []]
-    return str(inputs.get("agent") or ""), AgentRunRequest(prompt=str(inputs.get("prompt") or ""), files=files)
+    request = AgentRunRequest(prompt=str(inputs.get("prompt") or ""), files=files, budget=budget)
+    return str(inputs.get("agent") or ""), request
 
 
-async def rerun_imported(clarion: AgentRunner, run_id: str) -> str:
-    """Start the agent run that repeats an imported v2 run (named by its id or a prefix); the new run's id."""
-    agent_id, request = rerun_request(await clarion.get_run(run_id))
+async def rerun_imported(clarion: AgentRunner, run_id: str, budget: Budget | None = None) -> str:
+    """Start the agent run that repeats an imported v2 run (named by its id or a prefix), within
+    ``budget``; the new run's id."""
+    agent_id, request = rerun_request(await clarion.get_run(run_id), budget)
     return await clarion.run_agent(agent_id, request)
 
 
