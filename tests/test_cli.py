@@ -631,6 +631,18 @@ def test_agent_rerun_of_an_imported_v2_run_holds_to_the_budget_it_is_given(tmp_p
     assert (budget["tokens"], budget["usd"]) == (50_000, 0.25)
 
 
+def test_agent_run_with_cache_answers_the_same_request_from_the_llm_cache(tmp_path: Path) -> None:
+    imported_run(tmp_path)
+    clarion(tmp_path, "agents", "set", "basic_editor", f"parameters.mock_response={REPLY}", "api_key_env=")
+    runs = [
+        clarion(tmp_path, "agent", "run", "basic_editor", "Create b.txt", "--apply", "never", "--cache", "--json")
+        for _ in range(2)
+    ]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
+    cached = [next(s for s in json.loads(r.stdout)["steps"] if s["key"] == "reply")["output"]["cached"] for r in runs]
+    assert cached == [False, True]
+
+
 async def test_agent_rerun_of_a_run_that_was_not_imported_says_so(tmp_path: Path) -> None:
     [run_id] = await make_runs(tmp_path, 1)
     result = clarion(tmp_path, "agent", "rerun", run_id)

@@ -27,6 +27,7 @@ from clarion_jupyter.core.errors import BadRequest
 from clarion_jupyter.storage.llm_cache import CacheEntry
 from clarion_jupyter.storage.records import utcnow
 from clarion_jupyter.testing import OpenAIStubServer
+from clarion_jupyter.workflow.agent_run import AgentRunRequest
 from clarion_jupyter.workflow.models import StepRun, WorkflowRun
 
 pytestmark = pytest.mark.timeout(90)
@@ -409,3 +410,19 @@ def test_the_line_magics_run_and_rerun_take_cache(shell: Shell, stub: OpenAIStub
     assert first.steps[0].output.get("cached") is None
     assert saved.steps[0].output["cached"] is False
     assert rerun.steps[0].output["cached"] is True
+
+
+# -- agent runs ------------------------------------------------------------------------
+
+
+async def test_an_agent_run_asked_to_use_the_cache_is_answered_from_it_the_second_time(tmp_path: Path) -> None:
+    reply = json.dumps({"summary": "Nothing to change", "file_changes": []})
+    request = AgentRunRequest(prompt="Look at the code", apply="never", cache=True)
+    with OpenAIStubServer(reply=reply) as server:
+        async with engine_at(tmp_path) as engine:
+            await engine.create_agent(agent(server))
+            first, second = [await engine.wait(await engine.run_agent("asker", request)) for _ in range(2)]
+    assert (first.status, second.status) == ("succeeded", "succeeded")
+    assert (step(first, "reply").output["cached"], step(second, "reply").output["cached"]) == (False, True)
+    assert server.request_count == 1
+    assert "cache" not in second.inputs

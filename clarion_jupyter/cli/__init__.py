@@ -156,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="review the diff first (default), apply at once, or never",
     )
     add_budget_flags(agent_run)
+    agent_run.add_argument("--cache", action=argparse.BooleanOptionalAction, help=CACHE_HELP)
     agent_rerun = add(
         "rerun",
         cmd_agent_rerun,

@@ -336,7 +336,7 @@ async def cmd_resume(args: argparse.Namespace) -> int:
 async def cmd_agent_run(args: argparse.Namespace) -> int:
     request = AgentRunRequest(
         prompt=args.prompt, files=args.file, variables=parse_pairs(args.var, "--var"), apply=args.apply,
-        budget=parse_budget(given_budget(args.budget_usd, args.budget_tokens)),
+        budget=parse_budget(given_budget(args.budget_usd, args.budget_tokens)), cache=args.cache,
     )  # fmt: skip
     async with _clarion(args) as clarion:
         prompt = await clarion.prompt_agent(args.agent, request)

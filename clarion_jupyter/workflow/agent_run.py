@@ -111,9 +111,12 @@ class AgentRunRequest(BaseModel):
     apply: Literal["review", "auto", "never"] = "review"
     budget: Budget | None = None
     """The run's budget (an agent run's one LLM call reserves from it)."""
+    cache: bool | None = None
+    """Answer the run's LLM call from the LLM cache (True) or never (False), as a run's ``cache``
+    does; None leaves it to the agent and the server."""
 
     def inputs(self, agent_id: str) -> dict[str, Any]:
-        return {"agent": agent_id, **self.model_dump(exclude={"budget"})}
+        return {"agent": agent_id, **self.model_dump(exclude={"budget", "cache"})}
 
     def reply_config(self, agent_id: str) -> LLMCallConfig:
         """Step ``reply``'s config for this request: what ``/prompt`` prepares without a call."""

@@ -23,7 +23,7 @@ from .agent_run import AGENT_RUN_WORKFLOW, AGENT_RUN_WORKFLOW_ID, AgentRunReques
 from .service import WorkflowService
 
 SubmitSaved = Callable[..., Awaitable[str]]
-"""``Engine.submit_saved``: the workflow's id, its inputs, and the run's ``budget``."""
+"""``Engine.submit_saved``: the workflow's id, its inputs, and the run's ``budget`` and ``cache``."""
 
 
 class AgentRuns:
@@ -60,7 +60,9 @@ class AgentRuns:
         if problems:
             raise ValidationFailed(problems, what="agent run")
         await self.install()
-        return await self._submit_saved(AGENT_RUN_WORKFLOW_ID, request.inputs(agent_id), budget=request.budget)
+        return await self._submit_saved(
+            AGENT_RUN_WORKFLOW_ID, request.inputs(agent_id), budget=request.budget, cache=request.cache
+        )
 
     async def warm_up(self) -> None:
         if await self._agents.list():
