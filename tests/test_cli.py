@@ -631,6 +631,15 @@ def test_agent_rerun_of_an_imported_v2_run_holds_to_the_budget_it_is_given(tmp_p
     assert (budget["tokens"], budget["usd"]) == (50_000, 0.25)
 
 
+def test_agent_rerun_with_cache_answers_the_second_re_run_from_the_llm_cache(tmp_path: Path) -> None:
+    run_id = imported_run(tmp_path)
+    clarion(tmp_path, "agents", "set", "basic_editor", f"parameters.mock_response={REPLY}", "api_key_env=")
+    reruns = [clarion(tmp_path, "agent", "rerun", run_id, "--cache", "--json") for _ in range(2)]
+    assert [r.returncode for r in reruns] == [3, 3], reruns[0].stderr  # each waits for review
+    cached = [next(s for s in json.loads(r.stdout)["steps"] if s["key"] == "reply")["output"]["cached"] for r in reruns]
+    assert cached == [False, True]
+
+
 def test_agent_run_with_cache_answers_the_same_request_from_the_llm_cache(tmp_path: Path) -> None:
     imported_run(tmp_path)
     clarion(tmp_path, "agents", "set", "basic_editor", f"parameters.mock_response={REPLY}", "api_key_env=")

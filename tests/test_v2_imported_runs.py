@@ -11,6 +11,7 @@ import pytest
 from clarion_jupyter import Engine
 from clarion_jupyter.agent.v2runs import V2_RUN_WORKFLOW_ID
 from clarion_jupyter.core.errors import Conflict
+from clarion_jupyter.testing import OpenAIStubServer
 from clarion_jupyter.testing.clarion_v2 import v2_agent, v2_run, write_clarion_db
 from clarion_jupyter.workflow.v2_rerun import rerun_request
 
@@ -113,3 +114,25 @@ async def test_running_the_imported_runs_workflow_with_a_budget_holds_the_agent_
     assert again.workflow_id == "agent-run"
     assert again.budget is not None and again.budget.tokens == 1
     assert again.status == "failed" and "budget" in str(again.error)
+
+
+async def test_running_the_imported_runs_workflow_with_cache_answers_the_second_re_run_from_the_llm_cache(
+    tmp_path: Path,
+) -> None:
+    """The Re-run request's cache choice is the new agent run's, as for any agent run."""
+    with OpenAIStubServer(reply='{"summary": "Nothing to change", "file_changes": []}') as server:
+        async with Engine(tmp_path / "x.duckdb", workspace_root=tmp_path) as engine:
+            await engine.import_v2(clarion_db(tmp_path, "run-1714557600123"))
+            agent = await engine.get_agent("basic_editor")
+            await engine.replace_agent(
+                "basic_editor",
+                agent.model_copy(update={"api_key_env": None, "model": "openai/fake", "api_base": server.url}),
+            )
+            [imported] = (await engine.list_runs(workflow_id=V2_RUN_WORKFLOW_ID)).runs
+            again = [
+                await engine.wait(await engine.submit_saved(V2_RUN_WORKFLOW_ID, imported.inputs, cache=True))
+                for _ in range(2)
+            ]
+    cached = [next(s for s in run.steps if s.key == "reply").output["cached"] for run in again]
+    assert cached == [False, True]
+    assert server.request_count == 1

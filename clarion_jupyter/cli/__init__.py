@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agent_rerun.add_argument("run_id", help=RUN_ID_HELP)
     add_budget_flags(agent_rerun)
+    agent_rerun.add_argument("--cache", action=argparse.BooleanOptionalAction, help=CACHE_HELP)
     for name, handler, verb in (("approve", cmd_approve, "let"), ("reject", cmd_reject, "refuse")):
         decide = add(name, handler, f"{verb} a step that waits for approval, then follow the run")
         decide.add_argument("run_id", help=RUN_ID_HELP)

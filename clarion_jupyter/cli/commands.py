@@ -353,7 +353,7 @@ async def cmd_agent_rerun(args: argparse.Namespace) -> int:
     """Repeat a run imported from Clarion v2 as a new agent run (same agent, prompt and files)."""
     async with _clarion(args) as clarion:
         run_id = await rerun_imported(
-            clarion, args.run_id, parse_budget(given_budget(args.budget_usd, args.budget_tokens))
+            clarion, args.run_id, parse_budget(given_budget(args.budget_usd, args.budget_tokens)), args.cache
         )
         progress = None if args.json else ReplyProgress(sys.stdout)
         if progress:

@@ -248,7 +248,7 @@ class Engine:
         cache: bool | None = None,
     ) -> str:
         if workflow_id == V2_RUN_WORKFLOW_ID:  # a record of v2's runs: running one again is an agent run
-            return await self.run_agent(*rerun_inputs(inputs or {}, parse_budget(budget)))
+            return await self.run_agent(*rerun_inputs(inputs or {}, parse_budget(budget), cache))
         stored = await self.workflows.get(workflow_id)
         return await self._start(
             self._plans.plan(stored.doc), inputs, idempotency_key, budget=parse_budget(budget), cache=cache
@@ -533,9 +533,11 @@ class Engine:
         context's files with their bytes and tokens, its total and its cap; no model call."""
         return await self._agent_runs.prompt(agent_id, request)
 
-    async def rerun_imported(self, run_id: str, budget: Budget | dict[str, Any] | None = None) -> str:
+    async def rerun_imported(
+        self, run_id: str, budget: Budget | dict[str, Any] | None = None, cache: bool | None = None
+    ) -> str:
         """Repeat a run imported from Clarion v2: a new agent run with its agent, prompt and files."""
-        return await rerun_imported(self, run_id, parse_budget(budget))
+        return await rerun_imported(self, run_id, parse_budget(budget), cache)
 
     async def get_run(self, run_id: str) -> WorkflowRun:
         """The run document; a unique prefix of ``MIN_RUN_ID_PREFIX`` or more characters names a

@@ -33,29 +33,35 @@ def is_imported_v2_run(run: WorkflowRun) -> bool:
     return run.workflow_id == V2_RUN_WORKFLOW_ID
 
 
-def rerun_request(run: WorkflowRun, budget: Budget | None = None) -> tuple[str, AgentRunRequest]:
+def rerun_request(
+    run: WorkflowRun, budget: Budget | None = None, cache: bool | None = None
+) -> tuple[str, AgentRunRequest]:
     """The agent and the request that repeat an imported v2 run; :class:`Conflict` for any other run."""
     if not is_imported_v2_run(run):
         raise Conflict(
             f"run '{run.run_id}' is not a run imported from Clarion v2 (workflow '{run.workflow_id}')",
             details={"run_id": run.run_id, "workflow_id": run.workflow_id},
         )
-    return rerun_inputs(run.inputs, budget)
+    return rerun_inputs(run.inputs, budget, cache)
 
 
-def rerun_inputs(inputs: dict[str, Any], budget: Budget | None = None) -> tuple[str, AgentRunRequest]:
+def rerun_inputs(
+    inputs: dict[str, Any], budget: Budget | None = None, cache: bool | None = None
+) -> tuple[str, AgentRunRequest]:
     """The agent and request from an imported run's inputs (what the sidebar's Re-run sends
-    back); ``budget`` is the new run's (v2 had none to hold to)."""
+    back); ``budget`` and ``cache`` are the new run's (v2 had neither), as an agent run's."""
     project = inputs.get("project") or {}
     files = [_in_workspace(str(path), project.get("path")) for path in inputs.get("files") or []]
-    request = AgentRunRequest(prompt=str(inputs.get("prompt") or ""), files=files, budget=budget)
+    request = AgentRunRequest(prompt=str(inputs.get("prompt") or ""), files=files, budget=budget, cache=cache)
     return str(inputs.get("agent") or ""), request
 
 
-async def rerun_imported(clarion: AgentRunner, run_id: str, budget: Budget | None = None) -> str:
+async def rerun_imported(
+    clarion: AgentRunner, run_id: str, budget: Budget | None = None, cache: bool | None = None
+) -> str:
     """Start the agent run that repeats an imported v2 run (named by its id or a prefix), within
-    ``budget``; the new run's id."""
-    agent_id, request = rerun_request(await clarion.get_run(run_id), budget)
+    ``budget`` and with the LLM cache choice ``cache``; the new run's id."""
+    agent_id, request = rerun_request(await clarion.get_run(run_id), budget, cache)
     return await clarion.run_agent(agent_id, request)
 
 
