@@ -6,9 +6,9 @@ statements behind it, many times, and prints glibc's heap in use after each slic
 
 * ``store`` (the default): the engine's run store on a real DuckDB file, as the engine drives
   it. Each round journals a new run (running, with a step and an event) and then journals it
-  finished, and projects after each commit (``--project-every K``: after the commits of every
-  K-th round only, as the soak's one projection a second covers about 20 runs): the
-  projection's upserts into ``runs`` and ``step_runs`` and its inserts into ``events``.
+  finished; every ``--project-every`` rounds (the soak's one projection a second covers about
+  20 runs) the journal is projected: upserts into ``runs`` and ``step_runs``, inserts into
+  ``events``, the journal's rows deleted.
 * ``join``: no engine code, one statement: a ``SELECT`` joining a 20-row table to a bound
   list, on an in-memory database that never grows. If this grows the same way, the heap is
   DuckDB's, whatever the data or the schema.
@@ -74,8 +74,8 @@ async def store_rounds(
     async def one(n: int) -> None:
         for commit in round_of_a_run(n):
             await store.write(commit)
-            if n % project_every == 0:
-                await store.project()
+        if n % project_every == 0:
+            await store.project()
 
     async def close() -> None:
         await store.close()
@@ -132,7 +132,7 @@ if __name__ == "__main__":
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="store")
     parser.add_argument("--rounds", type=int, default=6000, help="rounds to run (store: a run each, two commits)")
     parser.add_argument(
-        "--project-every", type=int, default=1, help="store: project after every K-th run's commits (the soak's is ~20)"
+        "--project-every", type=int, default=1, help="store: project after the commits of every K-th round (the soak's is ~20)"
     )
     parser.add_argument("--slices", type=int, default=12, help="how many times the heap is read along the way")
     asyncio.run(main(parser.parse_args()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -510,6 +511,70 @@ async def test_a_repeated_event_seq_keeps_the_first_event_and_does_not_stall_the
         await store.project()
         assert [(e.seq, e.data) for e in await store.events("r1")] == [(1, {"note": "first"}), (2, {})]
         assert await store.get_run("r1") is not None
+
+
+async def projected_states(db: Database) -> list[tuple[str, str]]:
+    rows = "SELECT run_id, status FROM runs UNION ALL SELECT run_id || '/' || key, status FROM step_runs ORDER BY 1"
+    return await db.read(lambda c: c.execute(rows).fetchall())
+
+
+async def test_a_run_projected_again_has_its_rows_updated_and_new_runs_are_inserted_at_the_first_try(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rows the store projected before are upserted; the rest are plain inserts, which leave
+    nothing on DuckDB's heap (``bench/duckdb_heap.py``): no projection here needs its retry."""
+    async with open_db(tmp_path / "db.duckdb") as db:
+        store = DuckDBRunStore(db, projection_interval_s=3600)
+        run, step = run_record("r1", status="running"), step_record("r1")
+        await store.write(batch(run, step, event("r1", 1)))
+        await store.project()
+        run.status, step.status = "succeeded", "succeeded"
+        await store.write(batch(run, step, run_record("r2", status="queued")))
+        with caplog.at_level(logging.INFO, logger="clarion_jupyter.storage.journal"):
+            await store.project()
+        assert await projected_states(db) == [("r1", "succeeded"), ("r1/a", "succeeded"), ("r2", "queued")]
+    assert "stored already" not in caplog.text
+
+
+async def test_a_run_stored_before_this_store_opened_is_updated_not_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run resumed after a restart is in the tables but not among the keys this store
+    projected: its next state is projected again, as updates."""
+    path = tmp_path / "db.duckdb"
+    run, step = run_record("r1", status="running"), step_record("r1")
+    async with open_db(path) as db:
+        store = DuckDBRunStore(db)
+        await store.write(batch(run, step, event("r1", 1)))
+        await store.close()
+    run.status, step.status = "succeeded", "succeeded"
+    async with open_db(path) as db:
+        store = DuckDBRunStore(db, projection_interval_s=3600)
+        await store.write(batch(run, step, event("r1", 2), run_record("r2", status="queued")))
+        with caplog.at_level(logging.INFO, logger="clarion_jupyter.storage.journal"):
+            await store.project()
+        assert await projected_states(db) == [("r1", "succeeded"), ("r1/a", "succeeded"), ("r2", "queued")]
+        assert [e.seq for e in await store.events("r1")] == [1, 2]
+    assert "stored already" in caplog.text
+
+
+async def test_a_run_the_store_no_longer_remembers_projecting_is_still_updated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keys remembered are bounded: a run waiting all day is forgotten, and still updated."""
+    monkeypatch.setattr(journal, "MAX_PROJECTED_KEYS", 1)
+    async with open_db(tmp_path / "db.duckdb") as db:
+        store = DuckDBRunStore(db, projection_interval_s=3600)
+        waiting = run_record("r1", status="waiting")
+        await store.write(batch(waiting))
+        await store.project()
+        await store.write(batch(run_record("r2", status="succeeded")))
+        await store.project()
+        waiting.status = "succeeded"
+        await store.write(batch(waiting))
+        await store.project()
+        assert len(store._projected_runs) == 1
+        assert await projected_states(db) == [("r1", "succeeded"), ("r2", "succeeded")]
 
 
 async def test_a_batch_the_database_refused_writes_nothing_and_later_runs_keep_their_snapshot(

@@ -15,7 +15,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import duckdb
 
@@ -43,13 +43,32 @@ _RECOVER = (
     "DELETE FROM run_journal",
 )
 """Fold the whole journal: after a crash, when nothing of it is in memory."""
-_PROJECT = (SNAPSHOTS.projection, _EVENT_PROJECTION, RUNS.projection, STEPS.projection)
+_PROJECT = (
+    SNAPSHOTS.projection,
+    _EVENT_PROJECTION,
+    RUNS.projection_of_new_keys,
+    RUNS.projection,
+    STEPS.projection_of_new_keys,
+    STEPS.projection,
+)
 """Fold what this process committed, from the journal rows it kept (bound, rather than read
-back from ``run_journal``: no scan of the journal beside the commits)."""
-_PROJECT_KEEPING_FIRST_EVENTS = (SNAPSHOTS.projection, f"{_EVENT_PROJECTION} ON CONFLICT DO NOTHING", *_PROJECT[2:])
-"""The same, for when an event seq is already stored: checking every event for that costs
-the plain INSERT 40% more, and seq is unique per run by construction."""
+back from ``run_journal``: no scan of the journal beside the commits): runs and step attempts
+not projected before are inserted, the others upserted."""
+_PROJECT_AS_UPDATES = (
+    SNAPSHOTS.projection,
+    f"{_EVENT_PROJECTION} ON CONFLICT DO NOTHING",
+    RUNS.projection,
+    RUNS.projection,
+    STEPS.projection,
+    STEPS.projection,
+)
+"""The same, for when a row taken for new is stored already: a run resumed after a restart,
+one projected so long ago that :class:`RecentKeys` forgot it, or an event seq stored twice (a
+bug: seq is unique per run by construction, and checking every event for it costs the plain
+INSERT 40% more)."""
 _CLEAR_JOURNAL = "DELETE FROM run_journal WHERE id <= $1"
+
+K = TypeVar("K")
 
 FirstAndLast = list[str]
 """A key's journal rows not projected yet: its first and its newest (the same row when it has one)."""
@@ -67,6 +86,9 @@ class PendingRows:
     steps: dict[tuple[str, str, int], FirstAndLast] = field(default_factory=dict)
     last_id: int = 0
     """The newest journal row these come from: a projection of them deletes the journal up to it."""
+    stored_runs: Container[str] = frozenset()
+    stored_steps: Container[tuple[str, str, int]] = frozenset()
+    """Keys the tables may hold already (projected before): their rows are upserted, the others inserted."""
 
     def absorb(self, newer: PendingRows) -> None:
         for digest_, row in newer.snapshots.items():
@@ -79,14 +101,20 @@ class PendingRows:
 
     def bindings(self) -> list[list[list[str]]]:
         """The lists each statement of :data:`_PROJECT` binds, in order (empty: nothing to write)."""
-        firsts_and_lasts = [
-            [list(column) for column in zip(*rows.values(), strict=True)] for rows in (self.runs, self.steps)
-        ]
         return [
             [list(self.snapshots.values())] * 2 if self.snapshots else [],
             [list(self.events.values())] if self.events else [],
-            *firsts_and_lasts,
+            *_new_and_stored(self.runs, self.stored_runs),
+            *_new_and_stored(self.steps, self.stored_steps),
         ]
+
+
+def _new_and_stored(rows: dict[Any, FirstAndLast], stored: Container[Any]) -> list[list[list[str]]]:
+    """The first and newest rows of the keys not in ``stored``, then of those in it, bound column by column."""
+    parts: tuple[list[FirstAndLast], list[FirstAndLast]] = ([], [])
+    for key, first_and_last in rows.items():
+        parts[key in stored].append(first_and_last)
+    return [[list(column) for column in zip(*part, strict=True)] for part in parts]
 
 
 def _absorb_states(pending: dict[Any, FirstAndLast], newer: dict[Any, FirstAndLast]) -> None:
@@ -108,33 +136,42 @@ class PreparedBatch:
 
 
 MAX_KNOWN_SNAPSHOTS = 4096
+"""Workflow snapshots this process remembers journaling. Ad-hoc runs of a cell being edited
+make a new snapshot each; a digest forgotten is journaled again with its next run, which the
+projection ignores (snapshots are stored by digest, the first kept)."""
+MAX_PROJECTED_KEYS = 16384
+"""Runs, and step attempts, this process remembers projecting: their next rows are upserts.
+One forgotten while it still changes (a run waiting for approval all day) costs its next
+projection a retry as updates (:data:`_PROJECT_AS_UPDATES`)."""
 
 
-class KnownSnapshots:
-    """The workflow snapshots this process journaled, so that each is journaled once: the
-    :data:`MAX_KNOWN_SNAPSHOTS` used last. Ad-hoc runs of a cell being edited make a new snapshot
-    each; a digest forgotten is journaled again with its next run, which the projection ignores
-    (snapshots are stored by digest, the first kept)."""
+class RecentKeys(Generic[K]):
+    """The ``maxsize`` keys used last: what the store remembers having written, bounded so
+    that a server up for weeks does not grow with its history."""
 
-    def __init__(self, maxsize: int | None = None) -> None:
-        self._maxsize = MAX_KNOWN_SNAPSHOTS if maxsize is None else maxsize
-        self._digests: OrderedDict[str, None] = OrderedDict()
+    def __init__(self, maxsize: int) -> None:
+        self._maxsize = maxsize
+        self._keys: OrderedDict[K, None] = OrderedDict()
 
-    def __contains__(self, digest: object) -> bool:
-        if digest not in self._digests:
+    def __contains__(self, key: object) -> bool:
+        if key not in self._keys:
             return False
-        self._digests.move_to_end(digest)
+        self._keys.move_to_end(key)  # type: ignore[arg-type]
         return True
 
     def __len__(self) -> int:
-        return len(self._digests)
+        return len(self._keys)
 
-    def add(self, digests: Iterable[str]) -> None:
-        for digest in digests:
-            self._digests[digest] = None
-            self._digests.move_to_end(digest)
-        while len(self._digests) > self._maxsize:
-            self._digests.popitem(last=False)
+    def add(self, keys: Iterable[K]) -> None:
+        for key in keys:
+            self._keys[key] = None
+            self._keys.move_to_end(key)
+        while len(self._keys) > self._maxsize:
+            self._keys.popitem(last=False)
+
+    def among(self, keys: Iterable[K]) -> frozenset[K]:
+        """Which of ``keys`` are remembered (a copy, for a thread to read while this changes)."""
+        return frozenset(key for key in keys if key in self)
 
 
 def prepare(batch: Batch, stored_snapshots: Container[str], ids: Iterator[int]) -> PreparedBatch:
@@ -168,10 +205,10 @@ def project(cursor: duckdb.DuckDBPyConnection, pending: PendingRows) -> None:
     try:
         _apply(cursor, pending, _PROJECT)
     except duckdb.ConstraintException as exc:
-        log.error("an event seq was stored twice (a bug); keeping the first: %s", exc)
+        log.info("a row the projection took for new was stored already; projecting them all as updates: %s", exc)
         cursor.rollback()
         cursor.begin()
-        _apply(cursor, pending, _PROJECT_KEEPING_FIRST_EVENTS)
+        _apply(cursor, pending, _PROJECT_AS_UPDATES)
 
 
 def _apply(cursor: duckdb.DuckDBPyConnection, pending: PendingRows, statements: tuple[str, ...]) -> None:

@@ -153,7 +153,9 @@ class DuckDBRunStore:
     def __init__(self, db: Database, projection_interval_s: float = PROJECTION_INTERVAL_S) -> None:
         self._db = db
         self._interval = projection_interval_s
-        self._snapshots = journal.KnownSnapshots()
+        self._snapshots = journal.RecentKeys[str](journal.MAX_KNOWN_SNAPSHOTS)
+        self._projected_runs = journal.RecentKeys[str](journal.MAX_PROJECTED_KEYS)
+        self._projected_steps = journal.RecentKeys[tuple[str, str, int]](journal.MAX_PROJECTED_KEYS)
         self._ids = itertools.count(1)
         self._recovered = False
         self._pending = journal.PendingRows()
@@ -219,6 +221,8 @@ class DuckDBRunStore:
                 return  # a projection that started after our batch committed covered it
             target = self._journaled
             pending, self._pending = self._pending, journal.PendingRows()
+            pending.stored_runs = self._projected_runs.among(pending.runs)
+            pending.stored_steps = self._projected_steps.among(pending.steps)
             try:
                 await self._db.maintain(journal.project, pending)
             except Exception as exc:
@@ -232,6 +236,8 @@ class DuckDBRunStore:
                     "journal keeps every committed state; free disk space where the database lives and it catches up",
                     details={"reason": self.projection_error},
                 ) from exc
+            self._projected_runs.add(pending.runs)
+            self._projected_steps.add(pending.steps)
             self._projected = target
             self.projection_error = None
 
