@@ -132,7 +132,10 @@ if __name__ == "__main__":
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="store")
     parser.add_argument("--rounds", type=int, default=6000, help="rounds to run (store: a run each, two commits)")
     parser.add_argument(
-        "--project-every", type=int, default=1, help="store: project after the commits of every K-th round (the soak's is ~20)"
+        "--project-every",
+        type=int,
+        default=1,
+        help="store: project after the commits of every K-th round (the soak's is ~20)",
     )
     parser.add_argument("--slices", type=int, default=12, help="how many times the heap is read along the way")
     asyncio.run(main(parser.parse_args()))

@@ -131,6 +131,8 @@ async def test_a_new_agent_is_written_in_the_editor_and_saved_then_edited_in_pla
             AGENT_EDITOR,
             text.replace("name: New agent", "name: Release Scribe").replace("description: null", "description: Notes"),
         )
+        # The edit takes the first save's "Saved." away; only then is one seen the second save's.
+        await page.wait_for_selector(f"{AGENT_EDITOR} .clarion-Saved", state="detached")
         await page.keyboard.press("Control+s")
         await page.wait_for_selector(f"{AGENT_EDITOR} .clarion-Saved")
         assert api(lab, "GET", "agents/release-scribe")["description"] == "Notes"
